@@ -1,0 +1,59 @@
+"""Domain records for objects: what a listing yields and what a write carries."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+EMPTY_META: Mapping[str, str] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectMeta:
+    """HTTP metadata of an object. Content-Type is always migrated; the rest only with metadata migration."""
+
+    content_type: str | None = None
+    cache_control: str | None = None
+    content_disposition: str | None = None
+    content_encoding: str | None = None
+    content_language: str | None = None
+    expires: str | None = None
+    user: Mapping[str, str] = field(default_factory=dict)
+
+    def content_type_only(self) -> ObjectMeta:
+        return ObjectMeta(content_type=self.content_type)
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """One object as a listing or HEAD reports it.
+
+    `mtime` is seconds since the epoch (float); `etag` is as the store returns it, without quotes;
+    `crc64` is the CRC-64/ECMA (XZ) value when the store reports one or Ferry stored one; `meta` is only
+    filled by HEAD, never by a listing.
+    """
+
+    key: str
+    size: int
+    mtime: float
+    etag: str | None = None
+    storage_class: str | None = None
+    crc64: int | None = None
+    meta: ObjectMeta | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PartInfo:
+    """One uploaded part of a multipart upload."""
+
+    part_number: int
+    etag: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    """What a completed write reports."""
+
+    etag: str | None
+    mtime: float | None = None

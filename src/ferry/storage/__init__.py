@@ -1,0 +1,1 @@
+"""Storage layer: one Backend protocol and its implementations."""

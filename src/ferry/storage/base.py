@@ -1,0 +1,109 @@
+"""The Backend protocol every store implements, and the Capabilities it declares as data."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult
+
+
+class ListOrder(enum.Enum):
+    """The order in which a backend's listing yields keys."""
+
+    LEXICOGRAPHIC = "lexicographic"  # ascending UTF-8 byte order, as AWS S3 does
+    UNORDERED = "unordered"  # any order at all (SeaweedFS lists in directory-tree order)
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a backend can do; the engine reads these, never the backend's type.
+
+    `copy_group` identifies an endpoint+credential pair: two backends with the same non-None group can copy
+    server-side between their buckets. Part limits follow the provider (S3: 5 MiB..5 GiB, 10,000 parts).
+    """
+
+    list_order: ListOrder = ListOrder.LEXICOGRAPHIC
+    copy_group: str | None = None
+    multipart: bool = True
+    min_part_size: int = 5 * 1024 * 1024
+    max_part_size: int = 5 * 1024 * 1024 * 1024
+    max_parts: int = 10_000
+    max_object_size: int = 48_800 * 1024 * 1024 * 1024
+    etag_is_md5: bool = True  # single-part ETag is the MD5 of the content
+    crc64: bool = False  # the store reports a CRC-64/ECMA of its own (OSS, COS, OBS)
+    mtime_precision: float = 1.0  # seconds
+    storage_classes: frozenset[str] = field(default_factory=frozenset)
+    restore: bool = False
+    max_key_bytes: int = 1024
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """One bucket (optionally under a prefix) of one store.
+
+    Keys passed in and yielded are relative to the backend's prefix. Every method raises only the
+    errors of `ferry.errors`.
+    """
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    @property
+    def name(self) -> str:
+        """A display name with no secrets, e.g. `s3://bucket/prefix`."""
+        ...
+
+    def list(self, prefix: str = "", start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
+        """Every object under `prefix` (keys ending in `/` included), in `capabilities.list_order`."""
+        ...
+
+    async def head(self, key: str) -> ObjectInfo:
+        """The object with its `meta` filled; raises NotFoundError."""
+        ...
+
+    async def read(
+        self, key: str, *, offset: int = 0, length: int | None = None, if_match: str | None = None
+    ) -> bytes:
+        """The bytes of `key` in [offset, offset+length); SourceChangedError when `if_match` fails."""
+        ...
+
+    async def put(
+        self, key: str, data: bytes, meta: ObjectMeta, *, storage_class: str | None = None,
+        crc64: int | None = None,
+    ) -> PutResult:
+        """Write a whole object; `crc64` is stored with it so later checks need no read."""
+        ...
+
+    async def create_multipart(
+        self, key: str, meta: ObjectMeta, *, storage_class: str | None = None, crc64: int | None = None
+    ) -> str:
+        """Start a multipart upload and return its id."""
+        ...
+
+    async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> PartInfo: ...
+
+    async def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
+        """Parts already uploaded; raises NotFoundError when the upload is gone."""
+        ...
+
+    async def complete_multipart(self, key: str, upload_id: str, parts: Sequence[PartInfo]) -> PutResult: ...
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None: ...
+
+    async def copy_from(
+        self, source: Backend, src_key: str, key: str, meta: ObjectMeta | None, *,
+        if_match: str | None = None, storage_class: str | None = None,
+    ) -> PutResult:
+        """Server-side copy from `source` (same copy_group); `meta=None` keeps the source's metadata."""
+        ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def restore(self, key: str, days: int) -> None:
+        """Ask an archive store to restore `key`; a no-op where nothing is archived."""
+        ...
+
+    async def close(self) -> None: ...
