@@ -70,6 +70,11 @@ class Backend(Protocol):
         """The bytes of `key` in [offset, offset+length); SourceChangedError when `if_match` fails."""
         ...
 
+    async def read_object(self, key: str, *, if_match: str | None = None) -> tuple[ObjectInfo, bytes]:
+        """The whole object and its info with `meta` filled, from ONE response (GET headers), so the
+        small-object hot path needs no HEAD; SourceChangedError when `if_match` fails."""
+        ...
+
     async def put(
         self, key: str, data: bytes, meta: ObjectMeta, *, storage_class: str | None = None,
         crc64: int | None = None,
