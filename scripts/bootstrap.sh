@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Creates .venv (if missing) and installs Ferry into it; with "test", also everything the tests need.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+  .venv/bin/python -m pip install --quiet --upgrade pip
+fi
+if [ "${1:-}" = "test" ]; then
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+else
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e .
+fi

@@ -1,0 +1,221 @@
+"""The `ferry` command line: migrate between buckets, run the demo sandbox, and (later) serve the API."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import NoReturn
+
+from ferry import __version__
+from ferry.errors import FatalError, FerryError, UsageError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+log = logging.getLogger("ferry")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad usage as one line and exit code 2 (the CLI contract)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"ferry: error: {message}\n")
+
+
+def _add_side(p: argparse.ArgumentParser, side: str, label: str) -> None:
+    p.add_argument(f"--{side}-endpoint", metavar="URL", help=f"{label} S3 endpoint URL")
+    p.add_argument(f"--{side}-ak", metavar="AK", help=f"{label} access key (or FERRY_{side.upper()}_AK)")
+    p.add_argument(f"--{side}-sk", metavar="SK", help=f"{label} secret key (or FERRY_{side.upper()}_SK)")
+    p.add_argument(f"--{side}-region", metavar="R", help=f"{label} region")
+    p.add_argument(f"--{side}-profile", metavar="NAME", help=f"{label} cloud profile (aws, aliyun, seaweedfs, ...)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ferry", description="Object storage migration and sync.")
+    parser.add_argument("--version", action="version", version=f"ferry {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    m = sub.add_parser("migrate", help="copy a bucket (or prefix) to another, verified and resumable")
+    m.add_argument("source", help="s3://BUCKET[/PREFIX], a local directory, or mem://BUCKET[/PREFIX]")
+    m.add_argument("destination", help="s3://BUCKET[/PREFIX], a local directory, or mem://BUCKET[/PREFIX]")
+    _add_side(m, "src", "source")
+    _add_side(m, "dst", "destination")
+    m.add_argument("--overwrite", default="SIZE_LAST_MODIFIED_COMPARISON_OVERWRITE",
+                   help="NO_OVERWRITE | SIZE_LAST_MODIFIED_COMPARISON_OVERWRITE (default) | "
+                        "CRC64_COMPARISON_OVERWRITE | FULL_OVERWRITE")
+    m.add_argument("--consistency-check", default="size_last_modified",
+                   help="size_last_modified (default) | crc64 | no_check")
+    m.add_argument("--metadata", action="store_true",
+                   help="also migrate Cache-Control, Content-Disposition, Content-Encoding, Content-Language, "
+                        "Expires and user metadata (Content-Type is always migrated)")
+    m.add_argument("--storage-class", metavar="CLASS", help="storage class of the written objects")
+    m.add_argument("--migrate-since", metavar="TIME",
+                   help="only objects modified at or after TIME (epoch seconds or ISO 8601)")
+    m.add_argument("--concurrency", type=int, default=64, metavar="N", help="objects in flight (default 64)")
+    m.add_argument("--part-size", type=int, default=8, metavar="MIB", help="multipart part size in MiB")
+    m.add_argument("--multipart-threshold", type=int, default=32, metavar="MIB",
+                   help="objects at least this big (MiB) are copied in parallel parts")
+    m.add_argument("--memory-limit", type=int, default=256, metavar="MIB",
+                   help="object data held in memory at once (MiB)")
+    m.add_argument("--state-dir", metavar="DIR", help="where the resumable job state lives")
+    m.add_argument("--json", action="store_true", help="end with one JSON summary line on stdout")
+    m.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+
+    d = sub.add_parser("demo", help="migrate sample data between two local sandbox S3 servers it starts")
+    d.add_argument("--objects", type=int, default=2000, help="how many small objects to create")
+    d.add_argument("--json", action="store_true", help="end with one JSON summary line on stdout")
+    return parser
+
+
+def _parse_since(raw: str | None) -> float | None:
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(raw).timestamp()
+    except ValueError:
+        raise UsageError(f"--migrate-since: {raw!r} is neither epoch seconds nor an ISO 8601 time") from None
+
+
+def _secret(args: argparse.Namespace, side: str, which: str) -> str | None:
+    value: str | None = getattr(args, f"{side}_{which}")
+    return value or os.environ.get(f"FERRY_{side.upper()}_{which.upper()}") or None
+
+
+def _state_dir(raw: str | None) -> Path | None:
+    return Path(raw).expanduser() if raw else None
+
+
+def _open_side(args: argparse.Namespace, side: str, url: str):  # type: ignore[no-untyped-def]
+    from ferry.storage.registry import open_backend
+
+    return open_backend(
+        url,
+        endpoint=getattr(args, f"{side}_endpoint"),
+        region=getattr(args, f"{side}_region"),
+        access_key=_secret(args, side, "ak"),
+        secret_key=_secret(args, side, "sk"),
+        profile=getattr(args, f"{side}_profile"),
+    )
+
+
+async def _migrate(args: argparse.Namespace) -> int:
+    from ferry.db.database import open_database
+    from ferry.db.repo import JobRepo
+    from ferry.engine.compare import ConsistencyCheck, OverwriteMode
+    from ferry.engine.copier import CopyOptions
+    from ferry.engine.pipeline import TransferOptions
+    from ferry.engine.progress import Counters, TerminalProgress
+    from ferry.service.transfers import run_migration
+    from ferry.settings import data_dir, database_url
+    from ferry.storage.wrappers import RetryingBackend
+
+    if args.concurrency < 1 or args.concurrency > 1024:
+        raise UsageError("--concurrency must be between 1 and 1024")
+    if args.part_size < 5 or args.part_size > 5120:
+        raise UsageError("--part-size must be between 5 and 5120 MiB")
+    if args.memory_limit < 16:
+        raise UsageError("--memory-limit must be at least 16 MiB")
+    overwrite = OverwriteMode.parse(args.overwrite)
+    consistency = ConsistencyCheck.parse(args.consistency_check)
+    since = _parse_since(args.migrate_since)
+    mib = 1024 * 1024
+    opts = TransferOptions(
+        overwrite=overwrite,
+        copy=CopyOptions(
+            consistency=consistency, metadata=args.metadata, storage_class=args.storage_class,
+            multipart_threshold=max(args.multipart_threshold, 5) * mib, part_size=args.part_size * mib,
+        ),
+        migrate_since=since,
+        concurrency=args.concurrency,
+        memory_limit=args.memory_limit * mib,
+    )
+    src = RetryingBackend(_open_side(args, "src", args.source))
+    dst = RetryingBackend(_open_side(args, "dst", args.destination))
+    state = _state_dir(args.state_dir)
+    base = state or data_dir()
+    repo = JobRepo(open_database(database_url(state)))
+    counters = Counters()
+    bar = None
+    if sys.stderr.isatty() and not args.no_progress:
+        bar = TerminalProgress(counters, sys.stderr)
+        bar.start()
+    spec = {
+        "overwrite": overwrite.value, "consistency": consistency.value, "metadata": args.metadata,
+        "storage_class": args.storage_class, "migrate_since": since,
+    }
+    try:
+        summary = await run_migration(src, dst, repo, opts, report_dir=base / "reports", spec=spec,
+                                      counters=counters)
+    finally:
+        if bar is not None:
+            await bar.stop()
+        await asyncio.gather(src.close(), dst.close(), return_exceptions=True)
+    if args.json:
+        print(json.dumps(summary.as_dict()))
+    else:
+        verb = "resumed and finished" if summary.resumed else "finished"
+        print(f"{verb} job {summary.job_id}: {summary.total} objects, {summary.success} copied, "
+              f"{summary.skipped} skipped, {summary.failed} failed, {summary.bytes} bytes in {summary.elapsed}s")
+        if summary.report:
+            print(f"failed objects: {summary.report}")
+    if summary.error:
+        print(f"ferry: error: {summary.error} (run the same command again to resume)", file=sys.stderr)
+    return EXIT_OK if summary.failed == 0 and not summary.error else EXIT_FAILED
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ferry.demo import run_demo
+
+    return run_demo(objects=args.objects, as_json=args.json)
+
+
+def _redact(message: str, args: argparse.Namespace) -> str:
+    for side in ("src", "dst"):
+        for which in ("ak", "sk"):
+            value = _secret(args, side, which) if hasattr(args, f"{side}_{which}") else None
+            if value:
+                message = message.replace(value, "***")
+    return " ".join(message.split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("FERRY_LOG_LEVEL", "WARNING"), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "migrate":
+            return asyncio.run(_migrate(args))
+        if args.command == "demo":
+            return _demo(args)
+        parser.error(f"unknown command {args.command}")
+    except UsageError as exc:
+        print(f"ferry: error: {_redact(exc.message, args)}", file=sys.stderr)
+        return EXIT_USAGE
+    except FatalError as exc:
+        print(f"ferry: error: {_redact(exc.message, args)}", file=sys.stderr)
+        return EXIT_USAGE
+    except FerryError as exc:
+        print(f"ferry: error: {_redact(exc.message, args)}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("ferry: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the contract is one line, never a traceback
+        log.debug("unexpected error", exc_info=True)
+        print(f"ferry: error: unexpected {type(exc).__name__}: {_redact(str(exc), args)}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

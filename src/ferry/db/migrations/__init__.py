@@ -1,0 +1,1 @@
+"""Alembic migration environment for Ferry's schema."""

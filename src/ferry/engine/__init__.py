@@ -1,0 +1,1 @@
+"""Transfer engine: list -> plan -> copy -> verify."""

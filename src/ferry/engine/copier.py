@@ -1,0 +1,247 @@
+"""The one per-object copy routine: server-side when allowed, else streamed; multipart above a threshold.
+
+Every path pins the source by ETag (If-Match) so an object that changes mid-copy is detected, verifies what
+it wrote according to the consistency check, and removes a destination object that failed verification.
+Multipart uploads are checkpointed part by part so a restarted job continues them instead of starting at 0 %.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ferry.db.repo import PartRow, UploadRow
+from ferry.engine.budget import MemoryBudget
+from ferry.engine.checksums import Crc64, crc64_combine
+from ferry.engine.compare import ConsistencyCheck
+from ferry.errors import NotFoundError, PermanentError, SourceChangedError, TransientError, VerificationError
+from ferry.objects import ObjectInfo, ObjectMeta, PartInfo
+from ferry.storage.base import Backend
+
+MiB = 1024 * 1024
+_MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
+# Hashing a big part holds the GIL-free C loop for milliseconds; off the event loop it overlaps with I/O.
+_THREAD_HASH_MIN = 1 * MiB
+
+
+class UploadCheckpoints(Protocol):
+    """Where in-flight multipart uploads are remembered (the job database)."""
+
+    async def get(self, key: str) -> UploadRow | None: ...
+    async def save(self, upload: UploadRow) -> None: ...
+    async def save_part(self, key: str, part: PartRow) -> None: ...
+    async def parts(self, key: str) -> list[PartRow]: ...
+    async def drop(self, key: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CopyOptions:
+    consistency: ConsistencyCheck = ConsistencyCheck.SIZE_LAST_MODIFIED
+    metadata: bool = False
+    storage_class: str | None = None
+    multipart_threshold: int = 32 * MiB
+    part_size: int = 8 * MiB
+    server_side: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class CopyOutcome:
+    size: int
+    etag: str | None
+    method: str  # put, multipart, server
+
+
+def choose_part_size(size: int, preferred: int, min_part: int, max_part: int, max_parts: int) -> int:
+    """The preferred part size, grown (in whole MiB) until the object fits the provider's part count."""
+    part = max(preferred, min_part)
+    if size > part * max_parts:
+        part = -(-size // max_parts)
+        part = -(-part // MiB) * MiB
+    return min(part, max_part)
+
+
+def _digest(data: bytes, crc: bool) -> tuple[str, int | None]:
+    md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+    if not crc:
+        return md5, None
+    c = Crc64()
+    c.update(data)
+    return md5, c.value
+
+
+async def _digest_async(data: bytes, crc: bool) -> tuple[str, int | None]:
+    if len(data) >= _THREAD_HASH_MIN:
+        return await asyncio.to_thread(_digest, data, crc)
+    return _digest(data, crc)
+
+
+def composite_etag(md5s: Sequence[str]) -> str:
+    joined = b"".join(bytes.fromhex(m) for m in md5s)
+    return f"{hashlib.md5(joined, usedforsecurity=False).hexdigest()}-{len(md5s)}"
+
+
+class Copier:
+    """Copies single objects from `src` to `dst` under a shared memory budget."""
+
+    def __init__(
+        self, src: Backend, dst: Backend, opts: CopyOptions, budget: MemoryBudget,
+        checkpoints: UploadCheckpoints | None = None,
+    ) -> None:
+        self.src = src
+        self.dst = dst
+        self.opts = opts
+        self.budget = budget
+        self.checkpoints = checkpoints
+        group = src.capabilities.copy_group
+        self.server_side = bool(opts.server_side and group is not None and group == dst.capabilities.copy_group)
+        caps = dst.capabilities
+        self._verify = opts.consistency is not ConsistencyCheck.NO_CHECK
+        self._crc = opts.consistency is ConsistencyCheck.CRC64
+        self._etag_md5 = caps.etag_is_md5
+
+    def _meta(self, meta: ObjectMeta | None) -> ObjectMeta:
+        if meta is None:
+            return ObjectMeta()
+        return meta if self.opts.metadata else meta.content_type_only()
+
+    async def copy(self, obj: ObjectInfo) -> CopyOutcome:
+        """Copy `obj` (as listed); raises a PermanentError subclass when it cannot be copied."""
+        if self.server_side and obj.size <= self.dst.capabilities.max_part_size:
+            return await self._copy_server(obj)
+        if obj.size < self.opts.multipart_threshold or not self.dst.capabilities.multipart:
+            return await self._copy_small(obj)
+        return await self._copy_multipart(obj)
+
+    async def _discard(self, key: str) -> None:
+        try:
+            await self.dst.delete(key)
+        except Exception:  # noqa: BLE001 - best effort; the verification error is what gets reported
+            pass
+
+    async def _copy_server(self, obj: ObjectInfo) -> CopyOutcome:
+        # Server-side copy keeps all source metadata (COPY directive): nothing leaves the store, and keeping
+        # more metadata than asked for never loses anything.
+        result = await self.dst.copy_from(
+            self.src, obj.key, obj.key, None, if_match=obj.etag, storage_class=self.opts.storage_class
+        )
+        if self._verify and not (result.etag and obj.etag and result.etag == obj.etag):
+            got = await self.dst.head(obj.key)
+            if got.size != obj.size:
+                await self._discard(obj.key)
+                raise VerificationError(f"server-side copy wrote {got.size} bytes, source has {obj.size}")
+        return CopyOutcome(obj.size, result.etag, "server")
+
+    async def _copy_small(self, obj: ObjectInfo) -> CopyOutcome:
+        async with self.budget.hold(obj.size):
+            info, data = await self.src.read_object(obj.key, if_match=obj.etag)
+            if len(data) != info.size:
+                raise TransientError(f"short read: got {len(data)} of {info.size} bytes")
+            if len(data) != obj.size:
+                raise SourceChangedError("source size changed since it was listed", key=obj.key)
+            md5: str | None = None
+            crc = info.crc64
+            if self._verify or self._crc:
+                md5, computed = await _digest_async(data, self._crc)
+                if computed is not None:
+                    if info.crc64 is not None and info.crc64 != computed:
+                        raise TransientError("CRC64 of the bytes read differs from the source's CRC64")
+                    crc = computed
+            result = await self.dst.put(
+                obj.key, data, self._meta(info.meta), storage_class=self.opts.storage_class, crc64=crc
+            )
+        if md5 is not None and self._etag_md5 and result.etag and _MD5_HEX.match(result.etag):
+            if result.etag != md5:
+                await self._discard(obj.key)
+                raise VerificationError("destination ETag does not match the MD5 of the bytes sent")
+        return CopyOutcome(obj.size, result.etag, "put")
+
+    async def _copy_multipart(self, obj: ObjectInfo) -> CopyOutcome:
+        info = await self.src.head(obj.key)
+        if obj.etag and info.etag != obj.etag:
+            raise SourceChangedError("source changed since it was listed", key=obj.key)
+        size, etag = info.size, info.etag
+        caps = self.dst.capabilities
+        part_size = choose_part_size(size, self.opts.part_size, caps.min_part_size, caps.max_part_size,
+                                     caps.max_parts)
+        done: dict[int, PartRow] = {}
+        upload_id: str | None = None
+        ck = await self.checkpoints.get(obj.key) if self.checkpoints else None
+        if ck is not None:
+            if ck.src_etag == etag and ck.size == size:
+                try:
+                    stored = {p.part_number: p for p in await self.dst.list_parts(obj.key, ck.upload_id)}
+                except NotFoundError:
+                    stored = None
+                if stored is not None and self.checkpoints is not None:
+                    upload_id, part_size = ck.upload_id, ck.part_size
+                    for p in await self.checkpoints.parts(obj.key):
+                        s = stored.get(p.part_number)
+                        if s is not None and s.etag == p.etag and s.size == p.size:
+                            done[p.part_number] = p
+            if upload_id is None:
+                await self._abandon(obj.key, ck.upload_id)
+        if upload_id is None:
+            upload_id = await self.dst.create_multipart(
+                obj.key, self._meta(info.meta), storage_class=self.opts.storage_class, crc64=info.crc64
+            )
+            if self.checkpoints:
+                await self.checkpoints.save(UploadRow(obj.key, upload_id, etag, size, part_size))
+        nparts = max(1, -(-size // part_size))
+        try:
+            fresh = await asyncio.gather(
+                *(self._part(obj.key, upload_id, n, part_size, size, etag)
+                  for n in range(1, nparts + 1) if n not in done)
+            )
+        except PermanentError:
+            await self._abandon(obj.key, upload_id)
+            raise
+        rows = sorted([*done.values(), *fresh], key=lambda r: r.part_number)
+        result = await self.dst.complete_multipart(
+            obj.key, upload_id, [PartInfo(r.part_number, r.etag, r.size) for r in rows]
+        )
+        if self.checkpoints:
+            await self.checkpoints.drop(obj.key)
+        if self._verify:
+            md5s = [r.md5 for r in rows]
+            if self._etag_md5 and result.etag and all(md5s) and "-" in result.etag:
+                if result.etag != composite_etag([m for m in md5s if m]):
+                    await self._discard(obj.key)
+                    raise VerificationError("destination multipart ETag does not match the parts sent")
+            if self._crc and info.crc64 is not None and all(r.crc64 is not None for r in rows):
+                whole = rows[0].crc64 or 0
+                for r in rows[1:]:
+                    whole = crc64_combine(whole, r.crc64 or 0, r.size)
+                if whole != info.crc64:
+                    await self._discard(obj.key)
+                    raise VerificationError("CRC64 of the copied bytes differs from the source's CRC64")
+        return CopyOutcome(size, result.etag, "multipart")
+
+    async def _part(self, key: str, upload_id: str, n: int, part_size: int, size: int,
+                    etag: str | None) -> PartRow:
+        offset = (n - 1) * part_size
+        length = min(part_size, size - offset)
+        async with self.budget.hold(length):
+            data = await self.src.read(key, offset=offset, length=length, if_match=etag)
+            if len(data) != length:
+                raise TransientError(f"short read of part {n}: {len(data)} of {length} bytes")
+            md5, crc = await _digest_async(data, self._crc)
+            part = await self.dst.upload_part(key, upload_id, n, data)
+            del data
+        if self._verify and self._etag_md5 and _MD5_HEX.match(part.etag) and part.etag != md5:
+            raise TransientError(f"part {n} ETag does not match the MD5 of the bytes sent")
+        row = PartRow(n, part.etag, length, crc, md5)
+        if self.checkpoints:
+            await self.checkpoints.save_part(key, row)
+        return row
+
+    async def _abandon(self, key: str, upload_id: str) -> None:
+        try:
+            await self.dst.abort_multipart(key, upload_id)
+        except Exception:  # noqa: BLE001 - an upload that is already gone needs no abort
+            pass
+        if self.checkpoints:
+            await self.checkpoints.drop(key)

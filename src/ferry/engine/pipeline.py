@@ -1,0 +1,253 @@
+"""Runs one job: streams the plan into bounded copy workers and records results in batches.
+
+Resume: results are written in batches with a listing watermark (every source key up to it, in byte order, is
+finished). A restarted job lists only past the watermark (or filters, for stores that cannot list from a
+key), and the planner also skips keys finished beyond it, so nothing verified is copied twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+
+from ferry.db.repo import JobRepo, ObjectResult, PartRow, Tally, UploadRow
+from ferry.engine.budget import MemoryBudget
+from ferry.engine.compare import CopyReason, OverwriteMode, SkipReason, decide
+from ferry.engine.copier import Copier, CopyOptions
+from ferry.engine.planner import Copy, Skip, plan
+from ferry.engine.progress import Counters
+from ferry.errors import NotFoundError, PermanentError, SourceChangedError, TransientError
+from ferry.objects import ObjectInfo
+from ferry.storage.base import Backend, ListOrder
+
+MiB = 1024 * 1024
+_SOURCE_CHANGE_ATTEMPTS = 3
+# How far completions may run ahead of the oldest unfinished action before dispatch waits; it bounds the
+# memory the watermark bookkeeping needs when one huge object is slow.
+_WATERMARK_WINDOW = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class TransferOptions:
+    overwrite: OverwriteMode = OverwriteMode.SIZE_LAST_MODIFIED_COMPARISON_OVERWRITE
+    copy: CopyOptions = field(default_factory=CopyOptions)
+    migrate_since: float | None = None
+    concurrency: int = 64
+    memory_limit: int = 256 * MiB
+
+
+class RepoCheckpoints:
+    """Multipart checkpoints kept in the job database, called off the event loop."""
+
+    def __init__(self, repo: JobRepo, job_id: str) -> None:
+        self.repo = repo
+        self.job_id = job_id
+
+    async def get(self, key: str) -> UploadRow | None:
+        return await asyncio.to_thread(self.repo.get_upload, self.job_id, key)
+
+    async def save(self, upload: UploadRow) -> None:
+        await asyncio.to_thread(self.repo.save_upload, self.job_id, upload)
+
+    async def save_part(self, key: str, part: PartRow) -> None:
+        await asyncio.to_thread(self.repo.save_part, self.job_id, key, part)
+
+    async def parts(self, key: str) -> list[PartRow]:
+        return await asyncio.to_thread(self.repo.get_parts, self.job_id, key)
+
+    async def drop(self, key: str) -> None:
+        await asyncio.to_thread(self.repo.drop_upload, self.job_id, key)
+
+
+class Recorder:
+    """Collects results and writes them in batches, advancing the watermark over contiguous completions."""
+
+    def __init__(self, repo: JobRepo, job_id: str, batch: int = 2000, interval: float = 0.5) -> None:
+        self.repo = repo
+        self.job_id = job_id
+        self.batch = batch
+        self.interval = interval
+        self._pending: list[ObjectResult] = []
+        self._done: dict[int, str] = {}
+        self._next = 0
+        self._watermark: str | None = None
+        self._dirty_watermark = False
+        self._advanced = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    def complete(self, seq: int, key: str, result: ObjectResult | None) -> None:
+        if result is not None:
+            self._pending.append(result)
+        self._done[seq] = key
+        while self._next in self._done:
+            self._watermark = self._done.pop(self._next)
+            self._next += 1
+            self._dirty_watermark = True
+        self._advanced.set()
+
+    async def wait_window(self, seq: int) -> None:
+        while seq - self._next > _WATERMARK_WINDOW:
+            self._advanced.clear()
+            await self._advanced.wait()
+
+    def due(self) -> bool:
+        return len(self._pending) >= self.batch
+
+    async def flush(self) -> None:
+        async with self._lock:
+            batch, self._pending = self._pending, []
+            watermark = self._watermark if self._dirty_watermark else None
+            self._dirty_watermark = False
+            if batch or watermark is not None:
+                await asyncio.to_thread(self.repo.record, self.job_id, batch, watermark)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.flush()
+
+
+async def _filtered(it: AsyncIterator[ObjectInfo], after: str) -> AsyncIterator[ObjectInfo]:
+    async for obj in it:
+        if obj.key > after:
+            yield obj
+
+
+def _listing(backend: Backend, after: str | None) -> AsyncIterator[ObjectInfo]:
+    if after is None:
+        return backend.list()
+    if backend.capabilities.list_order is ListOrder.LEXICOGRAPHIC:
+        return backend.list(start_after=after)
+    return _filtered(backend.list(), after)
+
+
+async def _finished_keys(repo: JobRepo, job_id: str, after: str | None) -> AsyncIterator[str]:
+    gen: Iterator[str] = repo.iter_finished_keys(job_id, after=after)
+    while True:
+        chunk = await asyncio.to_thread(lambda: list(islice(gen, 5000)))
+        if not chunk:
+            return
+        for key in chunk:
+            yield key
+
+
+class Transfer:
+    """One job's execution: plan, dispatch to workers, record. Counters are live while it runs."""
+
+    def __init__(self, src: Backend, dst: Backend, repo: JobRepo, job_id: str, opts: TransferOptions,
+                 counters: Counters | None = None) -> None:
+        self.src = src
+        self.dst = dst
+        self.repo = repo
+        self.job_id = job_id
+        self.opts = opts
+        self.counters = counters or Counters()
+        self.budget = MemoryBudget(opts.memory_limit)
+        self.copier = Copier(src, dst, opts.copy, self.budget, RepoCheckpoints(repo, job_id))
+        self.recorder = Recorder(repo, job_id)
+
+    async def _crc_decide(self, src: ObjectInfo, dst: ObjectInfo) -> CopyReason | SkipReason:
+        # Listings carry no CRC64; when the rule needs one, ask both stores (HEAD) for theirs.
+        s, d = await asyncio.gather(self.src.head(src.key), self.dst.head(dst.key))
+        return decide(s, d, OverwriteMode.CRC64_COMPARISON_OVERWRITE, self.opts.migrate_since)
+
+    async def _copy(self, obj: ObjectInfo) -> ObjectResult:
+        for _ in range(_SOURCE_CHANGE_ATTEMPTS):
+            try:
+                out = await self.copier.copy(obj)
+                self.counters.bytes_copied += out.size
+                return ObjectResult(obj.key, "success", out.size, out.etag)
+            except SourceChangedError:
+                try:
+                    obj = await self.src.head(obj.key)
+                except NotFoundError:
+                    return ObjectResult(obj.key, "failed", obj.size, obj.etag, "source deleted during copy")
+            except (PermanentError, TransientError) as exc:
+                return ObjectResult(obj.key, "failed", obj.size, obj.etag, exc.message)
+        return ObjectResult(obj.key, "failed", obj.size, obj.etag, "source kept changing during copy")
+
+    async def _handle(self, action: Copy | Skip) -> ObjectResult:
+        src = action.src
+        if isinstance(action, Skip):
+            reason: CopyReason | SkipReason = action.reason
+        else:
+            reason = action.reason
+        if (self.opts.overwrite is OverwriteMode.CRC64_COMPARISON_OVERWRITE
+                and reason in (SkipReason.SAME_SIZE_NOT_OLDER, CopyReason.SOURCE_NEWER)
+                and isinstance(action, Copy | Skip) and getattr(action, "dst", None) is not None):
+            try:
+                reason = await self._crc_decide(src, action.dst)  # type: ignore[arg-type]
+            except NotFoundError:
+                reason = CopyReason.MISSING
+        if isinstance(reason, SkipReason):
+            self.counters.skipped += 1
+            self.counters.bytes_skipped += src.size
+            return ObjectResult(src.key, "skipped", src.size, src.etag, reason.value)
+        result = await self._copy(src)
+        if result.status == "success":
+            self.counters.success += 1
+        else:
+            self.counters.failed += 1
+        return result
+
+    async def run(self, resume_after: str | None, prior: Tally) -> None:
+        """Run to completion; raises FatalError (after recording what finished) if the job must stop."""
+        c = self.counters
+        c.success, c.skipped, c.failed = prior.success, prior.skipped, prior.failed
+        c.bytes_copied, c.bytes_skipped = prior.success_bytes, prior.skipped_bytes
+        c.listed = prior.success + prior.skipped + prior.failed
+        c.listed_bytes = prior.success_bytes + prior.skipped_bytes + prior.failed_bytes
+        queue: asyncio.Queue[tuple[int, Copy | Skip] | None] = asyncio.Queue(maxsize=self.opts.concurrency * 2)
+        recorder_task = asyncio.create_task(self.recorder.run())
+        workers = [asyncio.create_task(self._worker(queue)) for _ in range(self.opts.concurrency)]
+        try:
+            await self._dispatch(queue, resume_after)
+            for _ in workers:
+                await queue.put(None)
+            await asyncio.gather(*workers)
+        except BaseException:
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            raise
+        finally:
+            recorder_task.cancel()
+            await asyncio.gather(recorder_task, return_exceptions=True)
+            await self.recorder.flush()
+
+    async def _dispatch(self, queue: asyncio.Queue[tuple[int, Copy | Skip] | None],
+                        resume_after: str | None) -> None:
+        actions = plan(
+            _listing(self.src, resume_after),
+            _listing(self.dst, resume_after),
+            src_order=self.src.capabilities.list_order,
+            dst_order=self.dst.capabilities.list_order,
+            finished=_finished_keys(self.repo, self.job_id, resume_after),
+            mode=self.opts.overwrite,
+            migrate_since=self.opts.migrate_since,
+        )
+        seq = 0
+        async for action in actions:
+            if isinstance(action, Skip) and action.reason is SkipReason.ALREADY_DONE:
+                self.recorder.complete(seq, action.src.key, None)
+            else:
+                self.counters.listed += 1
+                self.counters.listed_bytes += action.src.size
+                await self.recorder.wait_window(seq)
+                await queue.put((seq, action))
+            seq += 1
+        self.counters.listing_done = True
+
+    async def _worker(self, queue: asyncio.Queue[tuple[int, Copy | Skip] | None]) -> None:
+        while True:
+            item = await queue.get()
+            if item is None:
+                return
+            seq, action = item
+            result = await self._handle(action)
+            self.recorder.complete(seq, action.src.key, result)
+            if self.recorder.due():
+                await self.recorder.flush()
+
