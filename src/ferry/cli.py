@@ -210,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ferry: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - the contract is one line, never a traceback
+    except Exception as exc:
         log.debug("unexpected error", exc_info=True)
         print(f"ferry: error: unexpected {type(exc).__name__}: {_redact(str(exc), args)}", file=sys.stderr)
         return EXIT_USAGE

@@ -8,6 +8,7 @@ Multipart uploads are checkpointed part by part so a restarted job continues the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
 from collections.abc import Sequence
@@ -117,10 +118,8 @@ class Copier:
         return await self._copy_multipart(obj)
 
     async def _discard(self, key: str) -> None:
-        try:
+        with contextlib.suppress(Exception):
             await self.dst.delete(key)
-        except Exception:  # noqa: BLE001 - best effort; the verification error is what gets reported
-            pass
 
     async def _copy_server(self, obj: ObjectInfo) -> CopyOutcome:
         # Server-side copy keeps all source metadata (COPY directive): nothing leaves the store, and keeping
@@ -153,10 +152,10 @@ class Copier:
             result = await self.dst.put(
                 obj.key, data, self._meta(info.meta), storage_class=self.opts.storage_class, crc64=crc
             )
-        if md5 is not None and self._etag_md5 and result.etag and _MD5_HEX.match(result.etag):
-            if result.etag != md5:
-                await self._discard(obj.key)
-                raise VerificationError("destination ETag does not match the MD5 of the bytes sent")
+        etag = result.etag
+        if md5 is not None and self._etag_md5 and etag and _MD5_HEX.match(etag) and etag != md5:
+            await self._discard(obj.key)
+            raise VerificationError("destination ETag does not match the MD5 of the bytes sent")
         return CopyOutcome(obj.size, result.etag, "put")
 
     async def _copy_multipart(self, obj: ObjectInfo) -> CopyOutcome:
@@ -207,10 +206,11 @@ class Copier:
             await self.checkpoints.drop(obj.key)
         if self._verify:
             md5s = [r.md5 for r in rows]
-            if self._etag_md5 and result.etag and all(md5s) and "-" in result.etag:
-                if result.etag != composite_etag([m for m in md5s if m]):
-                    await self._discard(obj.key)
-                    raise VerificationError("destination multipart ETag does not match the parts sent")
+            got = result.etag
+            if (self._etag_md5 and got and all(md5s) and "-" in got
+                    and got != composite_etag([m for m in md5s if m])):
+                await self._discard(obj.key)
+                raise VerificationError("destination multipart ETag does not match the parts sent")
             if self._crc and info.crc64 is not None and all(r.crc64 is not None for r in rows):
                 whole = rows[0].crc64 or 0
                 for r in rows[1:]:
@@ -239,9 +239,7 @@ class Copier:
         return row
 
     async def _abandon(self, key: str, upload_id: str) -> None:
-        try:
+        with contextlib.suppress(Exception):
             await self.dst.abort_multipart(key, upload_id)
-        except Exception:  # noqa: BLE001 - an upload that is already gone needs no abort
-            pass
         if self.checkpoints:
             await self.checkpoints.drop(key)

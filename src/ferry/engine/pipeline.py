@@ -16,7 +16,7 @@ from ferry.db.repo import JobRepo, ObjectResult, PartRow, Tally, UploadRow
 from ferry.engine.budget import MemoryBudget
 from ferry.engine.compare import CopyReason, OverwriteMode, SkipReason, decide
 from ferry.engine.copier import Copier, CopyOptions
-from ferry.engine.planner import Copy, Skip, plan
+from ferry.engine.planner import Action, Fail, Planner, Skip
 from ferry.engine.progress import Counters
 from ferry.errors import NotFoundError, PermanentError, SourceChangedError, TransientError
 from ferry.objects import ObjectInfo
@@ -148,9 +148,12 @@ class Transfer:
         self.copier = Copier(src, dst, opts.copy, self.budget, RepoCheckpoints(repo, job_id))
         self.recorder = Recorder(repo, job_id)
 
-    async def _crc_decide(self, src: ObjectInfo, dst: ObjectInfo) -> CopyReason | SkipReason:
+    async def _crc_decide(self, src: ObjectInfo) -> CopyReason | SkipReason:
         # Listings carry no CRC64; when the rule needs one, ask both stores (HEAD) for theirs.
-        s, d = await asyncio.gather(self.src.head(src.key), self.dst.head(dst.key))
+        try:
+            s, d = await asyncio.gather(self.src.head(src.key), self.dst.head(src.key))
+        except NotFoundError:
+            return CopyReason.MISSING
         return decide(s, d, OverwriteMode.CRC64_COMPARISON_OVERWRITE, self.opts.migrate_since)
 
     async def _copy(self, obj: ObjectInfo) -> ObjectResult:
@@ -168,19 +171,15 @@ class Transfer:
                 return ObjectResult(obj.key, "failed", obj.size, obj.etag, exc.message)
         return ObjectResult(obj.key, "failed", obj.size, obj.etag, "source kept changing during copy")
 
-    async def _handle(self, action: Copy | Skip) -> ObjectResult:
+    async def _handle(self, action: Action) -> ObjectResult:
         src = action.src
-        if isinstance(action, Skip):
-            reason: CopyReason | SkipReason = action.reason
-        else:
-            reason = action.reason
+        if isinstance(action, Fail):
+            self.counters.failed += 1
+            return ObjectResult(src.key, "failed", src.size, src.etag, action.reason)
+        reason: CopyReason | SkipReason = action.reason
         if (self.opts.overwrite is OverwriteMode.CRC64_COMPARISON_OVERWRITE
-                and reason in (SkipReason.SAME_SIZE_NOT_OLDER, CopyReason.SOURCE_NEWER)
-                and isinstance(action, Copy | Skip) and getattr(action, "dst", None) is not None):
-            try:
-                reason = await self._crc_decide(src, action.dst)  # type: ignore[arg-type]
-            except NotFoundError:
-                reason = CopyReason.MISSING
+                and reason in (SkipReason.SAME_SIZE_NOT_OLDER, CopyReason.SOURCE_NEWER)):
+            reason = await self._crc_decide(src)
         if isinstance(reason, SkipReason):
             self.counters.skipped += 1
             self.counters.bytes_skipped += src.size
@@ -193,13 +192,13 @@ class Transfer:
         return result
 
     async def run(self, resume_after: str | None, prior: Tally) -> None:
-        """Run to completion; raises FatalError (after recording what finished) if the job must stop."""
+        """Run to completion; a FatalError propagates after everything finished so far is recorded."""
         c = self.counters
         c.success, c.skipped, c.failed = prior.success, prior.skipped, prior.failed
         c.bytes_copied, c.bytes_skipped = prior.success_bytes, prior.skipped_bytes
         c.listed = prior.success + prior.skipped + prior.failed
         c.listed_bytes = prior.success_bytes + prior.skipped_bytes + prior.failed_bytes
-        queue: asyncio.Queue[tuple[int, Copy | Skip] | None] = asyncio.Queue(maxsize=self.opts.concurrency * 2)
+        queue: asyncio.Queue[tuple[int, Action] | None] = asyncio.Queue(maxsize=self.opts.concurrency * 2)
         recorder_task = asyncio.create_task(self.recorder.run())
         workers = [asyncio.create_task(self._worker(queue)) for _ in range(self.opts.concurrency)]
         try:
@@ -217,30 +216,33 @@ class Transfer:
             await asyncio.gather(recorder_task, return_exceptions=True)
             await self.recorder.flush()
 
-    async def _dispatch(self, queue: asyncio.Queue[tuple[int, Copy | Skip] | None],
-                        resume_after: str | None) -> None:
-        actions = plan(
+    async def _dispatch(self, queue: asyncio.Queue[tuple[int, Action] | None], resume_after: str | None) -> None:
+        planner = Planner(
             _listing(self.src, resume_after),
+            self.src.capabilities.list_order,
             _listing(self.dst, resume_after),
-            src_order=self.src.capabilities.list_order,
-            dst_order=self.dst.capabilities.list_order,
+            self.dst.capabilities.list_order,
             finished=_finished_keys(self.repo, self.job_id, resume_after),
-            mode=self.opts.overwrite,
+            overwrite_mode=self.opts.overwrite,
             migrate_since=self.opts.migrate_since,
+            max_key_bytes=self.dst.capabilities.max_key_bytes,
         )
         seq = 0
-        async for action in actions:
-            if isinstance(action, Skip) and action.reason is SkipReason.ALREADY_DONE:
-                self.recorder.complete(seq, action.src.key, None)
-            else:
-                self.counters.listed += 1
-                self.counters.listed_bytes += action.src.size
-                await self.recorder.wait_window(seq)
-                await queue.put((seq, action))
-            seq += 1
+        try:
+            async for action in planner:
+                if isinstance(action, Skip) and action.reason is SkipReason.ALREADY_DONE:
+                    self.recorder.complete(seq, action.src.key, None)
+                else:
+                    self.counters.listed += 1
+                    self.counters.listed_bytes += action.src.size
+                    await self.recorder.wait_window(seq)
+                    await queue.put((seq, action))
+                seq += 1
+        finally:
+            await planner.aclose()
         self.counters.listing_done = True
 
-    async def _worker(self, queue: asyncio.Queue[tuple[int, Copy | Skip] | None]) -> None:
+    async def _worker(self, queue: asyncio.Queue[tuple[int, Action] | None]) -> None:
         while True:
             item = await queue.get()
             if item is None:
@@ -250,4 +252,3 @@ class Transfer:
             self.recorder.complete(seq, action.src.key, result)
             if self.recorder.due():
                 await self.recorder.flush()
-

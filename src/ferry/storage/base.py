@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import enum
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -90,7 +91,7 @@ class Backend(Protocol):
 
     async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> PartInfo: ...
 
-    async def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
+    async def list_parts(self, key: str, upload_id: str) -> builtins.list[PartInfo]:
         """Parts already uploaded; raises NotFoundError when the upload is gone."""
         ...
 
