@@ -1,0 +1,181 @@
+"""S3-compatible providers as data: endpoints, addressing, CRC64 headers, storage classes, limits, quirks."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from typing import Any, Literal
+
+from ferry.errors import UsageError
+from ferry.storage.base import Capabilities, ListOrder
+
+CANONICAL_CLASSES = ("STANDARD", "IA", "ARCHIVE", "DEEP_ARCHIVE")
+ARCHIVE_CLASSES = frozenset({"ARCHIVE", "DEEP_ARCHIVE"})  # canonical classes that must be restored to read
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """One provider's S3 dialect. Loaded from `profiles.json`; nothing here is provider code.
+
+    - `endpoint_template`: host with `{region}`, e.g. `oss-{region}.aliyuncs.com`; None means the endpoint
+      must be given (SeaweedFS, the generic profile).
+    - `addressing`: `virtual` (bucket.host/key) or `path` (host/bucket/key).
+    - `list_order`: what its ListObjects order is; stores we cannot vouch for are UNORDERED.
+    - `list_version` 1 or 2 (ListObjects / ListObjectsV2); `list_url_encode`: send `encoding-type=url`.
+    - `crc64_headers`: response headers carrying a CRC-64/ECMA, first found wins; `crc64_reported` says
+      every object has one (not only those uploaded with it).
+    - `to_vendor`: canonical class (STANDARD/IA/ARCHIVE/DEEP_ARCHIVE) -> the name to send;
+      `from_vendor`: any name the provider reports (upper-cased) -> canonical.
+    - `bucket_pattern`/`bucket_hint`: the provider's bucket naming rule (Tencent: `name-APPID`).
+    """
+
+    name: str
+    title: str
+    endpoint_template: str | None
+    default_region: str
+    addressing: Literal["path", "virtual"]
+    scheme: Literal["http", "https"]
+    list_order: ListOrder
+    list_version: int
+    list_url_encode: bool
+    crc64_headers: tuple[str, ...]
+    crc64_reported: bool
+    storage_class_header: str
+    to_vendor: Mapping[str, str]
+    from_vendor: Mapping[str, str]
+    restore: bool
+    min_part_size: int
+    max_part_size: int
+    max_parts: int
+    max_object_size: int
+    max_key_bytes: int
+    etag_is_md5: bool
+    mtime_precision: float
+    bucket_pattern: str
+    bucket_hint: str
+    aliases: tuple[str, ...] = field(default=())
+
+    def endpoint(self, region: str | None = None) -> str:
+        """`scheme://host` for `region` (the profile's default region when None)."""
+        if self.endpoint_template is None:
+            raise UsageError(f"{self.title} needs an explicit endpoint")
+        host = self.endpoint_template.format(region=region or self.default_region)
+        return f"{self.scheme}://{host}"
+
+    def vendor_class(self, canonical: str) -> str:
+        """The storage-class name to send for a canonical class; other names pass through unchanged.
+
+        Raises UsageError for a canonical class this provider does not offer.
+        """
+        upper = canonical.upper()
+        if upper in self.to_vendor:
+            return self.to_vendor[upper]
+        if upper in CANONICAL_CLASSES:
+            raise UsageError(f"{self.title} has no {upper} storage class")
+        return canonical
+
+    def canonical_class(self, vendor: str | None) -> str | None:
+        """The canonical class of a reported name (None when absent); unknown names pass through."""
+        if vendor is None:
+            return None
+        return self.from_vendor.get(vendor.upper().replace(" ", "_"), vendor)
+
+    def check_bucket(self, bucket: str) -> None:
+        """Raise UsageError when `bucket` breaks the provider's naming rule."""
+        if not re.fullmatch(self.bucket_pattern, bucket):
+            raise UsageError(f"invalid {self.title} bucket name {bucket!r}: {self.bucket_hint}")
+
+    def bucket_name(self, name: str, app_id: str | None = None) -> str:
+        """The bucket's full name: Tencent COS appends `-APPID` when `name` lacks it."""
+        if app_id and not name.endswith(f"-{app_id}"):
+            return f"{name}-{app_id}"
+        return name
+
+    def capabilities(self, copy_group: str | None = None) -> Capabilities:
+        return Capabilities(
+            list_order=self.list_order,
+            copy_group=copy_group,
+            multipart=True,
+            min_part_size=self.min_part_size,
+            max_part_size=self.max_part_size,
+            max_parts=self.max_parts,
+            max_object_size=self.max_object_size,
+            etag_is_md5=self.etag_is_md5,
+            crc64=self.crc64_reported,
+            mtime_precision=self.mtime_precision,
+            storage_classes=frozenset(self.to_vendor),
+            restore=self.restore,
+            max_key_bytes=self.max_key_bytes,
+        )
+
+    def replace(self, **changes: Any) -> Profile:
+        """A copy with some fields changed (e.g. a private deployment's quirks)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _build(name: str, raw: Mapping[str, Any], defaults: Mapping[str, Any]) -> Profile:
+    merged = {**defaults, **raw}
+    return Profile(
+        name=name,
+        title=merged.get("title", name),
+        endpoint_template=merged["endpoint_template"],
+        default_region=merged["default_region"],
+        addressing=merged["addressing"],
+        scheme=merged["scheme"],
+        list_order=ListOrder(merged["list_order"]),
+        list_version=int(merged["list_version"]),
+        list_url_encode=bool(merged["list_url_encode"]),
+        crc64_headers=tuple(h.lower() for h in merged["crc64_headers"]),
+        crc64_reported=bool(merged["crc64_reported"]),
+        storage_class_header=merged["storage_class_header"].lower(),
+        to_vendor={k.upper(): v for k, v in merged["to_vendor"].items()},
+        from_vendor={k.upper(): v for k, v in merged["from_vendor"].items()},
+        restore=bool(merged["restore"]),
+        min_part_size=int(merged["min_part_size"]),
+        max_part_size=int(merged["max_part_size"]),
+        max_parts=int(merged["max_parts"]),
+        max_object_size=int(merged["max_object_size"]),
+        max_key_bytes=int(merged["max_key_bytes"]),
+        etag_is_md5=bool(merged["etag_is_md5"]),
+        mtime_precision=float(merged["mtime_precision"]),
+        bucket_pattern=merged["bucket_pattern"],
+        bucket_hint=merged["bucket_hint"],
+        aliases=tuple(a.lower() for a in merged["aliases"]),
+    )
+
+
+@cache
+def _table() -> tuple[dict[str, Profile], dict[str, str]]:
+    data = json.loads(resources.files("ferry.storage").joinpath("profiles.json").read_text("utf-8"))
+    profiles = {name: _build(name, raw, data["defaults"]) for name, raw in data["profiles"].items()}
+    lookup: dict[str, str] = {}
+    for name, prof in profiles.items():
+        for alias in (name, *prof.aliases):
+            lookup[_norm(alias)] = name
+    return profiles, lookup
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def get_profile(name: str) -> Profile:
+    """The profile for a provider name or alias, case-insensitively: `AWS`, `Aliyun`, `HuaweiCloud`, `cos`...
+
+    Raises UsageError for an unknown name.
+    """
+    profiles, lookup = _table()
+    key = lookup.get(_norm(name))
+    if key is None:
+        raise UsageError(f"unknown S3 provider {name!r}; known: {', '.join(sorted(profiles))}")
+    return profiles[key]
+
+
+def profile_names() -> list[str]:
+    """Canonical names of every profile."""
+    return sorted(_table()[0])
