@@ -1,0 +1,359 @@
+"""In-memory Backend: a fast, faithful stand-in for an S3 bucket in tests and the sandbox.
+
+A `MemoryStore` is one "endpoint": it holds several buckets and the in-flight multipart uploads, and every
+`MemoryBackend` opened on the same store shares one `copy_group`, so server-side copies work between them.
+Semantics follow S3 where tests could notice: ETag is the MD5 hex of a single put and `md5(md5s)-N` after a
+multipart upload, listings are in UTF-8 byte order, non-last parts below `min_part_size` are rejected at
+completion, a missing upload is NotFoundError.
+"""
+
+from __future__ import annotations
+
+import bisect
+import builtins
+import hashlib
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field, replace
+
+from ferry.errors import FatalError, NotFoundError, PermanentError, SourceChangedError
+from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult
+from ferry.storage.base import Backend, Capabilities, ListOrder
+from ferry.storage.wrappers import unwrap
+
+__all__ = ["S3_STORAGE_CLASSES", "MemoryBackend", "MemoryStore"]
+
+S3_STORAGE_CLASSES = frozenset({"STANDARD", "STANDARD_IA", "GLACIER", "DEEP_ARCHIVE"})
+_LIST_BATCH = 1000
+
+
+def _md5_hex(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def _composite_etag(part_etags: Sequence[str]) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    for etag in part_etags:
+        digest.update(bytes.fromhex(etag))
+    return f"{digest.hexdigest()}-{len(part_etags)}"
+
+
+def _own_meta(meta: ObjectMeta) -> ObjectMeta:
+    # The caller's `user` mapping may be a dict it keeps mutating; the stored object must not change with it.
+    return replace(meta, user=dict(meta.user))
+
+
+@dataclass(frozen=True, slots=True)
+class _Object:
+    data: bytes
+    etag: str
+    mtime: float
+    meta: ObjectMeta
+    storage_class: str | None
+    crc64: int | None
+
+
+@dataclass(slots=True)
+class _Bucket:
+    objects: dict[str, _Object] = field(default_factory=dict)
+    keys: builtins.list[str] = field(default_factory=builtins.list)  # sorted; str order == UTF-8 byte order
+
+
+@dataclass(slots=True)
+class _Upload:
+    bucket: str
+    key: str
+    meta: ObjectMeta
+    storage_class: str | None
+    crc64: int | None
+    parts: dict[int, tuple[bytes, str]] = field(default_factory=dict)
+
+
+class MemoryStore:
+    """One in-memory endpoint: buckets plus in-flight multipart uploads, shared by its backends."""
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or uuid.uuid4().hex[:12]
+        # A threading lock, not an asyncio one: the API server and a runner may share a store across threads,
+        # and no critical section awaits, so it never blocks an event loop for long.
+        self.lock = threading.RLock()
+        self._buckets: dict[str, _Bucket] = {}
+        self._uploads: dict[str, _Upload] = {}
+
+    @property
+    def copy_group(self) -> str:
+        return f"memory:{self.name}"
+
+    def create_bucket(self, name: str) -> None:
+        with self.lock:
+            self._buckets.setdefault(name, _Bucket())
+
+    def delete_bucket(self, name: str) -> None:
+        with self.lock:
+            self._buckets.pop(name, None)
+
+    def bucket_names(self) -> builtins.list[str]:
+        with self.lock:
+            return sorted(self._buckets)
+
+    def _bucket(self, name: str) -> _Bucket:
+        try:
+            return self._buckets[name]
+        except KeyError:
+            raise FatalError(f"bucket {name!r} does not exist in memory store {self.name}") from None
+
+
+class MemoryBackend:
+    """One bucket (optionally under a key prefix) of a MemoryStore."""
+
+    def __init__(
+        self,
+        store: MemoryStore | None = None,
+        bucket: str = "bucket",
+        prefix: str = "",
+        *,
+        create_bucket: bool = True,
+        min_part_size: int = 5 * 1024 * 1024,
+    ) -> None:
+        self._store = store if store is not None else MemoryStore()
+        self._bucket_name = bucket
+        self._prefix = prefix
+        if create_bucket:
+            self._store.create_bucket(bucket)
+        self._capabilities = Capabilities(
+            list_order=ListOrder.LEXICOGRAPHIC,
+            copy_group=self._store.copy_group,
+            min_part_size=min_part_size,
+            etag_is_md5=True,
+            crc64=False,
+            mtime_precision=1e-6,
+            storage_classes=S3_STORAGE_CLASSES,
+            restore=False,
+        )
+
+    @property
+    def store(self) -> MemoryStore:
+        return self._store
+
+    @property
+    def bucket(self) -> str:
+        return self._bucket_name
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    @property
+    def name(self) -> str:
+        return f"mem://{self._bucket_name}/{self._prefix}"
+
+    # -- helpers ------------------------------------------------------------------------------------------
+    def _full_key(self, key: str) -> str:
+        if not key:
+            raise PermanentError("an object key must not be empty", key=key)
+        full = self._prefix + key
+        try:
+            size = len(full.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise PermanentError("an object key must be valid UTF-8", key=key) from None
+        if size > self._capabilities.max_key_bytes:
+            raise PermanentError(
+                f"key is {size} bytes with the prefix; the limit is {self._capabilities.max_key_bytes}", key=key
+            )
+        return full
+
+    def _get(self, key: str) -> _Object:
+        full = self._full_key(key)
+        with self._store.lock:
+            obj = self._store._bucket(self._bucket_name).objects.get(full)
+        if obj is None:
+            raise NotFoundError(f"{self.name}: no such object", key=key)
+        return obj
+
+    def _info(self, key: str, obj: _Object, *, with_meta: bool) -> ObjectInfo:
+        return ObjectInfo(
+            key=key, size=len(obj.data), mtime=obj.mtime, etag=obj.etag, storage_class=obj.storage_class,
+            crc64=obj.crc64, meta=obj.meta if with_meta else None,
+        )
+
+    def _store_object(self, full: str, obj: _Object) -> None:
+        with self._store.lock:
+            bucket = self._store._bucket(self._bucket_name)
+            if full not in bucket.objects:
+                bisect.insort(bucket.keys, full)
+            bucket.objects[full] = obj
+
+    @staticmethod
+    def _check_if_match(key: str, obj: _Object, if_match: str | None) -> None:
+        if if_match is not None and if_match.strip('"') != obj.etag:
+            raise SourceChangedError(f"object changed: ETag is now {obj.etag}, expected {if_match}", key=key)
+
+    # -- Backend ------------------------------------------------------------------------------------------
+    async def list(self, prefix: str = "", start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
+        full_prefix = self._prefix + prefix
+        after = None if start_after is None else self._prefix + start_after
+        strip = len(self._prefix)
+        last: str | None = None
+        while True:
+            # Position again by key after every batch: the consumer may put or delete between our yields.
+            with self._store.lock:
+                bucket = self._store._bucket(self._bucket_name)
+                keys = bucket.keys
+                if last is not None:
+                    i = bisect.bisect_right(keys, last)
+                else:
+                    i = bisect.bisect_left(keys, full_prefix)
+                    if after is not None:
+                        i = max(i, bisect.bisect_right(keys, after))
+                batch: builtins.list[ObjectInfo] = []
+                while i < len(keys) and len(batch) < _LIST_BATCH:
+                    full = keys[i]
+                    if not full.startswith(full_prefix):
+                        break
+                    batch.append(self._info(full[strip:], bucket.objects[full], with_meta=False))
+                    i += 1
+                done = len(batch) < _LIST_BATCH
+            for info in batch:
+                yield info
+            if done:
+                return
+            last = self._prefix + batch[-1].key
+
+    async def head(self, key: str) -> ObjectInfo:
+        return self._info(key, self._get(key), with_meta=True)
+
+    async def read(
+        self, key: str, *, offset: int = 0, length: int | None = None, if_match: str | None = None
+    ) -> bytes:
+        if offset < 0 or (length is not None and length < 0):
+            raise PermanentError(f"invalid range offset={offset} length={length}", key=key)
+        obj = self._get(key)
+        self._check_if_match(key, obj, if_match)
+        end = len(obj.data) if length is None else offset + length
+        return obj.data[offset:end]
+
+    async def read_object(self, key: str, *, if_match: str | None = None) -> tuple[ObjectInfo, bytes]:
+        obj = self._get(key)
+        self._check_if_match(key, obj, if_match)
+        return self._info(key, obj, with_meta=True), obj.data
+
+    async def put(
+        self, key: str, data: bytes, meta: ObjectMeta, *, storage_class: str | None = None,
+        crc64: int | None = None,
+    ) -> PutResult:
+        full = self._full_key(key)
+        body = bytes(data)
+        obj = _Object(body, _md5_hex(body), time.time(), _own_meta(meta), storage_class, crc64)
+        self._store_object(full, obj)
+        return PutResult(etag=obj.etag, mtime=obj.mtime)
+
+    async def create_multipart(
+        self, key: str, meta: ObjectMeta, *, storage_class: str | None = None, crc64: int | None = None
+    ) -> str:
+        full = self._full_key(key)
+        upload_id = uuid.uuid4().hex
+        with self._store.lock:
+            self._store._bucket(self._bucket_name)
+            self._store._uploads[upload_id] = _Upload(
+                self._bucket_name, full, _own_meta(meta), storage_class, crc64
+            )
+        return upload_id
+
+    def _upload(self, key: str, upload_id: str) -> _Upload:
+        full = self._full_key(key)
+        upload = self._store._uploads.get(upload_id)
+        if upload is None or upload.bucket != self._bucket_name or upload.key != full:
+            raise NotFoundError(f"{self.name}: no such multipart upload {upload_id}", key=key)
+        return upload
+
+    async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> PartInfo:
+        caps = self._capabilities
+        if not 1 <= part_number <= caps.max_parts:
+            raise PermanentError(f"part number {part_number} is outside 1..{caps.max_parts}", key=key)
+        if len(data) > caps.max_part_size:
+            raise PermanentError(f"part of {len(data)} bytes exceeds {caps.max_part_size}", key=key)
+        body = bytes(data)
+        etag = _md5_hex(body)
+        with self._store.lock:
+            self._upload(key, upload_id).parts[part_number] = (body, etag)
+        return PartInfo(part_number=part_number, etag=etag, size=len(body))
+
+    async def list_parts(self, key: str, upload_id: str) -> builtins.list[PartInfo]:
+        with self._store.lock:
+            parts = dict(self._upload(key, upload_id).parts)
+        return [PartInfo(n, etag, len(body)) for n, (body, etag) in sorted(parts.items())]
+
+    async def complete_multipart(self, key: str, upload_id: str, parts: Sequence[PartInfo]) -> PutResult:
+        if not parts:
+            raise PermanentError("completing a multipart upload needs at least one part", key=key)
+        with self._store.lock:
+            upload = self._upload(key, upload_id)
+            chunks: builtins.list[bytes] = []
+            etags: builtins.list[str] = []
+            previous = 0
+            for index, part in enumerate(parts):
+                if part.part_number <= previous:
+                    raise PermanentError("parts must be listed in ascending part-number order", key=key)
+                previous = part.part_number
+                stored = upload.parts.get(part.part_number)
+                if stored is None or stored[1] != part.etag.strip('"'):
+                    raise PermanentError(f"part {part.part_number} was not uploaded with that ETag", key=key)
+                if index < len(parts) - 1 and len(stored[0]) < self._capabilities.min_part_size:
+                    raise PermanentError(
+                        f"part {part.part_number} is {len(stored[0])} bytes, below the minimum "
+                        f"{self._capabilities.min_part_size} for all parts but the last", key=key,
+                    )
+                chunks.append(stored[0])
+                etags.append(stored[1])
+            obj = _Object(
+                b"".join(chunks), _composite_etag(etags), time.time(), upload.meta, upload.storage_class,
+                upload.crc64,
+            )
+            self._store_object(upload.key, obj)
+            del self._store._uploads[upload_id]
+        return PutResult(etag=obj.etag, mtime=obj.mtime)
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        with self._store.lock:
+            self._upload(key, upload_id)
+            del self._store._uploads[upload_id]
+
+    async def copy_from(
+        self, source: Backend, src_key: str, key: str, meta: ObjectMeta | None, *,
+        if_match: str | None = None, storage_class: str | None = None,
+    ) -> PutResult:
+        src = unwrap(source)
+        if not isinstance(src, MemoryBackend) or src._store is not self._store:
+            raise PermanentError(
+                f"server-side copy from {source.name} to {self.name} needs the same copy group", key=key
+            )
+        full = self._full_key(key)
+        obj = src._get(src_key)
+        self._check_if_match(src_key, obj, if_match)
+        # Like S3 CopyObject: a new single-part object (ETag = MD5 of the data), class reset unless given.
+        copied = _Object(
+            obj.data, _md5_hex(obj.data), time.time(), obj.meta if meta is None else _own_meta(meta),
+            storage_class, obj.crc64,
+        )
+        self._store_object(full, copied)
+        return PutResult(etag=copied.etag, mtime=copied.mtime)
+
+    async def delete(self, key: str) -> None:
+        full = self._full_key(key)
+        with self._store.lock:
+            bucket = self._store._bucket(self._bucket_name)
+            if bucket.objects.pop(full, None) is not None:
+                i = bisect.bisect_left(bucket.keys, full)
+                del bucket.keys[i]
+
+    async def restore(self, key: str, days: int) -> None:
+        self._get(key)  # nothing here is ever archived; only a missing key is an error
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,354 @@
+"""Backend wrappers for cross-cutting concerns: retry with backoff, bandwidth limits (principle 5).
+
+A wrapper is itself a Backend, keeps the wrapped backend's `name` and `capabilities`, and exposes it as
+`inner`; `unwrap` finds the real backend under any stack of wrappers, which server-side copy needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TypeVar
+
+from ferry.errors import TransientError
+from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult
+from ferry.storage.base import Backend, Capabilities
+
+__all__ = ["BackendWrapper", "BandwidthLimiter", "RetryingBackend", "ThrottledBackend", "unwrap"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def unwrap(backend: Backend) -> Backend:
+    """The innermost backend under any stack of wrappers."""
+    while isinstance(backend, BackendWrapper):
+        backend = backend.inner
+    return backend
+
+
+async def _close_iterator(iterator: AsyncIterator[ObjectInfo]) -> None:
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+class BackendWrapper:
+    """Passes every call through to `inner`; subclasses override what they add to."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.inner.capabilities
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.inner!r})"
+
+    async def list(self, prefix: str = "", start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
+        iterator = self.inner.list(prefix, start_after)
+        try:
+            async for info in iterator:
+                yield info
+        finally:
+            await _close_iterator(iterator)
+
+    async def head(self, key: str) -> ObjectInfo:
+        return await self.inner.head(key)
+
+    async def read(
+        self, key: str, *, offset: int = 0, length: int | None = None, if_match: str | None = None
+    ) -> bytes:
+        return await self.inner.read(key, offset=offset, length=length, if_match=if_match)
+
+    async def read_object(self, key: str, *, if_match: str | None = None) -> tuple[ObjectInfo, bytes]:
+        return await self.inner.read_object(key, if_match=if_match)
+
+    async def put(
+        self, key: str, data: bytes, meta: ObjectMeta, *, storage_class: str | None = None,
+        crc64: int | None = None,
+    ) -> PutResult:
+        return await self.inner.put(key, data, meta, storage_class=storage_class, crc64=crc64)
+
+    async def create_multipart(
+        self, key: str, meta: ObjectMeta, *, storage_class: str | None = None, crc64: int | None = None
+    ) -> str:
+        return await self.inner.create_multipart(key, meta, storage_class=storage_class, crc64=crc64)
+
+    async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> PartInfo:
+        return await self.inner.upload_part(key, upload_id, part_number, data)
+
+    async def list_parts(self, key: str, upload_id: str) -> builtins.list[PartInfo]:
+        return await self.inner.list_parts(key, upload_id)
+
+    async def complete_multipart(self, key: str, upload_id: str, parts: Sequence[PartInfo]) -> PutResult:
+        return await self.inner.complete_multipart(key, upload_id, parts)
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        await self.inner.abort_multipart(key, upload_id)
+
+    async def copy_from(
+        self, source: Backend, src_key: str, key: str, meta: ObjectMeta | None, *,
+        if_match: str | None = None, storage_class: str | None = None,
+    ) -> PutResult:
+        # The inner backend recognises only its own kind as a source, never a wrapper around it.
+        return await self.inner.copy_from(
+            unwrap(source), src_key, key, meta, if_match=if_match, storage_class=storage_class
+        )
+
+    async def delete(self, key: str) -> None:
+        await self.inner.delete(key)
+
+    async def restore(self, key: str, days: int) -> None:
+        await self.inner.restore(key, days)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+class RetryingBackend(BackendWrapper):
+    """Retries TransientError with exponential backoff and full jitter; everything else passes through.
+
+    Attempt `n` (1-based) that fails waits `uniform(0, min(max_delay, base_delay * 2**(n-1)))`, or at least the
+    error's `retry_after` (capped at `max_retry_after`); after `attempts` tries the last error is raised.
+    A listing that fails midway resumes with `start_after` = the last key it yielded, so nothing is yielded
+    twice; its attempt budget is renewed whenever it makes progress, so a long listing survives sporadic errors.
+    """
+
+    def __init__(
+        self,
+        inner: Backend,
+        *,
+        attempts: int = 5,
+        base_delay: float = 0.2,
+        max_delay: float = 20.0,
+        max_retry_after: float = 300.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        super().__init__(inner)
+        self.attempts = attempts
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.max_retry_after = max_retry_after
+        self._sleep = sleep
+        self._jitter = jitter
+
+    def delay(self, failures: int, exc: TransientError) -> float:
+        """How long to wait after the `failures`-th consecutive failure."""
+        ceiling = min(self.max_delay, self.base_delay * 2.0 ** (failures - 1))
+        wait = self._jitter() * ceiling
+        if exc.retry_after is not None:
+            wait = max(wait, min(exc.retry_after, self.max_retry_after))
+        return wait
+
+    async def _backoff(self, op: str, key: str | None, failures: int, exc: TransientError) -> None:
+        if failures >= self.attempts:
+            log.warning("%s %s on %s: giving up after %d attempts: %s", op, key or "", self.name, failures, exc)
+            raise exc
+        wait = self.delay(failures, exc)
+        log.info("%s %s on %s: attempt %d failed (%s); retrying in %.2fs", op, key or "", self.name,
+                 failures, exc, wait)
+        await self._sleep(wait)
+
+    async def _call(self, op: str, key: str | None, fn: Callable[[], Awaitable[T]]) -> T:
+        failures = 0
+        while True:
+            try:
+                return await fn()
+            except TransientError as exc:
+                failures += 1
+                await self._backoff(op, key, failures, exc)
+
+    async def list(self, prefix: str = "", start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
+        last = start_after
+        failures = 0
+        while True:
+            iterator = self.inner.list(prefix, last)
+            try:
+                async for info in iterator:
+                    yield info
+                    last = info.key
+                    failures = 0
+                return
+            except TransientError as exc:
+                failures += 1
+                await self._backoff("list", prefix, failures, exc)
+            finally:
+                await _close_iterator(iterator)
+
+    async def head(self, key: str) -> ObjectInfo:
+        return await self._call("head", key, lambda: self.inner.head(key))
+
+    async def read(
+        self, key: str, *, offset: int = 0, length: int | None = None, if_match: str | None = None
+    ) -> bytes:
+        return await self._call(
+            "read", key, lambda: self.inner.read(key, offset=offset, length=length, if_match=if_match)
+        )
+
+    async def read_object(self, key: str, *, if_match: str | None = None) -> tuple[ObjectInfo, bytes]:
+        return await self._call("read", key, lambda: self.inner.read_object(key, if_match=if_match))
+
+    async def put(
+        self, key: str, data: bytes, meta: ObjectMeta, *, storage_class: str | None = None,
+        crc64: int | None = None,
+    ) -> PutResult:
+        return await self._call(
+            "put", key, lambda: self.inner.put(key, data, meta, storage_class=storage_class, crc64=crc64)
+        )
+
+    async def create_multipart(
+        self, key: str, meta: ObjectMeta, *, storage_class: str | None = None, crc64: int | None = None
+    ) -> str:
+        return await self._call(
+            "create_multipart", key,
+            lambda: self.inner.create_multipart(key, meta, storage_class=storage_class, crc64=crc64),
+        )
+
+    async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> PartInfo:
+        return await self._call(
+            "upload_part", key, lambda: self.inner.upload_part(key, upload_id, part_number, data)
+        )
+
+    async def list_parts(self, key: str, upload_id: str) -> builtins.list[PartInfo]:
+        return await self._call("list_parts", key, lambda: self.inner.list_parts(key, upload_id))
+
+    async def complete_multipart(self, key: str, upload_id: str, parts: Sequence[PartInfo]) -> PutResult:
+        # A retry after a lost response can meet NotFoundError (the upload already completed); the engine
+        # settles that by a HEAD, since only it knows what it expected.
+        return await self._call(
+            "complete_multipart", key, lambda: self.inner.complete_multipart(key, upload_id, parts)
+        )
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        await self._call("abort_multipart", key, lambda: self.inner.abort_multipart(key, upload_id))
+
+    async def copy_from(
+        self, source: Backend, src_key: str, key: str, meta: ObjectMeta | None, *,
+        if_match: str | None = None, storage_class: str | None = None,
+    ) -> PutResult:
+        real_source = unwrap(source)
+        return await self._call(
+            "copy", key,
+            lambda: self.inner.copy_from(
+                real_source, src_key, key, meta, if_match=if_match, storage_class=storage_class
+            ),
+        )
+
+    async def delete(self, key: str) -> None:
+        await self._call("delete", key, lambda: self.inner.delete(key))
+
+    async def restore(self, key: str, days: int) -> None:
+        await self._call("restore", key, lambda: self.inner.restore(key, days))
+
+
+class BandwidthLimiter:
+    """A token bucket in bytes per second; `limit=None` means unlimited, and the limit may change at any time.
+
+    `acquire(n)` takes n tokens and, when that leaves the bucket in debt, waits until the debt is paid, so a
+    request larger than the burst still passes (after a proportionate wait). Waiters are served in FIFO order.
+    One limiter can be shared by many backends and tasks on one event loop.
+    """
+
+    def __init__(self, limit: float | None = None, *, burst_seconds: float = 0.5) -> None:
+        if burst_seconds <= 0:
+            raise ValueError("burst_seconds must be positive")
+        self._burst_seconds = burst_seconds
+        self._limit: float | None = None
+        self._tokens = 0.0
+        self._stamp = time.monotonic()
+        self._lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+        self.set_limit(limit)
+
+    @property
+    def limit(self) -> float | None:
+        return self._limit
+
+    def set_limit(self, limit: float | None) -> None:
+        """Change the rate (bytes/second, None = unlimited); waiters re-plan at once."""
+        if limit is not None and limit <= 0:
+            raise ValueError("a bandwidth limit must be positive (None means unlimited)")
+        self._refill()
+        if limit is not None and self._limit is None:
+            self._tokens = limit * self._burst_seconds
+        self._limit = limit
+        if limit is not None:
+            self._tokens = min(self._tokens, limit * self._burst_seconds)
+        # Wake the current waiter so it recomputes its wait under the new rate.
+        self._changed.set()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        if self._limit is not None:
+            self._tokens = min(self._limit * self._burst_seconds,
+                               self._tokens + (now - self._stamp) * self._limit)
+        self._stamp = now
+
+    async def acquire(self, n: int) -> None:
+        """Take `n` bytes' worth of tokens, waiting as long as the rate requires."""
+        if n <= 0 or self._limit is None:
+            return
+        async with self._lock:
+            if self._limit is None:
+                return
+            self._refill()
+            self._tokens -= n
+            while self._tokens < 0:
+                limit = self._limit
+                if limit is None:
+                    self._tokens = 0.0
+                    return
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), timeout=-self._tokens / limit)
+                self._refill()
+
+
+class ThrottledBackend(BackendWrapper):
+    """Charges the bytes of read, read_object, put and upload_part to a BandwidthLimiter.
+
+    Reads are charged after the data arrives (their size is known only then), writes before they are sent;
+    server-side copies move no bytes through us and are not charged.
+    """
+
+    def __init__(self, inner: Backend, limiter: BandwidthLimiter) -> None:
+        super().__init__(inner)
+        self.limiter = limiter
+
+    async def read(
+        self, key: str, *, offset: int = 0, length: int | None = None, if_match: str | None = None
+    ) -> bytes:
+        data = await self.inner.read(key, offset=offset, length=length, if_match=if_match)
+        await self.limiter.acquire(len(data))
+        return data
+
+    async def read_object(self, key: str, *, if_match: str | None = None) -> tuple[ObjectInfo, bytes]:
+        info, data = await self.inner.read_object(key, if_match=if_match)
+        await self.limiter.acquire(len(data))
+        return info, data
+
+    async def put(
+        self, key: str, data: bytes, meta: ObjectMeta, *, storage_class: str | None = None,
+        crc64: int | None = None,
+    ) -> PutResult:
+        await self.limiter.acquire(len(data))
+        return await self.inner.put(key, data, meta, storage_class=storage_class, crc64=crc64)
+
+    async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> PartInfo:
+        await self.limiter.acquire(len(data))
+        return await self.inner.upload_part(key, upload_id, part_number, data)
