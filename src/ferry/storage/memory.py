@@ -21,11 +21,11 @@ from dataclasses import dataclass, field, replace
 from ferry.errors import FatalError, NotFoundError, PermanentError, SourceChangedError
 from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult
 from ferry.storage.base import Backend, Capabilities, ListOrder
+from ferry.storage.profiles import CANONICAL_CLASSES
 from ferry.storage.wrappers import unwrap
 
-__all__ = ["S3_STORAGE_CLASSES", "MemoryBackend", "MemoryStore"]
+__all__ = ["MemoryBackend", "MemoryStore"]
 
-S3_STORAGE_CLASSES = frozenset({"STANDARD", "STANDARD_IA", "GLACIER", "DEEP_ARCHIVE"})
 _LIST_BATCH = 1000
 
 
@@ -129,7 +129,7 @@ class MemoryBackend:
             etag_is_md5=True,
             crc64=False,
             mtime_precision=1e-6,
-            storage_classes=S3_STORAGE_CLASSES,
+            storage_classes=frozenset(CANONICAL_CLASSES),
             restore=False,
         )
 

@@ -1,0 +1,160 @@
+"""Open a Backend from a URL-ish spec: `s3://bucket/prefix`, `file:///path` or a plain path, `mem://bucket/prefix`.
+
+The part after `bucket/` is a raw key prefix, taken verbatim (no percent-decoding: keys may contain `%`, `?`
+or `#`); end it with `/` to mean a folder. `mem://` buckets live in process-wide MemoryStores, so two specs
+naming one bucket see the same objects and can copy server-side.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ferry.errors import UsageError
+from ferry.storage.base import Backend
+from ferry.storage.memory import MemoryBackend, MemoryStore
+
+if TYPE_CHECKING:
+    from ferry.storage.local import LocalBackend
+
+__all__ = ["BackendSpec", "memory_store", "open_backend", "parse_spec", "reset_memory_stores"]
+
+MAX_PREFIX_BYTES = 1024
+_GENERIC_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IPV4 = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
+
+_stores: dict[str, MemoryStore] = {}
+_stores_lock = threading.Lock()
+
+
+def memory_store(name: str = "default") -> MemoryStore:
+    """The process-wide MemoryStore called `name` (created on first use); `mem://` specs use "default"."""
+    with _stores_lock:
+        store = _stores.get(name)
+        if store is None:
+            store = _stores[name] = MemoryStore(name)
+        return store
+
+
+def reset_memory_stores() -> None:
+    """Forget every process-wide MemoryStore (tests use this for isolation)."""
+    with _stores_lock:
+        _stores.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSpec:
+    """A parsed spec: `scheme` is `s3`, `file` or `mem`; `path` is set for `file` only."""
+
+    scheme: str
+    bucket: str = ""
+    prefix: str = ""
+    path: str = ""
+
+
+def _check_generic_bucket(bucket: str, spec: str) -> None:
+    problem = None
+    if not 3 <= len(bucket) <= 63:
+        problem = f"it is {len(bucket)} characters; bucket names have 3 to 63"
+    elif not _GENERIC_BUCKET.fullmatch(bucket):
+        problem = "use lower-case letters, digits, dots and hyphens, starting and ending with a letter or digit"
+    elif ".." in bucket:
+        problem = "two dots in a row are not allowed"
+    elif _IPV4.fullmatch(bucket):
+        problem = "a bucket name must not look like an IP address"
+    if problem:
+        raise UsageError(f"invalid bucket name {bucket!r} in {spec!r}: {problem}")
+
+
+def _check_prefix(prefix: str, spec: str) -> None:
+    try:
+        size = len(prefix.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise UsageError(f"the prefix in {spec!r} is not valid UTF-8") from None
+    if size > MAX_PREFIX_BYTES:
+        raise UsageError(f"the prefix in {spec!r} is {size} bytes; keys, prefix included, have at most 1024")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in prefix):
+        raise UsageError(f"the prefix in {spec!r} contains a control character; is that a paste accident?")
+
+
+def _bucket_and_prefix(scheme: str, rest: str, spec: str) -> tuple[str, str]:
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise UsageError(f"{spec!r} names no bucket; write {scheme}://BUCKET or {scheme}://BUCKET/PREFIX")
+    _check_prefix(prefix, spec)
+    return bucket, prefix
+
+
+def parse_spec(spec: str) -> BackendSpec:
+    """Split a spec into its parts; raises UsageError with the reason when it is malformed."""
+    if not spec or not spec.strip():
+        raise UsageError("an empty location; give s3://bucket/prefix, a directory, or mem://bucket")
+    if "://" not in spec:
+        return BackendSpec("file", path=os.path.expanduser(spec))
+    scheme, rest = spec.split("://", 1)
+    scheme = scheme.lower()
+    if scheme in ("mem", "memory"):
+        bucket, prefix = _bucket_and_prefix("mem", rest, spec)
+        _check_generic_bucket(bucket, spec)
+        return BackendSpec("mem", bucket, prefix)
+    if scheme == "file":
+        if rest.startswith("localhost/"):
+            rest = rest[len("localhost"):]
+        if not rest.startswith("/"):
+            raise UsageError(
+                f"{spec!r}: a file URL holds an absolute path, as in file:///data/dir (three slashes); "
+                "or give the directory without file://"
+            )
+        return BackendSpec("file", path=rest)
+    if scheme == "s3":
+        bucket, prefix = _bucket_and_prefix("s3", rest, spec)
+        return BackendSpec("s3", bucket, prefix)
+    raise UsageError(f"unsupported location {spec!r}: use s3://bucket/prefix, file:///path, a path, or mem://bucket")
+
+
+def _open_local(path: str, spec: str) -> LocalBackend:
+    from ferry.storage.local import LocalBackend
+
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{spec!r} is a file; a local location must be a directory")
+    # Writes create the directory; reads of a missing one fail (see LocalBackend._check_root).
+    return LocalBackend(path, create=True)
+
+
+def open_backend(
+    spec: str,
+    *,
+    endpoint: str | None = None,
+    region: str | None = None,
+    access_key: str | None = None,
+    secret_key: str | None = None,
+    profile: str | None = None,
+) -> Backend:
+    """The backend a spec names. `endpoint`, `region`, keys and `profile` apply to `s3://` only."""
+    parsed = parse_spec(spec)
+    if parsed.scheme == "mem":
+        return MemoryBackend(memory_store(), parsed.bucket, parsed.prefix)
+    if parsed.scheme == "file":
+        return _open_local(parsed.path, spec)
+    # The profile knows the provider's bucket rule (Tencent's name-APPID); without one, the S3 rule applies.
+    from ferry.storage.profiles import get_profile
+
+    if profile:
+        get_profile(profile).check_bucket(parsed.bucket)
+    else:
+        _check_generic_bucket(parsed.bucket, spec)
+    if endpoint is not None and not re.match(r"https?://[^/\s]+", endpoint):
+        raise UsageError(f"endpoint {endpoint!r} must look like http://host:port or https://host")
+    if (access_key is None) != (secret_key is None):
+        raise UsageError("give both the access key and the secret key, or neither")
+    # Imported here so that memory and local locations work without the S3 stack being importable.
+    from ferry.storage.s3 import S3Backend
+
+    backend: Backend = S3Backend(
+        endpoint=endpoint, region=region, access_key=access_key, secret_key=secret_key,
+        bucket=parsed.bucket, prefix=parsed.prefix, profile=profile,
+    )
+    return backend
