@@ -9,10 +9,10 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final, Literal, Protocol
+from typing import Annotated, Final, Literal, Protocol
 from urllib.parse import parse_qsl, quote, unquote
 
-from fastapi import Request
+from fastapi import Path, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Scope
 
@@ -279,11 +279,12 @@ class InMemoryCredentialStore:
 VERIFIER_STATE: Final = "ferry_verifier"
 
 
-async def require_principal(request: Request) -> Principal:
-    """FastAPI dependency: authenticate the request with the app's RequestVerifier (see create_app)."""
+async def require_principal(
+    request: Request, project_id: Annotated[str, Path(description="project id (32 hex characters)")]
+) -> Principal:
+    """FastAPI dependency for `/v2/{project_id}/...`: authenticate with the app's RequestVerifier."""
     verifier: RequestVerifier = getattr(request.app.state, VERIFIER_STATE)
     body = await request.body()
     incoming = IncomingRequest.from_scope(request.scope, body)
-    project_id = request.path_params.get("project_id")
     # The store may hit a database; keep that off the event loop.
     return await run_in_threadpool(verifier.authenticate, incoming, project_id)

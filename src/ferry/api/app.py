@@ -1,0 +1,61 @@
+"""The FastAPI application factory: OMS v2 routes, authentication, and OMS-shaped errors wired together."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.routing import APIRoute
+
+from ferry.api.auth import VERIFIER_STATE, RequestVerifier, require_principal
+from ferry.api.deps import SERVICES_STATE, ApiServices
+from ferry.api.errors import RequestContextMiddleware, install_error_handlers
+from ferry.api.routes import helpers, misc, versions
+from ferry.api.schemas import oms_error_for_validation
+
+PROJECT_PREFIX: Final = "/v2/{project_id}"
+
+# Route modules mounted under /v2/{project_id}, every route authenticated. A new area (tasks, taskgroups,
+# sync-tasks, the bucket helpers that talk to source clouds, bandwidth/batch updates) is a module in
+# ferry.api.routes exporting `router` with paths relative to the prefix; add its router here and its
+# service callables to ApiServices. Until then those operations answer 404 APIGW.0101.
+PROJECT_ROUTERS: Final[tuple[APIRouter, ...]] = (helpers.router, misc.router)
+PENDING_ROUTE_MODULES: Final = ("routes.tasks", "routes.taskgroups", "routes.sync_tasks", "routes.buckets")
+
+
+def create_app(
+    services: ApiServices,
+    *,
+    routers: Sequence[APIRouter] = PROJECT_ROUTERS,
+    expose_openapi: bool = False,
+) -> FastAPI:
+    """Build the OMS v2 API over `services`; `routers` are the authenticated /v2/{project_id} route modules."""
+    app = FastAPI(
+        title="Ferry OMS v2 API",
+        version="2",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if expose_openapi else None,
+        # The SDK never follows redirects, so trailing slashes are absorbed by the middleware instead.
+        redirect_slashes=False,
+    )
+    setattr(app.state, SERVICES_STATE, services)
+    setattr(app.state, VERIFIER_STATE, RequestVerifier(services.credentials, clock=services.clock))
+    install_error_handlers(app, oms_error_for_validation)
+    app.add_middleware(RequestContextMiddleware, max_body=services.max_body)
+    for router in routers:
+        app.include_router(router, prefix=PROJECT_PREFIX, dependencies=[Depends(require_principal)])
+    # Last, so that its catch-all `/{version}` can never shadow another route.
+    app.include_router(versions.router)
+    _check_every_project_route_is_authenticated(app)
+    return app
+
+
+def _check_every_project_route_is_authenticated(app: FastAPI) -> None:
+    # A route that reaches the project prefix some other way must not slip through without authentication.
+    for route in app.routes:
+        if isinstance(route, APIRoute) and route.path.startswith(PROJECT_PREFIX):
+            calls = {dep.call for dep in route.dependant.dependencies}
+            if require_principal not in calls:
+                raise RuntimeError(f"route {route.path} is not authenticated")

@@ -1,0 +1,54 @@
+"""What route modules share: the service bundle, the caller's identity, and the OMS JSON answer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from pydantic import BaseModel
+from starlette.responses import JSONResponse
+
+from ferry.api.auth import CredentialStore, Principal, require_principal
+from ferry.api.errors import DEFAULT_MAX_BODY
+from ferry.api.schemas import dump
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class ApiServices:
+    """The callables the API edge needs from the layers below; each new route area adds its own fields.
+
+    Service callables are plain synchronous functions (routes declared with `def` run them in the thread
+    pool), so the database layer needs no async twin.
+    """
+
+    credentials: CredentialStore
+    # Records that the project accepted the privacy agreement (update_privacy_agreement_record).
+    record_privacy_agreement: Callable[[str], None]
+    clock: Callable[[], datetime] = field(default=_utcnow)
+    max_body: int = DEFAULT_MAX_BODY
+
+
+SERVICES_STATE = "ferry_services"
+
+
+def get_services(request: Request) -> ApiServices:
+    """FastAPI dependency: the ApiServices given to create_app."""
+    services: ApiServices = getattr(request.app.state, SERVICES_STATE)
+    return services
+
+
+Services = Annotated[ApiServices, Depends(get_services)]
+CurrentPrincipal = Annotated[Principal, Depends(require_principal)]
+
+
+def ok(model: BaseModel) -> JSONResponse:
+    """HTTP 200 with the model as OMS JSON (real JSON types, None fields omitted, arrays for RootModels)."""
+    content: Any = dump(model)
+    return JSONResponse(content)
