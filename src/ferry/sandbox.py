@@ -31,7 +31,7 @@ GRPC_OFFSET = 10_000  # SeaweedFS serves gRPC on every HTTP port + 10000
 
 _reserved: set[int] = set()
 _reserved_lock = threading.Lock()
-_running: set[_ServerProcess] = set()
+_running: set[S3Server] = set()
 
 
 class SandboxError(RuntimeError):
@@ -111,7 +111,7 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-class _ServerProcess:
+class S3Server:
     """A child process in its own process group, with S3 credentials and a signed-request helper."""
 
     name = "server"
@@ -255,7 +255,7 @@ def _sha256(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-class SeaweedServer(_ServerProcess):
+class SeaweedServer(S3Server):
     """`weed mini` (master, volume, filer, S3) on free loopback ports, with static S3 credentials.
 
     With `data_dir=None` the data lives in a temporary directory removed on stop and the server is killed
@@ -301,6 +301,8 @@ class SeaweedServer(_ServerProcess):
             f"-filer.port.grpc={filer + GRPC_OFFSET}", f"-s3.port.grpc={s3 + GRPC_OFFSET}",
             f"-admin.port.grpc={admin + GRPC_OFFSET}",
             "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            # Real S3 refuses writes to a missing bucket; weed would create it silently.
+            "-s3.autoCreateBucket=false",
             "-master.telemetry=false", f"-master.volumeSizeLimitMB={self.volume_size_limit_mb}",
             f"-filer.localSocket={self._dir / 'filer.sock'}", f"-s3.localSocket={self._dir / 's3.sock'}",
             f"-s3.config={config}",
@@ -329,7 +331,7 @@ class SeaweedServer(_ServerProcess):
         self.port = 0
 
 
-class MotoServer(_ServerProcess):
+class MotoServer(S3Server):
     """`moto_server` on a free loopback port: archive/restore and SSE semantics that SeaweedFS lacks."""
 
     name = "moto"

@@ -1,0 +1,753 @@
+"""S3Backend: one bucket+prefix of any S3-compatible store, over aiohttp with our own SigV4 signer."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import builtins
+import calendar
+import datetime as dt
+import email.header
+import email.utils
+import hashlib
+import ipaddress
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from urllib.parse import unquote_plus, urlsplit
+from xml.sax.saxutils import escape as xml_escape
+
+import aiohttp
+import yarl
+
+from ferry.errors import (
+    ArchivedObjectError,
+    FatalError,
+    FerryError,
+    NotFoundError,
+    PermanentError,
+    SourceChangedError,
+    TransientError,
+    UsageError,
+)
+from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult
+from ferry.storage.base import Backend, Capabilities
+from ferry.storage.profiles import Profile, get_profile
+from ferry.storage.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, SigV4Signer, canonical_query, quote_path
+
+if TYPE_CHECKING:
+    from multidict import CIMultiDictProxy
+    from obstore.store import S3Config
+
+HotPath = Literal["aiohttp", "obstore"]
+CRC64_META = "ferry-crc64"  # user-metadata key under which Ferry stores the CRC-64/ECMA it computed
+_META_PREFIX = "x-amz-meta-"
+_CODE_RE = re.compile(rb"<Code>([^<]{1,100})</Code>")
+_TRANSIENT_CODES = frozenset({
+    "SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling", "ThrottlingException",
+    "RequestLimitExceeded", "TooManyRequests", "OperationAborted", "RequestTimeTooSkewed",
+})
+_FATAL_CODES = frozenset({
+    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket", "AllAccessDisabled",
+    "AccountProblem", "InvalidBucketName", "AuthorizationHeaderMalformed", "PermanentRedirect",
+    "InvalidToken", "ExpiredToken", "InvalidSecurity", "UserSuspended",
+})
+
+
+class _Response(NamedTuple):
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+
+class S3Backend:
+    """One bucket (optionally under a prefix) of an S3-compatible store described by a `Profile`.
+
+    Every request is signed here (SigV4, unsigned payload unless `sign_payload`) and sent through one
+    aiohttp session with a large connection pool; `hot_path="obstore"` sends plain small-object GET/PUT
+    through obstore instead (only for keys and metadata it round-trips faithfully).
+    """
+
+    _list_page_size = 1000  # keys per listing request (tests lower it to exercise pagination)
+
+    def __init__(
+        self,
+        endpoint: str | None,
+        region: str | None,
+        access_key: str,
+        secret_key: str,
+        bucket: str,
+        prefix: str = "",
+        profile: Profile | str = "s3",
+        *,
+        hot_path: HotPath = "aiohttp",
+        max_connections: int = 256,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 120.0,
+        sign_payload: bool = False,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.profile = profile if isinstance(profile, Profile) else get_profile(profile)
+        self.profile.check_bucket(bucket)
+        self.region = region or self.profile.default_region
+        ep = endpoint or self.profile.endpoint(self.region)
+        if "://" not in ep:
+            ep = f"{self.profile.scheme}://{ep}"
+        parts = urlsplit(ep)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError(f"invalid S3 endpoint {ep!r}")
+        self.endpoint = f"{parts.scheme}://{parts.netloc}"
+        self.bucket = bucket
+        self.prefix = prefix
+        self.access_key = access_key
+        self._signer = SigV4Signer(access_key, secret_key, self.region)
+        self._secret = secret_key
+        if self.profile.addressing == "virtual" and _virtual_host_ok(parts.hostname, bucket, parts.scheme):
+            self._netloc = f"{bucket}.{parts.netloc}"
+            self._bucket_path = ""
+            self.virtual_hosted = True
+        else:
+            self._netloc = parts.netloc
+            self._bucket_path = "/" + quote_path(bucket)
+            self.virtual_hosted = False
+        self._base = f"{parts.scheme}://{self._netloc}"
+        self._hostname = parts.hostname
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._sign_payload = sign_payload
+        self._max_connections = max_connections
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
+        self._session = session
+        self._owns_session = session is None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
+        group = hashlib.sha256(f"{self.endpoint}\0{access_key}".encode()).hexdigest()[:16]
+        self._capabilities = self.profile.capabilities(copy_group=f"s3:{group}")
+        self._hot: _ObstoreHotPath | None = _ObstoreHotPath(self) if hot_path == "obstore" else None
+
+    # -- identity ---------------------------------------------------------------------------------
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    @property
+    def name(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def __repr__(self) -> str:
+        return f"S3Backend({self.endpoint!r}, bucket={self.bucket!r}, prefix={self.prefix!r})"
+
+    # -- transport --------------------------------------------------------------------------------
+    def _get_session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is None or (self._owns_session and self._session_loop is not loop):
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections, limit_per_host=0, ttl_dns_cache=300,
+                # Below typical server idle timeouts, so we rarely reuse a socket the server just closed.
+                keepalive_timeout=10,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(), trust_env=False, headers={"User-Agent": "ferry"},
+            )
+            self._session_loop = loop
+        return self._session
+
+    def _key_path(self, key: str) -> str:
+        return f"{self._bucket_path}/{quote_path(self.prefix + key)}"
+
+    async def _send(
+        self,
+        method: str,
+        op: str,
+        key: str | None,
+        *,
+        query: Iterable[tuple[str, str]] = (),
+        headers: Mapping[str, str] | None = None,
+        data: bytes | None = None,
+        ok: tuple[int, ...] = (200,),
+        path: str | None = None,
+    ) -> _Response:
+        """Sign and send one request; raise the mapped ferry error unless the status is in `ok`."""
+        if path is None:
+            path = self._key_path(key) if key is not None else (self._bucket_path or "/")
+        qs = canonical_query(query)
+        payload_hash = UNSIGNED_PAYLOAD
+        if self._sign_payload:
+            payload_hash = hashlib.sha256(data).hexdigest() if data else EMPTY_SHA256
+        signed = self._signer.sign(method, self._netloc, path, qs, headers or {}, payload_hash=payload_hash)
+        url = yarl.URL(f"{self._base}{path}?{qs}" if qs else f"{self._base}{path}", encoded=True)
+        try:
+            async with self._get_session().request(method, url, data=data, headers=signed,
+                                                   allow_redirects=False) as resp:
+                body = await resp.read()
+                result = _Response(resp.status, resp.headers, body)
+        except aiohttp.ClientConnectorCertificateError as e:
+            raise FatalError(f"{op} {self._where(key)}: TLS certificate rejected by {self._hostname}",
+                             key=key) from _cut(e)
+        except aiohttp.ClientConnectorError as e:
+            reason = e.os_error.strerror if e.os_error and e.os_error.strerror else type(e).__name__
+            raise FatalError(
+                f"{op} {self._where(key)}: cannot connect to {self._hostname}:{self._port} ({reason})", key=key
+            ) from _cut(e)
+        except (TimeoutError, aiohttp.ServerTimeoutError) as e:
+            raise TransientError(f"{op} {self._where(key)}: timed out", key=key) from _cut(e)
+        except aiohttp.ClientError as e:
+            # Resets, disconnects, truncated bodies: the request may succeed on another try.
+            raise TransientError(f"{op} {self._where(key)}: {type(e).__name__}", key=key) from _cut(e)
+        if result.status not in ok:
+            raise self._error(op, key, result)
+        return result
+
+    def _where(self, key: str | None) -> str:
+        return f"{self.name}{key}" if key is not None else self.name
+
+    def _error(self, op: str, key: str | None, resp: _Response, code: str | None = None) -> FerryError:
+        """Map a failed response to the taxonomy. Messages carry op, key, status and S3 code only."""
+        status = resp.status
+        if code is None:
+            m = _CODE_RE.search(resp.body)
+            code = m.group(1).decode("ascii", "replace") if m else None
+        msg = f"{op} {self._where(key)}: HTTP {status}" + (f" {code}" if code else "")
+        if status in (429, 500, 502, 503, 504) or code in _TRANSIENT_CODES:
+            return TransientError(msg, key=key, retry_after=_retry_after(resp.headers))
+        if code == "InvalidObjectState":
+            return ArchivedObjectError(msg + " (archived; restore it first)", key=key)
+        if code in _FATAL_CODES or status in (401, 403) or status in (301, 307, 308):
+            return FatalError(msg, key=key)
+        if status == 404:
+            if code == "NoSuchBucket":
+                return FatalError(msg, key=key)
+            return NotFoundError(msg, key=key)
+        if status == 412:
+            return SourceChangedError(msg, key=key)
+        if status in (405, 501) and code == "NotImplemented":
+            return FatalError(msg, key=key)
+        return PermanentError(msg, key=key)
+
+    # -- listing ----------------------------------------------------------------------------------
+    async def list(self, prefix: str = "", start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
+        full_prefix = self.prefix + prefix
+        cut = len(self.prefix)
+        url_encode = self.profile.list_url_encode
+        v2 = self.profile.list_version == 2
+        token: str | None = None
+        marker = self.prefix + start_after if start_after is not None else None
+        while True:
+            query: builtins.list[tuple[str, str]] = [("max-keys", str(self._list_page_size))]
+            if v2:
+                query.append(("list-type", "2"))
+            if full_prefix:
+                query.append(("prefix", full_prefix))
+            if url_encode:
+                query.append(("encoding-type", "url"))
+            if token is not None:
+                query.append(("continuation-token", token))
+            elif marker is not None:
+                query.append(("start-after" if v2 else "marker", marker))
+            resp = await self._send("GET", "list", None, query=query)
+            page, truncated, next_token, last_key = self._parse_listing(resp.body, cut)
+            for info in page:
+                yield info
+            if not truncated:
+                return
+            if v2:
+                if not next_token:
+                    raise FatalError(f"list {self.name}: truncated page without a continuation token")
+                token = next_token
+            else:
+                # NextMarker is only promised with a delimiter (and moto fills it with an opaque token),
+                # so continue from the last key, as S3 documents for listings without one.
+                if last_key is None:
+                    raise FatalError(f"list {self.name}: truncated page without keys")
+                marker = last_key
+
+    def _parse_listing(
+        self, body: bytes, cut: int
+    ) -> tuple[builtins.list[ObjectInfo], bool, str | None, str | None]:
+        try:
+            root = ET.fromstring(body)
+        except ET.ParseError as e:
+            raise FatalError(f"list {self.name}: unparsable listing XML") from _cut(e)
+        tag = root.tag
+        ns = tag[: tag.index("}") + 1] if tag.startswith("{") else ""
+        t_key, t_size, t_mtime, t_etag, t_class = (ns + "Key", ns + "Size", ns + "LastModified", ns + "ETag",
+                                                    ns + "StorageClass")
+        decode = root.findtext(ns + "EncodingType") == "url"
+        canonical = self.profile.canonical_class
+        out: builtins.list[ObjectInfo] = []
+        raw_key: str | None = None
+        mtimes: dict[str, float] = {}
+        for c in root.iterfind(ns + "Contents"):
+            fields = {el.tag: el.text for el in c}
+            raw_key = fields.get(t_key) or ""
+            if decode:
+                raw_key = unquote_plus(raw_key)
+            lm = fields.get(t_mtime) or ""
+            mtime = mtimes.get(lm)
+            if mtime is None:
+                mtime = mtimes[lm] = _iso_to_epoch(lm)
+            etag = fields.get(t_etag)
+            out.append(ObjectInfo(
+                key=raw_key[cut:],
+                size=int(fields.get(t_size) or 0),
+                mtime=mtime,
+                etag=etag.strip('"') if etag else None,
+                storage_class=canonical(fields.get(t_class) or "STANDARD"),
+            ))
+        truncated = (root.findtext(ns + "IsTruncated") or "").strip().lower() == "true"
+        return out, truncated, root.findtext(ns + "NextContinuationToken"), raw_key
+
+    # -- reads ------------------------------------------------------------------------------------
+    async def head(self, key: str) -> ObjectInfo:
+        resp = await self._send("HEAD", "head", key)
+        return self._info_from_headers(key, resp.headers, None)
+
+    async def read(
+        self, key: str, *, offset: int = 0, length: int | None = None, if_match: str | None = None
+    ) -> bytes:
+        if length == 0:
+            return b""
+        if self._hot is not None and self._hot.fits_key(self.prefix + key):
+            return await self._hot.read(key, offset, length, if_match)
+        headers: dict[str, str] = {}
+        if offset or length is not None:
+            end = "" if length is None else str(offset + length - 1)
+            headers["Range"] = f"bytes={offset}-{end}"
+        if if_match:
+            headers["If-Match"] = _quote_etag(if_match)
+        resp = await self._send("GET", "read", key, headers=headers, ok=(200, 206))
+        if resp.status == 200 and (offset or length is not None):
+            # A server that ignores Range sends the whole object.
+            return resp.body[offset: None if length is None else offset + length]
+        return resp.body
+
+    async def read_object(self, key: str, *, if_match: str | None = None) -> tuple[ObjectInfo, bytes]:
+        if self._hot is not None and not self.profile.crc64_headers and self._hot.fits_key(self.prefix + key):
+            return await self._hot.read_object(key, if_match)
+        headers = {"If-Match": _quote_etag(if_match)} if if_match else {}
+        resp = await self._send("GET", "read", key, headers=headers)
+        return self._info_from_headers(key, resp.headers, len(resp.body)), resp.body
+
+    def _info_from_headers(self, key: str, h: Mapping[str, str], size: int | None) -> ObjectInfo:
+        user: dict[str, str] = {}
+        crc64: int | None = None
+        for name, value in h.items():
+            lname = name.lower()
+            if lname.startswith(_META_PREFIX):
+                mkey = lname[len(_META_PREFIX):]
+                if mkey == CRC64_META:
+                    crc64 = _parse_int(value)
+                else:
+                    user[mkey] = _decode_meta(value)
+        for hname in self.profile.crc64_headers:
+            vendor = h.get(hname)
+            if vendor:
+                crc64 = _parse_int(vendor)
+                break
+        meta = ObjectMeta(
+            content_type=h.get("Content-Type"),
+            cache_control=h.get("Cache-Control"),
+            content_disposition=h.get("Content-Disposition"),
+            content_encoding=h.get("Content-Encoding"),
+            content_language=h.get("Content-Language"),
+            expires=h.get("Expires"),
+            user=user,
+        )
+        etag = h.get("ETag")
+        return ObjectInfo(
+            key=key,
+            size=size if size is not None else int(h.get("Content-Length") or 0),
+            mtime=_http_to_epoch(h.get("Last-Modified")),
+            etag=etag.strip('"') if etag else None,
+            storage_class=self.profile.canonical_class(h.get(self.profile.storage_class_header) or "STANDARD"),
+            crc64=crc64,
+            meta=meta,
+        )
+
+    # -- writes -----------------------------------------------------------------------------------
+    def _write_headers(
+        self, meta: ObjectMeta | None, storage_class: str | None, crc64: int | None
+    ) -> dict[str, str]:
+        h: dict[str, str] = {}
+        if meta is not None:
+            for hname, value in (
+                ("Content-Type", meta.content_type), ("Cache-Control", meta.cache_control),
+                ("Content-Disposition", meta.content_disposition), ("Content-Encoding", meta.content_encoding),
+                ("Content-Language", meta.content_language), ("Expires", meta.expires),
+            ):
+                if value:
+                    h[hname] = _header_value(value)
+            for mkey, value in meta.user.items():
+                lk = mkey.lower()
+                if lk != CRC64_META:
+                    h[_META_PREFIX + lk] = _encode_meta(value)
+        if crc64 is not None:
+            h[_META_PREFIX + CRC64_META] = str(crc64)
+        if storage_class:
+            h[self.profile.storage_class_header] = self.profile.vendor_class(storage_class)
+        return h
+
+    async def put(
+        self, key: str, data: bytes, meta: ObjectMeta, *, storage_class: str | None = None,
+        crc64: int | None = None,
+    ) -> PutResult:
+        if self._hot is not None and self._hot.fits_put(self.prefix + key, meta, storage_class):
+            return await self._hot.put(key, data, meta, crc64)
+        headers = self._write_headers(meta, storage_class, crc64)
+        headers.setdefault("Content-Type", "application/octet-stream")
+        resp = await self._send("PUT", "put", key, headers=headers, data=data)
+        return PutResult(etag=_etag(resp.headers))
+
+    async def create_multipart(
+        self, key: str, meta: ObjectMeta, *, storage_class: str | None = None, crc64: int | None = None
+    ) -> str:
+        headers = self._write_headers(meta, storage_class, crc64)
+        resp = await self._send("POST", "create multipart", key, query=[("uploads", "")], headers=headers)
+        upload_id = _xml_text(resp.body, "UploadId")
+        if not upload_id:
+            raise TransientError(f"create multipart {self._where(key)}: no UploadId in response", key=key)
+        return upload_id
+
+    async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> PartInfo:
+        resp = await self._send(
+            "PUT", "upload part", key, query=[("partNumber", str(part_number)), ("uploadId", upload_id)],
+            data=data,
+        )
+        etag = _etag(resp.headers)
+        if etag is None:
+            raise TransientError(f"upload part {part_number} {self._where(key)}: no ETag", key=key)
+        return PartInfo(part_number=part_number, etag=etag, size=len(data))
+
+    async def list_parts(self, key: str, upload_id: str) -> builtins.list[PartInfo]:
+        parts: builtins.list[PartInfo] = []
+        marker: str | None = None
+        while True:
+            query = [("uploadId", upload_id), ("max-parts", "1000")]
+            if marker:
+                query.append(("part-number-marker", marker))
+            resp = await self._send("GET", "list parts", key, query=query)
+            root = _parse_xml(resp.body, f"list parts {self._where(key)}")
+            ns = _ns(root)
+            for p in root.iterfind(ns + "Part"):
+                parts.append(PartInfo(
+                    part_number=int(p.findtext(ns + "PartNumber") or 0),
+                    etag=(p.findtext(ns + "ETag") or "").strip('"'),
+                    size=int(p.findtext(ns + "Size") or 0),
+                ))
+            truncated = (root.findtext(ns + "IsTruncated") or "").strip().lower() == "true"
+            next_marker = root.findtext(ns + "NextPartNumberMarker")
+            if not truncated or not next_marker or next_marker == marker:
+                break
+            marker = next_marker
+        parts.sort(key=lambda p: p.part_number)
+        return parts
+
+    async def complete_multipart(self, key: str, upload_id: str, parts: Sequence[PartInfo]) -> PutResult:
+        body = "".join(
+            f"<Part><PartNumber>{p.part_number}</PartNumber><ETag>{xml_escape(_quote_etag(p.etag))}</ETag></Part>"
+            for p in sorted(parts, key=lambda p: p.part_number)
+        )
+        data = f"<CompleteMultipartUpload>{body}</CompleteMultipartUpload>".encode()
+        resp = await self._send("POST", "complete multipart", key, query=[("uploadId", upload_id)],
+                                headers={"Content-Type": "application/xml"}, data=data)
+        self._raise_embedded_error("complete multipart", key, resp)
+        etag = _xml_text(resp.body, "ETag")
+        return PutResult(etag=etag.strip('"') if etag else _etag(resp.headers))
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        try:
+            await self._send("DELETE", "abort multipart", key, query=[("uploadId", upload_id)], ok=(200, 204))
+        except NotFoundError:
+            return  # already aborted or completed: aborting is idempotent
+
+    async def copy_from(
+        self, source: Backend, src_key: str, key: str, meta: ObjectMeta | None, *,
+        if_match: str | None = None, storage_class: str | None = None, crc64: int | None = None,
+    ) -> PutResult:
+        """Server-side CopyObject. `crc64` (an extension of the protocol) is stored when `meta` replaces
+        the source's metadata; with `meta=None` the source's metadata, its `ferry-crc64` included, is kept."""
+        if not isinstance(source, S3Backend) or source.capabilities.copy_group != self._capabilities.copy_group:
+            raise UsageError(f"copy to {self.name}: server-side copy needs a source on the same endpoint "
+                             "and credentials")
+        headers = self._write_headers(meta, storage_class, crc64 if meta is not None else None)
+        headers["x-amz-copy-source"] = quote_path(f"{source.bucket}/{source.prefix}{src_key}")
+        headers["x-amz-metadata-directive"] = "COPY" if meta is None else "REPLACE"
+        if meta is not None:
+            headers.setdefault("Content-Type", "application/octet-stream")
+        if if_match:
+            headers["x-amz-copy-source-if-match"] = _quote_etag(if_match)
+        resp = await self._send("PUT", "copy", key, headers=headers)
+        self._raise_embedded_error("copy", key, resp)
+        etag = _xml_text(resp.body, "ETag")
+        mtime = _xml_text(resp.body, "LastModified")
+        return PutResult(etag=etag.strip('"') if etag else None, mtime=_iso_to_epoch(mtime) if mtime else None)
+
+    def _raise_embedded_error(self, op: str, key: str, resp: _Response) -> None:
+        # CompleteMultipartUpload and CopyObject may answer 200 and report the failure in the body.
+        head = resp.body[:512].lstrip()
+        if head.startswith(b"<?xml"):
+            head = head[head.find(b"?>") + 2:].lstrip()
+        if head.startswith(b"<Error>"):
+            m = _CODE_RE.search(resp.body)
+            code = m.group(1).decode("ascii", "replace") if m else "InternalError"
+            raise self._error(op, key, _Response(500 if code == "InternalError" else 400, resp.headers,
+                                                 resp.body), code)
+
+    async def delete(self, key: str) -> None:
+        try:
+            await self._send("DELETE", "delete", key, ok=(200, 204))
+        except NotFoundError:
+            return
+
+    async def restore(self, key: str, days: int) -> None:
+        if not self.profile.restore:
+            return
+        body = (f"<RestoreRequest><Days>{int(days)}</Days><GlacierJobParameters><Tier>Standard</Tier>"
+                "</GlacierJobParameters></RestoreRequest>").encode()
+        md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
+        try:
+            await self._send("POST", "restore", key, query=[("restore", "")], data=body,
+                             headers={"Content-Type": "application/xml", "Content-MD5": md5}, ok=(200, 202))
+        except (PermanentError, FatalError) as e:
+            # Already being restored, or not archived at all: nothing to do.
+            if "RestoreAlreadyInProgress" in e.message or "InvalidObjectState" in e.message:
+                return
+            raise
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None and self._owns_session and not session.closed:
+            await session.close()
+
+
+# -- obstore hot path -----------------------------------------------------------------------------
+class _ObstoreHotPath:
+    """Small-object GET/PUT through obstore (Rust object_store) for keys it does not rewrite."""
+
+    def __init__(self, backend: S3Backend) -> None:
+        from obstore.store import S3Store
+
+        self._b = backend
+        config: S3Config = {
+            "endpoint": backend.endpoint,
+            "region": backend.region,
+            "access_key_id": backend.access_key,
+            "secret_access_key": backend._secret,
+            "virtual_hosted_style_request": backend.virtual_hosted,
+            "unsigned_payload": True,
+            "disable_tagging": True,
+        }
+        self._store = S3Store(
+            backend.bucket, config=config,
+            client_options={"allow_http": backend.endpoint.startswith("http://"),
+                            "pool_max_idle_per_host": str(backend._max_connections),
+                            "connect_timeout": dt.timedelta(seconds=10),
+                            "timeout": dt.timedelta(seconds=300)},
+            # Retries belong to Ferry's retry wrapper, which sees the error taxonomy.
+            retry_config={"max_retries": 0, "retry_timeout": dt.timedelta(seconds=1),
+                          "backoff": {"init_backoff": dt.timedelta(milliseconds=100),
+                                      "max_backoff": dt.timedelta(seconds=1), "base": 2}},
+        )
+
+    @staticmethod
+    def fits_key(full_key: str) -> bool:
+        # object_store's Path drops a trailing or leading "/" and rejects empty, "." and ".." segments
+        # and control characters; those keys must take the signed-request path to stay byte-exact.
+        if not full_key or full_key[0] == "/" or full_key[-1] == "/" or "//" in full_key:
+            return False
+        if any(seg in (".", "..") for seg in full_key.split("/")):
+            return False
+        return full_key.isprintable()
+
+    def fits_put(self, full_key: str, meta: ObjectMeta, storage_class: str | None) -> bool:
+        if storage_class or meta.expires or not self.fits_key(full_key):
+            return False
+        return all(v.isascii() and v.isprintable() for v in meta.user.values())
+
+    def _map(self, op: str, key: str, e: Exception) -> FerryError:
+        import obstore.exceptions as oe
+
+        where = self._b._where(key)
+        text = str(e)
+        if isinstance(e, oe.PreconditionError):
+            return SourceChangedError(f"{op} {where}: HTTP 412", key=key)
+        if isinstance(e, oe.NotFoundError | FileNotFoundError):
+            return NotFoundError(f"{op} {where}: HTTP 404", key=key)
+        if "InvalidObjectState" in text:
+            return ArchivedObjectError(f"{op} {where}: HTTP 403 InvalidObjectState", key=key)
+        if isinstance(e, oe.PermissionDeniedError | oe.UnauthenticatedError | PermissionError):
+            return FatalError(f"{op} {where}: access denied", key=key)
+        if "Connection refused" in text:
+            return FatalError(f"{op} {where}: cannot connect to {self._b._hostname}:{self._b._port}", key=key)
+        return TransientError(f"{op} {where}: {type(e).__name__}", key=key)
+
+    async def read(self, key: str, offset: int, length: int | None, if_match: str | None) -> bytes:
+        import obstore
+
+        opts: dict[str, Any] = {}
+        if if_match:
+            opts["if_match"] = _quote_etag(if_match)
+        if offset or length is not None:
+            opts["range"] = {"offset": offset} if length is None else (offset, offset + length)
+        try:
+            result = await obstore.get_async(self._store, self._b.prefix + key, options=opts or None)  # type: ignore[arg-type]
+            return bytes(await result.bytes_async())
+        except Exception as e:
+            raise self._map("read", key, e) from _cut(e)
+
+    async def read_object(self, key: str, if_match: str | None) -> tuple[ObjectInfo, bytes]:
+        import obstore
+
+        opts = {"if_match": _quote_etag(if_match)} if if_match else None
+        try:
+            result = await obstore.get_async(self._store, self._b.prefix + key, options=opts)  # type: ignore[arg-type]
+            data = bytes(await result.bytes_async())
+        except Exception as e:
+            raise self._map("read", key, e) from _cut(e)
+        attrs = dict(result.attributes)
+        crc_text = attrs.pop(CRC64_META, None)
+        std = {name: attrs.pop(name, None) for name in (
+            "Content-Type", "Cache-Control", "Content-Disposition", "Content-Encoding", "Content-Language")}
+        attrs.pop("Storage-Class", None)
+        meta = ObjectMeta(
+            content_type=std["Content-Type"], cache_control=std["Cache-Control"],
+            content_disposition=std["Content-Disposition"], content_encoding=std["Content-Encoding"],
+            content_language=std["Content-Language"], user={k.lower(): v for k, v in attrs.items()},
+        )
+        om = result.meta
+        etag = om.get("e_tag")
+        info = ObjectInfo(
+            key=key, size=len(data), mtime=om["last_modified"].timestamp(),
+            etag=etag.strip('"') if etag else None, crc64=_parse_int(crc_text) if crc_text else None, meta=meta,
+        )
+        return info, data
+
+    async def put(self, key: str, data: bytes, meta: ObjectMeta, crc64: int | None) -> PutResult:
+        import obstore
+
+        attrs: dict[str, str] = {"Content-Type": meta.content_type or "application/octet-stream"}
+        for name, value in (("Cache-Control", meta.cache_control), ("Content-Disposition", meta.content_disposition),
+                            ("Content-Encoding", meta.content_encoding),
+                            ("Content-Language", meta.content_language)):
+            if value:
+                attrs[name] = value
+        for mkey, value in meta.user.items():
+            if mkey.lower() != CRC64_META:
+                attrs[mkey.lower()] = value
+        if crc64 is not None:
+            attrs[CRC64_META] = str(crc64)
+        try:
+            res = await obstore.put_async(self._store, self._b.prefix + key, data, attributes=attrs,
+                                          use_multipart=False)
+        except Exception as e:
+            raise self._map("put", key, e) from _cut(e)
+        etag = res.get("e_tag")
+        return PutResult(etag=etag.strip('"') if etag else None)
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+def _virtual_host_ok(host: str, bucket: str, scheme: str) -> bool:
+    """Whether `bucket.host` can work: not for IP literals or localhost, nor (over TLS) dotted buckets,
+    which would not match the provider's wildcard certificate; those fall back to path style."""
+    try:
+        ipaddress.ip_address(host)
+        return False
+    except ValueError:
+        pass
+    if host == "localhost" or (scheme == "https" and "." in bucket):
+        return False
+    return re.fullmatch(r"[a-z0-9][a-z0-9.-]*[a-z0-9]", bucket) is not None
+
+
+def _cut(e: BaseException) -> BaseException | None:
+    """The cause to chain: None, because SDK exceptions may quote request headers (signatures)."""
+    del e
+    return None
+
+
+def _quote_etag(etag: str) -> str:
+    return etag if etag.startswith('"') or etag.startswith("W/") or etag == "*" else f'"{etag}"'
+
+
+def _etag(h: Mapping[str, str]) -> str | None:
+    v = h.get("ETag")
+    return v.strip('"') if v else None
+
+
+def _retry_after(h: Mapping[str, str]) -> float | None:
+    v = h.get("Retry-After")
+    if not v:
+        return None
+    try:
+        return max(0.0, float(v))
+    except ValueError:
+        when = email.utils.parsedate_tz(v)
+        return max(0.0, email.utils.mktime_tz(when) - dt.datetime.now(dt.UTC).timestamp()) if when else None
+
+
+def _parse_int(v: str) -> int | None:
+    try:
+        return int(v.strip())
+    except ValueError:
+        return None
+
+
+def _iso_to_epoch(v: str) -> float:
+    try:
+        return dt.datetime.fromisoformat(v).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def _http_to_epoch(v: str | None) -> float:
+    if not v:
+        return 0.0
+    t = email.utils.parsedate(v)
+    return float(calendar.timegm(t)) if t else 0.0
+
+
+def _header_value(v: str) -> str:
+    # A value with a line break would smuggle a header; RFC 2047 keeps it intact and harmless.
+    return v if v.isprintable() else _rfc2047(v)
+
+
+def _encode_meta(v: str) -> str:
+    # S3 carries user metadata in headers, which are ASCII; AWS itself answers non-ASCII with RFC 2047.
+    return v if v.isascii() and v.isprintable() else _rfc2047(v)
+
+
+def _rfc2047(v: str) -> str:
+    return "=?UTF-8?B?" + base64.b64encode(v.encode()).decode() + "?="
+
+
+def _decode_meta(v: str) -> str:
+    if "=?" not in v:
+        return v
+    try:
+        return str(email.header.make_header(email.header.decode_header(v)))
+    except (ValueError, UnicodeDecodeError, LookupError):
+        return v
+
+
+def _parse_xml(body: bytes, what: str) -> ET.Element:
+    try:
+        return ET.fromstring(body)
+    except ET.ParseError as e:
+        raise TransientError(f"{what}: unparsable XML response") from _cut(e)
+
+
+def _ns(root: ET.Element) -> str:
+    return root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+
+
+def _xml_text(body: bytes, tag: str) -> str | None:
+    m = re.search(rb"<" + tag.encode() + rb">([^<]*)</" + tag.encode() + rb">", body)
+    if not m:
+        return None
+    text = m.group(1).decode("utf-8", "replace")
+    return text.replace("&quot;", '"').replace("&#34;", '"').replace("&amp;", "&")
+
+
+if TYPE_CHECKING:
+    def _conforms(b: S3Backend) -> Backend:
+        return b  # mypy proves S3Backend satisfies the Backend protocol

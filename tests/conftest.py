@@ -1,0 +1,49 @@
+"""Shared fixtures: real local S3 servers (two SeaweedFS, a lazy moto) and fresh bucket names per test."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from ferry.sandbox import MotoServer, S3Server, SeaweedServer
+
+BucketFactory = Callable[[S3Server], str]
+
+_bucket_counter = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def seaweed_a() -> Iterator[SeaweedServer]:
+    """A SeaweedFS S3 server for the whole session (started on first use)."""
+    with SeaweedServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def seaweed_b() -> Iterator[SeaweedServer]:
+    """A second, independent SeaweedFS server: a different endpoint, credentials and copy group."""
+    with SeaweedServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def moto() -> Iterator[MotoServer]:
+    """A moto S3 server (started only by tests that ask for it): archive classes, restore, AWS key order."""
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def bucket_factory(request: pytest.FixtureRequest) -> BucketFactory:
+    """`bucket_factory(server)` creates a bucket no other test uses on `server` and returns its name."""
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:36].strip("-") or "t"
+
+    def make(server: S3Server) -> str:
+        name = f"t{next(_bucket_counter)}-{slug}-{uuid.uuid4().hex[:8]}"
+        return server.create_bucket(name)
+
+    return make
