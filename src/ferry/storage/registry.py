@@ -148,13 +148,13 @@ def open_backend(
         _check_generic_bucket(parsed.bucket, spec)
     if endpoint is not None and not re.match(r"https?://[^/\s]+", endpoint):
         raise UsageError(f"endpoint {endpoint!r} must look like http://host:port or https://host")
-    if (access_key is None) != (secret_key is None):
-        raise UsageError("give both the access key and the secret key, or neither")
+    if not access_key or not secret_key:
+        raise UsageError(f"{spec!r} needs both an access key and a secret key")
     # Imported here so that memory and local locations work without the S3 stack being importable.
     from ferry.storage.s3 import S3Backend
 
     backend: Backend = S3Backend(
         endpoint=endpoint, region=region, access_key=access_key, secret_key=secret_key,
-        bucket=parsed.bucket, prefix=parsed.prefix, profile=profile,
+        bucket=parsed.bucket, prefix=parsed.prefix, profile=profile or "s3",
     )
     return backend

@@ -1,0 +1,104 @@
+"""Backends under test for the conformance suite: memory, local directory, wrapped memory, and S3 (SeaweedFS)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from ferry.storage.base import Backend
+from ferry.storage.local import LocalBackend
+from ferry.storage.memory import MemoryBackend, MemoryStore
+from ferry.storage.wrappers import BandwidthLimiter, RetryingBackend, ThrottledBackend
+
+# Memory and local enforce a minimum part size like S3, but a small one keeps the multipart tests fast.
+SMALL_PART = 16 * 1024
+S3_BUCKETS = ("ferry-conformance-a", "ferry-conformance-b")
+
+
+# Where SeaweedFS (the S3 server of the test suite) departs from S3, found by this suite. Tests named here
+# are expected to fail on the S3 leg (strict xfail, so a SeaweedFS that fixes one shows up as XPASS).
+SEAWEEDFS_QUIRKS = {
+    "dir-marker-beside-object": "SeaweedFS keeps `a/` as the directory `a`: beside an object `a` it answers "
+                                "409 ExistingObjectIsFile, or the object replaces the marker",
+    "dir-marker-content": "SeaweedFS stores a key ending in `/` as a directory and drops its bytes",
+    "backslash-key": "SeaweedFS turns `\\` in a key into `/`, so `a\\b` and `a/b` are one object",
+    "part-reupload-listing": "SeaweedFS ListParts lists every upload of a part number, not the last one",
+}
+
+
+class BackendFactory:
+    """Makes backends of one kind that share a copy group: `make()` the main one, `make(other=True)` a second
+    bucket (or directory), `make(sub="x/")` the same bucket under a further prefix. `quirks` names the
+    contract points this kind's store is known to break, with the reason."""
+
+    def __init__(
+        self, kind: str, build: Callable[[bool, str], Backend], quirks: dict[str, str] | None = None
+    ) -> None:
+        self.kind = kind
+        self._build = build
+        self.quirks = quirks or {}
+        self.made: list[Backend] = []
+
+    def make(self, *, other: bool = False, sub: str = "") -> Backend:
+        backend = self._build(other, sub)
+        self.made.append(backend)
+        return backend
+
+
+def _s3_factory(request: pytest.FixtureRequest) -> BackendFactory:
+    try:
+        server = request.getfixturevalue("seaweed_a")
+    except pytest.FixtureLookupError:
+        pytest.skip("S3 leg: the session fixture `seaweed_a` (tests/conftest.py) is not defined yet")
+    from ferry.storage.registry import open_backend
+
+    for bucket in S3_BUCKETS:
+        server.create_bucket(bucket)
+    # One bucket pair for the whole run (a new SeaweedFS bucket costs a volume allocation); a fresh
+    # prefix per test keeps the tests apart.
+    base = f"t-{uuid.uuid4().hex[:10]}/"
+
+    def build(other: bool, sub: str) -> Backend:
+        bucket = S3_BUCKETS[1] if other else S3_BUCKETS[0]
+        return open_backend(
+            f"s3://{bucket}/{base}{sub}", endpoint=server.endpoint, region="us-east-1",
+            access_key=server.access_key, secret_key=server.secret_key, profile="seaweedfs",
+        )
+
+    return BackendFactory("s3", build, SEAWEEDFS_QUIRKS)
+
+
+@pytest.fixture(params=["memory", "local", "wrapped", "s3"])
+def backend_factory(request: pytest.FixtureRequest, tmp_path: Path) -> BackendFactory:
+    kind: str = request.param
+    if kind == "s3":
+        return _s3_factory(request)
+    if kind == "local":
+        for bucket in ("a", "b"):
+            (tmp_path / bucket).mkdir()
+        return BackendFactory("local", lambda other, sub: LocalBackend(
+            tmp_path / ("b" if other else "a"), sub, fsync=False, min_part_size=SMALL_PART,
+        ))
+    store = MemoryStore()
+
+    def memory(other: bool, sub: str) -> Backend:
+        return MemoryBackend(store, "b" if other else "a", sub, min_part_size=SMALL_PART)
+
+    if kind == "memory":
+        return BackendFactory("memory", memory)
+    # The wrappers must be transparent: same name, capabilities, errors, and copy between wrapped backends.
+    limiter = BandwidthLimiter(None)
+    return BackendFactory(
+        "wrapped", lambda other, sub: RetryingBackend(ThrottledBackend(memory(other, sub), limiter))
+    )
+
+
+@pytest.fixture
+async def backend(backend_factory: BackendFactory) -> AsyncIterator[Backend]:
+    yield backend_factory.make()
+    for made in backend_factory.made:
+        await made.close()
+
