@@ -8,12 +8,14 @@ key), and the planner also skips keys finished beyond it, so nothing verified is
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 
 from ferry.db.repo import JobRepo, ObjectResult, PartRow, Tally, UploadRow
 from ferry.engine.budget import MemoryBudget
+from ferry.engine.checksums import Crc64
 from ferry.engine.compare import CopyReason, OverwriteMode, SkipReason, decide
 from ferry.engine.copier import Copier, CopyOptions
 from ferry.engine.planner import Action, Fail, Planner, Skip
@@ -149,12 +151,24 @@ class Transfer:
         self.recorder = Recorder(repo, job_id)
 
     async def _crc_decide(self, src: ObjectInfo) -> CopyReason | SkipReason:
-        # Listings carry no CRC64; when the rule needs one, ask both stores (HEAD) for theirs.
+        # Listings carry no CRC64, so ask both stores (HEAD). When only the destination knows its CRC64 (Ferry
+        # stored it), the source's is computed by reading it: that read is what this mode is chosen for.
         try:
             s, d = await asyncio.gather(self.src.head(src.key), self.dst.head(src.key))
         except NotFoundError:
             return CopyReason.MISSING
+        if s.crc64 is None and d.crc64 is not None and s.size == d.size:
+            s = dataclasses.replace(s, crc64=await self._source_crc64(s))
         return decide(s, d, OverwriteMode.CRC64_COMPARISON_OVERWRITE, self.opts.migrate_since)
+
+    async def _source_crc64(self, obj: ObjectInfo) -> int:
+        crc, offset, chunk = Crc64(), 0, self.opts.copy.part_size
+        while offset < obj.size:
+            length = min(chunk, obj.size - offset)
+            async with self.budget.hold(length):
+                crc.update(await self.src.read(obj.key, offset=offset, length=length, if_match=obj.etag))
+            offset += length
+        return crc.value
 
     async def _copy(self, obj: ObjectInfo) -> ObjectResult:
         for _ in range(_SOURCE_CHANGE_ATTEMPTS):
@@ -201,17 +215,25 @@ class Transfer:
         queue: asyncio.Queue[tuple[int, Action] | None] = asyncio.Queue(maxsize=self.opts.concurrency * 2)
         recorder_task = asyncio.create_task(self.recorder.run())
         workers = [asyncio.create_task(self._worker(queue)) for _ in range(self.opts.concurrency)]
-        try:
+
+        async def feed() -> None:
             await self._dispatch(queue, resume_after)
             for _ in workers:
                 await queue.put(None)
-            await asyncio.gather(*workers)
-        except BaseException:
-            for w in workers:
-                w.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
-            raise
+
+        tasks: set[asyncio.Task[None]] = {asyncio.create_task(feed()), *workers}
+        try:
+            pending = tasks
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+                for t in done:
+                    exc = t.exception()
+                    if exc is not None:
+                        raise exc
         finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             recorder_task.cancel()
             await asyncio.gather(recorder_task, return_exceptions=True)
             await self.recorder.flush()

@@ -1,0 +1,230 @@
+"""The engine end to end over in-memory stores: copy, re-run, resume, source changes, verification."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ferry.db.database import open_database
+from ferry.db.repo import JobRepo
+from ferry.engine.compare import ConsistencyCheck, OverwriteMode
+from ferry.engine.copier import CopyOptions
+from ferry.engine.pipeline import TransferOptions
+from ferry.errors import FatalError
+from ferry.objects import ObjectInfo, ObjectMeta, PutResult
+from ferry.service.transfers import Summary, run_migration
+from ferry.storage.base import Capabilities, ListOrder
+from ferry.storage.memory import MemoryBackend, MemoryStore
+from ferry.storage.wrappers import BackendWrapper
+
+MiB = 1024 * 1024
+
+
+class Counting(BackendWrapper):
+    """Counts calls; optionally dies (FatalError) after a number of successful writes."""
+
+    def __init__(self, inner: Any, die_after: int | None = None, order: ListOrder | None = None) -> None:
+        super().__init__(inner)
+        self.calls: dict[str, int] = {}
+        self.die_after = die_after
+        self.writes = 0
+        self.order = order
+
+    @property
+    def capabilities(self) -> Capabilities:
+        caps = self.inner.capabilities
+        return dataclasses.replace(caps, list_order=self.order) if self.order else caps
+
+    def _count(self, name: str) -> None:
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    def _write(self) -> None:
+        if self.die_after is not None and self.writes >= self.die_after:
+            raise FatalError("injected crash")
+        self.writes += 1
+
+    async def list(self, prefix: str = "", start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
+        items = [o async for o in self.inner.list(prefix, start_after)]
+        if self.order is ListOrder.UNORDERED:
+            random.Random(7).shuffle(items)
+        for o in items:
+            yield o
+
+    async def head(self, key: str) -> ObjectInfo:
+        self._count("head")
+        return await self.inner.head(key)
+
+    async def read_object(self, key: str, *, if_match: str | None = None) -> tuple[ObjectInfo, bytes]:
+        self._count("read_object")
+        return await self.inner.read_object(key, if_match=if_match)
+
+    async def put(self, key: str, data: bytes, meta: ObjectMeta, **kw: Any) -> PutResult:
+        self._write()
+        self._count("put")
+        return await self.inner.put(key, data, meta, **kw)
+
+    async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> Any:
+        self._write()
+        self._count("upload_part")
+        return await self.inner.upload_part(key, upload_id, part_number, data)
+
+
+def _opts(**kw: Any) -> TransferOptions:
+    copy = CopyOptions(multipart_threshold=kw.pop("threshold", 8 * MiB), part_size=5 * MiB,
+                       consistency=kw.pop("consistency", ConsistencyCheck.SIZE_LAST_MODIFIED))
+    return TransferOptions(copy=copy, concurrency=kw.pop("concurrency", 8), **kw)
+
+
+async def _migrate(src: Any, dst: Any, tmp_path: Path, opts: TransferOptions | None = None) -> Summary:
+    repo = JobRepo(open_database(f"sqlite:///{tmp_path / 'state.db'}"))
+    return await run_migration(src, dst, repo, opts or _opts(), report_dir=tmp_path / "reports", spec={})
+
+
+async def _fill(b: MemoryBackend, n: int, size: int = 100) -> dict[str, bytes]:
+    bodies = {f"k/{i:05d}": os.urandom(size) for i in range(n)}
+    for k, v in bodies.items():
+        await b.put(k, v, ObjectMeta(content_type="text/x-test"))
+    return bodies
+
+
+async def test_copies_then_rerun_skips_without_reading(tmp_path: Path) -> None:
+    src = MemoryBackend(MemoryStore(), "src")
+    dst_inner = MemoryBackend(MemoryStore(), "dst")
+    bodies = await _fill(src, 300)
+    s = await _migrate(src, dst_inner, tmp_path)
+    assert (s.total, s.success, s.skipped, s.failed, s.status) == (300, 300, 0, 0, "succeeded")
+    for k, v in bodies.items():
+        info, data = await dst_inner.read_object(k)
+        assert data == v and info.meta is not None and info.meta.content_type == "text/x-test"
+    counted_src, counted_dst = Counting(src), Counting(dst_inner)
+    s2 = await _migrate(counted_src, counted_dst, tmp_path)
+    assert (s2.total, s2.success, s2.skipped) == (300, 0, 300)
+    assert counted_src.calls == {} and counted_dst.calls == {}  # zero GET/HEAD/PUT on a no-op re-run
+
+
+async def test_same_store_uses_server_side_copy(tmp_path: Path) -> None:
+    store = MemoryStore()
+    src, dst = Counting(MemoryBackend(store, "a")), Counting(MemoryBackend(store, "b"))
+    await _fill(src.inner, 20)
+    s = await _migrate(src, dst, tmp_path)
+    assert s.success == 20
+    assert "read_object" not in src.calls and "put" not in dst.calls
+
+
+async def test_unordered_source_listing_is_planned_correctly(tmp_path: Path) -> None:
+    src = MemoryBackend(MemoryStore(), "src")
+    dst = MemoryBackend(MemoryStore(), "dst")
+    keys = ["a", "a/", "a/b", "a b/c", "a-b", "b", "é", "z/", "+", "%", "#x", "?q"]
+    for k in keys:
+        await src.put(k, k.encode(), ObjectMeta())
+    for k in keys[::2]:  # half already in place
+        await dst.put(k, k.encode(), ObjectMeta())
+    s = await _migrate(Counting(src, order=ListOrder.UNORDERED), Counting(dst, order=ListOrder.UNORDERED),
+                       tmp_path)
+    assert (s.total, s.success, s.skipped, s.failed) == (len(keys), len(keys) // 2, len(keys) // 2, 0)
+    assert sorted([o.key async for o in dst.list()]) == sorted(keys)
+
+
+async def test_crash_then_resume_copies_only_what_is_missing(tmp_path: Path) -> None:
+    src = MemoryBackend(MemoryStore(), "src")
+    dst = MemoryBackend(MemoryStore(), "dst")
+    bodies = await _fill(src, 500)
+    crashing = Counting(dst, die_after=200)
+    s = await _migrate(src, crashing, tmp_path)
+    assert s.error == "injected crash" and s.status == "failed"
+    present = {o.key async for o in dst.list()}
+    assert 0 < len(present) < 500
+
+    healthy = Counting(dst)
+    s2 = await _migrate(src, healthy, tmp_path)
+    assert s2.resumed and s2.job_id == s.job_id
+    assert (s2.total, s2.failed, s2.status) == (500, 0, "succeeded")
+    assert healthy.calls.get("put", 0) == 500 - len(present)
+    for k, v in bodies.items():
+        assert (await dst.read_object(k))[1] == v
+
+
+async def test_multipart_upload_resumes_from_its_parts(tmp_path: Path) -> None:
+    src = MemoryBackend(MemoryStore(), "src")
+    dst = MemoryBackend(MemoryStore(), "dst")
+    body = os.urandom(26 * MiB)  # 6 parts of 5 MiB
+    await src.put("big.bin", body, ObjectMeta(content_type="application/x-big"))
+    opts = _opts(concurrency=1, threshold=5 * MiB, memory_limit=5 * MiB)  # one part at a time
+    crashing = Counting(dst, die_after=2)
+    s = await _migrate(src, crashing, tmp_path, opts)
+    assert s.error == "injected crash"
+
+    healthy = Counting(dst)
+    s2 = await _migrate(src, healthy, tmp_path, opts)
+    assert s2.resumed and s2.success == 1 and s2.failed == 0
+    assert healthy.calls.get("upload_part") == 4  # parts 1-2 were kept, not uploaded again
+    info, data = await dst.read_object("big.bin")
+    assert data == body and info.meta is not None and info.meta.content_type == "application/x-big"
+
+
+async def test_source_changed_mid_copy_is_recopied_with_new_content(tmp_path: Path) -> None:
+    src = MemoryBackend(MemoryStore(), "src")
+    dst = MemoryBackend(MemoryStore(), "dst")
+    await src.put("k", b"old", ObjectMeta())
+
+    class Changing(Counting):
+        async def read_object(self, key: str, *, if_match: str | None = None) -> tuple[ObjectInfo, bytes]:
+            if not self.calls.get("read_object"):
+                await self.inner.put(key, b"new content", ObjectMeta())  # changes after listing
+            return await super().read_object(key, if_match=if_match)
+
+    s = await _migrate(Changing(src), dst, tmp_path)
+    assert (s.success, s.failed) == (1, 0)
+    assert (await dst.read_object("k"))[1] == b"new content"
+
+
+async def test_bad_write_fails_verification_and_is_removed(tmp_path: Path) -> None:
+    src = MemoryBackend(MemoryStore(), "src")
+    dst = MemoryBackend(MemoryStore(), "dst")
+    await src.put("good", b"fine", ObjectMeta())
+    await src.put("bad", b"will be corrupted", ObjectMeta())
+
+    class Corrupting(Counting):
+        async def put(self, key: str, data: bytes, meta: ObjectMeta, **kw: Any) -> PutResult:
+            if key == "bad":
+                data = data[:-1] + b"!"
+            return await super().put(key, data, meta, **kw)
+
+    s = await _migrate(src, Corrupting(dst), tmp_path)
+    assert (s.success, s.failed, s.status) == (1, 1, "failed")
+    assert {o.key async for o in dst.list()} == {"good"}
+    assert s.report is not None and "bad" in Path(s.report).read_text()
+
+
+@pytest.mark.parametrize("mode,expect_copied", [
+    (OverwriteMode.NO_OVERWRITE, 0),
+    (OverwriteMode.SIZE_LAST_MODIFIED_COMPARISON_OVERWRITE, 0),
+    (OverwriteMode.FULL_OVERWRITE, 3),
+])
+async def test_overwrite_modes_on_existing_objects(tmp_path: Path, mode: OverwriteMode, expect_copied: int) -> None:
+    src = MemoryBackend(MemoryStore(), "src")
+    dst = MemoryBackend(MemoryStore(), "dst")
+    await _fill(src, 3)
+    await _migrate(src, dst, tmp_path / "first")
+    s = await _migrate(src, dst, tmp_path / "second", _opts(overwrite=mode))
+    assert (s.success, s.skipped) == (expect_copied, 3 - expect_copied)
+
+
+async def test_crc64_overwrite_mode_detects_same_size_change(tmp_path: Path) -> None:
+    src = MemoryBackend(MemoryStore(), "src")
+    dst = MemoryBackend(MemoryStore(), "dst")
+    await src.put("k", b"AAAA", ObjectMeta())
+    opts = _opts(overwrite=OverwriteMode.CRC64_COMPARISON_OVERWRITE, consistency=ConsistencyCheck.CRC64)
+    assert (await _migrate(src, dst, tmp_path / "1", opts)).success == 1
+    # Same size, destination newer: only a CRC64 comparison can tell the content differs.
+    await src.put("k", b"BBBB", ObjectMeta())
+    await dst.put("k", b"CCCC", ObjectMeta(), crc64=0x1234)
+    s = await _migrate(src, dst, tmp_path / "2", opts)
+    assert s.success == 1
+    assert (await dst.read_object("k"))[1] == b"BBBB"
