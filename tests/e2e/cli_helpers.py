@@ -6,13 +6,11 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import boto3
-import pytest
 from botocore.config import Config
 
 FERRY = [sys.executable, "-m", "ferry.cli"]
@@ -56,12 +54,3 @@ def migrate_argv(src: Any, sbucket: str, dst: Any, dbucket: str, state: Path, *e
 def run_ferry(argv: list[str], env: dict[str, str], timeout: float = 240) -> Run:
     p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
     return Run(p.returncode, p.stdout, p.stderr)
-
-
-@pytest.fixture
-def new_bucket() -> Any:
-    def make(server: Any) -> str:
-        name = f"t-{uuid.uuid4().hex[:20]}"
-        server.create_bucket(name)
-        return name
-    return make

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.conftest import ferry_env, migrate_argv, run_ferry, s3_client
+from cli_helpers import FERRY, ferry_env, migrate_argv, run_ferry, s3_client
 
 MiB = 1024 * 1024
 EDGE_KEYS = [
@@ -22,13 +22,12 @@ EDGE_KEYS = [
     "amp/a&b=c;d.txt",
     "dir-marker/",
     "nested/dir-marker/",
-    "a",
     "a/",
     "a/b",
     "a b/c",
     "a-b",
     "empty.bin",
-    "k/" + "x" * 896,  # 898 bytes
+    "long/" + "/".join(["y" * 199] * 4) + "/" + "z" * 95,  # 900 bytes (SeaweedFS caps a path segment)
     "tilde~/quote'\"/<angle>.txt",
 ]
 
@@ -48,10 +47,10 @@ def _all_objects(client: Any, bucket: str) -> dict[str, dict[str, Any]]:
 
 
 def test_edge_keys_and_multipart_sizes_copied_exactly_then_rerun_skips(
-    seaweed_a: Any, seaweed_b: Any, new_bucket: Any, tmp_path: Path
+    seaweed_a: Any, seaweed_b: Any, bucket_factory: Any, tmp_path: Path
 ) -> None:
     src_c, dst_c = s3_client(seaweed_a), s3_client(seaweed_b)
-    sb, db = new_bucket(seaweed_a), new_bucket(seaweed_b)
+    sb, db = bucket_factory(seaweed_a), bucket_factory(seaweed_b)
     bodies: dict[str, bytes] = {k: _body(k) for k in EDGE_KEYS}
     # Around a 5 MiB multipart threshold with 5 MiB parts: below, exactly, above, and several parts.
     for size in (5 * MiB - 1, 5 * MiB, 5 * MiB + 1, 11 * MiB + 7):
@@ -84,10 +83,36 @@ def test_edge_keys_and_multipart_sizes_copied_exactly_then_rerun_skips(
     assert (s2["total"], s2["success"], s2["skipped"], s2["failed"]) == (len(bodies), 0, len(bodies), 0)
 
 
-def test_changed_source_object_is_recopied(seaweed_a: Any, seaweed_b: Any, new_bucket: Any,
+def test_file_beside_directory_of_the_same_name(moto: Any, bucket_factory: Any, tmp_path: Path) -> None:
+    """`a`, `a/` and `a/b` cannot coexist on SeaweedFS (a filer); moto keeps them, a local directory too."""
+    import asyncio
+
+    from ferry.storage.registry import open_backend
+
+    keys = ["a", "a/", "a/b", "a b/c", "a-b", "a/b/"]
+    src_c = s3_client(moto)
+    sb = bucket_factory(moto)
+    for k in keys:
+        src_c.put_object(Bucket=sb, Key=k, Body=_body(k))
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = [*FERRY, "migrate", f"s3://{sb}", str(out), "--src-endpoint", moto.endpoint,
+            "--state-dir", str(tmp_path / "state"), "--json"]
+    run = run_ferry(argv, ferry_env(moto, moto))
+    assert run.code == 0, run.stderr
+    assert run.summary["success"] == len(keys)
+
+    async def read_back() -> dict[str, bytes]:
+        b = open_backend(str(out))
+        return {o.key: (await b.read_object(o.key))[1] async for o in b.list()}
+
+    assert asyncio.run(read_back()) == {k: _body(k) for k in keys}
+
+
+def test_changed_source_object_is_recopied(seaweed_a: Any, seaweed_b: Any, bucket_factory: Any,
                                            tmp_path: Path) -> None:
     src_c = s3_client(seaweed_a)
-    sb, db = new_bucket(seaweed_a), new_bucket(seaweed_b)
+    sb, db = bucket_factory(seaweed_a), bucket_factory(seaweed_b)
     src_c.put_object(Bucket=sb, Key="k", Body=b"one")
     src_c.put_object(Bucket=sb, Key="same", Body=b"same")
     argv = migrate_argv(seaweed_a, sb, seaweed_b, db, tmp_path)
@@ -99,14 +124,14 @@ def test_changed_source_object_is_recopied(seaweed_a: Any, seaweed_b: Any, new_b
     assert s3_client(seaweed_b).get_object(Bucket=db, Key="k")["Body"].read() == b"three"
 
 
-def test_metadata_only_with_flag(seaweed_a: Any, seaweed_b: Any, new_bucket: Any, tmp_path: Path) -> None:
+def test_metadata_only_with_flag(seaweed_a: Any, seaweed_b: Any, bucket_factory: Any, tmp_path: Path) -> None:
     src_c, dst_c = s3_client(seaweed_a), s3_client(seaweed_b)
-    sb = new_bucket(seaweed_a)
+    sb = bucket_factory(seaweed_a)
     extra = {"CacheControl": "max-age=60", "ContentDisposition": "attachment; filename=x.txt",
              "ContentEncoding": "identity", "ContentLanguage": "de-DE", "Metadata": {"owner": "team-a"}}
     src_c.put_object(Bucket=sb, Key="m.txt", Body=b"meta", ContentType="text/plain", **extra)
 
-    plain_db, meta_db = new_bucket(seaweed_b), new_bucket(seaweed_b)
+    plain_db, meta_db = bucket_factory(seaweed_b), bucket_factory(seaweed_b)
     env = ferry_env(seaweed_a, seaweed_b)
     assert run_ferry(migrate_argv(seaweed_a, sb, seaweed_b, plain_db, tmp_path / "a"), env).code == 0
     assert run_ferry(migrate_argv(seaweed_a, sb, seaweed_b, meta_db, tmp_path / "b", "--metadata"), env).code == 0
@@ -122,16 +147,15 @@ def test_metadata_only_with_flag(seaweed_a: Any, seaweed_b: Any, new_bucket: Any
     assert full["Metadata"]["owner"] == "team-a"
 
 
-def test_crc64_check_stores_crc_on_destination(seaweed_a: Any, seaweed_b: Any, new_bucket: Any,
+def test_crc64_check_stores_crc_on_destination(seaweed_a: Any, seaweed_b: Any, bucket_factory: Any,
                                                tmp_path: Path) -> None:
     import asyncio
 
+    from ferry.engine.checksums import crc64
     from ferry.storage.registry import open_backend
 
-    from ferry.engine.checksums import crc64
-
     src_c = s3_client(seaweed_a)
-    sb, db = new_bucket(seaweed_a), new_bucket(seaweed_b)
+    sb, db = bucket_factory(seaweed_a), bucket_factory(seaweed_b)
     body = os.urandom(100_000)
     src_c.put_object(Bucket=sb, Key="c.bin", Body=body)
     run = run_ferry(migrate_argv(seaweed_a, sb, seaweed_b, db, tmp_path, "--consistency-check", "crc64"),
@@ -150,9 +174,9 @@ def test_crc64_check_stores_crc_on_destination(seaweed_a: Any, seaweed_b: Any, n
 
 
 def test_bad_usage_and_unreachable_endpoints_exit_2_with_one_line(
-    seaweed_a: Any, seaweed_b: Any, new_bucket: Any, tmp_path: Path
+    seaweed_a: Any, seaweed_b: Any, bucket_factory: Any, tmp_path: Path
 ) -> None:
-    sb, db = new_bucket(seaweed_a), new_bucket(seaweed_b)
+    sb, db = bucket_factory(seaweed_a), bucket_factory(seaweed_b)
     env = ferry_env(seaweed_a, seaweed_b)
     cases = [
         migrate_argv(seaweed_a, sb, seaweed_b, db, tmp_path, "--overwrite", "SOMETIMES"),
@@ -172,9 +196,9 @@ def test_bad_usage_and_unreachable_endpoints_exit_2_with_one_line(
         assert "Traceback" not in run.stderr
 
 
-def test_wrong_secret_exits_2_without_leaking_it(seaweed_a: Any, seaweed_b: Any, new_bucket: Any,
+def test_wrong_secret_exits_2_without_leaking_it(seaweed_a: Any, seaweed_b: Any, bucket_factory: Any,
                                                   tmp_path: Path) -> None:
-    sb, db = new_bucket(seaweed_a), new_bucket(seaweed_b)
+    sb, db = bucket_factory(seaweed_a), bucket_factory(seaweed_b)
     env = ferry_env(seaweed_a, seaweed_b)
     env["FERRY_SRC_SK"] = "WrongSecretKeyThatMustNotLeak0123456789"
     run = run_ferry(migrate_argv(seaweed_a, sb, seaweed_b, db, tmp_path), env, timeout=120)
@@ -184,9 +208,9 @@ def test_wrong_secret_exits_2_without_leaking_it(seaweed_a: Any, seaweed_b: Any,
     assert len(run.stderr.strip().splitlines()) == 1
 
 
-def test_failed_objects_exit_1_with_report(moto: Any, seaweed_b: Any, new_bucket: Any, tmp_path: Path) -> None:
+def test_failed_objects_exit_1_with_report(moto: Any, seaweed_b: Any, bucket_factory: Any, tmp_path: Path) -> None:
     src_c = s3_client(moto)
-    sb, db = new_bucket(moto), new_bucket(seaweed_b)
+    sb, db = bucket_factory(moto), bucket_factory(seaweed_b)
     src_c.put_object(Bucket=sb, Key="ok.txt", Body=b"fine")
     src_c.put_object(Bucket=sb, Key="cold.txt", Body=b"archived", StorageClass="GLACIER")
     run = run_ferry(migrate_argv(moto, sb, seaweed_b, db, tmp_path), ferry_env(moto, seaweed_b))
