@@ -66,6 +66,10 @@ class ConsistencyCheck(enum.Enum):
 
 
 class CopyReason(enum.Enum):
+    # Planners count actions per reason for millions of keys; Enum's default hash (of the name, in Python)
+    # costs ~0.1 µs a lookup. Members are singletons compared by identity, so the identity hash is equivalent.
+    __hash__ = object.__hash__
+
     MISSING = "missing"  # no destination object of that key
     SIZE_DIFFERS = "size_differs"
     SOURCE_NEWER = "source_newer"  # same size, destination older than the source
@@ -74,6 +78,8 @@ class CopyReason(enum.Enum):
 
 
 class SkipReason(enum.Enum):
+    __hash__ = object.__hash__  # see CopyReason
+
     OLDER_THAN_MIGRATE_SINCE = "older_than_migrate_since"
     EXISTS = "exists"  # NO_OVERWRITE and the destination has the key
     SAME_SIZE_NOT_OLDER = "same_size_not_older"  # same size, destination at least as new as the source
@@ -83,15 +89,30 @@ class SkipReason(enum.Enum):
 
 Decision = CopyReason | SkipReason
 
+# decide() runs once per object of a bucket; an Enum member lookup costs ~0.15 µs on CPython 3.11, several
+# times the rest of the rule, so the members it touches are bound to module names once.
+_SIZE_MTIME = OverwriteMode.SIZE_LAST_MODIFIED_COMPARISON_OVERWRITE
+_NO_OVERWRITE = OverwriteMode.NO_OVERWRITE
+_FULL = OverwriteMode.FULL_OVERWRITE
+_MISSING = CopyReason.MISSING
+_SIZE_DIFFERS = CopyReason.SIZE_DIFFERS
+_SOURCE_NEWER = CopyReason.SOURCE_NEWER
+_CRC64_DIFFERS = CopyReason.CRC64_DIFFERS
+_FULL_OVERWRITE = CopyReason.FULL_OVERWRITE
+_TOO_OLD = SkipReason.OLDER_THAN_MIGRATE_SINCE
+_EXISTS = SkipReason.EXISTS
+_NOT_OLDER = SkipReason.SAME_SIZE_NOT_OLDER
+_SAME_CRC64 = SkipReason.SAME_CRC64
+
 
 def _by_size_mtime(src: ObjectInfo, dst: ObjectInfo) -> Decision:
     if src.size != dst.size:
-        return CopyReason.SIZE_DIFFERS
+        return _SIZE_DIFFERS
     # "Not older" rather than "newer": the copy we made stamps the destination with its write time, which is
     # never earlier than the source's mtime, so equality means "already done", not "stale".
     if dst.mtime >= src.mtime:
-        return SkipReason.SAME_SIZE_NOT_OLDER
-    return CopyReason.SOURCE_NEWER
+        return _NOT_OLDER
+    return _SOURCE_NEWER
 
 
 def decide(
@@ -106,26 +127,26 @@ def decide(
     exactly at that second is migrated ("modified after" in the OMS docs, read inclusively so nothing on the
     boundary is lost). It is checked before anything else, so such objects count as skipped even when missing.
 
-    CRC64_COMPARISON_OVERWRITE skips only when both CRC64s are known and equal (and the sizes agree: a
-    CRC-64 match across different lengths can only be a collision). When either CRC64 is unknown — most
-    stores other than OSS/COS/OBS, or an object Ferry did not write — it falls back to the size and
-    last-modified rule, as OMS documents, rather than copying everything (wasteful) or skipping (unsafe).
+    CRC64_COMPARISON_OVERWRITE skips only when both CRC64s are known and equal, and the sizes agree (free to
+    check, and it rules out a CRC collision between objects of different lengths). When either CRC64 is
+    unknown — most stores other than OSS/COS/OBS, or an object Ferry did not write — it falls back to the size
+    and last-modified rule, as OMS documents, rather than copying everything (wasteful) or skipping (unsafe).
     """
     if migrate_since is not None and src.mtime < migrate_since:
-        return SkipReason.OLDER_THAN_MIGRATE_SINCE
+        return _TOO_OLD
     if dst is None:
-        return CopyReason.MISSING
-    if mode is OverwriteMode.SIZE_LAST_MODIFIED_COMPARISON_OVERWRITE:
+        return _MISSING
+    if mode is _SIZE_MTIME:
         return _by_size_mtime(src, dst)
-    if mode is OverwriteMode.NO_OVERWRITE:
-        return SkipReason.EXISTS
-    if mode is OverwriteMode.FULL_OVERWRITE:
-        return CopyReason.FULL_OVERWRITE
+    if mode is _NO_OVERWRITE:
+        return _EXISTS
+    if mode is _FULL:
+        return _FULL_OVERWRITE
     if src.crc64 is None or dst.crc64 is None:
         return _by_size_mtime(src, dst)
     if src.crc64 == dst.crc64 and src.size == dst.size:
-        return SkipReason.SAME_CRC64
-    return CopyReason.CRC64_DIFFERS
+        return _SAME_CRC64
+    return _CRC64_DIFFERS
 
 
 def check_consistency(check: ConsistencyCheck, src: ObjectInfo, dst: ObjectInfo) -> str | None:
