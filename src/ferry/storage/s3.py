@@ -9,6 +9,7 @@ import calendar
 import datetime as dt
 import email.header
 import email.utils
+import functools
 import hashlib
 import ipaddress
 import re
@@ -44,6 +45,7 @@ HotPath = Literal["aiohttp", "obstore"]
 CRC64_META = "ferry-crc64"  # user-metadata key under which Ferry stores the CRC-64/ECMA it computed
 _META_PREFIX = "x-amz-meta-"
 _CODE_RE = re.compile(rb"<Code>([^<]{1,100})</Code>")
+_OBSTORE_STATUS_RE = re.compile(r"status code: (\d{3})")
 _TRANSIENT_CODES = frozenset({
     "SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling", "ThrottlingException",
     "RequestLimitExceeded", "TooManyRequests", "OperationAborted", "RequestTimeTooSkewed",
@@ -57,7 +59,7 @@ _FATAL_CODES = frozenset({
 
 class _Response(NamedTuple):
     status: int
-    headers: CIMultiDictProxy[str]
+    headers: CIMultiDictProxy[str] | Mapping[str, str]
     body: bytes
 
 
@@ -176,27 +178,32 @@ class S3Backend:
             payload_hash = hashlib.sha256(data).hexdigest() if data else EMPTY_SHA256
         signed = self._signer.sign(method, self._netloc, path, qs, headers or {}, payload_hash=payload_hash)
         url = yarl.URL(f"{self._base}{path}?{qs}" if qs else f"{self._base}{path}", encoded=True)
+        failure: FerryError
         try:
             async with self._get_session().request(method, url, data=data, headers=signed,
                                                    allow_redirects=False) as resp:
                 body = await resp.read()
                 result = _Response(resp.status, resp.headers, body)
-        except aiohttp.ClientConnectorCertificateError as e:
-            raise FatalError(f"{op} {self._where(key)}: TLS certificate rejected by {self._hostname}",
-                             key=key) from _cut(e)
+        except aiohttp.ClientConnectorCertificateError:
+            failure = FatalError(f"{op} {self._where(key)}: TLS certificate rejected by {self._hostname}",
+                                 key=key)
         except aiohttp.ClientConnectorError as e:
             reason = e.os_error.strerror if e.os_error and e.os_error.strerror else type(e).__name__
-            raise FatalError(
+            failure = FatalError(
                 f"{op} {self._where(key)}: cannot connect to {self._hostname}:{self._port} ({reason})", key=key
-            ) from _cut(e)
-        except (TimeoutError, aiohttp.ServerTimeoutError) as e:
-            raise TransientError(f"{op} {self._where(key)}: timed out", key=key) from _cut(e)
+            )
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            failure = TransientError(f"{op} {self._where(key)}: timed out", key=key)
         except aiohttp.ClientError as e:
             # Resets, disconnects, truncated bodies: the request may succeed on another try.
-            raise TransientError(f"{op} {self._where(key)}: {type(e).__name__}", key=key) from _cut(e)
-        if result.status not in ok:
-            raise self._error(op, key, result)
-        return result
+            failure = TransientError(f"{op} {self._where(key)}: {type(e).__name__}", key=key)
+        else:
+            if result.status not in ok:
+                raise self._error(op, key, result)
+            return result
+        # Raised outside the except blocks so no SDK exception (which may quote request headers) stays
+        # attached as __context__.
+        raise failure
 
     def _where(self, key: str | None) -> str:
         return f"{self.name}{key}" if key is not None else self.name
@@ -266,8 +273,10 @@ class S3Backend:
     ) -> tuple[builtins.list[ObjectInfo], bool, str | None, str | None]:
         try:
             root = ET.fromstring(body)
-        except ET.ParseError as e:
-            raise FatalError(f"list {self.name}: unparsable listing XML") from _cut(e)
+        except ET.ParseError:
+            root = None
+        if root is None:
+            raise FatalError(f"list {self.name}: unparsable listing XML (a key the store did not URL-encode?)")
         tag = root.tag
         ns = tag[: tag.index("}") + 1] if tag.startswith("{") else ""
         t_key, t_size, t_mtime, t_etag, t_class = (ns + "Key", ns + "Size", ns + "LastModified", ns + "ETag",
@@ -328,11 +337,12 @@ class S3Backend:
         resp = await self._send("GET", "read", key, headers=headers)
         return self._info_from_headers(key, resp.headers, len(resp.body)), resp.body
 
-    def _info_from_headers(self, key: str, h: Mapping[str, str], size: int | None) -> ObjectInfo:
+    def _info_from_headers(self, key: str, headers: Mapping[str, str], size: int | None) -> ObjectInfo:
+        # One pass into a plain dict: case-insensitive multidict lookups cost more than the copy.
+        h = {name.lower(): value for name, value in headers.items()}
         user: dict[str, str] = {}
         crc64: int | None = None
-        for name, value in h.items():
-            lname = name.lower()
+        for lname, value in h.items():
             if lname.startswith(_META_PREFIX):
                 mkey = lname[len(_META_PREFIX):]
                 if mkey == CRC64_META:
@@ -345,19 +355,19 @@ class S3Backend:
                 crc64 = _parse_int(vendor)
                 break
         meta = ObjectMeta(
-            content_type=h.get("Content-Type"),
-            cache_control=h.get("Cache-Control"),
-            content_disposition=h.get("Content-Disposition"),
-            content_encoding=h.get("Content-Encoding"),
-            content_language=h.get("Content-Language"),
-            expires=h.get("Expires"),
+            content_type=h.get("content-type"),
+            cache_control=h.get("cache-control"),
+            content_disposition=h.get("content-disposition"),
+            content_encoding=h.get("content-encoding"),
+            content_language=h.get("content-language"),
+            expires=h.get("expires"),
             user=user,
         )
-        etag = h.get("ETag")
+        etag = h.get("etag")
         return ObjectInfo(
             key=key,
-            size=size if size is not None else int(h.get("Content-Length") or 0),
-            mtime=_http_to_epoch(h.get("Last-Modified")),
+            size=size if size is not None else int(h.get("content-length") or 0),
+            mtime=_http_to_epoch(h.get("last-modified")),
             etag=etag.strip('"') if etag else None,
             storage_class=self.profile.canonical_class(h.get(self.profile.storage_class_header) or "STANDARD"),
             crc64=crc64,
@@ -565,21 +575,27 @@ class _ObstoreHotPath:
         return all(v.isascii() and v.isprintable() for v in meta.user.values())
 
     def _map(self, op: str, key: str, e: Exception) -> FerryError:
+        """Classify an obstore failure by the status and S3 code its text reports; the text itself (which
+        embeds the store configuration, secret included) never leaves this method."""
         import obstore.exceptions as oe
 
-        where = self._b._where(key)
         text = str(e)
+        status = _OBSTORE_STATUS_RE.search(text)
         if isinstance(e, oe.PreconditionError):
-            return SourceChangedError(f"{op} {where}: HTTP 412", key=key)
+            return SourceChangedError(f"{op} {self._b._where(key)}: HTTP 412", key=key)
+        if status:
+            code = _CODE_RE.search(text.encode("utf-8", "replace"))
+            resp = _Response(int(status.group(1)), {}, b"")
+            return self._b._error(op, key, resp, code.group(1).decode("ascii", "replace") if code else None)
         if isinstance(e, oe.NotFoundError | FileNotFoundError):
-            return NotFoundError(f"{op} {where}: HTTP 404", key=key)
-        if "InvalidObjectState" in text:
-            return ArchivedObjectError(f"{op} {where}: HTTP 403 InvalidObjectState", key=key)
+            return NotFoundError(f"{op} {self._b._where(key)}: HTTP 404", key=key)
         if isinstance(e, oe.PermissionDeniedError | oe.UnauthenticatedError | PermissionError):
-            return FatalError(f"{op} {where}: access denied", key=key)
-        if "Connection refused" in text:
-            return FatalError(f"{op} {where}: cannot connect to {self._b._hostname}:{self._b._port}", key=key)
-        return TransientError(f"{op} {where}: {type(e).__name__}", key=key)
+            return FatalError(f"{op} {self._b._where(key)}: access denied", key=key)
+        if "Connection refused" in text or "redirect" in text:
+            reason = "connection refused" if "Connection refused" in text else "redirected (wrong region?)"
+            return FatalError(f"{op} {self._b._where(key)}: {self._b._hostname}:{self._b._port} {reason}",
+                              key=key)
+        return TransientError(f"{op} {self._b._where(key)}: {type(e).__name__}", key=key)
 
     async def read(self, key: str, offset: int, length: int | None, if_match: str | None) -> bytes:
         import obstore
@@ -593,17 +609,22 @@ class _ObstoreHotPath:
             result = await obstore.get_async(self._store, self._b.prefix + key, options=opts or None)  # type: ignore[arg-type]
             return bytes(await result.bytes_async())
         except Exception as e:
-            raise self._map("read", key, e) from _cut(e)
+            failure = self._map("read", key, e)
+        # obstore's messages embed the store's configuration, secret included: never chain them.
+        raise failure
 
     async def read_object(self, key: str, if_match: str | None) -> tuple[ObjectInfo, bytes]:
         import obstore
 
         opts = {"if_match": _quote_etag(if_match)} if if_match else None
+        failure: FerryError | None = None
         try:
             result = await obstore.get_async(self._store, self._b.prefix + key, options=opts)  # type: ignore[arg-type]
             data = bytes(await result.bytes_async())
         except Exception as e:
-            raise self._map("read", key, e) from _cut(e)
+            failure = self._map("read", key, e)
+        if failure is not None:
+            raise failure
         attrs = dict(result.attributes)
         crc_text = attrs.pop(CRC64_META, None)
         std = {name: attrs.pop(name, None) for name in (
@@ -640,9 +661,11 @@ class _ObstoreHotPath:
             res = await obstore.put_async(self._store, self._b.prefix + key, data, attributes=attrs,
                                           use_multipart=False)
         except Exception as e:
-            raise self._map("put", key, e) from _cut(e)
-        etag = res.get("e_tag")
-        return PutResult(etag=etag.strip('"') if etag else None)
+            failure = self._map("put", key, e)
+        else:
+            etag = res.get("e_tag")
+            return PutResult(etag=etag.strip('"') if etag else None)
+        raise failure
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -657,12 +680,6 @@ def _virtual_host_ok(host: str, bucket: str, scheme: str) -> bool:
     if host == "localhost" or (scheme == "https" and "." in bucket):
         return False
     return re.fullmatch(r"[a-z0-9][a-z0-9.-]*[a-z0-9]", bucket) is not None
-
-
-def _cut(e: BaseException) -> BaseException | None:
-    """The cause to chain: None, because SDK exceptions may quote request headers (signatures)."""
-    del e
-    return None
 
 
 def _quote_etag(etag: str) -> str:
@@ -699,7 +716,9 @@ def _iso_to_epoch(v: str) -> float:
         return 0.0
 
 
+@functools.lru_cache(maxsize=1024)
 def _http_to_epoch(v: str | None) -> float:
+    # Cached: objects written in the same second share the string, and parsing costs microseconds.
     if not v:
         return 0.0
     t = email.utils.parsedate(v)
@@ -732,8 +751,9 @@ def _decode_meta(v: str) -> str:
 def _parse_xml(body: bytes, what: str) -> ET.Element:
     try:
         return ET.fromstring(body)
-    except ET.ParseError as e:
-        raise TransientError(f"{what}: unparsable XML response") from _cut(e)
+    except ET.ParseError:
+        pass
+    raise TransientError(f"{what}: unparsable XML response")
 
 
 def _ns(root: ET.Element) -> str:

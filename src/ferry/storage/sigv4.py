@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import time
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from urllib.parse import quote
@@ -41,9 +42,19 @@ def _signing_key(secret_key: str, date: str, region: str, service: str) -> bytes
     return hmac.new(k, b"aws4_request", hashlib.sha256).digest()
 
 
+_stamp_cache: tuple[int, str] = (0, "")
+
+
 def amz_date(now: dt.datetime | None = None) -> str:
     """`YYYYMMDDTHHMMSSZ` for `x-amz-date`."""
-    return (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%SZ")
+    global _stamp_cache
+    if now is not None:
+        return now.strftime("%Y%m%dT%H%M%SZ")
+    second = int(time.time())
+    if _stamp_cache[0] != second:
+        # Formatting costs more than the rest of a signature's header work; once a second is enough.
+        _stamp_cache = (second, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second)))
+    return _stamp_cache[1]
 
 
 class SigV4Signer:
@@ -87,7 +98,7 @@ class SigV4Signer:
             # Signing only host and x-amz-* (plus content-type/md5/range) keeps proxies that rewrite other
             # headers from breaking the signature, as the AWS SDKs do.
             if lname.startswith("x-amz-") or lname in _SIGNED_PLAIN_HEADERS:
-                signed[lname] = " ".join(value.strip().split())
+                signed[lname] = " ".join(value.split()) if "  " in value or "\t" in value else value.strip()
         names = sorted(signed)
         signed_headers = ";".join(names)
         canonical_headers = "".join(f"{n}:{signed[n]}\n" for n in names)
@@ -100,7 +111,7 @@ class SigV4Signer:
             (ALGORITHM, stamp, scope, hashlib.sha256(canonical_request.encode()).hexdigest())
         )
         key = _signing_key(self._secret_key, date, self.region, self.service)
-        signature = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+        signature = hmac.digest(key, string_to_sign.encode(), "sha256").hex()
         out["Authorization"] = (
             f"{ALGORITHM} Credential={self.access_key}/{scope}, SignedHeaders={signed_headers}, "
             f"Signature={signature}"
