@@ -97,14 +97,14 @@ class S3Backend:
         if "://" not in ep:
             ep = f"{self.profile.scheme}://{ep}"
         parts = urlsplit(ep)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UsageError(f"invalid S3 endpoint {ep!r}")
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+            # Not echoed: an endpoint with user:password@ would put a credential in the message.
+            raise UsageError("invalid S3 endpoint: expected http(s)://host[:port] without credentials")
         self.endpoint = f"{parts.scheme}://{parts.netloc}"
         self.bucket = bucket
         self.prefix = prefix
         self.access_key = access_key
         self._signer = SigV4Signer(access_key, secret_key, self.region)
-        self._secret = secret_key
         if self.profile.addressing == "virtual" and _virtual_host_ok(parts.hostname, bucket, parts.scheme):
             self._netloc = f"{bucket}.{parts.netloc}"
             self._bucket_path = ""
@@ -124,7 +124,7 @@ class S3Backend:
         self._session_loop: asyncio.AbstractEventLoop | None = None
         group = hashlib.sha256(f"{self.endpoint}\0{access_key}".encode()).hexdigest()[:16]
         self._capabilities = self.profile.capabilities(copy_group=f"s3:{group}")
-        self._hot: _ObstoreHotPath | None = _ObstoreHotPath(self) if hot_path == "obstore" else None
+        self._hot = _ObstoreHotPath(self, secret_key) if hot_path == "obstore" else None
 
     # -- identity ---------------------------------------------------------------------------------
     @property
@@ -534,7 +534,7 @@ class S3Backend:
 class _ObstoreHotPath:
     """Small-object GET/PUT through obstore (Rust object_store) for keys it does not rewrite."""
 
-    def __init__(self, backend: S3Backend) -> None:
+    def __init__(self, backend: S3Backend, secret_key: str) -> None:
         from obstore.store import S3Store
 
         self._b = backend
@@ -542,7 +542,7 @@ class _ObstoreHotPath:
             "endpoint": backend.endpoint,
             "region": backend.region,
             "access_key_id": backend.access_key,
-            "secret_access_key": backend._secret,
+            "secret_access_key": secret_key,
             "virtual_hosted_style_request": backend.virtual_hosted,
             "unsigned_payload": True,
             "disable_tagging": True,
