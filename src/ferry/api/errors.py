@@ -61,9 +61,7 @@ class Messages:
 class OmsError(Exception):
     """An API failure with its HTTP status and the OMS `error_code`/`error_msg` pair the SDK parses."""
 
-    def __init__(
-        self, status: int, error_code: str, error_msg: str, *, headers: dict[str, str] | None = None
-    ) -> None:
+    def __init__(self, status: int, error_code: str, error_msg: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(f"{status} {error_code}: {error_msg}")
         self.status = status
         self.error_code = error_code
@@ -206,9 +204,7 @@ class RequestContextMiddleware:
 
         declared = _content_length(scope)
         if declared is not None and declared > self.max_body:
-            await error_response(OmsError(413, Codes.TOO_LARGE, Messages.TOO_LARGE), request_id)(
-                scope, receive, send
-            )
+            await error_response(OmsError(413, Codes.TOO_LARGE, Messages.TOO_LARGE), request_id)(scope, receive, send)
             return
         received = 0
 
