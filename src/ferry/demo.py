@@ -14,7 +14,7 @@ from ferry.sandbox import SeaweedServer
 # Keys that break careless tools, mixed into the sample data.
 EDGE_KEYS = [
     "unicode/Grüße 日本語 ✓.txt", "spaces/a b c.txt", "plus/a+b.txt", "percent/100%.txt",
-    "question/why?.txt", "hash/#1.txt", "dir-marker/", "a", "a/b", "a b/c", "empty.bin",
+    "question/why?.txt", "hash/#1.txt", "dir-marker/", "a/b", "a b/c", "a-b", "empty.bin",
 ]
 
 
