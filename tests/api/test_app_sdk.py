@@ -239,6 +239,10 @@ def test_malformed_and_oversized_bodies(probed: LiveServer) -> None:
         assert set(resp.json()) == {"error_code", "error_msg"}
     resp = session.post(url, data=b'{"a": "' + b"x" * (2 * 1024 * 1024) + b'"}', headers=headers, timeout=10)
     assert resp.status_code == 413 and resp.json()["error_code"] == "APIGW.0201"
+    # Without a Content-Length (chunked), the cap applies while the body streams in (before authentication).
+    chunks = (b"x" * 65536 for _ in range(40))
+    resp = requests.post(url, data=chunks, headers=headers, timeout=10)
+    assert resp.status_code == 413 and resp.json()["error_code"] == "APIGW.0201"
     unsigned = requests.post(url, data=b'{"src_region": ', headers=headers, timeout=5)
     assert unsigned.status_code in (400, 401)
     unsigned = requests.post(url, data=json.dumps(SYNC_BODY), headers=headers, timeout=5)
@@ -263,3 +267,16 @@ def test_failures_never_leak(
     if kind == "bug":
         # The traceback goes to the log, tagged with the request id the client saw.
         assert any(resp.headers["X-Request-Id"] in r.getMessage() for r in caplog.records)
+
+
+def test_unauthenticated_project_routes_are_refused_at_startup(live: LiveServer) -> None:
+    from ferry.api.app import _check_every_project_route_is_authenticated
+
+    app = live.app
+    _check_every_project_route_is_authenticated(app)
+    app.add_api_route("/v2/{project_id}/sneaky", lambda: {}, methods=["GET"])
+    try:
+        with pytest.raises(RuntimeError, match="not authenticated"):
+            _check_every_project_route_is_authenticated(app)
+    finally:
+        app.router.routes.pop()

@@ -214,15 +214,13 @@ class RequestContextMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body:
-                    raise OmsError(413, Codes.TOO_LARGE, Messages.TOO_LARGE)
+                    # An HTTPException, because FastAPI turns any other error raised while it reads
+                    # the body into a generic 400.
+                    raise StarletteHTTPException(413)
             return message
 
         try:
             await self.app(scope, capped_receive, send_with_id)
-        except OmsError as exc:
-            if started:
-                raise
-            await error_response(exc, request_id)(scope, receive, send)
         except Exception:
             log.exception("request %s failed", request_id)
             if started:
