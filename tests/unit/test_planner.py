@@ -237,6 +237,9 @@ def test_too_long_keys_fail_with_a_reason() -> None:
     assert isinstance(actions[1], Fail)
     assert "1200 bytes" in actions[1].reason
     assert planner.stats.failures == 1
+    # what would be skipped anyway is skipped, not failed
+    actions, _ = run_plan([o(long_key, mtime=1.0)], L, [], L, max_key_bytes=1024, migrate_since=50)
+    assert actions == [Skip(o(long_key, mtime=1.0), SkipReason.OLDER_THAN_MIGRATE_SINCE)]
 
 
 def test_counters() -> None:
