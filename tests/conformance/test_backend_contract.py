@@ -88,7 +88,12 @@ async def put_all(backend: Backend, keys: list[str], body: bool = True) -> None:
         async with sem:
             await backend.put(key, body_of(key) if body else b"", PLAIN)
 
-    await asyncio.gather(*(one(k) for k in keys))
+    # SeaweedFS can lose `a` when it is written at the same moment as `a/b` (a file and a directory of one
+    # name, racing; see the quirks in conftest.py), so such keys go first, one at a time.
+    prefixes = {key[:i] for key in keys for i, ch in enumerate(key) if ch == "/"}
+    for key in sorted(k for k in keys if k in prefixes):
+        await one(key)
+    await asyncio.gather(*(one(k) for k in keys if k not in prefixes))
 
 
 def md5(data: bytes) -> str:
@@ -153,18 +158,20 @@ async def test_awkward_keys_round_trip_and_list_once(backend: Backend) -> None:
     assert_listing(backend, await listed(backend), set(AWKWARD_KEYS))
 
 
-async def test_long_single_segment_keys(backend_factory: BackendFactory, backend: Backend) -> None:
-    if backend_factory.kind == "s3":
-        pytest.skip("SeaweedFS refuses a key segment over 255 bytes (KeyTooLongError); AWS would pass")
+async def test_long_single_segment_keys(
+    request: pytest.FixtureRequest, backend_factory: BackendFactory, backend: Backend
+) -> None:
+    expect_quirk(request, backend_factory, "long-segment")
     await put_all(backend, LONG_SEGMENT_KEYS)
     for key in LONG_SEGMENT_KEYS:
         assert await backend.read(key) == utf8(key), key
     assert_listing(backend, await listed(backend), set(LONG_SEGMENT_KEYS))
 
 
-async def test_path_like_keys_are_kept_verbatim(backend_factory: BackendFactory, backend: Backend) -> None:
-    if backend_factory.kind == "s3":
-        pytest.skip("SeaweedFS refuses dot segments and rewrites `a//b` to `a/b` and `/x` to `x`")
+async def test_path_like_keys_are_kept_verbatim(
+    request: pytest.FixtureRequest, backend_factory: BackendFactory, backend: Backend
+) -> None:
+    expect_quirk(request, backend_factory, "path-like")
     await put_all(backend, PATHLIKE_KEYS)
     for key in PATHLIKE_KEYS:
         assert await backend.read(key) == utf8(key), key
@@ -217,7 +224,10 @@ async def test_backslash_is_not_a_slash(
     assert_listing(backend, await listed(backend), {"back\\slash", "back/slash"})
 
 
-async def test_key_too_long_is_refused(backend: Backend) -> None:
+async def test_key_too_long_is_refused(
+    request: pytest.FixtureRequest, backend_factory: BackendFactory, backend: Backend
+) -> None:
+    expect_quirk(request, backend_factory, "key-length-limit")
     limit = backend.capabilities.max_key_bytes
     with pytest.raises(PermanentError):
         await backend.put("z" * (limit + 1), b"x", PLAIN)
@@ -451,11 +461,21 @@ async def test_copy_from_within_copy_group(backend_factory: BackendFactory, back
     assert copied.meta is not None and copied.meta.content_type == "text/x-new"
     assert await backend.read("src/copy") == data
 
-    with pytest.raises(SourceChangedError):
-        await other.copy_from(backend, "src/obj", "dst/bad", None, if_match="0" * 32)
     with pytest.raises(NotFoundError):
         await other.copy_from(backend, "src/missing", "dst/none", None)
     assert_listing(other, await listed(other), {"dst/obj"})
+
+
+async def test_copy_from_with_wrong_if_match_is_source_changed(
+    request: pytest.FixtureRequest, backend_factory: BackendFactory, backend: Backend
+) -> None:
+    expect_quirk(request, backend_factory, "copy-if-match")
+    other = backend_factory.make(other=True)
+    await backend.put("src/obj", b"v1", PLAIN)
+    with pytest.raises(SourceChangedError):
+        await other.copy_from(backend, "src/obj", "dst/bad", None, if_match="0" * 32)
+    with pytest.raises(NotFoundError):
+        await other.head("dst/bad")
 
 
 async def test_delete(backend: Backend) -> None:
