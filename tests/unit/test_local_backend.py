@@ -171,6 +171,7 @@ async def test_foreign_files_are_listed_plainly_and_junk_ignored(tmp_path: Path)
     (tmp_path / ".%tmp-0123").write_text("half written")
     (tmp_path / "bad%zz").write_text("x")
     (tmp_path / "link").symlink_to(tmp_path / "readme.txt")
+    (tmp_path / os.fsdecode(b"latin1-\xe9")).write_text("x")
     infos = [i async for i in backend.list()]
     assert [i.key for i in infos] == ["ours", "readme.txt"]
     assert infos[1].etag is None and infos[1].size == 9

@@ -75,7 +75,7 @@ from ferry.storage.base import Backend, Capabilities, ListOrder
 from ferry.storage.profiles import CANONICAL_CLASSES
 from ferry.storage.wrappers import unwrap
 
-__all__ = ["FRAGMENT_CHARS", "LocalBackend", "key_to_relpath", "relpath_to_key"]
+__all__ = ["FRAGMENT_CHARS", "LocalBackend", "fragments", "key_to_relpath", "relpath_to_key"]
 
 FRAGMENT_CHARS = 60
 LEAF, DIR, CONT = 0, 1, 2  # also the tie-break order when a leaf and a CONT share a fragment
@@ -279,6 +279,10 @@ def _scan(dir_path: str, in_cont: bool) -> builtins.list[_Entry]:
                         continue
                 except OSError:
                     continue
+                try:
+                    entry.name.encode("utf-8")
+                except UnicodeEncodeError:
+                    continue  # a name that is not UTF-8 (made by hand) cannot be an S3 key
                 decoded = _decode(entry.name, is_dir)
                 # An empty leaf directly in a CONT directory would be a key `fragments` stores elsewhere.
                 if decoded is None or (in_cont and decoded == ("", LEAF)):
@@ -813,3 +817,7 @@ class LocalBackend:
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         await self._run("abort_multipart", key, self._abort_sync, key, upload_id)
+
+
+def _conforms(backend: LocalBackend) -> Backend:
+    return backend  # mypy proves here that LocalBackend still satisfies the protocol

@@ -352,3 +352,7 @@ class ThrottledBackend(BackendWrapper):
     async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> PartInfo:
         await self.limiter.acquire(len(data))
         return await self.inner.upload_part(key, upload_id, part_number, data)
+
+
+def _conforms(wrapper: BackendWrapper) -> Backend:
+    return wrapper  # mypy proves here that wrappers still satisfy the protocol
