@@ -18,6 +18,7 @@ from ferry.engine.budget import MemoryBudget
 from ferry.engine.checksums import Crc64
 from ferry.engine.compare import CopyReason, OverwriteMode, SkipReason, decide
 from ferry.engine.copier import Copier, CopyOptions
+from ferry.engine.pathlocks import PathLocks
 from ferry.engine.planner import Action, Fail, Planner, Skip
 from ferry.engine.progress import Counters
 from ferry.errors import NotFoundError, PermanentError, SourceChangedError, TransientError
@@ -149,6 +150,7 @@ class Transfer:
         self.budget = MemoryBudget(opts.memory_limit)
         self.copier = Copier(src, dst, opts.copy, self.budget, RepoCheckpoints(repo, job_id))
         self.recorder = Recorder(repo, job_id)
+        self.paths = PathLocks()
 
     async def _crc_decide(self, src: ObjectInfo) -> CopyReason | SkipReason:
         # Listings carry no CRC64, so ask both stores (HEAD). When only the destination knows its CRC64 (Ferry
@@ -173,7 +175,8 @@ class Transfer:
     async def _copy(self, obj: ObjectInfo) -> ObjectResult:
         for _ in range(_SOURCE_CHANGE_ATTEMPTS):
             try:
-                out = await self.copier.copy(obj)
+                async with self.paths.hold(obj.key):
+                    out = await self.copier.copy(obj)
                 self.counters.bytes_copied += out.size
                 return ObjectResult(obj.key, "success", out.size, out.etag)
             except SourceChangedError:
