@@ -220,3 +220,16 @@ def test_failed_objects_exit_1_with_report(moto: Any, seaweed_b: Any, bucket_fac
     lines = [json.loads(x) for x in Path(s["report"]).read_text().splitlines()]
     assert [x["key"] for x in lines] == ["cold.txt"]
     assert lines[0]["reason"]
+
+
+def test_storage_class_of_written_objects(seaweed_a: Any, moto: Any, bucket_factory: Any, tmp_path: Path) -> None:
+    src_c = s3_client(seaweed_a)
+    sb, db = bucket_factory(seaweed_a), bucket_factory(moto)
+    src_c.put_object(Bucket=sb, Key="cold/1.txt", Body=b"one")
+    argv = [*FERRY, "migrate", f"s3://{sb}", f"s3://{db}", "--src-endpoint", seaweed_a.endpoint,
+            "--dst-endpoint", moto.endpoint, "--dst-profile", "aws", "--storage-class", "STANDARD_IA",
+            "--state-dir", str(tmp_path), "--json"]
+    run = run_ferry(argv, ferry_env(seaweed_a, moto))
+    assert run.code == 0, run.stderr
+    head = s3_client(moto).head_object(Bucket=db, Key="cold/1.txt")
+    assert head["StorageClass"] == "STANDARD_IA"
