@@ -89,6 +89,7 @@ class S3Backend:
         read_timeout: float = 120.0,
         sign_payload: bool = False,
         session: aiohttp.ClientSession | None = None,
+        security_token: str | None = None,
     ) -> None:
         self.profile = profile if isinstance(profile, Profile) else get_profile(profile)
         self.profile.check_bucket(bucket)
@@ -105,6 +106,8 @@ class S3Backend:
         self.prefix = prefix
         self.access_key = access_key
         self._signer = SigV4Signer(access_key, secret_key, self.region)
+        # Temporary credentials (STS) travel as a signed header on every request.
+        self._security_token = security_token or None
         if self.profile.addressing == "virtual" and _virtual_host_ok(parts.hostname, bucket, parts.scheme):
             self._netloc = f"{bucket}.{parts.netloc}"
             self._bucket_path = ""
@@ -173,6 +176,8 @@ class S3Backend:
         if path is None:
             path = self._key_path(key) if key is not None else (self._bucket_path or "/")
         qs = canonical_query(query)
+        if self._security_token is not None:
+            headers = {**(headers or {}), "x-amz-security-token": self._security_token}
         payload_hash = UNSIGNED_PAYLOAD
         if self._sign_payload:
             payload_hash = hashlib.sha256(data).hexdigest() if data else EMPTY_SHA256
@@ -305,6 +310,53 @@ class S3Backend:
             ))
         truncated = (root.findtext(ns + "IsTruncated") or "").strip().lower() == "true"
         return out, truncated, root.findtext(ns + "NextContinuationToken"), raw_key
+
+    async def list_page(
+        self, prefix: str = "", *, delimiter: str = "", start_after: str | None = None,
+        continuation: str | None = None, max_keys: int = 1000,
+    ) -> ListPage:
+        """One listing request (a folder view when `delimiter` is set): objects and common prefixes after
+        `start_after`, at most `max_keys` of both together, keys relative to this backend's prefix.
+        `continuation` is a previous page's `next_token` (which wins over `start_after`)."""
+        cut = len(self.prefix)
+        v2 = self.profile.list_version == 2
+        query: builtins.list[tuple[str, str]] = [("max-keys", str(max(1, max_keys)))]
+        if v2:
+            query.append(("list-type", "2"))
+        if self.prefix + prefix:
+            query.append(("prefix", self.prefix + prefix))
+        if delimiter:
+            query.append(("delimiter", delimiter))
+        if self.profile.list_url_encode:
+            query.append(("encoding-type", "url"))
+        if continuation is not None:
+            # ListObjects v1 continues from a marker, which is what its next_token holds.
+            query.append(("continuation-token", continuation) if v2 else ("marker", continuation))
+        elif start_after is not None:
+            query.append(("start-after" if v2 else "marker", self.prefix + start_after))
+        resp = await self._send("GET", "list", None, query=query)
+        objects, truncated, token, last_key = self._parse_listing(resp.body, cut)
+        root = _parse_xml(resp.body, f"list {self.name}")
+        ns = _ns(root)
+        decode = root.findtext(ns + "EncodingType") == "url"
+        raw_prefixes = [cp.findtext(ns + "Prefix") or "" for cp in root.iterfind(ns + "CommonPrefixes")]
+        full_prefixes = [unquote_plus(p) if decode else p for p in raw_prefixes]
+        if not v2:
+            # v1 names the next position only with a delimiter (NextMarker); else the last key is it.
+            marker = root.findtext(ns + "NextMarker")
+            token = (unquote_plus(marker) if decode else marker) if marker else max(
+                [k for k in (last_key, *full_prefixes) if k is not None], default=None)
+        return ListPage(objects, [p[cut:] for p in full_prefixes], truncated, token if truncated else None)
+
+    async def bucket_location(self) -> str:
+        """The bucket's LocationConstraint as the store reports it ("" when it reports none)."""
+        resp = await self._send("GET", "bucket location", None, query=[("location", "")])
+        root = _parse_xml(resp.body, f"bucket location {self.name}")
+        # AWS answers <LocationConstraint>, SeaweedFS wraps it in <CreateBucketConfiguration>.
+        if root.tag.endswith("LocationConstraint"):
+            return (root.text or "").strip()
+        found = root.find(f"{_ns(root)}LocationConstraint")
+        return ((found.text if found is not None else "") or "").strip()
 
     # -- reads ------------------------------------------------------------------------------------
     async def head(self, key: str) -> ObjectInfo:
@@ -530,6 +582,48 @@ class S3Backend:
             await session.close()
 
 
+class ListPage(NamedTuple):
+    """One listing request's answer: objects, folder names (common prefixes) and whether more follow."""
+
+    objects: builtins.list[ObjectInfo]
+    prefixes: builtins.list[str]
+    truncated: bool
+    next_token: str | None = None
+
+
+async def list_buckets(
+    endpoint: str, region: str, access_key: str, secret_key: str, *,
+    profile: Profile | str = "s3", security_token: str | None = None, timeout: float = 30.0,
+) -> builtins.list[str]:
+    """Names of the buckets these credentials see (ListBuckets on the service endpoint)."""
+    prof = profile if isinstance(profile, Profile) else get_profile(profile)
+    # ListBuckets is addressed to the endpoint itself: path style with no bucket sends `GET /`, and
+    # reusing S3Backend keeps signing, transport and error mapping in one place.
+    service = prof.replace(addressing="path", bucket_pattern=r"^$")
+    backend = S3Backend(endpoint, region, access_key, secret_key, bucket="", profile=service,
+                        connect_timeout=min(10.0, timeout), read_timeout=timeout, max_connections=2,
+                        security_token=security_token)
+    try:
+        resp = await backend._send("GET", "list buckets", None, path="/")
+    finally:
+        await backend.close()
+    root = _parse_xml(resp.body, "list buckets")
+    ns = _ns(root)
+    return [name for b in root.iter(f"{ns}Bucket") if (name := b.findtext(f"{ns}Name"))]
+
+
+_FAILURE_TAIL_RE = re.compile(r": HTTP (\d{3})(?: ([A-Za-z0-9.]{1,100}))?(?: \(archived; restore it first\))?$")
+
+
+def failure_detail(exc: FerryError) -> tuple[int, str | None] | None:
+    """The HTTP status and S3 error code of a failure S3Backend mapped from a response (None for
+    connection-level failures). The counterpart of `S3Backend._error`'s message format."""
+    m = _FAILURE_TAIL_RE.search(exc.message)
+    if m is None:
+        return None
+    return int(m.group(1)), m.group(2)
+
+
 # -- obstore hot path -----------------------------------------------------------------------------
 class _ObstoreHotPath:
     """Small-object GET/PUT through obstore (Rust object_store) for keys it does not rewrite."""
@@ -547,6 +641,8 @@ class _ObstoreHotPath:
             "unsigned_payload": True,
             "disable_tagging": True,
         }
+        if backend._security_token is not None:
+            config["session_token"] = backend._security_token
         self._store = S3Store(
             backend.bucket, config=config,
             client_options={"allow_http": backend.endpoint.startswith("http://"),
