@@ -228,3 +228,18 @@ async def test_crc64_overwrite_mode_detects_same_size_change(tmp_path: Path) -> 
     s = await _migrate(src, dst, tmp_path / "2", opts)
     assert s.success == 1
     assert (await dst.read_object("k"))[1] == b"BBBB"
+
+
+async def test_crc64_of_a_multipart_copy_is_stored_on_the_destination(tmp_path: Path) -> None:
+    from ferry.engine.checksums import crc64
+
+    src = MemoryBackend(MemoryStore(), "src")
+    dst = MemoryBackend(MemoryStore(), "dst")
+    body = os.urandom(12 * MiB)
+    await src.put("big.bin", body, ObjectMeta(content_type="application/x-big"))
+    opts = _opts(threshold=5 * MiB, consistency=ConsistencyCheck.CRC64)
+    s = await _migrate(src, dst, tmp_path, opts)
+    assert s.success == 1
+    head = await dst.head("big.bin")
+    assert head.crc64 == crc64(body)
+    assert head.meta is not None and head.meta.content_type == "application/x-big"

@@ -211,13 +211,18 @@ class Copier:
                     and got != composite_etag([m for m in md5s if m])):
                 await self._discard(obj.key)
                 raise VerificationError("destination multipart ETag does not match the parts sent")
-            if self._crc and info.crc64 is not None and all(r.crc64 is not None for r in rows):
+            if self._crc and all(r.crc64 is not None for r in rows):
                 whole = rows[0].crc64 or 0
                 for r in rows[1:]:
                     whole = crc64_combine(whole, r.crc64 or 0, r.size)
-                if whole != info.crc64:
+                if info.crc64 is not None and whole != info.crc64:
                     await self._discard(obj.key)
                     raise VerificationError("CRC64 of the copied bytes differs from the source's CRC64")
+                if info.crc64 is None and size <= caps.max_part_size:
+                    # The CRC is known only now; a metadata-replacing copy onto itself stores it so later
+                    # CRC64 comparisons need no read. (Above the single-copy limit it stays in the job db.)
+                    await self.dst.copy_from(self.dst, obj.key, obj.key, self._meta(info.meta),
+                                             storage_class=self.opts.storage_class, crc64=whole)
         return CopyOutcome(size, result.etag, "multipart")
 
     async def _part(self, key: str, upload_id: str, n: int, part_size: int, size: int,

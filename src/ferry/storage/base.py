@@ -101,9 +101,12 @@ class Backend(Protocol):
 
     async def copy_from(
         self, source: Backend, src_key: str, key: str, meta: ObjectMeta | None, *,
-        if_match: str | None = None, storage_class: str | None = None,
+        if_match: str | None = None, storage_class: str | None = None, crc64: int | None = None,
     ) -> PutResult:
-        """Server-side copy from `source` (same copy_group); `meta=None` keeps the source's metadata."""
+        """Server-side copy from `source` (same copy_group); `meta=None` keeps the source's metadata.
+
+        `crc64` is stored with the copy when `meta` replaces the metadata (a copy onto itself records a
+        CRC-64 computed after a multipart upload)."""
         ...
 
     async def delete(self, key: str) -> None: ...

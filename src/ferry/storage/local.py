@@ -615,9 +615,10 @@ class LocalBackend:
 
     def _copy_sync(
         self, src: LocalBackend, src_key: str, key: str, meta: ObjectMeta | None, if_match: str | None,
-        storage_class: str | None,
+        storage_class: str | None, crc64: int | None = None,
     ) -> PutResult:
         full, path = self._data_path(key)
+        replaced = meta is not None
         f, _, side, fresh = src._open(src_key)
         with f:
             self._check_if_match(src_key, side, fresh, if_match)
@@ -634,12 +635,12 @@ class LocalBackend:
         # Like S3 CopyObject: a new single-part object (ETag = MD5 of the data), class reset unless given.
         return self._commit(
             full, path, tmp, etag=digest.hexdigest(), meta=meta, storage_class=storage_class,
-            crc64=side.crc64 if fresh else None,
+            crc64=crc64 if replaced and crc64 is not None else (side.crc64 if fresh else None),
         )
 
     async def copy_from(
         self, source: Backend, src_key: str, key: str, meta: ObjectMeta | None, *,
-        if_match: str | None = None, storage_class: str | None = None,
+        if_match: str | None = None, storage_class: str | None = None, crc64: int | None = None,
     ) -> PutResult:
         src = unwrap(source)
         if not isinstance(src, LocalBackend) or src.capabilities.copy_group != self._capabilities.copy_group:
@@ -647,7 +648,7 @@ class LocalBackend:
                 f"server-side copy from {source.name} to {self.name} needs the same copy group", key=key
             )
         result: PutResult = await self._run(
-            "copy", key, self._copy_sync, src, src_key, key, meta, if_match, storage_class
+            "copy", key, self._copy_sync, src, src_key, key, meta, if_match, storage_class, crc64
         )
         return result
 

@@ -326,7 +326,7 @@ class MemoryBackend:
 
     async def copy_from(
         self, source: Backend, src_key: str, key: str, meta: ObjectMeta | None, *,
-        if_match: str | None = None, storage_class: str | None = None,
+        if_match: str | None = None, storage_class: str | None = None, crc64: int | None = None,
     ) -> PutResult:
         src = unwrap(source)
         if not isinstance(src, MemoryBackend) or src._store is not self._store:
@@ -339,7 +339,7 @@ class MemoryBackend:
         # Like S3 CopyObject: a new single-part object (ETag = MD5 of the data), class reset unless given.
         copied = _Object(
             obj.data, _md5_hex(obj.data), time.time(), obj.meta if meta is None else _own_meta(meta),
-            storage_class, obj.crc64,
+            storage_class, crc64 if meta is not None and crc64 is not None else obj.crc64,
         )
         self._store_object(full, copied)
         return PutResult(etag=copied.etag, mtime=copied.mtime)

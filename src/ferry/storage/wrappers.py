@@ -100,11 +100,11 @@ class BackendWrapper:
 
     async def copy_from(
         self, source: Backend, src_key: str, key: str, meta: ObjectMeta | None, *,
-        if_match: str | None = None, storage_class: str | None = None,
+        if_match: str | None = None, storage_class: str | None = None, crc64: int | None = None,
     ) -> PutResult:
         # The inner backend recognises only its own kind as a source, never a wrapper around it.
         return await self.inner.copy_from(
-            unwrap(source), src_key, key, meta, if_match=if_match, storage_class=storage_class
+            unwrap(source), src_key, key, meta, if_match=if_match, storage_class=storage_class, crc64=crc64
         )
 
     async def delete(self, key: str) -> None:
@@ -239,13 +239,13 @@ class RetryingBackend(BackendWrapper):
 
     async def copy_from(
         self, source: Backend, src_key: str, key: str, meta: ObjectMeta | None, *,
-        if_match: str | None = None, storage_class: str | None = None,
+        if_match: str | None = None, storage_class: str | None = None, crc64: int | None = None,
     ) -> PutResult:
         real_source = unwrap(source)
         return await self._call(
             "copy", key,
             lambda: self.inner.copy_from(
-                real_source, src_key, key, meta, if_match=if_match, storage_class=storage_class
+                real_source, src_key, key, meta, if_match=if_match, storage_class=storage_class, crc64=crc64
             ),
         )
 
