@@ -20,6 +20,7 @@ from huaweicloudsdkoms.v2 import OmsClient
 from ferry.api.app import PROJECT_ROUTERS, create_app
 from ferry.api.auth import InMemoryCredentialStore
 from ferry.api.deps import ApiServices
+from ferry.service.buckets import HelperSettings
 
 
 @dataclass
@@ -87,7 +88,9 @@ def build_services(tenants: Sequence[Tenant], clock: ShiftedClock, records: list
     for t in tenants:
         store.add_access_key(t.ak, t.sk, t.project_id)
         store.add_token(t.token, t.project_id)
-    return ApiServices(credentials=store, record_privacy_agreement=records.append, clock=clock)
+    # Bucket helpers reach only the operator's table: no test request may go to a public cloud.
+    return ApiServices(credentials=store, record_privacy_agreement=records.append, clock=clock,
+                       bucket_helpers=HelperSettings(endpoint_overrides={}, public_endpoints=False))
 
 
 def start_live(extra_routers: Sequence[APIRouter] = ()) -> tuple[LiveServer, _Running]:

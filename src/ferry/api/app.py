@@ -11,7 +11,7 @@ from fastapi.routing import APIRoute
 from ferry.api.auth import VERIFIER_STATE, RequestVerifier, require_principal
 from ferry.api.deps import SERVICES_STATE, ApiServices
 from ferry.api.errors import RequestContextMiddleware, install_error_handlers
-from ferry.api.routes import helpers, misc, versions
+from ferry.api.routes import buckets, helpers, misc, sync_tasks, versions
 from ferry.api.schemas import oms_error_for_validation
 
 PROJECT_PREFIX: Final = "/v2/{project_id}"
@@ -20,14 +20,19 @@ PROJECT_PREFIX: Final = "/v2/{project_id}"
 # sync-tasks, the bucket helpers that talk to source clouds, bandwidth/batch updates) is a module in
 # ferry.api.routes exporting `router` with paths relative to the prefix; add its router here and its
 # service callables to ApiServices. Until then those operations answer 404 APIGW.0101.
-PROJECT_ROUTERS: Final[tuple[APIRouter, ...]] = (helpers.router, misc.router)
-PENDING_ROUTE_MODULES: Final = ("routes.tasks", "routes.taskgroups", "routes.sync_tasks", "routes.buckets")
+PROJECT_ROUTERS: Final[tuple[APIRouter, ...]] = (helpers.router, misc.router, buckets.router, sync_tasks.router)
+PENDING_ROUTE_MODULES: Final = ("routes.tasks", "routes.taskgroups")
+
+# Routers outside /v2/{project_id} that authenticate on their own terms (the sync-task notification
+# webhook takes a per-task token, for stores that cannot sign requests).
+PUBLIC_ROUTERS: Final[tuple[APIRouter, ...]] = (sync_tasks.public_router,)
 
 
 def create_app(
     services: ApiServices,
     *,
     routers: Sequence[APIRouter] = PROJECT_ROUTERS,
+    public_routers: Sequence[APIRouter] = PUBLIC_ROUTERS,
     expose_openapi: bool = False,
 ) -> FastAPI:
     """Build the OMS v2 API over `services`; `routers` are the authenticated /v2/{project_id} route modules."""
@@ -46,6 +51,8 @@ def create_app(
     app.add_middleware(RequestContextMiddleware, max_body=services.max_body)
     for router in routers:
         app.include_router(router, prefix=PROJECT_PREFIX, dependencies=[Depends(require_principal)])
+    for router in public_routers:
+        app.include_router(router)
     # Last, so that its catch-all `/{version}` can never shadow another route.
     app.include_router(versions.router)
     _check_every_project_route_is_authenticated(app)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, Request
 from pydantic import BaseModel
@@ -14,6 +14,10 @@ from starlette.responses import JSONResponse
 from ferry.api.auth import CredentialStore, Principal, require_principal
 from ferry.api.errors import DEFAULT_MAX_BODY
 from ferry.api.schemas import dump
+from ferry.service.buckets import HelperSettings
+
+if TYPE_CHECKING:
+    from ferry.service.sync import SyncContext
 
 
 def _utcnow() -> datetime:
@@ -33,6 +37,10 @@ class ApiServices:
     record_privacy_agreement: Callable[[str], None]
     clock: Callable[[], datetime] = field(default=_utcnow)
     max_body: int = DEFAULT_MAX_BODY
+    # Sync tasks (routes.sync_tasks): database, secret box and worker wake-up; None answers 404 APIGW.0101.
+    sync: SyncContext | None = None
+    # Bucket helpers (routes.buckets): where clouds are and which CDN hosts may be probed.
+    bucket_helpers: HelperSettings = field(default_factory=HelperSettings)
 
 
 SERVICES_STATE = "ferry_services"
