@@ -11,7 +11,7 @@ from fastapi.routing import APIRoute
 from ferry.api.auth import VERIFIER_STATE, RequestVerifier, require_principal
 from ferry.api.deps import SERVICES_STATE, ApiServices
 from ferry.api.errors import RequestContextMiddleware, install_error_handlers
-from ferry.api.routes import buckets, helpers, misc, sync_tasks, versions
+from ferry.api.routes import buckets, helpers, misc, sync_tasks, tasks, versions
 from ferry.api.schemas import oms_error_for_validation
 
 PROJECT_PREFIX: Final = "/v2/{project_id}"
@@ -20,8 +20,10 @@ PROJECT_PREFIX: Final = "/v2/{project_id}"
 # sync-tasks, the bucket helpers that talk to source clouds, bandwidth/batch updates) is a module in
 # ferry.api.routes exporting `router` with paths relative to the prefix; add its router here and its
 # service callables to ApiServices. Until then those operations answer 404 APIGW.0101.
-PROJECT_ROUTERS: Final[tuple[APIRouter, ...]] = (helpers.router, misc.router, buckets.router, sync_tasks.router)
-PENDING_ROUTE_MODULES: Final = ("routes.tasks", "routes.taskgroups")
+PROJECT_ROUTERS: Final[tuple[APIRouter, ...]] = (
+    helpers.router, misc.router, buckets.router, sync_tasks.router, tasks.router,
+)
+PENDING_ROUTE_MODULES: Final = ("routes.taskgroups",)
 
 # Routers outside /v2/{project_id} that authenticate on their own terms (the sync-task notification
 # webhook takes a per-task token, for stores that cannot sign requests).

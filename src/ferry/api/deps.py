@@ -18,6 +18,7 @@ from ferry.service.buckets import HelperSettings
 
 if TYPE_CHECKING:
     from ferry.service.sync import SyncContext
+    from ferry.service.tasks import TaskContext
 
 
 def _utcnow() -> datetime:
@@ -41,6 +42,8 @@ class ApiServices:
     sync: SyncContext | None = None
     # Bucket helpers (routes.buckets): where clouds are and which CDN hosts may be probed.
     bucket_helpers: HelperSettings = field(default_factory=HelperSettings)
+    # Migration tasks (routes.tasks, bandwidth/batch updates in routes.misc); None answers 404 APIGW.0101.
+    tasks: TaskContext | None = None
 
 
 SERVICES_STATE = "ferry_services"

@@ -1,0 +1,1 @@
+"""Runners: turn stored work units (tasks) into executions — in-process by default."""

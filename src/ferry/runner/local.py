@@ -1,0 +1,573 @@
+"""The in-process runner: claims migration tasks by priority under a lease and runs them through the engine.
+
+One thread with its own event loop, so copying never stalls the API's loop. Every `poll_interval` (or when
+woken) it claims waiting tasks up to `max_tasks` at once — highest priority first — plus tasks whose runner
+died (status 2/6/7 with an expired lease, or whose owner process on this host is gone), which is how a
+restarted server resumes what was running. A running task writes its counters to its row about once a second;
+the same write renews the lease and reads back the status (7 = stop requested) and the bandwidth policy, so a
+stop or a policy change takes effect within a second or two. Stopping is cancellation: the engine records what
+it finished, the job keeps its checkpoint, and the next start resumes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import unquote
+
+from sqlalchemy import Engine
+
+from ferry.db.repo import JobRepo, ObjectResult, Tally
+from ferry.db.task_repo import (
+    FAILED,
+    PAUSED,
+    PAUSING,
+    RETRYING,
+    SUCCEEDED,
+    TaskRepo,
+    TaskRow,
+    owner_id,
+)
+from ferry.engine.bandwidth import Window, limit_at, parse_policy
+from ferry.engine.compare import ConsistencyCheck, OverwriteMode
+from ferry.engine.copier import CopyOptions
+from ferry.engine.pipeline import Transfer, TransferOptions
+from ferry.engine.progress import Counters
+from ferry.errors import FatalError, FerryError, NotFoundError
+from ferry.storage.base import Backend, ListOrder
+from ferry.storage.profiles import get_profile
+from ferry.storage.s3 import S3Backend
+from ferry.storage.selection import SelectedBackend, normalise
+from ferry.storage.wrappers import BandwidthLimiter, RetryingBackend, ThrottledBackend
+
+if TYPE_CHECKING:
+    from ferry.service.secrets import SecretBox
+
+log = logging.getLogger("ferry.runner")
+
+MiB: Final = 1024 * 1024
+MAX_LIST_FILE: Final = 100 * MiB
+MAX_LIST_LINE: Final = 65535
+COUNT_PROGRESS: Final = frozenset({"list", "url_list"})
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    """How much runs at once and how often the runner talks to the database."""
+
+    max_tasks: int = 5  # OMS runs at most 5 tasks per region at once
+    concurrency: int = 64  # objects in flight per task
+    memory_limit: int = 128 * MiB  # object data held in memory per task
+    poll_interval: float = 2.0
+    progress_interval: float = 1.0
+    lease_ttl: float = 30.0
+    retry_attempts: int = 3
+    retry_delay: float = 10.0
+    speed_window: float = 5.0
+
+
+class TaskFailure(Exception):
+    """The task cannot go on: a TRF code and a message for `error_reason` (never holding a secret)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class RunResult:
+    tally: Tally
+    listed_any: bool
+
+
+# -- mapping a store failure to the OMS task failure codes (§3.5) ---------------------------------------------
+
+_CODES: Final = {
+    # (source code, destination code) per S3 error
+    "InvalidAccessKeyId": ("TRF.0151", "TRF.0057"),
+    "SignatureDoesNotMatch": ("TRF.0151", "TRF.0057"),
+    "AccessDenied": ("TRF.0152", "TRF.0051"),
+    "NoSuchBucket": ("TRF.0155", "TRF.0058"),
+}
+
+
+def failure_for(side: str, exc: FatalError) -> TaskFailure:
+    for marker, (src_code, dst_code) in _CODES.items():
+        if marker in exc.message:
+            return TaskFailure(src_code if side == "source" else dst_code, f"{side}: {exc.message}")
+    if "HTTP 403" in exc.message:
+        return TaskFailure("TRF.0152" if side == "source" else "TRF.0051", f"{side}: {exc.message}")
+    return TaskFailure("TRF.0001", f"{side}: {exc.message}")
+
+
+# -- building the stores of a task -------------------------------------------------------------------------
+
+
+def _profile(spec: dict[str, Any]) -> Any:
+    profile = get_profile(spec["profile"])
+    if spec.get("from_override"):
+        # An operator-mapped endpoint is a self-hosted store (MinIO, SeaweedFS, Ceph...) whose listing order we
+        # cannot vouch for; the planner then sorts it itself, which is correct for any store.
+        profile = profile.replace(list_order=ListOrder.UNORDERED)
+    return profile
+
+
+def open_store(spec: dict[str, Any], region: str, bucket: str, prefix: str, ak: str, sk: str,
+               token: str | None) -> S3Backend:
+    return S3Backend(spec["endpoint"], region, ak, sk, bucket, prefix, _profile(spec), security_token=token or None)
+
+
+def task_items(row: TaskRow, list_keys: Iterable[str] | None = None) -> list[tuple[str, bool]]:
+    """What a task's source selection covers: prefixes (prefix task, folders of an object task) and keys."""
+    chosen: list[str] = row.src_spec.get("object_key") or [""]
+    if row.task_type == "prefix":
+        return normalise(chosen, ())
+    if row.task_type == "list":
+        return normalise((), list_keys or ())
+    folders = [k for k in chosen if k == "" or k.endswith("/")]
+    return normalise(folders, [k for k in chosen if k and not k.endswith("/")])
+
+
+def parse_list_file(data: bytes) -> list[str]:
+    """Keys of an object-list file: one URL-encoded key per line, UTF-8 (a BOM is tolerated)."""
+    if not data.strip():
+        raise TaskFailure("TRF.0017", "the object list file is empty")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise TaskFailure("TRF.0016", "the object list file is not UTF-8 text") from None
+    keys: list[str] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if len(line) > MAX_LIST_LINE:
+            raise TaskFailure("TRF.0018", f"line {number} of the object list file is longer than {MAX_LIST_LINE}")
+        line = line.strip()
+        if line:
+            keys.append(unquote(line))
+    if not keys:
+        raise TaskFailure("TRF.0017", "the object list file is empty")
+    return keys
+
+
+async def read_list_file(store: Backend, key: str) -> list[str]:
+    try:
+        info = await store.head(key)
+    except NotFoundError:
+        raise TaskFailure("TRF.0013", "the object list file does not exist") from None
+    except FatalError as exc:
+        raise TaskFailure("TRF.0013", f"the object list file cannot be read: {exc.message}") from None
+    if info.size > MAX_LIST_FILE:
+        raise TaskFailure("TRF.0014", "the object list file is larger than 100 MB")
+    _, data = await store.read_object(key, if_match=info.etag)
+    return parse_list_file(data)
+
+
+def transfer_options(row: TaskRow, settings: RunnerSettings) -> TransferOptions:
+    opts = row.options
+    policy = opts.get("dst_storage_policy", "STANDARD")
+    storage_class = None
+    # STANDARD is every bucket's default, so no header is sent for it; SRC_STORAGE_MAPPING would need the class
+    # per object, which listings do not carry yet, so it also writes the destination's default class.
+    if policy not in ("STANDARD", "SRC_STORAGE_MAPPING"):
+        storage_class = get_profile(row.dst_spec["profile"]).vendor_class(policy)
+    since = opts.get("migrate_since")
+    return TransferOptions(
+        overwrite=OverwriteMode.parse(opts["object_overwrite_mode"]),
+        copy=CopyOptions(
+            consistency=ConsistencyCheck.parse(opts["consistency_check"]),
+            metadata=bool(opts.get("enable_metadata_migration")),
+            storage_class=storage_class,
+        ),
+        migrate_since=float(since) if since else None,
+        concurrency=settings.concurrency,
+        memory_limit=settings.memory_limit,
+    )
+
+
+def records_dir(data_dir: Path, project_id: str, task_id: int) -> Path:
+    """Where a task's failed/success/skip object lists are written."""
+    return data_dir / "records" / project_id / str(task_id)
+
+
+def write_records(jobs: JobRepo, job_id: str, directory: Path) -> dict[str, Any]:
+    """JSON lines of failed, successful and skipped objects; the paths, or the error of a list not written."""
+    out: dict[str, Any] = {}
+    for status, name in (("failed", "failed"), ("success", "success"), ("skipped", "skip")):
+        path = directory / f"{name}.jsonl"
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            with path.open("w", encoding="utf-8") as fh:
+                for r in jobs.iter_results(job_id, status):
+                    entry: dict[str, Any] = {"key": r.key, "size": r.size}
+                    if r.reason and status != "success":
+                        entry["reason"] = r.reason
+                    fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            out[name] = str(path)
+        except OSError as exc:
+            out[f"{name}_error"] = f"OMS.{exc.errno or 0:04d}"[:10]
+    return out
+
+
+class _Speed:
+    """Bytes per second over the last few seconds (what the console shows as the current speed)."""
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self.samples: list[tuple[float, int]] = []
+
+    def update(self, now: float, copied: int) -> int:
+        self.samples.append((now, copied))
+        while len(self.samples) > 2 and now - self.samples[0][0] > self.window:
+            self.samples.pop(0)
+        t0, b0 = self.samples[0]
+        return int((copied - b0) / (now - t0)) if now > t0 else 0
+
+
+def progress_values(row: TaskRow, c: Counters, speed: int) -> dict[str, Any]:
+    complete = c.bytes_copied + c.bytes_skipped
+    if row.task_type in COUNT_PROGRESS or not c.listed_bytes:
+        progress = c.finished / c.listed if c.listed else 0.0
+    else:
+        progress = complete / c.listed_bytes
+    left = None
+    if c.listing_done:
+        remaining = max(c.listed_bytes - complete, 0)
+        left = 0 if remaining == 0 else (int(remaining / speed * 1000) if speed > 0 else None)
+    return {
+        "total_num": c.listed, "total_size": c.listed_bytes, "success_num": c.success, "skip_num": c.skipped,
+        "fail_num": c.failed, "complete_size": complete, "real_size": c.bytes_copied, "speed": speed,
+        "progress": min(max(progress, 0.0), 1.0), "left_time": left, "is_query_over": int(c.listing_done),
+    }
+
+
+def _tally_values(t: Tally) -> dict[str, Any]:
+    return {
+        "total_num": t.success + t.skipped + t.failed,
+        "total_size": t.success_bytes + t.skipped_bytes + t.failed_bytes,
+        "success_num": t.success, "skip_num": t.skipped, "fail_num": t.failed,
+        "complete_size": t.success_bytes + t.skipped_bytes, "real_size": t.success_bytes,
+    }
+
+
+class LocalRunner:
+    """Runs migration tasks in this process (see the module docstring)."""
+
+    def __init__(self, engine: Engine, box: SecretBox, data_dir: Path,
+                 settings: RunnerSettings | None = None) -> None:
+        self.settings = settings or RunnerSettings()
+        self.tasks = TaskRepo(engine)
+        self.jobs = JobRepo(engine)
+        self.box = box
+        self.data_dir = data_dir
+        self.owner = owner_id()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._main: asyncio.Task[None] | None = None
+        self._active: dict[int, asyncio.Task[None]] = {}
+        self._ready = threading.Event()
+
+    def __repr__(self) -> str:
+        return f"LocalRunner(owner={self.owner!r})"
+
+    # -- control, from any thread ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._thread_main, name="ferry-runner", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+
+    def notify(self) -> None:
+        """Wake the runner (a task was created, started or stopped)."""
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(wake.set)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Cancel every run (each leaves its task resumable and unleased) and end the thread."""
+        loop, main = self._loop, self._main
+        if loop is not None and main is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(main.cancel)
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _thread_main(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._run_main())
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _run_main(self) -> None:
+        self._wake = asyncio.Event()
+        self._main = asyncio.current_task()
+        self._ready.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.run()
+
+    # -- the loop ----------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Claim and run tasks until cancelled; on cancellation every run is stopped and released."""
+        wake = self._wake or asyncio.Event()
+        self._wake = wake
+        try:
+            while True:
+                wake.clear()
+                free = self.settings.max_tasks - len(self._active)
+                if free > 0:
+                    try:
+                        claimed = await asyncio.to_thread(
+                            self.tasks.claim, self.owner, self.settings.lease_ttl, free)
+                    except Exception:
+                        log.exception("claiming tasks failed")
+                        claimed = []
+                    for row in claimed:
+                        run = asyncio.create_task(self._execute(row), name=f"task-{row.id}")
+                        self._active[row.id] = run
+                        run.add_done_callback(self._finished_callback(row.id))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), self.settings.poll_interval)
+        finally:
+            runs = list(self._active.values())
+            for run in runs:
+                run.cancel()
+            await asyncio.gather(*runs, return_exceptions=True)
+
+    def _finished_callback(self, task_id: int) -> Callable[[asyncio.Task[None]], None]:
+        def done(_run: asyncio.Task[None]) -> None:
+            self._active.pop(task_id, None)
+            if self._wake is not None:
+                self._wake.set()  # a slot is free
+
+        return done
+
+    async def _execute(self, row: TaskRow) -> None:
+        s = self.settings
+        counters = Counters()
+        windows = parse_policy(row.bandwidth_policy)
+        limiter = BandwidthLimiter(limit_at(windows, datetime.now()))
+        started = time.time()
+        speed = _Speed(s.speed_window)
+        first = {"run_started_at": started, "error_code": None, "error_msg": None, "finished_at": None,
+                 "speed": 0, "left_time": None}
+        if row.started_at is None:
+            first["started_at"] = started
+        if await asyncio.to_thread(self.tasks.heartbeat, row.id, self.owner, s.lease_ttl, first) is None:
+            return
+        log.info("task %d: run started (%s)", row.id, row.run_mode)
+        run = asyncio.create_task(self._run(row, counters, limiter))
+        outcome = "done"
+        try:
+            while True:
+                done, _ = await asyncio.wait({run}, timeout=s.progress_interval)
+                if done:
+                    break
+                values = progress_values(row, counters, speed.update(time.time(), counters.bytes_copied))
+                fresh = await asyncio.to_thread(self.tasks.heartbeat, row.id, self.owner, s.lease_ttl, values)
+                if fresh is None:
+                    outcome = "lost"
+                elif fresh.status == PAUSING:
+                    outcome = "paused"
+                if outcome != "done":
+                    run.cancel()
+                    break
+                if fresh is not None and fresh.bandwidth_policy != row.bandwidth_policy:
+                    windows = parse_policy(fresh.bandwidth_policy)
+                    row = fresh
+                self._apply_limit(limiter, windows)
+            result: RunResult | BaseException
+            try:
+                result = await run
+            except asyncio.CancelledError:
+                result = asyncio.CancelledError()
+            except BaseException as exc:  # every failure becomes a task state
+                result = exc
+        except asyncio.CancelledError:
+            # The runner is shutting down: stop the run and leave the task to be resumed by the next runner.
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+            await asyncio.to_thread(self._release, row, started, None, progress_values(row, counters, 0))
+            raise
+        if outcome == "lost":
+            log.warning("task %d: lease lost; another runner owns it now", row.id)
+            return
+        await asyncio.to_thread(self._settle, row, counters, started, outcome, result)
+
+    def _apply_limit(self, limiter: BandwidthLimiter, windows: list[Window]) -> None:
+        wanted = limit_at(windows, datetime.now())
+        if wanted != limiter.limit:
+            limiter.set_limit(wanted)
+
+    # -- ending a run (in a worker thread) -------------------------------------------------------------------
+
+    def _release(self, row: TaskRow, started: float, status: int | None, values: dict[str, Any]) -> None:
+        """Write the run's final state, give up the lease, and mark the job accordingly."""
+        final = {"speed": 0, **values, "elapsed": row.elapsed + (time.time() - started)}
+        if status is not None:
+            final["status"] = status
+        if not self.tasks.release(row.id, self.owner, final):
+            return
+        fresh = self.tasks.get(row.id)
+        if fresh is not None and fresh.job_id is not None:
+            self.jobs.set_status(fresh.job_id, {SUCCEEDED: "succeeded", FAILED: "failed"}.get(status or 0, "stopped"))
+
+    def _settle(self, row: TaskRow, counters: Counters, started: float, outcome: str,
+                result: RunResult | BaseException) -> None:
+        fresh = self.tasks.get(row.id) or row
+        base: dict[str, Any] = {"left_time": None}
+        if outcome == "paused" or isinstance(result, asyncio.CancelledError):
+            values = {**progress_values(row, counters, 0), **base, "secrets": None}
+            self._release(fresh, started, PAUSED, values)
+            log.info("task %d: paused", row.id)
+            return
+        if isinstance(result, RunResult):
+            values = {**_tally_values(result.tally), "is_query_over": 1, "finished_at": time.time(), "secrets": None}
+            status = SUCCEEDED
+            if not result.listed_any:
+                status = FAILED
+                values.update(error_code="TRF.0012", error_msg="No objects were found for the chosen method.")
+            elif result.tally.failed:
+                status = FAILED
+                values.update(error_code="FERRY.0422", error_msg=(
+                    f"{result.tally.failed} objects failed to migrate; see the failed object list, or start the "
+                    "task with migrate_failed_object to retry just those."))
+            total = values["total_size"]
+            values["progress"] = 1.0 if status == SUCCEEDED else (values["complete_size"] / total if total else 0.0)
+            values["left_time"] = 0 if status == SUCCEEDED else None
+            if row.options.get("enable_failed_object_recording") and fresh.job_id is not None:
+                values["records"] = write_records(self.jobs, fresh.job_id,
+                                                  records_dir(self.data_dir, row.project_id, row.id))
+            self._release(fresh, started, status, values)
+            log.info("task %d: %s (%d ok, %d skipped, %d failed)", row.id,
+                     "succeeded" if status == SUCCEEDED else "failed", result.tally.success, result.tally.skipped,
+                     result.tally.failed)
+            return
+        if isinstance(result, TaskFailure):
+            values = {**progress_values(row, counters, 0), **base, "error_code": result.code,
+                      "error_msg": result.message, "finished_at": time.time(), "secrets": None}
+            self._release(fresh, started, FAILED, values)
+            log.info("task %d: failed %s", row.id, result.code)
+            return
+        # Anything else (a store that stayed unreachable, a bug): retry with backoff, then give up.
+        attempts = fresh.attempts + 1
+        if isinstance(result, FerryError):
+            log.warning("task %d: run failed (%s): %s", row.id, type(result).__name__, result.message)
+        else:
+            log.error("task %d: run failed", row.id, exc_info=result)
+        values = {**progress_values(row, counters, 0), **base, "attempts": attempts}
+        if attempts >= self.settings.retry_attempts:
+            values.update(error_code="TRF.0001", error_msg="System error. Restart the task.",
+                          finished_at=time.time(), secrets=None)
+            self._release(fresh, started, FAILED, values)
+        else:
+            values["retry_at"] = time.time() + self.settings.retry_delay * 2 ** (attempts - 1)
+            self._release(fresh, started, RETRYING, values)
+
+    # -- one run ---------------------------------------------------------------------------------------------
+
+    def _credentials(self, row: TaskRow) -> dict[str, str]:
+        if not row.secrets:
+            raise TaskFailure("TRF.0001", "The task has no credentials; start it again with its keys.")
+        try:
+            data = json.loads(self.box.decrypt(row.secrets))
+        except FerryError:
+            raise TaskFailure("TRF.0001", "The stored credentials cannot be decrypted; start the task again "
+                                          "with its keys.") from None
+        return {k: str(v) for k, v in data.items()}
+
+    async def _run(self, row: TaskRow, counters: Counters, limiter: BandwidthLimiter) -> RunResult:
+        keys = self._credentials(row)
+        src_spec, dst_spec = row.src_spec, row.dst_spec
+        raw_src = open_store(src_spec, src_spec["region"], src_spec["real_bucket"], "", keys["src_ak"],
+                             keys["src_sk"], keys.get("src_security_token"))
+        raw_dst = open_store(dst_spec, dst_spec["region"], dst_spec["bucket"], dst_spec.get("save_prefix", ""),
+                             keys["dst_ak"], keys["dst_sk"], keys.get("dst_security_token"))
+        stores: list[Backend] = [raw_src, raw_dst]
+        # Charged once per byte moved: on the source read (a streamed copy writes what it read).
+        src: Backend = ThrottledBackend(RetryingBackend(raw_src), limiter)
+        dst: Backend = RetryingBackend(raw_dst)
+        try:
+            await self._preflight(src, "source")
+            await self._preflight(dst, "destination")
+            list_keys = None
+            if row.task_type == "list" and row.run_mode != "failed_only":
+                list_file = src_spec["list_file"]
+                lst = open_store(src_spec["list_endpoint"], dst_spec["region"], list_file["obs_bucket"], "",
+                                 keys["dst_ak"], keys["dst_sk"], keys.get("dst_security_token"))
+                stores.append(lst)
+                list_keys = await read_list_file(RetryingBackend(lst), list_file["list_file_key"])
+            return await self._transfer(row, src, dst, counters, list_keys)
+        finally:
+            await asyncio.gather(*(b.close() for b in stores), return_exceptions=True)
+
+    @staticmethod
+    async def _preflight(store: Backend, side: str) -> None:
+        try:
+            iterator = store.list()
+            try:
+                async for _ in iterator:
+                    break
+            finally:
+                aclose = getattr(iterator, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+        except FatalError as exc:
+            raise failure_for(side, exc) from None
+
+    async def _transfer(self, row: TaskRow, src: Backend, dst: Backend, counters: Counters,
+                        list_keys: list[str] | None) -> RunResult:
+        jobs, tasks = self.jobs, self.tasks
+        job_id = row.job_id
+        if job_id is None:
+            job = await asyncio.to_thread(jobs.create, f"task:{row.id}", json.dumps({"task_id": row.id}))
+            job_id = job.id
+            await asyncio.to_thread(tasks.heartbeat, row.id, self.owner, self.settings.lease_ttl, {"job_id": job_id})
+        mode = row.run_mode
+        if mode in ("full", "failed_only"):
+            await asyncio.to_thread(tasks.reset_watermark, job_id)
+        if mode == "full":
+            # From here a crash resumes from this run's watermark, which only covers keys it finished.
+            await asyncio.to_thread(tasks.heartbeat, row.id, self.owner, self.settings.lease_ttl,
+                                    {"run_mode": "resume"})
+        job_row = await asyncio.to_thread(jobs.get, job_id)
+        resume_after = job_row.watermark if (mode == "resume" and job_row is not None) else None
+        if mode == "failed_only":
+            failed = await asyncio.to_thread(lambda: [r.key for r in jobs.iter_results(job_id, "failed")])
+            items = normalise((), failed)
+        else:
+            items = task_items(row, list_keys)
+        prior = await asyncio.to_thread(jobs.tally, job_id)
+        if mode != "resume":
+            # Failed objects are planned again in this run and counted afresh.
+            prior = Tally(prior.success, prior.skipped, 0, prior.success_bytes, prior.skipped_bytes, 0)
+        source = SelectedBackend(src, items)
+        target = SelectedBackend(dst, items)
+        await asyncio.to_thread(jobs.set_status, job_id, "running")
+        transfer = Transfer(source, target, jobs, job_id, transfer_options(row, self.settings), counters)
+        await transfer.run(resume_after, prior)
+        if source.missing:
+            missing = [ObjectResult(k, "failed", 0, None, "the source object does not exist") for k in source.missing]
+            await asyncio.to_thread(jobs.record, job_id, missing)
+            counters.failed += len(missing)
+            counters.listed += len(missing)
+        tally = await asyncio.to_thread(jobs.tally, job_id)
+        listed_any = (tally.success + tally.skipped + tally.failed) > 0
+        return RunResult(tally, listed_any)
+
