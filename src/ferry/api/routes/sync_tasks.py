@@ -1,0 +1,302 @@
+"""Sync-task operations (§1.4) plus Ferry's extensions: bucket notifications and the failed-key list.
+
+Extensions (not in the OMS SDK, same auth and error shapes):
+- `POST /v2/{project_id}/sync-tasks/{id}/notifications` — body: an S3-style event notification (AWS S3 direct
+  or via SNS, MinIO, Ceph RGW webhook JSON); its ObjectCreated records become sync events. Signed like every
+  other call (AK/SK or X-Auth-Token).
+- `POST /v2/{project_id}/sync-tasks/{id}/notification-token` — issue (or rotate) the task's notification token
+  and answer `{"token", "url"}`; the token is shown once and stored only as a hash.
+- `POST /v2/sync-notifications/{id}` — the same notification endpoint for stores that cannot sign requests:
+  authenticated by that token, given as `Authorization: Bearer <token>` (MinIO's webhook `auth_token`),
+  `X-Ferry-Token: <token>`, or `?token=<token>` (for webhooks that only take a URL; it may then end up in
+  proxy logs, so prefer a header where the store allows one).
+- `GET /v2/{project_id}/sync-tasks/{id}/failed-objects?limit&offset` — keys that failed, still being retried
+  or given up, with attempts and the last reason.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Final
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import Field
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse
+
+from ferry.api.deps import CurrentPrincipal, Services, ok
+from ferry.api.errors import Codes, Messages, OmsError
+from ferry.api.schemas import (
+    CreateSyncTaskReq,
+    CreateSyncTaskResponse,
+    EmptyResponse,
+    ListSyncTasksQuery,
+    ListSyncTasksResponse,
+    ListSyncTaskStatisticQuery,
+    ListSyncTaskStatisticResponse,
+    RequestModel,
+    ResponseModel,
+    ShowSyncTaskQuery,
+    ShowSyncTaskResponse,
+    SourceCdnResp,
+    StartSyncTaskReq,
+    StatisticData,
+    StatisticTypeData,
+    SyncObjectReq,
+    SyncTaskId,
+    SyncTaskInfo,
+)
+from ferry.db.sync_repo import SyncTaskRow, SyncTaskSpec
+from ferry.errors import NotFoundError
+from ferry.service import sync
+
+router = APIRouter()
+# Mounted outside /v2/{project_id}: authenticated by the per-task notification token, not by a signature.
+public_router = APIRouter()
+
+# Not in the recovered OMS error table; the row before OMS.0078 is "the number of tasks you created exceeds
+# the limit", so the quota error takes that slot.
+QUOTA_CODE: Final = "OMS.0077"
+QUOTA_MESSAGE: Final = "The number of sync tasks exceeds the limit (5 per project). Delete one first."
+NOTIFICATION_PATH: Final = "/v2/sync-notifications/{sync_task_id}"
+
+
+def _context(services: Services) -> sync.SyncContext:
+    if services.sync is None:
+        # A deployment without the sync service answers as if the operation were not published.
+        raise OmsError(404, Codes.NO_API, Messages.NO_API)
+    return services.sync
+
+
+Sync = Annotated[sync.SyncContext, Depends(_context)]
+
+
+# -- conversions between the OMS models and the service's records ----------------------------------------------
+
+def _spec(body: CreateSyncTaskReq) -> tuple[SyncTaskSpec, sync.SyncCredentials]:
+    cdn = body.source_cdn
+    spec = SyncTaskSpec(
+        src_cloud_type=body.src_cloud_type.value, src_region=body.src_region, src_bucket=body.src_bucket,
+        dst_region=body.dst_region, dst_bucket=body.dst_bucket, description=body.description,
+        enable_metadata_migration=body.enable_metadata_migration, enable_restore=body.enable_restore,
+        dst_storage_policy=body.dst_storage_policy.value, app_id=body.app_id,
+        consistency_check=body.consistency_check.value,
+        src_crypto_type=body.src_crypto_type.value, src_kms_key_id=body.src_kms_key_id,
+        dst_crypto_type=body.dst_crypto_type.value, dst_kms_key_id=body.dst_kms_key_id,
+        cdn_domain=cdn.domain if cdn else None, cdn_protocol=cdn.protocol.value if cdn else None,
+        cdn_authentication_type=cdn.authentication_type.value if cdn else None,
+        cdn_crypto_type=cdn.crypto_type.value if cdn else None, cdn_kms_key_id=cdn.kms_key_id if cdn else None,
+    )
+    creds = sync.SyncCredentials(body.src_ak, body.src_sk, body.dst_ak, body.dst_sk,
+                                 cdn.authentication_key if cdn else None)
+    return spec, creds
+
+
+def _common(row: SyncTaskRow) -> dict[str, Any]:
+    s = row.spec
+    return {
+        "sync_task_id": row.id, "src_cloud_type": s.src_cloud_type, "src_region": s.src_region,
+        "src_bucket": s.src_bucket, "create_time": int(row.created_at * 1000),
+        "last_start_time": int(row.last_start_at * 1000), "dst_bucket": s.dst_bucket, "dst_region": s.dst_region,
+        "description": s.description, "status": row.status,
+        "enable_metadata_migration": s.enable_metadata_migration, "enable_restore": s.enable_restore,
+        "app_id": s.app_id, "object_overwrite_mode": s.object_overwrite_mode,
+        "dst_storage_policy": s.dst_storage_policy, "consistency_check": s.consistency_check,
+    }
+
+
+def _info(row: SyncTaskRow) -> SyncTaskInfo:
+    s = row.spec
+    cdn = None
+    if s.cdn_domain and s.cdn_protocol:
+        cdn = SourceCdnResp.model_validate(
+            {"domain": s.cdn_domain, "protocol": s.cdn_protocol, "authentication_type": s.cdn_authentication_type}
+        )
+    return SyncTaskInfo.model_validate({**_common(row), "source_cdn": cdn})
+
+
+# -- the eight OMS operations ---------------------------------------------------------------------------------
+
+@router.post("/sync-tasks", response_model=CreateSyncTaskResponse, summary="create_sync_task")
+def create_sync_task(body: CreateSyncTaskReq, principal: CurrentPrincipal, ctx: Sync) -> JSONResponse:
+    spec, creds = _spec(body)
+    try:
+        task_id = sync.create_sync_task(ctx, principal.project_id, spec, creds)
+    except sync.QuotaExceededError:
+        raise OmsError(400, QUOTA_CODE, QUOTA_MESSAGE) from None
+    return ok(CreateSyncTaskResponse(sync_task_id=task_id))
+
+
+@router.get("/sync-tasks", response_model=ListSyncTasksResponse, summary="list_sync_tasks")
+def list_sync_tasks(
+    query: Annotated[ListSyncTasksQuery, Query()], principal: CurrentPrincipal, ctx: Sync
+) -> JSONResponse:
+    rows, count = sync.list_sync_tasks(
+        ctx, principal.project_id, limit=query.limit, offset=query.offset,
+        status=query.status.value if query.status else None,
+    )
+    return ok(ListSyncTasksResponse(tasks=[_info(r) for r in rows], count=count))
+
+
+@router.get("/sync-tasks/{sync_task_id}", response_model=ShowSyncTaskResponse, summary="show_sync_task")
+def show_sync_task(
+    sync_task_id: SyncTaskId, query: Annotated[ShowSyncTaskQuery, Query()], principal: CurrentPrincipal,
+    ctx: Sync,
+) -> JSONResponse:
+    row, month = sync.show_sync_task(ctx, principal.project_id, sync_task_id, query.query_time)
+    return ok(ShowSyncTaskResponse.model_validate({
+        **_common(row),
+        "monthly_acceptance_request": month.request, "monthly_success_object": month.success,
+        "monthly_failure_object": month.failure, "monthly_skip_object": month.skip, "monthly_size": month.size,
+    }))
+
+
+@router.delete("/sync-tasks/{sync_task_id}", response_model=EmptyResponse, summary="delete_sync_task")
+def delete_sync_task(sync_task_id: SyncTaskId, principal: CurrentPrincipal, ctx: Sync) -> JSONResponse:
+    sync.delete_sync_task(ctx, principal.project_id, sync_task_id)
+    return ok(EmptyResponse())
+
+
+@router.post("/sync-tasks/{sync_task_id}/start", response_model=EmptyResponse, summary="start_sync_task")
+def start_sync_task(
+    sync_task_id: SyncTaskId, body: StartSyncTaskReq, principal: CurrentPrincipal, ctx: Sync
+) -> JSONResponse:
+    creds = sync.SyncCredentials(body.src_ak, body.src_sk, body.dst_ak, body.dst_sk,
+                                 body.source_cdn_authentication_key)
+    sync.start_sync_task(ctx, principal.project_id, sync_task_id, creds)
+    return ok(EmptyResponse())
+
+
+@router.post("/sync-tasks/{sync_task_id}/stop", response_model=EmptyResponse, summary="stop_sync_task")
+def stop_sync_task(sync_task_id: SyncTaskId, principal: CurrentPrincipal, ctx: Sync) -> JSONResponse:
+    sync.stop_sync_task(ctx, principal.project_id, sync_task_id)
+    return ok(EmptyResponse())
+
+
+@router.post("/sync-tasks/{sync_task_id}/events", response_model=EmptyResponse, summary="create_sync_events")
+def create_sync_events(
+    sync_task_id: SyncTaskId, body: SyncObjectReq, principal: CurrentPrincipal, ctx: Sync
+) -> JSONResponse:
+    sync.create_sync_events(ctx, principal.project_id, sync_task_id, body.object_keys)
+    return ok(EmptyResponse())
+
+
+@router.get("/sync-tasks/{sync_task_id}/statistics", response_model=ListSyncTaskStatisticResponse,
+            summary="list_sync_task_statistic")
+def list_sync_task_statistic(
+    sync_task_id: SyncTaskId, query: Annotated[ListSyncTaskStatisticQuery, Query()], principal: CurrentPrincipal,
+    ctx: Sync,
+) -> JSONResponse:
+    result = sync.list_sync_task_statistic(
+        ctx, principal.project_id, sync_task_id, [t.value for t in query.data_type], query.start_time,
+        query.end_time,
+    )
+    datas = [
+        StatisticTypeData.model_validate(
+            {"data_type": kind, "data": [StatisticData(time_stamp=t, statistic_num=n) for t, n in points]}
+        )
+        for kind, points in result.series
+    ]
+    return ok(ListSyncTaskStatisticResponse.model_validate(
+        {"sync_task_id": sync_task_id, "statistic_time_type": result.granularity, "statistic_datas": datas}
+    ))
+
+
+# -- extensions -----------------------------------------------------------------------------------------------
+
+class NotificationResponse(ResponseModel):
+    accepted: int | None = None
+    ignored: int | None = None
+
+
+class NotificationTokenResponse(ResponseModel):
+    token: str | None = None
+    url: str | None = None
+
+
+class FailedObject(ResponseModel):
+    key: str | None = None
+    state: str | None = None
+    attempts: int | None = None
+    reason: str | None = None
+    update_time: int | None = None
+    next_attempt_time: int | None = None
+
+
+class FailedObjectsResponse(ResponseModel):
+    objects: list[FailedObject] | None = None
+    count: int | None = None
+
+
+class FailedObjectsQuery(RequestModel):
+    limit: Annotated[int, Field(ge=1, le=1000)] = 100
+    offset: Annotated[int, Field(ge=0)] = 0
+
+
+async def _json_body(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        raise OmsError.invalid_parameter("the body is not valid JSON") from None
+
+
+def _notified(result: sync.NotificationResult) -> JSONResponse:
+    return ok(NotificationResponse(accepted=result.accepted, ignored=result.ignored))
+
+
+@router.post("/sync-tasks/{sync_task_id}/notifications", response_model=NotificationResponse,
+             summary="ferry: accept an S3-style bucket notification")
+async def notify(sync_task_id: SyncTaskId, request: Request, principal: CurrentPrincipal, ctx: Sync) -> JSONResponse:
+    payload = await _json_body(request)
+    return _notified(await run_in_threadpool(sync.notify_sync_task, ctx, principal.project_id, sync_task_id, payload))
+
+
+@router.post("/sync-tasks/{sync_task_id}/notification-token", response_model=NotificationTokenResponse,
+             summary="ferry: issue the token of the unsigned notification URL")
+def notification_token(
+    sync_task_id: SyncTaskId, request: Request, principal: CurrentPrincipal, ctx: Sync
+) -> JSONResponse:
+    token = sync.issue_notification_token(ctx, principal.project_id, sync_task_id)
+    url = str(request.base_url).rstrip("/") + NOTIFICATION_PATH.format(sync_task_id=sync_task_id)
+    # The one answer that carries a secret, by design: the caller asked for it, and it exists nowhere else.
+    return JSONResponse({"token": token, "url": url})
+
+
+@router.get("/sync-tasks/{sync_task_id}/failed-objects", response_model=FailedObjectsResponse,
+            summary="ferry: keys that failed, with their reason")
+def failed_objects(
+    sync_task_id: SyncTaskId, query: Annotated[FailedObjectsQuery, Query()], principal: CurrentPrincipal,
+    ctx: Sync,
+) -> JSONResponse:
+    rows, count = sync.list_key_problems(ctx, principal.project_id, sync_task_id, limit=query.limit,
+                                         offset=query.offset)
+    objects = [
+        FailedObject(key=r.key, state="retrying" if r.state == "pending" else r.state, attempts=r.attempts,
+                     reason=r.reason, update_time=int(r.updated_at * 1000),
+                     next_attempt_time=int(r.next_attempt_at * 1000) if r.state == "pending" else None)
+        for r in rows
+    ]
+    return ok(FailedObjectsResponse(objects=objects, count=count))
+
+
+def _bearer(request: Request) -> str:
+    auth = request.headers.get("authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.headers.get("x-ferry-token") or request.query_params.get("token") or ""
+
+
+@public_router.post(NOTIFICATION_PATH, response_model=NotificationResponse,
+                    summary="ferry: bucket notification authenticated by the task's token")
+async def notify_with_token(sync_task_id: SyncTaskId, request: Request, services: Services) -> JSONResponse:
+    ctx = _context(services)
+    token = _bearer(request)
+    try:
+        row = await run_in_threadpool(sync.task_for_token, ctx, sync_task_id, token)
+    except NotFoundError:
+        # One answer for "no token", "wrong token" and "no such task".
+        raise OmsError.unauthorized() from None
+    payload = await _json_body(request)
+    return _notified(await run_in_threadpool(sync.accept_notification, ctx, row, payload))

@@ -1,0 +1,515 @@
+"""Sync-task state queries: tasks, the coalescing event queue with leases, and time-bucketed statistics.
+
+Everything here is synchronous SQL; the API calls it from its thread pool and the sync workers through
+`asyncio.to_thread`. Leases make the queue safe for several workers: a claimed row is invisible to other
+claimers until its lease runs out, and a worker that dies simply lets it run out.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+from sqlalchemy import Connection, Engine, and_, case, delete, func, insert, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ferry.db.sync_models import STAT_BUCKET_SECONDS, sync_events, sync_stats, sync_tasks
+
+SYNCHRONIZING = "SYNCHRONIZING"
+STOPPED = "STOPPED"
+PENDING = "pending"
+FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class SyncTaskSpec:
+    """Everything about a sync task except its credentials (which are stored encrypted, apart)."""
+
+    src_cloud_type: str
+    src_region: str
+    src_bucket: str
+    dst_region: str
+    dst_bucket: str
+    dst_cloud_type: str = "HuaweiCloud"  # OMS always writes into OBS; overrides may point it anywhere
+    description: str | None = None
+    enable_metadata_migration: bool = False
+    enable_restore: bool = False
+    dst_storage_policy: str = "STANDARD"
+    app_id: str | None = None
+    consistency_check: str = "size_last_modified"
+    object_overwrite_mode: str = "SIZE_LAST_MODIFIED_COMPARISON_OVERWRITE"
+    src_crypto_type: str = "DEFAULT"
+    src_kms_key_id: str | None = None
+    dst_crypto_type: str = "DEFAULT"
+    dst_kms_key_id: str | None = None
+    cdn_domain: str | None = None
+    cdn_protocol: str | None = None
+    cdn_authentication_type: str | None = None
+    cdn_crypto_type: str | None = None
+    cdn_kms_key_id: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str) -> SyncTaskSpec:
+        data = json.loads(raw)
+        # Unknown keys (written by a newer version) are dropped rather than failing the whole task.
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True, slots=True)
+class SyncTaskRow:
+    id: str
+    project_id: str
+    status: str
+    spec: SyncTaskSpec
+    secrets: str = ""  # the SecretBox token; only the backend opener decrypts it
+    generation: int = 1
+    created_at: float = 0.0
+    last_start_at: float = 0.0
+    reconciled_at: float | None = None
+    last_error: str | None = None
+
+    def __repr__(self) -> str:
+        # The token is ciphertext, but there is no reason to spread it through logs either.
+        return f"SyncTaskRow(id={self.id!r}, status={self.status!r}, generation={self.generation})"
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedEvent:
+    task_id: str
+    key: str
+    version: int
+    attempts: int
+    received_at: float
+
+
+# release: the work was not done (task stopped meanwhile) — only the lease is given back.
+Outcome = Literal["success", "skip", "failed", "retry", "release"]
+
+
+@dataclass(frozen=True, slots=True)
+class EventOutcome:
+    """What became of one claimed event (`version` = the claimed one), or of a reconciliation copy
+    (`version` None: there is no event row, only statistics — and for a retry, a new pending row)."""
+
+    task_id: str
+    key: str
+    version: int | None
+    outcome: Outcome
+    size: int = 0
+    reason: str | None = None
+    next_attempt_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatTotals:
+    request: int = 0
+    success: int = 0
+    failure: int = 0
+    skip: int = 0
+    size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class KeyProblem:
+    key: str
+    state: str  # pending (will be retried) | failed (gave up)
+    attempts: int
+    reason: str | None
+    updated_at: float
+    next_attempt_at: float
+
+
+STAT_COLUMNS = ("request", "success", "failure", "skip", "size")
+
+
+def bucket_of(epoch_seconds: float) -> int:
+    return int(epoch_seconds // STAT_BUCKET_SECONDS) * STAT_BUCKET_SECONDS
+
+
+def _row(r: Any) -> SyncTaskRow:
+    return SyncTaskRow(
+        id=r.id, project_id=r.project_id, status=r.status, spec=SyncTaskSpec.from_json(r.spec),
+        secrets=r.secrets, generation=r.generation, created_at=r.created_at, last_start_at=r.last_start_at,
+        reconciled_at=r.reconciled_at, last_error=r.last_error,
+    )
+
+
+class SyncRepo:
+    """All reads and writes of sync-task state."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._pg = engine.dialect.name == "postgresql"
+        self._sqlite = engine.dialect.name == "sqlite"
+
+    # -- helpers -------------------------------------------------------------------------------------
+    def _insert(self) -> Any:
+        return postgresql.insert if self._pg else sqlite.insert
+
+    def _add_stats(self, conn: Connection, task_id: str, bucket: int, **counts: int) -> None:
+        values = {c: counts.get(c, 0) for c in STAT_COLUMNS}
+        if not any(values.values()):
+            return
+        stmt = self._insert()(sync_stats).values(task_id=task_id, bucket_start=bucket, **values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["task_id", "bucket_start"],
+            set_={c: getattr(sync_stats.c, c) + getattr(stmt.excluded, c) for c in STAT_COLUMNS},
+        )
+        conn.execute(stmt)
+
+    def _lock_project(self, conn: Connection, project_id: str) -> None:
+        # PostgreSQL: serialise quota checks of one project (READ COMMITTED would let two creates both pass).
+        # SQLite needs nothing: the INSERT before the count takes the database's single write lock.
+        if self._pg:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(project_id.encode())})
+
+    # -- tasks ---------------------------------------------------------------------------------------
+    def create_task(
+        self, task_id: str, project_id: str, spec: SyncTaskSpec, secrets: str, now: float, limit: int
+    ) -> bool:
+        """Insert a SYNCHRONIZING task; False (nothing written) when the project already has `limit`."""
+        with self.engine.begin() as conn:
+            self._lock_project(conn, project_id)
+            conn.execute(
+                insert(sync_tasks).values(
+                    id=task_id, project_id=project_id, status=SYNCHRONIZING, spec=spec.to_json(), secrets=secrets,
+                    options="{}", generation=1, created_at=now, last_start_at=now, updated_at=now,
+                )
+            )
+            count = conn.execute(
+                select(func.count()).select_from(sync_tasks).where(sync_tasks.c.project_id == project_id)
+            ).scalar_one()
+            if count > limit:
+                conn.rollback()
+                return False
+        return True
+
+    def get_task(self, task_id: str, project_id: str | None = None) -> SyncTaskRow | None:
+        cond = sync_tasks.c.id == task_id
+        if project_id is not None:
+            cond = and_(cond, sync_tasks.c.project_id == project_id)
+        with self.engine.connect() as conn:
+            r = conn.execute(select(sync_tasks).where(cond)).first()
+        return _row(r) if r is not None else None
+
+    def list_tasks(
+        self, project_id: str, status: str | None, limit: int, offset: int
+    ) -> tuple[list[SyncTaskRow], int]:
+        cond = sync_tasks.c.project_id == project_id
+        if status is not None:
+            cond = and_(cond, sync_tasks.c.status == status)
+        with self.engine.connect() as conn:
+            count = conn.execute(select(func.count()).select_from(sync_tasks).where(cond)).scalar_one()
+            rows = conn.execute(
+                select(sync_tasks).where(cond).order_by(sync_tasks.c.created_at.desc(), sync_tasks.c.id)
+                .limit(limit).offset(offset)
+            ).all()
+        return [_row(r) for r in rows], int(count)
+
+    def active_tasks(self) -> list[SyncTaskRow]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(sync_tasks).where(sync_tasks.c.status == SYNCHRONIZING)).all()
+        return [_row(r) for r in rows]
+
+    def stop_task(self, project_id: str, task_id: str, now: float) -> bool:
+        """SYNCHRONIZING -> STOPPED; False when the task is not SYNCHRONIZING. Pending events are kept."""
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                update(sync_tasks)
+                .where(sync_tasks.c.id == task_id, sync_tasks.c.project_id == project_id,
+                       sync_tasks.c.status == SYNCHRONIZING)
+                .values(status=STOPPED, generation=sync_tasks.c.generation + 1, updated_at=now,
+                        reconcile_owner=None, reconcile_lease_until=None)
+            )
+            return bool(res.rowcount)
+
+    def start_task(self, project_id: str, task_id: str, secrets: str, now: float) -> bool:
+        """STOPPED -> SYNCHRONIZING with fresh credentials; False when the task is not STOPPED.
+
+        Reconciliation is due at once (whatever changed while stopped gets copied), and keys that had given
+        up are retried: their failure may well have been the credentials that were just replaced.
+        """
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                update(sync_tasks)
+                .where(sync_tasks.c.id == task_id, sync_tasks.c.project_id == project_id,
+                       sync_tasks.c.status == STOPPED)
+                .values(status=SYNCHRONIZING, secrets=secrets, generation=sync_tasks.c.generation + 1,
+                        last_start_at=now, updated_at=now, reconciled_at=None, last_error=None)
+            )
+            if not res.rowcount:
+                return False
+            conn.execute(
+                update(sync_events)
+                .where(sync_events.c.task_id == task_id, sync_events.c.state == FAILED)
+                .values(state=PENDING, attempts=0, next_attempt_at=now, updated_at=now)
+            )
+            return True
+
+    def delete_task(self, project_id: str, task_id: str) -> bool:
+        with self.engine.begin() as conn:
+            exists = conn.execute(
+                select(sync_tasks.c.id).where(sync_tasks.c.id == task_id, sync_tasks.c.project_id == project_id)
+            ).first()
+            if exists is None:
+                return False
+            # Explicit, not only ON DELETE CASCADE: a connection without foreign-key enforcement must not
+            # leave a queue behind that a worker would keep trying.
+            conn.execute(delete(sync_events).where(sync_events.c.task_id == task_id))
+            conn.execute(delete(sync_stats).where(sync_stats.c.task_id == task_id))
+            conn.execute(delete(sync_tasks).where(sync_tasks.c.id == task_id))
+            return True
+
+    def count_tasks(self, project_id: str) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(
+                select(func.count()).select_from(sync_tasks).where(sync_tasks.c.project_id == project_id)
+            ).scalar_one())
+
+    def set_notify_token_hash(self, project_id: str, task_id: str, digest: str, now: float) -> bool:
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                update(sync_tasks).where(sync_tasks.c.id == task_id, sync_tasks.c.project_id == project_id)
+                .values(notify_token_hash=digest, updated_at=now)
+            )
+            return bool(res.rowcount)
+
+    def task_by_notify_hash(self, task_id: str, digest: str) -> SyncTaskRow | None:
+        with self.engine.connect() as conn:
+            r = conn.execute(
+                select(sync_tasks).where(sync_tasks.c.id == task_id, sync_tasks.c.notify_token_hash == digest)
+            ).first()
+        return _row(r) if r is not None else None
+
+    # -- the event queue -----------------------------------------------------------------------------
+    def enqueue(self, task_id: str, keys: Sequence[str], now: float, *, durable: bool = True) -> None:
+        """Record events for `keys` (one row per key, coalesced) and count them as REQUEST, in one commit.
+
+        With `durable`, SQLite syncs this commit to disk (synchronous=FULL), so an acknowledged event
+        survives even a power cut, not only a process crash.
+        """
+        unique = list(dict.fromkeys(keys))
+        stmt = self._insert()(sync_events)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["task_id", "key"],
+            set_={
+                "version": sync_events.c.version + 1,
+                "state": PENDING,
+                "attempts": 0,
+                "next_attempt_at": stmt.excluded.next_attempt_at,
+                # A key that had given up starts a fresh story; one still pending keeps its first acceptance.
+                "received_at": case(
+                    (sync_events.c.state == FAILED, stmt.excluded.received_at), else_=sync_events.c.received_at
+                ),
+                "updated_at": stmt.excluded.updated_at,
+            },
+        )
+        rows = [
+            {"task_id": task_id, "key": k, "state": PENDING, "version": 1, "attempts": 0, "received_at": now,
+             "next_attempt_at": now, "updated_at": now}
+            for k in unique
+        ]
+        with self.engine.connect() as conn:
+            full = durable and self._sqlite
+            if full:
+                conn.exec_driver_sql("PRAGMA synchronous=FULL")
+            try:
+                conn.execute(stmt, rows)
+                self._add_stats(conn, task_id, bucket_of(now), request=len(keys))
+                conn.commit()
+            finally:
+                if full:
+                    conn.rollback()
+                    conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
+                    conn.commit()
+
+    def release_leases(self, owner_prefix: str) -> int:
+        """Free every lease held by owners named `owner_prefix…` (a restarted node reclaiming its own)."""
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                update(sync_events).where(sync_events.c.lease_owner.startswith(owner_prefix, autoescape=True))
+                .values(lease_owner=None, lease_until=None)
+            )
+            conn.execute(
+                update(sync_tasks).where(sync_tasks.c.reconcile_owner.startswith(owner_prefix, autoescape=True))
+                .values(reconcile_owner=None, reconcile_lease_until=None)
+            )
+            return int(res.rowcount)
+
+    def claim(self, owner: str, now: float, lease_seconds: float, limit: int) -> list[ClaimedEvent]:
+        """Lease up to `limit` due events of SYNCHRONIZING tasks to `owner`, oldest due first."""
+        e = sync_events
+        free = or_(e.c.lease_until.is_(None), e.c.lease_until < now)
+        query = (
+            select(e.c.task_id, e.c.key, e.c.version, e.c.attempts, e.c.received_at)
+            .join(sync_tasks, sync_tasks.c.id == e.c.task_id)
+            .where(e.c.state == PENDING, e.c.next_attempt_at <= now, free, sync_tasks.c.status == SYNCHRONIZING)
+            .order_by(e.c.next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=e)
+        )
+        claimed: list[ClaimedEvent] = []
+        with self.engine.begin() as conn:
+            rows = conn.execute(query).all()
+            for r in rows:
+                # Conditional, so that two claimers racing for one row cannot both win it.
+                res = conn.execute(
+                    update(e).where(e.c.task_id == r.task_id, e.c.key == r.key, free)
+                    .values(lease_owner=owner, lease_until=now + lease_seconds)
+                )
+                if res.rowcount:
+                    claimed.append(ClaimedEvent(r.task_id, r.key, r.version, r.attempts, r.received_at))
+        return claimed
+
+    def next_due(self) -> float | None:
+        """When the earliest pending, unleased event of a running task becomes due (None: queue empty)."""
+        e = sync_events
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                select(func.min(e.c.next_attempt_at)).join(sync_tasks, sync_tasks.c.id == e.c.task_id)
+                .where(e.c.state == PENDING, e.c.lease_owner.is_(None), sync_tasks.c.status == SYNCHRONIZING)
+            ).scalar()
+        return float(value) if value is not None else None
+
+    def renew(self, owner: str, until: float) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(sync_events).where(sync_events.c.lease_owner == owner).values(lease_until=until))
+
+    def complete(self, outcomes: Sequence[EventOutcome], now: float) -> None:
+        """Apply a batch of outcomes and their statistics in one transaction."""
+        if not outcomes:
+            return
+        bucket = bucket_of(now)
+        with self.engine.begin() as conn:
+            ids = {o.task_id for o in outcomes}
+            alive = set(conn.execute(select(sync_tasks.c.id).where(sync_tasks.c.id.in_(ids))).scalars())
+            totals: dict[str, dict[str, int]] = {}
+            for o in outcomes:
+                if o.task_id not in alive:
+                    continue  # deleted while the copy ran: nothing to record
+                self._apply(conn, o, now)
+                t = totals.setdefault(o.task_id, dict.fromkeys(STAT_COLUMNS, 0))
+                if o.outcome == "success":
+                    t["success"] += 1
+                    t["size"] += o.size
+                elif o.outcome == "skip":
+                    t["skip"] += 1
+                elif o.outcome == "failed":
+                    t["failure"] += 1
+            for task_id, counts in totals.items():
+                self._add_stats(conn, task_id, bucket, **counts)
+
+    def _apply(self, conn: Connection, o: EventOutcome, now: float) -> None:
+        e = sync_events
+        this = and_(e.c.task_id == o.task_id, e.c.key == o.key)
+        if o.version is None:
+            if o.outcome in ("retry", "failed"):
+                # A reconciliation copy that failed joins the event queue, so it is retried and listed.
+                state = PENDING if o.outcome == "retry" else FAILED
+                stmt = self._insert()(e).values(
+                    task_id=o.task_id, key=o.key, state=state, version=1, attempts=1, received_at=now,
+                    next_attempt_at=o.next_attempt_at or now, last_reason=o.reason, updated_at=now,
+                )
+                conn.execute(stmt.on_conflict_do_nothing(index_elements=["task_id", "key"]))
+            return
+        same = and_(this, e.c.version == o.version)
+        release = {"lease_owner": None, "lease_until": None}
+        if o.outcome == "release":
+            conn.execute(update(e).where(this).values(**release))
+            return
+        if o.outcome in ("success", "skip"):
+            res = conn.execute(delete(e).where(same))
+        elif o.outcome == "failed":
+            res = conn.execute(
+                update(e).where(same).values(state=FAILED, attempts=e.c.attempts + 1, last_reason=o.reason,
+                                             updated_at=now, **release)
+            )
+        else:
+            res = conn.execute(
+                update(e).where(same).values(attempts=e.c.attempts + 1, last_reason=o.reason,
+                                             next_attempt_at=o.next_attempt_at or now, updated_at=now, **release)
+            )
+        if not res.rowcount:
+            # A newer event for the key arrived while we worked: it stays pending (due now) for another pass.
+            conn.execute(update(e).where(this).values(**release))
+
+    def problems(self, project_id: str, task_id: str, limit: int, offset: int) -> tuple[list[KeyProblem], int]:
+        """Keys that failed at least once: still retrying (pending) or given up (failed), newest first."""
+        e = sync_events
+        cond = and_(e.c.task_id == task_id, e.c.last_reason.is_not(None),
+                    e.c.task_id.in_(select(sync_tasks.c.id).where(sync_tasks.c.project_id == project_id)))
+        with self.engine.connect() as conn:
+            count = conn.execute(select(func.count()).select_from(e).where(cond)).scalar_one()
+            rows = conn.execute(
+                select(e.c.key, e.c.state, e.c.attempts, e.c.last_reason, e.c.updated_at, e.c.next_attempt_at)
+                .where(cond).order_by(e.c.updated_at.desc(), e.c.key).limit(limit).offset(offset)
+            ).all()
+        return [KeyProblem(r.key, r.state, r.attempts, r.last_reason, r.updated_at, r.next_attempt_at)
+                for r in rows], int(count)
+
+    def pending_count(self, task_id: str) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(
+                select(func.count()).select_from(sync_events)
+                .where(sync_events.c.task_id == task_id, sync_events.c.state == PENDING)
+            ).scalar_one())
+
+    # -- reconciliation ------------------------------------------------------------------------------
+    def claim_reconcile(self, task_id: str, owner: str, now: float, interval: float, lease_seconds: float) -> bool:
+        """Take the right to reconcile `task_id` now, if it is due and nobody holds it."""
+        t = sync_tasks
+        due = or_(t.c.reconciled_at.is_(None), t.c.reconciled_at <= now - interval)
+        free = or_(t.c.reconcile_lease_until.is_(None), t.c.reconcile_lease_until < now)
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                update(t).where(t.c.id == task_id, t.c.status == SYNCHRONIZING, due, free)
+                .values(reconcile_owner=owner, reconcile_lease_until=now + lease_seconds)
+            )
+            return bool(res.rowcount)
+
+    def renew_reconcile(self, task_id: str, owner: str, until: float) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(sync_tasks).where(sync_tasks.c.id == task_id, sync_tasks.c.reconcile_owner == owner)
+                .values(reconcile_lease_until=until)
+            )
+
+    def finish_reconcile(self, task_id: str, owner: str, now: float, error: str | None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(sync_tasks).where(sync_tasks.c.id == task_id, sync_tasks.c.reconcile_owner == owner)
+                .values(reconciled_at=now, reconcile_owner=None, reconcile_lease_until=None, last_error=error)
+            )
+
+    def request_reconcile(self, task_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(sync_tasks).where(sync_tasks.c.id == task_id).values(reconciled_at=None))
+
+    # -- statistics ----------------------------------------------------------------------------------
+    def stat_totals(self, task_id: str, start: float, end: float) -> StatTotals:
+        """Sums over the buckets that start in [start, end)."""
+        s = sync_stats
+        with self.engine.connect() as conn:
+            r = conn.execute(
+                select(*(func.coalesce(func.sum(getattr(s.c, c)), 0) for c in STAT_COLUMNS))
+                .where(s.c.task_id == task_id, s.c.bucket_start >= start, s.c.bucket_start < end)
+            ).one()
+        return StatTotals(*(int(v) for v in r))
+
+    def stat_buckets(self, task_id: str, start: float, end: float) -> Iterable[tuple[int, StatTotals]]:
+        """(bucket_start, counts) of every non-empty bucket that starts in [start, end), ascending."""
+        s = sync_stats
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(s.c.bucket_start, *(getattr(s.c, c) for c in STAT_COLUMNS))
+                .where(s.c.task_id == task_id, s.c.bucket_start >= start, s.c.bucket_start < end)
+                .order_by(s.c.bucket_start)
+            ).all()
+        return [(int(r[0]), StatTotals(*(int(v) for v in r[1:]))) for r in rows]

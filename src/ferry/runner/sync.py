@@ -1,0 +1,708 @@
+"""Sync workers: drain each sync task's durable event queue and periodically reconcile its two buckets.
+
+Two kinds of work run side by side in one event loop:
+- events: claim due rows from `sync_events` under a lease, and for each key HEAD both sides, decide with the
+  task's consistency rule, copy with the engine's Copier, verify, and record the outcome with the statistics
+  in one batched transaction. Failures are retried with exponential backoff and listed with their reason.
+- reconciliation: every `reconcile_seconds` per task (at once for a new or restarted task, which is therefore
+  its initial full copy) the streaming Planner merges the two listings and whatever events missed is copied.
+  Source deletions are propagated only when the deployment enables it, and never more than a cap per run.
+
+Deployment settings (environment): FERRY_SYNC_RECONCILE_SECONDS (300), FERRY_SYNC_PROPAGATE_DELETES (off),
+FERRY_SYNC_DELETE_CAP (1000), FERRY_SYNC_CONCURRENCY (32), FERRY_SYNC_RECONCILE_CONCURRENCY (16),
+FERRY_SYNC_LEASE_SECONDS (60), FERRY_SYNC_MAX_ATTEMPTS (8), FERRY_SYNC_RETRY_BASE_SECONDS (1),
+FERRY_SYNC_RETRY_MAX_SECONDS (300), FERRY_SYNC_RESTORE_POLL_SECONDS (600), FERRY_SYNC_POLL_SECONDS (1),
+FERRY_NODE_ID (host name).
+
+The runner never sees credentials: it is handed an opener that turns a task row into its two backends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import random
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from sqlalchemy import Engine
+
+from ferry.db.sync_repo import ClaimedEvent, EventOutcome, SyncRepo, SyncTaskRow
+from ferry.engine.budget import MemoryBudget
+from ferry.engine.compare import ConsistencyCheck, CopyReason, OverwriteMode, SkipReason, check_consistency, decide
+from ferry.engine.copier import Copier, CopyOptions
+from ferry.engine.planner import Copy, Fail, Planner
+from ferry.errors import (
+    ArchivedObjectError,
+    FerryError,
+    NotFoundError,
+    SourceChangedError,
+    UsageError,
+    VerificationError,
+)
+from ferry.objects import ObjectInfo
+from ferry.storage.base import Backend
+from ferry.storage.wrappers import RetryingBackend
+
+log = logging.getLogger("ferry.sync")
+
+MiB: Final = 1024 * 1024
+BackendOpener = Callable[[SyncTaskRow], tuple[Backend, Backend]]
+_MD5_ETAG: Final = re.compile(r"^[0-9a-f]{32}$")
+_SOURCE_CHANGE_ATTEMPTS: Final = 3
+_RESTORE_DAYS: Final = 1
+_REASON_MAX: Final = 1024
+
+
+def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise UsageError(f"{name} must be a number, got {raw!r}") from None
+    if value < 0:
+        raise UsageError(f"{name} must not be negative")
+    return value
+
+
+def _env_bool(env: Mapping[str, str], name: str) -> bool:
+    return env.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True, slots=True)
+class SyncSettings:
+    """Deployment settings of the sync workers (see the module docstring for the environment names)."""
+
+    reconcile_seconds: float = 300.0
+    propagate_deletes: bool = False
+    delete_cap: int = 1000
+    concurrency: int = 32
+    reconcile_concurrency: int = 16
+    lease_seconds: float = 60.0
+    max_attempts: int = 8
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 300.0
+    restore_poll_seconds: float = 600.0
+    poll_seconds: float = 1.0
+    tasks_refresh_seconds: float = 2.0
+    flush_seconds: float = 0.05
+    memory_limit: int = 256 * MiB
+    node_id: str = field(default_factory=socket.gethostname)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> SyncSettings:
+        env = os.environ if environ is None else environ
+        d = cls()
+        return cls(
+            reconcile_seconds=_env_float(env, "FERRY_SYNC_RECONCILE_SECONDS", d.reconcile_seconds),
+            propagate_deletes=_env_bool(env, "FERRY_SYNC_PROPAGATE_DELETES"),
+            delete_cap=int(_env_float(env, "FERRY_SYNC_DELETE_CAP", d.delete_cap)),
+            concurrency=max(1, int(_env_float(env, "FERRY_SYNC_CONCURRENCY", d.concurrency))),
+            reconcile_concurrency=max(1, int(_env_float(env, "FERRY_SYNC_RECONCILE_CONCURRENCY",
+                                                        d.reconcile_concurrency))),
+            lease_seconds=max(1.0, _env_float(env, "FERRY_SYNC_LEASE_SECONDS", d.lease_seconds)),
+            max_attempts=max(1, int(_env_float(env, "FERRY_SYNC_MAX_ATTEMPTS", d.max_attempts))),
+            retry_base_seconds=_env_float(env, "FERRY_SYNC_RETRY_BASE_SECONDS", d.retry_base_seconds),
+            retry_max_seconds=_env_float(env, "FERRY_SYNC_RETRY_MAX_SECONDS", d.retry_max_seconds),
+            restore_poll_seconds=_env_float(env, "FERRY_SYNC_RESTORE_POLL_SECONDS", d.restore_poll_seconds),
+            poll_seconds=max(0.01, _env_float(env, "FERRY_SYNC_POLL_SECONDS", d.poll_seconds)),
+            node_id=env.get("FERRY_NODE_ID") or d.node_id,
+        )
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds before retry number `attempts` (1-based): exponential, capped, with jitter."""
+        ceiling = min(self.retry_max_seconds, self.retry_base_seconds * 2.0 ** (attempts - 1))
+        # Half fixed, half random: spreads a burst of failures without ever retrying at once.
+        return ceiling * (0.5 + random.random() / 2)
+
+
+class SyncWaker:
+    """Lets any thread (an API request that just committed events) wake the workers' event loop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
+
+    def bind(self) -> asyncio.Event:
+        """Called inside the workers' loop; returns the event that `notify` sets."""
+        with self._lock:
+            self._loop = asyncio.get_running_loop()
+            self._event = asyncio.Event()
+            self._event.set()  # whatever was notified before binding is looked at straight away
+            return self._event
+
+    def unbind(self) -> None:
+        with self._lock:
+            self._loop = None
+            self._event = None
+
+    def notify(self) -> None:
+        with self._lock:
+            loop, event = self._loop, self._event
+        if loop is not None and event is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody to wake
+                loop.call_soon_threadsafe(event.set)
+
+
+def _storage_class(policy: str, source_class: str | None) -> str | None:
+    """The class to write, or None for the store's default (STANDARD everywhere)."""
+    wanted = (source_class or "STANDARD").upper() if policy == "SRC_STORAGE_MAPPING" else policy.upper()
+    return None if wanted == "STANDARD" else wanted
+
+
+def _overwrite_mode(consistency: ConsistencyCheck) -> OverwriteMode:
+    # The task's consistency rule decides both "does this key need copying" and "did the copy succeed".
+    if consistency is ConsistencyCheck.CRC64:
+        return OverwriteMode.CRC64_COMPARISON_OVERWRITE
+    return OverwriteMode.SIZE_LAST_MODIFIED_COMPARISON_OVERWRITE
+
+
+class _Runtime:
+    """One task generation's live state: its backends and a Copier per destination storage class."""
+
+    def __init__(self, row: SyncTaskRow, src: Backend, dst: Backend, budget: MemoryBudget) -> None:
+        self.row = row
+        self.src = src
+        self.dst = dst
+        self.budget = budget
+        spec = row.spec
+        self.consistency = ConsistencyCheck.parse(spec.consistency_check)
+        self.overwrite = _overwrite_mode(self.consistency)
+        self.metadata = spec.enable_metadata_migration
+        self.restore = spec.enable_restore
+        self.policy = spec.dst_storage_policy
+        self._copiers: dict[str | None, Copier] = {}
+        self.users = 0
+        self.retired = False
+
+    def copier(self, source_class: str | None) -> Copier:
+        storage_class = _storage_class(self.policy, source_class)
+        copier = self._copiers.get(storage_class)
+        if copier is None:
+            opts = CopyOptions(consistency=self.consistency, metadata=self.metadata, storage_class=storage_class)
+            copier = self._copiers[storage_class] = Copier(self.src, self.dst, opts, self.budget)
+        return copier
+
+    async def close(self) -> None:
+        for backend in (self.src, self.dst):
+            with contextlib.suppress(Exception):
+                await backend.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    outcome: str  # success | skip
+    size: int = 0
+
+
+class _Retry(Exception):
+    """Try the key again later: `delay` seconds from now, `counts` = whether it uses up an attempt."""
+
+    def __init__(self, reason: str, delay: float | None = None, counts: bool = True) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delay = delay
+        self.counts = counts
+
+
+class _GiveUp(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _reason(exc: BaseException) -> str:
+    text = exc.message if isinstance(exc, FerryError) else f"{type(exc).__name__}: {exc}"
+    return text[:_REASON_MAX]
+
+
+class SyncWorkers:
+    """The event workers and reconcilers of every SYNCHRONIZING task, in one asyncio loop."""
+
+    def __init__(
+        self, engine: Engine, opener: BackendOpener, settings: SyncSettings | None = None, *,
+        waker: SyncWaker | None = None, clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.repo = SyncRepo(engine)
+        self.opener = opener
+        self.settings = settings or SyncSettings()
+        self.waker = waker or SyncWaker()
+        self.clock = clock
+        self.owner = f"{self.settings.node_id}/{uuid.uuid4().hex[:12]}"
+        self._runtimes: dict[str, _Runtime] = {}
+        self._open_errors: dict[str, str] = {}
+        self._rows: dict[str, SyncTaskRow] = {}
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._reconciling: dict[str, asyncio.Task[None]] = {}
+        self._outcomes: list[EventOutcome] = []
+        self._flushed = asyncio.Event()
+        self._budget: MemoryBudget | None = None
+        self._wake: asyncio.Event | None = None
+
+    # -- the whole -------------------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set; then finish in-flight keys, record them, and return."""
+        self._budget = MemoryBudget(self.settings.memory_limit)
+        self._wake = self.waker.bind()
+        # Leases of this node's earlier life (a crash, a kill -9) are ours to take back now, not after expiry.
+        released = await asyncio.to_thread(self.repo.release_leases, f"{self.settings.node_id}/")
+        if released:
+            log.info("reclaimed %d sync events leased before a restart", released)
+        loops = [
+            asyncio.create_task(self._claim_loop(stop), name="sync-claim"),
+            asyncio.create_task(self._tasks_loop(stop), name="sync-tasks"),
+            asyncio.create_task(self._flush_loop(stop), name="sync-flush"),
+            asyncio.create_task(self._heartbeat_loop(stop), name="sync-heartbeat"),
+        ]
+        try:
+            await stop.wait()
+        finally:
+            for t in loops:
+                t.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            for t in self._reconciling.values():
+                t.cancel()
+            if self._inflight:
+                await asyncio.gather(*self._inflight, return_exceptions=True)
+            await asyncio.gather(*self._reconciling.values(), return_exceptions=True)
+            await self._flush()
+            for rt in self._runtimes.values():
+                await rt.close()
+            self._runtimes.clear()
+            self.waker.unbind()
+
+    async def _sleep_or_stop(self, stop: asyncio.Event, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+
+    # -- tasks and their runtimes ----------------------------------------------------------------------------
+    async def _tasks_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self._refresh_tasks()
+            except Exception:
+                log.exception("sync: refreshing the task list failed")
+            await self._sleep_or_stop(stop, self.settings.tasks_refresh_seconds)
+
+    async def _refresh_tasks(self) -> None:
+        rows = {r.id: r for r in await asyncio.to_thread(self.repo.active_tasks)}
+        self._rows = rows
+        for task_id, rt in list(self._runtimes.items()):
+            row = rows.get(task_id)
+            if row is None or row.generation != rt.row.generation:
+                # Stopped, deleted or restarted with new credentials: in-flight work finishes on the old one.
+                del self._runtimes[task_id]
+                rt.retired = True
+                if rt.users == 0:
+                    await rt.close()
+                task = self._reconciling.get(task_id)
+                if task is not None and row is None:
+                    task.cancel()
+        now = self.clock()
+        for task_id, row in rows.items():
+            if task_id in self._reconciling:
+                continue
+            claimed = await asyncio.to_thread(
+                self.repo.claim_reconcile, task_id, self.owner, now, self.settings.reconcile_seconds,
+                self.settings.lease_seconds,
+            )
+            if claimed:
+                task = asyncio.create_task(self._reconcile(row), name=f"sync-reconcile-{task_id}")
+                self._reconciling[task_id] = task
+                task.add_done_callback(self._reconcile_done(task_id))
+
+    def _reconcile_done(self, task_id: str) -> Callable[[asyncio.Task[None]], None]:
+        def forget(_task: asyncio.Task[None]) -> None:
+            self._reconciling.pop(task_id, None)
+
+        return forget
+
+    def _runtime(self, task_id: str) -> _Runtime | None:
+        rt = self._runtimes.get(task_id)
+        if rt is not None:
+            return rt
+        row = self._rows.get(task_id)
+        if row is None:
+            return None
+        try:
+            src, dst = self.opener(row)
+        except Exception as exc:
+            # Bad endpoint table, undecryptable credentials...: the keys wait (with backoff) for a fix.
+            log.warning("sync %s: cannot open the task's stores: %s", task_id, _reason(exc))
+            self._open_errors[task_id] = _reason(exc)
+            return None
+        # Short in-call retries smooth over a hiccup; the queue's own backoff handles anything longer.
+        src = RetryingBackend(src, attempts=3, base_delay=0.1, max_delay=2.0)
+        dst = RetryingBackend(dst, attempts=3, base_delay=0.1, max_delay=2.0)
+        assert self._budget is not None
+        rt = self._runtimes[task_id] = _Runtime(row, src, dst, self._budget)
+        return rt
+
+    @contextlib.asynccontextmanager
+    async def _using(self, task_id: str):  # type: ignore[no-untyped-def]
+        rt = self._runtime(task_id)
+        if rt is not None:
+            rt.users += 1
+        try:
+            yield rt
+        finally:
+            if rt is not None:
+                rt.users -= 1
+                if rt.retired and rt.users == 0:
+                    await rt.close()
+
+    # -- the event queue ---------------------------------------------------------------------------------
+    async def _claim_loop(self, stop: asyncio.Event) -> None:
+        assert self._wake is not None
+        s = self.settings
+        while not stop.is_set():
+            free = s.concurrency - len(self._inflight)
+            if free <= 0:
+                await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            if not self._rows:
+                # No running task known yet (or the list is stale): look again before claiming.
+                await self._refresh_tasks()
+            self._wake.clear()
+            try:
+                claimed = await asyncio.to_thread(self.repo.claim, self.owner, self.clock(), s.lease_seconds, free)
+            except Exception:
+                log.exception("sync: claiming events failed")
+                claimed = []
+                await self._sleep_or_stop(stop, s.poll_seconds)
+            for ev in claimed:
+                task = asyncio.create_task(self._process(ev))
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+            if len(claimed) == free:
+                continue
+            timeout = s.poll_seconds
+            if not claimed:
+                due = await asyncio.to_thread(self.repo.next_due)
+                if due is not None:
+                    timeout = min(timeout, max(0.0, due - self.clock()))
+            waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
+            try:
+                await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters:
+                    w.cancel()
+
+    async def _process(self, ev: ClaimedEvent) -> None:
+        async with self._using(ev.task_id) as rt:
+            if rt is None and ev.task_id not in self._rows:
+                # The task stopped (or is being refreshed): hand the key back untouched.
+                self._record(EventOutcome(ev.task_id, ev.key, ev.version, "release"))
+                return
+            outcome = await self._attempt(rt, ev.task_id, ev.key, None, ev.attempts)
+            self._record(dataclasses.replace(outcome, version=ev.version))
+
+    async def _attempt(
+        self, rt: _Runtime | None, task_id: str, key: str, listed: ObjectInfo | None, attempts: int
+    ) -> EventOutcome:
+        """Sync one key and say what became of it (`version` left None for the caller to fill)."""
+        s = self.settings
+        try:
+            if rt is None:
+                why = self._open_errors.get(task_id, "unknown error")
+                raise _Retry(f"the task's stores could not be opened: {why}")
+            done = await self._sync_key(rt, key, listed)
+            return EventOutcome(task_id, key, None, done.outcome, size=done.size)  # type: ignore[arg-type]
+        except _GiveUp as exc:
+            log.info("sync %s: %r failed: %s", task_id, key, exc.reason)
+            return EventOutcome(task_id, key, None, "failed", reason=exc.reason)
+        except _Retry as exc:
+            tries = attempts + 1
+            if exc.counts and tries >= s.max_attempts:
+                log.info("sync %s: %r failed after %d attempts: %s", task_id, key, tries, exc.reason)
+                return EventOutcome(task_id, key, None, "failed", reason=exc.reason)
+            delay = exc.delay if exc.delay is not None else s.backoff(tries)
+            return EventOutcome(task_id, key, None, "retry", reason=exc.reason,
+                                next_attempt_at=self.clock() + delay)
+        except asyncio.CancelledError:
+            return EventOutcome(task_id, key, None, "release")
+
+    async def _sync_key(self, rt: _Runtime, key: str, listed: ObjectInfo | None) -> _Done:
+        """HEAD both sides (unless reconciliation listed the source), decide, copy, verify."""
+        try:
+            if listed is None:
+                src_info, dst_info = await asyncio.gather(rt.src.head(key), self._head_or_none(rt.dst, key))
+            else:
+                src_info, dst_info = listed, None  # the planner already decided that it must be copied
+        except NotFoundError:
+            raise _GiveUp("the source object does not exist") from None
+        except UsageError as exc:
+            raise _GiveUp(_reason(exc)) from None
+        except FerryError as exc:
+            raise _Retry(_reason(exc)) from None
+        if listed is None:
+            decision = decide(src_info, dst_info, rt.overwrite)
+            if isinstance(decision, SkipReason) and _etags_differ(src_info, dst_info):
+                # Same size and a destination not older (both within the same second, say) yet different
+                # content: an event says the key changed, and MD5 ETags prove it did.
+                decision = CopyReason.SIZE_DIFFERS
+            if isinstance(decision, SkipReason):
+                return _Done("skip")
+        return await self._copy_verified(rt, src_info)
+
+    @staticmethod
+    async def _head_or_none(backend: Backend, key: str) -> ObjectInfo | None:
+        try:
+            return await backend.head(key)
+        except NotFoundError:
+            return None
+
+    async def _copy_verified(self, rt: _Runtime, src_info: ObjectInfo) -> _Done:
+        key = src_info.key
+        for _ in range(_SOURCE_CHANGE_ATTEMPTS):
+            try:
+                out = await rt.copier(src_info.storage_class).copy(src_info)
+                if rt.consistency is not ConsistencyCheck.NO_CHECK:
+                    written = await rt.dst.head(key)
+                    problem = check_consistency(rt.consistency, src_info, written)
+                    if problem is not None:
+                        raise VerificationError(problem, key=key)
+                return _Done("success", out.size)
+            except SourceChangedError:
+                try:
+                    src_info = await rt.src.head(key)
+                except NotFoundError:
+                    raise _GiveUp("the source object was deleted during the copy") from None
+                except FerryError as exc:
+                    raise _Retry(_reason(exc)) from None
+            except ArchivedObjectError as exc:
+                if not rt.restore:
+                    raise _GiveUp(f"the source object is archived and enable_restore is off ({exc.message})") from None
+                with contextlib.suppress(FerryError):
+                    # Asking again is harmless (stores answer "already in progress"); it covers a lost request.
+                    await rt.src.restore(key, _RESTORE_DAYS)
+                # Restores take minutes to hours: wait without using up attempts.
+                raise _Retry("archived: restore requested, waiting for it to finish",
+                             delay=self.settings.restore_poll_seconds, counts=False) from None
+            except NotFoundError:
+                raise _GiveUp("the source object does not exist") from None
+            except UsageError as exc:
+                raise _GiveUp(_reason(exc)) from None
+            except FerryError as exc:
+                raise _Retry(_reason(exc)) from None
+        raise _Retry("the source kept changing during the copy")
+
+    def _record(self, outcome: EventOutcome) -> None:
+        self._outcomes.append(outcome)
+
+    # -- recording -------------------------------------------------------------------------------------------
+    async def _flush(self) -> None:
+        batch, self._outcomes = self._outcomes, []
+        if not batch:
+            return
+        try:
+            await asyncio.to_thread(self.repo.complete, batch, self.clock())
+        except Exception:
+            # Put them back: the next flush tries again, and the leases keep the keys from being re-claimed.
+            log.exception("sync: recording %d outcomes failed; will retry", len(batch))
+            self._outcomes[:0] = batch
+
+    async def _flush_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self._sleep_or_stop(stop, self.settings.flush_seconds)
+            before = len(self._outcomes)
+            await self._flush()
+            if before and self._wake is not None:
+                # A key whose newer event arrived mid-copy is pending again: look at the queue now.
+                self._wake.set()
+
+    async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        while not stop.is_set():
+            await self._sleep_or_stop(stop, s.lease_seconds / 3)
+            until = self.clock() + s.lease_seconds
+            try:
+                await asyncio.to_thread(self.repo.renew, self.owner, until)
+                for task_id in list(self._reconciling):
+                    await asyncio.to_thread(self.repo.renew_reconcile, task_id, self.owner, until)
+            except Exception:
+                log.exception("sync: renewing leases failed")
+
+    # -- reconciliation --------------------------------------------------------------------------------------
+    async def _reconcile(self, row: SyncTaskRow) -> None:
+        error: str | None = None
+        started = time.monotonic()
+        copied = failed = deleted = 0
+        try:
+            async with self._using(row.id) as rt:
+                if rt is None:
+                    return
+                copied, failed = await self._reconcile_copies(rt)
+                if self.settings.propagate_deletes:
+                    deleted, error = await self._reconcile_deletes(rt)
+        except asyncio.CancelledError:
+            error = "interrupted"
+            raise
+        except FerryError as exc:
+            error = _reason(exc)
+            log.warning("sync %s: reconciliation failed: %s", row.id, error)
+        except Exception as exc:
+            error = _reason(exc)
+            log.exception("sync %s: reconciliation failed", row.id)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(asyncio.to_thread(
+                    self.repo.finish_reconcile, row.id, self.owner, self.clock(),
+                    None if error == "interrupted" else error,
+                ))
+            if error != "interrupted":
+                log.info("sync %s: reconciled in %.1fs: %d copied, %d failed, %d deleted%s", row.id,
+                         time.monotonic() - started, copied, failed, deleted, f" ({error})" if error else "")
+
+    async def _reconcile_copies(self, rt: _Runtime) -> tuple[int, int]:
+        planner = Planner(
+            rt.src.list(), rt.src.capabilities.list_order, rt.dst.list(), rt.dst.capabilities.list_order,
+            overwrite_mode=rt.overwrite, max_key_bytes=rt.dst.capabilities.max_key_bytes,
+        )
+        queue: asyncio.Queue[ObjectInfo | None] = asyncio.Queue(maxsize=self.settings.reconcile_concurrency * 2)
+        counts = {"success": 0, "failed": 0}
+
+        async def worker() -> None:
+            while (obj := await queue.get()) is not None:
+                out = await self._attempt(rt, rt.row.id, obj.key, obj, 0)
+                if out.outcome == "success":
+                    counts["success"] += 1
+                elif out.outcome in ("failed", "retry"):
+                    counts["failed"] += 1
+                if out.outcome != "release":
+                    self._record(out)
+
+        workers = [asyncio.create_task(worker()) for _ in range(self.settings.reconcile_concurrency)]
+        try:
+            async for action in planner:
+                if isinstance(action, Copy):
+                    await queue.put(action.src)
+                elif isinstance(action, Fail):
+                    self._record(EventOutcome(rt.row.id, action.src.key, None, "failed", reason=action.reason))
+                    counts["failed"] += 1
+            for _ in workers:
+                await queue.put(None)
+            await asyncio.gather(*workers)
+        finally:
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            await planner.aclose()
+        return counts["success"], counts["failed"]
+
+    async def _reconcile_deletes(self, rt: _Runtime) -> tuple[int, str | None]:
+        """Delete destination objects whose source is gone — all of them or, above the cap, none."""
+        cap = self.settings.delete_cap
+        # The planner with the roles swapped: a "copy because missing" is a destination key with no source.
+        planner = Planner(
+            rt.dst.list(), rt.dst.capabilities.list_order, rt.src.list(), rt.src.capabilities.list_order,
+            overwrite_mode=OverwriteMode.NO_OVERWRITE,
+        )
+        doomed: list[str] = []
+        try:
+            async for action in planner:
+                if isinstance(action, Copy) and action.reason is CopyReason.MISSING:
+                    doomed.append(action.src.key)
+                    if len(doomed) > cap:
+                        break
+        finally:
+            await planner.aclose()
+        if len(doomed) > cap:
+            # A mass disappearance is more likely a mistake (wrong bucket, emptied by accident) than intent.
+            msg = (f"more than {cap} destination objects have no source; none deleted "
+                   "(raise FERRY_SYNC_DELETE_CAP if this is intended)")
+            log.warning("sync %s: %s", rt.row.id, msg)
+            return 0, msg
+        deleted = 0
+        for key in doomed:
+            try:
+                await rt.src.head(key)
+                continue  # it came back (or the listing missed it): keep the copy
+            except NotFoundError:
+                pass
+            await rt.dst.delete(key)
+            deleted += 1
+        return deleted, None
+
+
+def _etags_differ(src: ObjectInfo, dst: ObjectInfo | None) -> bool:
+    if dst is None or not src.etag or not dst.etag:
+        return False
+    a, b = src.etag.lower(), dst.etag.lower()
+    return bool(_MD5_ETAG.match(a) and _MD5_ETAG.match(b) and a != b)
+
+
+async def run_sync_workers(
+    engine: Engine, opener: BackendOpener, stop: asyncio.Event, *, settings: SyncSettings | None = None,
+    waker: SyncWaker | None = None,
+) -> None:
+    """Process every sync task's events and reconciliations until `stop` is set."""
+    await SyncWorkers(engine, opener, settings, waker=waker).run(stop)
+
+
+class SyncBackground:
+    """The sync workers running in a thread of their own (their own event loop), as `ferry serve` uses them."""
+
+    def __init__(self, workers: SyncWorkers) -> None:
+        self.workers = workers
+        self.waker = workers.waker
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="ferry-sync", daemon=True)
+
+    def _main(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            self._ready.set()
+            await self.workers.run(self._stop)
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            self._error = exc
+            log.exception("sync workers stopped with an error")
+        finally:
+            self._ready.set()
+
+    def start(self) -> SyncBackground:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Ask the workers to finish in-flight keys and record them, and wait for that."""
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(stop.set)
+        self._thread.join(timeout)
+
+
+def start_background(
+    engine: Engine, opener: BackendOpener, *, settings: SyncSettings | None = None, waker: SyncWaker | None = None,
+) -> SyncBackground:
+    """Start the sync workers in a background thread; `stop()` the handle on shutdown.
+
+    Pass the same `waker` to the API's SyncContext (as `wake=waker.notify`) so accepted events start at once.
+    """
+    workers = SyncWorkers(engine, opener, settings or SyncSettings.from_env(), waker=waker)
+    return SyncBackground(workers).start()

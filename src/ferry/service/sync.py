@@ -1,0 +1,503 @@
+"""Sync tasks (OMS §1.4) as plain functions: lifecycle, durable events, statistics, bucket notifications.
+
+The API routes, the CLI and the tests all call these. Validation beyond the request schema lives here (the
+quota of 5 tasks per project, clouds and regions Ferry can reach, bucket naming rules, event keys), and so
+does everything that touches credentials: they are encrypted with the SecretBox before they reach the
+database and decrypted only by `open_task_backends`, which the sync workers are given.
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import json
+import secrets as token_source
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, Final
+from urllib.parse import unquote, unquote_plus
+
+from sqlalchemy import Engine
+
+from ferry.db.sync_models import STAT_BUCKET_SECONDS
+from ferry.db.sync_repo import (
+    STOPPED,
+    SYNCHRONIZING,
+    KeyProblem,
+    StatTotals,
+    SyncRepo,
+    SyncTaskRow,
+    SyncTaskSpec,
+)
+from ferry.errors import NotFoundError, UsageError
+from ferry.runner.sync import SyncBackground, SyncSettings, SyncWaker, start_background
+from ferry.service.endpoints import resolve
+from ferry.service.secrets import Secret, SecretBox, reveal
+from ferry.storage.base import Backend, ListOrder
+from ferry.storage.profiles import get_profile
+
+MAX_SYNC_TASKS: Final = 5
+MAX_EVENT_KEYS: Final = 10
+MAX_KEY_BYTES: Final = 1024
+MAX_CREDENTIAL: Final = 100
+MAX_NOTIFICATION_RECORDS: Final = 1000
+# Statistics windows: 5-minute points up to a day, hourly beyond, and never more than the documented 1000.
+FIVE_MINUTES: Final = 300
+ONE_HOUR: Final = 3600
+DAY: Final = 86400
+MAX_POINTS: Final = 1000
+
+SYNC_CLOUDS: Final = ("AWS", "Azure", "Aliyun", "Tencent", "HuaweiCloud", "QingCloud", "KingsoftCloud",
+                      "Baidu", "Qiniu", "UCloud")
+STORAGE_POLICIES: Final = ("STANDARD", "IA", "ARCHIVE", "DEEP_ARCHIVE", "SRC_STORAGE_MAPPING")
+CONSISTENCY_CHECKS: Final = ("size_last_modified", "crc64", "no_check")
+CRYPTO_TYPES: Final = ("DEFAULT", "KMS")
+DESCRIPTION_FORBIDDEN: Final = frozenset("<>()\"'&")
+STAT_TYPES: Final = ("REQUEST", "SUCCESS", "FAILURE", "SKIP", "SIZE")
+# Epoch values below this are seconds, above it milliseconds: 1e11 ms is March 1973, 1e11 s the year 5138.
+_MS_THRESHOLD: Final = 100_000_000_000
+
+
+class QuotaExceededError(UsageError):
+    """The project already has the maximum number of sync tasks."""
+
+    code = "FERRY.0429"
+
+
+class TaskStateError(UsageError):
+    """The operation does not apply to the task in its current status (start a running task, say)."""
+
+    code = "FERRY.0409"
+
+
+@dataclass(frozen=True, slots=True)
+class SyncCredentials:
+    """What a sync task reads and writes with; repr shows no part of it."""
+
+    src_ak: str = field(repr=False)
+    src_sk: Secret = field(repr=False)
+    dst_ak: str = field(repr=False)
+    dst_sk: Secret = field(repr=False)
+    cdn_key: Secret | None = field(default=None, repr=False)
+
+    def seal(self, box: SecretBox) -> str:
+        """One SecretBox token holding all of them (the access keys too: they name the account)."""
+        raw = {"src_ak": self.src_ak, "src_sk": reveal(self.src_sk), "dst_ak": self.dst_ak,
+               "dst_sk": reveal(self.dst_sk)}
+        if self.cdn_key is not None:
+            raw["cdn_key"] = reveal(self.cdn_key)
+        return box.encrypt(json.dumps(raw))
+
+    @classmethod
+    def unseal(cls, box: SecretBox, token: str) -> SyncCredentials:
+        raw = json.loads(box.decrypt(token))
+        cdn = raw.get("cdn_key")
+        return cls(raw["src_ak"], Secret(raw["src_sk"]), raw["dst_ak"], Secret(raw["dst_sk"]),
+                   Secret(cdn) if cdn is not None else None)
+
+
+@dataclass(frozen=True, slots=True)
+class StatisticSeries:
+    """`granularity` is FIVE_MINUTES or ONE_HOUR; each series is (bucket start in epoch ms, value) points."""
+
+    granularity: str
+    series: tuple[tuple[str, tuple[tuple[int, int], ...]], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationResult:
+    accepted: int
+    ignored: int
+
+
+def _no_wake() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class SyncContext:
+    """What the sync service functions need: the database, the secret box, and a way to wake the workers.
+
+    `wake` is called (from any thread) after events are committed, so an idle worker starts at once instead
+    of at its next poll. `clock` gives epoch seconds.
+    """
+
+    engine: Engine
+    box: SecretBox
+    wake: Callable[[], None] = _no_wake
+    clock: Callable[[], float] = time.time
+    repo: SyncRepo = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "repo", SyncRepo(self.engine))
+
+
+# Embedded mode runs one process; the database enforces the quota for PostgreSQL, this lock for threads.
+_create_lock = threading.Lock()
+
+
+# -- validation ---------------------------------------------------------------------------------------------
+
+def _canonical(value: str, allowed: Sequence[str], field_name: str) -> str:
+    folded = value.casefold()
+    for item in allowed:
+        if item.casefold() == folded:
+            return item
+    raise UsageError(f"{field_name} must be one of: {', '.join(allowed)}")
+
+
+def _check_credentials(creds: SyncCredentials) -> None:
+    for name, value in (("src_ak", creds.src_ak), ("src_sk", creds.src_sk), ("dst_ak", creds.dst_ak),
+                        ("dst_sk", creds.dst_sk)):
+        if not value:
+            raise UsageError(f"{name} is required")
+        if len(value) > MAX_CREDENTIAL:
+            raise UsageError(f"{name} is too long (at most {MAX_CREDENTIAL})")
+    if creds.cdn_key is not None and len(creds.cdn_key) > 255:
+        raise UsageError("source_cdn authentication_key is too long (at most 255)")
+
+
+def validate_spec(spec: SyncTaskSpec) -> SyncTaskSpec:
+    """The spec with enums in their documented spelling; UsageError naming the first bad field."""
+    cloud = _canonical(spec.src_cloud_type, SYNC_CLOUDS, "src_cloud_type")
+    consistency = spec.consistency_check.casefold()
+    if consistency == "transmission":  # the SDK's CreateSyncTaskReq docstring spells no_check so
+        consistency = "no_check"
+    consistency = _canonical(consistency, CONSISTENCY_CHECKS, "consistency_check")
+    policy = _canonical(spec.dst_storage_policy, STORAGE_POLICIES, "dst_storage_policy")
+    src_crypto = _canonical(spec.src_crypto_type, CRYPTO_TYPES, "src_crypto_type")
+    dst_crypto = _canonical(spec.dst_crypto_type, CRYPTO_TYPES, "dst_crypto_type")
+    for name, crypto, key_id in (("src_", src_crypto, spec.src_kms_key_id), ("dst_", dst_crypto, spec.dst_kms_key_id),
+                                 ("source_cdn.", spec.cdn_crypto_type, spec.cdn_kms_key_id)):
+        if crypto == "KMS" and not key_id:
+            raise UsageError(f"{name}kms_key_id is required when {name}crypto_type is KMS")
+        if key_id is not None and len(key_id) != 36:
+            raise UsageError(f"{name}kms_key_id must be 36 characters")
+    if spec.description is not None:
+        if len(spec.description) > 255:
+            raise UsageError("description is too long (at most 255)")
+        if any(ch in DESCRIPTION_FORBIDDEN for ch in spec.description):
+            raise UsageError("description must not contain any of <>()\"'&")
+    for name, value, limit in (("src_region", spec.src_region, 100), ("dst_region", spec.dst_region, 100),
+                               ("src_bucket", spec.src_bucket, 1024), ("dst_bucket", spec.dst_bucket, 1024),
+                               ("app_id", spec.app_id or "", 100)):
+        if len(value) > limit:
+            raise UsageError(f"{name} is too long (at most {limit})")
+    if not spec.src_bucket or not spec.dst_bucket or not spec.src_region or not spec.dst_region:
+        raise UsageError("src_region, src_bucket, dst_region and dst_bucket are required")
+    out = replace(spec, src_cloud_type=cloud, consistency_check=consistency, dst_storage_policy=policy,
+                  src_crypto_type=src_crypto, dst_crypto_type=dst_crypto)
+    # Ferry must be able to reach both buckets: resolving now turns an unsupported cloud or a region with no
+    # endpoint into a clear error at creation instead of failures later.
+    for cloud_type, region, bucket, app_id in ((out.src_cloud_type, out.src_region, out.src_bucket, out.app_id),
+                                               (out.dst_cloud_type, out.dst_region, out.dst_bucket, None)):
+        endpoint = resolve(cloud_type, region)
+        profile = get_profile(endpoint.profile)
+        profile.check_bucket(profile.bucket_name(bucket, app_id))
+    return out
+
+
+def decode_event_key(raw: str, where: str, *, plus_is_space: bool = False) -> str:
+    """The object key an event names: URL-decoded, non-empty, valid UTF-8, at most 1024 bytes.
+
+    OMS events are percent-encoded (`+` is a plus sign); S3 notifications use form encoding, where `+` is
+    a space, hence `plus_is_space`.
+    """
+    if not isinstance(raw, str) or not raw:
+        raise UsageError(f"{where} is empty")
+    try:
+        key = (unquote_plus if plus_is_space else unquote)(raw, errors="strict")
+        size = len(key.encode("utf-8"))
+    except UnicodeError:
+        raise UsageError(f"{where} is not valid URL-encoded UTF-8") from None
+    if not key:
+        raise UsageError(f"{where} is empty")
+    if size > MAX_KEY_BYTES:
+        raise UsageError(f"{where} is {size} bytes once decoded; object keys have at most {MAX_KEY_BYTES}")
+    return key
+
+
+def to_epoch_seconds(value: int) -> float:
+    """A request time as epoch seconds: milliseconds as documented, or seconds, told apart by magnitude."""
+    if value < 0:
+        raise UsageError("times must not be negative")
+    return value / 1000.0 if value >= _MS_THRESHOLD else float(value)
+
+
+# -- lifecycle ----------------------------------------------------------------------------------------------
+
+def _task(ctx: SyncContext, project_id: str, task_id: str) -> SyncTaskRow:
+    row = ctx.repo.get_task(task_id, project_id)
+    if row is None:
+        # Another project's task is "not found" too: ids do not tell who else exists.
+        raise NotFoundError("no such sync task")
+    return row
+
+
+def create_sync_task(ctx: SyncContext, project_id: str, spec: SyncTaskSpec, creds: SyncCredentials) -> str:
+    """Create a task in SYNCHRONIZING; its first reconciliation (the initial full copy) starts at once."""
+    spec = validate_spec(spec)
+    _check_credentials(creds)
+    sealed = creds.seal(ctx.box)
+    task_id = str(uuid.uuid4())
+    with _create_lock:
+        if not ctx.repo.create_task(task_id, project_id, spec, sealed, ctx.clock(), MAX_SYNC_TASKS):
+            raise QuotaExceededError(f"a project can have at most {MAX_SYNC_TASKS} sync tasks")
+    ctx.wake()
+    return task_id
+
+
+def list_sync_tasks(
+    ctx: SyncContext, project_id: str, *, limit: int = 10, offset: int = 0, status: str | None = None
+) -> tuple[list[SyncTaskRow], int]:
+    if not 1 <= limit <= 100 or not 0 <= offset <= 10000:
+        raise UsageError("limit must be 1..100 and offset 0..10000")
+    if status is not None:
+        status = _canonical(status, (SYNCHRONIZING, STOPPED), "status")
+    return ctx.repo.list_tasks(project_id, status, limit, offset)
+
+
+def month_window(epoch_seconds: float) -> tuple[int, int]:
+    """[start, end) epoch seconds of the UTC calendar month containing `epoch_seconds`."""
+    when = datetime.fromtimestamp(epoch_seconds, UTC)
+    start = datetime(when.year, when.month, 1, tzinfo=UTC)
+    end = datetime(when.year + (when.month == 12), when.month % 12 + 1, 1, tzinfo=UTC)
+    return calendar.timegm(start.timetuple()), calendar.timegm(end.timetuple())
+
+
+def show_sync_task(ctx: SyncContext, project_id: str, task_id: str, query_time: int) -> tuple[SyncTaskRow, StatTotals]:
+    """The task and its counters for the (UTC) month of `query_time` — sums of the same statistics buckets
+    that list_sync_task_statistic reports, so the two always agree."""
+    row = _task(ctx, project_id, task_id)
+    start, end = month_window(to_epoch_seconds(query_time))
+    return row, ctx.repo.stat_totals(task_id, start, end)
+
+
+def stop_sync_task(ctx: SyncContext, project_id: str, task_id: str) -> None:
+    row = _task(ctx, project_id, task_id)
+    if not ctx.repo.stop_task(project_id, task_id, ctx.clock()):
+        raise TaskStateError(f"only a SYNCHRONIZING sync task can be stopped; this one is {row.status}")
+
+
+def start_sync_task(ctx: SyncContext, project_id: str, task_id: str, creds: SyncCredentials) -> None:
+    """Restart a STOPPED task with re-supplied credentials; it reconciles at once to catch up."""
+    row = _task(ctx, project_id, task_id)
+    _check_credentials(creds)
+    if row.status != STOPPED or not ctx.repo.start_task(project_id, task_id, creds.seal(ctx.box), ctx.clock()):
+        raise TaskStateError(f"only a STOPPED sync task can be started; this one is {row.status}")
+    ctx.wake()
+
+
+def delete_sync_task(ctx: SyncContext, project_id: str, task_id: str) -> None:
+    """Delete the task with its queue and statistics (allowed in any status; running copies are abandoned)."""
+    if not ctx.repo.delete_task(project_id, task_id):
+        raise NotFoundError("no such sync task")
+
+
+# -- events -------------------------------------------------------------------------------------------------
+
+def _accept(ctx: SyncContext, row: SyncTaskRow, keys: Sequence[str]) -> None:
+    if row.status != SYNCHRONIZING:
+        # Refused rather than parked: the caller learns at once, and starting the task reconciles anyway.
+        raise TaskStateError("the sync task is STOPPED; start it before sending events")
+    if keys:
+        ctx.repo.enqueue(row.id, keys, ctx.clock(), durable=True)
+        ctx.wake()
+
+
+def create_sync_events(ctx: SyncContext, project_id: str, task_id: str, object_keys: Sequence[str]) -> int:
+    """Accept 1–10 URL-encoded keys; they are on disk before this returns. Returns how many were accepted."""
+    if not object_keys:
+        raise UsageError("object_keys must list at least one key")
+    if len(object_keys) > MAX_EVENT_KEYS:
+        raise UsageError(f"object_keys lists {len(object_keys)} keys; at most {MAX_EVENT_KEYS} per call")
+    keys = [decode_event_key(k, f"object_keys[{i}]") for i, k in enumerate(object_keys)]
+    row = _task(ctx, project_id, task_id)
+    _accept(ctx, row, keys)
+    return len(keys)
+
+
+def list_key_problems(
+    ctx: SyncContext, project_id: str, task_id: str, *, limit: int = 100, offset: int = 0
+) -> tuple[list[KeyProblem], int]:
+    """Keys that failed: still being retried with backoff, or given up — each with its last reason."""
+    _task(ctx, project_id, task_id)
+    if not 1 <= limit <= 1000 or offset < 0:
+        raise UsageError("limit must be 1..1000 and offset at least 0")
+    return ctx.repo.problems(project_id, task_id, limit, offset)
+
+
+# -- statistics ---------------------------------------------------------------------------------------------
+
+def _stat_value(totals: StatTotals, kind: str) -> int:
+    return int(getattr(totals, kind.lower()))
+
+
+def list_sync_task_statistic(
+    ctx: SyncContext, project_id: str, task_id: str, data_types: Sequence[str], start_time: int, end_time: int
+) -> StatisticSeries:
+    """Zero-filled series, one per requested type in request order: FIVE_MINUTES points for windows up to a
+    day, ONE_HOUR beyond; at most 1000 points (about 41 days)."""
+    _task(ctx, project_id, task_id)
+    kinds = list(dict.fromkeys(_canonical(t, STAT_TYPES, "data_type") for t in data_types))
+    if not kinds:
+        raise UsageError("data_type must name at least one of REQUEST, SUCCESS, FAILURE, SKIP, SIZE")
+    start, end = to_epoch_seconds(start_time), to_epoch_seconds(end_time)
+    if end < start:
+        raise UsageError("end_time must not be earlier than start_time")
+    step = FIVE_MINUTES if end - start <= DAY else ONE_HOUR
+    first = int(start // step) * step
+    last = int(end // step) * step
+    points = (last - first) // step + 1
+    if points > MAX_POINTS:
+        raise UsageError(f"the window needs {points} points; at most {MAX_POINTS} (about 41 days)")
+    sums: dict[int, dict[str, int]] = {}
+    for bucket_start, totals in ctx.repo.stat_buckets(task_id, first, last + step):
+        slot = sums.setdefault(bucket_start // step * step, dict.fromkeys(STAT_TYPES, 0))
+        for kind in STAT_TYPES:
+            slot[kind] += _stat_value(totals, kind)
+    empty = dict.fromkeys(STAT_TYPES, 0)
+    series = tuple(
+        (kind, tuple((t * 1000, sums.get(t, empty)[kind]) for t in range(first, last + step, step)))
+        for kind in kinds
+    )
+    return StatisticSeries("FIVE_MINUTES" if step == FIVE_MINUTES else "ONE_HOUR", series)
+
+
+assert STAT_BUCKET_SECONDS == FIVE_MINUTES, "statistics buckets must be the FIVE_MINUTES granularity"
+
+
+# -- native bucket notifications ----------------------------------------------------------------------------
+
+def _token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def issue_notification_token(ctx: SyncContext, project_id: str, task_id: str) -> str:
+    """A new secret for the task's unsigned notification URL (replacing any earlier one); shown only now,
+    stored only as its SHA-256."""
+    _task(ctx, project_id, task_id)
+    token = token_source.token_urlsafe(32)
+    if not ctx.repo.set_notify_token_hash(project_id, task_id, _token_digest(token), ctx.clock()):
+        raise NotFoundError("no such sync task")
+    return token
+
+
+def task_for_token(ctx: SyncContext, task_id: str, token: str) -> SyncTaskRow:
+    """The task whose notification token this is; NotFoundError for any mismatch (nothing tells which)."""
+    row = ctx.repo.task_by_notify_hash(task_id, _token_digest(token)) if token else None
+    if row is None:
+        raise NotFoundError("no such sync task")
+    return row
+
+
+def _records(payload: Any) -> list[Any]:
+    if not isinstance(payload, Mapping):
+        raise UsageError("the notification must be a JSON object")
+    if payload.get("Type") == "SubscriptionConfirmation":
+        # Following SubscribeURL would make Ferry fetch an address a caller chose; confirm it by hand.
+        raise UsageError("SNS subscription confirmations are not followed; open the SubscribeURL yourself")
+    if payload.get("Type") == "Notification" and isinstance(payload.get("Message"), str):
+        # AWS S3 -> SNS -> HTTPS subscription: the S3 event is a JSON string inside the SNS envelope.
+        try:
+            payload = json.loads(payload["Message"])
+        except ValueError:
+            raise UsageError("the SNS Message is not JSON") from None
+        if not isinstance(payload, Mapping):
+            raise UsageError("the SNS Message is not a JSON object")
+    records = payload.get("Records")
+    if records is None:
+        # s3:TestEvent and other record-less messages are acknowledged and ignored.
+        return []
+    if not isinstance(records, list):
+        raise UsageError("Records must be a list")
+    if len(records) > MAX_NOTIFICATION_RECORDS:
+        raise UsageError(f"at most {MAX_NOTIFICATION_RECORDS} records per notification")
+    return records
+
+
+def parse_s3_notification(payload: Any, bucket: str) -> tuple[list[str], int]:
+    """(decoded keys of ObjectCreated records for `bucket`, number of records ignored) of an S3-style event
+    notification: AWS S3 (direct or through SNS), MinIO, Ceph RGW and compatible stores' webhook JSON."""
+    keys: list[str] = []
+    ignored = 0
+    for i, record in enumerate(_records(payload)):
+        if not isinstance(record, Mapping):
+            raise UsageError(f"Records[{i}] must be an object")
+        name = record.get("eventName")
+        s3 = record.get("s3")
+        if not isinstance(name, str) or not isinstance(s3, Mapping):
+            raise UsageError(f"Records[{i}] needs eventName and s3")
+        if not name.removeprefix("s3:").startswith("ObjectCreated:"):
+            ignored += 1  # removals are not propagated by events; other kinds do not change content
+            continue
+        record_bucket = (s3.get("bucket") or {}).get("name") if isinstance(s3.get("bucket"), Mapping) else None
+        if record_bucket is not None and record_bucket != bucket:
+            ignored += 1
+            continue
+        obj = s3.get("object")
+        raw = obj.get("key") if isinstance(obj, Mapping) else None
+        if not isinstance(raw, str):
+            raise UsageError(f"Records[{i}].s3.object.key is required")
+        keys.append(decode_event_key(raw, f"Records[{i}].s3.object.key", plus_is_space=True))
+    return keys, ignored
+
+
+def accept_notification(ctx: SyncContext, row: SyncTaskRow, payload: Any) -> NotificationResult:
+    """Turn an S3-style notification into durable sync events for the task `row`."""
+    bucket = get_profile(resolve(row.spec.src_cloud_type, row.spec.src_region).profile).bucket_name(
+        row.spec.src_bucket, row.spec.app_id
+    )
+    keys, ignored = parse_s3_notification(payload, bucket)
+    _accept(ctx, row, keys)
+    return NotificationResult(len(keys), ignored)
+
+
+def notify_sync_task(ctx: SyncContext, project_id: str, task_id: str, payload: Any) -> NotificationResult:
+    return accept_notification(ctx, _task(ctx, project_id, task_id), payload)
+
+
+# -- what the workers are given -----------------------------------------------------------------------------
+
+def open_task_backends(box: SecretBox, row: SyncTaskRow) -> tuple[Backend, Backend]:
+    """Source and destination backends of a task, with its decrypted credentials.
+
+    An endpoint from the operator's override table may be any S3-compatible store, so its listing order is
+    not vouched for: it is treated as unordered (the planner sorts it) rather than trusted to match the
+    cloud's.
+    """
+    from ferry.storage.s3 import S3Backend
+
+    creds = SyncCredentials.unseal(box, row.secrets)
+    spec = row.spec
+    out: list[Backend] = []
+    for cloud, region, bucket, app_id, ak, sk in (
+        (spec.src_cloud_type, spec.src_region, spec.src_bucket, spec.app_id, creds.src_ak, creds.src_sk),
+        (spec.dst_cloud_type, spec.dst_region, spec.dst_bucket, None, creds.dst_ak, creds.dst_sk),
+    ):
+        endpoint = resolve(cloud, region)
+        profile = get_profile(endpoint.profile)
+        if endpoint.from_override:
+            profile = profile.replace(list_order=ListOrder.UNORDERED)
+        out.append(S3Backend(
+            endpoint=endpoint.url, region=region, access_key=ak, secret_key=reveal(sk),
+            bucket=profile.bucket_name(bucket, app_id), profile=profile,
+        ))
+    return out[0], out[1]
+
+
+def start_sync_service(
+    engine: Engine, box: SecretBox, settings: SyncSettings | None = None
+) -> tuple[SyncContext, SyncBackground]:
+    """Start the sync workers in the background and return the API's SyncContext wired to wake them.
+
+    `ferry serve` calls this once: put the context in ApiServices(sync=...) and `stop()` the handle on exit.
+    """
+    waker = SyncWaker()
+    background = start_background(engine, partial(open_task_backends, box), settings=settings, waker=waker)
+    return SyncContext(engine, box, wake=waker.notify), background
