@@ -19,6 +19,7 @@ from typing import Final
 from urllib.parse import unquote, urlsplit
 
 from ferry.errors import FerryError, NotFoundError, SourceChangedError, TransientError, UsageError
+from ferry.objects import ObjectInfo
 from ferry.service import endpoints
 from ferry.service.cdn import CdnClient, CdnDomainError, etags_match, load_allowed_hosts, parse_domain, same_cloud
 from ferry.service.secrets import Secret
@@ -386,8 +387,10 @@ async def show_cdn_info(
     client = CdnClient(source.protocol.lower(), host, port, query, settings.timeout)
     try:
         async with _open(access, region, bucket, settings) as (backend, _ep):
+            # A listing first, also when keys are given: HEAD answers carry no error code, so a missing
+            # bucket or a bad key would otherwise look like missing objects.
+            page = await backend.list_page("", max_keys=CDN_SAMPLE_KEYS * 4)
             if not keys:
-                page = await backend.list_page("", max_keys=CDN_SAMPLE_KEYS * 4)
                 keys = [o.key for o in page.objects if not o.key.endswith("/")][:CDN_SAMPLE_KEYS]
             try:
                 reachable = await client.connect(settings.allowed_cdn_hosts())
@@ -427,7 +430,7 @@ async def check_list_file(
         raise HelperError(HelperCodes.LIST_TOO_BIG, "The list file must be a .txt file.")
     async with _open(access, region, bucket, settings) as (backend, _ep):
         try:
-            info = await backend.head(key)
+            info = await _head_with_reason(backend, key)
         except NotFoundError:
             raise HelperError(HelperCodes.LIST_MISSING, "The list file does not exist or cannot be read.") from None
         meta = info.meta
@@ -452,6 +455,20 @@ async def check_list_file(
             checker.feed(chunk)
             offset += len(chunk)
         checker.finish()
+
+
+async def _head_with_reason(backend: S3Backend, key: str) -> ObjectInfo:
+    """HEAD, but when it fails without an error code (HEAD answers have no body), ask again with a
+    one-byte GET, whose body names the reason: a bad key and a missing permission both look like 403."""
+    try:
+        return await backend.head(key)
+    except FerryError as exc:
+        detail = failure_detail(exc)
+        if detail is None or detail[1] is not None or isinstance(exc, NotFoundError):
+            raise
+        first = exc
+    await backend.read(key, length=1)
+    raise first
 
 
 _URL_RE: Final = re.compile(r"^https?://[^\s/?#]+[^\s]*$", re.IGNORECASE)
