@@ -944,6 +944,10 @@ class SyncObjectReq(RequestModel):
 
 
 def _stat_types(value: Any) -> Any:
+    # FastAPI hands a list-typed query parameter over as the list of its occurrences, so the SDK's one
+    # comma-separated `data_type=SUCCESS%2CFAILURE` arrives as ["SUCCESS,FAILURE"].
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        value = ",".join(value)
     if not isinstance(value, str):
         return value
     if not value or len(value) > 255:
