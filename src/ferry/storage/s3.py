@@ -276,6 +276,56 @@ class S3Backend:
     def _parse_listing(
         self, body: bytes, cut: int
     ) -> tuple[builtins.list[ObjectInfo], bool, str | None, str | None]:
+        """Objects of one ListObjects page, whether it is truncated, the continuation token, the last key.
+
+        A regex scan of the flat `<Contents>` records, about five times faster than building an element
+        tree (listing millions of keys is CPU-bound here); unusual XML (CDATA, prefixed tags, a record
+        without a key) goes through ElementTree instead.
+        """
+        chunks = body.split(b"<Contents>")
+        if b"<![CDATA[" in body or b"<ListBucketResult" not in chunks[0] or b":Contents" in body:
+            return self._parse_listing_tree(body, cut)
+        tail = chunks[-1][chunks[-1].rfind(b"</Contents>") + 1:] if len(chunks) > 1 else b""
+        outside = chunks[0] + tail
+        decode = _top_text(outside, b"EncodingType") == "url"
+        canonical = self.profile.canonical_class
+        out: builtins.list[ObjectInfo] = []
+        raw_key: str | None = None
+        mtimes: dict[bytes, float] = {}
+        classes: dict[bytes, str | None] = {}
+        for chunk in chunks[1:]:
+            fields = dict(_LIST_FIELD_RE.findall(chunk))
+            k = fields.get(b"Key")
+            if k is None:
+                return self._parse_listing_tree(body, cut)
+            raw_key = _xml_unescape(k)
+            if decode and (b"%" in k or b"+" in k):
+                raw_key = unquote_plus(raw_key)
+            lm = fields.get(b"LastModified", b"")
+            mtime = mtimes.get(lm)
+            if mtime is None:
+                mtime = mtimes[lm] = _iso_to_epoch(lm.decode())
+            sc = fields.get(b"StorageClass", b"STANDARD")
+            storage_class = classes.get(sc)
+            if storage_class is None:
+                storage_class = classes[sc] = canonical(_xml_unescape(sc) or "STANDARD")
+            etag = fields.get(b"ETag")
+            if etag:
+                # The quotes arrive as &#34; or &quot;; stripping them as bytes skips the entity decoder.
+                etag = etag.replace(b"&#34;", b"").replace(b"&quot;", b"").strip().strip(b'"')
+            out.append(ObjectInfo(
+                key=raw_key[cut:],
+                size=int(fields.get(b"Size") or 0),
+                mtime=mtime,
+                etag=_xml_unescape(etag) if etag else None,
+                storage_class=storage_class,
+            ))
+        truncated = (_top_text(outside, b"IsTruncated") or "").strip().lower() == "true"
+        return out, truncated, _top_text(outside, b"NextContinuationToken"), raw_key
+
+    def _parse_listing_tree(
+        self, body: bytes, cut: int
+    ) -> tuple[builtins.list[ObjectInfo], bool, str | None, str | None]:
         try:
             root = ET.fromstring(body)
         except ET.ParseError:
@@ -290,22 +340,17 @@ class S3Backend:
         canonical = self.profile.canonical_class
         out: builtins.list[ObjectInfo] = []
         raw_key: str | None = None
-        mtimes: dict[str, float] = {}
         for c in root.iterfind(ns + "Contents"):
             fields = {el.tag: el.text for el in c}
             raw_key = fields.get(t_key) or ""
             if decode:
                 raw_key = unquote_plus(raw_key)
-            lm = fields.get(t_mtime) or ""
-            mtime = mtimes.get(lm)
-            if mtime is None:
-                mtime = mtimes[lm] = _iso_to_epoch(lm)
             etag = fields.get(t_etag)
             out.append(ObjectInfo(
                 key=raw_key[cut:],
                 size=int(fields.get(t_size) or 0),
-                mtime=mtime,
-                etag=etag.strip('"') if etag else None,
+                mtime=_iso_to_epoch(fields.get(t_mtime) or ""),
+                etag=etag.strip().strip('"') or None if etag else None,
                 storage_class=canonical(fields.get(t_class) or "STANDARD"),
             ))
         truncated = (root.findtext(ns + "IsTruncated") or "").strip().lower() == "true"
@@ -842,6 +887,31 @@ def _decode_meta(v: str) -> str:
         return str(email.header.make_header(email.header.decode_header(v)))
     except (ValueError, UnicodeDecodeError, LookupError):
         return v
+
+
+_LIST_FIELD_RE = re.compile(rb"<(Key|LastModified|ETag|Size|StorageClass)>([^<]*)</")
+_XML_ENTITY_RE = re.compile(r"&(#[0-9]+|#x[0-9a-fA-F]+|amp|lt|gt|quot|apos);")
+_XML_ENTITIES = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
+
+
+def _xml_unescape(raw: bytes) -> str:
+    text = raw.decode("utf-8", "surrogateescape")
+    if "&" not in text:
+        return text
+    return _XML_ENTITY_RE.sub(_entity, text)
+
+
+def _entity(m: re.Match[str]) -> str:
+    name = m.group(1)
+    if name[0] == "#":
+        return chr(int(name[2:], 16) if name[1] in "xX" else int(name[1:]))
+    return _XML_ENTITIES[name]
+
+
+def _top_text(outside: bytes, tag: bytes) -> str | None:
+    """Text of a top-level listing element, searched outside the `<Contents>` records."""
+    m = re.search(b"<" + tag + rb">([^<]*)</" + tag + b">", outside)
+    return _xml_unescape(m.group(1)) if m else None
 
 
 def _parse_xml(body: bytes, what: str) -> ET.Element:
