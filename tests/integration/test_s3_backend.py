@@ -249,6 +249,21 @@ async def test_multipart_round_trip(seaweed_a: SeaweedServer, bucket_factory: An
     assert head.meta is not None and head.meta.content_type == "application/x-big" and head.meta.user == {"a": "1"}
 
 
+async def test_reuploaded_part_is_not_reported_twice(server: S3Server, bucket_factory: Any,
+                                                     make_backend: MakeBackend) -> None:
+    b = make_backend(server, bucket_factory(server))
+    size = b.capabilities.min_part_size
+    upload = await b.create_multipart("re", ObjectMeta())
+    await b.upload_part("re", upload, 1, b"\0" * size)
+    p1 = await b.upload_part("re", upload, 1, b"\1" * size)
+    p2 = await b.upload_part("re", upload, 2, b"tail")
+    parts = await b.list_parts("re", upload)
+    # AWS-like stores report the last upload; SeaweedFS reports both, so part 1 is left to be sent again.
+    assert parts in ([p1, p2], [p2])
+    await b.complete_multipart("re", upload, [p1, p2])
+    assert await b.read("re", offset=size - 1, length=2) == b"\1t"
+
+
 async def test_multipart_abort(server: S3Server, bucket_factory: Any, make_backend: MakeBackend) -> None:
     b = make_backend(server, bucket_factory(server))
     upload = await b.create_multipart("gone", ObjectMeta())

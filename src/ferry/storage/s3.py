@@ -6,6 +6,7 @@ import asyncio
 import base64
 import builtins
 import calendar
+import collections
 import datetime as dt
 import email.header
 import email.utils
@@ -546,8 +547,10 @@ class S3Backend:
             if not truncated or not next_marker or next_marker == marker:
                 break
             marker = next_marker
-        parts.sort(key=lambda p: p.part_number)
-        return parts
+        counts = collections.Counter(p.part_number for p in parts)
+        # SeaweedFS lists every upload of a re-sent part number, with nothing telling which one the upload
+        # will use; leaving such a part out makes a resuming copier upload it again, which is always safe.
+        return sorted((p for p in parts if counts[p.part_number] == 1), key=lambda p: p.part_number)
 
     async def complete_multipart(self, key: str, upload_id: str, parts: Sequence[PartInfo]) -> PutResult:
         body = "".join(
