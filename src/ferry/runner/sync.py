@@ -557,6 +557,9 @@ class SyncWorkers:
             error = _reason(exc)
             log.exception("sync %s: reconciliation failed", row.id)
         finally:
+            # Outcomes first, so that a finished reconciliation is always fully counted in the statistics.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._flush())
             with contextlib.suppress(Exception):
                 await asyncio.shield(asyncio.to_thread(
                     self.repo.finish_reconcile, row.id, self.owner, self.clock(),

@@ -1,0 +1,127 @@
+"""Test helper: a live API with sync tasks and their workers over two SeaweedFS servers, driven by the OMS SDK."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from huaweicloudsdkoms.v2 import CreateSyncTaskReq, CreateSyncTaskRequest, OmsClient
+from live_server import ShiftedClock, Tenant, build_services, oms_client, serve, stop
+
+from ferry.api.app import create_app
+from ferry.db.database import open_database
+from ferry.runner.sync import SyncBackground, SyncSettings
+from ferry.sandbox import SeaweedServer
+from ferry.service.secrets import SecretBox
+from ferry.service.sync import SyncContext, build_sync_service
+
+SRC_REGION = "us-east-1"  # AWS/us-east-1 -> the source SeaweedFS
+DST_REGION = "cn-north-4"  # HuaweiCloud/cn-north-4 -> the destination SeaweedFS
+
+
+@dataclass
+class SyncLive:
+    url: str
+    tenant: Tenant
+    other: Tenant
+    src: SeaweedServer
+    dst: SeaweedServer
+    ctx: SyncContext
+    background: SyncBackground
+
+    def client(self, tenant: Tenant | None = None) -> OmsClient:
+        t = tenant or self.tenant
+        return oms_client(self.url, t.ak, t.sk, t.project_id)
+
+    def task_req(self, src_bucket: str, dst_bucket: str, **extra: object) -> CreateSyncTaskReq:
+        return CreateSyncTaskReq(
+            src_cloud_type="AWS", src_region=SRC_REGION, src_bucket=src_bucket,
+            src_ak=self.src.access_key, src_sk=self.src.secret_key,
+            dst_ak=self.dst.access_key, dst_sk=self.dst.secret_key,
+            dst_region=DST_REGION, dst_bucket=dst_bucket, **extra,
+        )
+
+    def create_task(self, src_bucket: str, dst_bucket: str, tenant: Tenant | None = None, **extra: object) -> str:
+        resp = self.client(tenant).create_sync_task(
+            CreateSyncTaskRequest(body=self.task_req(src_bucket, dst_bucket, **extra))
+        )
+        task_id: str = resp.sync_task_id
+        return task_id
+
+    def wait_reconciled(self, task_id: str, after: float = 0.0, timeout: float = 30.0) -> None:
+        """Until the task's reconciliation has finished (at a time later than `after`)."""
+
+        def done() -> bool:
+            row = self.ctx.repo.get_task(task_id)
+            return row is not None and row.reconciled_at is not None and row.reconciled_at > after
+
+        wait_for(done, timeout, f"reconciliation of {task_id}")
+
+
+def wait_for(check: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def put(server: SeaweedServer, bucket: str, key: str, data: bytes, headers: dict[str, str] | None = None) -> None:
+    status, body = server.request("PUT", f"/{bucket}/{key}", body=data, headers=headers)
+    assert status == 200, (status, body[:200])
+
+
+def get(server: SeaweedServer, bucket: str, key: str) -> bytes | None:
+    status, body = server.request("GET", f"/{bucket}/{key}")
+    if status == 404:
+        return None
+    assert status == 200, (status, body[:200])
+    return body
+
+
+def encoded(key: str) -> str:
+    return quote(key, safe="")
+
+
+def overrides(src: SeaweedServer, dst: SeaweedServer) -> str:
+    return json.dumps({f"AWS/{SRC_REGION}": src.endpoint, f"HuaweiCloud/{DST_REGION}": dst.endpoint})
+
+
+@contextmanager
+def env(**values: str) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextmanager
+def sync_live(src: SeaweedServer, dst: SeaweedServer, state: Path, settings: SyncSettings) -> Iterator[SyncLive]:
+    with env(FERRY_ENDPOINT_OVERRIDES=overrides(src, dst)):
+        engine = open_database(f"sqlite:///{state / 'ferry.db'}")
+        box = SecretBox(os.urandom(32))
+        ctx, background = build_sync_service(engine, box, settings)
+        tenant, other = Tenant(), Tenant()
+        services = dataclasses.replace(build_services([tenant, other], ShiftedClock(), []), sync=ctx)
+        running = serve(create_app(services))
+        background.start()
+        try:
+            yield SyncLive(running.url, tenant, other, src, dst, ctx, background)
+        finally:
+            background.stop()
+            stop(running)
+            engine.dispose()
