@@ -35,7 +35,7 @@ from ferry.db.sync_repo import (
     SyncTaskSpec,
 )
 from ferry.errors import NotFoundError, UsageError
-from ferry.runner.sync import SyncBackground, SyncSettings, SyncWaker, start_background
+from ferry.runner.sync import SyncBackground, SyncSettings, SyncWaker, SyncWorkers
 from ferry.service.endpoints import resolve
 from ferry.service.secrets import Secret, SecretBox, reveal
 from ferry.storage.base import Backend, ListOrder
@@ -491,13 +491,14 @@ def open_task_backends(box: SecretBox, row: SyncTaskRow) -> tuple[Backend, Backe
     return out[0], out[1]
 
 
-def start_sync_service(
+def build_sync_service(
     engine: Engine, box: SecretBox, settings: SyncSettings | None = None
 ) -> tuple[SyncContext, SyncBackground]:
-    """Start the sync workers in the background and return the API's SyncContext wired to wake them.
+    """The API's SyncContext and the (not yet started) background workers it wakes.
 
-    `ferry serve` calls this once: put the context in ApiServices(sync=...) and `stop()` the handle on exit.
+    `ferry serve` puts the context in ApiServices(sync=...), calls `start()` on the handle when it starts its
+    runners and `stop()` on shutdown. Settings default to the environment (see ferry.runner.sync).
     """
     waker = SyncWaker()
-    background = start_background(engine, partial(open_task_backends, box), settings=settings, waker=waker)
-    return SyncContext(engine, box, wake=waker.notify), background
+    workers = SyncWorkers(engine, partial(open_task_backends, box), settings or SyncSettings.from_env(), waker=waker)
+    return SyncContext(engine, box, wake=waker.notify), SyncBackground(workers)
