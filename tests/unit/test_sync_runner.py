@@ -1,0 +1,231 @@
+"""Sync workers over in-memory stores: coalescing, retries with backoff, restores, deletes with a cap, leases."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from ferry.db.database import open_database
+from ferry.db.sync_models import sync_tasks
+from ferry.db.sync_repo import EventOutcome, SyncRepo, SyncTaskRow, SyncTaskSpec
+from ferry.errors import ArchivedObjectError, TransientError
+from ferry.objects import ObjectInfo, ObjectMeta
+from ferry.runner.sync import SyncSettings, SyncWorkers
+from ferry.storage.base import Backend
+from ferry.storage.memory import MemoryBackend, MemoryStore
+from ferry.storage.wrappers import BackendWrapper
+
+FAST = SyncSettings(
+    reconcile_seconds=3600, tasks_refresh_seconds=0.05, lease_seconds=5, retry_base_seconds=0.02,
+    retry_max_seconds=0.05, max_attempts=3, poll_seconds=0.05, restore_poll_seconds=0.05, node_id="unit",
+)
+SPEC = SyncTaskSpec("AWS", "us-east-1", "src", "cn-north-4", "dst")
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    return open_database(f"sqlite:///{tmp_path / 'sync.db'}")
+
+
+class Flaky(BackendWrapper):
+    """Puts of keys in `failing` raise TransientError that many times (forever for -1)."""
+
+    def __init__(self, inner: Backend, failing: dict[str, int]) -> None:
+        super().__init__(inner)
+        self.failing = failing
+
+    async def put(self, key: str, data: bytes, meta: ObjectMeta, *, storage_class: str | None = None,
+                  crc64: int | None = None):  # type: ignore[no-untyped-def]
+        left = self.failing.get(key, 0)
+        if left:
+            self.failing[key] = left - 1
+            raise TransientError("HTTP 503 SlowDown")
+        return await self.inner.put(key, data, meta, storage_class=storage_class, crc64=crc64)
+
+
+class Archive(BackendWrapper):
+    """Keys starting with `cold/` are archived until restored."""
+
+    def __init__(self, inner: Backend) -> None:
+        super().__init__(inner)
+        self.restored: set[str] = set()
+        self.restore_calls = 0
+
+    async def read_object(self, key: str, *, if_match: str | None = None) -> tuple[ObjectInfo, bytes]:
+        if key.startswith("cold/") and key not in self.restored:
+            raise ArchivedObjectError("object is in ARCHIVE and not restored", key=key)
+        return await self.inner.read_object(key, if_match=if_match)
+
+    async def restore(self, key: str, days: int) -> None:
+        self.restore_calls += 1
+        self.restored.add(key)
+
+
+def _stores() -> tuple[MemoryBackend, MemoryBackend]:
+    # Two stores: no server-side copy, so the streamed path (and its verification) is what runs.
+    return MemoryBackend(MemoryStore(), "src"), MemoryBackend(MemoryStore(), "dst")
+
+
+async def _put(backend: Backend, key: str, data: bytes) -> None:
+    await backend.put(key, data, ObjectMeta(content_type="text/plain"))
+
+
+def _task(repo: SyncRepo, spec: SyncTaskSpec = SPEC, reconciled: bool = True) -> str:
+    task_id = f"task-{time.monotonic_ns()}"
+    assert repo.create_task(task_id, "project", spec, "sealed", time.time(), 5)
+    if reconciled:
+        # As if the initial full copy had run: these tests drive the event queue alone.
+        with repo.engine.begin() as conn:
+            conn.execute(sync_tasks.update().where(sync_tasks.c.id == task_id).values(reconciled_at=time.time()))
+    return task_id
+
+
+@asynccontextmanager
+async def running(engine: Engine, opener: Callable[[SyncTaskRow], tuple[Backend, Backend]],
+                  settings: SyncSettings = FAST) -> AsyncIterator[SyncWorkers]:
+    workers = SyncWorkers(engine, opener, settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(workers.run(stop))
+    try:
+        yield workers
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.02)
+
+
+async def _exists(backend: Backend, key: str) -> bool:
+    try:
+        await backend.head(key)
+        return True
+    except Exception:
+        return False
+
+
+def test_a_newer_event_during_work_keeps_the_key_pending(engine: Engine) -> None:
+    repo = SyncRepo(engine)
+    task_id = _task(repo)
+    now = time.time()
+    repo.enqueue(task_id, ["k", "k", "j"], now)
+    first = {e.key: e for e in repo.claim("w", now, 30, 10)}
+    assert set(first) == {"k", "j"} and repo.claim("other", now, 30, 10) == []  # leased
+    repo.enqueue(task_id, ["k"], now)  # arrives mid-copy
+    repo.complete([EventOutcome(task_id, "k", first["k"].version, "success", size=1),
+                   EventOutcome(task_id, "j", first["j"].version, "skip")], now)
+    again = repo.claim("w", now, 30, 10)
+    assert [(e.key, e.version) for e in again] == [("k", first["k"].version + 1)]
+    totals = repo.stat_totals(task_id, 0, now + 600)
+    assert (totals.request, totals.success, totals.skip, totals.size) == (4, 1, 1, 1)
+
+
+async def test_events_copy_and_transient_failures_retry_then_give_up(engine: Engine) -> None:
+    repo = SyncRepo(engine)
+    task_id = _task(repo)
+    src, dst = _stores()
+    flaky = Flaky(dst, {"twice": 2, "never": -1})
+    for key in ("ok", "twice", "never"):
+        await _put(src, key, key.encode())
+    async with running(engine, lambda _row: (src, flaky)):
+        repo.enqueue(task_id, ["ok", "twice", "never"], time.time())
+        await _until(lambda: repo.stat_totals(task_id, 0, 2e10).failure == 1)
+        await _until(lambda: repo.stat_totals(task_id, 0, 2e10).success == 2)
+    assert await _exists(dst, "ok") and await _exists(dst, "twice") and not await _exists(dst, "never")
+    problems, count = repo.problems("project", task_id, 10, 0)
+    assert count == 1 and problems[0].key == "never" and problems[0].state == "failed"
+    assert problems[0].attempts == FAST.max_attempts and "SlowDown" in (problems[0].reason or "")
+    assert repo.pending_count(task_id) == 0
+
+
+async def test_archived_sources_restore_or_fail(engine: Engine) -> None:
+    repo = SyncRepo(engine)
+    without = _task(repo)
+    with_restore = _task(repo, replace(SPEC, enable_restore=True))
+    src, dst = _stores()
+    archive = Archive(src)
+    await _put(src, "cold/a", b"frozen")
+    async with running(engine, lambda _row: (archive, dst)):
+        repo.enqueue(without, ["cold/a"], time.time())
+        await _until(lambda: repo.stat_totals(without, 0, 2e10).failure == 1)
+        repo.enqueue(with_restore, ["cold/a"], time.time())
+        await _until(lambda: repo.stat_totals(with_restore, 0, 2e10).success == 1)
+    (problem,), _ = repo.problems("project", without, 10, 0)
+    assert "enable_restore is off" in (problem.reason or "") and problem.state == "failed"
+    assert archive.restore_calls == 1 and (await dst.read_object("cold/a"))[1] == b"frozen"
+
+
+async def test_reconciliation_copies_and_deletes_only_under_the_cap(engine: Engine) -> None:
+    repo = SyncRepo(engine)
+    task_id = _task(repo, reconciled=False)
+    src, dst = _stores()
+    for i in range(20):
+        await _put(src, f"k{i:02d}", b"x" * i)
+    for key in ("stale-1", "stale-2", "stale-3"):
+        await _put(dst, key, b"old")
+
+    def finished() -> bool:
+        row = repo.get_task(task_id)
+        return row is not None and row.reconciled_at is not None
+
+    # Default: deletes are not propagated.
+    async with running(engine, lambda _row: (src, dst)):
+        await _until(finished)
+    assert all([await _exists(dst, f"k{i:02d}") for i in range(20)]) and await _exists(dst, "stale-1")
+    assert repo.stat_totals(task_id, 0, 2e10).success == 20
+
+    # Enabled with a cap below the candidates: nothing is deleted and the reason is recorded.
+    repo.request_reconcile(task_id)
+    async with running(engine, lambda _row: (src, dst), replace(FAST, propagate_deletes=True, delete_cap=2)):
+        await _until(finished)
+    row = repo.get_task(task_id)
+    assert row is not None and "none deleted" in (row.last_error or "")
+    assert all([await _exists(dst, f"stale-{i}") for i in (1, 2, 3)])
+
+    # Within the cap: the orphans go, everything with a source stays, nothing is copied twice.
+    repo.request_reconcile(task_id)
+    async with running(engine, lambda _row: (src, dst), replace(FAST, propagate_deletes=True, delete_cap=3)):
+        await _until(finished)
+    assert not any([await _exists(dst, f"stale-{i}") for i in (1, 2, 3)])
+    assert all([await _exists(dst, f"k{i:02d}") for i in range(20)])
+    assert repo.stat_totals(task_id, 0, 2e10).success == 20
+    row = repo.get_task(task_id)
+    assert row is not None and row.last_error is None
+
+
+async def test_a_restarted_node_takes_back_its_own_leases_at_once(engine: Engine) -> None:
+    repo = SyncRepo(engine)
+    task_id = _task(repo)
+    src, dst = _stores()
+    await _put(src, "k", b"v")
+    repo.enqueue(task_id, ["k"], time.time())
+    assert len(repo.claim("unit/dead-process", time.time(), 3600, 10)) == 1  # leased for an hour, then killed
+    async with running(engine, lambda _row: (src, dst)):
+        await _until(lambda: repo.stat_totals(task_id, 0, 2e10).success == 1, timeout=5)
+
+
+async def test_stopped_tasks_keep_their_events_until_started(engine: Engine) -> None:
+    repo = SyncRepo(engine)
+    task_id = _task(repo)
+    src, dst = _stores()
+    await _put(src, "k", b"v")
+    assert repo.stop_task("project", task_id, time.time())
+    repo.enqueue(task_id, ["k"], time.time())
+    async with running(engine, lambda _row: (src, dst)):
+        await asyncio.sleep(0.3)
+        assert not await _exists(dst, "k") and repo.pending_count(task_id) == 1
+        assert repo.start_task("project", task_id, "sealed", time.time())
+        await _until(lambda: repo.stat_totals(task_id, 0, 2e10).success == 1)
+    assert await _exists(dst, "k")
