@@ -11,7 +11,7 @@ from fastapi.routing import APIRoute
 from ferry.api.auth import VERIFIER_STATE, RequestVerifier, require_principal
 from ferry.api.deps import SERVICES_STATE, ApiServices
 from ferry.api.errors import RequestContextMiddleware, install_error_handlers
-from ferry.api.routes import buckets, helpers, misc, sync_tasks, tasks, versions
+from ferry.api.routes import buckets, helpers, misc, sync_tasks, taskgroups, tasks, versions
 from ferry.api.schemas import oms_error_for_validation
 
 PROJECT_PREFIX: Final = "/v2/{project_id}"
@@ -21,9 +21,9 @@ PROJECT_PREFIX: Final = "/v2/{project_id}"
 # ferry.api.routes exporting `router` with paths relative to the prefix; add its router here and its
 # service callables to ApiServices. Until then those operations answer 404 APIGW.0101.
 PROJECT_ROUTERS: Final[tuple[APIRouter, ...]] = (
-    helpers.router, misc.router, buckets.router, sync_tasks.router, tasks.router,
+    helpers.router, misc.router, buckets.router, sync_tasks.router, tasks.router, taskgroups.router,
 )
-PENDING_ROUTE_MODULES: Final = ("routes.taskgroups",)
+PENDING_ROUTE_MODULES: Final[tuple[str, ...]] = ()
 
 # Routers outside /v2/{project_id} that authenticate on their own terms (the sync-task notification
 # webhook takes a per-task token, for stores that cannot sign requests).

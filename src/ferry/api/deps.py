@@ -17,6 +17,7 @@ from ferry.api.schemas import dump
 from ferry.service.buckets import HelperSettings
 
 if TYPE_CHECKING:
+    from ferry.service.groups import GroupContext
     from ferry.service.sync import SyncContext
     from ferry.service.tasks import TaskContext
 
@@ -44,6 +45,8 @@ class ApiServices:
     bucket_helpers: HelperSettings = field(default_factory=HelperSettings)
     # Migration tasks (routes.tasks, bandwidth/batch updates in routes.misc); None answers 404 APIGW.0101.
     tasks: TaskContext | None = None
+    # Task groups (routes.taskgroups): the task context plus split settings; None answers 404 APIGW.0101.
+    groups: GroupContext | None = None
 
 
 SERVICES_STATE = "ferry_services"

@@ -1,0 +1,558 @@
+"""The group runner: splits task groups into list tasks under a lease and rolls their outcome up.
+
+One thread with its own event loop, like the task runner. Every `poll_interval` (or when woken) it claims
+groups waiting to be split (status 0/1, lease free or its owner dead) and splits them, and it settles groups
+whose tasks decide their status: 2 -> 5/6 (a completed group's list files are removed), 7 -> 3 once every task
+paused, 8 -> 9 once the list files of a deleted group are gone.
+
+Splitting (see `ferry.service.groups` for the why): the source listing is streamed prefix by prefix; a chunk
+is closed at `SplitSettings` objects or bytes, written as `oms/taskgroup/<group>/part_NNNNNN.txt` into the
+destination bucket, and a `list` task is created over it (skipped when a task of that name exists, so a split
+redone after a crash creates no twin). The checkpoint written with each chunk is the prefix index and the
+position in its listing: the last key for stores that list in byte order, else the number of keys already
+taken (such stores list in a stable order, e.g. SeaweedFS's directory order). A LIST group is split the same
+way over the lines of its list file, with the byte offset after the last line taken as the checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import quote
+
+from ferry.api import schemas as s
+from ferry.db.group_repo import (
+    G_COMPLETED,
+    G_CREATE_FAILED,
+    G_DELETED,
+    G_DELETING,
+    G_EXECUTING,
+    G_MIGRATE_FAILED,
+    G_MONITORING,
+    G_PAUSED,
+    G_PAUSING,
+    G_WAITING,
+    GroupRepo,
+    GroupRow,
+)
+from ferry.db.task_repo import owner_id
+from ferry.errors import FatalError, FerryError, NotFoundError
+from ferry.objects import ObjectMeta
+from ferry.runner.local import failure_for, open_store
+from ferry.service import endpoints, tasks
+from ferry.service.groups import (
+    LIST_DIR,
+    GroupContext,
+    chunk_task_request,
+    effective_status,
+    list_file_key,
+    stop_group_tasks,
+    task_name,
+)
+from ferry.service.tasks import TaskCodes, TaskError
+from ferry.storage.base import Backend, ListOrder
+from ferry.storage.profiles import get_profile
+from ferry.storage.selection import normalise
+from ferry.storage.wrappers import RetryingBackend
+
+log = logging.getLogger("ferry.runner.groups")
+
+_READ_CHUNK: Final = 1024 * 1024
+MAX_LIST_FILE: Final = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class GroupRunnerSettings:
+    """How many groups split at once and how often the runner talks to the database."""
+
+    max_splits: int = 2
+    poll_interval: float = 2.0
+    heartbeat_interval: float = 5.0
+    lease_ttl: float = 30.0
+    quota_backoff: float = 60.0  # the task quota is full: try the next chunk again after this
+    retry_delay: float = 10.0  # an unexpected failure: split again after this (doubling), then fail
+    retry_attempts: int = 3
+
+
+class SplitFailure(Exception):
+    """The split cannot go on: a TRF code and a message for `error_reason` (never holding a secret)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class _Stop(Exception):
+    """The group left status 1 (paused or deleted) or the lease was lost: stop splitting, keep the checkpoint."""
+
+
+class _Backoff(Exception):
+    """The task quota is full: keep the checkpoint and come back later."""
+
+
+@dataclass
+class _Chunk:
+    """The chunk being filled: list-file lines and what they add up to."""
+
+    lines: list[str]
+    objects: int = 0
+    size: int = 0
+    text_bytes: int = 0
+
+
+class GroupRunner:
+    """Runs task-group splits and settles group statuses in this process (see the module docstring)."""
+
+    def __init__(self, ctx: GroupContext, settings: GroupRunnerSettings | None = None) -> None:
+        self.ctx = ctx
+        self.settings = settings or GroupRunnerSettings()
+        self.repo = GroupRepo(ctx.tasks.engine)
+        self.owner = owner_id()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._main: asyncio.Task[None] | None = None
+        self._active: dict[str, asyncio.Task[None]] = {}
+        self._ready = threading.Event()
+
+    def __repr__(self) -> str:
+        return f"GroupRunner(owner={self.owner!r})"
+
+    # -- control, from any thread ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._thread_main, name="ferry-groups", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+
+    def notify(self) -> None:
+        """Wake the runner (a group was created, started, stopped, retried or deleted)."""
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(wake.set)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Cancel every split (each keeps its checkpoint and is resumed by the next runner) and end the thread."""
+        loop, main = self._loop, self._main
+        if loop is not None and main is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(main.cancel)
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _thread_main(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._run_main())
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _run_main(self) -> None:
+        self._wake = asyncio.Event()
+        self._main = asyncio.current_task()
+        self._ready.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.run()
+
+    # -- the loop ----------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Claim splits and settle groups until cancelled; on cancellation every split is released."""
+        wake = self._wake or asyncio.Event()
+        self._wake = wake
+        try:
+            while True:
+                wake.clear()
+                free = self.settings.max_splits - len(self._active)
+                if free > 0:
+                    try:
+                        claimed = await asyncio.to_thread(
+                            self.repo.claim, self.owner, self.settings.lease_ttl, (G_WAITING, G_EXECUTING), free)
+                    except Exception:
+                        log.exception("claiming task groups failed")
+                        claimed = []
+                    for row in claimed:
+                        run = asyncio.create_task(self._split_guarded(row), name=f"group-{row.id}")
+                        self._active[row.id] = run
+                        run.add_done_callback(self._finished_callback(row.id))
+                try:
+                    await self.settle()
+                except Exception:
+                    log.exception("settling task groups failed")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), self.settings.poll_interval)
+        finally:
+            runs = list(self._active.values())
+            for run in runs:
+                run.cancel()
+            await asyncio.gather(*runs, return_exceptions=True)
+
+    def _finished_callback(self, group_id: str) -> Callable[[asyncio.Task[None]], None]:
+        def done(_run: asyncio.Task[None]) -> None:
+            self._active.pop(group_id, None)
+            if self._wake is not None:
+                self._wake.set()
+
+        return done
+
+    # -- settling statuses ---------------------------------------------------------------------------------
+
+    async def settle(self) -> None:
+        """Persist what the roll-up of each watched group says (see the module docstring)."""
+        rows = await asyncio.to_thread(self.repo.in_status, (G_MONITORING, G_MIGRATE_FAILED, G_PAUSING, G_DELETING))
+        if not rows:
+            return
+        stats = await asyncio.to_thread(self._stats, rows)
+        for row in rows:
+            derived = effective_status(row, stats[row.id])
+            if row.status == G_DELETING:
+                await self._remove_list_files(row)
+                await asyncio.to_thread(self.repo.transition, row.id, (G_DELETING,), {
+                    "status": G_DELETED, "deleted_at": time.time(), "secrets": None})
+            elif row.status == G_PAUSING:
+                if row.lease_owner is None:
+                    # Tasks created by a split that was still running when the stop came are paused now.
+                    await asyncio.to_thread(stop_group_tasks, self.ctx, row.project_id, row.id)
+                if derived == G_PAUSED:
+                    await asyncio.to_thread(self.repo.transition, row.id, (G_PAUSING,), {
+                        "status": G_PAUSED, "secrets": None})
+            elif derived == G_COMPLETED:
+                await self._remove_list_files(row)
+                await asyncio.to_thread(self.repo.transition, row.id, (row.status,), {
+                    "status": G_COMPLETED, "finished_at": time.time(), "secrets": None})
+                log.info("task group %s: completed", row.id)
+            elif derived != row.status:
+                values: dict[str, Any] = {"status": derived}
+                if derived == G_MIGRATE_FAILED:
+                    # The list files stay for a retry; the keys do not (a retry brings them again).
+                    values.update(finished_at=time.time(), secrets=None)
+                    log.info("task group %s: migration failed", row.id)
+                else:
+                    values["finished_at"] = None
+                await asyncio.to_thread(self.repo.transition, row.id, (row.status,), values)
+
+    def _stats(self, rows: list[GroupRow]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        by_project: dict[str, list[str]] = {}
+        for row in rows:
+            by_project.setdefault(row.project_id, []).append(row.id)
+        for project_id, ids in by_project.items():
+            out.update(self.repo.task_stats(project_id, ids))
+        return out
+
+    async def _remove_list_files(self, row: GroupRow) -> None:
+        """Delete the group's list files from the destination bucket; without keys (a group paused, or failed,
+        before it was deleted) they stay, and the log says where."""
+        keys = self._keys(row)
+        if keys is None:
+            log.info("task group %s: no keys to remove %s/%s/ from the destination bucket", row.id, LIST_DIR, row.id)
+            return
+        store = self._dst_store(row, keys)
+        try:
+            iterator = store.list(f"{LIST_DIR}/{row.id}/")
+            names = [info.key async for info in iterator]
+            for name in names:
+                await store.delete(name)
+        except FerryError as exc:
+            log.warning("task group %s: list files not removed (%s)", row.id, type(exc).__name__)
+        finally:
+            await store.close()
+
+    # -- the split ---------------------------------------------------------------------------------------
+
+    def _keys(self, row: GroupRow) -> dict[str, str] | None:
+        if not row.secrets:
+            return None
+        try:
+            data = json.loads(self.ctx.tasks.box.decrypt(row.secrets))
+        except FerryError:
+            return None
+        return {k: str(v) for k, v in data.items()}
+
+    def _endpoint_spec(self, cloud: str, region: str) -> dict[str, Any]:
+        table = dict(self.ctx.tasks.overrides) if self.ctx.tasks.overrides is not None else None
+        try:
+            ep = endpoints.resolve(cloud, region, table)
+        except FerryError as exc:
+            raise SplitFailure("TRF.0001", f"the endpoint of {cloud}/{region} is not available: {exc.message}") \
+                from None
+        return {"endpoint": ep.url, "profile": ep.profile, "from_override": ep.from_override}
+
+    def _dst_store(self, row: GroupRow, keys: dict[str, str]) -> Backend:
+        dst = row.dst_spec
+        spec = self._endpoint_spec(s.CloudType.HUAWEICLOUD.value, dst["region"])
+        return RetryingBackend(open_store(spec, dst["region"], dst["bucket"], "", keys["dst_ak"], keys["dst_sk"], None))
+
+    async def _split_guarded(self, row: GroupRow) -> None:
+        try:
+            await self._split(row)
+        except asyncio.CancelledError:
+            await asyncio.to_thread(self.repo.release, row.id, self.owner, {})
+            raise
+        except Exception:
+            log.exception("task group %s: split crashed", row.id)
+            await asyncio.to_thread(self._retry_later, row)
+
+    def _retry_later(self, row: GroupRow) -> None:
+        attempts = int(row.split_state.get("attempts", 0)) + 1
+        fresh = self.repo.get(row.id) or row
+        state = {**fresh.split_state, "attempts": attempts}
+        if attempts >= self.settings.retry_attempts:
+            self.repo.release(row.id, self.owner, {
+                "status": G_CREATE_FAILED, "error_code": "TRF.0001", "error_msg": "System error. Retry the task group.",
+                "finished_at": time.time(), "secrets": None, "split_state": state})
+        else:
+            self.repo.release(row.id, self.owner, {
+                "split_state": state, "retry_at": time.time() + self.settings.retry_delay * 2 ** (attempts - 1)})
+
+    async def _split(self, row: GroupRow) -> None:
+        now = time.time()
+        started = await asyncio.to_thread(self.repo.transition, row.id, (G_WAITING, G_EXECUTING), {
+            "status": G_EXECUTING, "started_at": row.started_at or now, "retry_at": None})
+        if not started:
+            await asyncio.to_thread(self.repo.release, row.id, self.owner, {})
+            return
+        keys = self._keys(row)
+        if keys is None:
+            await self._fail(row, SplitFailure("TRF.0001", "The task group has no keys; retry it with its keys."))
+            return
+        log.info("task group %s: splitting (chunk %d)", row.id, row.split_state.get("chunk", 0))
+        dst = self._dst_store(row, keys)
+        splitter = _Splitter(self, row, keys, dst)
+        try:
+            await splitter.run()
+        except SplitFailure as exc:
+            await self._fail(row, exc)
+            return
+        except _Stop:
+            await asyncio.to_thread(self.repo.release, row.id, self.owner, {})
+            log.info("task group %s: split stopped at chunk %d", row.id, splitter.chunk)
+            return
+        except _Backoff:
+            await asyncio.to_thread(self.repo.release, row.id, self.owner, {
+                "retry_at": time.time() + self.settings.quota_backoff})
+            log.info("task group %s: task quota full; the split goes on later", row.id)
+            return
+        finally:
+            await dst.close()
+        if splitter.chunk == 0:
+            await self._fail(row, SplitFailure("TRF.0012", "No objects were found for the chosen method."))
+            return
+        state = {**splitter.state, "done": True}
+        await asyncio.to_thread(self._finish_split, row, state)
+        self.ctx.tasks.notify()
+        log.info("task group %s: split into %d tasks", row.id, splitter.chunk)
+
+    def _finish_split(self, row: GroupRow, state: dict[str, Any]) -> None:
+        # The keys stay (sealed) until the group completes, to remove its list files then.
+        if self.repo.transition(row.id, (G_EXECUTING,), {"status": G_MONITORING, "split_state": state}):
+            self.repo.release(row.id, self.owner, {})
+        else:
+            self.repo.release(row.id, self.owner, {"split_state": state})
+
+    async def _fail(self, row: GroupRow, exc: SplitFailure) -> None:
+        log.info("task group %s: split failed %s", row.id, exc.code)
+        await asyncio.to_thread(self.repo.release, row.id, self.owner, {
+            "status": G_CREATE_FAILED, "error_code": exc.code, "error_msg": exc.message[:1024],
+            "finished_at": time.time(), "secrets": None})
+
+
+class _Splitter:
+    """One run of one group's split, from its checkpoint to the end of the source (or a stop)."""
+
+    def __init__(self, runner: GroupRunner, row: GroupRow, keys: dict[str, str], dst: Backend) -> None:
+        self.runner = runner
+        self.row = row
+        self.keys = keys
+        self.dst = dst
+        self.split = runner.ctx.split
+        self.state: dict[str, Any] = dict(row.split_state)
+        self.chunk = int(self.state.get("chunk", 0))
+        self.objects = row.objects
+        self.bytes = row.bytes
+        self.last_beat = time.monotonic()
+
+    async def run(self) -> None:
+        if self.row.task_type == s.GroupTaskType.LIST.value:
+            await self._split_list_file()
+        else:
+            await self._split_listing()
+
+    # -- prefix groups: the source listing -------------------------------------------------------------------
+
+    async def _split_listing(self) -> None:
+        src_spec = self.row.src_spec
+        spec = self.runner._endpoint_spec(src_spec["cloud_type"], src_spec["region"])
+        profile = get_profile(spec["profile"])
+        bucket = profile.bucket_name(src_spec["bucket"], src_spec.get("app_id"))
+        # Resuming by key needs a byte-ordered listing; an operator-mapped store is not trusted to give one.
+        by_key = profile.list_order is ListOrder.LEXICOGRAPHIC and not spec["from_override"]
+        store = RetryingBackend(open_store(spec, src_spec["region"], bucket, "", self.keys["src_ak"],
+                                           self.keys["src_sk"], None))
+        prefixes = [p for p, _ in normalise(src_spec.get("object_key") or [""], ())]
+        chunk = _Chunk([])
+        try:
+            index = int(self.state.get("index", 0))
+            while index < len(prefixes):
+                after = self.state.get("after") if by_key else None
+                skip = 0 if by_key else int(self.state.get("skip", 0))
+                taken = skip
+                async for info in _listing(store, prefixes[index], after):
+                    if skip:
+                        skip -= 1
+                        continue
+                    taken += 1
+                    line = quote(info.key, safe="/")
+                    chunk.lines.append(line)
+                    chunk.objects += 1
+                    chunk.size += info.size
+                    chunk.text_bytes += len(line) + 1
+                    if self._full(chunk):
+                        await self._flush(chunk, {"index": index, "after": info.key, "skip": taken})
+                        chunk = _Chunk([])
+                    else:
+                        await self._beat()
+                index += 1
+                self.state = {**self.state, "index": index, "after": None, "skip": 0}
+            if chunk.objects:
+                await self._flush(chunk, {"index": index, "after": None, "skip": 0})
+        except FatalError as exc:
+            raise _split_failure("source", exc) from None
+        finally:
+            await store.close()
+
+    # -- LIST groups: the lines of the list file -------------------------------------------------------------
+
+    async def _split_list_file(self) -> None:
+        list_file = self.row.src_spec["list_file"]
+        dst = self.row.dst_spec
+        spec = self.runner._endpoint_spec(s.CloudType.HUAWEICLOUD.value, dst["region"])
+        store = RetryingBackend(open_store(spec, dst["region"], list_file["obs_bucket"], "", self.keys["dst_ak"],
+                                           self.keys["dst_sk"], None))
+        key = list_file["list_file_key"]
+        try:
+            try:
+                info = await store.head(key)
+            except NotFoundError:
+                raise SplitFailure("TRF.0013", "The object list file does not exist.") from None
+            if info.size > MAX_LIST_FILE:
+                raise SplitFailure("TRF.0014", "The object list file is larger than 100 MB.")
+            offset = int(self.state.get("offset", 0))
+            chunk = _Chunk([])
+            pending = b""
+            consumed = offset  # bytes of the file up to the end of the last line taken
+            while offset < info.size:
+                data = await store.read(key, offset=offset, length=min(_READ_CHUNK, info.size - offset),
+                                        if_match=info.etag)
+                if not data:
+                    break
+                offset += len(data)
+                pending += data
+                *lines, pending = pending.split(b"\n")
+                for raw in lines:
+                    consumed += len(raw) + 1
+                    await self._take_line(raw, chunk, consumed)
+                    if self._full(chunk):
+                        await self._flush(chunk, {"offset": consumed})
+                        chunk = _Chunk([])
+            if pending:
+                consumed += len(pending)
+                await self._take_line(pending, chunk, consumed)
+            if chunk.objects:
+                await self._flush(chunk, {"offset": consumed})
+        except FatalError as exc:
+            raise _split_failure("destination", exc) from None
+        finally:
+            await store.close()
+
+    async def _take_line(self, raw: bytes, chunk: _Chunk, consumed: int) -> None:
+        try:
+            line = raw.decode("utf-8").strip().lstrip("\ufeff")
+        except UnicodeDecodeError:
+            raise SplitFailure("TRF.0016", f"The object list file is not UTF-8 text (byte {consumed}).") from None
+        if not line:
+            return
+        chunk.lines.append(line)
+        chunk.objects += 1
+        chunk.text_bytes += len(line) + 1
+        await self._beat()
+
+    # -- chunks ----------------------------------------------------------------------------------------------
+
+    def _full(self, chunk: _Chunk) -> bool:
+        sp = self.split
+        return (chunk.objects >= sp.objects_per_task or chunk.size >= sp.bytes_per_task
+                or chunk.text_bytes >= sp.list_file_bytes)
+
+    async def _beat(self) -> None:
+        if time.monotonic() - self.last_beat < self.runner.settings.heartbeat_interval:
+            return
+        await self._heartbeat({})
+
+    async def _heartbeat(self, values: dict[str, Any]) -> None:
+        r = self.runner
+        fresh = await asyncio.to_thread(r.repo.heartbeat, self.row.id, r.owner, r.settings.lease_ttl, values)
+        self.last_beat = time.monotonic()
+        if fresh is None or fresh.status != G_EXECUTING:
+            raise _Stop()
+        self.row = fresh
+
+    async def _flush(self, chunk: _Chunk, position: dict[str, Any]) -> None:
+        # Still ours and still splitting? A stop or delete between chunks ends the split here.
+        await self._heartbeat({})
+        body = ("\n".join(chunk.lines) + "\n").encode("utf-8")
+        try:
+            await self.dst.put(list_file_key(self.row.id, self.chunk), body, ObjectMeta(content_type="text/plain"))
+        except FatalError as exc:
+            raise _split_failure("destination", exc) from None
+        await asyncio.to_thread(self._create_task)
+        self.chunk += 1
+        self.objects += chunk.objects
+        self.bytes += chunk.size
+        self.state = {**self.state, **position, "chunk": self.chunk, "attempts": 0}
+        await self._heartbeat({"split_state": self.state, "objects": self.objects, "bytes": self.bytes,
+                               "task_count": self.chunk})
+        self.runner.ctx.tasks.notify()
+
+    def _create_task(self) -> None:
+        row, ctx = self.row, self.runner.ctx
+        name = task_name(row.id, self.chunk)
+        if self.runner.repo.task_named(row.project_id, row.id, name) is not None:
+            return  # created before a crash; its chunk was written again, identically
+        try:
+            tasks.create_task(ctx.tasks, row.project_id, chunk_task_request(row, self.keys, self.chunk),
+                              group_id=row.id, group_type=s.GroupType.GROUP_TASK, name=name)
+        except TaskError as exc:
+            if exc.oms_code == TaskCodes.QUOTA:
+                raise _Backoff() from None
+            raise SplitFailure("TRF.0001", f"A task of the group could not be created: {exc.message}") from None
+
+
+def _split_failure(side: str, exc: FatalError) -> SplitFailure:
+    failure = failure_for(side, exc)
+    return SplitFailure(failure.code, failure.message)
+
+
+async def _listing(store: Backend, prefix: str, after: str | None) -> AsyncIterator[Any]:
+    iterator = store.list(prefix, after)
+    try:
+        async for info in iterator:
+            yield info
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()

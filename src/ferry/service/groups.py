@@ -1,0 +1,442 @@
+"""Task groups (OMS §1.3, §3.3): create, list, show, start, stop, retry, update and delete.
+
+A group splits a big source into migration tasks and runs them through the task runner. The split is done by
+the group runner (`ferry.runner.groups`): it streams the source listing and, every `SplitSettings` worth of
+objects, writes that chunk's keys as an object-list file under `oms/taskgroup/<group id>/` in the destination
+bucket (as Huawei's OMS does, §3.3) and creates a `list` task over it with the group's id. Memory stays one
+chunk, whatever the bucket's size, and a crashed split resumes from its last chunk.
+
+Status and counters roll up from the tasks at read time (one aggregate query), so they never drift:
+
+    stored 0 waiting -> 1 creating tasks (splitter) -> 2 monitoring -> 6 completed | 5 migration failed
+    stored 1 -> 4 task creation failed (listing or list-file write failed, or no objects: TRF.0012)
+    stop: 0/1/2 -> 7 pausing -> 3 paused (when the splitter and every task have stopped)
+    start: 3 -> 1 (split unfinished) or 2, paused tasks started with the re-supplied keys
+    retry: 4 -> 1 (split resumes); 5 -> 2 with every failed task restarted (all, or only its failed objects)
+    delete: 0/3/4/5/6 -> 8 (tasks deleted) -> 9 once its list files are removed (then invisible)
+
+The runner persists what the roll-up shows (5, 6, 3) within a poll; reads never wait for it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from ferry.api import schemas as s
+from ferry.db.group_repo import (
+    G_COMPLETED,
+    G_CREATE_FAILED,
+    G_DELETING,
+    G_EXECUTING,
+    G_MIGRATE_FAILED,
+    G_MONITORING,
+    G_PAUSED,
+    G_PAUSING,
+    G_WAITING,
+    GroupRepo,
+    GroupRow,
+    TaskStats,
+)
+from ferry.db.task_repo import FAILED, PAUSED, PAUSING, RETRYING, RUNNING, SUCCEEDED, WAITING
+from ferry.errors import UsageError
+from ferry.service import endpoints, tasks
+from ferry.service.secrets import Secret
+from ferry.service.tasks import TaskCodes, TaskContext, TaskError
+from ferry.storage.profiles import get_profile
+
+LIST_DIR: Final = "oms/taskgroup"
+GROUP_NOT_FOUND: Final = "OMS.1009"
+_ACTIVE_TASKS: Final = (WAITING, RUNNING, RETRYING, PAUSING)
+_MiB: Final = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    """How the source is cut into tasks: a task is closed at `objects_per_task` objects or `bytes_per_task`
+    bytes, whichever comes first (and before its list file outgrows `list_file_bytes`, well under the 100 MB
+    list-file limit). 100,000 objects keep a task's own bookkeeping small and its list file near 10 MB; 500 GiB
+    keeps one task of huge objects to a few hours at OMS's bandwidth cap."""
+
+    objects_per_task: int = 100_000
+    bytes_per_task: int = 500 * 1024**3
+    list_file_bytes: int = 32 * _MiB
+
+
+def _noop() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class GroupContext:
+    """What group operations need: the task context (database, secret box, overrides, task runner doorbell),
+    how to split, and the group runner's doorbell."""
+
+    tasks: TaskContext
+    split: SplitSettings = field(default_factory=SplitSettings)
+    notify: Callable[[], None] = _noop
+
+    @property
+    def repo(self) -> GroupRepo:
+        return GroupRepo(self.tasks.engine)
+
+    def __repr__(self) -> str:
+        return f"GroupContext(split={self.split!r})"
+
+
+def _not_found() -> TaskError:
+    # One answer for "no such group" and "another project's group".
+    return TaskError(404, GROUP_NOT_FOUND, "No resources found. Enter a valid task group ID.")
+
+
+def list_file_key(group_id: str, chunk: int) -> str:
+    """Where chunk `chunk` of a group's split lives in the destination bucket."""
+    return f"{LIST_DIR}/{group_id}/part_{chunk:06d}.txt"
+
+
+def task_name(group_id: str, chunk: int) -> str:
+    """The name of the task of chunk `chunk`; fixed width, so a re-run split recognises tasks it created."""
+    return f"group_{group_id[:8]}_part_{chunk:06d}"
+
+
+# -- create --------------------------------------------------------------------------------------------------
+
+
+def _unsupported(req: s.CreateTaskGroupReq) -> str | None:
+    src = req.src_node
+    if req.task_type is s.GroupTaskType.URL_LIST:
+        return "task_type URL_LIST (URL sources) is not supported by this server yet"
+    if src.cloud_type.value.lower() not in endpoints.CLOUD_PROFILES:
+        return f"source cloud {src.cloud_type.value} is not supported by this server yet"
+    if req.source_cdn is not None:
+        return "source_cdn (fetching through a CDN domain) is not supported by this server yet"
+    if src.crypto_type is s.CryptoType.KMS or req.dst_node.crypto_type is s.CryptoType.KMS:
+        return "crypto_type KMS is not supported by this server yet"
+    return None
+
+
+def _resolve(ctx: GroupContext, cloud: str, region: str, *, destination: bool) -> endpoints.Endpoint:
+    table = dict(ctx.tasks.overrides) if ctx.tasks.overrides is not None else None
+    try:
+        return endpoints.resolve(cloud, region, table)
+    except UsageError as exc:
+        if destination:
+            raise TaskError(400, TaskCodes.REGION_NOT_SUPPORTED,
+                            "Migration to the current region is not supported.") from None
+        raise TaskError.invalid(exc.message) from None
+
+
+def _check_bucket(profile: str, bucket: str, where: str) -> None:
+    try:
+        get_profile(profile).check_bucket(bucket)
+    except UsageError as exc:
+        raise TaskError.invalid(f"{where}: {exc.message}") from None
+
+
+def seal(ctx: GroupContext, values: dict[str, Any]) -> str:
+    """One SecretBox token of the non-empty key fields (Secret values revealed only into the cipher)."""
+    clear = {k: (v.reveal() if isinstance(v, Secret) else v) for k, v in values.items() if v}
+    return ctx.tasks.box.encrypt(json.dumps(clear))
+
+
+def create_task_group(ctx: GroupContext, project_id: str, req: s.CreateTaskGroupReq) -> s.CreateTaskGroupResponse:
+    """Persist a group (waiting) and wake the group runner, which splits it into tasks."""
+    reason = _unsupported(req)
+    if reason:
+        raise TaskError.invalid(reason)
+    src, dst = req.src_node, req.dst_node
+    assert src.region is not None and src.bucket is not None  # CreateTaskGroupReq checked these
+    src_ep = _resolve(ctx, src.cloud_type.value, src.region, destination=False)
+    dst_ep = _resolve(ctx, s.CloudType.HUAWEICLOUD.value, dst.region, destination=True)
+    _check_bucket(src_ep.profile, get_profile(src_ep.profile).bucket_name(src.bucket, src.app_id), "src_node.bucket")
+    _check_bucket(dst_ep.profile, dst.bucket, "dst_node.bucket")
+    if src.list_file is not None:
+        _check_bucket(dst_ep.profile, src.list_file.obs_bucket, "src_node.list_file.obs_bucket")
+    now = time.time()
+    group_id = str(uuid.uuid4())
+    ctx.repo.insert({
+        "id": group_id, "project_id": project_id, "status": G_WAITING, "description": req.description or "",
+        "task_type": req.task_type.value,
+        "src_spec": {"cloud_type": src.cloud_type.value, "region": src.region, "bucket": src.bucket,
+                     "app_id": src.app_id, "object_key": list(src.object_key) if src.object_key is not None else None,
+                     "list_file": src.list_file.model_dump(exclude_none=True) if src.list_file else None},
+        "dst_spec": {"bucket": dst.bucket, "region": dst.region, "save_prefix": dst.save_prefix or ""},
+        "options": {
+            "enable_metadata_migration": req.enable_metadata_migration,
+            "enable_restore": req.enable_restore,
+            "enable_failed_object_recording": req.enable_failed_object_recording,
+            "object_overwrite_mode": req.object_overwrite_mode.value,
+            "dst_storage_policy": req.dst_storage_policy.value,
+            "consistency_check": req.consistency_check.value,
+            "enable_requester_pays": req.enable_requester_pays,
+            "migrate_since": req.migrate_since,
+            "smn_config": req.smn_config.model_dump(mode="json", exclude_none=True) if req.smn_config else None,
+        },
+        "bandwidth_policy": [p.model_dump() for p in req.bandwidth_policy or []],
+        "secrets": seal(ctx, {"src_ak": src.ak, "src_sk": src.sk, "dst_ak": dst.ak, "dst_sk": dst.sk}),
+        "split_state": {"index": 0, "after": None, "skip": 0, "chunk": 0, "done": False},
+        "objects": 0, "bytes": 0, "task_count": 0, "created_at": now, "updated_at": now,
+    })
+    ctx.notify()
+    return s.CreateTaskGroupResponse(group_id=group_id)
+
+
+def chunk_task_request(row: GroupRow, keys: dict[str, str], chunk: int) -> s.CreateTaskReq:
+    """The CreateTaskReq of one chunk: a `list` task over the chunk's list file, with the group's options."""
+    src, dst, opts = row.src_spec, row.dst_spec, row.options
+    return s.CreateTaskReq.model_validate({
+        "task_type": s.TaskType.LIST.value,
+        "src_node": {"cloud_type": src["cloud_type"], "region": src["region"], "bucket": src["bucket"],
+                     "app_id": src.get("app_id"), "ak": keys.get("src_ak"), "sk": keys.get("src_sk"),
+                     "list_file": {"obs_bucket": dst["bucket"], "list_file_key": list_file_key(row.id, chunk)}},
+        "dst_node": {"ak": keys.get("dst_ak"), "sk": keys.get("dst_sk"), "bucket": dst["bucket"],
+                     "region": dst["region"], "save_prefix": dst.get("save_prefix") or None},
+        "description": f"Part {chunk + 1} of task group {row.id}",
+        "migrate_since": opts.get("migrate_since"),
+        "bandwidth_policy": row.bandwidth_policy,
+        "enable_metadata_migration": bool(opts.get("enable_metadata_migration")),
+        "enable_restore": bool(opts.get("enable_restore")),
+        "enable_failed_object_recording": bool(opts.get("enable_failed_object_recording")),
+        "object_overwrite_mode": opts["object_overwrite_mode"],
+        "dst_storage_policy": opts["dst_storage_policy"],
+        "consistency_check": opts["consistency_check"],
+        "enable_requester_pays": opts.get("enable_requester_pays"),
+    })
+
+
+# -- read ----------------------------------------------------------------------------------------------------
+
+
+def effective_status(row: GroupRow, stats: TaskStats) -> int:
+    """The status a client sees: the stored one, with what only the tasks know rolled up into it."""
+    stored = row.status
+    if stored == G_PAUSING:
+        busy = row.lease_owner is not None or stats.count(RUNNING, PAUSING, WAITING, RETRYING) > 0
+        return G_PAUSING if busy else G_PAUSED
+    if stored in (G_MONITORING, G_MIGRATE_FAILED, G_COMPLETED):
+        if stats.count(*_ACTIVE_TASKS) or stats.count(PAUSED) or stats.tasks == 0:
+            # A task paused on its own, or restarted on its own, keeps the group watching.
+            return G_MONITORING
+        return G_MIGRATE_FAILED if stats.count(FAILED) else G_COMPLETED
+    return stored
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else int(seconds * 1000)
+
+
+def group_resp(row: GroupRow, stats: TaskStats, now: float | None = None) -> s.TaskGroupResp:
+    """The OMS view of a group: no secret, ms timestamps, counters summed over its tasks."""
+    now = time.time() if now is None else now
+    status = effective_status(row, stats)
+    src, dst, opts = row.src_spec, row.dst_spec, row.options
+    end = row.finished_at if row.finished_at and status in (G_COMPLETED, G_MIGRATE_FAILED, G_CREATE_FAILED) \
+        else now
+    since = opts.get("migrate_since")
+    smn = opts.get("smn_config")
+    smn_info = None
+    if smn and status in (G_COMPLETED, G_MIGRATE_FAILED, G_CREATE_FAILED):
+        smn_info = s.SmnInfo(notify_result=False, notify_error_message="SMN.0001",
+                             topic_name=str(smn.get("topic_urn", "")).rsplit(":", 1)[-1])
+    failed_record = None
+    if opts.get("enable_failed_object_recording"):
+        failed_record = s.FailedObjectRecordDto(result=stats.fail_num > 0 and status == G_MIGRATE_FAILED)
+    return s.TaskGroupResp(
+        group_id=row.id,
+        status=s.GroupStatus(status),
+        error_reason=s.ErrorReasonResp(error_code=row.error_code, error_msg=row.error_msg or "")
+        if row.error_code else None,
+        src_node=s.TaskGroupSrcNodeResp(
+            bucket=src["bucket"], cloud_type=s.CloudType(src["cloud_type"]), region=src["region"],
+            app_id=src.get("app_id"), object_key=src.get("object_key"),
+            list_file=s.ListFile.model_validate(src["list_file"]) if src.get("list_file") else None),
+        description=row.description,
+        dst_node=s.TaskGroupDstNodeResp(bucket=dst["bucket"], region=dst["region"],
+                                        save_prefix=dst.get("save_prefix", "")),
+        enable_metadata_migration=bool(opts.get("enable_metadata_migration")),
+        enable_failed_object_recording=bool(opts.get("enable_failed_object_recording")),
+        enable_restore=bool(opts.get("enable_restore")),
+        task_type=s.GroupTaskType(row.task_type),
+        bandwidth_policy=[s.BandwidthPolicyDto.model_validate(p) for p in row.bandwidth_policy],
+        smn_config=smn_info,
+        migrate_since=int(since) * 1000 if since else 0,
+        migrate_speed=stats.speed,
+        total_time=int(max(0.0, end - row.started_at) * 1000) if row.started_at else 0,
+        start_time=_ms(row.started_at) or 0,
+        # While the split runs, the total is what has been created so far; it is final once the split is done.
+        total_task_num=row.task_count,
+        create_task_num=row.task_count,
+        failed_task_num=stats.count(FAILED),
+        complete_task_num=stats.count(SUCCEEDED),
+        paused_task_num=stats.count(PAUSED),
+        executing_task_num=stats.count(RUNNING, RETRYING, PAUSING),
+        waiting_task_num=stats.count(WAITING),
+        total_num=row.objects,
+        create_complete_num=row.objects,
+        success_num=stats.success_num,
+        fail_num=stats.fail_num,
+        skip_num=stats.skip_num,
+        total_size=row.bytes,
+        create_complete_size=row.bytes,
+        complete_size=stats.complete_size,
+        failed_object_record=failed_record,
+        object_overwrite_mode=s.OverwriteMode(opts["object_overwrite_mode"]),
+        dst_storage_policy=s.StoragePolicy(opts["dst_storage_policy"]),
+        consistency_check=s.ConsistencyCheck(opts["consistency_check"]),
+        obs_system=s.ObsSystem.BUCKET,
+        enable_requester_pays=opts.get("enable_requester_pays"),
+    )
+
+
+def _get(ctx: GroupContext, project_id: str, group_id: str) -> GroupRow:
+    row = ctx.repo.get(group_id, project_id)
+    if row is None:
+        raise _not_found()
+    return row
+
+
+def _stats(ctx: GroupContext, row: GroupRow) -> TaskStats:
+    return ctx.repo.task_stats(row.project_id, [row.id])[row.id]
+
+
+def show_task_group(ctx: GroupContext, project_id: str, group_id: str) -> s.TaskGroupResp:
+    row = _get(ctx, project_id, group_id)
+    return group_resp(row, _stats(ctx, row))
+
+
+def list_task_group(ctx: GroupContext, project_id: str, query: s.ListTaskGroupQuery) -> s.ListTaskGroupResponse:
+    """A page of groups, newest first. The status filter applies to the stored status, which the group runner
+    brings in line with the roll-up within a poll."""
+    rows, count = ctx.repo.page(project_id, status=int(query.status) if query.status is not None else None,
+                                limit=query.limit, offset=query.offset)
+    stats = ctx.repo.task_stats(project_id, [r.id for r in rows])
+    now = time.time()
+    return s.ListTaskGroupResponse(count=count, taskgroups=[group_resp(r, stats[r.id], now) for r in rows])
+
+
+# -- lifecycle -----------------------------------------------------------------------------------------------
+
+
+def _conflict(message: str) -> TaskError:
+    return TaskError.conflict(message)
+
+
+def stop_task_group(ctx: GroupContext, project_id: str, group_id: str) -> None:
+    """Pause: the split stops at its next chunk, every waiting task pauses, every running one is asked to."""
+    row = _get(ctx, project_id, group_id)
+    status = effective_status(row, _stats(ctx, row))
+    if status not in (G_WAITING, G_EXECUTING, G_MONITORING) or not ctx.repo.transition(
+            group_id, (row.status,), {"status": G_PAUSING}, project_id=project_id):
+        raise _conflict("Only a task group that is creating or monitoring tasks can be stopped.")
+    stop_group_tasks(ctx, project_id, group_id)
+    ctx.notify()
+
+
+def stop_group_tasks(ctx: GroupContext, project_id: str, group_id: str) -> None:
+    """Ask every unfinished task of the group to pause (the runner also repeats this while it pauses)."""
+    for task_id in ctx.repo.task_ids(project_id, group_id, (WAITING, RUNNING, RETRYING)):
+        try:
+            tasks.stop_task(ctx.tasks, project_id, task_id)
+        except TaskError:
+            continue  # it finished or paused meanwhile
+
+
+def _keys(src_ak: str | None, src_sk: Secret | None, dst_ak: str | None, dst_sk: Secret | None) -> dict[str, Any]:
+    if not (src_ak and src_sk):
+        raise TaskError.invalid("src_ak and src_sk are required for this task group.")
+    if not (dst_ak and dst_sk):
+        raise TaskError.invalid("dst_ak and dst_sk are required for this task group.")
+    return {"src_ak": src_ak, "src_sk": src_sk, "dst_ak": dst_ak, "dst_sk": dst_sk}
+
+
+def _start_req(keys: dict[str, Any], migrate_failed_object: bool = False) -> s.StartTaskReq:
+    return s.StartTaskReq(src_ak=keys["src_ak"], src_sk=keys["src_sk"], dst_ak=keys["dst_ak"], dst_sk=keys["dst_sk"],
+                          migrate_failed_object=migrate_failed_object)
+
+
+def _restart_tasks(ctx: GroupContext, project_id: str, group_id: str, statuses: tuple[int, ...],
+                   req: s.StartTaskReq) -> None:
+    for task_id in ctx.repo.task_ids(project_id, group_id, statuses):
+        try:
+            tasks.start_task(ctx.tasks, project_id, task_id, req)
+        except TaskError:
+            continue  # its status changed meanwhile; the roll-up shows where it is
+
+
+def _check_kms(*crypto: s.CryptoType | None) -> None:
+    if any(c is s.CryptoType.KMS for c in crypto):
+        raise TaskError.invalid("crypto_type KMS is not supported by this server yet")
+
+
+def start_task_group(ctx: GroupContext, project_id: str, group_id: str, req: s.StartTaskGroupReq) -> None:
+    """Resume a paused group with re-supplied keys: an unfinished split goes on, paused tasks start again."""
+    row = _get(ctx, project_id, group_id)
+    _check_kms(req.src_crypto_type, req.dst_crypto_type)
+    keys = _keys(req.src_ak, req.src_sk, req.dst_ak, req.dst_sk)
+    if effective_status(row, _stats(ctx, row)) != G_PAUSED:
+        raise _conflict("Only a paused task group can be started.")
+    next_status = G_MONITORING if row.split_state.get("done") else G_EXECUTING
+    if not ctx.repo.transition(group_id, (G_PAUSED, G_PAUSING), {
+            "status": next_status, "secrets": seal(ctx, keys), "retry_at": None}, project_id=project_id):
+        raise _conflict("The task group status changed meanwhile; show it and retry.")
+    _restart_tasks(ctx, project_id, group_id, (PAUSED,), _start_req(keys))
+    ctx.notify()
+
+
+def retry_task_group(ctx: GroupContext, project_id: str, group_id: str, req: s.RetryTaskGroupReq) -> None:
+    """Restart a failed group: a failed split resumes from its checkpoint; a failed migration restarts every
+    failed task, fully (finished objects are skipped) or, with migrate_failed_object, just its failed objects."""
+    row = _get(ctx, project_id, group_id)
+    _check_kms(req.src_crypto_type, req.dst_crypto_type)
+    keys = _keys(req.src_ak, req.src_sk, req.dst_ak, req.dst_sk)
+    status = effective_status(row, _stats(ctx, row))
+    if status == G_CREATE_FAILED:
+        if not ctx.repo.transition(group_id, (G_CREATE_FAILED,), {
+                "status": G_EXECUTING, "secrets": seal(ctx, keys), "error_code": None, "error_msg": None,
+                "retry_at": None, "finished_at": None}, project_id=project_id):
+            raise _conflict("The task group status changed meanwhile; show it and retry.")
+        ctx.notify()
+        return
+    if status != G_MIGRATE_FAILED:
+        raise _conflict("Only a failed task group can be retried.")
+    if not ctx.repo.transition(group_id, (G_MONITORING, G_MIGRATE_FAILED), {
+            "status": G_MONITORING, "secrets": seal(ctx, keys), "finished_at": None}, project_id=project_id):
+        raise _conflict("The task group status changed meanwhile; show it and retry.")
+    _restart_tasks(ctx, project_id, group_id, (FAILED,), _start_req(keys, req.migrate_failed_object))
+    ctx.notify()
+
+
+def update_task_group(ctx: GroupContext, project_id: str, group_id: str, req: s.UpdateBandwidthPolicyReq) -> None:
+    """Replace the bandwidth policy of the group (for tasks still to be created) and of its unfinished tasks."""
+    row = _get(ctx, project_id, group_id)
+    if effective_status(row, _stats(ctx, row)) in (G_COMPLETED, G_DELETING):
+        raise _conflict("The bandwidth policy of a finished task group cannot be changed.")
+    policy = [p.model_dump() for p in req.bandwidth_policy]
+    if not ctx.repo.transition(group_id, (row.status,), {"bandwidth_policy": policy}, project_id=project_id):
+        raise _conflict("The task group status changed meanwhile; show it and retry.")
+    if ctx.repo.task_ids(project_id, group_id):
+        tasks.batch_update_tasks(ctx.tasks, project_id,
+                                 s.BatchUpdateTasksReq(group_id=group_id, bandwidth_policy=req.bandwidth_policy))
+
+
+def delete_task_group(ctx: GroupContext, project_id: str, group_id: str) -> None:
+    """Delete a group that is not running, with its tasks; the runner then removes its list files."""
+    row = _get(ctx, project_id, group_id)
+    stats = _stats(ctx, row)
+    status = effective_status(row, stats)
+    if status not in (G_WAITING, G_PAUSED, G_CREATE_FAILED, G_MIGRATE_FAILED, G_COMPLETED) \
+            or stats.count(RUNNING, RETRYING, PAUSING):
+        raise _conflict("A running task group cannot be deleted. Stop it first, then delete it.")
+    if not ctx.repo.transition(group_id, (row.status,), {"status": G_DELETING, "retry_at": None},
+                               project_id=project_id):
+        raise _conflict("The task group status changed meanwhile; show it and retry.")
+    for task_id in ctx.repo.task_ids(project_id, group_id):
+        try:
+            tasks.delete_task(ctx.tasks, project_id, task_id)
+        except TaskError:
+            continue  # already gone
+    ctx.notify()
