@@ -70,6 +70,10 @@ class S3Backend:
     Every request is signed here (SigV4, unsigned payload unless `sign_payload`) and sent through one
     aiohttp session with a large connection pool; `hot_path="obstore"` sends plain small-object GET/PUT
     through obstore instead (only for keys and metadata it round-trips faithfully).
+
+    aiohttp is the default: measured against obstore on 4 KiB GET+PUT between two SeaweedFS servers the two
+    were within noise (obstore 7-12 % ahead on average, behind in some runs), while obstore's `read_object`
+    cannot report Expires, the storage class or a vendor CRC64, and it rewrites some keys (`dir/` -> `dir`).
     """
 
     _list_page_size = 1000  # keys per listing request (tests lower it to exercise pagination)
