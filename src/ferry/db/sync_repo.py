@@ -8,8 +8,11 @@ claimers until its lease runs out, and a worker that dies simply lets it run out
 from __future__ import annotations
 
 import json
+import threading
+import weakref
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
@@ -129,6 +132,25 @@ class KeyProblem:
 STAT_COLUMNS = ("request", "success", "failure", "skip", "size")
 
 
+_sqlite_locks: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
+_sqlite_locks_guard = threading.Lock()
+
+
+def _sqlite_write_lock(engine: Engine) -> threading.Lock:
+    """One lock per SQLite engine that every sync write takes first.
+
+    SQLite lets one writer in at a time and makes the others poll with growing sleeps (up to 100 ms each),
+    so under a burst of API requests a write could wait far longer than the writes ahead of it take. Queuing
+    on a lock hands the database over as soon as it is free. It also means a transaction that reads before
+    it writes (claim) cannot lose its snapshot to another writer of this process (SQLITE_BUSY_SNAPSHOT).
+    """
+    with _sqlite_locks_guard:
+        lock = _sqlite_locks.get(engine)
+        if lock is None:
+            lock = _sqlite_locks[engine] = threading.Lock()
+        return lock
+
+
 def bucket_of(epoch_seconds: float) -> int:
     return int(epoch_seconds // STAT_BUCKET_SECONDS) * STAT_BUCKET_SECONDS
 
@@ -148,6 +170,12 @@ class SyncRepo:
         self.engine = engine
         self._pg = engine.dialect.name == "postgresql"
         self._sqlite = engine.dialect.name == "sqlite"
+        self._write_lock: AbstractContextManager[Any] = _sqlite_write_lock(engine) if self._sqlite else nullcontext()
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        with self._write_lock, self.engine.begin() as conn:
+            yield conn
 
     # -- helpers -------------------------------------------------------------------------------------
     def _insert(self) -> Any:
@@ -175,7 +203,7 @@ class SyncRepo:
         self, task_id: str, project_id: str, spec: SyncTaskSpec, secrets: str, now: float, limit: int
     ) -> bool:
         """Insert a SYNCHRONIZING task; False (nothing written) when the project already has `limit`."""
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             self._lock_project(conn, project_id)
             conn.execute(
                 insert(sync_tasks).values(
@@ -220,7 +248,7 @@ class SyncRepo:
 
     def stop_task(self, project_id: str, task_id: str, now: float) -> bool:
         """SYNCHRONIZING -> STOPPED; False when the task is not SYNCHRONIZING. Pending events are kept."""
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             res = conn.execute(
                 update(sync_tasks)
                 .where(sync_tasks.c.id == task_id, sync_tasks.c.project_id == project_id,
@@ -236,7 +264,7 @@ class SyncRepo:
         Reconciliation is due at once (whatever changed while stopped gets copied), and keys that had given
         up are retried: their failure may well have been the credentials that were just replaced.
         """
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             res = conn.execute(
                 update(sync_tasks)
                 .where(sync_tasks.c.id == task_id, sync_tasks.c.project_id == project_id,
@@ -254,7 +282,7 @@ class SyncRepo:
             return True
 
     def delete_task(self, project_id: str, task_id: str) -> bool:
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             exists = conn.execute(
                 select(sync_tasks.c.id).where(sync_tasks.c.id == task_id, sync_tasks.c.project_id == project_id)
             ).first()
@@ -274,7 +302,7 @@ class SyncRepo:
             ).scalar_one())
 
     def set_notify_token_hash(self, project_id: str, task_id: str, digest: str, now: float) -> bool:
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             res = conn.execute(
                 update(sync_tasks).where(sync_tasks.c.id == task_id, sync_tasks.c.project_id == project_id)
                 .values(notify_token_hash=digest, updated_at=now)
@@ -316,7 +344,7 @@ class SyncRepo:
              "next_attempt_at": now, "updated_at": now}
             for k in unique
         ]
-        with self.engine.connect() as conn:
+        with self._write_lock, self.engine.connect() as conn:
             full = durable and self._sqlite
             if full:
                 conn.exec_driver_sql("PRAGMA synchronous=FULL")
@@ -332,7 +360,7 @@ class SyncRepo:
 
     def release_leases(self, owner_prefix: str) -> int:
         """Free every lease held by owners named `owner_prefix…` (a restarted node reclaiming its own)."""
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             res = conn.execute(
                 update(sync_events).where(sync_events.c.lease_owner.startswith(owner_prefix, autoescape=True))
                 .values(lease_owner=None, lease_until=None)
@@ -356,7 +384,7 @@ class SyncRepo:
             .with_for_update(skip_locked=True, of=e)
         )
         claimed: list[ClaimedEvent] = []
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             rows = conn.execute(query).all()
             for r in rows:
                 # Conditional, so that two claimers racing for one row cannot both win it.
@@ -379,7 +407,7 @@ class SyncRepo:
         return float(value) if value is not None else None
 
     def renew(self, owner: str, until: float) -> None:
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             conn.execute(update(sync_events).where(sync_events.c.lease_owner == owner).values(lease_until=until))
 
     def complete(self, outcomes: Sequence[EventOutcome], now: float) -> None:
@@ -387,7 +415,7 @@ class SyncRepo:
         if not outcomes:
             return
         bucket = bucket_of(now)
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             ids = {o.task_id for o in outcomes}
             alive = set(conn.execute(select(sync_tasks.c.id).where(sync_tasks.c.id.in_(ids))).scalars())
             totals: dict[str, dict[str, int]] = {}
@@ -467,7 +495,7 @@ class SyncRepo:
         t = sync_tasks
         due = or_(t.c.reconciled_at.is_(None), t.c.reconciled_at <= now - interval)
         free = or_(t.c.reconcile_lease_until.is_(None), t.c.reconcile_lease_until < now)
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             res = conn.execute(
                 update(t).where(t.c.id == task_id, t.c.status == SYNCHRONIZING, due, free)
                 .values(reconcile_owner=owner, reconcile_lease_until=now + lease_seconds)
@@ -475,21 +503,21 @@ class SyncRepo:
             return bool(res.rowcount)
 
     def renew_reconcile(self, task_id: str, owner: str, until: float) -> None:
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             conn.execute(
                 update(sync_tasks).where(sync_tasks.c.id == task_id, sync_tasks.c.reconcile_owner == owner)
                 .values(reconcile_lease_until=until)
             )
 
     def finish_reconcile(self, task_id: str, owner: str, now: float, error: str | None) -> None:
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             conn.execute(
                 update(sync_tasks).where(sync_tasks.c.id == task_id, sync_tasks.c.reconcile_owner == owner)
                 .values(reconciled_at=now, reconcile_owner=None, reconcile_lease_until=None, last_error=error)
             )
 
     def request_reconcile(self, task_id: str) -> None:
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             conn.execute(update(sync_tasks).where(sync_tasks.c.id == task_id).values(reconciled_at=None))
 
     # -- statistics ----------------------------------------------------------------------------------
