@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -29,9 +31,32 @@ FAST = SyncSettings(
 SPEC = SyncTaskSpec("AWS", "us-east-1", "src", "cn-north-4", "dst")
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    return open_database(f"sqlite:///{tmp_path / 'sync.db'}")
+PG_ADMIN = os.environ.get("FERRY_TEST_PG", "postgresql://127.0.0.1:5432/test")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """The same queue on the embedded SQLite and on PostgreSQL (skipped when none is reachable)."""
+    if request.param == "sqlite":
+        eng = open_database(f"sqlite:///{tmp_path / 'sync.db'}")
+        yield eng
+        eng.dispose()
+        return
+    try:
+        import psycopg
+
+        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
+    except Exception as exc:  # not reachable here
+        pytest.skip(f"PostgreSQL not reachable: {type(exc).__name__}")
+    name = f"ferry_sync_{uuid.uuid4().hex[:12]}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        eng = open_database(PG_ADMIN.rsplit("/", 1)[0] + f"/{name}")
+        try:
+            yield eng
+        finally:
+            eng.dispose()
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class Flaky(BackendWrapper):
