@@ -1,4 +1,4 @@
-"""The `ferry` command line: migrate between buckets, run the demo sandbox, and (later) serve the API."""
+"""The `ferry` command line: migrate between buckets, run the demo sandbox, serve the API, manage API keys."""
 
 from __future__ import annotations
 
@@ -69,6 +69,26 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="migrate sample data between two local sandbox S3 servers it starts")
     d.add_argument("--objects", type=int, default=2000, help="how many small objects to create")
     d.add_argument("--json", action="store_true", help="end with one JSON summary line on stdout")
+
+    s = sub.add_parser("serve", help="run the OMS v2 API service with its task runner")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8780, help="port to listen on (default 8780)")
+    s.add_argument("--max-tasks", type=int, default=5, metavar="N", help="tasks running at once (default 5)")
+
+    c = sub.add_parser("credentials", help="API access keys (AK/SK) of projects")
+    csub = c.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    cc = csub.add_parser("create", help="create an AK/SK pair; prints one JSON line (the only time the SK shows)")
+    cc.add_argument("--project-id", required=True, help="the project (32 hex characters)")
+    cl = csub.add_parser("list", help="list access keys (never their secrets), one JSON line each")
+    cl.add_argument("--project-id", help="only this project's keys")
+    cr = csub.add_parser("revoke", help="revoke an access key")
+    cr.add_argument("access_key", help="the access key to revoke")
+
+    t = sub.add_parser("tokens", help="X-Auth-Token tokens of projects")
+    tsub = t.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    tc = tsub.add_parser("create", help="create a token; prints one JSON line")
+    tc.add_argument("--project-id", required=True, help="the project (32 hex characters)")
+    tc.add_argument("--ttl", type=int, default=86400, metavar="SECONDS", help="lifetime (default 86400)")
     return parser
 
 
@@ -178,6 +198,57 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(objects=args.objects, as_json=args.json)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from ferry.runner.local import RunnerSettings
+    from ferry.serve import serve
+    from ferry.settings import data_dir, database_url
+
+    if not 0 < args.port < 65536:
+        raise UsageError("--port must be between 1 and 65535")
+    if not 1 <= args.max_tasks <= 100:
+        raise UsageError("--max-tasks must be between 1 and 100")
+    if not os.environ.get("FERRY_LOG_LEVEL"):
+        logging.getLogger().setLevel(logging.INFO)
+    base = data_dir()
+    return serve(base, database_url(), args.host, args.port, RunnerSettings(max_tasks=args.max_tasks))
+
+
+def _tenancy(args: argparse.Namespace) -> int:
+    from ferry.db.database import open_database
+    from ferry.service import credentials
+    from ferry.service.secrets import SecretBox
+    from ferry.settings import data_dir, database_url
+
+    if getattr(args, "project_id", None) is not None:
+        credentials.check_project_id(args.project_id)
+    engine = open_database(database_url())
+    try:
+        if args.command == "tokens":
+            token = credentials.create_token(engine, args.project_id, args.ttl)
+            print(json.dumps({"token": token.token, "project_id": token.project_id,
+                              "expires_at": datetime.fromtimestamp(token.expires_at).astimezone().isoformat()}))
+            return EXIT_OK
+        if args.action == "create":
+            made = credentials.create_credential(engine, SecretBox.load(data_dir()), args.project_id)
+            print(json.dumps({"project_id": made.project_id, "access_key": made.access_key,
+                              "secret_key": made.secret_key}))
+            return EXIT_OK
+        if args.action == "list":
+            for info in credentials.list_credentials(engine, args.project_id):
+                print(json.dumps({
+                    "access_key": info.access_key, "project_id": info.project_id,
+                    "created_at": datetime.fromtimestamp(info.created_at).astimezone().isoformat(),
+                    "status": "revoked" if info.revoked_at else "active",
+                }))
+            return EXIT_OK
+        if not credentials.revoke_credential(engine, args.access_key):
+            raise UsageError("no active access key of that name")
+        print(json.dumps({"access_key": args.access_key, "status": "revoked"}))
+        return EXIT_OK
+    finally:
+        engine.dispose()
+
+
 def _redact(message: str, args: argparse.Namespace) -> str:
     for side in ("src", "dst"):
         for which in ("ak", "sk"):
@@ -197,6 +268,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_migrate(args))
         if args.command == "demo":
             return _demo(args)
+        if args.command == "serve":
+            return _serve(args)
+        if args.command in ("credentials", "tokens"):
+            return _tenancy(args)
         parser.error(f"unknown command {args.command}")
     except UsageError as exc:
         print(f"ferry: error: {_redact(exc.message, args)}", file=sys.stderr)

@@ -1,0 +1,109 @@
+"""Assembles the service — database, master key, ApiServices, the task runner — and runs it under uvicorn."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import ipaddress
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import uvicorn
+from fastapi import FastAPI
+from sqlalchemy import Engine
+
+from ferry.api.app import create_app
+from ferry.api.deps import ApiServices
+from ferry.db.database import open_database
+from ferry.runner.local import LocalRunner, RunnerSettings
+from ferry.service import credentials
+from ferry.service.credentials import DbCredentialStore
+from ferry.service.secrets import SecretBox
+from ferry.service.tasks import TaskContext, TaskLimits
+
+DEFAULT_HOST: Final = "127.0.0.1"
+# Not 80/443 (no TLS here, and no root needed) nor the crowded 8000/8080; free on common installs.
+DEFAULT_PORT: Final = 8780
+log = logging.getLogger("ferry.serve")
+
+
+@dataclass
+class Service:
+    """Everything `ferry serve` runs; tests build one too and drive it in-process."""
+
+    engine: Engine
+    box: SecretBox
+    data_dir: Path
+    services: ApiServices
+    app: FastAPI
+    runner: LocalRunner | None
+
+    def start_runner(self) -> None:
+        if self.runner is not None:
+            self.runner.start()
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.runner.stop()
+        self.engine.dispose()
+
+
+def build(
+    data_dir: Path,
+    database_url: str,
+    *,
+    run_tasks: bool = True,
+    runner_settings: RunnerSettings | None = None,
+    limits: TaskLimits | None = None,
+    expose_openapi: bool = False,
+) -> Service:
+    """Open (and upgrade) the database, load the master key, and wire the API over them."""
+    engine = open_database(database_url)
+    box = SecretBox.load(data_dir)
+    runner = LocalRunner(engine, box, data_dir, runner_settings) if run_tasks else None
+    ctx = TaskContext(engine=engine, box=box, data_dir=data_dir, limits=limits or TaskLimits())
+    if runner is not None:
+        ctx = dataclasses.replace(ctx, notify=runner.notify)
+    services = ApiServices(
+        credentials=DbCredentialStore(engine, box),
+        record_privacy_agreement=lambda project_id: credentials.record_privacy_agreement(engine, project_id),
+        tasks=ctx,
+    )
+    app = create_app(services, expose_openapi=expose_openapi)
+    return Service(engine, box, data_dir, services, app, runner)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(host).is_loopback
+    return False
+
+
+def serve(data_dir: Path, database_url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+          runner_settings: RunnerSettings | None = None) -> int:
+    """Run the API and the runner until SIGINT/SIGTERM; running tasks are left to resume at the next start."""
+    service = build(data_dir, database_url, runner_settings=runner_settings)
+    if not _is_loopback(host):
+        print(f"ferry: warning: serving plain HTTP on {host}; put a TLS proxy in front of it", file=sys.stderr)
+    config = uvicorn.Config(service.app, host=host, port=port, lifespan="off", log_config=None,
+                            access_log=True, server_header=False)
+    server = uvicorn.Server(config)
+    service.start_runner()
+    dialect = service.engine.dialect.name
+    # The database URL is not printed: a PostgreSQL URL may carry a password.
+    print(f"ferry: OMS v2 API on http://{host}:{port} (state in {data_dir}, {dialect} database)",
+          file=sys.stderr, flush=True)
+    try:
+        server.run()
+    finally:
+        log.info("shutting down: stopping runs (they resume at the next start)")
+        service.close()
+    if not server.started:
+        print(f"ferry: error: could not listen on {host}:{port}", file=sys.stderr)
+        return 1
+    return 0
