@@ -6,7 +6,10 @@ import contextlib
 import dataclasses
 import ipaddress
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -76,6 +79,23 @@ def build(
     return Service(engine, box, data_dir, services, app, runner)
 
 
+class _Server(uvicorn.Server):
+    """uvicorn, minus its habit of re-raising SIGTERM/SIGINT after a graceful shutdown: that would kill the
+    process before the runner is stopped and its leases released."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -92,7 +112,7 @@ def serve(data_dir: Path, database_url: str, host: str = DEFAULT_HOST, port: int
         print(f"ferry: warning: serving plain HTTP on {host}; put a TLS proxy in front of it", file=sys.stderr)
     config = uvicorn.Config(service.app, host=host, port=port, lifespan="off", log_config=None,
                             access_log=True, server_header=False)
-    server = uvicorn.Server(config)
+    server = _Server(config)
     service.start_runner()
     dialect = service.engine.dialect.name
     # The database URL is not printed: a PostgreSQL URL may carry a password.
