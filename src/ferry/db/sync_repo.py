@@ -422,8 +422,10 @@ class SyncRepo:
             for o in outcomes:
                 if o.task_id not in alive:
                     continue  # deleted while the copy ran: nothing to record
-                self._apply(conn, o, now)
+                counted = self._apply(conn, o, now)
                 t = totals.setdefault(o.task_id, dict.fromkeys(STAT_COLUMNS, 0))
+                if not counted:
+                    continue
                 if o.outcome == "success":
                     t["success"] += 1
                     t["size"] += o.size
@@ -434,7 +436,8 @@ class SyncRepo:
             for task_id, counts in totals.items():
                 self._add_stats(conn, task_id, bucket, **counts)
 
-    def _apply(self, conn: Connection, o: EventOutcome, now: float) -> None:
+    def _apply(self, conn: Connection, o: EventOutcome, now: float) -> bool:
+        """Apply one outcome; False when it must not be counted in the statistics."""
         e = sync_events
         this = and_(e.c.task_id == o.task_id, e.c.key == o.key)
         if o.version is None:
@@ -445,13 +448,18 @@ class SyncRepo:
                     task_id=o.task_id, key=o.key, state=state, version=1, attempts=1, received_at=now,
                     next_attempt_at=o.next_attempt_at or now, last_reason=o.reason, updated_at=now,
                 )
-                conn.execute(stmt.on_conflict_do_nothing(index_elements=["task_id", "key"]))
-            return
+                res = conn.execute(stmt.on_conflict_do_nothing(index_elements=["task_id", "key"]))
+                # Every pass meets a key that cannot be copied (archived, say) again: count its failure once.
+                return bool(res.rowcount)
+            if o.outcome == "success":
+                # In sync now: a failure recorded for it earlier is history.
+                conn.execute(delete(e).where(this, e.c.state == FAILED))
+            return True
         same = and_(this, e.c.version == o.version)
         release = {"lease_owner": None, "lease_until": None}
         if o.outcome == "release":
             conn.execute(update(e).where(this).values(**release))
-            return
+            return False
         if o.outcome in ("success", "skip"):
             res = conn.execute(delete(e).where(same))
         elif o.outcome == "failed":
@@ -467,6 +475,7 @@ class SyncRepo:
         if not res.rowcount:
             # A newer event for the key arrived while we worked: it stays pending (due now) for another pass.
             conn.execute(update(e).where(this).values(**release))
+        return o.outcome != "retry"
 
     def problems(self, project_id: str, task_id: str, limit: int, offset: int) -> tuple[list[KeyProblem], int]:
         """Keys that failed at least once: still retrying (pending) or given up (failed), newest first."""

@@ -247,7 +247,7 @@ class SyncWorkers:
         self._inflight: set[asyncio.Task[None]] = set()
         self._reconciling: dict[str, asyncio.Task[None]] = {}
         self._outcomes: list[EventOutcome] = []
-        self._flushed = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
         self._budget: MemoryBudget | None = None
         self._wake: asyncio.Event | None = None
 
@@ -504,15 +504,18 @@ class SyncWorkers:
 
     # -- recording -------------------------------------------------------------------------------------------
     async def _flush(self) -> None:
-        batch, self._outcomes = self._outcomes, []
-        if not batch:
-            return
-        try:
-            await asyncio.to_thread(self.repo.complete, batch, self.clock())
-        except Exception:
-            # Put them back: the next flush tries again, and the leases keep the keys from being re-claimed.
-            log.exception("sync: recording %d outcomes failed; will retry", len(batch))
-            self._outcomes[:0] = batch
+        # One flush at a time: a caller that must know its outcomes are on disk (a reconciliation about to
+        # report itself finished) waits for the flush already under way, which may hold them.
+        async with self._flush_lock:
+            batch, self._outcomes = self._outcomes, []
+            if not batch:
+                return
+            try:
+                await asyncio.to_thread(self.repo.complete, batch, self.clock())
+            except Exception:
+                # Put them back: the next flush tries again; the leases keep the keys from being re-claimed.
+                log.exception("sync: recording %d outcomes failed; will retry", len(batch))
+                self._outcomes[:0] = batch
 
     async def _flush_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
