@@ -284,7 +284,8 @@ class GroupRunner:
         return {k: str(v) for k, v in data.items()}
 
     def _endpoint_spec(self, cloud: str, region: str) -> dict[str, Any]:
-        table = dict(self.ctx.tasks.overrides) if self.ctx.tasks.overrides is not None else None
+        overrides = self.ctx.tasks.overrides
+        table = {k.lower(): v for k, v in overrides.items()} if overrides is not None else None
         try:
             ep = endpoints.resolve(cloud, region, table)
         except FerryError as exc:

@@ -120,7 +120,7 @@ def _unsupported(req: s.CreateTaskGroupReq) -> str | None:
 
 
 def _resolve(ctx: GroupContext, cloud: str, region: str, *, destination: bool) -> endpoints.Endpoint:
-    table = dict(ctx.tasks.overrides) if ctx.tasks.overrides is not None else None
+    table = {k.lower(): v for k, v in ctx.tasks.overrides.items()} if ctx.tasks.overrides is not None else None
     try:
         return endpoints.resolve(cloud, region, table)
     except UsageError as exc:

@@ -1,0 +1,315 @@
+"""Task groups through the real OmsClient: a SeaweedFS bucket split into list tasks run by the task runner."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException
+from huaweicloudsdkoms.v2 import (
+    BandwidthPolicyDto,
+    CreateTaskGroupReq,
+    CreateTaskGroupRequest,
+    DeleteTaskGroupRequest,
+    ListTaskGroupRequest,
+    ListTasksRequest,
+    OmsClient,
+    RetryTaskGroupReq,
+    RetryTaskGroupRequest,
+    ShowTaskGroupRequest,
+    StartTaskGroupReq,
+    StartTaskGroupRequest,
+    StopTaskGroupRequest,
+    TaskGroupDstNode,
+    TaskGroupSrcNode,
+    UpdateBandwidthPolicyReq,
+    UpdateTaskGroupRequest,
+)
+from live_server import ShiftedClock, Tenant, build_services, oms_client, serve, stop
+
+from ferry.api.app import create_app
+from ferry.db.database import open_database
+from ferry.runner.groups import GroupRunner, GroupRunnerSettings
+from ferry.runner.local import LocalRunner, RunnerSettings
+from ferry.sandbox import SeaweedServer
+from ferry.service.groups import GroupContext, SplitSettings
+from ferry.service.secrets import SecretBox
+from ferry.service.tasks import TaskContext
+
+SRC_CLOUD, SRC_REGION, DST_REGION = "Aliyun", "cn-hangzhou", "cn-north-4"
+PER_TASK = 5  # objects per task of a group: small, so a few dozen objects make several tasks
+WAIT = 60.0
+
+
+@dataclass
+class Env:
+    client: OmsClient
+    other: OmsClient
+    src: SeaweedServer
+    dst: SeaweedServer
+    runner: LocalRunner
+    groups: GroupRunner
+    data_dir: Path
+
+
+@pytest.fixture(scope="module")
+def env(seaweed_a: SeaweedServer, seaweed_b: SeaweedServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    data_dir = tmp_path_factory.mktemp("groups")
+    engine = open_database(f"sqlite:///{data_dir / 'ferry.db'}")
+    box = SecretBox.load(data_dir)
+    runner = LocalRunner(engine, box, data_dir, RunnerSettings(max_tasks=3, concurrency=8, poll_interval=0.2,
+                                                               progress_interval=0.25, retry_delay=0.5))
+    # Lower-case keys, as load_overrides() produces them from FERRY_ENDPOINT_OVERRIDES.
+    overrides = {f"{SRC_CLOUD}/{SRC_REGION}".lower(): seaweed_a.endpoint,
+                 f"huaweicloud/{DST_REGION}": seaweed_b.endpoint}
+    tasks = TaskContext(engine=engine, box=box, data_dir=data_dir, overrides=overrides, notify=runner.notify)
+    gctx = GroupContext(tasks=tasks, split=SplitSettings(objects_per_task=PER_TASK))
+    grunner = GroupRunner(gctx, GroupRunnerSettings(poll_interval=0.2, heartbeat_interval=0.5, retry_delay=0.5))
+    gctx = dataclasses.replace(gctx, notify=grunner.notify)
+    grunner.ctx = gctx
+    tenant, other = Tenant(), Tenant()
+    services = dataclasses.replace(build_services([tenant, other], ShiftedClock(), []), tasks=tasks, groups=gctx)
+    running = serve(create_app(services))
+    runner.start()
+    grunner.start()
+    try:
+        yield Env(oms_client(running.url, tenant.ak, tenant.sk, tenant.project_id),
+                  oms_client(running.url, other.ak, other.sk, other.project_id),
+                  seaweed_a, seaweed_b, runner, grunner, data_dir)
+    finally:
+        grunner.stop()
+        runner.stop()
+        stop(running)
+        engine.dispose()
+
+
+def fill(store: SeaweedServer, bucket: str, keys: dict[str, bytes]) -> None:
+    for key, body in keys.items():
+        status, _ = store.request("PUT", f"/{bucket}/{key}", body=body, headers={"Content-Type": "text/plain"})
+        assert status == 200
+
+
+def sample(n: int, size: int = 100, prefix: str = "") -> dict[str, bytes]:
+    return {f"{prefix}dir{i % 3}/obj-{i:03d} x.bin": hashlib.sha256(str(i).encode()).digest() * (size // 32)
+            for i in range(n)}
+
+
+def group_req(env: Env, src_bucket: str, dst_bucket: str, *, src_sk: str | None = None, **kw: Any) -> Any:
+    return CreateTaskGroupRequest(CreateTaskGroupReq(
+        src_node=TaskGroupSrcNode(ak=env.src.access_key, sk=src_sk or env.src.secret_key, region=SRC_REGION,
+                                  bucket=src_bucket, cloud_type=SRC_CLOUD, object_key=kw.pop("object_key", None)),
+        dst_node=TaskGroupDstNode(ak=env.dst.access_key, sk=env.dst.secret_key, region=DST_REGION, bucket=dst_bucket,
+                                  save_prefix=kw.pop("save_prefix", None)),
+        **kw))
+
+
+def show(env: Env, group_id: str) -> Any:
+    return env.client.show_task_group(ShowTaskGroupRequest(group_id=group_id))
+
+
+def wait_for(env: Env, group_id: str, statuses: set[int], timeout: float = WAIT) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        g = show(env, group_id)
+        if g.status in statuses:
+            return g
+        # A status that cannot change by itself ends the wait at once, saying why.
+        assert g.status not in {3, 4, 5, 6}, (g.status, g.error_reason)
+        assert time.monotonic() < deadline, f"group stuck in status {g.status}"
+        time.sleep(0.2)
+
+
+def keys_body(store: SeaweedServer, bucket: str, key: str) -> bytes:
+    status, body = store.request("GET", f"/{bucket}/{key}")
+    assert status == 200, key
+    return body
+
+
+def list_keys(store: SeaweedServer, bucket: str, prefix: str = "") -> list[str]:
+    query = f"list-type=2&max-keys=1000&prefix={quote(prefix, safe='')}"
+    status, body = store.request("GET", f"/{bucket}", query=query)
+    assert status == 200
+    return re.findall(r"<Key>([^<]*)</Key>", body.decode())
+
+
+def keys_of(env: Env) -> dict[str, str]:
+    return {"src_ak": env.src.access_key, "src_sk": env.src.secret_key, "dst_ak": env.dst.access_key,
+            "dst_sk": env.dst.secret_key}
+
+
+def fails(call: Callable[[], object], status: int, code: str) -> ClientRequestException:
+    with pytest.raises(ClientRequestException) as info:
+        call()
+    assert (info.value.status_code, info.value.error_code) == (status, code), info.value.error_msg
+    return info.value
+
+
+def test_group_splits_a_bucket_into_tasks_and_completes(env: Env) -> None:
+    src = env.src.create_bucket("group-src-all")
+    dst = env.dst.create_bucket("group-dst-all")
+    objects = sample(23)
+    fill(env.src, src, objects)
+    created = env.client.create_task_group(group_req(env, src, dst, description="whole bucket"))
+    gid = created.group_id
+    assert len(gid) == 36
+    g = wait_for(env, gid, {6})
+    assert (g.total_task_num, g.create_task_num, g.complete_task_num, g.failed_task_num) == (5, 5, 5, 0)
+    assert (g.executing_task_num, g.waiting_task_num, g.paused_task_num) == (0, 0, 0)
+    size = sum(len(b) for b in objects.values())
+    assert (g.total_num, g.create_complete_num, g.success_num, g.fail_num, g.skip_num) == (23, 23, 23, 0, 0)
+    assert (g.total_size, g.create_complete_size, g.complete_size) == (size, size, size)
+    assert g.src_node.cloud_type == "ALIYUN" and g.src_node.bucket == src and g.dst_node.bucket == dst
+    assert g.task_type == "PREFIX" and g.description == "whole bucket" and g.start_time > 0 and g.total_time >= 0
+    tasks = env.client.list_tasks(ListTasksRequest(group_id=gid, limit=100))
+    assert tasks.count == 5
+    assert all(t.group_type == "GROUP_TASK" and t.group_id == gid and t.status == 5 for t in tasks.tasks)
+    assert sorted(t.total_num for t in tasks.tasks) == [3, 5, 5, 5, 5]
+    for key, body in objects.items():
+        assert keys_body(env.dst, dst, key) == body
+    # The list files the split wrote into the destination are gone once the group completed.
+    deadline = time.monotonic() + 10
+    while list_keys(env.dst, dst, "oms/") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert list_keys(env.dst, dst, "oms/") == []
+    listed = env.client.list_task_group(ListTaskGroupRequest(limit=100))
+    assert gid in [x.group_id for x in listed.taskgroups]
+    assert gid in [x.group_id for x in env.client.list_task_group(ListTaskGroupRequest(status=6)).taskgroups]
+    # A completed group cannot be stopped, retried or re-limited, but can be deleted, with its tasks.
+    fails(lambda: env.client.stop_task_group(StopTaskGroupRequest(group_id=gid)), 409, "OMS.0070")
+    fails(lambda: env.client.retry_task_group(RetryTaskGroupRequest(gid, RetryTaskGroupReq(**keys_of(env)))),
+          409, "OMS.0070")
+    policy = UpdateBandwidthPolicyReq([BandwidthPolicyDto(start="00:00", end="08:00", max_bandwidth=2 * 1024**2)])
+    fails(lambda: env.client.update_task_group(UpdateTaskGroupRequest(gid, policy)), 409, "OMS.0070")
+    env.client.delete_task_group(DeleteTaskGroupRequest(group_id=gid))
+    assert env.client.list_tasks(ListTasksRequest(group_id=gid)).count == 0
+    # 8 "waiting for deletion" until the runner has removed what the group left, then gone.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            assert show(env, gid).status == 8
+        except ClientRequestException as exc:
+            assert (exc.status_code, exc.error_code) == (404, "OMS.1009")
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def test_group_of_prefixes_with_save_prefix(env: Env) -> None:
+    src = env.src.create_bucket("group-src-prefixes")
+    dst = env.dst.create_bucket("group-dst-prefixes")
+    objects = {**sample(8, prefix="keep/"), **sample(4, prefix="also/"), **sample(6, prefix="skip/")}
+    fill(env.src, src, objects)
+    gid = env.client.create_task_group(group_req(env, src, dst, object_key=["keep/", "also/"],
+                                                 save_prefix="copied/")).group_id
+    g = wait_for(env, gid, {6})
+    assert (g.total_num, g.success_num, g.total_task_num) == (12, 12, 3)
+    got = sorted(list_keys(env.dst, dst, "copied/"))
+    assert got == sorted(f"copied/{k}" for k in objects if not k.startswith("skip/"))
+
+
+def test_group_stop_update_start(env: Env) -> None:
+    src = env.src.create_bucket("group-src-stop")
+    dst = env.dst.create_bucket("group-dst-stop")
+    objects = sample(40, size=64 * 1024)
+    fill(env.src, src, objects)
+    slow = [BandwidthPolicyDto(start="00:00", end="00:00", max_bandwidth=1024 * 1024)]  # all day, 1 MB/s
+    gid = env.client.create_task_group(group_req(env, src, dst, bandwidth_policy=slow)).group_id
+    wait_for(env, gid, {1, 2})
+    fails(lambda: env.client.delete_task_group(DeleteTaskGroupRequest(group_id=gid)), 409, "OMS.0070")
+    fails(lambda: env.client.start_task_group(StartTaskGroupRequest(gid, StartTaskGroupReq(**keys_of(env)))),
+          409, "OMS.0070")
+    env.client.stop_task_group(StopTaskGroupRequest(group_id=gid))
+    g = wait_for(env, gid, {3})
+    assert g.executing_task_num == 0 and g.waiting_task_num == 0
+    assert g.success_num < 40  # stopped before the end
+    fast = UpdateBandwidthPolicyReq([BandwidthPolicyDto(start="00:00", end="00:00", max_bandwidth=200 * 1024**2)])
+    env.client.update_task_group(UpdateTaskGroupRequest(gid, fast))
+    assert show(env, gid).bandwidth_policy[0].max_bandwidth == 200 * 1024**2
+    tasks = env.client.list_tasks(ListTasksRequest(group_id=gid, limit=100)).tasks
+    assert all(t.bandwidth_policy[0].max_bandwidth == 200 * 1024**2 for t in tasks if t.status != 5)
+    fails(lambda: env.client.start_task_group(StartTaskGroupRequest(gid, StartTaskGroupReq(
+        dst_ak=env.dst.access_key, dst_sk=env.dst.secret_key))), 400, "OMS.0001")
+    env.client.start_task_group(StartTaskGroupRequest(gid, StartTaskGroupReq(**keys_of(env))))
+    g = wait_for(env, gid, {6})
+    assert (g.total_num, g.success_num + g.skip_num, g.fail_num, g.total_task_num) == (40, 40, 0, 8)
+    for key, body in objects.items():
+        assert keys_body(env.dst, dst, key) == body
+
+
+def test_failed_split_then_retry(env: Env) -> None:
+    src = env.src.create_bucket("group-src-badkeys")
+    dst = env.dst.create_bucket("group-dst-badkeys")
+    fill(env.src, src, sample(7))
+    gid = env.client.create_task_group(group_req(env, src, dst, src_sk="not-the-secret")).group_id
+    g = wait_for(env, gid, {4})
+    assert g.error_reason.error_code == "TRF.0151" and "not-the-secret" not in g.error_reason.error_msg
+    assert g.total_task_num == 0
+    env.client.retry_task_group(RetryTaskGroupRequest(gid, RetryTaskGroupReq(**keys_of(env))))
+    g = wait_for(env, gid, {6})
+    assert (g.total_num, g.success_num, g.total_task_num) == (7, 7, 2)
+    missing = env.client.create_task_group(group_req(env, "no-such-source-bucket", dst)).group_id
+    assert wait_for(env, missing, {4}).error_reason.error_code == "TRF.0155"
+    empty = env.client.create_task_group(group_req(env, env.src.create_bucket("group-src-empty"), dst)).group_id
+    assert wait_for(env, empty, {4}).error_reason.error_code == "TRF.0012"
+
+
+def test_failed_migration_then_retry_failed_objects(env: Env) -> None:
+    src = env.src.create_bucket("group-src-retry")
+    dst = env.dst.create_bucket("group-dst-retry")
+    objects = sample(12)
+    fill(env.src, src, objects)
+    env.runner.stop()  # tasks wait until their source objects are gone
+    try:
+        gid = env.client.create_task_group(group_req(env, src, dst)).group_id
+        g = wait_for(env, gid, {2})
+        deadline = time.monotonic() + WAIT
+        while g.total_task_num < 3 or g.waiting_task_num < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+            g = show(env, gid)
+        gone = sorted(objects)[:2]
+        for key in gone:
+            assert env.src.request("DELETE", f"/{src}/{key}")[0] in (200, 204)
+    finally:
+        env.runner.start()
+    g = wait_for(env, gid, {5})
+    assert (g.fail_num, g.success_num, g.failed_task_num) == (2, 10, 1)
+    fill(env.src, src, {k: objects[k] for k in gone})
+    env.client.retry_task_group(RetryTaskGroupRequest(gid, RetryTaskGroupReq(migrate_failed_object=True,
+                                                                            **keys_of(env))))
+    g = wait_for(env, gid, {6})
+    assert (g.fail_num, g.success_num, g.complete_task_num) == (0, 12, 3)
+    for key, body in objects.items():
+        assert keys_body(env.dst, dst, key) == body
+
+
+def test_group_request_errors(env: Env) -> None:
+    dst = env.dst.create_bucket("group-dst-errors")
+    fails(lambda: show(env, "00000000-0000-0000-0000-000000000000"), 404, "OMS.1009")
+    fails(lambda: env.client.delete_task_group(DeleteTaskGroupRequest(group_id="nope")), 404, "OMS.1009")
+    fails(lambda: env.client.create_task_group(group_req(env, "src-bucket", dst, description="a<b")), 400, "OMS.0078")
+    fails(lambda: env.client.create_task_group(group_req(env, "src-bucket", dst, task_type="SIDEWAYS")),
+          400, "OMS.0001")
+    fails(lambda: env.client.create_task_group(group_req(env, "src-bucket", dst, task_type="LIST")),
+          400, "OMS.0001")  # LIST needs src_node.list_file
+    req = group_req(env, "src-bucket", dst)
+    req.body.src_node.cloud_type = "Azure"
+    fails(lambda: env.client.create_task_group(req), 400, "OMS.0001")
+    fails(lambda: env.client.list_task_group(ListTaskGroupRequest(limit=101)), 400, "OMS.0001")
+    fails(lambda: env.client.list_task_group(ListTaskGroupRequest(status=10)), 400, "OMS.0001")
+    # Another project never sees this project's groups.
+    src = env.src.create_bucket("group-src-private")
+    fill(env.src, src, sample(2))
+    gid = env.client.create_task_group(group_req(env, src, dst)).group_id
+    fails(lambda: env.other.show_task_group(ShowTaskGroupRequest(group_id=gid)), 404, "OMS.1009")
+    fails(lambda: env.other.delete_task_group(DeleteTaskGroupRequest(group_id=gid)), 404, "OMS.1009")
+    assert gid not in [x.group_id for x in env.other.list_task_group(ListTaskGroupRequest()).taskgroups]
+    wait_for(env, gid, {6})
