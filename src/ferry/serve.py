@@ -21,9 +21,11 @@ from sqlalchemy import Engine
 from ferry.api.app import create_app
 from ferry.api.deps import ApiServices
 from ferry.db.database import open_database
+from ferry.runner.groups import GroupRunner
 from ferry.runner.local import LocalRunner, RunnerSettings
 from ferry.service import credentials
 from ferry.service.credentials import DbCredentialStore
+from ferry.service.groups import GroupContext
 from ferry.service.secrets import SecretBox
 from ferry.service.tasks import TaskContext, TaskLimits
 
@@ -43,12 +45,19 @@ class Service:
     services: ApiServices
     app: FastAPI
     runner: LocalRunner | None
+    # The task-group runner (splits groups into tasks, settles their status).
+    groups: GroupRunner | None = None
 
     def start_runner(self) -> None:
         if self.runner is not None:
             self.runner.start()
+        if self.groups is not None:
+            self.groups.start()
 
     def close(self) -> None:
+        if self.groups is not None:
+            # A split in progress keeps its checkpoint and goes on at the next start.
+            self.groups.stop()
         if self.runner is not None:
             self.runner.stop()
         self.engine.dispose()
@@ -70,13 +79,18 @@ def build(
     ctx = TaskContext(engine=engine, box=box, data_dir=data_dir, limits=limits or TaskLimits())
     if runner is not None:
         ctx = dataclasses.replace(ctx, notify=runner.notify)
+    group_ctx = GroupContext(tasks=ctx)
+    group_runner = GroupRunner(group_ctx) if run_tasks else None
+    if group_runner is not None:
+        group_ctx = dataclasses.replace(group_ctx, notify=group_runner.notify)
     services = ApiServices(
         credentials=DbCredentialStore(engine, box),
         record_privacy_agreement=lambda project_id: credentials.record_privacy_agreement(engine, project_id),
         tasks=ctx,
+        groups=group_ctx,
     )
     app = create_app(services, expose_openapi=expose_openapi)
-    return Service(engine, box, data_dir, services, app, runner)
+    return Service(engine, box, data_dir, services, app, runner, groups=group_runner)
 
 
 class _Server(uvicorn.Server):
