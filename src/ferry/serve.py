@@ -23,10 +23,12 @@ from ferry.api.deps import ApiServices
 from ferry.db.database import open_database
 from ferry.runner.groups import GroupRunner
 from ferry.runner.local import LocalRunner, RunnerSettings
+from ferry.runner.sync import SyncBackground
 from ferry.service import credentials
 from ferry.service.credentials import DbCredentialStore
 from ferry.service.groups import GroupContext
 from ferry.service.secrets import SecretBox
+from ferry.service.sync import SyncContext, build_sync_service
 from ferry.service.tasks import TaskContext, TaskLimits
 
 DEFAULT_HOST: Final = "127.0.0.1"
@@ -45,12 +47,16 @@ class Service:
     services: ApiServices
     app: FastAPI
     runner: LocalRunner | None
+    # The sync-task workers (event queue and reconciliation), settings from FERRY_SYNC_* variables.
+    sync: SyncBackground | None = None
     # The task-group runner (splits groups into tasks, settles their status).
     groups: GroupRunner | None = None
 
     def start_runner(self) -> None:
         if self.runner is not None:
             self.runner.start()
+        if self.sync is not None:
+            self.sync.start()
         if self.groups is not None:
             self.groups.start()
 
@@ -58,6 +64,9 @@ class Service:
         if self.groups is not None:
             # A split in progress keeps its checkpoint and goes on at the next start.
             self.groups.stop()
+        if self.sync is not None:
+            # In-flight keys finish and are recorded; queued ones wait in the database for the next start.
+            self.sync.stop()
         if self.runner is not None:
             self.runner.stop()
         self.engine.dispose()
@@ -79,6 +88,7 @@ def build(
     ctx = TaskContext(engine=engine, box=box, data_dir=data_dir, limits=limits or TaskLimits())
     if runner is not None:
         ctx = dataclasses.replace(ctx, notify=runner.notify)
+    sync_ctx, sync_workers = build_sync_service(engine, box) if run_tasks else (SyncContext(engine, box), None)
     group_ctx = GroupContext(tasks=ctx)
     group_runner = GroupRunner(group_ctx) if run_tasks else None
     if group_runner is not None:
@@ -87,10 +97,11 @@ def build(
         credentials=DbCredentialStore(engine, box),
         record_privacy_agreement=lambda project_id: credentials.record_privacy_agreement(engine, project_id),
         tasks=ctx,
+        sync=sync_ctx,
         groups=group_ctx,
     )
     app = create_app(services, expose_openapi=expose_openapi)
-    return Service(engine, box, data_dir, services, app, runner, groups=group_runner)
+    return Service(engine, box, data_dir, services, app, runner, sync=sync_workers, groups=group_runner)
 
 
 class _Server(uvicorn.Server):
