@@ -37,7 +37,7 @@ from live_server import ShiftedClock, Tenant, build_services, oms_client, serve,
 
 from ferry.api.app import create_app
 from ferry.db.database import open_database
-from ferry.runner.groups import GroupRunner, GroupRunnerSettings
+from ferry.runner.groups import GroupRunner, GroupRunnerSettings, _Splitter
 from ferry.runner.local import LocalRunner, RunnerSettings
 from ferry.sandbox import SeaweedServer
 from ferry.service.groups import GroupContext, SplitSettings
@@ -74,7 +74,6 @@ def env(seaweed_a: SeaweedServer, seaweed_b: SeaweedServer, tmp_path_factory: py
     gctx = GroupContext(tasks=tasks, split=SplitSettings(objects_per_task=PER_TASK))
     grunner = GroupRunner(gctx, GroupRunnerSettings(poll_interval=0.2, heartbeat_interval=0.5, retry_delay=0.5))
     gctx = dataclasses.replace(gctx, notify=grunner.notify)
-    grunner.ctx = gctx
     tenant, other = Tenant(), Tenant()
     services = dataclasses.replace(build_services([tenant, other], ShiftedClock(), []), tasks=tasks, groups=gctx)
     running = serve(create_app(services))
@@ -313,3 +312,29 @@ def test_group_request_errors(env: Env) -> None:
     fails(lambda: env.other.delete_task_group(DeleteTaskGroupRequest(group_id=gid)), 404, "OMS.1009")
     assert gid not in [x.group_id for x in env.other.list_task_group(ListTaskGroupRequest()).taskgroups]
     wait_for(env, gid, {6})
+
+
+def test_split_crashing_mid_way_resumes_without_twin_tasks(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = env.src.create_bucket("group-src-crash")
+    dst = env.dst.create_bucket("group-dst-crash")
+    objects = sample(22)
+    fill(env.src, src, objects)
+    original = _Splitter._create_task
+    crashes: list[int] = []
+
+    def create_then_crash(self: _Splitter) -> None:
+        original(self)
+        if self.chunk == 2 and not crashes:
+            # The task of chunk 2 exists but its checkpoint was never written: the redone chunk must not
+            # create a twin, and the chunks before it must not be listed into new tasks again.
+            crashes.append(self.chunk)
+            raise RuntimeError("simulated crash between task creation and checkpoint")
+
+    monkeypatch.setattr(_Splitter, "_create_task", create_then_crash)
+    gid = env.client.create_task_group(group_req(env, src, dst)).group_id
+    g = wait_for(env, gid, {6})
+    assert crashes == [2]
+    assert (g.total_task_num, g.total_num, g.success_num, g.fail_num) == (5, 22, 22, 0)
+    tasks = env.client.list_tasks(ListTasksRequest(group_id=gid, limit=100)).tasks
+    assert sorted(t.name[-6:] for t in tasks) == [f"{i:06d}" for i in range(5)]
+    assert sum(t.total_num for t in tasks) == 22
