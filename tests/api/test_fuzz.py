@@ -10,6 +10,7 @@ import pytest
 import requests
 import schemathesis
 from fastapi import APIRouter, Query
+from ferry_service import FerryService, start_service
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
@@ -32,6 +33,7 @@ from ferry.api.schemas import (
     SyncObjectReq,
     TaskId,
 )
+from ferry.service.tasks import create_task
 
 # Test-only routes that parse the bigger request models, so their validators are fuzzed too.
 validators = APIRouter()
@@ -182,3 +184,55 @@ def test_raw_requests_never_5xx(
     assert resp.status_code < 500, (method, path, resp.text)
     if method != "HEAD":
         assert_oms_answer(resp)
+
+
+# -- the real migration-task routes over a real database (runner off: tasks stay put) ---------------------------
+
+
+@pytest.fixture(scope="module")
+def task_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FerryService]:
+    home = tmp_path_factory.mktemp("fuzz-tasks")
+    started = start_service(home, f"sqlite:///{home / 'ferry.db'}", run_tasks=False)
+    try:
+        yield started.value
+    finally:
+        started.close()
+
+
+def _real_task(target: FerryService) -> int:
+    ctx = target.service.services.tasks
+    assert ctx is not None
+    body = CreateTaskReq.model_validate({
+        "task_type": "prefix",
+        "src_node": {"cloud_type": "Aliyun", "region": "cn-hangzhou", "ak": "AK", "sk": "SK", "bucket": "fuzz-src"},
+        "dst_node": {"ak": "AK", "sk": "SK", "bucket": "fuzz-dst", "region": "cn-north-4"},
+    })
+    created = create_task(ctx, target.tenant.project_id, body)
+    assert created.id is not None
+    return created.id
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_task_routes_fuzz(task_target: FerryService, mode: GenerationMode) -> None:
+    s = requests.Session()
+    s.auth = SdkSigningAuth(task_target.tenant.ak, task_target.tenant.sk, task_target.tenant.project_id)
+    s.headers["X-Project-Id"] = task_target.tenant.project_id
+    schema = schemathesis.openapi.from_dict(task_target.service.app.openapi(), config=SchemathesisConfig())
+    operations = [r.ok() for r in schema.get_all_operations() if "/tasks" in r.ok().path]
+    assert len(operations) == 8
+    for operation in operations:
+        # Half the cases aim at a task that exists, so start/stop/delete/updates reach their state checks.
+        pins: list[dict[str, Any]] = [{"project_id": task_target.tenant.project_id}]
+        if "{task_id}" in operation.path:
+            pins.append({**pins[0], "task_id": _real_task(task_target)})
+        for pinned in pins:
+
+            @given(case=operation.as_strategy(mode, path_parameters=pinned))
+            @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+            def call(case: Any) -> None:
+                assert_oms_answer(case.call(base_url=task_target.url, session=s, timeout=60))
+
+            try:
+                call()
+            except Unsatisfiable:
+                assert mode is GenerationMode.NEGATIVE
