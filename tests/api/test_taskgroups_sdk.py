@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from ferry_service import pg_database
 from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException
 from huaweicloudsdkoms.v2 import (
     BandwidthPolicyDto,
@@ -51,6 +52,7 @@ WAIT = 60.0
 
 @dataclass
 class Env:
+    tag: str  # the database flavour, also in bucket names: each flavour's run starts from empty buckets
     client: OmsClient
     other: OmsClient
     src: SeaweedServer
@@ -60,10 +62,21 @@ class Env:
     data_dir: Path
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    if request.param == "sqlite":
+        yield "sqlite", f"sqlite:///{tmp_path_factory.mktemp('groups-db') / 'ferry.db'}"
+    else:
+        for url in pg_database():
+            yield "pg", url
+
+
 @pytest.fixture(scope="module")
-def env(seaweed_a: SeaweedServer, seaweed_b: SeaweedServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+def env(seaweed_a: SeaweedServer, seaweed_b: SeaweedServer, tmp_path_factory: pytest.TempPathFactory,
+        database: tuple[str, str]) -> Iterator[Env]:
+    tag, url = database
     data_dir = tmp_path_factory.mktemp("groups")
-    engine = open_database(f"sqlite:///{data_dir / 'ferry.db'}")
+    engine = open_database(url)
     box = SecretBox.load(data_dir)
     runner = LocalRunner(engine, box, data_dir, RunnerSettings(max_tasks=3, concurrency=8, poll_interval=0.2,
                                                                progress_interval=0.25, retry_delay=0.5))
@@ -80,7 +93,7 @@ def env(seaweed_a: SeaweedServer, seaweed_b: SeaweedServer, tmp_path_factory: py
     runner.start()
     grunner.start()
     try:
-        yield Env(oms_client(running.url, tenant.ak, tenant.sk, tenant.project_id),
+        yield Env(tag, oms_client(running.url, tenant.ak, tenant.sk, tenant.project_id),
                   oms_client(running.url, other.ak, other.sk, other.project_id),
                   seaweed_a, seaweed_b, runner, grunner, data_dir)
     finally:
@@ -152,8 +165,8 @@ def fails(call: Callable[[], object], status: int, code: str) -> ClientRequestEx
 
 
 def test_group_splits_a_bucket_into_tasks_and_completes(env: Env) -> None:
-    src = env.src.create_bucket("group-src-all")
-    dst = env.dst.create_bucket("group-dst-all")
+    src = env.src.create_bucket(f"group-src-all-{env.tag}")
+    dst = env.dst.create_bucket(f"group-dst-all-{env.tag}")
     objects = sample(23)
     fill(env.src, src, objects)
     created = env.client.create_task_group(group_req(env, src, dst, description="whole bucket"))
@@ -202,8 +215,8 @@ def test_group_splits_a_bucket_into_tasks_and_completes(env: Env) -> None:
 
 
 def test_group_of_prefixes_with_save_prefix(env: Env) -> None:
-    src = env.src.create_bucket("group-src-prefixes")
-    dst = env.dst.create_bucket("group-dst-prefixes")
+    src = env.src.create_bucket(f"group-src-prefixes-{env.tag}")
+    dst = env.dst.create_bucket(f"group-dst-prefixes-{env.tag}")
     objects = {**sample(8, prefix="keep/"), **sample(4, prefix="also/"), **sample(6, prefix="skip/")}
     fill(env.src, src, objects)
     gid = env.client.create_task_group(group_req(env, src, dst, object_key=["keep/", "also/"],
@@ -215,8 +228,8 @@ def test_group_of_prefixes_with_save_prefix(env: Env) -> None:
 
 
 def test_group_stop_update_start(env: Env) -> None:
-    src = env.src.create_bucket("group-src-stop")
-    dst = env.dst.create_bucket("group-dst-stop")
+    src = env.src.create_bucket(f"group-src-stop-{env.tag}")
+    dst = env.dst.create_bucket(f"group-dst-stop-{env.tag}")
     objects = sample(40, size=64 * 1024)
     fill(env.src, src, objects)
     slow = [BandwidthPolicyDto(start="00:00", end="00:00", max_bandwidth=1024 * 1024)]  # all day, 1 MB/s
@@ -244,8 +257,8 @@ def test_group_stop_update_start(env: Env) -> None:
 
 
 def test_failed_split_then_retry(env: Env) -> None:
-    src = env.src.create_bucket("group-src-badkeys")
-    dst = env.dst.create_bucket("group-dst-badkeys")
+    src = env.src.create_bucket(f"group-src-badkeys-{env.tag}")
+    dst = env.dst.create_bucket(f"group-dst-badkeys-{env.tag}")
     fill(env.src, src, sample(7))
     gid = env.client.create_task_group(group_req(env, src, dst, src_sk="not-the-secret")).group_id
     g = wait_for(env, gid, {4})
@@ -256,13 +269,14 @@ def test_failed_split_then_retry(env: Env) -> None:
     assert (g.total_num, g.success_num, g.total_task_num) == (7, 7, 2)
     missing = env.client.create_task_group(group_req(env, "no-such-source-bucket", dst)).group_id
     assert wait_for(env, missing, {4}).error_reason.error_code == "TRF.0155"
-    empty = env.client.create_task_group(group_req(env, env.src.create_bucket("group-src-empty"), dst)).group_id
+    empty_bucket = env.src.create_bucket(f"group-src-empty-{env.tag}")
+    empty = env.client.create_task_group(group_req(env, empty_bucket, dst)).group_id
     assert wait_for(env, empty, {4}).error_reason.error_code == "TRF.0012"
 
 
 def test_failed_migration_then_retry_failed_objects(env: Env) -> None:
-    src = env.src.create_bucket("group-src-retry")
-    dst = env.dst.create_bucket("group-dst-retry")
+    src = env.src.create_bucket(f"group-src-retry-{env.tag}")
+    dst = env.dst.create_bucket(f"group-dst-retry-{env.tag}")
     objects = sample(12)
     fill(env.src, src, objects)
     env.runner.stop()  # tasks wait until their source objects are gone
@@ -291,7 +305,7 @@ def test_failed_migration_then_retry_failed_objects(env: Env) -> None:
 
 
 def test_group_request_errors(env: Env) -> None:
-    dst = env.dst.create_bucket("group-dst-errors")
+    dst = env.dst.create_bucket(f"group-dst-errors-{env.tag}")
     fails(lambda: show(env, "00000000-0000-0000-0000-000000000000"), 404, "OMS.1009")
     fails(lambda: env.client.delete_task_group(DeleteTaskGroupRequest(group_id="nope")), 404, "OMS.1009")
     fails(lambda: env.client.create_task_group(group_req(env, "src-bucket", dst, description="a<b")), 400, "OMS.0078")
@@ -305,7 +319,7 @@ def test_group_request_errors(env: Env) -> None:
     fails(lambda: env.client.list_task_group(ListTaskGroupRequest(limit=101)), 400, "OMS.0001")
     fails(lambda: env.client.list_task_group(ListTaskGroupRequest(status=10)), 400, "OMS.0001")
     # Another project never sees this project's groups.
-    src = env.src.create_bucket("group-src-private")
+    src = env.src.create_bucket(f"group-src-private-{env.tag}")
     fill(env.src, src, sample(2))
     gid = env.client.create_task_group(group_req(env, src, dst)).group_id
     fails(lambda: env.other.show_task_group(ShowTaskGroupRequest(group_id=gid)), 404, "OMS.1009")
@@ -315,8 +329,8 @@ def test_group_request_errors(env: Env) -> None:
 
 
 def test_split_crashing_mid_way_resumes_without_twin_tasks(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    src = env.src.create_bucket("group-src-crash")
-    dst = env.dst.create_bucket("group-dst-crash")
+    src = env.src.create_bucket(f"group-src-crash-{env.tag}")
+    dst = env.dst.create_bucket(f"group-dst-crash-{env.tag}")
     objects = sample(22)
     fill(env.src, src, objects)
     original = _Splitter._create_task

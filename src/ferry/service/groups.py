@@ -21,9 +21,10 @@ The runner persists what the roll-up shows (5, 6, 3) within a poll; reads never 
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -66,6 +67,21 @@ class SplitSettings:
     bytes_per_task: int = 500 * 1024**3
     list_file_bytes: int = 32 * _MiB
 
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> SplitSettings:
+        """The defaults, or the operator's FERRY_GROUP_TASK_OBJECTS / FERRY_GROUP_TASK_BYTES (positive ints)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, int] = {}
+        for name, attr in (("FERRY_GROUP_TASK_OBJECTS", "objects_per_task"), ("FERRY_GROUP_TASK_BYTES",
+                                                                               "bytes_per_task")):
+            raw = env.get(name, "").strip()
+            if not raw:
+                continue
+            if not raw.isdigit() or int(raw) < 1:
+                raise UsageError(f"{name} must be a positive whole number")
+            values[attr] = int(raw)
+        return cls(**values)
+
 
 def _noop() -> None:
     return None
@@ -77,7 +93,7 @@ class GroupContext:
     how to split, and the group runner's doorbell."""
 
     tasks: TaskContext
-    split: SplitSettings = field(default_factory=SplitSettings)
+    split: SplitSettings = field(default_factory=SplitSettings.from_env)
     notify: Callable[[], None] = _noop
 
     @property
