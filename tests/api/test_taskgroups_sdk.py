@@ -20,6 +20,7 @@ from huaweicloudsdkoms.v2 import (
     CreateTaskGroupReq,
     CreateTaskGroupRequest,
     DeleteTaskGroupRequest,
+    ListFile,
     ListTaskGroupRequest,
     ListTasksRequest,
     OmsClient,
@@ -352,3 +353,25 @@ def test_split_crashing_mid_way_resumes_without_twin_tasks(env: Env, monkeypatch
     tasks = env.client.list_tasks(ListTasksRequest(group_id=gid, limit=100)).tasks
     assert sorted(t.name[-6:] for t in tasks) == [f"{i:06d}" for i in range(5)]
     assert sum(t.total_num for t in tasks) == 22
+
+
+def test_list_group_splits_its_list_file(env: Env) -> None:
+    src = env.src.create_bucket(f"group-src-list-{env.tag}")
+    dst = env.dst.create_bucket(f"group-dst-list-{env.tag}")
+    lists = env.dst.create_bucket(f"group-lists-{env.tag}")
+    objects = sample(14)
+    fill(env.src, src, {**objects, "not-listed.bin": b"x"})
+    chosen = sorted(objects)[:12]
+    body = "\r\n".join(quote(k, safe="/") for k in chosen).encode() + b"\n\n"
+    fill(env.dst, lists, {"lists/chosen.txt": body})
+    req = group_req(env, src, dst, task_type="LIST")
+    req.body.src_node.list_file = ListFile(list_file_key="lists/chosen.txt", obs_bucket=lists)
+    gid = env.client.create_task_group(req).group_id
+    g = wait_for(env, gid, {6})
+    assert (g.task_type, g.total_task_num, g.total_num, g.success_num, g.fail_num) == ("LIST", 3, 12, 12, 0)
+    assert g.src_node.list_file.list_file_key == "lists/chosen.txt"
+    assert sorted(k for k in list_keys(env.dst, dst) if not k.startswith("oms/")) == chosen
+    missing = group_req(env, src, dst, task_type="LIST")
+    missing.body.src_node.list_file = ListFile(list_file_key="lists/absent.txt", obs_bucket=lists)
+    gid = env.client.create_task_group(missing).group_id
+    assert wait_for(env, gid, {4}).error_reason.error_code == "TRF.0013"
