@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import http.server
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,15 +31,21 @@ from huaweicloudsdkoms.v2 import (
     BandwidthPolicyDto,
     BatchUpdateTasksReq,
     BatchUpdateTasksRequest,
+    CreateTaskRequest,
     DeleteTaskRequest,
+    DstNodeReq,
     ListFile,
     ListTasksRequest,
     ShowTaskRequest,
+    SrcNodeReq,
     StartTaskReq,
     StartTaskRequest,
     StopTaskRequest,
     UpdateBandwidthPolicyReq,
     UpdateBandwidthPolicyRequest,
+)
+from huaweicloudsdkoms.v2 import (
+    CreateTaskReq as SdkCreateTaskReq,
 )
 from live_server import oms_client
 from sqlalchemy import select
@@ -77,14 +86,31 @@ def log_capture() -> Iterator[_Capture]:
         root.setLevel(old)
 
 
+@pytest.fixture(scope="module")
+def http_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """A plain HTTP server on 127.0.0.1 serving a directory: the source of url_list tasks."""
+    root = tmp_path_factory.mktemp("www")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def svc(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, seaweed_a: Any, seaweed_b: Any,
-        log_capture: _Capture) -> Iterator[FerryService]:
+        log_capture: _Capture, http_files: tuple[Path, str]) -> Iterator[FerryService]:
     data_dir = tmp_path_factory.mktemp(f"ferry-{request.param}")
     pg = pg_database() if request.param == "postgresql" else None
     url = next(pg) if pg is not None else f"sqlite:///{data_dir / 'ferry.db'}"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FERRY_ENDPOINT_OVERRIDES", json.dumps(overrides(seaweed_a, seaweed_b)))
+        # The HTTP source is on loopback: the operator allows it explicitly, as a URLSource entry.
+        table = {**overrides(seaweed_a, seaweed_b), "URLSource/test-files": http_files[1]}
+        mp.setenv("FERRY_ENDPOINT_OVERRIDES", json.dumps(table))
         started = start_service(data_dir, url)
         try:
             yield started.value
@@ -287,6 +313,48 @@ def test_object_and_list_tasks_retry_only_failed_objects(svc: FerryService, seaw
     assert mt.status == 4 and mt.error_reason.error_code == "TRF.0013"
 
 
+def test_url_list_task_fetches_http_sources(svc: FerryService, seaweed_a: Any, seaweed_b: Any, bucket_factory: Any,
+                                             http_files: tuple[Path, str]) -> None:
+    root, base = http_files
+    sub = f"set-{os.urandom(4).hex()}"
+    files = {f"{sub}/pics/a.jpg": os.urandom(5000), f"{sub}/pics/b.jpg": os.urandom(7000), f"{sub}/doc.txt": b"hi"}
+    for name, body in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(body)
+    db = bucket_factory(seaweed_b)
+    lines = [
+        f"{base}/{sub}/pics/a.jpg\tmedia/a.jpg",
+        f"{base}/{sub}/pics/b.jpg",  # no name: the URL's path
+        f"{base}/{sub}/doc.txt\tdocs%2Fdoc%20one.txt",
+        "http://127.0.0.1:9/internal\tblocked",  # loopback, and not allowed by the operator
+        f"{base}/{sub}/later.bin\tlater.bin",  # not there yet
+    ]
+    s3_client(seaweed_b).put_object(Bucket=db, Key="lists/urls.txt", Body="\n".join(lines).encode())
+    client = svc.client()
+    body = SdkCreateTaskReq(
+        task_type="url_list",
+        src_node=SrcNodeReq(cloud_type="URLSource", list_file=ListFile(list_file_key="lists/urls.txt", obs_bucket=db)),
+        dst_node=DstNodeReq(ak=seaweed_b.access_key, sk=seaweed_b.secret_key, bucket=db, region="cn-north-4"))
+    created = client.create_task(CreateTaskRequest(body=body))
+    task, _ = wait_task(client, created.id, lambda t: t.status in (4, 5))
+    assert task.status == 4 and (task.successful_num, task.failed_num) == (3, 2), task.error_reason
+    assert task.src_node.cloud_type == "URLSource" and task.task_type == "url_list"
+    reasons = {x["key"]: x["reason"] for x in map(json.loads, Path(
+        task.failed_object_record.list_file_key).read_text().splitlines())}
+    assert set(reasons) == {"blocked", "later.bin"} and "not allowed" in reasons["blocked"]
+    dst = s3_client(seaweed_b)
+    assert dst.get_object(Bucket=db, Key="media/a.jpg")["Body"].read() == files[f"{sub}/pics/a.jpg"]
+    assert dst.get_object(Bucket=db, Key=f"{sub}/pics/b.jpg")["Body"].read() == files[f"{sub}/pics/b.jpg"]
+    assert dst.get_object(Bucket=db, Key="docs/doc one.txt")["Body"].read() == b"hi"
+
+    (root / sub / "later.bin").write_bytes(b"late")
+    client.start_task(StartTaskRequest(task_id=created.id, body=StartTaskReq(
+        dst_ak=seaweed_b.access_key, dst_sk=seaweed_b.secret_key, migrate_failed_object=True)))
+    again, _ = wait_task(client, created.id, lambda t: t.status in (4, 5))
+    assert (again.status, again.successful_num, again.failed_num) == (4, 4, 1)
+    assert dst.get_object(Bucket=db, Key="later.bin")["Body"].read() == b"late"
+
+
 def test_error_paths(svc: FerryService, seaweed_a: Any, seaweed_b: Any, bucket_factory: Any) -> None:
     client = svc.client()
     db = bucket_factory(seaweed_b)
@@ -318,10 +386,9 @@ def test_error_paths(svc: FerryService, seaweed_a: Any, seaweed_b: Any, bucket_f
     wrong_region = prefix_task(seaweed_a, "b1", seaweed_b, db)
     wrong_region.body.dst_node.region = "cn-nowhere-1"
     refused(wrong_region, 400, "OMS.0060")
-    url_list = prefix_task(seaweed_a, "b1", seaweed_b, db, task_type="url_list",
-                           list_file=ListFile(list_file_key="u.txt", obs_bucket=db))
-    url_list.body.src_node.cloud_type = "URLSource"
-    assert "url_list" in refused(url_list, 400, "OMS.0001").error_msg
+    not_url = prefix_task(seaweed_a, "b1", seaweed_b, db, task_type="url_list",
+                          list_file=ListFile(list_file_key="u.txt", obs_bucket=db))
+    assert "URLSource" in refused(not_url, 400, "OMS.0001").error_msg
 
     for call in (lambda: client.show_task(ShowTaskRequest(task_id=123456789012345)),
                  lambda: client.stop_task(StopTaskRequest(task_id=123456789012345)),

@@ -44,6 +44,7 @@ from ferry.engine.pipeline import Transfer, TransferOptions
 from ferry.engine.progress import Counters
 from ferry.errors import FatalError, FerryError, NotFoundError
 from ferry.storage.base import Backend, ListOrder
+from ferry.storage.http import UrlSource, parse_url_list
 from ferry.storage.profiles import get_profile
 from ferry.storage.s3 import S3Backend
 from ferry.storage.selection import SelectedBackend, normalise
@@ -158,7 +159,7 @@ def parse_list_file(data: bytes) -> list[str]:
     return keys
 
 
-async def read_list_file(store: Backend, key: str) -> list[str]:
+async def read_list_file(store: Backend, key: str) -> bytes:
     try:
         info = await store.head(key)
     except NotFoundError:
@@ -168,7 +169,26 @@ async def read_list_file(store: Backend, key: str) -> list[str]:
     if info.size > MAX_LIST_FILE:
         raise TaskFailure("TRF.0014", "the object list file is larger than 100 MB")
     _, data = await store.read_object(key, if_match=info.etag)
-    return parse_list_file(data)
+    return data
+
+
+def url_entries(data: bytes) -> list[tuple[str, str]]:
+    """`(key, url)` pairs of a URL-list file (see storage.http.parse_url_list); TRF codes when unusable."""
+    if not data.strip():
+        raise TaskFailure("TRF.0017", "the URL list file is empty")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise TaskFailure("TRF.0016", "the URL list file is not UTF-8 text") from None
+    if any(len(line) > MAX_LIST_LINE for line in text.splitlines()):
+        raise TaskFailure("TRF.0018", f"a line of the URL list file is longer than {MAX_LIST_LINE}")
+    entries, bad = parse_url_list(text)
+    if bad:
+        where, why = next(iter(bad.items()))
+        raise TaskFailure("TRF.0016", f"the URL list file is malformed: {where}: {why}")
+    if not entries:
+        raise TaskFailure("TRF.0017", "the URL list file is empty")
+    return entries
 
 
 def transfer_options(row: TaskRow, settings: RunnerSettings) -> TransferOptions:
@@ -495,27 +515,67 @@ class LocalRunner:
     async def _run(self, row: TaskRow, counters: Counters, limiter: BandwidthLimiter) -> RunResult:
         keys = self._credentials(row)
         src_spec, dst_spec = row.src_spec, row.dst_spec
-        raw_src = open_store(src_spec, src_spec["region"], src_spec["real_bucket"], "", keys["src_ak"],
-                             keys["src_sk"], keys.get("src_security_token"))
         raw_dst = open_store(dst_spec, dst_spec["region"], dst_spec["bucket"], dst_spec.get("save_prefix", ""),
                              keys["dst_ak"], keys["dst_sk"], keys.get("dst_security_token"))
-        stores: list[Backend] = [raw_src, raw_dst]
-        # Charged once per byte moved: on the source read (a streamed copy writes what it read).
-        src: Backend = ThrottledBackend(RetryingBackend(raw_src), limiter)
+        stores: list[Backend] = [raw_dst]
         dst: Backend = RetryingBackend(raw_dst)
         try:
-            await self._preflight(src, "source")
             await self._preflight(dst, "destination")
-            list_keys = None
-            if row.task_type == "list" and row.run_mode != "failed_only":
+            failed = await self._failed_keys(row) if row.run_mode == "failed_only" else None
+            list_data = None
+            if row.task_type == "url_list" or (row.task_type == "list" and failed is None):
                 list_file = src_spec["list_file"]
                 lst = open_store(src_spec["list_endpoint"], dst_spec["region"], list_file["obs_bucket"], "",
                                  keys["dst_ak"], keys["dst_sk"], keys.get("dst_security_token"))
                 stores.append(lst)
-                list_keys = await read_list_file(RetryingBackend(lst), list_file["list_file_key"])
-            return await self._transfer(row, src, dst, counters, list_keys)
+                list_data = await read_list_file(RetryingBackend(lst), list_file["list_file_key"])
+            url_source: UrlSource | None = None
+            if row.task_type == "url_list":
+                entries = url_entries(list_data or b"")
+                if failed is not None:
+                    wanted = set(failed)
+                    entries = [e for e in entries if e[0] in wanted]
+                url_source = UrlSource(entries, allowed_hosts=src_spec.get("allowed_hosts", ()))
+                stores.append(url_source)
+                raw_src: Backend = url_source
+                src_items: list[tuple[str, bool]] = [("", True)]
+                dst_items = normalise((), (k for k, _ in entries))
+            else:
+                raw_src = open_store(src_spec, src_spec["region"], src_spec["real_bucket"], "", keys["src_ak"],
+                                     keys["src_sk"], keys.get("src_security_token"))
+                stores.append(raw_src)
+                if failed is not None:
+                    src_items = normalise((), failed)
+                else:
+                    src_items = task_items(row, parse_list_file(list_data) if list_data is not None else None)
+                dst_items = src_items
+            # Charged once per byte moved: on the source read (a streamed copy writes what it read).
+            src: Backend = ThrottledBackend(RetryingBackend(raw_src), limiter)
+            if url_source is None:
+                await self._preflight(src, "source")
+            source, target = SelectedBackend(src, src_items), SelectedBackend(dst, dst_items)
+            result = await self._transfer(row, source, target, counters)
+            left_out = {k: "the source object does not exist" for k in source.missing}
+            if url_source is not None:
+                left_out.update(url_source.failed)
+            if left_out:
+                job_id = (await asyncio.to_thread(self.tasks.get, row.id) or row).job_id
+                assert job_id is not None
+                rows = [ObjectResult(k, "failed", 0, None, reason) for k, reason in sorted(left_out.items())]
+                await asyncio.to_thread(self.jobs.record, job_id, rows)
+                counters.failed += len(rows)
+                counters.listed += len(rows)
+                tally = await asyncio.to_thread(self.jobs.tally, job_id)
+                result = RunResult(tally, True)
+            return result
         finally:
             await asyncio.gather(*(b.close() for b in stores), return_exceptions=True)
+
+    async def _failed_keys(self, row: TaskRow) -> list[str]:
+        job_id = row.job_id
+        if job_id is None:
+            return []
+        return await asyncio.to_thread(lambda: [r.key for r in self.jobs.iter_results(job_id, "failed")])
 
     @staticmethod
     async def _preflight(store: Backend, side: str) -> None:
@@ -531,8 +591,7 @@ class LocalRunner:
         except FatalError as exc:
             raise failure_for(side, exc) from None
 
-    async def _transfer(self, row: TaskRow, src: Backend, dst: Backend, counters: Counters,
-                        list_keys: list[str] | None) -> RunResult:
+    async def _transfer(self, row: TaskRow, source: Backend, target: Backend, counters: Counters) -> RunResult:
         jobs, tasks = self.jobs, self.tasks
         job_id = row.job_id
         if job_id is None:
@@ -548,26 +607,12 @@ class LocalRunner:
                                     {"run_mode": "resume"})
         job_row = await asyncio.to_thread(jobs.get, job_id)
         resume_after = job_row.watermark if (mode == "resume" and job_row is not None) else None
-        if mode == "failed_only":
-            failed = await asyncio.to_thread(lambda: [r.key for r in jobs.iter_results(job_id, "failed")])
-            items = normalise((), failed)
-        else:
-            items = task_items(row, list_keys)
         prior = await asyncio.to_thread(jobs.tally, job_id)
         if mode != "resume":
             # Failed objects are planned again in this run and counted afresh.
             prior = Tally(prior.success, prior.skipped, 0, prior.success_bytes, prior.skipped_bytes, 0)
-        source = SelectedBackend(src, items)
-        target = SelectedBackend(dst, items)
         await asyncio.to_thread(jobs.set_status, job_id, "running")
         transfer = Transfer(source, target, jobs, job_id, transfer_options(row, self.settings), counters)
         await transfer.run(resume_after, prior)
-        if source.missing:
-            missing = [ObjectResult(k, "failed", 0, None, "the source object does not exist") for k in source.missing]
-            await asyncio.to_thread(jobs.record, job_id, missing)
-            counters.failed += len(missing)
-            counters.listed += len(missing)
         tally = await asyncio.to_thread(jobs.tally, job_id)
-        listed_any = (tally.success + tally.skipped + tally.failed) > 0
-        return RunResult(tally, listed_any)
-
+        return RunResult(tally, (tally.success + tally.skipped + tally.failed) > 0)

@@ -40,6 +40,7 @@ from ferry.errors import FerryError, UsageError
 from ferry.runner.local import records_dir
 from ferry.service import endpoints
 from ferry.service.secrets import Secret, SecretBox
+from ferry.storage.http import host_port
 from ferry.storage.profiles import get_profile
 
 DAY: Final = 24 * 3600
@@ -155,9 +156,7 @@ def _check_bucket(profile: str, bucket: str, where: str) -> None:
 def _unsupported(req: s.CreateTaskReq) -> str | None:
     """Why Ferry cannot run this otherwise valid request yet, or None."""
     src = req.src_node
-    if req.task_type is s.TaskType.URL_LIST:
-        return "task_type url_list (URL sources) is not supported by this server yet"
-    if src.cloud_type.value.lower() not in _SUPPORTED_SOURCES:
+    if req.task_type is not s.TaskType.URL_LIST and src.cloud_type.value.lower() not in _SUPPORTED_SOURCES:
         return f"source cloud {src.cloud_type.value} is not supported by this server yet"
     if req.source_cdn is not None:
         return "source_cdn (fetching through a CDN domain) is not supported by this server yet"
@@ -202,18 +201,24 @@ def create_task(
     if reason:
         raise TaskError.invalid(reason)
     src, dst = req.src_node, req.dst_node
-    assert src.region is not None and src.bucket is not None  # CreateTaskReq checked these for bucket sources
-    src_ep = _resolve(ctx, src.cloud_type.value, src.region, destination=False)
     dst_ep = _resolve(ctx, s.CloudType.HUAWEICLOUD.value, dst.region, destination=True)
-    src_bucket = get_profile(src_ep.profile).bucket_name(src.bucket, src.app_id)
-    _check_bucket(src_ep.profile, src_bucket, "src_node.bucket")
     _check_bucket(dst_ep.profile, dst.bucket, "dst_node.bucket")
     src_spec: dict[str, Any] = {
-        "cloud_type": src.cloud_type.value, "region": src.region, "bucket": src.bucket, "real_bucket": src_bucket,
-        "app_id": src.app_id, "object_key": list(src.object_key) if src.object_key is not None else None,
+        "cloud_type": src.cloud_type.value, "region": src.region, "bucket": src.bucket, "app_id": src.app_id,
+        "object_key": list(src.object_key) if src.object_key is not None else None,
         "list_file": src.list_file.model_dump(exclude_none=True) if src.list_file else None,
-        **_endpoint_spec(src_ep),
     }
+    if req.task_type is s.TaskType.URL_LIST:
+        # URLs of the list may point at non-public addresses only where the operator allowed it.
+        table = dict(ctx.overrides) if ctx.overrides is not None else endpoints.load_overrides()
+        src_spec["allowed_hosts"] = sorted({host_port(url) for key, url in table.items()
+                                            if key.lower().startswith("urlsource/")})
+    else:
+        assert src.region is not None and src.bucket is not None  # CreateTaskReq checked bucket sources
+        src_ep = _resolve(ctx, src.cloud_type.value, src.region, destination=False)
+        src_bucket = get_profile(src_ep.profile).bucket_name(src.bucket, src.app_id)
+        _check_bucket(src_ep.profile, src_bucket, "src_node.bucket")
+        src_spec.update(real_bucket=src_bucket, **_endpoint_spec(src_ep))
     if src.list_file is not None:
         # OMS keeps list files in an OBS bucket of the destination region, read with the destination keys.
         _check_bucket(dst_ep.profile, src.list_file.obs_bucket, "src_node.list_file.obs_bucket")
@@ -302,8 +307,9 @@ def task_resp(row: TaskRow, now: float | None = None) -> s.TaskResp:
         progress=1.0 if row.status == SUCCEEDED else min(max(row.progress, 0.0), 1.0),
         real_size=row.real_size,
         skipped_num=row.skip_num,
-        src_node=s.SrcNodeResp(bucket=src["bucket"], cloud_type=s.CloudType(src["cloud_type"]), region=src["region"],
-                               app_id=src.get("app_id"), object_key=src.get("object_key"), list_file=list_file),
+        src_node=s.SrcNodeResp(bucket=src.get("bucket"), cloud_type=s.CloudType(src["cloud_type"]),
+                               region=src.get("region"), app_id=src.get("app_id"), object_key=src.get("object_key"),
+                               list_file=list_file),
         start_time=_ms(row.started_at) or 0,
         status=s.TaskStatus(row.status),
         successful_num=row.success_num,

@@ -1,0 +1,263 @@
+"""A read-only Backend over plain HTTP(S) URLs (OMS url_list tasks): HEAD for object info, GET for the bytes.
+
+Each object is one `(key, url)` pair from a URL list. Redirects are not followed (a CDN that redirects is
+reported, as OMS documents), and URLs pointing at loopback, private or other non-public addresses are refused
+unless the operator allowed that `host:port` (FERRY_ENDPOINT_OVERRIDES entries `URLSource/<name>`), so a URL
+list cannot make Ferry probe internal services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import email.utils
+import ipaddress
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from typing import Final, NoReturn
+from urllib.parse import unquote, urlsplit
+
+import aiohttp
+import yarl
+
+from ferry.errors import (
+    FatalError,
+    FerryError,
+    NotFoundError,
+    PermanentError,
+    SourceChangedError,
+    TransientError,
+)
+from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult
+from ferry.storage.base import Backend, Capabilities, ListOrder
+
+_CAPS: Final = Capabilities(list_order=ListOrder.LEXICOGRAPHIC, copy_group=None, multipart=False,
+                            etag_is_md5=False)
+_LOOKAHEAD: Final = 32
+
+
+def is_public_host(host: str) -> bool:
+    """False for loopback, private, link-local, reserved or unspecified addresses and local names (the same
+    rule as service.endpoints, which this layer must not import)."""
+    h = host.strip("[]").lower()
+    if h == "localhost" or h.endswith((".localhost", ".local", ".internal")):
+        return False
+    try:
+        ip = ipaddress.ip_address(h)
+    except ValueError:
+        return True
+    return ip.is_global and not ip.is_multicast
+
+
+def host_port(url: str) -> str:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{(parts.hostname or '').lower()}:{port}"
+
+
+def parse_url_list(text: str) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """Entries `(key, url)` of a URL list — one `URL[<TAB>object key]` per line, the key URL-encoded and by
+    default the URL's path — sorted by key, plus `{line label: reason}` for lines that cannot be used."""
+    entries: dict[str, str] = {}
+    bad: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        url, _, key = line.partition("\t")
+        url, key = url.strip(), unquote(key.strip())
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            bad[f"line {number}"] = "not an http(s) URL"
+            continue
+        if not key:
+            key = unquote(parts.path).lstrip("/")
+        if not key:
+            bad[f"line {number}"] = "no object name (give one after a tab)"
+            continue
+        entries.setdefault(key, url)
+    return sorted(entries.items()), bad
+
+
+def _mtime(value: str | None) -> float:
+    if not value:
+        return 0.0
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _etag(value: str | None) -> str | None:
+    # Weak validators (W/"...") cannot pin bytes for a ranged read; treat them as absent.
+    if not value or value.startswith("W/"):
+        return None
+    return value.strip('"')
+
+
+class UrlSource:
+    """The objects of a URL list as a read-only store whose listing is sorted by key."""
+
+    def __init__(self, entries: Sequence[tuple[str, str]], *, allowed_hosts: Collection[str] = (),
+                 connect_timeout: float = 10.0, read_timeout: float = 120.0) -> None:
+        self._urls = dict(entries)
+        self._keys = sorted(self._urls)
+        self._allowed = {h.lower() for h in allowed_hosts}
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
+        self._session: aiohttp.ClientSession | None = None
+        # Objects a listing had to leave out, with the reason (unreachable, refused address, no length...).
+        self.failed: dict[str, str] = {}
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return _CAPS
+
+    @property
+    def name(self) -> str:
+        return "url-list://"
+
+    def __repr__(self) -> str:
+        return f"UrlSource({len(self._keys)} URLs)"
+
+    def _session_for(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False, headers={"User-Agent": "ferry"},
+            )
+        return self._session
+
+    def _url(self, key: str) -> str:
+        url = self._urls.get(key)
+        if url is None:
+            raise NotFoundError(f"{key}: not in the URL list", key=key)
+        host = urlsplit(url).hostname or ""
+        if not is_public_host(host) and host_port(url) not in self._allowed:
+            raise PermanentError(f"{key}: the URL's address is not public and not allowed by the operator", key=key)
+        return url
+
+    async def _request(self, method: str, key: str, headers: Mapping[str, str] | None = None,
+                       ok: tuple[int, ...] = (200,)) -> tuple[int, Mapping[str, str], bytes]:
+        url = self._url(key)
+        where = f"{method} {host_port(url)} ({key})"
+        failure: FerryError
+        try:
+            async with self._session_for().request(method, yarl.URL(url, encoded=True), headers=headers or {},
+                                                   allow_redirects=False) as resp:
+                body = await resp.read()
+                status, got = resp.status, dict(resp.headers)
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            failure = TransientError(f"{where}: timed out", key=key)
+        except aiohttp.ClientError as exc:
+            failure = TransientError(f"{where}: {type(exc).__name__}", key=key)
+        else:
+            if status in ok:
+                return status, got, body
+            msg = f"{where}: HTTP {status}"
+            if status == 404:
+                raise NotFoundError(msg, key=key)
+            if status == 412:
+                raise SourceChangedError(msg, key=key)
+            if status in (408, 429) or status >= 500:
+                raise TransientError(msg, key=key)
+            if 300 <= status < 400:
+                raise PermanentError(msg + " (redirects are not followed)", key=key)
+            raise PermanentError(msg, key=key)
+        raise failure
+
+    def _info(self, key: str, headers: Mapping[str, str], size: int | None = None) -> ObjectInfo:
+        h = {k.lower(): v for k, v in headers.items()}
+        if size is None:
+            length = h.get("content-length")
+            if length is None or not length.isdigit():
+                raise PermanentError(f"{key}: the server gives no Content-Length", key=key)
+            size = int(length)
+        meta = ObjectMeta(
+            content_type=h.get("content-type"), cache_control=h.get("cache-control"),
+            content_disposition=h.get("content-disposition"), content_encoding=h.get("content-encoding"),
+            content_language=h.get("content-language"), expires=h.get("expires"),
+        )
+        return ObjectInfo(key, size, _mtime(h.get("last-modified")), _etag(h.get("etag")), meta=meta)
+
+    # -- reading ---------------------------------------------------------------------------------------------
+
+    async def list(self, prefix: str = "", start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
+        keys = [k for k in self._keys if k.startswith(prefix) and (start_after is None or k > start_after)]
+        for i in range(0, len(keys), _LOOKAHEAD):
+            found = await asyncio.gather(*(self._listed(k) for k in keys[i:i + _LOOKAHEAD]))
+            for info in found:
+                if info is not None:
+                    yield info
+
+    async def _listed(self, key: str) -> ObjectInfo | None:
+        # One dead URL must not stop the list: it is set aside with its reason and reported as failed.
+        try:
+            return await self.head(key)
+        except FerryError as exc:
+            self.failed[key] = exc.message
+            return None
+
+    async def head(self, key: str) -> ObjectInfo:
+        _, headers, _ = await self._request("HEAD", key)
+        return self._info(key, headers)
+
+    async def read(self, key: str, *, offset: int = 0, length: int | None = None,
+                   if_match: str | None = None) -> bytes:
+        headers = {"If-Match": f'"{if_match}"'} if if_match else {}
+        if offset or length is not None:
+            end = "" if length is None else str(offset + length - 1)
+            headers["Range"] = f"bytes={offset}-{end}"
+        status, _, body = await self._request("GET", key, headers, ok=(200, 206))
+        if status == 200 and (offset or length is not None):
+            # A server without range support sends the whole object.
+            body = body[offset:None if length is None else offset + length]
+        return body
+
+    async def read_object(self, key: str, *, if_match: str | None = None) -> tuple[ObjectInfo, bytes]:
+        headers = {"If-Match": f'"{if_match}"'} if if_match else {}
+        _, got, body = await self._request("GET", key, headers)
+        return self._info(key, got, len(body)), body
+
+    # -- a source is never written ---------------------------------------------------------------------------
+
+    def _read_only(self) -> NoReturn:
+        raise FatalError("an HTTP source is read-only")
+
+    async def put(self, key: str, data: bytes, meta: ObjectMeta, *, storage_class: str | None = None,
+                  crc64: int | None = None) -> PutResult:
+        self._read_only()
+
+    async def create_multipart(self, key: str, meta: ObjectMeta, *, storage_class: str | None = None,
+                               crc64: int | None = None) -> str:
+        self._read_only()
+
+    async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> PartInfo:
+        self._read_only()
+
+    async def list_parts(self, key: str, upload_id: str) -> builtins.list[PartInfo]:
+        self._read_only()
+
+    async def complete_multipart(self, key: str, upload_id: str, parts: Sequence[PartInfo]) -> PutResult:
+        self._read_only()
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        self._read_only()
+
+    async def copy_from(self, source: Backend, src_key: str, key: str, meta: ObjectMeta | None, *,
+                        if_match: str | None = None, storage_class: str | None = None,
+                        crc64: int | None = None) -> PutResult:
+        self._read_only()
+
+    async def delete(self, key: str) -> None:
+        self._read_only()
+
+    async def restore(self, key: str, days: int) -> None:
+        return None
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            await session.close()
+
+
+def _conforms(source: UrlSource) -> Backend:
+    return source  # mypy proves here that UrlSource satisfies the protocol
