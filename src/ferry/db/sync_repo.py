@@ -132,6 +132,18 @@ class KeyProblem:
 STAT_COLUMNS = ("request", "success", "failure", "skip", "size")
 
 
+@dataclass(slots=True)
+class _PendingEvents:
+    """One create_sync_events call waiting for the group commit that will carry it."""
+
+    task_id: str
+    keys: list[str]  # distinct keys
+    received: int  # keys as sent, repeats included (REQUEST counts what was received)
+    now: float
+    done: bool = False
+    error: BaseException | None = None
+
+
 _sqlite_locks: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
 _sqlite_locks_guard = threading.Lock()
 
@@ -171,6 +183,12 @@ class SyncRepo:
         self._pg = engine.dialect.name == "postgresql"
         self._sqlite = engine.dialect.name == "sqlite"
         self._write_lock: AbstractContextManager[Any] = _sqlite_write_lock(engine) if self._sqlite else nullcontext()
+        self._pending: list[_PendingEvents] = []
+        self._pending_guard = threading.Lock()
+        # The group-commit leader's lock: SQLite's engine-wide write lock, or one of our own for PostgreSQL.
+        self._commit_lock: AbstractContextManager[Any] = (
+            _sqlite_write_lock(engine) if self._sqlite else threading.Lock()
+        )
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
@@ -318,12 +336,54 @@ class SyncRepo:
 
     # -- the event queue -----------------------------------------------------------------------------
     def enqueue(self, task_id: str, keys: Sequence[str], now: float, *, durable: bool = True) -> None:
-        """Record events for `keys` (one row per key, coalesced) and count them as REQUEST, in one commit.
+        """Record events for `keys` (one row per key, coalesced) and count them as REQUEST; returns once they
+        are committed.
 
-        With `durable`, SQLite syncs this commit to disk (synchronous=FULL), so an acknowledged event
-        survives even a power cut, not only a process crash.
+        With `durable`, SQLite syncs the commit to disk (synchronous=FULL), so an acknowledged event survives
+        even a power cut, not only a process crash. That sync costs milliseconds, so concurrent callers share
+        it (group commit): whoever gets the write lock commits every request waiting at that moment.
         """
-        unique = list(dict.fromkeys(keys))
+        item = _PendingEvents(task_id, list(dict.fromkeys(keys)), len(keys), now)
+        with self._pending_guard:
+            self._pending.append(item)
+        with self._commit_lock:
+            if not item.done:
+                with self._pending_guard:
+                    batch, self._pending = self._pending, []
+                self._commit_events(batch, durable)
+        if item.error is not None:
+            raise item.error
+
+    def _commit_events(self, batch: list[_PendingEvents], durable: bool) -> None:
+        full = durable and self._sqlite
+        with self.engine.connect() as conn:
+            if full:
+                conn.exec_driver_sql("PRAGMA synchronous=FULL")
+            try:
+                try:
+                    for item in batch:
+                        self._write_events(conn, item)
+                    conn.commit()
+                except Exception:
+                    conn.rollback()
+                    # One bad request (its task deleted a moment ago, say) must not fail the others: retry
+                    # them one by one, each in its own transaction.
+                    for item in batch:
+                        try:
+                            self._write_events(conn, item)
+                            conn.commit()
+                        except Exception as exc:
+                            conn.rollback()
+                            item.error = exc
+            finally:
+                for item in batch:
+                    item.done = True
+                if full:
+                    conn.rollback()
+                    conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
+                    conn.commit()
+
+    def _write_events(self, conn: Connection, item: _PendingEvents) -> None:
         stmt = self._insert()(sync_events)
         stmt = stmt.on_conflict_do_update(
             index_elements=["task_id", "key"],
@@ -339,24 +399,13 @@ class SyncRepo:
                 "updated_at": stmt.excluded.updated_at,
             },
         )
-        rows = [
-            {"task_id": task_id, "key": k, "state": PENDING, "version": 1, "attempts": 0, "received_at": now,
+        now = item.now
+        conn.execute(stmt, [
+            {"task_id": item.task_id, "key": k, "state": PENDING, "version": 1, "attempts": 0, "received_at": now,
              "next_attempt_at": now, "updated_at": now}
-            for k in unique
-        ]
-        with self._write_lock, self.engine.connect() as conn:
-            full = durable and self._sqlite
-            if full:
-                conn.exec_driver_sql("PRAGMA synchronous=FULL")
-            try:
-                conn.execute(stmt, rows)
-                self._add_stats(conn, task_id, bucket_of(now), request=len(keys))
-                conn.commit()
-            finally:
-                if full:
-                    conn.rollback()
-                    conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
-                    conn.commit()
+            for k in item.keys
+        ])
+        self._add_stats(conn, item.task_id, bucket_of(now), request=item.received)
 
     def release_leases(self, owner_prefix: str) -> int:
         """Free every lease held by owners named `owner_prefix…` (a restarted node reclaiming its own)."""
