@@ -254,3 +254,29 @@ async def test_stopped_tasks_keep_their_events_until_started(engine: Engine) -> 
         assert repo.start_task("project", task_id, "sealed", time.time())
         await _until(lambda: repo.stat_totals(task_id, 0, 2e10).success == 1)
     assert await _exists(dst, "k")
+
+
+def test_group_commit_carries_concurrent_requests_and_isolates_a_bad_one(engine: Engine) -> None:
+    import threading
+
+    repo = SyncRepo(engine)
+    task_id = _task(repo)
+    errors: list[BaseException] = []
+
+    def send(j: int) -> None:
+        for i in range(20):
+            try:
+                # Requests for a task that does not exist break their own commit, never the others'.
+                repo.enqueue("no-such-task" if (j, i) == (3, 7) else task_id, [f"k{j}-{i}", f"k{j}-{i}"],
+                             time.time())
+            except Exception as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(j,)) for j in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(errors) == 1
+    assert repo.pending_count(task_id) == 8 * 20 - 1
+    assert repo.stat_totals(task_id, 0, 2e10).request == 2 * (8 * 20 - 1)
