@@ -306,6 +306,14 @@ def test_object_and_list_tasks_retry_only_failed_objects(svc: FerryService, seaw
     assert set(listing(seaweed_b, db2)) == {"lists/keys.txt", "copy/g/4", "copy/f/1", "copy/h2"}
     assert lt.src_node.list_file.list_file_key == "lists/keys.txt"
 
+    # migrate_since (seconds in, ms out): everything older is skipped, counted, and not copied.
+    since = int(time.time()) + 3600
+    db3 = bucket_factory(seaweed_b)
+    skipped = client.create_task(prefix_task(seaweed_a, sb, seaweed_b, db3, migrate_since=since))
+    st, _ = wait_task(client, skipped.id, lambda t: t.status in (4, 5))
+    assert (st.status, st.skipped_num, st.successful_num, st.migrate_since) == (5, 7, 0, since * 1000)
+    assert listing(seaweed_b, db3) == {}
+
     missing = client.create_task(prefix_task(
         seaweed_a, sb, seaweed_b, db2, task_type="list", object_key=None,
         list_file=ListFile(list_file_key="lists/none.txt", obs_bucket=db2)))
