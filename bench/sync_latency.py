@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -134,8 +135,10 @@ def start_server(kind: str, src: SeaweedServer, dst: SeaweedServer) -> Server:
         if proc.poll() is not None:
             raise SystemExit(f"the server exited:\n{(state / 'server.log').read_text(errors='replace')[-3000:]}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return Server(url, ak, sk, project_id, proc, state)
+            # Ready when it answers (GET / lists the API versions), not merely when the port is bound.
+            with urllib.request.urlopen(url + "/", timeout=2) as resp:
+                if resp.status == 200:
+                    return Server(url, ak, sk, project_id, proc, state)
         except OSError:
             time.sleep(0.1)
     proc.kill()
