@@ -133,27 +133,35 @@ class SyncWaker:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._event: asyncio.Event | None = None
+        self._events: list[asyncio.Event] = []
 
-    def bind(self) -> asyncio.Event:
-        """Called inside the workers' loop; returns the event that `notify` sets."""
+    def subscribe(self) -> asyncio.Event:
+        """Called inside the workers' loop: an event that every `notify` sets (set to begin with, so what
+        was notified before anyone listened is looked at straight away)."""
+        loop = asyncio.get_running_loop()
         with self._lock:
-            self._loop = asyncio.get_running_loop()
-            self._event = asyncio.Event()
-            self._event.set()  # whatever was notified before binding is looked at straight away
-            return self._event
+            if self._loop is not loop:
+                self._loop, self._events = loop, []
+            event = asyncio.Event()
+            event.set()
+            self._events.append(event)
+            return event
 
     def unbind(self) -> None:
         with self._lock:
-            self._loop = None
-            self._event = None
+            self._loop, self._events = None, []
 
     def notify(self) -> None:
         with self._lock:
-            loop, event = self._loop, self._event
-        if loop is not None and event is not None:
+            loop, events = self._loop, tuple(self._events)
+        if loop is not None and events:
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody to wake
-                loop.call_soon_threadsafe(event.set)
+                loop.call_soon_threadsafe(_set_all, events)
+
+
+def _set_all(events: tuple[asyncio.Event, ...]) -> None:
+    for event in events:
+        event.set()
 
 
 def _storage_class(policy: str, source_class: str | None) -> str | None:
@@ -250,12 +258,15 @@ class SyncWorkers:
         self._flush_lock = asyncio.Lock()
         self._budget: MemoryBudget | None = None
         self._wake: asyncio.Event | None = None
+        self._tasks_changed: asyncio.Event | None = None
+        self._refreshing: asyncio.Future[None] | None = None
 
     # -- the whole -------------------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; then finish in-flight keys, record them, and return."""
         self._budget = MemoryBudget(self.settings.memory_limit)
-        self._wake = self.waker.bind()
+        self._wake = self.waker.subscribe()
+        self._tasks_changed = self.waker.subscribe()
         # Leases of this node's earlier life (a crash, a kill -9) are ours to take back now, not after expiry.
         released = await asyncio.to_thread(self.repo.release_leases, f"{self.settings.node_id}/")
         if released:
@@ -289,14 +300,26 @@ class SyncWorkers:
 
     # -- tasks and their runtimes ----------------------------------------------------------------------------
     async def _tasks_loop(self, stop: asyncio.Event) -> None:
+        assert self._tasks_changed is not None
         while not stop.is_set():
+            self._tasks_changed.clear()
             try:
                 await self._refresh_tasks()
             except Exception:
                 log.exception("sync: refreshing the task list failed")
-            await self._sleep_or_stop(stop, self.settings.tasks_refresh_seconds)
+            # Every tasks_refresh_seconds, or soon after a notification (a task created or started starts
+            # its first reconciliation within a fraction of a second), but never more than 4 times a second.
+            await self._sleep_or_stop(stop, min(0.25, self.settings.tasks_refresh_seconds))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._tasks_changed.wait(), self.settings.tasks_refresh_seconds)
 
     async def _refresh_tasks(self) -> None:
+        """Reload the running tasks (one reload at a time: concurrent callers share it)."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.ensure_future(self._reload_tasks())
+        await asyncio.shield(self._refreshing)
+
+    async def _reload_tasks(self) -> None:
         rows = {r.id: r for r in await asyncio.to_thread(self.repo.active_tasks)}
         self._rows = rows
         for task_id, rt in list(self._runtimes.items()):
@@ -311,12 +334,14 @@ class SyncWorkers:
                 if task is not None and row is None:
                     task.cancel()
         now = self.clock()
+        interval = self.settings.reconcile_seconds
         for task_id, row in rows.items():
             if task_id in self._reconciling:
                 continue
+            if row.reconciled_at is not None and row.reconciled_at > now - interval:
+                continue  # not due: no need to ask the database (a write) for the right to run it
             claimed = await asyncio.to_thread(
-                self.repo.claim_reconcile, task_id, self.owner, now, self.settings.reconcile_seconds,
-                self.settings.lease_seconds,
+                self.repo.claim_reconcile, task_id, self.owner, now, interval, self.settings.lease_seconds,
             )
             if claimed:
                 task = asyncio.create_task(self._reconcile(row), name=f"sync-reconcile-{task_id}")
@@ -401,6 +426,9 @@ class SyncWorkers:
                     w.cancel()
 
     async def _process(self, ev: ClaimedEvent) -> None:
+        if ev.task_id not in self._rows:
+            # Claimed events belong to running tasks; one we do not know yet was created a moment ago.
+            await self._refresh_tasks()
         async with self._using(ev.task_id) as rt:
             if rt is None and ev.task_id not in self._rows:
                 # The task stopped (or is being refreshed): hand the key back untouched.
