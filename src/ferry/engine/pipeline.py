@@ -8,6 +8,7 @@ key), and the planner also skips keys finished beyond it, so nothing verified is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -65,7 +66,11 @@ class RepoCheckpoints:
 
 
 class Recorder:
-    """Collects results and writes them in batches, advancing the watermark over contiguous completions."""
+    """Collects results and writes them in batches, advancing the watermark over contiguous completions.
+
+    Only the recorder's own task writes, and it is stopped rather than cancelled: a write cut off by
+    cancellation would still land later from its thread, after the job's final tally was read.
+    """
 
     def __init__(self, repo: JobRepo, job_id: str, batch: int = 2000, interval: float = 0.5) -> None:
         self.repo = repo
@@ -78,11 +83,14 @@ class Recorder:
         self._watermark: str | None = None
         self._dirty_watermark = False
         self._advanced = asyncio.Event()
-        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
 
     def complete(self, seq: int, key: str, result: ObjectResult | None) -> None:
         if result is not None:
             self._pending.append(result)
+            if len(self._pending) >= self.batch:
+                self._wake.set()
         self._done[seq] = key
         while self._next in self._done:
             self._watermark = self._done.pop(self._next)
@@ -95,21 +103,25 @@ class Recorder:
             self._advanced.clear()
             await self._advanced.wait()
 
-    def due(self) -> bool:
-        return len(self._pending) >= self.batch
-
-    async def flush(self) -> None:
-        async with self._lock:
-            batch, self._pending = self._pending, []
-            watermark = self._watermark if self._dirty_watermark else None
-            self._dirty_watermark = False
-            if batch or watermark is not None:
-                await asyncio.to_thread(self.repo.record, self.job_id, batch, watermark)
+    async def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        watermark = self._watermark if self._dirty_watermark else None
+        self._dirty_watermark = False
+        if batch or watermark is not None:
+            await asyncio.to_thread(self.repo.record, self.job_id, batch, watermark)
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            await self.flush()
+        """Write batches until stopped, then write whatever is left."""
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            self._wake.clear()
+            await self._flush()
+        await self._flush()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
 
 
 async def _filtered(it: AsyncIterator[ObjectInfo], after: str) -> AsyncIterator[ObjectInfo]:
@@ -237,9 +249,9 @@ class Transfer:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            recorder_task.cancel()
-            await asyncio.gather(recorder_task, return_exceptions=True)
-            await self.recorder.flush()
+            self.recorder.stop()
+            # Shielded: even if this run is being cancelled, the last results must reach the database.
+            await asyncio.shield(recorder_task)
 
     async def _dispatch(self, queue: asyncio.Queue[tuple[int, Action] | None], resume_after: str | None) -> None:
         planner = Planner(
@@ -275,5 +287,3 @@ class Transfer:
             seq, action = item
             result = await self._handle(action)
             self.recorder.complete(seq, action.src.key, result)
-            if self.recorder.due():
-                await self.recorder.flush()
