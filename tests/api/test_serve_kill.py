@@ -83,8 +83,8 @@ def test_kill_9_mid_task_then_restart_finishes_everything(seaweed_a: Any, seawee
     try:
         client = oms_client(f"http://127.0.0.1:{port}", cred["access_key"], cred["secret_key"], project)
         policy = [BandwidthPolicyDto(start="00:00", end="00:00", max_bandwidth=MiB)]
-        created = client.create_task(prefix_task(seaweed_a, sb, seaweed_b, db, bandwidth_policy=policy))
         began = time.monotonic()
+        created = client.create_task(prefix_task(seaweed_a, sb, seaweed_b, db, bandwidth_policy=policy))
         mid, _ = wait_task(client, created.id, lambda t: t.successful_num >= N // 5, every=0.05)
         elapsed = time.monotonic() - began
         assert mid.status == 2 and mid.successful_num < N
@@ -98,7 +98,8 @@ def test_kill_9_mid_task_then_restart_finishes_everything(seaweed_a: Any, seawee
             first.wait(10)
 
     before = _finished(data / "ferry.db")
-    assert N // 5 <= len(before) < N
+    # Results reach the database in batches, so fewer may be recorded than the live counter showed.
+    assert 0 < len(before) < N
     stamps = {k: v[1] for k, v in listing(seaweed_b, db).items() if k in before}
     time.sleep(1.1)  # a re-copy would now show a newer LastModified
 

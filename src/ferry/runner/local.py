@@ -452,7 +452,8 @@ class LocalRunner:
                 result: RunResult | BaseException) -> None:
         fresh = self.tasks.get(row.id) or row
         base: dict[str, Any] = {"left_time": None}
-        if outcome == "paused" or isinstance(result, asyncio.CancelledError):
+        # A run that ended on its own just as a stop arrived keeps its real outcome.
+        if isinstance(result, asyncio.CancelledError):
             values = {**progress_values(row, counters, 0), **base, "secrets": None}
             self._release(fresh, started, PAUSED, values)
             log.info("task %d: paused", row.id)

@@ -386,12 +386,14 @@ def stop_task(ctx: TaskContext, project_id: str, task_id: int) -> None:
     """Pause: a running task goes to 7 pausing (the runner completes it to 3); a queued one to 3 at once."""
     _get(ctx, project_id, task_id)
     repo = ctx.repo
-    if repo.transition(task_id, project_id, (RUNNING,), {"status": PAUSING}):
-        ctx.notify()
-        return
-    if repo.transition(task_id, project_id, (WAITING, RETRYING),
-                       {"status": PAUSED, "secrets": None, "retry_at": None, "speed": 0, "left_time": None}):
-        return
+    # Twice: a runner may claim a waiting task between the two conditional updates.
+    for _ in range(2):
+        if repo.transition(task_id, project_id, (RUNNING,), {"status": PAUSING}):
+            ctx.notify()
+            return
+        if repo.transition(task_id, project_id, (WAITING, RETRYING),
+                           {"status": PAUSED, "secrets": None, "retry_at": None, "speed": 0, "left_time": None}):
+            return
     raise TaskError.conflict("Only running or waiting tasks can be stopped.")
 
 
