@@ -16,7 +16,21 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, and_, case, delete, func, insert, or_, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Integer,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ferry.db.sync_models import STAT_BUCKET_SECONDS, sync_events, sync_stats, sync_tasks
@@ -144,6 +158,69 @@ class _PendingEvents:
     error: BaseException | None = None
 
 
+
+class _Statements:
+    """The hot-path statements, built once per dialect: constructing an upsert's `excluded` alias and
+    hashing a fresh statement's cache key cost milliseconds of CPU per call, at hundreds of calls a second."""
+
+    def __init__(self, pg: bool) -> None:
+        ins = postgresql.insert if pg else sqlite.insert
+        e, t = sync_events, sync_tasks
+        b = bindparam
+        stats = ins(sync_stats)
+        self.add_stats = stats.on_conflict_do_update(
+            index_elements=["task_id", "bucket_start"],
+            set_={c: getattr(sync_stats.c, c) + getattr(stats.excluded, c) for c in STAT_COLUMNS},
+        )
+        events = ins(e)
+        self.upsert_events = events.on_conflict_do_update(
+            index_elements=["task_id", "key"],
+            set_={
+                "version": e.c.version + 1,
+                "state": PENDING,
+                "attempts": 0,
+                "next_attempt_at": events.excluded.next_attempt_at,
+                # A key that had given up starts a fresh story; one still pending keeps its first acceptance.
+                "received_at": case((e.c.state == FAILED, events.excluded.received_at), else_=e.c.received_at),
+                "updated_at": events.excluded.updated_at,
+            },
+        )
+        self.insert_event_if_absent = ins(e).on_conflict_do_nothing(index_elements=["task_id", "key"])
+        self.get_task = select(t).where(t.c.id == b("b_id"))
+        self.get_project_task = select(t).where(t.c.id == b("b_id"), t.c.project_id == b("b_project"))
+        free = or_(e.c.lease_until.is_(None), e.c.lease_until < b("b_now"))
+        self.claim_select = (
+            select(e.c.task_id, e.c.key, e.c.version, e.c.attempts, e.c.received_at)
+            .join(t, t.c.id == e.c.task_id)
+            .where(e.c.state == PENDING, e.c.next_attempt_at <= b("b_now"), free, t.c.status == SYNCHRONIZING)
+            .order_by(e.c.next_attempt_at)
+            .limit(b("b_limit", type_=Integer))
+            .with_for_update(skip_locked=True, of=e)
+        )
+        this = and_(e.c.task_id == b("b_task"), e.c.key == b("b_key"))
+        same = and_(this, e.c.version == b("b_version"))
+        released = {"lease_owner": None, "lease_until": None}
+        # Conditional, so that two claimers racing for one row cannot both win it.
+        self.lease = update(e).where(this, free).values(lease_owner=b("b_owner"), lease_until=b("b_until"))
+        self.release = update(e).where(this).values(**released)
+        self.delete_same = delete(e).where(same)
+        self.delete_failed = delete(e).where(this, e.c.state == FAILED)
+        self.give_up = update(e).where(same).values(
+            state=FAILED, attempts=e.c.attempts + 1, last_reason=b("b_reason"), updated_at=b("b_now"), **released
+        )
+        self.retry_later = update(e).where(same).values(
+            attempts=e.c.attempts + 1, last_reason=b("b_reason"), next_attempt_at=b("b_next"),
+            updated_at=b("b_now"), **released,
+        )
+        self.alive = select(t.c.id).where(t.c.id.in_(b("b_ids", expanding=True)))
+        self.next_due = (
+            select(func.min(e.c.next_attempt_at)).join(t, t.c.id == e.c.task_id)
+            .where(e.c.state == PENDING, e.c.lease_owner.is_(None), t.c.status == SYNCHRONIZING)
+        )
+
+
+_statements = {False: _Statements(False), True: _Statements(True)}
+
 _sqlite_locks: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
 _sqlite_locks_guard = threading.Lock()
 
@@ -182,6 +259,7 @@ class SyncRepo:
         self.engine = engine
         self._pg = engine.dialect.name == "postgresql"
         self._sqlite = engine.dialect.name == "sqlite"
+        self._q = _statements[self._pg]
         self._write_lock: AbstractContextManager[Any] = _sqlite_write_lock(engine) if self._sqlite else nullcontext()
         self._pending: list[_PendingEvents] = []
         self._pending_guard = threading.Lock()
@@ -196,19 +274,10 @@ class SyncRepo:
             yield conn
 
     # -- helpers -------------------------------------------------------------------------------------
-    def _insert(self) -> Any:
-        return postgresql.insert if self._pg else sqlite.insert
-
     def _add_stats(self, conn: Connection, task_id: str, bucket: int, **counts: int) -> None:
         values = {c: counts.get(c, 0) for c in STAT_COLUMNS}
-        if not any(values.values()):
-            return
-        stmt = self._insert()(sync_stats).values(task_id=task_id, bucket_start=bucket, **values)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["task_id", "bucket_start"],
-            set_={c: getattr(sync_stats.c, c) + getattr(stmt.excluded, c) for c in STAT_COLUMNS},
-        )
-        conn.execute(stmt)
+        if any(values.values()):
+            conn.execute(self._q.add_stats, {"task_id": task_id, "bucket_start": bucket, **values})
 
     def _lock_project(self, conn: Connection, project_id: str) -> None:
         # PostgreSQL: serialise quota checks of one project (READ COMMITTED would let two creates both pass).
@@ -238,11 +307,11 @@ class SyncRepo:
         return True
 
     def get_task(self, task_id: str, project_id: str | None = None) -> SyncTaskRow | None:
-        cond = sync_tasks.c.id == task_id
-        if project_id is not None:
-            cond = and_(cond, sync_tasks.c.project_id == project_id)
         with self.engine.connect() as conn:
-            r = conn.execute(select(sync_tasks).where(cond)).first()
+            if project_id is None:
+                r = conn.execute(self._q.get_task, {"b_id": task_id}).first()
+            else:
+                r = conn.execute(self._q.get_project_task, {"b_id": task_id, "b_project": project_id}).first()
         return _row(r) if r is not None else None
 
     def list_tasks(
@@ -384,23 +453,8 @@ class SyncRepo:
                     conn.commit()
 
     def _write_events(self, conn: Connection, item: _PendingEvents) -> None:
-        stmt = self._insert()(sync_events)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["task_id", "key"],
-            set_={
-                "version": sync_events.c.version + 1,
-                "state": PENDING,
-                "attempts": 0,
-                "next_attempt_at": stmt.excluded.next_attempt_at,
-                # A key that had given up starts a fresh story; one still pending keeps its first acceptance.
-                "received_at": case(
-                    (sync_events.c.state == FAILED, stmt.excluded.received_at), else_=sync_events.c.received_at
-                ),
-                "updated_at": stmt.excluded.updated_at,
-            },
-        )
         now = item.now
-        conn.execute(stmt, [
+        conn.execute(self._q.upsert_events, [
             {"task_id": item.task_id, "key": k, "state": PENDING, "version": 1, "attempts": 0, "received_at": now,
              "next_attempt_at": now, "updated_at": now}
             for k in item.keys
@@ -422,37 +476,20 @@ class SyncRepo:
 
     def claim(self, owner: str, now: float, lease_seconds: float, limit: int) -> list[ClaimedEvent]:
         """Lease up to `limit` due events of SYNCHRONIZING tasks to `owner`, oldest due first."""
-        e = sync_events
-        free = or_(e.c.lease_until.is_(None), e.c.lease_until < now)
-        query = (
-            select(e.c.task_id, e.c.key, e.c.version, e.c.attempts, e.c.received_at)
-            .join(sync_tasks, sync_tasks.c.id == e.c.task_id)
-            .where(e.c.state == PENDING, e.c.next_attempt_at <= now, free, sync_tasks.c.status == SYNCHRONIZING)
-            .order_by(e.c.next_attempt_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True, of=e)
-        )
         claimed: list[ClaimedEvent] = []
         with self._begin() as conn:
-            rows = conn.execute(query).all()
+            rows = conn.execute(self._q.claim_select, {"b_now": now, "b_limit": limit}).all()
             for r in rows:
-                # Conditional, so that two claimers racing for one row cannot both win it.
-                res = conn.execute(
-                    update(e).where(e.c.task_id == r.task_id, e.c.key == r.key, free)
-                    .values(lease_owner=owner, lease_until=now + lease_seconds)
-                )
+                res = conn.execute(self._q.lease, {"b_task": r.task_id, "b_key": r.key, "b_now": now,
+                                                   "b_owner": owner, "b_until": now + lease_seconds})
                 if res.rowcount:
                     claimed.append(ClaimedEvent(r.task_id, r.key, r.version, r.attempts, r.received_at))
         return claimed
 
     def next_due(self) -> float | None:
         """When the earliest pending, unleased event of a running task becomes due (None: queue empty)."""
-        e = sync_events
         with self.engine.connect() as conn:
-            value = conn.execute(
-                select(func.min(e.c.next_attempt_at)).join(sync_tasks, sync_tasks.c.id == e.c.task_id)
-                .where(e.c.state == PENDING, e.c.lease_owner.is_(None), sync_tasks.c.status == SYNCHRONIZING)
-            ).scalar()
+            value = conn.execute(self._q.next_due).scalar()
         return float(value) if value is not None else None
 
     def renew(self, owner: str, until: float) -> None:
@@ -465,8 +502,8 @@ class SyncRepo:
             return
         bucket = bucket_of(now)
         with self._begin() as conn:
-            ids = {o.task_id for o in outcomes}
-            alive = set(conn.execute(select(sync_tasks.c.id).where(sync_tasks.c.id.in_(ids))).scalars())
+            ids = sorted({o.task_id for o in outcomes})
+            alive = set(conn.execute(self._q.alive, {"b_ids": ids}).scalars())
             totals: dict[str, dict[str, int]] = {}
             for o in outcomes:
                 if o.task_id not in alive:
@@ -487,43 +524,36 @@ class SyncRepo:
 
     def _apply(self, conn: Connection, o: EventOutcome, now: float) -> bool:
         """Apply one outcome; False when it must not be counted in the statistics."""
-        e = sync_events
-        this = and_(e.c.task_id == o.task_id, e.c.key == o.key)
+        q = self._q
+        key = {"b_task": o.task_id, "b_key": o.key}
         if o.version is None:
             if o.outcome in ("retry", "failed"):
                 # A reconciliation copy that failed joins the event queue, so it is retried and listed.
-                state = PENDING if o.outcome == "retry" else FAILED
-                stmt = self._insert()(e).values(
-                    task_id=o.task_id, key=o.key, state=state, version=1, attempts=1, received_at=now,
-                    next_attempt_at=o.next_attempt_at or now, last_reason=o.reason, updated_at=now,
-                )
-                res = conn.execute(stmt.on_conflict_do_nothing(index_elements=["task_id", "key"]))
+                res = conn.execute(q.insert_event_if_absent, {
+                    "task_id": o.task_id, "key": o.key, "state": PENDING if o.outcome == "retry" else FAILED,
+                    "version": 1, "attempts": 1, "received_at": now, "next_attempt_at": o.next_attempt_at or now,
+                    "last_reason": o.reason, "updated_at": now,
+                })
                 # Every pass meets a key that cannot be copied (archived, say) again: count its failure once.
                 return bool(res.rowcount)
             if o.outcome == "success":
                 # In sync now: a failure recorded for it earlier is history.
-                conn.execute(delete(e).where(this, e.c.state == FAILED))
+                conn.execute(q.delete_failed, key)
             return True
-        same = and_(this, e.c.version == o.version)
-        release = {"lease_owner": None, "lease_until": None}
         if o.outcome == "release":
-            conn.execute(update(e).where(this).values(**release))
+            conn.execute(q.release, key)
             return False
+        same = {**key, "b_version": o.version}
         if o.outcome in ("success", "skip"):
-            res = conn.execute(delete(e).where(same))
+            res = conn.execute(q.delete_same, same)
         elif o.outcome == "failed":
-            res = conn.execute(
-                update(e).where(same).values(state=FAILED, attempts=e.c.attempts + 1, last_reason=o.reason,
-                                             updated_at=now, **release)
-            )
+            res = conn.execute(q.give_up, {**same, "b_reason": o.reason, "b_now": now})
         else:
-            res = conn.execute(
-                update(e).where(same).values(attempts=e.c.attempts + 1, last_reason=o.reason,
-                                             next_attempt_at=o.next_attempt_at or now, updated_at=now, **release)
-            )
+            res = conn.execute(q.retry_later, {**same, "b_reason": o.reason, "b_now": now,
+                                               "b_next": o.next_attempt_at or now})
         if not res.rowcount:
             # A newer event for the key arrived while we worked: it stays pending (due now) for another pass.
-            conn.execute(update(e).where(this).values(**release))
+            conn.execute(q.release, key)
         return o.outcome != "retry"
 
     def problems(self, project_id: str, task_id: str, limit: int, offset: int) -> tuple[list[KeyProblem], int]:
