@@ -10,8 +10,11 @@ SDK-HMAC-SHA256 requests over one keep-alive connection pool, as the SDK would).
 destination every 20 ms and timestamps each key when it appears with the right size (the worker only records
 success after its own verification HEAD, so "appeared" is within a few ms of "verified").
 
+With FERRY_BENCH_NO_WORKERS=1 and `--server builtin` the workers are not started: the API alone is measured.
+
 Reported: latency accepted -> in destination (p50/p90/p99/max), API latency of create_sync_events
-(p50/p99/max), achieved event rate, and keys missing at the end. Targets: p50 < 0.5 s, p99 < 2 s,
+(p50/p99/max), achieved event rate, keys missing at the end, the server's CPU time per event and the machine's
+load average. Targets: p50 < 0.5 s, p99 < 2 s,
 API p99 < 50 ms. Two weed servers, the Ferry server and this load generator share the machine's cores, so
 compare figures from one machine only.
 """
@@ -75,7 +78,8 @@ def _builtin_server(port: int, state: Path) -> None:
     engine = open_database(f"sqlite:///{state / 'ferry.db'}")
     ctx, background = build_sync_service(engine, SecretBox.load(state))
     app = create_app(ApiServices(credentials=store, record_privacy_agreement=lambda _p: None, sync=ctx))
-    background.start()
+    if not os.environ.get("FERRY_BENCH_NO_WORKERS"):
+        background.start()
     try:
         uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off")
     finally:
@@ -143,6 +147,12 @@ def start_server(kind: str, src: SeaweedServer, dst: SeaweedServer) -> Server:
             time.sleep(0.1)
     proc.kill()
     raise SystemExit("the server did not start listening")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- signed OMS requests -----------------------------------------------------------------------------------------
@@ -231,7 +241,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     await src.put(f"warm/{i}", b"w" * args.size, ObjectMeta())
                     await dst.put(f"warm/{i}", b"w" * args.size, ObjectMeta())
                 await asyncio.sleep(1.0)
+                cpu0, load0 = _cpu_seconds(server.proc.pid), os.getloadavg()[0]
                 result = await _drive(args, session, signer, task_id, src, dst, tally)
+                cpu = _cpu_seconds(server.proc.pid) - cpu0
+                # How much CPU the server spent per event, and how busy the machine was: on a shared
+                # machine the latency figures mean little without these two.
+                result["server_cpu_ms_per_event"] = round(1000 * cpu / max(1, result["accepted"]), 2)
+                result["load_average_1m"] = [round(load0, 1), round(os.getloadavg()[0], 1)]
                 status, shown = await oms(session, signer, "GET", f"/v2/{{project_id}}/sync-tasks/{task_id}",
                                           query=f"query_time={int(time.time() * 1000)}")
                 result["server_counters"] = {k: v for k, v in (shown or {}).items() if k.startswith("monthly_")}
@@ -346,6 +362,8 @@ def main() -> None:
           f"p99 {lat['p99'] * 1000:.0f} ms, max {lat['max'] * 1000:.0f} ms   (targets p50 < 500, p99 < 2000)")
     print(f"create_sync_events API: p50 {api['p50'] * 1000:.1f} ms, p99 {api['p99'] * 1000:.1f} ms, "
           f"max {api['max'] * 1000:.1f} ms   (target p99 < 50)")
+    print(f"server CPU per event: {result['server_cpu_ms_per_event']} ms; "
+          f"load average (1 min) before/after: {result['load_average_1m']}")
     print(f"server counters: {result['server_counters']}")
 
 
