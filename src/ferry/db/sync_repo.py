@@ -271,7 +271,15 @@ class SyncRepo:
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
         with self._write_lock, self.engine.begin() as conn:
+            self._immediate(conn)
             yield conn
+
+    def _immediate(self, conn: Connection) -> None:
+        # SQLite: take the write lock before the first read. A transaction that reads and then writes would
+        # otherwise fail outright (SQLITE_BUSY_SNAPSHOT, no waiting) whenever another process — the API and
+        # the sync workers may run in two — committed in between.
+        if self._sqlite:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     # -- helpers -------------------------------------------------------------------------------------
     def _add_stats(self, conn: Connection, task_id: str, bucket: int, **counts: int) -> None:
@@ -430,6 +438,7 @@ class SyncRepo:
                 conn.exec_driver_sql("PRAGMA synchronous=FULL")
             try:
                 try:
+                    self._immediate(conn)
                     for item in batch:
                         self._write_events(conn, item)
                     conn.commit()
@@ -439,6 +448,7 @@ class SyncRepo:
                     # them one by one, each in its own transaction.
                     for item in batch:
                         try:
+                            self._immediate(conn)
                             self._write_events(conn, item)
                             conn.commit()
                         except Exception as exc:
