@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -66,6 +67,31 @@ TARGET_RERUN = 3.0
 RUN_TIMEOUT = 900.0
 REGION = "us-east-1"
 OUT_DIR = Path(__file__).resolve().parent / "out"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def code_version() -> str:
+    """The commit under test, whether src/ differs from it, and a digest of the ferry package's sources.
+
+    Other people commit while a long benchmark runs; comparing this at start and end tells whether every
+    run measured the same code.
+    """
+    import ferry
+
+    pkg = Path(ferry.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for f in sorted(pkg.rglob("*")):
+        if f.suffix in (".py", ".json") and f.is_file():
+            digest.update(str(f.relative_to(pkg)).encode() + b"\0" + f.read_bytes())
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        head, dirty = "?", ""
+    state = f"+{len(dirty.splitlines())} changed files in src" if dirty else "clean"
+    return f"commit {head or '?'} ({state}), ferry sources sha256 {digest.hexdigest()[:12]}"
 
 
 # -- servers ----------------------------------------------------------------------------------------
@@ -506,14 +532,18 @@ async def counted_rerun(bench: Bench, dst_bucket: str) -> dict[str, int]:
 
 # -- profile ----------------------------------------------------------------------------------------
 def profile_ferry(bench: Bench, rate: int = 250) -> None:
-    """One more small copy under `py-spy record` (not timed): where ferry's own CPU goes, top functions."""
+    """One more small copy under `py-spy record --gil` (not timed): where ferry's Python CPU goes.
+
+    Only the thread holding the GIL is sampled, so time a thread spends in a system call (a loopback send,
+    which may be preempted by the server it woke) does not count; that kernel time is the "sys s" column.
+    """
     pyspy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if pyspy is None:
         print("\n(--profile: py-spy not found; `.venv/bin/pip install py-spy`)")
         return
     bucket = bench.dst.prime_bucket("profile-ferry", bench.prime)
     raw = bench.work / "ferry-small.pyspy.txt"
-    argv = [pyspy, "record", "--rate", str(rate), "--nonblocking", "--format", "raw", "--output", str(raw),
+    argv = [pyspy, "record", "--rate", str(rate), "--nonblocking", "--gil", "--format", "raw", "--output", str(raw),
             "--", *bench.ferry_argv("src-small", bucket, bench.work / "state-profile", None)]
     proc = run_child(argv, bench.ferry_env())
     if not raw.exists():
@@ -534,8 +564,8 @@ def profile_ferry(bench: Bench, rate: int = 250) -> None:
     kept = OUT_DIR / "ferry-small.pyspy.txt"
     OUT_DIR.mkdir(exist_ok=True)
     shutil.copyfile(raw, kept)
-    print(f"\nPROFILE ferry small copy under py-spy ({total} active samples at {rate}/s; wall {proc.wall:.1f}s, "
-          f"cpu {proc.cpu:.1f}s; raw stacks in {kept})")
+    print(f"\nPROFILE ferry small copy under py-spy --gil ({total} samples holding the GIL at {rate}/s; "
+          f"wall {proc.wall:.1f}s, cpu {proc.cpu:.1f}s; raw stacks in {kept})")
     print("  self %   function                                  | incl %   function")
     left, right = self_t.most_common(22), [x for x in incl.most_common(40) if x[0] != "<module>"][:22]
     for (fs, ns), (fi, ni) in zip(left, right, strict=False):
@@ -686,6 +716,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with MeteredSeaweed() as src, MeteredSeaweed() as dst:
             load0 = round(os.getloadavg()[0], 2)
+            version0 = code_version()
+            print(f"code under test: {version0}", flush=True)
             bench = Bench(src, dst, work, prime=not args.no_prime, small_count=args.small_objects)
             print(f"source {src.endpoint}, destination {dst.endpoint}; tools: {bench.ferry}, {bench.rclone}, "
                   f"{bench.s5cmd}; cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f}", flush=True)
@@ -729,6 +761,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 profile_ferry(bench)
             ratios = report(results, calls, import_s)
             ratios["load_average_1m_start_end"] = [load0, round(os.getloadavg()[0], 2)]
+            version1 = code_version()
+            ratios["code_under_test"] = version0
+            if version1 != version0:
+                ratios["code_under_test_at_end"] = version1
+                print(f"\nWARNING: the ferry sources changed during the run ({version0} -> {version1}); "
+                      "runs before and after measured different code")
             print(f"\nload average (1 min) at start {load0:.1f}, at end {os.getloadavg()[0]:.1f} "
                   f"on {os.cpu_count()} cpus: above the cpu count, other work shared the machine")
             print("\nflags: ferry migrate --src-profile seaweedfs --dst-profile seaweedfs --json --no-progress "
