@@ -28,7 +28,7 @@ from ferry.service import credentials
 from ferry.service.credentials import DbCredentialStore
 from ferry.service.groups import GroupContext
 from ferry.service.secrets import SecretBox
-from ferry.service.sync import SyncContext, build_sync_service
+from ferry.service.sync import SyncContext, SyncProcess, build_sync_runtime
 from ferry.service.tasks import TaskContext, TaskLimits
 
 DEFAULT_HOST: Final = "127.0.0.1"
@@ -47,8 +47,9 @@ class Service:
     services: ApiServices
     app: FastAPI
     runner: LocalRunner | None
-    # The sync-task workers (event queue and reconciliation), settings from FERRY_SYNC_* variables.
-    sync: SyncBackground | None = None
+    # The sync-task workers (event queue and reconciliation; their own process unless FERRY_SYNC_WORKERS=thread),
+    # settings from FERRY_SYNC_* variables.
+    sync: SyncBackground | SyncProcess | None = None
     # The task-group runner (splits groups into tasks, settles their status).
     groups: GroupRunner | None = None
 
@@ -80,15 +81,22 @@ def build(
     runner_settings: RunnerSettings | None = None,
     limits: TaskLimits | None = None,
     expose_openapi: bool = False,
+    sync_workers: str = "thread",
 ) -> Service:
-    """Open (and upgrade) the database, load the master key, and wire the API over them."""
+    """Open (and upgrade) the database, load the master key, and wire the API over them.
+
+    `sync_workers` (thread | process) is where the sync-task workers run unless FERRY_SYNC_WORKERS says.
+    """
     engine = open_database(database_url)
     box = SecretBox.load(data_dir)
     runner = LocalRunner(engine, box, data_dir, runner_settings) if run_tasks else None
     ctx = TaskContext(engine=engine, box=box, data_dir=data_dir, limits=limits or TaskLimits())
     if runner is not None:
         ctx = dataclasses.replace(ctx, notify=runner.notify)
-    sync_ctx, sync_workers = build_sync_service(engine, box) if run_tasks else (SyncContext(engine, box), None)
+    sync_ctx, sync_runtime = (
+        build_sync_runtime(engine, box, database_url, str(data_dir), default_mode=sync_workers)
+        if run_tasks else (SyncContext(engine, box), None)
+    )
     group_ctx = GroupContext(tasks=ctx)
     group_runner = GroupRunner(group_ctx) if run_tasks else None
     if group_runner is not None:
@@ -101,7 +109,7 @@ def build(
         groups=group_ctx,
     )
     app = create_app(services, expose_openapi=expose_openapi)
-    return Service(engine, box, data_dir, services, app, runner, sync=sync_workers, groups=group_runner)
+    return Service(engine, box, data_dir, services, app, runner, sync=sync_runtime, groups=group_runner)
 
 
 class _Server(uvicorn.Server):
@@ -132,7 +140,8 @@ def _is_loopback(host: str) -> bool:
 def serve(data_dir: Path, database_url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           runner_settings: RunnerSettings | None = None) -> int:
     """Run the API and the runner until SIGINT/SIGTERM; running tasks are left to resume at the next start."""
-    service = build(data_dir, database_url, runner_settings=runner_settings)
+    # The sync workers get a process of their own: copying must not hold up API requests on the GIL.
+    service = build(data_dir, database_url, runner_settings=runner_settings, sync_workers="process")
     if not _is_loopback(host):
         print(f"ferry: warning: serving plain HTTP on {host}; put a TLS proxy in front of it", file=sys.stderr)
     config = uvicorn.Config(service.app, host=host, port=port, lifespan="off", log_config=None,

@@ -9,6 +9,7 @@ database and decrypted only by `open_task_backends`, which the sync workers are 
 from __future__ import annotations
 
 import calendar
+import contextlib
 import hashlib
 import json
 import secrets as token_source
@@ -502,3 +503,126 @@ def build_sync_service(
     waker = SyncWaker()
     workers = SyncWorkers(engine, partial(open_task_backends, box), settings or SyncSettings.from_env(), waker=waker)
     return SyncContext(engine, box, wake=waker.notify), SyncBackground(workers)
+
+
+class SyncProcess:
+    """The sync workers in a child process of their own, so that copying never competes with the API for
+    the interpreter lock; `ferry serve` uses it by default (FERRY_SYNC_WORKERS=thread keeps them in-process).
+
+    The API wakes the child with an empty UDP datagram on 127.0.0.1 (lossy on purpose: a lost wake-up only
+    waits for the next poll, and a slow child can never block a request). SIGTERM asks the child to finish
+    in-flight keys and record them; if the parent dies, the kernel kills the child too.
+    """
+
+    def __init__(self, database_url: str, data_dir: str, settings: SyncSettings | None = None) -> None:
+        import multiprocessing
+
+        self._ctx = multiprocessing.get_context("spawn")
+        self._database_url = database_url
+        self._data_dir = data_dir
+        self._settings = settings or SyncSettings.from_env()
+        self._proc: Any = None
+        self._sock: Any = None
+        self._addr: tuple[str, int] | None = None
+
+    def start(self) -> SyncProcess:
+        import socket
+
+        parent, child = self._ctx.Pipe(duplex=False)
+        self._proc = self._ctx.Process(
+            target=_sync_child_main, args=(self._database_url, self._data_dir, self._settings, child),
+            name="ferry-sync", daemon=True,
+        )
+        self._proc.start()
+        child.close()
+        if not parent.poll(60):
+            raise RuntimeError("the sync worker process did not start")
+        port = parent.recv()
+        parent.close()
+        self._addr = ("127.0.0.1", int(port))
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        self._sock = sock
+        return self
+
+    def notify(self) -> None:
+        sock, addr = self._sock, self._addr
+        if sock is not None and addr is not None:
+            with contextlib.suppress(OSError):
+                sock.sendto(b"", addr)
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.is_alive()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        proc = self._proc
+        if proc is not None and proc.is_alive():
+            proc.terminate()
+            proc.join(timeout)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(10)
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def _sync_child_main(database_url: str, data_dir: str, settings: SyncSettings, ready: Any) -> None:
+    """Entry point of the sync worker process."""
+    import asyncio
+    import ctypes
+    import logging
+    import os
+    import signal
+    from pathlib import Path
+
+    from ferry.db.database import open_database
+
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with parent
+    logging.basicConfig(level=os.environ.get("FERRY_LOG_LEVEL", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    engine = open_database(database_url)
+    box = SecretBox.load(Path(data_dir))
+    waker = SyncWaker()
+    workers = SyncWorkers(engine, partial(open_task_backends, box), settings, waker=waker)
+
+    class _Wake(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+            waker.notify()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        transport, _ = await loop.create_datagram_endpoint(_Wake, local_addr=("127.0.0.1", 0))
+        ready.send(transport.get_extra_info("sockname")[1])
+        ready.close()
+        try:
+            await workers.run(stop)
+        finally:
+            transport.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        engine.dispose()
+
+
+def build_sync_runtime(
+    engine: Engine, box: SecretBox, database_url: str, data_dir: str, *, default_mode: str = "thread"
+) -> tuple[SyncContext, SyncBackground | SyncProcess]:
+    """The API's SyncContext and the workers it wakes: in their own process or in a thread of the API's
+    process, as FERRY_SYNC_WORKERS (process | thread) says, else `default_mode` (`ferry serve` passes
+    process). An in-memory database, which a second process could not see, always gets a thread."""
+    import os
+
+    mode = (os.environ.get("FERRY_SYNC_WORKERS") or default_mode).strip().lower()
+    if mode not in ("process", "thread"):
+        raise UsageError("FERRY_SYNC_WORKERS must be process or thread")
+    if mode == "thread" or ":memory:" in database_url or database_url.rstrip("/") == "sqlite:":
+        return build_sync_service(engine, box)
+    process = SyncProcess(database_url, data_dir)
+    return SyncContext(engine, box, wake=process.notify), process
