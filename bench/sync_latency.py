@@ -248,6 +248,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 # machine the latency figures mean little without these two.
                 result["server_cpu_ms_per_event"] = round(1000 * cpu / max(1, result["accepted"]), 2)
                 result["load_average_1m"] = [round(load0, 1), round(os.getloadavg()[0], 1)]
+                await asyncio.sleep(1.0)  # outcomes are recorded in batches just after the copies
                 status, shown = await oms(session, signer, "GET", f"/v2/{{project_id}}/sync-tasks/{task_id}",
                                           query=f"query_time={int(time.time() * 1000)}")
                 result["server_counters"] = {k: v for k, v in (shown or {}).items() if k.startswith("monthly_")}

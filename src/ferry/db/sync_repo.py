@@ -7,7 +7,10 @@ claimers until its lease runs out, and a worker that dies simply lets it run out
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import threading
 import weakref
 import zlib
@@ -221,22 +224,48 @@ class _Statements:
 
 _statements = {False: _Statements(False), True: _Statements(True)}
 
-_sqlite_locks: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
-_sqlite_locks_guard = threading.Lock()
-
-
-def _sqlite_write_lock(engine: Engine) -> threading.Lock:
-    """One lock per SQLite engine that every sync write takes first.
+class _WriterLock:
+    """Serialises this engine's sync writes across threads and, through an advisory lock file beside the
+    database, across processes (the API and the sync workers may be two).
 
     SQLite lets one writer in at a time and makes the others poll with growing sleeps (up to 100 ms each),
     so under a burst of API requests a write could wait far longer than the writes ahead of it take. Queuing
-    on a lock hands the database over as soon as it is free. It also means a transaction that reads before
-    it writes (claim) cannot lose its snapshot to another writer of this process (SQLITE_BUSY_SNAPSHOT).
+    on a lock hands the database over as soon as it is free.
     """
+
+    def __init__(self, path: str | None) -> None:
+        self._thread_lock = threading.Lock()
+        self._fd: int | None = None
+        if path:
+            with contextlib.suppress(OSError):
+                self._fd = os.open(path + ".write-lock", os.O_RDWR | os.O_CREAT, 0o600)
+
+    def __enter__(self) -> None:
+        self._thread_lock.acquire()
+        if self._fd is not None:
+            # Without advisory locks on this filesystem, SQLite's own locking still keeps it correct.
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._thread_lock.release()
+
+
+_sqlite_locks: weakref.WeakKeyDictionary[Engine, _WriterLock] = weakref.WeakKeyDictionary()
+_sqlite_locks_guard = threading.Lock()
+
+
+def _sqlite_write_lock(engine: Engine) -> _WriterLock:
+    """The one writer lock of a SQLite engine (every SyncRepo on it shares it)."""
     with _sqlite_locks_guard:
         lock = _sqlite_locks.get(engine)
         if lock is None:
-            lock = _sqlite_locks[engine] = threading.Lock()
+            database = engine.url.database
+            file_db = database not in (None, "", ":memory:") and not str(database).startswith("file:")
+            lock = _sqlite_locks[engine] = _WriterLock(str(database) if file_db else None)
         return lock
 
 
