@@ -135,9 +135,29 @@ def wait_for(env: Env, group_id: str, statuses: set[int], timeout: float = WAIT)
         if g.status in statuses:
             return g
         # A status that cannot change by itself ends the wait at once, saying why.
-        assert g.status not in {3, 4, 5, 6}, (g.status, g.error_reason)
+        assert g.status not in {3, 4, 5, 6}, (g.status, g.error_reason, task_summary(env, group_id))
         assert time.monotonic() < deadline, f"group stuck in status {g.status}"
         time.sleep(0.2)
+
+
+def wait_deleted(env: Env, group_id: str) -> None:
+    """8 "waiting for deletion" until the runner has removed what the group left, then gone (404)."""
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            assert show(env, group_id).status == 8
+        except ClientRequestException as exc:
+            assert (exc.status_code, exc.error_code) == (404, "OMS.1009")
+            return
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def task_summary(env: Env, group_id: str) -> list[tuple[Any, ...]]:
+    """Each task of the group as (name, status, total, success, skipped, failed, error) for failure messages."""
+    tasks = env.client.list_tasks(ListTasksRequest(group_id=group_id, limit=100)).tasks
+    return [(t.name[-6:], t.status, t.total_num, t.successful_num, t.skipped_num, t.failed_num,
+             t.error_reason.error_msg if t.error_reason else None) for t in tasks]
 
 
 def keys_body(store: SeaweedServer, bucket: str, key: str) -> bytes:
@@ -203,16 +223,7 @@ def test_group_splits_a_bucket_into_tasks_and_completes(env: Env) -> None:
     fails(lambda: env.client.update_task_group(UpdateTaskGroupRequest(gid, policy)), 409, "OMS.0070")
     env.client.delete_task_group(DeleteTaskGroupRequest(group_id=gid))
     assert env.client.list_tasks(ListTasksRequest(group_id=gid)).count == 0
-    # 8 "waiting for deletion" until the runner has removed what the group left, then gone.
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            assert show(env, gid).status == 8
-        except ClientRequestException as exc:
-            assert (exc.status_code, exc.error_code) == (404, "OMS.1009")
-            break
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_deleted(env, gid)
 
 
 def test_group_of_prefixes_with_save_prefix(env: Env) -> None:
@@ -252,9 +263,10 @@ def test_group_stop_update_start(env: Env) -> None:
         dst_ak=env.dst.access_key, dst_sk=env.dst.secret_key))), 400, "OMS.0001")
     env.client.start_task_group(StartTaskGroupRequest(gid, StartTaskGroupReq(**keys_of(env))))
     g = wait_for(env, gid, {6})
-    assert (g.total_num, g.success_num + g.skip_num, g.fail_num, g.total_task_num) == (40, 40, 0, 8)
     for key, body in objects.items():
         assert keys_body(env.dst, dst, key) == body
+    assert (g.total_num, g.success_num + g.skip_num, g.fail_num, g.total_task_num) == (40, 40, 0, 8), \
+        task_summary(env, gid)
 
 
 def test_failed_split_then_retry(env: Env) -> None:
@@ -375,3 +387,19 @@ def test_list_group_splits_its_list_file(env: Env) -> None:
     missing.body.src_node.list_file = ListFile(list_file_key="lists/absent.txt", obs_bucket=lists)
     gid = env.client.create_task_group(missing).group_id
     assert wait_for(env, gid, {4}).error_reason.error_code == "TRF.0013"
+
+
+def test_deleting_a_paused_group_removes_its_tasks_and_list_files(env: Env) -> None:
+    src = env.src.create_bucket(f"group-src-del-{env.tag}")
+    dst = env.dst.create_bucket(f"group-dst-del-{env.tag}")
+    fill(env.src, src, sample(30, size=64 * 1024))
+    slow = [BandwidthPolicyDto(start="00:00", end="00:00", max_bandwidth=1024 * 1024)]
+    gid = env.client.create_task_group(group_req(env, src, dst, bandwidth_policy=slow)).group_id
+    wait_for(env, gid, {2})
+    env.client.stop_task_group(StopTaskGroupRequest(group_id=gid))
+    wait_for(env, gid, {3})
+    assert list_keys(env.dst, dst, f"oms/taskgroup/{gid}/")
+    env.client.delete_task_group(DeleteTaskGroupRequest(group_id=gid))
+    assert env.client.list_tasks(ListTasksRequest(group_id=gid)).count == 0
+    wait_deleted(env, gid)
+    assert list_keys(env.dst, dst, "oms/") == []

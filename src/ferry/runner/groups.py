@@ -3,7 +3,8 @@
 One thread with its own event loop, like the task runner. Every `poll_interval` (or when woken) it claims
 groups waiting to be split (status 0/1, lease free or its owner dead) and splits them, and it settles groups
 whose tasks decide their status: 2 -> 5/6 (a completed group's list files are removed), 7 -> 3 once every task
-paused, 8 -> 9 once the list files of a deleted group are gone.
+paused, 8 -> 9 once the list files of a deleted group are gone. A paused or failed group keeps only its sealed
+destination keys (for that clean-up); the source keys are dropped.
 
 Splitting (see `ferry.service.groups` for the why): the source listing is streamed prefix by prefix; a chunk
 is closed at `SplitSettings` objects or bytes, written as `oms/taskgroup/<group>/part_NNNNNN.txt` into the
@@ -53,6 +54,7 @@ from ferry.service.groups import (
     chunk_task_request,
     effective_status,
     list_file_key,
+    seal,
     stop_group_tasks,
     task_name,
 )
@@ -229,7 +231,7 @@ class GroupRunner:
                     await asyncio.to_thread(stop_group_tasks, self.ctx, row.project_id, row.id)
                 if derived == G_PAUSED:
                     await asyncio.to_thread(self.repo.transition, row.id, (G_PAUSING,), {
-                        "status": G_PAUSED, "secrets": None})
+                        "status": G_PAUSED, "secrets": self._cleanup_keys(row)})
             elif derived == G_COMPLETED:
                 await self._remove_list_files(row)
                 await asyncio.to_thread(self.repo.transition, row.id, (row.status,), {
@@ -238,8 +240,8 @@ class GroupRunner:
             elif derived != row.status:
                 values: dict[str, Any] = {"status": derived}
                 if derived == G_MIGRATE_FAILED:
-                    # The list files stay for a retry; the keys do not (a retry brings them again).
-                    values.update(finished_at=time.time(), secrets=None)
+                    # The list files stay for a retry, which brings the keys again.
+                    values.update(finished_at=time.time(), secrets=self._cleanup_keys(row))
                     log.info("task group %s: migration failed", row.id)
                 else:
                     values["finished_at"] = None
@@ -273,6 +275,14 @@ class GroupRunner:
             await store.close()
 
     # -- the split ---------------------------------------------------------------------------------------
+
+    def _cleanup_keys(self, row: GroupRow) -> str | None:
+        """The sealed destination keys alone, kept while the group's list files exist so that deleting the
+        group can remove them; the source keys are dropped as soon as nothing needs them."""
+        keys = self._keys(row)
+        if keys is None or not keys.get("dst_ak") or not keys.get("dst_sk"):
+            return None
+        return seal(self.ctx, {"dst_ak": keys["dst_ak"], "dst_sk": keys["dst_sk"]})
 
     def _keys(self, row: GroupRow) -> dict[str, str] | None:
         if not row.secrets:
@@ -315,7 +325,7 @@ class GroupRunner:
         if attempts >= self.settings.retry_attempts:
             self.repo.release(row.id, self.owner, {
                 "status": G_CREATE_FAILED, "error_code": "TRF.0001", "error_msg": "System error. Retry the task group.",
-                "finished_at": time.time(), "secrets": None, "split_state": state})
+                "finished_at": time.time(), "secrets": self._cleanup_keys(fresh), "split_state": state})
         else:
             self.repo.release(row.id, self.owner, {
                 "split_state": state, "retry_at": time.time() + self.settings.retry_delay * 2 ** (attempts - 1)})
@@ -369,7 +379,7 @@ class GroupRunner:
         log.info("task group %s: split failed %s", row.id, exc.code)
         await asyncio.to_thread(self.repo.release, row.id, self.owner, {
             "status": G_CREATE_FAILED, "error_code": exc.code, "error_msg": exc.message[:1024],
-            "finished_at": time.time(), "secrets": None})
+            "finished_at": time.time(), "secrets": self._cleanup_keys(row)})
 
 
 class _Splitter:

@@ -432,7 +432,9 @@ def update_task_group(ctx: GroupContext, project_id: str, group_id: str, req: s.
     if effective_status(row, _stats(ctx, row)) in (G_COMPLETED, G_DELETING):
         raise _conflict("The bandwidth policy of a finished task group cannot be changed.")
     policy = [p.model_dump() for p in req.bandwidth_policy]
-    if not ctx.repo.transition(group_id, (row.status,), {"bandwidth_policy": policy}, project_id=project_id):
+    # Any unfinished status: the runner may move the stored one (7 -> 3, 2 -> 5) between the read and this write.
+    unfinished = (G_WAITING, G_EXECUTING, G_MONITORING, G_PAUSED, G_CREATE_FAILED, G_MIGRATE_FAILED, G_PAUSING)
+    if not ctx.repo.transition(group_id, unfinished, {"bandwidth_policy": policy}, project_id=project_id):
         raise _conflict("The task group status changed meanwhile; show it and retry.")
     if ctx.repo.task_ids(project_id, group_id):
         tasks.batch_update_tasks(ctx.tasks, project_id,
