@@ -343,6 +343,7 @@ def check_list(env: Env, bucket: str, key: str, sk: str | None = None) -> Any:
     b"http://example.com/a.jpg\ta.jpg\nhttps://cdn.example.com/dir/b%20c.png\tdir/b%20c.png\n",
     b"http://example.com/a.jpg\ta.jpg\r\nhttp://example.com/b\tb",  # CRLF, no final newline
     b"docs/a.txt\ndocs/b%20c.txt\n%E4%B8%AD.txt\n\n",  # an object list, blank trailing lines
+    b"http://example.com/dir/a.jpg\nhttp://example.com/b.jpg\tb.jpg\n",  # a URL alone names its object by path
 ])
 def test_check_list_file_accepts(env: Env, list_bucket: str, content: bytes) -> None:
     key = f"lists/ok-{hashlib.md5(content).hexdigest()[:8]}.txt"
@@ -352,6 +353,7 @@ def test_check_list_file_accepts(env: Env, list_bucket: str, content: bytes) -> 
 
 @pytest.mark.parametrize(("content", "content_type", "code", "where"), [
     (b"http://example.com/a\ta\nnot a url\tb\n", "text/plain", "OMS.0016", "line 2"),
+    (b"http://example.com/\n", "text/plain", "OMS.0016", "line 1"),  # no key, and no path to name it by
     (b"http://example.com/a\ta\tb\n", "text/plain", "OMS.0016", "line 1"),
     (b"docs/a.txt\ndocs/b c.txt\n", "text/plain", "OMS.0016", "line 2"),
     (b"\xef\xbb\xbfdocs/a.txt\n", "text/plain", "OMS.0016", "line 1"),

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -61,6 +64,8 @@ class Env:
     runner: LocalRunner
     groups: GroupRunner
     data_dir: Path
+    files: Path  # served over HTTP at `files_url`, an operator-allowed URL source
+    files_url: str
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -77,13 +82,17 @@ def env(seaweed_a: SeaweedServer, seaweed_b: SeaweedServer, tmp_path_factory: py
         database: tuple[str, str]) -> Iterator[Env]:
     tag, url = database
     data_dir = tmp_path_factory.mktemp("groups")
+    files = tmp_path_factory.mktemp("url-source")
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietFiles, directory=str(files)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    files_url = f"http://127.0.0.1:{httpd.server_address[1]}"
     engine = open_database(url)
     box = SecretBox.load(data_dir)
     runner = LocalRunner(engine, box, data_dir, RunnerSettings(max_tasks=3, concurrency=8, poll_interval=0.2,
                                                                progress_interval=0.25, retry_delay=0.5))
     # Lower-case keys, as load_overrides() produces them from FERRY_ENDPOINT_OVERRIDES.
     overrides = {f"{SRC_CLOUD}/{SRC_REGION}".lower(): seaweed_a.endpoint,
-                 f"huaweicloud/{DST_REGION}": seaweed_b.endpoint}
+                 f"huaweicloud/{DST_REGION}": seaweed_b.endpoint, "urlsource/files": files_url}
     tasks = TaskContext(engine=engine, box=box, data_dir=data_dir, overrides=overrides, notify=runner.notify)
     gctx = GroupContext(tasks=tasks, split=SplitSettings(objects_per_task=PER_TASK))
     grunner = GroupRunner(gctx, GroupRunnerSettings(poll_interval=0.2, heartbeat_interval=0.5, retry_delay=0.5))
@@ -96,12 +105,19 @@ def env(seaweed_a: SeaweedServer, seaweed_b: SeaweedServer, tmp_path_factory: py
     try:
         yield Env(tag, oms_client(running.url, tenant.ak, tenant.sk, tenant.project_id),
                   oms_client(running.url, other.ak, other.sk, other.project_id),
-                  seaweed_a, seaweed_b, runner, grunner, data_dir)
+                  seaweed_a, seaweed_b, runner, grunner, data_dir, files, files_url)
     finally:
         grunner.stop()
         runner.stop()
         stop(running)
         engine.dispose()
+        httpd.shutdown()
+        httpd.server_close()
+
+
+class _QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        return
 
 
 def fill(store: SeaweedServer, bucket: str, keys: dict[str, bytes]) -> None:
@@ -403,3 +419,25 @@ def test_deleting_a_paused_group_removes_its_tasks_and_list_files(env: Env) -> N
     assert env.client.list_tasks(ListTasksRequest(group_id=gid)).count == 0
     wait_deleted(env, gid)
     assert list_keys(env.dst, dst, "oms/") == []
+
+
+def test_url_list_group(env: Env) -> None:
+    dst = env.dst.create_bucket(f"group-dst-urls-{env.tag}")
+    lists = env.dst.create_bucket(f"group-lists-urls-{env.tag}")
+    names = [f"page-{i}.html" for i in range(7)]
+    for name in names:
+        (env.files / name).write_bytes(name.encode() * 10)
+    lines = [f"{env.files_url}/{name}\tweb/{name}" for name in names]
+    fill(env.dst, lists, {"urls.txt": "\n".join(lines).encode()})
+    req = CreateTaskGroupRequest(CreateTaskGroupReq(
+        task_type="URL_LIST",
+        src_node=TaskGroupSrcNode(list_file=ListFile(list_file_key="urls.txt", obs_bucket=lists)),
+        dst_node=TaskGroupDstNode(ak=env.dst.access_key, sk=env.dst.secret_key, region=DST_REGION, bucket=dst)))
+    gid = env.client.create_task_group(req).group_id
+    g = wait_for(env, gid, {6})
+    assert (g.task_type, g.src_node.cloud_type, g.total_task_num, g.total_num, g.success_num) == \
+        ("URL_LIST", "URLSOURCE", 2, 7, 7)
+    tasks = env.client.list_tasks(ListTasksRequest(group_id=gid)).tasks
+    assert {t.task_type for t in tasks} == {"url_list"}
+    for name in names:
+        assert keys_body(env.dst, dst, f"web/{name}") == name.encode() * 10

@@ -12,7 +12,8 @@ destination bucket, and a `list` task is created over it (skipped when a task of
 redone after a crash creates no twin). The checkpoint written with each chunk is the prefix index and the
 position in its listing: the last key for stores that list in byte order, else the number of keys already
 taken (such stores list in a stable order, e.g. SeaweedFS's directory order). A LIST group is split the same
-way over the lines of its list file, with the byte offset after the last line taken as the checkpoint.
+way over the lines of its list file (URL_LIST groups too, into url_list tasks), with the byte offset after the
+last line taken as the checkpoint.
 """
 
 from __future__ import annotations
@@ -398,7 +399,7 @@ class _Splitter:
         self.last_beat = time.monotonic()
 
     async def run(self) -> None:
-        if self.row.task_type == s.GroupTaskType.LIST.value:
+        if self.row.task_type in (s.GroupTaskType.LIST.value, s.GroupTaskType.URL_LIST.value):
             await self._split_list_file()
         else:
             await self._split_listing()

@@ -478,7 +478,8 @@ class ListFileChecker:
     """Incremental validator of a list file: UTF-8 without BOM, lines of at most 65535 characters, every
     non-blank line in one format, chosen by the first one:
 
-    - URL list: `URL<TAB>destination key` (URL encoded, http or https; key URL-encoded, at most 1024 bytes);
+    - URL list: `URL[<TAB>destination key]` (URL encoded, http or https; key URL-encoded, at most 1024 bytes,
+      by default the URL's path);
     - object list: one URL-encoded object key per line (no raw spaces or tabs, at most 1024 bytes decoded).
     """
 
@@ -525,7 +526,8 @@ class ListFileChecker:
         if not line:
             return  # blank lines (a trailing newline above all) carry nothing
         if self._kind is None:
-            self._kind = _url_line if "\t" in line else _object_line
+            # An object list's keys are URL-encoded, so a raw tab or "http(s)://" only starts a URL list.
+            self._kind = _url_line if "\t" in line or _URL_RE.match(line) else _object_line
         problem = self._kind(line)
         if problem:
             raise self._fail(HelperCodes.LIST_FORMAT, problem, self._line)
@@ -550,14 +552,16 @@ def _decoded_key_problem(encoded: str) -> str | None:
 
 def _url_line(line: str) -> str | None:
     parts = line.split("\t")
-    if len(parts) != 2:
+    if len(parts) > 2:
         return "is not URL<TAB>destination key"
-    url, key = parts
+    url = parts[0]
     if not _URL_RE.match(url):
-        return "has no valid, URL-encoded http(s) URL before the tab"
+        return "has no valid, URL-encoded http(s) URL"
     parsed = urlsplit(url)
     if not parsed.hostname:
         return "has a URL without a host"
+    # Without a destination key the object is named after the URL's path.
+    key = parts[1] if len(parts) == 2 else parsed.path.lstrip("/")
     if any(ch.isspace() for ch in key):
         return "has white space in the destination key; URL-encode it"
     return _decoded_key_problem(key)

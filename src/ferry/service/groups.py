@@ -3,8 +3,8 @@
 A group splits a big source into migration tasks and runs them through the task runner. The split is done by
 the group runner (`ferry.runner.groups`): it streams the source listing and, every `SplitSettings` worth of
 objects, writes that chunk's keys as an object-list file under `oms/taskgroup/<group id>/` in the destination
-bucket (as Huawei's OMS does, §3.3) and creates a `list` task over it with the group's id. Memory stays one
-chunk, whatever the bucket's size, and a crashed split resumes from its last chunk.
+bucket (as Huawei's OMS does, §3.3) and creates a `list` task (`url_list` for URL_LIST groups) over it. Memory
+stays one chunk, whatever the bucket's size, and a crashed split resumes from its last chunk.
 
 Status and counters roll up from the tasks at read time (one aggregate query), so they never drift:
 
@@ -124,9 +124,7 @@ def task_name(group_id: str, chunk: int) -> str:
 
 def _unsupported(req: s.CreateTaskGroupReq) -> str | None:
     src = req.src_node
-    if req.task_type is s.GroupTaskType.URL_LIST:
-        return "task_type URL_LIST (URL sources) is not supported by this server yet"
-    if src.cloud_type.value.lower() not in endpoints.CLOUD_PROFILES:
+    if req.task_type is not s.GroupTaskType.URL_LIST and src.cloud_type.value.lower() not in endpoints.CLOUD_PROFILES:
         return f"source cloud {src.cloud_type.value} is not supported by this server yet"
     if req.source_cdn is not None:
         return "source_cdn (fetching through a CDN domain) is not supported by this server yet"
@@ -165,11 +163,14 @@ def create_task_group(ctx: GroupContext, project_id: str, req: s.CreateTaskGroup
     if reason:
         raise TaskError.invalid(reason)
     src, dst = req.src_node, req.dst_node
-    assert src.region is not None and src.bucket is not None  # CreateTaskGroupReq checked these
-    src_ep = _resolve(ctx, src.cloud_type.value, src.region, destination=False)
     dst_ep = _resolve(ctx, s.CloudType.HUAWEICLOUD.value, dst.region, destination=True)
-    _check_bucket(src_ep.profile, get_profile(src_ep.profile).bucket_name(src.bucket, src.app_id), "src_node.bucket")
     _check_bucket(dst_ep.profile, dst.bucket, "dst_node.bucket")
+    url_list = req.task_type is s.GroupTaskType.URL_LIST
+    if not url_list:
+        assert src.region is not None and src.bucket is not None  # CreateTaskGroupReq checked bucket sources
+        src_ep = _resolve(ctx, src.cloud_type.value, src.region, destination=False)
+        _check_bucket(src_ep.profile, get_profile(src_ep.profile).bucket_name(src.bucket, src.app_id),
+                      "src_node.bucket")
     if src.list_file is not None:
         _check_bucket(dst_ep.profile, src.list_file.obs_bucket, "src_node.list_file.obs_bucket")
     now = time.time()
@@ -202,11 +203,13 @@ def create_task_group(ctx: GroupContext, project_id: str, req: s.CreateTaskGroup
 
 
 def chunk_task_request(row: GroupRow, keys: dict[str, str], chunk: int) -> s.CreateTaskReq:
-    """The CreateTaskReq of one chunk: a `list` task over the chunk's list file, with the group's options."""
+    """The CreateTaskReq of one chunk: a `list` (or, for URL sources, `url_list`) task over the chunk's list
+    file, with the group's options."""
     src, dst, opts = row.src_spec, row.dst_spec, row.options
+    url_list = row.task_type == s.GroupTaskType.URL_LIST.value
     return s.CreateTaskReq.model_validate({
-        "task_type": s.TaskType.LIST.value,
-        "src_node": {"cloud_type": src["cloud_type"], "region": src["region"], "bucket": src["bucket"],
+        "task_type": (s.TaskType.URL_LIST if url_list else s.TaskType.LIST).value,
+        "src_node": {"cloud_type": src["cloud_type"], "region": src.get("region"), "bucket": src.get("bucket"),
                      "app_id": src.get("app_id"), "ak": keys.get("src_ak"), "sk": keys.get("src_sk"),
                      "list_file": {"obs_bucket": dst["bucket"], "list_file_key": list_file_key(row.id, chunk)}},
         "dst_node": {"ak": keys.get("dst_ak"), "sk": keys.get("dst_sk"), "bucket": dst["bucket"],
@@ -267,7 +270,7 @@ def group_resp(row: GroupRow, stats: TaskStats, now: float | None = None) -> s.T
         error_reason=s.ErrorReasonResp(error_code=row.error_code, error_msg=row.error_msg or "")
         if row.error_code else None,
         src_node=s.TaskGroupSrcNodeResp(
-            bucket=src["bucket"], cloud_type=s.CloudType(src["cloud_type"]), region=src["region"],
+            bucket=src.get("bucket"), cloud_type=s.CloudType(src["cloud_type"]), region=src.get("region"),
             app_id=src.get("app_id"), object_key=src.get("object_key"),
             list_file=s.ListFile.model_validate(src["list_file"]) if src.get("list_file") else None),
         description=row.description,
@@ -361,8 +364,10 @@ def stop_group_tasks(ctx: GroupContext, project_id: str, group_id: str) -> None:
             continue  # it finished or paused meanwhile
 
 
-def _keys(src_ak: str | None, src_sk: Secret | None, dst_ak: str | None, dst_sk: Secret | None) -> dict[str, Any]:
-    if not (src_ak and src_sk):
+def _keys(row: GroupRow, src_ak: str | None, src_sk: Secret | None, dst_ak: str | None,
+          dst_sk: Secret | None) -> dict[str, Any]:
+    # URL sources need no source keys (their list file is read with the destination's).
+    if not (src_ak and src_sk) and row.task_type != s.GroupTaskType.URL_LIST.value:
         raise TaskError.invalid("src_ak and src_sk are required for this task group.")
     if not (dst_ak and dst_sk):
         raise TaskError.invalid("dst_ak and dst_sk are required for this task group.")
@@ -370,8 +375,8 @@ def _keys(src_ak: str | None, src_sk: Secret | None, dst_ak: str | None, dst_sk:
 
 
 def _start_req(keys: dict[str, Any], migrate_failed_object: bool = False) -> s.StartTaskReq:
-    return s.StartTaskReq(src_ak=keys["src_ak"], src_sk=keys["src_sk"], dst_ak=keys["dst_ak"], dst_sk=keys["dst_sk"],
-                          migrate_failed_object=migrate_failed_object)
+    return s.StartTaskReq(src_ak=keys.get("src_ak"), src_sk=keys.get("src_sk"), dst_ak=keys["dst_ak"],
+                          dst_sk=keys["dst_sk"], migrate_failed_object=migrate_failed_object)
 
 
 def _restart_tasks(ctx: GroupContext, project_id: str, group_id: str, statuses: tuple[int, ...],
@@ -392,7 +397,7 @@ def start_task_group(ctx: GroupContext, project_id: str, group_id: str, req: s.S
     """Resume a paused group with re-supplied keys: an unfinished split goes on, paused tasks start again."""
     row = _get(ctx, project_id, group_id)
     _check_kms(req.src_crypto_type, req.dst_crypto_type)
-    keys = _keys(req.src_ak, req.src_sk, req.dst_ak, req.dst_sk)
+    keys = _keys(row, req.src_ak, req.src_sk, req.dst_ak, req.dst_sk)
     if effective_status(row, _stats(ctx, row)) != G_PAUSED:
         raise _conflict("Only a paused task group can be started.")
     next_status = G_MONITORING if row.split_state.get("done") else G_EXECUTING
@@ -408,7 +413,7 @@ def retry_task_group(ctx: GroupContext, project_id: str, group_id: str, req: s.R
     failed task, fully (finished objects are skipped) or, with migrate_failed_object, just its failed objects."""
     row = _get(ctx, project_id, group_id)
     _check_kms(req.src_crypto_type, req.dst_crypto_type)
-    keys = _keys(req.src_ak, req.src_sk, req.dst_ak, req.dst_sk)
+    keys = _keys(row, req.src_ak, req.src_sk, req.dst_ak, req.dst_sk)
     status = effective_status(row, _stats(ctx, row))
     if status == G_CREATE_FAILED:
         if not ctx.repo.transition(group_id, (G_CREATE_FAILED,), {
