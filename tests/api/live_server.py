@@ -99,7 +99,8 @@ def start_live(extra_routers: Sequence[APIRouter] = ()) -> tuple[LiveServer, _Ru
     records: list[str] = []
     app = create_app(
         build_services([tenant, other], clock, records),
-        routers=(*PROJECT_ROUTERS, *extra_routers),
+        # Test routers come first so a probe route wins over a real route on the same path.
+        routers=(*extra_routers, *PROJECT_ROUTERS),
         expose_openapi=True,
     )
     running = serve(app)
