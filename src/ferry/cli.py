@@ -57,11 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--migrate-since", metavar="TIME",
                    help="only objects modified at or after TIME (epoch seconds or ISO 8601)")
     m.add_argument("--concurrency", type=int, default=64, metavar="N", help="objects in flight (default 64)")
-    m.add_argument("--part-size", type=int, default=8, metavar="MIB", help="multipart part size in MiB")
+    m.add_argument("--part-size", type=int, default=16, metavar="MIB", help="multipart part size in MiB (default 16)")
     m.add_argument("--multipart-threshold", type=int, default=32, metavar="MIB",
                    help="objects at least this big (MiB) are copied in parallel parts")
-    m.add_argument("--memory-limit", type=int, default=256, metavar="MIB",
-                   help="object data held in memory at once (MiB)")
+    m.add_argument("--memory-limit", type=int, default=96, metavar="MIB",
+                   help="object data held in memory at once (MiB, default 96; peak RSS is about twice this)")
     m.add_argument("--state-dir", metavar="DIR", help="where the resumable job state lives")
     m.add_argument("--json", action="store_true", help="end with one JSON summary line on stdout")
     m.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")

@@ -45,7 +45,7 @@ class CopyOptions:
     metadata: bool = False
     storage_class: str | None = None
     multipart_threshold: int = 32 * MiB
-    part_size: int = 8 * MiB
+    part_size: int = 16 * MiB
     server_side: bool = True
 
 

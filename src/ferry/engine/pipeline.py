@@ -39,7 +39,7 @@ class TransferOptions:
     copy: CopyOptions = field(default_factory=CopyOptions)
     migrate_since: float | None = None
     concurrency: int = 64
-    memory_limit: int = 256 * MiB
+    memory_limit: int = 96 * MiB
 
 
 class RepoCheckpoints:

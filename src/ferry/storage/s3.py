@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from obstore.store import S3Config
 
 HotPath = Literal["aiohttp", "obstore"]
+# Large reads (multipart parts) otherwise crawl in 64 KiB steps, each a trip through the event loop.
+_READ_BUFSIZE = 4 * 1024 * 1024
 CRC64_META = "ferry-crc64"  # user-metadata key under which Ferry stores the CRC-64/ECMA it computed
 _META_PREFIX = "x-amz-meta-"
 _CODE_RE = re.compile(rb"<Code>([^<]{1,100})</Code>")
@@ -156,7 +158,7 @@ class S3Backend:
                 keepalive_timeout=10,
             )
             self._session = aiohttp.ClientSession(
-                connector=connector, timeout=self._timeout, auto_decompress=False,
+                connector=connector, timeout=self._timeout, auto_decompress=False, read_bufsize=_READ_BUFSIZE,
                 cookie_jar=aiohttp.DummyCookieJar(), trust_env=False, headers={"User-Agent": "ferry"},
             )
             self._session_loop = loop
