@@ -585,6 +585,20 @@ def _stats(values: list[float]) -> tuple[float, float]:
     return (max(values), statistics.median(values)) if values else (0.0, 0.0)
 
 
+def _total_cpu(r: Result) -> float:
+    return r.cpu + r.server_cpu
+
+
+def _cpu_ratio(ratios: dict[str, Any], scenario: str, ferry: list[Result], rclone: list[Result]) -> None:
+    """rclone's CPU (tool + both servers) over ferry's, medians: what decides a dedicated 2-core machine,
+    and much steadier than wall time when other work shares the machine."""
+    fc = statistics.median(_total_cpu(r) for r in ferry)
+    rc = statistics.median(_total_cpu(r) for r in rclone)
+    ratios[f"{scenario}_rclone_over_ferry_total_cpu_median"] = round(rc / fc, 3)
+    print(f"         CPU-s tool+servers per run (median): ferry {fc:.1f}, rclone {rc:.1f} -> rclone/ferry "
+          f"{rc / fc:.2f}x (steadier than wall time on a shared machine)")
+
+
 def _paired(a: list[Result], b: list[Result], metric: Callable[[Result], float]) -> list[float]:
     """metric(a) / metric(b) for the runs of the same repeat (they ran minutes apart at most)."""
     bs = {r.repeat: metric(r) for r in b}
@@ -647,6 +661,7 @@ def report(results: list[Result], calls: dict[str, int] | None, ferry_import_s: 
             ratios["small_rclone_over_s5cmd_ceiling_median"] = round(rm / sm, 3)
             print(f"  small  share of the s5cmd PUT ceiling ({sm:.0f} obj/s median): ferry {fm / sm:.0%}, "
                   f"rclone {rm / sm:.0%}")
+        _cpu_ratio(ratios, "small", f_small, r_small)
     f_large, r_large = pick("large", "ferry c=default(64)"), pick("large", "rclone t16")
     if f_large and r_large:
         fb, fm = _stats([r.mib_per_s for r in f_large])
@@ -660,6 +675,7 @@ def report(results: list[Result], calls: dict[str, int] | None, ferry_import_s: 
               f"({fm:.1f} vs {rm:.1f} MiB/s median)   target >= {TARGET_LARGE}x  {_verdict(fm / rm >= TARGET_LARGE)}")
         print(f"         same-repeat pairs: "
               f"{', '.join(f'{x:.2f}x' for x in ratios['large_ferry_over_rclone_paired'])}")
+        _cpu_ratio(ratios, "large", f_large, r_large)
         print(f"  large  ferry peak RSS {rss:.0f} MB (rclone {rrss:.0f} MB)   target < {TARGET_RSS_MB:.0f} MB  "
               f"{_verdict(rss < TARGET_RSS_MB)}")
     f_re, r_re = pick("rerun", "ferry (same command)"), pick("rerun", "rclone t32/c32")
