@@ -786,8 +786,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"\nload average (1 min) at start {load0:.1f}, at end {os.getloadavg()[0]:.1f} "
                   f"on {os.cpu_count()} cpus: above the cpu count, other work shared the machine")
             print("\nflags: ferry migrate --src-profile seaweedfs --dst-profile seaweedfs --json --no-progress "
-                  "[--concurrency N] (defaults otherwise: size_last_modified verify, 32 MiB multipart threshold, "
-                  f"8 MiB parts, 256 MiB memory limit); rclone copy {' '.join(RCLONE_SMALL_FLAGS)} (small) / "
+                  "[--concurrency N] (its defaults otherwise: see `ferry migrate --help`); "
+                  f"rclone copy {' '.join(RCLONE_SMALL_FLAGS)} (small) / "
                   f"{' '.join(RCLONE_LARGE_FLAGS)} (large), s3 provider Other, path style, defaults otherwise; "
                   f"s5cmd --numworkers {S5CMD_WORKERS} cp; destination buckets "
                   f"{'primed' if bench.prime else 'not primed'}")
