@@ -783,8 +783,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ratios["code_under_test_at_end"] = version1
                 print(f"\nWARNING: the ferry sources changed during the run ({version0} -> {version1}); "
                       "runs before and after measured different code")
-            print(f"\nload average (1 min) at start {load0:.1f}, at end {os.getloadavg()[0]:.1f} "
-                  f"on {os.cpu_count()} cpus: above the cpu count, other work shared the machine")
+            busy = "other work was running: expect noise" if load0 > 1.0 else "the machine was quiet"
+            print(f"\nload average (1 min) before the servers started {load0:.1f} on {os.cpu_count()} cpus "
+                  f"({busy}); at the end {os.getloadavg()[0]:.1f} (this benchmark's own work included)")
             print("\nflags: ferry migrate --src-profile seaweedfs --dst-profile seaweedfs --json --no-progress "
                   "[--concurrency N] (its defaults otherwise: see `ferry migrate --help`); "
                   f"rclone copy {' '.join(RCLONE_SMALL_FLAGS)} (small) / "
