@@ -10,18 +10,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Final, Literal, Protocol
-from urllib.parse import parse_qsl, quote, unquote
 
 from fastapi import Path, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Scope
 
 from ferry.api.errors import OmsError
+from ferry.sdk_hmac import ALGORITHM, DATE_FORMAT, EMPTY_SHA256, canonical_query, canonical_uri, sign, string_to_sign
 
-ALGORITHM: Final = "SDK-HMAC-SHA256"
-DATE_FORMAT: Final = "%Y%m%dT%H%M%SZ"
 MAX_SKEW: Final = timedelta(minutes=15)
-EMPTY_SHA256: Final = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 # API Gateway makes these mandatory: without them a signature could be replayed on another host, or forever.
 REQUIRED_SIGNED: Final = frozenset({"host", "x-sdk-date"})
 _MAX_AUTH_HEADER: Final = 4096
@@ -81,22 +78,6 @@ def _header_text(value: bytes) -> str:
         return value.decode("latin-1")
 
 
-def _encode(segment: str) -> str:
-    return quote(segment, safe="~")
-
-
-def canonical_uri(raw_path: str) -> str:
-    """Decode, re-encode each segment keeping only unreserved characters, end with '/' (as the SDK does)."""
-    path = "/".join(_encode(part) for part in unquote(raw_path).split("/"))
-    return path if path.endswith("/") else path + "/"
-
-
-def canonical_query(query_string: str) -> str:
-    """Pairs sorted by name then value, each side encoded like the path; '' when there is no query."""
-    pairs = sorted(parse_qsl(query_string, keep_blank_values=True))
-    return "&".join(f"{_encode(name)}={_encode(value)}" for name, value in pairs)
-
-
 def payload_hash(body: bytes, declared: str | None) -> str | None:
     """The body hash the signer used, or None when the request declares one that does not match.
 
@@ -129,15 +110,6 @@ def canonical_request(req: IncomingRequest, signed_headers: Sequence[str], body_
             body_hash,
         ]
     )
-
-
-def string_to_sign(sdk_date: str, canonical: str) -> str:
-    digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-    return f"{ALGORITHM}\n{sdk_date}\n{digest}"
-
-
-def sign(secret_key: str, text: str) -> str:
-    return hmac.new(secret_key.encode("utf-8"), text.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,7 @@ migration_tasks = Table(
     Column("error_code", String(16), nullable=True),
     Column("error_msg", Text, nullable=True),
     Column("records", Text, nullable=True),  # JSON: paths of the failed/success/skip lists, errors
+    Column("smn_result", Text, nullable=True),  # JSON: what became of the task-end SMN notification
     Column("lease_owner", String(128), nullable=True),
     Column("lease_expires", Float, nullable=True),
     Column("attempts", Integer, nullable=False, default=0),

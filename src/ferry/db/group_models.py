@@ -31,6 +31,7 @@ task_groups = Table(
     Column("task_count", Integer, nullable=False, default=0),
     Column("error_code", String(16), nullable=True),
     Column("error_msg", Text, nullable=True),
+    Column("smn_result", Text, nullable=True),  # JSON: what became of the group-end SMN notification
     Column("created_at", Float, nullable=False),
     Column("started_at", Float, nullable=True),
     Column("finished_at", Float, nullable=True),

@@ -18,7 +18,7 @@ from ferry.db.task_repo import owner_is_dead
 # GROUP_STATUS (§1.7)
 (G_WAITING, G_EXECUTING, G_MONITORING, G_PAUSED, G_CREATE_FAILED, G_MIGRATE_FAILED, G_COMPLETED, G_PAUSING,
  G_DELETING, G_DELETED) = range(10)
-_JSON_COLUMNS: Final = frozenset({"src_spec", "dst_spec", "options", "bandwidth_policy", "split_state"})
+_JSON_COLUMNS: Final = frozenset({"src_spec", "dst_spec", "options", "bandwidth_policy", "split_state", "smn_result"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,12 +49,13 @@ class GroupRow:
     lease_expires: float | None
     retry_at: float | None
     deleted_at: float | None
+    smn_result: dict[str, Any] | None
 
     @classmethod
     def from_mapping(cls, row: Any) -> GroupRow:
         values = dict(row)
         for name in _JSON_COLUMNS:
-            values[name] = json.loads(values[name])
+            values[name] = json.loads(values[name]) if values[name] is not None else None
         return cls(**{f.name: values[f.name] for f in fields(cls)})
 
 

@@ -70,17 +70,19 @@ class TaskRow:
     attempts: int
     retry_at: float | None
     deleted_at: float | None
+    smn_result: dict[str, Any] | None
 
     @classmethod
     def from_mapping(cls, row: Any) -> TaskRow:
         values = dict(row)
         for name in ("src_spec", "dst_spec", "options", "bandwidth_policy"):
             values[name] = json.loads(values[name])
-        values["records"] = json.loads(values["records"]) if values["records"] else None
+        for name in ("records", "smn_result"):
+            values[name] = json.loads(values[name]) if values[name] else None
         return cls(**{f.name: values[f.name] for f in fields(cls)})
 
 
-_JSON_COLUMNS: Final = frozenset({"src_spec", "dst_spec", "options", "bandwidth_policy", "records"})
+_JSON_COLUMNS: Final = frozenset({"src_spec", "dst_spec", "options", "bandwidth_policy", "records", "smn_result"})
 
 
 def _encode(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -48,7 +48,7 @@ from ferry.db.task_repo import owner_id
 from ferry.errors import FatalError, FerryError, NotFoundError
 from ferry.objects import ObjectMeta
 from ferry.runner.local import failure_for, open_store
-from ferry.service import endpoints, tasks
+from ferry.service import endpoints, smn, tasks
 from ferry.service.groups import (
     LIST_DIR,
     GroupContext,
@@ -238,6 +238,7 @@ class GroupRunner:
                 await asyncio.to_thread(self.repo.transition, row.id, (row.status,), {
                     "status": G_COMPLETED, "finished_at": time.time(), "secrets": None})
                 log.info("task group %s: completed", row.id)
+                await asyncio.to_thread(self._notify, row.id, stats[row.id].complete_size)
             elif derived != row.status:
                 values: dict[str, Any] = {"status": derived}
                 if derived == G_MIGRATE_FAILED:
@@ -247,6 +248,26 @@ class GroupRunner:
                 else:
                     values["finished_at"] = None
                 await asyncio.to_thread(self.repo.transition, row.id, (row.status,), values)
+                if derived == G_MIGRATE_FAILED:
+                    await asyncio.to_thread(self._notify, row.id, stats[row.id].complete_size)
+
+    def _notify(self, group_id: str, complete_size: int = 0) -> None:
+        """Publish the group-end SMN message once per finish, if the group asked for one."""
+        row = self.repo.get(group_id)
+        config = row.options.get("smn_config") if row is not None else None
+        finished = (G_COMPLETED, G_MIGRATE_FAILED, G_CREATE_FAILED)
+        if row is None or not config or row.status not in finished or row.smn_result is not None:
+            return
+        succeeded = row.status == G_COMPLETED
+        outcome = smn.Outcome(False)
+        if smn.due(config, succeeded):
+            end = row.finished_at or time.time()
+            outcome = smn.notify(config, smn.template_values(
+                name=row.id, succeeded=succeeded, started_at=row.started_at,
+                seconds=end - row.started_at if row.started_at else 0.0, bytes_done=complete_size,
+                src_bucket=row.src_spec.get("bucket"), dst_bucket=row.dst_spec["bucket"],
+                list_file=row.src_spec.get("list_file")))
+        self.repo.transition(group_id, (row.status,), {"smn_result": outcome.to_json()})
 
     def _stats(self, rows: list[GroupRow]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -327,6 +348,7 @@ class GroupRunner:
             self.repo.release(row.id, self.owner, {
                 "status": G_CREATE_FAILED, "error_code": "TRF.0001", "error_msg": "System error. Retry the task group.",
                 "finished_at": time.time(), "secrets": self._cleanup_keys(fresh), "split_state": state})
+            self._notify(row.id)
         else:
             self.repo.release(row.id, self.owner, {
                 "split_state": state, "retry_at": time.time() + self.settings.retry_delay * 2 ** (attempts - 1)})
@@ -381,6 +403,7 @@ class GroupRunner:
         await asyncio.to_thread(self.repo.release, row.id, self.owner, {
             "status": G_CREATE_FAILED, "error_code": exc.code, "error_msg": exc.message[:1024],
             "finished_at": time.time(), "secrets": self._cleanup_keys(row)})
+        await asyncio.to_thread(self._notify, row.id)
 
 
 class _Splitter:

@@ -43,6 +43,7 @@ from ferry.engine.copier import CopyOptions
 from ferry.engine.pipeline import Transfer, TransferOptions
 from ferry.engine.progress import Counters
 from ferry.errors import FatalError, FerryError, NotFoundError
+from ferry.service import smn
 from ferry.storage.base import Backend, ListOrder
 from ferry.storage.http import UrlSource, parse_url_list
 from ferry.storage.profiles import get_profile
@@ -386,7 +387,7 @@ class LocalRunner:
         started = time.time()
         speed = _Speed(s.speed_window)
         first = {"run_started_at": started, "error_code": None, "error_msg": None, "finished_at": None,
-                 "speed": 0, "left_time": None}
+                 "speed": 0, "left_time": None, "smn_result": None}
         if row.started_at is None:
             first["started_at"] = started
         if await asyncio.to_thread(self.tasks.heartbeat, row.id, self.owner, s.lease_ttl, first) is None:
@@ -450,6 +451,26 @@ class LocalRunner:
 
     def _settle(self, row: TaskRow, counters: Counters, started: float, outcome: str,
                 result: RunResult | BaseException) -> None:
+        self._settle_status(row, counters, started, outcome, result)
+        self._notify(row.id)
+
+    def _notify(self, task_id: int) -> None:
+        """Publish the task-end SMN message once per finished run, if the task asked for one."""
+        row = self.tasks.get(task_id)
+        config = row.options.get("smn_config") if row is not None else None
+        if row is None or not config or row.status not in (SUCCEEDED, FAILED) or row.smn_result is not None:
+            return
+        succeeded = row.status == SUCCEEDED
+        outcome = smn.Outcome(False)
+        if smn.due(config, succeeded):
+            outcome = smn.notify(config, smn.template_values(
+                name=row.name, succeeded=succeeded, started_at=row.started_at, seconds=row.elapsed,
+                bytes_done=row.complete_size, src_bucket=row.src_spec.get("bucket"),
+                dst_bucket=row.dst_spec["bucket"], list_file=row.src_spec.get("list_file"), records=row.records))
+        self.tasks.transition(task_id, None, (row.status,), {"smn_result": outcome.to_json()})
+
+    def _settle_status(self, row: TaskRow, counters: Counters, started: float, outcome: str,
+                       result: RunResult | BaseException) -> None:
         fresh = self.tasks.get(row.id) or row
         base: dict[str, Any] = {"left_time": None}
         # A run that ended on its own just as a stop arrived keeps its real outcome.

@@ -47,7 +47,7 @@ from ferry.db.task_repo import FAILED, PAUSED, PAUSING, RETRYING, RUNNING, SUCCE
 from ferry.errors import UsageError
 from ferry.service import endpoints, tasks
 from ferry.service.secrets import Secret
-from ferry.service.tasks import TaskCodes, TaskContext, TaskError
+from ferry.service.tasks import TaskCodes, TaskContext, TaskError, check_smn, smn_resp
 from ferry.storage.profiles import get_profile
 
 LIST_DIR: Final = "oms/taskgroup"
@@ -162,6 +162,7 @@ def create_task_group(ctx: GroupContext, project_id: str, req: s.CreateTaskGroup
     reason = _unsupported(req)
     if reason:
         raise TaskError.invalid(reason)
+    check_smn(req.smn_config)
     src, dst = req.src_node, req.dst_node
     dst_ep = _resolve(ctx, s.CloudType.HUAWEICLOUD.value, dst.region, destination=True)
     _check_bucket(dst_ep.profile, dst.bucket, "dst_node.bucket")
@@ -256,11 +257,8 @@ def group_resp(row: GroupRow, stats: TaskStats, now: float | None = None) -> s.T
     end = row.finished_at if row.finished_at and status in (G_COMPLETED, G_MIGRATE_FAILED, G_CREATE_FAILED) \
         else now
     since = opts.get("migrate_since")
-    smn = opts.get("smn_config")
-    smn_info = None
-    if smn and status in (G_COMPLETED, G_MIGRATE_FAILED, G_CREATE_FAILED):
-        smn_info = s.SmnInfo(notify_result=False, notify_error_message="SMN.0001",
-                             topic_name=str(smn.get("topic_urn", "")).rsplit(":", 1)[-1])
+    smn_info = smn_resp(opts.get("smn_config"), row.smn_result) \
+        if status in (G_COMPLETED, G_MIGRATE_FAILED, G_CREATE_FAILED) else None
     failed_record = None
     if opts.get("enable_failed_object_recording"):
         failed_record = s.FailedObjectRecordDto(result=stats.fail_num > 0 and status == G_MIGRATE_FAILED)
@@ -402,7 +400,8 @@ def start_task_group(ctx: GroupContext, project_id: str, group_id: str, req: s.S
         raise _conflict("Only a paused task group can be started.")
     next_status = G_MONITORING if row.split_state.get("done") else G_EXECUTING
     if not ctx.repo.transition(group_id, (G_PAUSED, G_PAUSING), {
-            "status": next_status, "secrets": seal(ctx, keys), "retry_at": None}, project_id=project_id):
+            "status": next_status, "secrets": seal(ctx, keys), "retry_at": None, "smn_result": None},
+            project_id=project_id):
         raise _conflict("The task group status changed meanwhile; show it and retry.")
     _restart_tasks(ctx, project_id, group_id, (PAUSED,), _start_req(keys))
     ctx.notify()
@@ -418,14 +417,15 @@ def retry_task_group(ctx: GroupContext, project_id: str, group_id: str, req: s.R
     if status == G_CREATE_FAILED:
         if not ctx.repo.transition(group_id, (G_CREATE_FAILED,), {
                 "status": G_EXECUTING, "secrets": seal(ctx, keys), "error_code": None, "error_msg": None,
-                "retry_at": None, "finished_at": None}, project_id=project_id):
+                "retry_at": None, "finished_at": None, "smn_result": None}, project_id=project_id):
             raise _conflict("The task group status changed meanwhile; show it and retry.")
         ctx.notify()
         return
     if status != G_MIGRATE_FAILED:
         raise _conflict("Only a failed task group can be retried.")
     if not ctx.repo.transition(group_id, (G_MONITORING, G_MIGRATE_FAILED), {
-            "status": G_MONITORING, "secrets": seal(ctx, keys), "finished_at": None}, project_id=project_id):
+            "status": G_MONITORING, "secrets": seal(ctx, keys), "finished_at": None, "smn_result": None},
+            project_id=project_id):
         raise _conflict("The task group status changed meanwhile; show it and retry.")
     _restart_tasks(ctx, project_id, group_id, (FAILED,), _start_req(keys, req.migrate_failed_object))
     ctx.notify()

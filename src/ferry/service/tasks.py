@@ -38,7 +38,7 @@ from ferry.db.task_repo import (
 )
 from ferry.errors import FerryError, UsageError
 from ferry.runner.local import records_dir
-from ferry.service import endpoints
+from ferry.service import endpoints, smn
 from ferry.service.secrets import Secret, SecretBox
 from ferry.storage.http import host_port
 from ferry.storage.profiles import get_profile
@@ -62,6 +62,7 @@ class TaskCodes:
     REGION_NOT_SUPPORTED: Final = "OMS.0060"
     STATUS_CONFLICT: Final = "OMS.0070"
     QUOTA: Final = "OMS.0077"
+    SMN_TOPIC: Final = "OMS.0169"
 
 
 class TaskError(FerryError):
@@ -187,6 +188,25 @@ def _check_quota(ctx: TaskContext, project_id: str, now: float) -> None:
                         "to start or delete some, then retry.")
 
 
+def check_smn(config: s.SmnConfig | None) -> None:
+    """Refuse a topic URN that names no SMN topic, at creation rather than when the task ends."""
+    if config is None:
+        return
+    try:
+        smn.Topic.parse(config.topic_urn)
+    except UsageError as exc:
+        raise TaskError(400, TaskCodes.SMN_TOPIC, f"The SMN topic is invalid: {exc.message}") from None
+
+
+def smn_resp(config: dict[str, Any] | None, result: dict[str, Any] | None) -> s.SmnInfo | None:
+    """What the API reports of a finished run's notification; None when the task asked for none."""
+    if not config:
+        return None
+    outcome = smn.Outcome.from_json(result) or smn.Outcome(False)  # None: finished, publish not done yet
+    return s.SmnInfo(notify_result=outcome.sent, notify_error_message=outcome.error,
+                     topic_name=smn.topic_name(config))
+
+
 def create_task(
     ctx: TaskContext,
     project_id: str,
@@ -200,6 +220,7 @@ def create_task(
     reason = _unsupported(req)
     if reason:
         raise TaskError.invalid(reason)
+    check_smn(req.smn_config)
     src, dst = req.src_node, req.dst_node
     dst_ep = _resolve(ctx, s.CloudType.HUAWEICLOUD.value, dst.region, destination=True)
     _check_bucket(dst_ep.profile, dst.bucket, "dst_node.bucket")
@@ -277,12 +298,7 @@ def task_resp(row: TaskRow, now: float | None = None) -> s.TaskResp:
             list_file_key=records.get("failed"),
             error_code=records.get("failed_error"),
         )
-    smn = opts.get("smn_config")
-    smn_info = None
-    if smn and row.status in (FAILED, SUCCEEDED):
-        # There is no SMN to publish to: say so rather than pretend a message went out.
-        smn_info = s.SmnInfo(notify_result=False, notify_error_message="SMN.0001",
-                             topic_name=str(smn.get("topic_urn", "")).rsplit(":", 1)[-1])
+    smn_info = smn_resp(opts.get("smn_config"), row.smn_result) if row.status in (FAILED, SUCCEEDED) else None
     since = opts.get("migrate_since")
     list_file = s.ListFile.model_validate(src["list_file"]) if src.get("list_file") else None
     return s.TaskResp(
