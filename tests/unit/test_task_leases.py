@@ -194,3 +194,33 @@ def test_runner_retries_unexpected_failures_then_fails(tmp_path: Path, monkeypat
     assert RETRYING in seen and row.lease_owner is None
     eng.dispose()
 
+
+
+def test_tasks_waiting_too_long_fail_with_trf_0003(engine: Engine, tmp_path: Path) -> None:
+    repo = TaskRepo(engine)
+    old = time.time() - 3600
+    stale = _task(repo, created=old)
+    fresh = _task(repo)
+    running = _task(repo, status=RUNNING, created=old)
+    leased = _task(repo, created=old)
+    with engine.begin() as conn:
+        conn.execute(update(migration_tasks).where(migration_tasks.c.id == stale).values(secrets="sealed"))
+        conn.execute(update(migration_tasks).where(migration_tasks.c.id == leased)
+                     .values(lease_owner="h/1/a", lease_expires=time.time() + 60))
+    # No slot to run anything: the runner's only work is to notice the stale task.
+    runner = LocalRunner(engine, SecretBox(os.urandom(32)), tmp_path,
+                         RunnerSettings(max_tasks=0, poll_interval=0.05, max_wait=1800, expiry_interval=0.05))
+
+    async def drive() -> None:
+        loop = asyncio.create_task(runner.run())
+        deadline = time.monotonic() + 10
+        while (await asyncio.to_thread(repo.get, stale)).status != FAILED:  # type: ignore[union-attr]
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+
+    asyncio.run(drive())
+    row = repo.get(stale)
+    assert row is not None and (row.error_code, row.secrets) == ("TRF.0003", None) and row.finished_at
+    assert [repo.get(i).status for i in (fresh, running, leased)] == [WAITING, RUNNING, WAITING]  # type: ignore[union-attr]

@@ -274,6 +274,16 @@ class TaskRepo:
                     claimed.append(row)
         return claimed
 
+    def expire_waiting(self, before: float, values: Mapping[str, Any]) -> list[int]:
+        """Fail tasks left waiting, unclaimed and unchanged, since before `before`; the ids that were failed."""
+        cond = [t.c.status == WAITING, t.c.deleted_at.is_(None), t.c.lease_owner.is_(None), t.c.updated_at < before]
+        with self.engine.begin() as conn:
+            ids = [r[0] for r in conn.execute(select(t.c.id).where(*cond).limit(500))]
+            if ids:
+                conn.execute(update(t).where(t.c.id.in_(ids), *cond)
+                             .values(status=FAILED, updated_at=time.time(), **_encode(values)))
+        return ids
+
     def heartbeat(self, task_id: int, owner: str, ttl: float, values: Mapping[str, Any]) -> TaskRow | None:
         """Write progress and extend the lease; the fresh row, or None when the lease was lost."""
         now = time.time()

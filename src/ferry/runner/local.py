@@ -75,6 +75,8 @@ class RunnerSettings:
     retry_attempts: int = 3
     retry_delay: float = 10.0
     speed_window: float = 5.0
+    max_wait: float = 30 * 86400.0  # OMS fails (TRF.0003) and wipes the keys of tasks waiting longer than this
+    expiry_interval: float = 60.0
 
 
 class TaskFailure(Exception):
@@ -348,9 +350,13 @@ class LocalRunner:
         """Claim and run tasks until cancelled; on cancellation every run is stopped and released."""
         wake = self._wake or asyncio.Event()
         self._wake = wake
+        next_expiry = 0.0
         try:
             while True:
                 wake.clear()
+                if time.monotonic() >= next_expiry:
+                    next_expiry = time.monotonic() + self.settings.expiry_interval
+                    await self._expire_waiting()
                 free = self.settings.max_tasks - len(self._active)
                 if free > 0:
                     try:
@@ -370,6 +376,19 @@ class LocalRunner:
             for run in runs:
                 run.cancel()
             await asyncio.gather(*runs, return_exceptions=True)
+
+    async def _expire_waiting(self) -> None:
+        now = time.time()
+        try:
+            ids = await asyncio.to_thread(self.tasks.expire_waiting, now - self.settings.max_wait, {
+                "error_code": "TRF.0003", "error_msg": "Waiting for execution timed out. Start the task again.",
+                "finished_at": now, "secrets": None})
+        except Exception:
+            log.exception("failing long-waiting tasks failed")
+            return
+        for task_id in ids:
+            log.info("task %d: failed TRF.0003 (waited longer than %.0f s)", task_id, self.settings.max_wait)
+            await asyncio.to_thread(self._notify, task_id)
 
     def _finished_callback(self, task_id: int) -> Callable[[asyncio.Task[None]], None]:
         def done(_run: asyncio.Task[None]) -> None:
