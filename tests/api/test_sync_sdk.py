@@ -181,6 +181,9 @@ def test_create_validation_and_quota(sync_server: SyncLive, bucket_factory: Buck
     assert rejected(src_region="us east 1")[:2] == (400, "OMS.0001")  # not a region name
     status, code, msg = rejected(src_sk="s" * 101)
     assert "s" * 20 not in msg  # the rejected secret is never echoed
+    # A well-formed name that is no region of the cloud (and not in the operator's table) names no endpoint.
+    status, code, msg = rejected(src_region="cn-nowhere-9")
+    assert (status, code) == (400, "OMS.0001") and "not a region" in msg
 
     made = [
         client.create_sync_task(CreateSyncTaskRequest(body=live.task_req(src, dst, consistency_check=check,

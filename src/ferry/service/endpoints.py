@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from ferry.api import clouds
+from ferry.api.schemas import CloudType
 from ferry.errors import UsageError
 from ferry.storage.profiles import get_profile
 
@@ -97,3 +99,16 @@ def resolve(cloud_type: str, region: str, overrides: dict[str, str] | None = Non
     if not is_public_host(host):
         raise UsageError(f"endpoint for {cloud_type}/{region} is not a public address")
     return Endpoint(url, profile, region, False)
+
+
+def resolve_known(cloud_type: str, region: str, overrides: dict[str, str] | None = None) -> Endpoint:
+    """`resolve`, and outside the operator's table the region must be one the cloud really has (else the
+    "endpoint" would be a made-up host name, failing only later and obscurely)."""
+    ep = resolve(cloud_type, region, overrides)
+    try:
+        known = {r.id for r in clouds.REGIONS.get(CloudType(cloud_type), ())}
+    except ValueError:
+        known = set()
+    if not ep.from_override and known and region not in known:
+        raise UsageError(f"{region!r} is not a region of {cloud_type}")
+    return ep

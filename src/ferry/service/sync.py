@@ -37,7 +37,7 @@ from ferry.db.sync_repo import (
 )
 from ferry.errors import NotFoundError, UsageError
 from ferry.runner.sync import SyncBackground, SyncSettings, SyncWaker, SyncWorkers
-from ferry.service.endpoints import resolve
+from ferry.service.endpoints import resolve, resolve_known
 from ferry.service.secrets import Secret, SecretBox, reveal
 from ferry.storage.base import Backend, ListOrder
 from ferry.storage.profiles import get_profile
@@ -197,7 +197,7 @@ def validate_spec(spec: SyncTaskSpec) -> SyncTaskSpec:
     # endpoint into a clear error at creation instead of failures later.
     for cloud_type, region, bucket, app_id in ((out.src_cloud_type, out.src_region, out.src_bucket, out.app_id),
                                                (out.dst_cloud_type, out.dst_region, out.dst_bucket, None)):
-        endpoint = resolve(cloud_type, region)
+        endpoint = resolve_known(cloud_type, region)
         profile = get_profile(endpoint.profile)
         profile.check_bucket(profile.bucket_name(bucket, app_id))
     return out

@@ -23,7 +23,6 @@ from typing import Any, Final
 
 from sqlalchemy import Engine
 
-from ferry.api import clouds
 from ferry.api import schemas as s
 from ferry.db.task_repo import (
     FAILED,
@@ -129,13 +128,7 @@ _SUPPORTED_SOURCES: Final = frozenset(endpoints.CLOUD_PROFILES)
 def _resolve(ctx: TaskContext, cloud: str, region: str, *, destination: bool) -> endpoints.Endpoint:
     table = dict(ctx.overrides) if ctx.overrides is not None else None
     try:
-        ep = endpoints.resolve(cloud, region, table)
-        known = {r.id for r in clouds.REGIONS.get(s.CloudType(cloud), ())}
-        # The operator's override table may name regions of its own (a private deployment); otherwise the
-        # region must be one the cloud really has, or the "endpoint" is a made-up host name.
-        if not ep.from_override and known and region not in known:
-            raise UsageError(f"{region!r} is not a region of {cloud}")
-        return ep
+        return endpoints.resolve_known(cloud, region, table)
     except UsageError as exc:
         if destination:
             raise TaskError(400, TaskCodes.REGION_NOT_SUPPORTED,
