@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 from huaweicloudsdkoms.v2 import (
     CreateTaskReq,
     CreateTaskRequest,
@@ -27,7 +25,6 @@ from ferry.serve import Service, build
 from ferry.service.credentials import create_credential
 from ferry.service.tasks import TaskLimits
 
-PG_ADMIN = os.environ.get("FERRY_TEST_PG", "postgresql://127.0.0.1:5432/test")
 SRC_REGION, DST_REGION = "cn-hangzhou", "cn-north-4"
 FAST_RUNNER = RunnerSettings(poll_interval=0.2, progress_interval=0.25, lease_ttl=10.0, retry_delay=0.5,
                              concurrency=16)
@@ -52,23 +49,6 @@ class FerryService:
     def client(self, tenant: Tenant | None = None) -> OmsClient:
         t = tenant or self.tenant
         return oms_client(self.url, t.ak, t.sk, t.project_id)
-
-
-def pg_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for one test session, dropped afterwards; skips when none is reachable."""
-    try:
-        import psycopg
-
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-    except Exception as exc:  # any failure to reach it means "not available here"
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}: {type(exc).__name__}")
-    name = f"ferry_test_{uuid.uuid4().hex[:12]}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def overrides(src: Any, dst: Any) -> dict[str, str]:

@@ -16,7 +16,6 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from ferry_service import pg_database
 from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException
 from huaweicloudsdkoms.v2 import (
     BandwidthPolicyDto,
@@ -48,6 +47,7 @@ from ferry.sandbox import SeaweedServer
 from ferry.service.groups import GroupContext, SplitSettings
 from ferry.service.secrets import SecretBox
 from ferry.service.tasks import TaskContext
+from pgdb import pg_database
 
 SRC_CLOUD, SRC_REGION, DST_REGION = "Aliyun", "cn-hangzhou", "cn-north-4"
 PER_TASK = 5  # objects per task of a group: small, so a few dozen objects make several tasks

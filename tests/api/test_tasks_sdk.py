@@ -20,7 +20,6 @@ from ferry_service import (
     fill,
     listing,
     overrides,
-    pg_database,
     prefix_task,
     s3_client,
     start_service,
@@ -54,6 +53,7 @@ from ferry.api.schemas import CreateTaskReq
 from ferry.db.api_models import migration_tasks
 from ferry.service import tasks as task_service
 from ferry.service.tasks import TaskContext, TaskError, TaskLimits
+from pgdb import pg_database
 
 pytestmark = pytest.mark.timeout(300)
 MiB = 1024 * 1024

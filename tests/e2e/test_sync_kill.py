@@ -28,6 +28,7 @@ from huaweicloudsdkoms.v2 import (
 from ferry.db.database import open_database
 from ferry.db.sync_repo import SyncRepo
 from ferry.sandbox import SeaweedServer
+from pgdb import pg_database
 
 FERRY = [sys.executable, "-m", "ferry.cli"]
 SRC_REGION, DST_REGION = "us-east-1", "cn-north-4"
@@ -42,12 +43,12 @@ def _port() -> int:
 class Served:
     """`ferry serve` as a child process over one state directory, restartable."""
 
-    def __init__(self, state: Path, src: SeaweedServer, dst: SeaweedServer, **settings: str) -> None:
+    def __init__(self, state: Path, db_url: str, src: SeaweedServer, dst: SeaweedServer, **settings: str) -> None:
         self.state = state
         self.env = {
             **os.environ,
             "FERRY_DATA_DIR": str(state),
-            "FERRY_DATABASE_URL": f"sqlite:///{state / 'ferry.db'}",
+            "FERRY_DATABASE_URL": db_url,
             "FERRY_ENDPOINT_OVERRIDES": json.dumps({f"AWS/{SRC_REGION}": src.endpoint,
                                                     f"HuaweiCloud/{DST_REGION}": dst.endpoint}),
             "FERRY_NODE_ID": "kill-test",
@@ -101,15 +102,22 @@ class Served:
                 .with_endpoints([self.url]).build())
 
 
-@pytest.fixture
-def served(tmp_path: Path, seaweed_a: SeaweedServer, seaweed_b: SeaweedServer) -> Iterator[Served]:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def served(request: pytest.FixtureRequest, tmp_path: Path, seaweed_a: SeaweedServer,
+           seaweed_b: SeaweedServer) -> Iterator[Served]:
+    # The API and the sync workers are separate processes (the default) sharing the database: on PostgreSQL
+    # as a scaled-out deployment would run them.
+    pg = pg_database() if request.param == "postgresql" else None
+    url = next(pg) if pg is not None else f"sqlite:///{tmp_path / 'ferry.db'}"
     # Two keys at a time, so a backlog is still queued when the process dies; no periodic reconciliation in
     # the first two lives, so after the kill only the durable events can bring the keys over.
-    s = Served(tmp_path, seaweed_a, seaweed_b, FERRY_SYNC_CONCURRENCY="2", FERRY_SYNC_RECONCILE_SECONDS="3600")
+    s = Served(tmp_path, url, seaweed_a, seaweed_b, FERRY_SYNC_CONCURRENCY="2", FERRY_SYNC_RECONCILE_SECONDS="3600")
     try:
         yield s
     finally:
         s.stop()
+        if pg is not None:
+            pg.close()
 
 
 def _in_destination(dst: SeaweedServer, bucket: str, keys: list[str]) -> set[str]:

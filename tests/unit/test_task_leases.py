@@ -23,25 +23,7 @@ from ferry.runner.local import LocalRunner, RunnerSettings, TaskFailure, parse_l
 from ferry.service.secrets import SecretBox
 from ferry.storage.memory import MemoryBackend, MemoryStore
 from ferry.storage.selection import SelectedBackend, normalise
-
-PG_ADMIN = os.environ.get("FERRY_TEST_PG", "postgresql://127.0.0.1:5432/test")
-
-
-def pg_database() -> Iterator[str]:
-    """A throwaway PostgreSQL database, dropped afterwards; skips when PostgreSQL is not reachable."""
-    try:
-        import psycopg
-
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-    except Exception as exc:
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}: {type(exc).__name__}")
-    name = f"ferry_unit_{uuid.uuid4().hex[:12]}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+from pgdb import pg_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
