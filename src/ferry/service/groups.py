@@ -128,8 +128,6 @@ def _unsupported(req: s.CreateTaskGroupReq) -> str | None:
         return f"source cloud {src.cloud_type.value} is not supported by this server yet"
     if req.source_cdn is not None:
         return "source_cdn (fetching through a CDN domain) is not supported by this server yet"
-    if src.crypto_type is s.CryptoType.KMS or req.dst_node.crypto_type is s.CryptoType.KMS:
-        return "crypto_type KMS is not supported by this server yet"
     return None
 
 
@@ -182,7 +180,8 @@ def create_task_group(ctx: GroupContext, project_id: str, req: s.CreateTaskGroup
         "src_spec": {"cloud_type": src.cloud_type.value, "region": src.region, "bucket": src.bucket,
                      "app_id": src.app_id, "object_key": list(src.object_key) if src.object_key is not None else None,
                      "list_file": src.list_file.model_dump(exclude_none=True) if src.list_file else None},
-        "dst_spec": {"bucket": dst.bucket, "region": dst.region, "save_prefix": dst.save_prefix or ""},
+        "dst_spec": {"bucket": dst.bucket, "region": dst.region, "save_prefix": dst.save_prefix or "",
+                     "kms_key_id": tasks.dst_kms_key(dst.crypto_type, dst.kms_key_id)},
         "options": {
             "enable_metadata_migration": req.enable_metadata_migration,
             "enable_restore": req.enable_restore,
@@ -214,7 +213,8 @@ def chunk_task_request(row: GroupRow, keys: dict[str, str], chunk: int) -> s.Cre
                      "app_id": src.get("app_id"), "ak": keys.get("src_ak"), "sk": keys.get("src_sk"),
                      "list_file": {"obs_bucket": dst["bucket"], "list_file_key": list_file_key(row.id, chunk)}},
         "dst_node": {"ak": keys.get("dst_ak"), "sk": keys.get("dst_sk"), "bucket": dst["bucket"],
-                     "region": dst["region"], "save_prefix": dst.get("save_prefix") or None},
+                     "region": dst["region"], "save_prefix": dst.get("save_prefix") or None,
+                     **({"crypto_type": "KMS", "kms_key_id": dst["kms_key_id"]} if dst.get("kms_key_id") else {})},
         "description": f"Part {chunk + 1} of task group {row.id}",
         "migrate_since": opts.get("migrate_since"),
         "bandwidth_policy": row.bandwidth_policy,
@@ -342,13 +342,28 @@ def _conflict(message: str) -> TaskError:
     return TaskError.conflict(message)
 
 
+def _transition_checked(ctx: GroupContext, project_id: str, group_id: str,
+                        check: Callable[[GroupRow, TaskStats], None], changes: dict[str, Any]) -> None:
+    """Apply `changes` if `check` (which raises when the client's view forbids it) passes on the stored status.
+
+    The runner may settle the stored status (waiting -> executing, pausing -> paused) between our read and our
+    write without changing what the client asked for, so a lost compare-and-swap is judged again on a fresh read.
+    """
+    for _ in range(3):
+        row = _get(ctx, project_id, group_id)
+        check(row, _stats(ctx, row))
+        if ctx.repo.transition(group_id, (row.status,), changes, project_id=project_id):
+            return
+    raise _conflict("The task group status changed meanwhile; show it and retry.")
+
+
 def stop_task_group(ctx: GroupContext, project_id: str, group_id: str) -> None:
     """Pause: the split stops at its next chunk, every waiting task pauses, every running one is asked to."""
-    row = _get(ctx, project_id, group_id)
-    status = effective_status(row, _stats(ctx, row))
-    if status not in (G_WAITING, G_EXECUTING, G_MONITORING) or not ctx.repo.transition(
-            group_id, (row.status,), {"status": G_PAUSING}, project_id=project_id):
-        raise _conflict("Only a task group that is creating or monitoring tasks can be stopped.")
+    def check(row: GroupRow, stats: TaskStats) -> None:
+        if effective_status(row, stats) not in (G_WAITING, G_EXECUTING, G_MONITORING):
+            raise _conflict("Only a task group that is creating or monitoring tasks can be stopped.")
+
+    _transition_checked(ctx, project_id, group_id, check, {"status": G_PAUSING})
     stop_group_tasks(ctx, project_id, group_id)
     ctx.notify()
 
@@ -386,15 +401,10 @@ def _restart_tasks(ctx: GroupContext, project_id: str, group_id: str, statuses: 
             continue  # its status changed meanwhile; the roll-up shows where it is
 
 
-def _check_kms(*crypto: s.CryptoType | None) -> None:
-    if any(c is s.CryptoType.KMS for c in crypto):
-        raise TaskError.invalid("crypto_type KMS is not supported by this server yet")
-
-
 def start_task_group(ctx: GroupContext, project_id: str, group_id: str, req: s.StartTaskGroupReq) -> None:
     """Resume a paused group with re-supplied keys: an unfinished split goes on, paused tasks start again."""
     row = _get(ctx, project_id, group_id)
-    _check_kms(req.src_crypto_type, req.dst_crypto_type)
+    tasks.check_restart_kms(row.dst_spec.get("kms_key_id"), req.dst_crypto_type, req.dst_kms_key_id)
     keys = _keys(row, req.src_ak, req.src_sk, req.dst_ak, req.dst_sk)
     if effective_status(row, _stats(ctx, row)) != G_PAUSED:
         raise _conflict("Only a paused task group can be started.")
@@ -411,7 +421,7 @@ def retry_task_group(ctx: GroupContext, project_id: str, group_id: str, req: s.R
     """Restart a failed group: a failed split resumes from its checkpoint; a failed migration restarts every
     failed task, fully (finished objects are skipped) or, with migrate_failed_object, just its failed objects."""
     row = _get(ctx, project_id, group_id)
-    _check_kms(req.src_crypto_type, req.dst_crypto_type)
+    tasks.check_restart_kms(row.dst_spec.get("kms_key_id"), req.dst_crypto_type, req.dst_kms_key_id)
     keys = _keys(row, req.src_ak, req.src_sk, req.dst_ak, req.dst_sk)
     status = effective_status(row, _stats(ctx, row))
     if status == G_CREATE_FAILED:
@@ -448,15 +458,12 @@ def update_task_group(ctx: GroupContext, project_id: str, group_id: str, req: s.
 
 def delete_task_group(ctx: GroupContext, project_id: str, group_id: str) -> None:
     """Delete a group that is not running, with its tasks; the runner then removes its list files."""
-    row = _get(ctx, project_id, group_id)
-    stats = _stats(ctx, row)
-    status = effective_status(row, stats)
-    if status not in (G_WAITING, G_PAUSED, G_CREATE_FAILED, G_MIGRATE_FAILED, G_COMPLETED) \
-            or stats.count(RUNNING, RETRYING, PAUSING):
-        raise _conflict("A running task group cannot be deleted. Stop it first, then delete it.")
-    if not ctx.repo.transition(group_id, (row.status,), {"status": G_DELETING, "retry_at": None},
-                               project_id=project_id):
-        raise _conflict("The task group status changed meanwhile; show it and retry.")
+    def check(row: GroupRow, stats: TaskStats) -> None:
+        if effective_status(row, stats) not in (G_WAITING, G_PAUSED, G_CREATE_FAILED, G_MIGRATE_FAILED,
+                                                G_COMPLETED) or stats.count(RUNNING, RETRYING, PAUSING):
+            raise _conflict("A running task group cannot be deleted. Stop it first, then delete it.")
+
+    _transition_checked(ctx, project_id, group_id, check, {"status": G_DELETING, "retry_at": None})
     for task_id in ctx.repo.task_ids(project_id, group_id):
         try:
             tasks.delete_task(ctx.tasks, project_id, task_id)
