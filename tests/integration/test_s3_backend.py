@@ -341,6 +341,40 @@ async def test_storage_classes_and_restore_on_moto(moto: MotoServer, bucket_fact
     assert await b.read("cold") == b"cold"  # moto restores at once
 
 
+def _kms_key(server: S3Server) -> str:
+    import boto3
+
+    kms = boto3.client("kms", endpoint_url=server.endpoint, region_name=server.region,
+                       aws_access_key_id=server.access_key, aws_secret_access_key=server.secret_key)
+    key_id: str = kms.create_key(Description="ferry test")["KeyMetadata"]["KeyId"]
+    assert len(key_id) == 36  # the length OMS requires of a kms_key_id
+    return key_id
+
+
+async def test_sse_kms_on_every_kind_of_write(moto: MotoServer, bucket_factory: Any,
+                                              make_backend: MakeBackend) -> None:
+    import boto3
+
+    key_id = _kms_key(moto)
+    bucket = bucket_factory(moto)
+    b = make_backend(moto, bucket, profile="aws", sse_kms_key_id=key_id, hot_path="obstore")
+    await b.put("small", b"x" * 100, ObjectMeta(content_type="text/plain"))
+    upload = await b.create_multipart("multi", ObjectMeta())
+    parts = [await b.upload_part("multi", upload, n, bytes([n]) * 5 * 1024 * 1024) for n in (1, 2)]
+    await b.complete_multipart("multi", upload, parts)
+    await b.copy_from(b, "small", "copied", ObjectMeta(content_type="text/plain"))
+    plain = make_backend(moto, bucket, profile="aws")
+    await plain.put("unencrypted", b"y", ObjectMeta())
+    s3 = boto3.client("s3", endpoint_url=moto.endpoint, region_name=moto.region,
+                      aws_access_key_id=moto.access_key, aws_secret_access_key=moto.secret_key)
+    for key in ("small", "multi", "copied"):
+        head = s3.head_object(Bucket=bucket, Key=key)
+        assert head["ServerSideEncryption"] == "aws:kms", key
+        assert key_id in head["SSEKMSKeyId"], key
+    assert "ServerSideEncryption" not in s3.head_object(Bucket=bucket, Key="unencrypted")
+    assert await b.read("multi", offset=5 * 1024 * 1024, length=3) == bytes([2]) * 3
+
+
 # -- failures -------------------------------------------------------------------------------------
 def _assert_secret_free(exc: BaseException, secret: str) -> None:
     seen: BaseException | None = exc

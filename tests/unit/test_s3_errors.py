@@ -17,6 +17,7 @@ from ferry.errors import (
     PermanentError,
     SourceChangedError,
     TransientError,
+    VerificationError,
 )
 from ferry.objects import ObjectMeta, PartInfo
 from ferry.storage.s3 import S3Backend
@@ -192,4 +193,30 @@ async def test_wire_format(fake: FakeS3) -> None:
     assert req.headers["x-amz-copy-source"] == "bkt/s%20p%2B%C3%BC"
     assert req.headers["x-amz-copy-source-if-match"] == '"e1"'
     assert req.headers["x-amz-metadata-directive"] == "COPY"
+    await b.close()
+
+
+async def test_sse_kms_write_the_store_does_not_confirm_is_deleted_and_failed(fake: FakeS3) -> None:
+    """A store that ignores the SSE-KMS header must not keep the object in plaintext."""
+    key_id = "0123abcd-0000-1111-2222-333344445555"
+
+    def reply(request: web.Request) -> web.StreamResponse:
+        if request.method == "PUT" and request.headers.get("x-amz-server-side-encryption") == "aws:kms":
+            return web.Response(status=200, headers={"ETag": '"e"'})  # stored, but no SSE header echoed
+        return web.Response(status=204)
+
+    fake.reply = reply
+    b = _backend(fake, sse_kms_key_id=key_id)
+    with pytest.raises(VerificationError) as ei:
+        await b.put("plain.txt", b"data", ObjectMeta())
+    assert "did not confirm SSE-KMS" in ei.value.message and "was removed" in ei.value.message
+    put, delete = fake.seen
+    assert put.headers["x-amz-server-side-encryption-aws-kms-key-id"] == key_id
+    assert (delete.method, delete.path) == ("DELETE", "/bkt/plain.txt")
+
+    fake.seen.clear()
+    fake.reply = lambda request: web.Response(
+        status=200, headers={"ETag": '"e"', "x-amz-server-side-encryption": "aws:kms"})
+    assert (await b.put("ok.txt", b"data", ObjectMeta())).etag == "e"
+    assert [r.method for r in fake.seen] == ["PUT"]
     await b.close()

@@ -127,8 +127,9 @@ def _profile(spec: dict[str, Any]) -> Any:
 
 
 def open_store(spec: dict[str, Any], region: str, bucket: str, prefix: str, ak: str, sk: str,
-               token: str | None) -> S3Backend:
-    return S3Backend(spec["endpoint"], region, ak, sk, bucket, prefix, _profile(spec), security_token=token or None)
+               token: str | None, sse_kms_key_id: str | None = None) -> S3Backend:
+    return S3Backend(spec["endpoint"], region, ak, sk, bucket, prefix, _profile(spec), security_token=token or None,
+                     sse_kms_key_id=sse_kms_key_id)
 
 
 def task_items(row: TaskRow, list_keys: Iterable[str] | None = None) -> list[tuple[str, bool]]:
@@ -557,7 +558,8 @@ class LocalRunner:
         keys = self._credentials(row)
         src_spec, dst_spec = row.src_spec, row.dst_spec
         raw_dst = open_store(dst_spec, dst_spec["region"], dst_spec["bucket"], dst_spec.get("save_prefix", ""),
-                             keys["dst_ak"], keys["dst_sk"], keys.get("dst_security_token"))
+                             keys["dst_ak"], keys["dst_sk"], keys.get("dst_security_token"),
+                             dst_spec.get("kms_key_id"))
         stores: list[Backend] = [raw_dst]
         dst: Backend = RetryingBackend(raw_dst)
         try:

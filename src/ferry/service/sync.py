@@ -285,10 +285,22 @@ def stop_sync_task(ctx: SyncContext, project_id: str, task_id: str) -> None:
         raise TaskStateError(f"only a SYNCHRONIZING sync task can be stopped; this one is {row.status}")
 
 
-def start_sync_task(ctx: SyncContext, project_id: str, task_id: str, creds: SyncCredentials) -> None:
-    """Restart a STOPPED task with re-supplied credentials; it reconciles at once to catch up."""
+def dst_kms_key(spec: SyncTaskSpec) -> str | None:
+    """The KMS key every destination write is encrypted under (SSE-KMS), or None for the bucket's default."""
+    return spec.dst_kms_key_id if spec.dst_crypto_type == "KMS" else None
+
+
+def start_sync_task(ctx: SyncContext, project_id: str, task_id: str, creds: SyncCredentials,
+                    dst_kms_key_id: str | None = None) -> None:
+    """Restart a STOPPED task with re-supplied credentials; it reconciles at once to catch up.
+
+    `dst_kms_key_id` (given when the request says dst_crypto_type KMS) must be the task's own: a restart
+    re-supplies keys, not encryption, so one task never writes under two KMS keys."""
     row = _task(ctx, project_id, task_id)
     _check_credentials(creds)
+    if dst_kms_key_id is not None and dst_kms_key_id != dst_kms_key(row.spec):
+        raise UsageError("dst_kms_key_id differs from the KMS key the sync task was created with; a task keeps "
+                         "its destination encryption (create a new task to change it)")
     if row.status != STOPPED or not ctx.repo.start_task(project_id, task_id, creds.seal(ctx.box), ctx.clock()):
         raise TaskStateError(f"only a STOPPED sync task can be started; this one is {row.status}")
     ctx.wake()
@@ -477,9 +489,9 @@ def open_task_backends(box: SecretBox, row: SyncTaskRow) -> tuple[Backend, Backe
     creds = SyncCredentials.unseal(box, row.secrets)
     spec = row.spec
     out: list[Backend] = []
-    for cloud, region, bucket, app_id, ak, sk in (
-        (spec.src_cloud_type, spec.src_region, spec.src_bucket, spec.app_id, creds.src_ak, creds.src_sk),
-        (spec.dst_cloud_type, spec.dst_region, spec.dst_bucket, None, creds.dst_ak, creds.dst_sk),
+    for cloud, region, bucket, app_id, ak, sk, kms_key in (
+        (spec.src_cloud_type, spec.src_region, spec.src_bucket, spec.app_id, creds.src_ak, creds.src_sk, None),
+        (spec.dst_cloud_type, spec.dst_region, spec.dst_bucket, None, creds.dst_ak, creds.dst_sk, dst_kms_key(spec)),
     ):
         endpoint = resolve(cloud, region)
         profile = get_profile(endpoint.profile)
@@ -487,7 +499,7 @@ def open_task_backends(box: SecretBox, row: SyncTaskRow) -> tuple[Backend, Backe
             profile = profile.replace(list_order=ListOrder.UNORDERED)
         out.append(S3Backend(
             endpoint=endpoint.url, region=region, access_key=ak, secret_key=reveal(sk),
-            bucket=profile.bucket_name(bucket, app_id), profile=profile,
+            bucket=profile.bucket_name(bucket, app_id), profile=profile, sse_kms_key_id=kms_key,
         ))
     return out[0], out[1]
 

@@ -154,9 +154,24 @@ def _unsupported(req: s.CreateTaskReq) -> str | None:
         return f"source cloud {src.cloud_type.value} is not supported by this server yet"
     if req.source_cdn is not None:
         return "source_cdn (fetching through a CDN domain) is not supported by this server yet"
-    if src.crypto_type is s.CryptoType.KMS or req.dst_node.crypto_type is s.CryptoType.KMS:
-        return "crypto_type KMS is not supported by this server yet"
     return None
+
+
+def dst_kms_key(crypto_type: s.CryptoType, kms_key_id: str | None) -> str | None:
+    """The KMS key destination writes are encrypted under (SSE-KMS), or None for the bucket's default.
+
+    A source's KMS setting needs nothing: S3-compatible stores decrypt SSE-KMS objects on read for a caller
+    allowed to use the key."""
+    return kms_key_id if crypto_type is s.CryptoType.KMS else None
+
+
+def check_restart_kms(stored: str | None, crypto_type: s.CryptoType, kms_key_id: str | None) -> None:
+    """A restart re-supplies keys, not encryption: naming another KMS key than the task's is refused, since
+    one task writing under two keys would be hard to audit. DEFAULT (the SDK's absent value) keeps the task's."""
+    asked = dst_kms_key(crypto_type, kms_key_id)
+    if asked is not None and asked != stored:
+        raise TaskError.invalid("dst_kms_key_id differs from the KMS key the task was created with; a task keeps "
+                                "its destination encryption (create a new task to change it)")
 
 
 def _secrets_blob(box: SecretBox, values: Mapping[str, Any]) -> str:
@@ -238,7 +253,7 @@ def create_task(
         _check_bucket(dst_ep.profile, src.list_file.obs_bucket, "src_node.list_file.obs_bucket")
         src_spec["list_endpoint"] = _endpoint_spec(dst_ep)
     dst_spec = {"bucket": dst.bucket, "region": dst.region, "save_prefix": dst.save_prefix or "",
-                **_endpoint_spec(dst_ep)}
+                "kms_key_id": dst_kms_key(dst.crypto_type, dst.kms_key_id), **_endpoint_spec(dst_ep)}
     options = {
         "enable_metadata_migration": req.enable_metadata_migration,
         "enable_restore": req.enable_restore,
@@ -370,8 +385,7 @@ def start_task(ctx: TaskContext, project_id: str, task_id: int, req: s.StartTask
         raise TaskError.conflict("Only paused or failed tasks can be started.")
     if row.task_type != s.TaskType.URL_LIST.value and not (req.src_ak and req.src_sk):
         raise TaskError.invalid("src_ak and src_sk are required to start this task.")
-    if req.src_crypto_type is s.CryptoType.KMS or req.dst_crypto_type is s.CryptoType.KMS:
-        raise TaskError.invalid("crypto_type KMS is not supported by this server yet")
+    check_restart_kms(row.dst_spec.get("kms_key_id"), req.dst_crypto_type, req.dst_kms_key_id)
     if req.migrate_failed_object:
         mode = "failed_only"
     elif row.status == PAUSED and row.run_mode == "resume":

@@ -32,6 +32,8 @@ class Profile:
     - `to_vendor`: canonical class (STANDARD/IA/ARCHIVE/DEEP_ARCHIVE) -> the name to send;
       `from_vendor`: any name the provider reports (upper-cased) -> canonical.
     - `bucket_pattern`/`bucket_hint`: the provider's bucket naming rule (Tencent: `name-APPID`).
+    - `sse_header`/`sse_kms_value`/`sse_kms_key_header`: how a write asks for server-side encryption with a
+      KMS key (and how the response confirms it).
     """
 
     name: str
@@ -46,6 +48,9 @@ class Profile:
     crc64_headers: tuple[str, ...]
     crc64_reported: bool
     storage_class_header: str
+    sse_header: str
+    sse_kms_value: str
+    sse_kms_key_header: str
     to_vendor: Mapping[str, str]
     from_vendor: Mapping[str, str]
     restore: bool
@@ -133,6 +138,9 @@ def _build(name: str, raw: Mapping[str, Any], defaults: Mapping[str, Any]) -> Pr
         crc64_headers=tuple(h.lower() for h in merged["crc64_headers"]),
         crc64_reported=bool(merged["crc64_reported"]),
         storage_class_header=merged["storage_class_header"].lower(),
+        sse_header=merged["sse_header"].lower(),
+        sse_kms_value=merged["sse_kms_value"],
+        sse_kms_key_header=merged["sse_kms_key_header"].lower(),
         to_vendor={k.upper(): v for k, v in merged["to_vendor"].items()},
         from_vendor={k.upper(): v for k, v in merged["from_vendor"].items()},
         restore=bool(merged["restore"]),

@@ -32,6 +32,7 @@ from ferry.errors import (
     SourceChangedError,
     TransientError,
     UsageError,
+    VerificationError,
 )
 from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult
 from ferry.storage.base import Backend, Capabilities
@@ -97,6 +98,7 @@ class S3Backend:
         sign_payload: bool = False,
         session: aiohttp.ClientSession | None = None,
         security_token: str | None = None,
+        sse_kms_key_id: str | None = None,
     ) -> None:
         self.profile = profile if isinstance(profile, Profile) else get_profile(profile)
         self.profile.check_bucket(bucket)
@@ -115,6 +117,8 @@ class S3Backend:
         self._signer = SigV4Signer(access_key, secret_key, self.region)
         # Temporary credentials (STS) travel as a signed header on every request.
         self._security_token = security_token or None
+        # Every write asks for server-side encryption under this KMS key and must see the store confirm it.
+        self.sse_kms_key_id = sse_kms_key_id or None
         if self.profile.addressing == "virtual" and _virtual_host_ok(parts.hostname, bucket, parts.scheme):
             self._netloc = f"{bucket}.{parts.netloc}"
             self._bucket_path = ""
@@ -499,17 +503,37 @@ class S3Backend:
             h[_META_PREFIX + CRC64_META] = str(crc64)
         if storage_class:
             h[self.profile.storage_class_header] = self.profile.vendor_class(storage_class)
+        if self.sse_kms_key_id:
+            h[self.profile.sse_header] = self.profile.sse_kms_value
+            h[self.profile.sse_kms_key_header] = self.sse_kms_key_id
         return h
+
+    async def _check_encrypted(self, op: str, key: str, headers: Mapping[str, str]) -> None:
+        """With SSE-KMS asked for, a write the store did not confirm as KMS-encrypted is removed and failed:
+        a store that ignores the header would otherwise hold plaintext that the task promised to encrypt."""
+        if not self.sse_kms_key_id:
+            return
+        if headers.get(self.profile.sse_header, "").lower() == self.profile.sse_kms_value.lower():
+            return
+        try:
+            await self.delete(key)
+            outcome = "the unencrypted object was removed"
+        except FerryError:
+            outcome = "removing the unencrypted object failed too"
+        raise VerificationError(f"{op} {self._where(key)}: the destination did not confirm SSE-KMS encryption "
+                                f"and {outcome} (does this store support KMS encryption?)", key=key)
 
     async def put(
         self, key: str, data: bytes, meta: ObjectMeta, *, storage_class: str | None = None,
         crc64: int | None = None,
     ) -> PutResult:
-        if self._hot is not None and self._hot.fits_put(self.prefix + key, meta, storage_class):
+        if self._hot is not None and not self.sse_kms_key_id and self._hot.fits_put(self.prefix + key, meta,
+                                                                                    storage_class):
             return await self._hot.put(key, data, meta, crc64)
         headers = self._write_headers(meta, storage_class, crc64)
         headers.setdefault("Content-Type", "application/octet-stream")
         resp = await self._send("PUT", "put", key, headers=headers, data=data)
+        await self._check_encrypted("put", key, resp.headers)
         return PutResult(etag=_etag(resp.headers))
 
     async def create_multipart(
@@ -567,6 +591,7 @@ class S3Backend:
         resp = await self._send("POST", "complete multipart", key, query=[("uploadId", upload_id)],
                                 headers={"Content-Type": "application/xml"}, data=data)
         self._raise_embedded_error("complete multipart", key, resp)
+        await self._check_encrypted("complete multipart", key, resp.headers)
         etag = _xml_text(resp.body, "ETag")
         return PutResult(etag=etag.strip('"') if etag else _etag(resp.headers))
 
@@ -594,6 +619,7 @@ class S3Backend:
             headers["x-amz-copy-source-if-match"] = _quote_etag(if_match)
         resp = await self._send("PUT", "copy", key, headers=headers)
         self._raise_embedded_error("copy", key, resp)
+        await self._check_encrypted("copy", key, resp.headers)
         etag = _xml_text(resp.body, "ETag")
         mtime = _xml_text(resp.body, "LastModified")
         return PutResult(etag=etag.strip('"') if etag else None, mtime=_iso_to_epoch(mtime) if mtime else None)

@@ -29,6 +29,7 @@ from ferry.api.errors import Codes, Messages, OmsError
 from ferry.api.schemas import (
     CreateSyncTaskReq,
     CreateSyncTaskResponse,
+    CryptoType,
     EmptyResponse,
     ListSyncTasksQuery,
     ListSyncTasksResponse,
@@ -163,7 +164,8 @@ def start_sync_task(
 ) -> JSONResponse:
     creds = sync.SyncCredentials(body.src_ak, body.src_sk, body.dst_ak, body.dst_sk,
                                  body.source_cdn_authentication_key)
-    sync.start_sync_task(ctx, principal.project_id, sync_task_id, creds)
+    kms_key = body.dst_kms_key_id if body.dst_crypto_type is CryptoType.KMS else None
+    sync.start_sync_task(ctx, principal.project_id, sync_task_id, creds, kms_key)
     return ok(EmptyResponse())
 
 
