@@ -153,6 +153,10 @@ def test_trailing_slash_and_request_ids(live: LiveServer) -> None:
     assert a.status_code == b.status_code == 200 and a.json() == b.json()
     assert a.headers["X-Request-Id"] != b.headers["X-Request-Id"]
     assert a.headers["Content-Type"] == "application/json"
+    # The server's own time for the request, so a slow call can be told from a slow network.
+    for resp in (a, b, requests.get(f"{base}/objectstorage/data-center", timeout=5)):
+        name, _, took = resp.headers["Server-Timing"].partition(";dur=")
+        assert name == "app" and 0 <= float(took) < 5000
 
 
 def test_unsigned_and_token_auth(live: LiveServer) -> None:

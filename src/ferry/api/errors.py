@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
@@ -174,7 +175,10 @@ def install_error_handlers(app: FastAPI, validation_mapper: ValidationMapper) ->
 
 class RequestContextMiddleware:
     """Gives each request an id (echoed as X-Request-Id on every answer), tolerates one trailing slash,
-    caps the body size, and is the last resort that turns any escaped exception into an OMS 500."""
+    caps the body size, and is the last resort that turns any escaped exception into an OMS 500.
+
+    Every answer also carries `Server-Timing: app;dur=<ms>`, the time from the request reaching the
+    application to its answer starting, so a slow call can be told apart from a slow network or client."""
 
     def __init__(self, app: ASGIApp, max_body: int = DEFAULT_MAX_BODY) -> None:
         self.app = app
@@ -184,6 +188,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        arrived = time.perf_counter()
         request_id = uuid.uuid4().hex
         scope[_SCOPE_KEY] = request_id
         path: str = scope["path"]
@@ -199,6 +204,8 @@ class RequestContextMiddleware:
                 started = True
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
                 headers.append((b"x-request-id", request_id.encode()))
+                took = (time.perf_counter() - arrived) * 1000
+                headers.append((b"server-timing", f"app;dur={took:.1f}".encode()))
                 message = {**message, "headers": headers}
             await send(message)
 
