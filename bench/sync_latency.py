@@ -14,8 +14,8 @@ With FERRY_BENCH_NO_WORKERS=1 and `--server builtin` the workers are not started
 
 Reported: latency accepted -> in destination (p50/p90/p99/max), API latency of create_sync_events
 (p50/p99/max) as the client saw it and the part spent inside the server (its Server-Timing header; the rest
-is the network, the client's own event loop and waiting for a core), achieved event rate, keys missing at the end, the server's CPU time per event and the machine's
-load average. Targets: p50 < 0.5 s, p99 < 2 s,
+is the network, the client's own event loop and waiting for a core), achieved event rate, keys missing at
+the end, the server's CPU time per event and the machine's load average. Targets: p50 < 0.5 s, p99 < 2 s,
 API p99 < 50 ms. Two weed servers, the Ferry server and this load generator share the machine's cores, so
 compare figures from one machine only.
 """
