@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, and_, delete, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from ferry.db.models import job_objects, job_parts, job_uploads, jobs
 
@@ -60,11 +59,21 @@ class Tally:
     failed_bytes: int = 0
 
 
+def _insert(engine: Engine, table: Any) -> Any:
+    """The dialect's INSERT, which has ON CONFLICT; PostgreSQL's dialect (~40 ms) is imported only when used."""
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table)
+
+
 def _upsert(engine: Engine, table: Any, rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> None:
     if not rows:
         return
-    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(table)
+    stmt = _insert(engine, table)
     cols = {c: getattr(stmt.excluded, c) for c in rows[0] if c not in keys}
     stmt = stmt.on_conflict_do_update(index_elements=list(keys), set_=cols)
     with engine.begin() as conn:
@@ -134,10 +143,9 @@ class JobRepo:
              "reason": r.reason, "updated_at": now}
             for r in results
         ]
-        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
         with self.engine.begin() as conn:
             if rows:
-                stmt = dialect.insert(job_objects)
+                stmt = _insert(self.engine, job_objects)
                 stmt = stmt.on_conflict_do_update(
                     index_elements=["job_id", "key"],
                     set_={c: getattr(stmt.excluded, c) for c in ("status", "size", "etag", "reason", "updated_at")},

@@ -8,18 +8,9 @@ import time
 from dataclasses import dataclass, field
 from typing import IO
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
-
+# rich (~70 ms to import) is loaded by TerminalProgress only: `--no-progress`, `--json` and the service never
+# draw a bar.
 @dataclass(slots=True)
 class Counters:
     """Updated by the pipeline; read by whoever reports progress (terminal bar, API, console)."""
@@ -49,6 +40,17 @@ class TerminalProgress:
     """A rich progress bar (objects, bytes, speed, ETA) refreshed from Counters until stopped."""
 
     def __init__(self, counters: Counters, stream: IO[str]) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         self.counters = counters
         self.console = Console(file=stream)
         self.bar = Progress(
