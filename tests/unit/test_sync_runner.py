@@ -282,3 +282,55 @@ def test_group_commit_carries_concurrent_requests_and_isolates_a_bad_one(engine:
     assert len(errors) == 1
     assert repo.pending_count(task_id) == 8 * 20 - 1
     assert repo.stat_totals(task_id, 0, 2e10).request == 2 * (8 * 20 - 1)
+
+
+async def test_event_committer_commits_concurrent_requests_and_isolates_bad_ones(engine: Engine) -> None:
+    """The API's event path: requests awaited on the loop, committed by one thread, each refused on its own."""
+    import threading
+
+    from ferry.errors import NotFoundError
+    from ferry.service.secrets import SecretBox
+    from ferry.service.sync import SyncContext, TaskStateError, create_sync_events_async
+
+    wakes: list[float] = []
+    ctx = SyncContext(engine, SecretBox(os.urandom(32)), wake=lambda: wakes.append(time.time()))
+    task_id, stopped = _task(ctx.repo), _task(ctx.repo)
+    assert ctx.repo.stop_task("project", stopped, time.time())
+
+    async def send(i: int) -> int | BaseException:
+        target = {37: "no-such-task", 61: stopped}.get(i, task_id)
+        try:
+            return await create_sync_events_async(ctx, "project", target, [f"k{i}", f"k{i}", "shared%20key"])
+        except Exception as exc:
+            return exc
+
+    def committers() -> int:
+        return sum(t.name == "ferry-event-commits" for t in threading.enumerate())
+
+    before = committers()
+    results = await asyncio.gather(*(send(i) for i in range(200)))
+    assert isinstance(results[37], NotFoundError) and isinstance(results[61], TaskStateError)
+    assert [r for i, r in enumerate(results) if i not in (37, 61)] == [3] * 198
+    assert ctx.repo.pending_count(task_id) == 198 + 1  # k0..k199 less the two refused, plus "shared key"
+    assert ctx.repo.pending_count(stopped) == 0
+    assert ctx.repo.stat_totals(task_id, 0, 2e10).request == 3 * 198
+    assert 1 <= len(wakes) <= 198  # woken once per commit, and commits are shared
+    assert committers() - before <= 1  # one thread carried all 200 requests
+    # Another project's caller cannot reach the task, whatever its id.
+    with pytest.raises(NotFoundError):
+        await create_sync_events_async(ctx, "other-project", task_id, ["k"])
+
+
+async def test_event_committer_thread_ends_when_idle_and_comes_back(tmp_path: Path) -> None:
+    from ferry.service.secrets import SecretBox
+    from ferry.service.sync import SyncContext, create_sync_events_async
+
+    engine = open_database(f"sqlite:///{tmp_path / 'idle.db'}")
+    ctx = SyncContext(engine, SecretBox(os.urandom(32)))
+    ctx.committer.IDLE_SECONDS = 0.05  # type: ignore[misc]
+    task_id = _task(ctx.repo)
+    assert await create_sync_events_async(ctx, "project", task_id, ["a"]) == 1
+    await _until(lambda: ctx.committer._thread is None)
+    assert await create_sync_events_async(ctx, "project", task_id, ["b"]) == 1
+    assert ctx.repo.pending_count(task_id) == 2
+    engine.dispose()

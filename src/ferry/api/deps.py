@@ -52,8 +52,9 @@ class ApiServices:
 SERVICES_STATE = "ferry_services"
 
 
-def get_services(request: Request) -> ApiServices:
-    """FastAPI dependency: the ApiServices given to create_app."""
+async def get_services(request: Request) -> ApiServices:
+    """FastAPI dependency: the ApiServices given to create_app (async: FastAPI would otherwise hand even this
+    attribute read to its thread pool, one more hand-over per request)."""
     services: ApiServices = getattr(request.app.state, SERVICES_STATE)
     return services
 

@@ -460,6 +460,19 @@ class SyncRepo:
         if item.error is not None:
             raise item.error
 
+    def enqueue_batch(self, requests: Sequence[tuple[str, Sequence[str]]], now: float, *, durable: bool = True
+                      ) -> list[BaseException | None]:
+        """`enqueue` for several requests at once (task id, keys), in one durable commit; one outcome per
+        request: None when its events are committed, else the error that refused them alone."""
+        items = [_PendingEvents(task_id, list(dict.fromkeys(keys)), len(keys), now) for task_id, keys in requests]
+        with self._commit_lock:
+            with self._pending_guard:
+                # Requests that came through `enqueue` meanwhile ride along (their callers wait on this lock).
+                items += self._pending
+                self._pending = []
+            self._commit_events(items, durable)
+        return [item.error for item in items[:len(requests)]]
+
     def _commit_events(self, batch: list[_PendingEvents], durable: bool) -> None:
         full = durable and self._sqlite
         with self.engine.connect() as conn:

@@ -8,10 +8,12 @@ database and decrypted only by `open_task_backends`, which the sync workers are 
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import contextlib
 import hashlib
 import json
+import queue
 import secrets as token_source
 import threading
 import time
@@ -133,9 +135,11 @@ class SyncContext:
     wake: Callable[[], None] = _no_wake
     clock: Callable[[], float] = time.time
     repo: SyncRepo = field(init=False)
+    committer: EventCommitter = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "repo", SyncRepo(self.engine))
+        object.__setattr__(self, "committer", EventCommitter(self))
 
 
 # Embedded mode runs one process; the database enforces the quota for PostgreSQL, this lock for threads.
@@ -314,25 +318,138 @@ def delete_sync_task(ctx: SyncContext, project_id: str, task_id: str) -> None:
 
 # -- events -------------------------------------------------------------------------------------------------
 
-def _accept(ctx: SyncContext, row: SyncTaskRow, keys: Sequence[str]) -> None:
+def _check_accepting(row: SyncTaskRow) -> None:
     if row.status != SYNCHRONIZING:
         # Refused rather than parked: the caller learns at once, and starting the task reconciles anyway.
         raise TaskStateError("the sync task is STOPPED; start it before sending events")
+
+
+def _accept(ctx: SyncContext, row: SyncTaskRow, keys: Sequence[str]) -> None:
+    _check_accepting(row)
     if keys:
         ctx.repo.enqueue(row.id, keys, ctx.clock(), durable=True)
         ctx.wake()
 
 
-def create_sync_events(ctx: SyncContext, project_id: str, task_id: str, object_keys: Sequence[str]) -> int:
-    """Accept 1–10 URL-encoded keys; they are on disk before this returns. Returns how many were accepted."""
+def _event_keys(object_keys: Sequence[str]) -> list[str]:
     if not object_keys:
         raise UsageError("object_keys must list at least one key")
     if len(object_keys) > MAX_EVENT_KEYS:
         raise UsageError(f"object_keys lists {len(object_keys)} keys; at most {MAX_EVENT_KEYS} per call")
-    keys = [decode_event_key(k, f"object_keys[{i}]") for i, k in enumerate(object_keys)]
-    row = _task(ctx, project_id, task_id)
-    _accept(ctx, row, keys)
+    return [decode_event_key(k, f"object_keys[{i}]") for i, k in enumerate(object_keys)]
+
+
+def create_sync_events(ctx: SyncContext, project_id: str, task_id: str, object_keys: Sequence[str]) -> int:
+    """Accept 1–10 URL-encoded keys; they are on disk before this returns. Returns how many were accepted."""
+    keys = _event_keys(object_keys)
+    _accept(ctx, _task(ctx, project_id, task_id), keys)
     return len(keys)
+
+
+async def create_sync_events_async(ctx: SyncContext, project_id: str, task_id: str,
+                                   object_keys: Sequence[str]) -> int:
+    """`create_sync_events` for an event loop: the keys are committed by the context's EventCommitter."""
+    keys = _event_keys(object_keys)
+    await ctx.committer.submit(project_id, task_id, keys)
+    return len(keys)
+
+
+@dataclass(slots=True)
+class _Submitted:
+    project_id: str
+    task_id: str
+    keys: list[str]
+    future: asyncio.Future[None]
+    loop: asyncio.AbstractEventLoop
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return  # the caller went away (its request was cancelled)
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+class EventCommitter:
+    """One thread that checks and durably commits the events the API accepts, for requests that await it.
+
+    Under load, a request that takes a thread-pool thread and then queues on the write lock waits for the
+    interpreter lock and a core at each hand-over; here a request costs one hand-over each way, and every
+    request that arrived during a commit shares the next one (a group commit, as `SyncRepo.enqueue` does
+    for threads).
+    """
+
+    IDLE_SECONDS: Final = 30.0  # an idle thread ends; the next request starts another
+
+    def __init__(self, ctx: SyncContext) -> None:
+        self._ctx = ctx
+        self._queue: queue.SimpleQueue[_Submitted] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    async def submit(self, project_id: str, task_id: str, keys: list[str]) -> None:
+        """Return once the keys are on disk; raise NotFoundError / TaskStateError as create_sync_events does."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        # Queued before the thread is checked: a thread ending for idleness re-checks the queue under the lock.
+        self._queue.put(_Submitted(project_id, task_id, keys, future, loop))
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="ferry-event-commits", daemon=True)
+                self._thread.start()
+        await future
+
+    def _next(self) -> _Submitted | None:
+        """The next request, or None once idle for IDLE_SECONDS with nothing queued (the thread then ends)."""
+        while True:
+            try:
+                return self._queue.get(timeout=self.IDLE_SECONDS)
+            except queue.Empty:
+                with self._start_lock:
+                    if self._queue.empty():
+                        self._thread = None
+                        return None
+
+    def _run(self) -> None:
+        while (first := self._next()) is not None:
+            batch = [first]
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    batch.append(self._queue.get_nowait())
+            try:
+                errors = self._commit(batch)
+            except Exception as exc:  # the database itself failed: every request of the batch learns it
+                errors = [exc] * len(batch)
+            for item, error in zip(batch, errors, strict=True):
+                item.loop.call_soon_threadsafe(_settle, item.future, error)
+
+    def _commit(self, batch: list[_Submitted]) -> list[BaseException | None]:
+        ctx = self._ctx
+        errors: list[BaseException | None] = [None] * len(batch)
+        rows: dict[tuple[str, str], SyncTaskRow | BaseException] = {}
+        accepted: list[int] = []
+        for i, item in enumerate(batch):
+            where = (item.project_id, item.task_id)
+            if where not in rows:
+                try:
+                    row = _task(ctx, item.project_id, item.task_id)
+                    _check_accepting(row)
+                    rows[where] = row
+                except (NotFoundError, TaskStateError) as exc:
+                    rows[where] = exc
+            found = rows[where]
+            if isinstance(found, BaseException):
+                errors[i] = found
+            else:
+                accepted.append(i)
+        if accepted:
+            outcomes = ctx.repo.enqueue_batch([(batch[i].task_id, batch[i].keys) for i in accepted], ctx.clock())
+            for i, outcome in zip(accepted, outcomes, strict=True):
+                errors[i] = outcome
+            ctx.wake()
+        return errors
 
 
 def list_key_problems(
