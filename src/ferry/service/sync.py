@@ -423,7 +423,8 @@ class EventCommitter:
             except Exception as exc:  # the database itself failed: every request of the batch learns it
                 errors = [exc] * len(batch)
             for item, error in zip(batch, errors, strict=True):
-                item.loop.call_soon_threadsafe(_settle, item.future, error)
+                with contextlib.suppress(RuntimeError):  # that caller's event loop is closed: nobody waits
+                    item.loop.call_soon_threadsafe(_settle, item.future, error)
 
     def _commit(self, batch: list[_Submitted]) -> list[BaseException | None]:
         ctx = self._ctx
