@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import atexit
 import contextlib
 import ctypes
@@ -111,7 +112,7 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-class S3Server:
+class S3Server(abc.ABC):
     """A child process in its own process group, with S3 credentials and a signed-request helper."""
 
     name = "server"
@@ -201,8 +202,9 @@ class S3Server:
         return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-n:])
 
     # -- for subclasses ---------------------------------------------------------------------------
+    @abc.abstractmethod
     def _start_once(self) -> None:
-        raise NotImplementedError
+        """Start the server process once (SeaweedServer, MotoServer)."""
 
     def _spawn(self, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
         self._log_path = log_path
