@@ -42,3 +42,16 @@ async def test_unrelated_keys_run_concurrently() -> None:
 
     await asyncio.gather(*(write(f"dir/{i}") for i in range(20)))
     assert peak == 20
+
+
+async def test_a_cancelled_wait_holds_nothing() -> None:
+    locks = PathLocks()
+    async with locks.hold("a"):
+        waiter = asyncio.create_task(locks.hold("a/b").__aenter__())
+        await asyncio.sleep(0.01)
+        assert not waiter.done()  # `a/b` waits while its directory `a` is written as a file
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+    async with locks.hold("a/b"), locks.hold("c"):
+        pass
+    assert not locks._files and not locks._dirs and not locks._waiting

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
 
 
 def _ancestors(key: str) -> list[str]:
@@ -20,34 +19,61 @@ def _ancestors(key: str) -> list[str]:
 
 
 class PathLocks:
-    """Lets a key be written only while no in-flight key has its path, is its ancestor, or lies beneath it."""
+    """Lets a key be written only while no in-flight key has its path, is its ancestor, or lies beneath it.
+
+    Taken once per object on the copy hot path, so a key without conflicts only updates two counters: the
+    Condition is touched only while somebody waits.
+    """
 
     def __init__(self) -> None:
         self._files: Counter[str] = Counter()  # in-flight keys, as paths without trailing slash
         self._dirs: Counter[str] = Counter()  # ancestor directories of in-flight keys
+        self._waiting = 0
         self._changed = asyncio.Condition()
+
+    def hold(self, key: str) -> _PathHold:
+        """`async with locks.hold(key):` — write `key` while no related path is being written."""
+        return _PathHold(self, key.rstrip("/"), _ancestors(key))
 
     def _conflicts(self, path: str, ancestors: list[str]) -> bool:
         return path in self._files or path in self._dirs or any(a in self._files for a in ancestors)
 
-    @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        path = key.rstrip("/")
-        ancestors = _ancestors(key)
+    async def _acquire(self, path: str, ancestors: list[str]) -> None:
         if self._conflicts(path, ancestors):
             async with self._changed:
-                await self._changed.wait_for(lambda: not self._conflicts(path, ancestors))
+                self._waiting += 1
+                try:
+                    await self._changed.wait_for(lambda: not self._conflicts(path, ancestors))
+                finally:
+                    self._waiting -= 1
         self._files[path] += 1
         self._dirs.update(ancestors)
-        try:
-            yield
-        finally:
-            self._files[path] -= 1
-            if not self._files[path]:
-                del self._files[path]
-            self._dirs.subtract(ancestors)
-            for a in ancestors:
-                if not self._dirs[a]:
-                    del self._dirs[a]
+
+    async def _release(self, path: str, ancestors: list[str]) -> None:
+        # Unregistered before any await, so a cancelled release cannot leave the path held.
+        self._files[path] -= 1
+        if not self._files[path]:
+            del self._files[path]
+        self._dirs.subtract(ancestors)
+        for a in ancestors:
+            if not self._dirs[a]:
+                del self._dirs[a]
+        if self._waiting:
             async with self._changed:
                 self._changed.notify_all()
+
+
+class _PathHold:
+    __slots__ = ("_ancestors", "_locks", "_path")
+
+    def __init__(self, locks: PathLocks, path: str, ancestors: list[str]) -> None:
+        self._locks = locks
+        self._path = path
+        self._ancestors = ancestors
+
+    async def __aenter__(self) -> None:
+        await self._locks._acquire(self._path, self._ancestors)
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self._locks._release(self._path, self._ancestors)
