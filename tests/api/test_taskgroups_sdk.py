@@ -258,7 +258,8 @@ def test_group_of_prefixes_with_save_prefix(env: Env) -> None:
 def test_group_stop_update_start(env: Env) -> None:
     src = env.src.create_bucket(f"group-src-stop-{env.tag}")
     dst = env.dst.create_bucket(f"group-dst-stop-{env.tag}")
-    objects = sample(40, size=64 * 1024)
+    # 2.5 MiB per task, far above the limiter's burst (half a second at 1 MiB/s): still running when stopped.
+    objects = sample(40, size=512 * 1024)
     fill(env.src, src, objects)
     slow = [BandwidthPolicyDto(start="00:00", end="00:00", max_bandwidth=1024 * 1024)]  # all day, 1 MB/s
     gid = env.client.create_task_group(group_req(env, src, dst, bandwidth_policy=slow)).group_id
@@ -408,7 +409,8 @@ def test_list_group_splits_its_list_file(env: Env) -> None:
 def test_deleting_a_paused_group_removes_its_tasks_and_list_files(env: Env) -> None:
     src = env.src.create_bucket(f"group-src-del-{env.tag}")
     dst = env.dst.create_bucket(f"group-dst-del-{env.tag}")
-    fill(env.src, src, sample(30, size=64 * 1024))
+    # 2.5 MiB per task, far above the limiter's burst (half a second at 1 MiB/s): still copying when stopped.
+    fill(env.src, src, sample(30, size=512 * 1024))
     slow = [BandwidthPolicyDto(start="00:00", end="00:00", max_bandwidth=1024 * 1024)]
     gid = env.client.create_task_group(group_req(env, src, dst, bandwidth_policy=slow)).group_id
     wait_for(env, gid, {2})
