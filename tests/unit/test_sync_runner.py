@@ -290,7 +290,7 @@ async def test_event_committer_commits_concurrent_requests_and_isolates_bad_ones
 
     from ferry.errors import NotFoundError
     from ferry.service.secrets import SecretBox
-    from ferry.service.sync import SyncContext, TaskStateError, create_sync_events_async
+    from ferry.service.sync import SyncContext, TaskStateError, create_sync_events
 
     wakes: list[float] = []
     ctx = SyncContext(engine, SecretBox(os.urandom(32)), wake=lambda: wakes.append(time.time()))
@@ -300,7 +300,7 @@ async def test_event_committer_commits_concurrent_requests_and_isolates_bad_ones
     async def send(i: int) -> int | BaseException:
         target = {37: "no-such-task", 61: stopped}.get(i, task_id)
         try:
-            return await create_sync_events_async(ctx, "project", target, [f"k{i}", f"k{i}", "shared%20key"])
+            return await create_sync_events(ctx, "project", target, [f"k{i}", f"k{i}", "shared%20key"])
         except Exception as exc:
             return exc
 
@@ -318,19 +318,19 @@ async def test_event_committer_commits_concurrent_requests_and_isolates_bad_ones
     assert committers() - before <= 1  # one thread carried all 200 requests
     # Another project's caller cannot reach the task, whatever its id.
     with pytest.raises(NotFoundError):
-        await create_sync_events_async(ctx, "other-project", task_id, ["k"])
+        await create_sync_events(ctx, "other-project", task_id, ["k"])
 
 
 async def test_event_committer_thread_ends_when_idle_and_comes_back(tmp_path: Path) -> None:
     from ferry.service.secrets import SecretBox
-    from ferry.service.sync import SyncContext, create_sync_events_async
+    from ferry.service.sync import SyncContext, create_sync_events
 
     engine = open_database(f"sqlite:///{tmp_path / 'idle.db'}")
     ctx = SyncContext(engine, SecretBox(os.urandom(32)))
     ctx.committer.IDLE_SECONDS = 0.05  # type: ignore[misc]
     task_id = _task(ctx.repo)
-    assert await create_sync_events_async(ctx, "project", task_id, ["a"]) == 1
+    assert await create_sync_events(ctx, "project", task_id, ["a"]) == 1
     await _until(lambda: ctx.committer._thread is None)
-    assert await create_sync_events_async(ctx, "project", task_id, ["b"]) == 1
+    assert await create_sync_events(ctx, "project", task_id, ["b"]) == 1
     assert ctx.repo.pending_count(task_id) == 2
     engine.dispose()

@@ -339,16 +339,9 @@ def _event_keys(object_keys: Sequence[str]) -> list[str]:
     return [decode_event_key(k, f"object_keys[{i}]") for i, k in enumerate(object_keys)]
 
 
-def create_sync_events(ctx: SyncContext, project_id: str, task_id: str, object_keys: Sequence[str]) -> int:
-    """Accept 1–10 URL-encoded keys; they are on disk before this returns. Returns how many were accepted."""
-    keys = _event_keys(object_keys)
-    _accept(ctx, _task(ctx, project_id, task_id), keys)
-    return len(keys)
-
-
-async def create_sync_events_async(ctx: SyncContext, project_id: str, task_id: str,
-                                   object_keys: Sequence[str]) -> int:
-    """`create_sync_events` for an event loop: the keys are committed by the context's EventCommitter."""
+async def create_sync_events(ctx: SyncContext, project_id: str, task_id: str, object_keys: Sequence[str]) -> int:
+    """Accept 1–10 URL-encoded keys; they are on disk (committed by the context's EventCommitter) before this
+    returns. Returns how many were accepted."""
     keys = _event_keys(object_keys)
     await ctx.committer.submit(project_id, task_id, keys)
     return len(keys)

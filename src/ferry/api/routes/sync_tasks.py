@@ -180,7 +180,7 @@ async def create_sync_events(
     sync_task_id: SyncTaskId, body: SyncObjectReq, principal: CurrentPrincipal, ctx: Sync
 ) -> JSONResponse:
     # The hot path of sync tasks: awaited on the event loop, committed by the context's one commit thread.
-    await sync.create_sync_events_async(ctx, principal.project_id, sync_task_id, body.object_keys)
+    await sync.create_sync_events(ctx, principal.project_id, sync_task_id, body.object_keys)
     return ok(EmptyResponse())
 
 
