@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 
 from ferry.errors import FatalError, NotFoundError, PermanentError, SourceChangedError
 from ferry.objects import ObjectMeta
+from ferry.storage import local
 from ferry.storage.local import FRAGMENT_CHARS, LocalBackend, key_to_relpath, relpath_to_key
 
 META = ObjectMeta(content_type="text/plain", user={"k": "v"})
@@ -119,6 +121,24 @@ async def test_multipart_survives_a_restart(tmp_path: Path) -> None:
     assert await second.read("big") == b"111122"
     assert [i.key async for i in second.list()] == ["big"]
     assert os.listdir(tmp_path / ".%ferry" / "uploads") == []
+
+
+async def test_completing_an_upload_whose_folder_and_key_share_a_lock_stripe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one stripe every path collides: completing holds the upload folder's stripe and then takes the
+    key's, which must not deadlock (with 64 stripes this hung one completion in 64)."""
+    monkeypatch.setattr(local, "_KEY_LOCKS", local._KEY_LOCKS[:1])
+    backend = LocalBackend(tmp_path, min_part_size=4)
+    upload = await backend.create_multipart("k", META)
+    parts = [await backend.upload_part("k", upload, 1, b"1111"), await backend.upload_part("k", upload, 2, b"2")]
+    # The completion's body runs on a daemon thread of its own (not the executor, which is joined at exit),
+    # so that a deadlock fails this test instead of hanging the run.
+    worker = threading.Thread(target=backend._complete_sync, args=("k", upload, parts), daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive(), "complete_multipart deadlocked on its own lock stripe"
+    assert await backend.read("k") == b"11112"
 
 
 async def test_multipart_refuses_small_parts_and_foreign_ids(tmp_path: Path) -> None:

@@ -94,11 +94,22 @@ _META_FIELDS = ("content_type", "cache_control", "content_disposition", "content
 
 # Renames of one key's data and sidecar must not interleave between two writers, or the sidecar of one
 # write could end up beside the data of the other; striped, process-wide, so backends on one root agree.
-_KEY_LOCKS = [threading.Lock() for _ in range(64)]
+# Two paths can share a stripe, so stripes are re-entrant and a thread that needs several takes them in
+# index order (`_key_locks`): completing an upload holds its folder's stripe and then its key's.
+_KEY_LOCKS = [threading.RLock() for _ in range(64)]
 
 
-def _key_lock(path: str) -> threading.Lock:
+def _key_lock(path: str) -> threading.RLock:
     return _KEY_LOCKS[hash(path) % len(_KEY_LOCKS)]
+
+
+@contextlib.contextmanager
+def _key_locks(*paths: str) -> Iterator[None]:
+    """Hold the stripes of all `paths`, taken in a global order so two such holders cannot deadlock."""
+    with contextlib.ExitStack() as stack:
+        for index in sorted({hash(path) % len(_KEY_LOCKS) for path in paths}):
+            stack.enter_context(_KEY_LOCKS[index])
+        yield
 
 
 # -- the encoding ------------------------------------------------------------------------------------------
@@ -768,7 +779,7 @@ class LocalBackend:
     def _complete_sync(self, key: str, upload_id: str, parts: Sequence[PartInfo]) -> PutResult:
         full, path = self._data_path(key)
         folder, doc = self._upload(key, upload_id)
-        with _key_lock(folder):
+        with _key_locks(folder, path):
             stored = self._parts(folder)
             chosen: builtins.list[tuple[str, str]] = []
             previous = 0
