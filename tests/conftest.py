@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import pytest
+import uvloop
 
 from ferry.sandbox import MotoServer, S3Server, SeaweedServer
 
 BucketFactory = Callable[[S3Server], str]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "both_loops: run each async test on asyncio's loop and on uvloop")
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """asyncio's own loop for every async test; uvloop too where marked (the CLI runs on uvloop)."""
+    if item.get_closest_marker("both_loops"):
+        return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
 
 _bucket_counter = itertools.count(1)
 

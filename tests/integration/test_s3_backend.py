@@ -66,7 +66,7 @@ def server(request: pytest.FixtureRequest) -> S3Server:
     return request.getfixturevalue("seaweed_a" if request.param == "seaweed" else "moto")  # type: ignore[no-any-return]
 
 
-@pytest.fixture(params=["aiohttp", "obstore"])
+@pytest.fixture(params=["signed", "obstore"])
 def hot_path(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 

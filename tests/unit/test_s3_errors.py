@@ -96,7 +96,7 @@ def _secret_free(exc: BaseException) -> None:
     (301, "PermanentRedirect", FatalError),
     (400, "InvalidArgument", PermanentError),
 ])
-@pytest.mark.parametrize("hot_path", ["aiohttp", "obstore"])
+@pytest.mark.parametrize("hot_path", ["signed", "obstore"])
 async def test_status_mapping(fake: FakeS3, status: int, code: str, expected: type[FerryError],
                               hot_path: str) -> None:
     # A real SignatureDoesNotMatch body quotes the signature the client sent.
@@ -108,7 +108,7 @@ async def test_status_mapping(fake: FakeS3, status: int, code: str, expected: ty
             await b.read("some key")
         _secret_free(ei.value)
         assert ei.value.key == "some key"
-        if hot_path == "aiohttp" and status == 503:
+        if hot_path == "signed" and status == 503:
             assert isinstance(ei.value, TransientError) and ei.value.retry_after == 7.0
         with pytest.raises(FerryError) as ei2:
             await b.put("k", b"x", ObjectMeta(expires="soon"))
@@ -168,7 +168,7 @@ async def test_wire_format(fake: FakeS3) -> None:
                b"<ETag>&quot;e1&quot;</ETag><Size>3</Size><StorageClass>GLACIER</StorageClass></Contents>"
                b"</ListBucketResult>")
     fake.reply = lambda request: web.Response(body=listing, content_type="application/xml")
-    b = _backend(fake, hot_path="aiohttp")
+    b = _backend(fake, hot_path="signed")
     [info] = [o async for o in b.list("x/ y")]
     assert (info.key, info.size, info.etag, info.storage_class) == ("a b+c d/ü", 3, "e1", "ARCHIVE")
     assert info.mtime == 1704164645.0

@@ -1,0 +1,419 @@
+"""Lean HTTP/1.1 client for the S3 backend: a keep-alive connection pool, whole bodies in memory.
+
+Why not aiohttp here: copying small objects is CPU-bound on the copier's one event loop, and aiohttp's
+general-purpose request machinery (request and response objects, stream readers, tracing, cookie and
+redirect handling) was most of that CPU. S3 needs none of it: one request at a time per connection, a
+body that is wholly in memory, a response read whole. This module does exactly that, on an
+asyncio.Protocol, and frames responses as RFC 9112 section 6.3 says (no body for HEAD, 1xx, 204 and 304;
+chunked; Content-Length; else until the server closes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl
+from collections.abc import Mapping
+from typing import NamedTuple, cast
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+_MAX_HEAD = 64 * 1024  # a status line and headers larger than this are not a sane S3 answer
+_WRITE_SLICE = 1024 * 1024  # large bodies go out in slices, so the transport never copies a whole part
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+_UNTIL_CLOSE = -1
+_CHUNKED = -2
+
+
+class HttpResponse(NamedTuple):
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+
+class HttpError(Exception):
+    """The exchange failed below HTTP: reset, early close, malformed answer. Another try may succeed."""
+
+
+class HttpConnectError(HttpError):
+    """No connection could be made (refused, unresolvable name, TLS certificate rejected)."""
+
+    def __init__(self, reason: str, *, certificate: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.certificate = certificate
+
+
+class HttpTimeout(HttpError):
+    """Connecting, or waiting for the next bytes of an answer, took longer than allowed."""
+
+
+class _Exchange:
+    """Parser state of the response to one request."""
+
+    __slots__ = ("body_start", "chunks", "head_only", "headers", "keep_alive", "length", "scan", "status")
+
+    def __init__(self, head_only: bool) -> None:
+        self.head_only = head_only
+        self.status = 0
+        self.headers: CIMultiDictProxy[str] | None = None
+        self.keep_alive = True
+        self.length = 0  # bytes of body expected, or _UNTIL_CLOSE / _CHUNKED
+        self.body_start = 0
+        self.scan = 0  # chunked: where the next chunk-size line starts
+        self.chunks: list[bytes] = []
+
+
+class _Connection(asyncio.Protocol):
+    """One socket, one exchange at a time. The response arrives through `data_received` into `_buf`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, read_timeout: float) -> None:
+        self._loop = loop
+        self._read_timeout = read_timeout
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.reused = False
+        self.last_used = 0.0
+        self._buf = bytearray()
+        self._ex: _Exchange | None = None
+        self._waiter: asyncio.Future[HttpResponse] | None = None
+        self._got_bytes = False
+        self._last_rx = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._drain: asyncio.Future[None] | None = None
+        self._paused = False
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not derive from asyncio.Transport, so no isinstance check here.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._wake_drain(exc)
+        ex, waiter = self._ex, self._waiter
+        if waiter is None or waiter.done() or ex is None:
+            return
+        if ex.headers is not None and ex.length == _UNTIL_CLOSE:
+            self._finish(bytes(self._buf[ex.body_start:]))
+            return
+        what = "reset the connection" if exc is not None else "closed the connection"
+        self._fail(HttpError(f"the server {what} {'mid-answer' if self._got_bytes else 'before answering'}"))
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._wake_drain(None)
+
+    def data_received(self, data: bytes) -> None:
+        ex = self._ex
+        if ex is None or self._waiter is None or self._waiter.done():
+            # Bytes nobody asked for: the connection is out of step, so it must not be reused.
+            self.abort()
+            return
+        self._got_bytes = True
+        self._last_rx = self._loop.time()
+        buf = self._buf
+        buf += data
+        try:
+            if ex.headers is None and not self._parse_head(ex):
+                return
+            if ex.length >= 0:
+                if len(buf) - ex.body_start >= ex.length:
+                    if len(buf) - ex.body_start > ex.length:
+                        ex.keep_alive = False  # more than was announced: do not trust the socket again
+                    self._finish(bytes(buf[ex.body_start:ex.body_start + ex.length]))
+            elif ex.length == _CHUNKED:
+                self._parse_chunks(ex)
+        except HttpError as e:
+            self._fail(e)
+            self.abort()
+
+    # -- parsing ---------------------------------------------------------------------------------
+    def _parse_head(self, ex: _Exchange) -> bool:
+        """Parse the status line and headers once they are all in; skip 1xx answers. True when done."""
+        buf = self._buf
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0 or end > _MAX_HEAD:
+                if len(buf) > _MAX_HEAD:
+                    raise HttpError("the answer's headers are too large")
+                return False
+            lines = bytes(buf[:end]).decode("utf-8", "surrogateescape").split("\r\n")
+            status_line = lines[0]
+            version, _, rest = status_line.partition(" ")
+            code = rest[:3]
+            if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
+                raise HttpError("the answer is not HTTP/1.x")
+            status = int(code)
+            if 100 <= status < 200:
+                del buf[:end + 4]  # an interim answer (100 Continue, 103 Early Hints); the real one follows
+                continue
+            break
+        pairs: list[tuple[str, str]] = []
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if not sep or not name or name[-1] in " \t" or line[0] in " \t":
+                raise HttpError("the answer has a malformed header line")
+            pairs.append((name, value.strip(" \t")))
+        headers = CIMultiDictProxy(CIMultiDict(pairs))
+        ex.status = status
+        ex.headers = headers
+        ex.body_start = end + 4
+        connection = headers.get("Connection", "").lower()
+        ex.keep_alive = version == "HTTP/1.1" and "close" not in connection
+        if ex.head_only or status in (204, 304):
+            ex.length = 0
+        elif "Transfer-Encoding" in headers:
+            codings = ",".join(headers.getall("Transfer-Encoding")).lower()
+            if codings.rsplit(",", 1)[-1].strip() == "chunked":
+                ex.length = _CHUNKED
+                ex.scan = ex.body_start
+            else:
+                ex.length = _UNTIL_CLOSE
+        elif "Content-Length" in headers:
+            values = {v.strip() for v in headers.getall("Content-Length")}
+            value = values.pop()
+            if values or not value.isdigit():
+                raise HttpError("the answer has an invalid Content-Length")
+            ex.length = int(value)
+        else:
+            ex.length = _UNTIL_CLOSE
+        if ex.length == _UNTIL_CLOSE:
+            ex.keep_alive = False
+        return True
+
+    def _parse_chunks(self, ex: _Exchange) -> None:
+        buf = self._buf
+        pos = ex.scan
+        while True:
+            eol = buf.find(b"\r\n", pos)
+            if eol < 0:
+                if len(buf) - pos > 4096:
+                    raise HttpError("the answer has a malformed chunk size")
+                break
+            size_text = bytes(buf[pos:eol]).split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                raise HttpError("the answer has a malformed chunk size") from None
+            if size == 0:
+                # The last chunk, then optional trailer fields, then an empty line.
+                trailer_end = buf.find(b"\r\n", eol + 2) if buf[eol + 2:eol + 4] == b"\r\n" else \
+                    buf.find(b"\r\n\r\n", eol + 2)
+                if trailer_end < 0:
+                    break
+                self._finish(b"".join(ex.chunks))
+                return
+            data_end = eol + 2 + size
+            if len(buf) < data_end + 2:
+                break
+            if buf[data_end:data_end + 2] != b"\r\n":
+                raise HttpError("the answer has a malformed chunk")
+            ex.chunks.append(bytes(buf[eol + 2:data_end]))
+            pos = data_end + 2
+        # Drop what is consumed, so a long chunked body is not scanned from its start again.
+        del buf[:pos]
+        ex.scan = 0
+
+    def _finish(self, body: bytes) -> None:
+        ex, waiter = self._ex, self._waiter
+        assert ex is not None and ex.headers is not None and waiter is not None
+        self._cancel_timer()
+        if not waiter.done():
+            waiter.set_result(HttpResponse(ex.status, ex.headers, body))
+
+    def _fail(self, exc: Exception) -> None:
+        self._cancel_timer()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(exc)
+
+    # -- the idle timer --------------------------------------------------------------------------
+    def _arm_timer(self) -> None:
+        self._timer = self._loop.call_at(self._last_rx + self._read_timeout, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._waiter is None or self._waiter.done():
+            return
+        if self._loop.time() - self._last_rx >= self._read_timeout:
+            self._fail(HttpTimeout(f"no answer for {self._read_timeout:g} s"))
+            self.abort()
+        else:
+            self._arm_timer()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- writing ---------------------------------------------------------------------------------
+    def _wake_drain(self, exc: Exception | None) -> None:
+        drain, self._drain = self._drain, None
+        if drain is not None and not drain.done():
+            if exc is not None:
+                drain.set_exception(HttpError("the server reset the connection"))
+            else:
+                drain.set_result(None)
+
+    async def _write(self, head: bytes, body: bytes | memoryview | None) -> None:
+        transport = self.transport
+        assert transport is not None
+        if not body:
+            transport.write(head)
+            return
+        if len(body) <= _WRITE_SLICE:
+            transport.write(head + body)
+            return
+        transport.write(head)
+        view = memoryview(body)
+        for offset in range(0, len(view), _WRITE_SLICE):
+            if self.closed:
+                return  # connection_lost has failed the exchange already
+            transport.write(view[offset:offset + _WRITE_SLICE])
+            if self._paused:
+                self._drain = self._loop.create_future()
+                await self._drain
+
+    # -- one exchange ----------------------------------------------------------------------------
+    async def exchange(self, head: bytes, body: bytes | memoryview | None, head_only: bool) -> HttpResponse:
+        self._got_bytes = False
+        if self.closed:
+            raise HttpError("the server closed the connection before answering")
+        self._ex = _Exchange(head_only)
+        self._buf.clear()
+        waiter = self._waiter = self._loop.create_future()
+        self._last_rx = self._loop.time()
+        self._arm_timer()
+        try:
+            await self._write(head, body)
+            response: HttpResponse = await waiter
+            return response
+        finally:
+            self._cancel_timer()
+
+    @property
+    def answered(self) -> bool:
+        """Whether any byte of an answer to the last request arrived."""
+        return self._got_bytes
+
+    @property
+    def reusable(self) -> bool:
+        ex = self._ex
+        return not self.closed and ex is not None and ex.keep_alive and self._waiter is not None \
+            and self._waiter.done() and not self._waiter.cancelled() and self._waiter.exception() is None
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class Http1Pool:
+    """Keep-alive connections to one origin (`scheme://host:port`), at most `limit` open at once.
+
+    `request` sends one request and returns the whole answer. A request on a reused connection that the
+    server closed before answering (it timed the idle connection out) is sent again on a new connection,
+    when its method is idempotent.
+    """
+
+    def __init__(
+        self, scheme: str, host: str, port: int, *, limit: int = 256, connect_timeout: float = 10.0,
+        read_timeout: float = 120.0, keepalive: float = 10.0, user_agent: str = "ferry",
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if scheme not in ("http", "https"):
+            raise ValueError(f"unsupported scheme {scheme!r}")
+        self._host = host
+        self._port = port
+        self._ssl: ssl.SSLContext | None = None
+        if scheme == "https":
+            self._ssl = ssl_context or ssl.create_default_context()
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._keepalive = keepalive
+        self._user_agent = user_agent
+        self._limit = asyncio.Semaphore(limit)
+        self._idle: list[_Connection] = []
+        self._busy: set[_Connection] = set()
+        self._closed = False
+
+    async def request(
+        self, method: str, target: str, host: str, headers: Mapping[str, str], body: bytes | memoryview | None = None,
+    ) -> HttpResponse:
+        """Send `method target` with `Host: host` and `headers`; raise HttpError (or a subclass) when no
+        answer came. Header names and values must not contain CR or LF (ValueError)."""
+        lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {self._user_agent}\r\n"]
+        lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
+        if body is not None or method in ("PUT", "POST"):
+            lines.append(f"Content-Length: {len(body) if body is not None else 0}\r\n")
+        lines.append("\r\n")
+        text = "".join(lines)
+        # Every line ends in exactly one CRLF (the first item holds three lines); one more CR or LF
+        # anywhere is an injected header.
+        if text.count("\n") != len(lines) + 2 or text.count("\r") != len(lines) + 2 or " " in target:
+            raise ValueError("a header name or value, or the target, contains a line break or a space")
+        head = text.encode("utf-8")
+        head_only = method == "HEAD"
+        async with self._limit:
+            conn = await self._connection()
+            try:
+                return await self._send(conn, head, body, head_only)
+            except HttpError:
+                if not (conn.reused and not conn.answered and method in _IDEMPOTENT):
+                    raise
+            # The server had closed the idle connection: once more, on a fresh one.
+            conn = await self._connection(fresh=True)
+            return await self._send(conn, head, body, head_only)
+
+    async def _send(self, conn: _Connection, head: bytes, body: bytes | memoryview | None,
+                    head_only: bool) -> HttpResponse:
+        self._busy.add(conn)
+        try:
+            response = await conn.exchange(head, body, head_only)
+        finally:
+            self._busy.discard(conn)
+            if conn.reusable and not self._closed:
+                conn.last_used = asyncio.get_running_loop().time()
+                conn.reused = True
+                self._idle.append(conn)
+            else:
+                conn.abort()
+        return response
+
+    async def _connection(self, fresh: bool = False) -> _Connection:
+        loop = asyncio.get_running_loop()
+        if self._closed:
+            raise HttpError("the connection pool is closed")
+        now = loop.time()
+        while self._idle and not fresh:
+            conn = self._idle.pop()
+            if not conn.closed and now - conn.last_used < self._keepalive:
+                return conn
+            conn.abort()
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(loop, self._read_timeout), self._host, self._port, ssl=self._ssl,
+                    server_hostname=self._host if self._ssl is not None else None,
+                )
+        except TimeoutError:
+            raise HttpTimeout(f"connecting took over {self._connect_timeout:g} s") from None
+        except ssl.SSLCertVerificationError:
+            raise HttpConnectError("TLS certificate rejected", certificate=True) from None
+        except socket.gaierror as e:
+            raise HttpConnectError(e.strerror or "the name does not resolve") from None
+        except OSError as e:
+            # asyncio's own message ("Connect call failed (address)") says less than the errno does.
+            raise HttpConnectError(os.strerror(e.errno) if e.errno else type(e).__name__) from None
+        return conn
+
+    async def close(self) -> None:
+        self._closed = True
+        for conn in (*self._idle, *self._busy):
+            conn.abort()
+        self._idle.clear()
+        self._busy.clear()

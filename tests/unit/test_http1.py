@@ -1,0 +1,389 @@
+"""The lean HTTP/1.1 client against scripted loopback servers: framing, keep-alive, retries, timeouts, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ipaddress
+import socket
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from ferry.storage.http1 import Http1Pool, HttpConnectError, HttpError, HttpTimeout
+
+# Every test on both loops: the CLI runs on uvloop, the API server on asyncio's own.
+pytestmark = pytest.mark.both_loops
+
+
+@dataclass
+class Request:
+    method: str
+    target: str
+    headers: dict[str, str]
+    body: bytes
+
+
+Handler = Callable[[Request, asyncio.StreamWriter], Awaitable[bool]]  # returns False to close the connection
+
+
+@dataclass
+class Server:
+    port: int
+    requests: list[Request] = field(default_factory=list)
+    connections: int = 0
+
+
+async def _read_request(reader: asyncio.StreamReader) -> Request | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    lines = head.decode().split("\r\n")
+    method, target, _ = lines[0].split(" ")
+    headers = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers[name.lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return Request(method, target, headers, body)
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[Server]]]:
+    servers: list[asyncio.Server] = []
+
+    async def start(handler: Handler) -> Server:
+        state = Server(0)
+
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            state.connections += 1
+            try:
+                while (request := await _read_request(reader)) is not None:
+                    state.requests.append(request)
+                    keep = await handler(request, writer)
+                    await writer.drain()
+                    if not keep:
+                        break
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+        servers.append(server)
+        state.port = server.sockets[0].getsockname()[1]
+        return state
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def answer(status: int = 200, body: bytes = b"", headers: str = "", *, length: bool = True) -> Handler:
+    async def handle(request: Request, writer: asyncio.StreamWriter) -> bool:
+        head = f"HTTP/1.1 {status} X\r\n{headers}"
+        if length:
+            head += f"Content-Length: {len(body)}\r\n"
+        writer.write(head.encode() + b"\r\n" + (b"" if request.method == "HEAD" else body))
+        return length
+
+    return handle
+
+
+def pool(port: int, read_timeout: float = 120.0) -> Http1Pool:
+    return Http1Pool("http", "127.0.0.1", port, read_timeout=read_timeout)
+
+
+async def test_content_length_answer_and_keep_alive(serve: Callable[[Handler], Awaitable[Server]]) -> None:
+    server = await serve(answer(200, b"hello", "ETag: \"abc\"\r\nX-Amz-Meta-A: 1\r\nX-Amz-Meta-A: 2\r\n"))
+    p = pool(server.port)
+    for _ in range(3):
+        r = await p.request("GET", "/b/k?x=1", "h:1", {"Range": "bytes=0-4"})
+        assert (r.status, r.body, r.headers["etag"], r.headers.getall("x-amz-meta-a")) == (200, b"hello", '"abc"',
+                                                                                           ["1", "2"])
+    assert server.connections == 1
+    request = server.requests[0]
+    assert (request.method, request.target, request.headers["host"], request.headers["range"]) == (
+        "GET", "/b/k?x=1", "h:1", "bytes=0-4")
+    assert "content-length" not in request.headers  # a GET without a body announces none
+    await p.close()
+
+
+async def test_put_sends_the_body_with_its_length(serve: Callable[[Handler], Awaitable[Server]]) -> None:
+    server = await serve(answer(200))
+    p = pool(server.port)
+    big = bytes(range(256)) * 40_000  # 10 MB: written in slices under the transport's flow control
+    for body in (b"", b"small", big):
+        assert (await p.request("PUT", "/b/k", "h", {}, body)).status == 200
+    assert [r.body for r in server.requests] == [b"", b"small", big]
+    assert [r.headers["content-length"] for r in server.requests] == ["0", "5", str(len(big))]
+    await p.close()
+
+
+async def test_a_large_answer_arrives_whole(serve: Callable[[Handler], Awaitable[Server]]) -> None:
+    body = bytes(range(251)) * 50_000
+    server = await serve(answer(200, body))
+    p = pool(server.port)
+    assert (await p.request("GET", "/k", "h", {})).body == body
+    await p.close()
+
+
+async def test_chunked_answer_fed_byte_by_byte(serve: Callable[[Handler], Awaitable[Server]]) -> None:
+    async def handle(request: Request, writer: asyncio.StreamWriter) -> bool:
+        raw = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"5;ext=1\r\nhello\r\n1A\r\n" + b"z" * 26 + b"\r\n0\r\nX-Trailer: t\r\n\r\n")
+        for i in range(len(raw)):
+            writer.write(raw[i:i + 1])
+            await writer.drain()
+        return True
+
+    server = await serve(handle)
+    p = pool(server.port)
+    for _ in range(2):
+        r = await p.request("GET", "/k", "h", {})
+        assert (r.status, r.body) == (200, b"hello" + b"z" * 26)
+    assert server.connections == 1
+    await p.close()
+
+
+async def test_answer_without_length_reads_to_close(serve: Callable[[Handler], Awaitable[Server]]) -> None:
+    server = await serve(answer(200, b"until the end", length=False))
+    p = pool(server.port)
+    for _ in range(2):
+        assert (await p.request("GET", "/k", "h", {})).body == b"until the end"
+    assert server.connections == 2  # such an answer ends the connection
+    await p.close()
+
+
+async def test_no_body_for_head_204_and_after_100_continue(serve: Callable[[Handler], Awaitable[Server]]) -> None:
+    async def handle(request: Request, writer: asyncio.StreamWriter) -> bool:
+        if request.method == "HEAD":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n")
+        elif request.method == "DELETE":
+            writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
+        return True
+
+    server = await serve(handle)
+    p = pool(server.port)
+    head = await p.request("HEAD", "/k", "h", {})
+    assert (head.status, head.body, head.headers["content-length"]) == (200, b"", "1234")
+    assert (await p.request("DELETE", "/k", "h", {})).status == 204
+    posted = await p.request("POST", "/k", "h", {})
+    assert (posted.status, posted.body) == (201, b"ok")
+    assert server.connections == 1
+    await p.close()
+
+
+async def test_idle_connection_closed_by_the_server_is_retried_for_idempotent_methods(
+    serve: Callable[[Handler], Awaitable[Server]],
+) -> None:
+    async def handle(request: Request, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        return False  # closes the socket after answering, without saying Connection: close
+
+    server = await serve(handle)
+    p = pool(server.port)
+    assert (await p.request("GET", "/k", "h", {})).body == b"ok"
+    await asyncio.sleep(0.05)  # the close reaches the client, which still holds the connection as idle
+    assert (await p.request("GET", "/k", "h", {})).body == b"ok"
+    assert (await p.request("PUT", "/k", "h", {}, b"x")).body == b"ok"
+    assert server.connections == 3
+    await p.close()
+
+
+async def test_a_reset_mid_answer_is_an_error_and_not_resent(serve: Callable[[Handler], Awaitable[Server]]) -> None:
+    async def handle(request: Request, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+        return False
+
+    server = await serve(handle)
+    p = pool(server.port)
+    with pytest.raises(HttpError, match="mid-answer"):
+        await p.request("GET", "/k", "h", {})
+    assert len(server.requests) == 1
+    await p.close()
+
+
+async def test_read_timeout(serve: Callable[[Handler], Awaitable[Server]]) -> None:
+    async def silent(request: Request, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(5)
+        return False
+
+    server = await serve(silent)
+    p = pool(server.port, read_timeout=0.2)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises(HttpTimeout):
+        await p.request("GET", "/k", "h", {})
+    assert 0.15 < loop.time() - start < 2
+    await p.close()
+
+
+async def test_a_slow_but_steady_answer_is_not_timed_out(serve: Callable[[Handler], Awaitable[Server]]) -> None:
+    async def trickle(request: Request, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n")
+        for byte in b"steady":
+            await asyncio.sleep(0.1)
+            writer.write(bytes([byte]))
+            await writer.drain()
+        return True
+
+    server = await serve(trickle)
+    p = pool(server.port, read_timeout=0.3)
+    assert (await p.request("GET", "/k", "h", {})).body == b"steady"  # 0.6 s in all, never 0.3 s idle
+    await p.close()
+
+
+async def test_refused_connection_names_the_reason() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: connections are refused
+        p = pool(port)
+        with pytest.raises(HttpConnectError) as info:
+            await p.request("GET", "/k", "h", {})
+    assert "refused" in info.value.reason.lower() and not info.value.certificate
+
+
+@pytest.mark.parametrize("raw", [
+    b"SPDY/3 200 OK\r\n\r\n",
+    b"HTTP/1.1 2x0 OK\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"HTTP/1.1 200 OK\r\n" + b"X-Big: " + b"a" * 70_000 + b"\r\n\r\n",
+])
+async def test_malformed_answers_are_errors(serve: Callable[[Handler], Awaitable[Server]], raw: bytes) -> None:
+    async def handle(request: Request, writer: asyncio.StreamWriter) -> bool:
+        writer.write(raw)
+        await asyncio.sleep(0.2)
+        return False
+
+    server = await serve(handle)
+    p = pool(server.port)
+    with pytest.raises(HttpError):
+        await p.request("GET", "/k", "h", {})
+    await p.close()
+
+
+async def test_extra_bytes_after_the_answer_retire_the_connection(
+    serve: Callable[[Handler], Awaitable[Server]],
+) -> None:
+    server = await serve(lambda r, w: _write_and_keep(w, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA"))
+    p = pool(server.port)
+    for _ in range(2):
+        assert (await p.request("GET", "/k", "h", {})).body == b"ok"
+    assert server.connections == 2
+    await p.close()
+
+
+async def _write_and_keep(writer: asyncio.StreamWriter, raw: bytes) -> bool:
+    writer.write(raw)
+    return True
+
+
+@pytest.mark.parametrize("headers", [{"X-Amz-Meta-A": "v\r\nX-Evil: 1"}, {"X-Amz-Meta-A": "v\n"},
+                                     {"Bad\rName": "v"}])
+async def test_header_injection_is_refused_before_sending(
+    serve: Callable[[Handler], Awaitable[Server]], headers: dict[str, str],
+) -> None:
+    server = await serve(answer(200))
+    p = pool(server.port)
+    with pytest.raises(ValueError):
+        await p.request("PUT", "/k", "h", headers, b"x")
+    with pytest.raises(ValueError):
+        await p.request("GET", "/a b", "h", {})
+    assert server.connections == 0
+    await p.close()
+
+
+async def test_a_cancelled_request_drops_its_connection(serve: Callable[[Handler], Awaitable[Server]]) -> None:
+    async def slow_then_fast(request: Request, writer: asyncio.StreamWriter) -> bool:
+        if request.target == "/slow":
+            await asyncio.sleep(1)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        return True
+
+    server = await serve(slow_then_fast)
+    p = pool(server.port)
+    task = asyncio.ensure_future(p.request("GET", "/slow", "h", {}))
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The late answer to /slow must never be taken for the answer to the next request.
+    assert (await p.request("GET", "/fast", "h", {})).body == b"ok"
+    assert server.connections == 2
+    await p.close()
+
+
+async def test_connections_are_bounded_by_the_limit(serve: Callable[[Handler], Awaitable[Server]]) -> None:
+    async def slow(request: Request, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(0.05)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        return True
+
+    server = await serve(slow)
+    p = Http1Pool("http", "127.0.0.1", server.port, limit=3)
+    await asyncio.gather(*(p.request("GET", f"/{i}", "h", {}) for i in range(12)))
+    assert server.connections == 3
+    await p.close()
+    with pytest.raises(HttpError, match="closed"):
+        await p.request("GET", "/k", "h", {})
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ferry test")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                       critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+async def test_https_verifies_the_certificate(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await _read_request(reader) is not None:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecret")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        trusting = Http1Pool("https", "127.0.0.1", port, ssl_context=ssl.create_default_context(cafile=cert))
+        for _ in range(2):
+            assert (await trusting.request("GET", "/k", "h", {})).body == b"secret"
+        await trusting.close()
+        default = Http1Pool("https", "127.0.0.1", port)  # the system's CAs do not know this certificate
+        with pytest.raises(HttpConnectError) as info:
+            await default.request("GET", "/k", "h", {})
+        assert info.value.certificate
+        await default.close()
+    finally:
+        server.close()
