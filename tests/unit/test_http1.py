@@ -387,3 +387,28 @@ async def test_https_verifies_the_certificate(tmp_path: Path) -> None:
         await default.close()
     finally:
         server.close()
+
+
+async def test_an_answer_before_the_whole_body_retires_the_connection() -> None:
+    """A server that refuses an upload after its headers and stops reading: the client takes the answer,
+    stops sending, and does not reuse the socket (the rest of the body would pass for a request)."""
+    connections = 0
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(3)  # reads nothing more
+        writer.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    p = pool(server.sockets[0].getsockname()[1], read_timeout=5)
+    try:
+        for expected in (1, 2):
+            r = await asyncio.wait_for(p.request("PUT", "/k", "h", {}, b"x" * (64 * 1024 * 1024)), 5)
+            assert r.status == 413 and connections == expected
+    finally:
+        await p.close()
+        server.close()

@@ -21,6 +21,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 _MAX_HEAD = 64 * 1024  # a status line and headers larger than this are not a sane S3 answer
 _WRITE_SLICE = 1024 * 1024  # large bodies go out in slices, so the transport never copies a whole part
+_KEEP_BUFFER = 1024 * 1024  # a connection keeps a receive buffer up to this size for its next answer
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _UNTIL_CLOSE = -1
 _CHUNKED = -2
@@ -79,7 +80,8 @@ class _Connection(asyncio.Protocol):
         self._ex: _Exchange | None = None
         self._waiter: asyncio.Future[HttpResponse] | None = None
         self._got_bytes = False
-        self._last_rx = 0.0
+        self._writing = False
+        self._last_progress = 0.0  # when the exchange last made progress, either way
         self._timer: asyncio.TimerHandle | None = None
         self._drain: asyncio.Future[None] | None = None
         self._paused = False
@@ -96,7 +98,7 @@ class _Connection(asyncio.Protocol):
         if waiter is None or waiter.done() or ex is None:
             return
         if ex.headers is not None and ex.length == _UNTIL_CLOSE:
-            self._finish(bytes(self._buf[ex.body_start:]))
+            self._finish(self._take(ex.body_start, len(self._buf)))
             return
         what = "reset the connection" if exc is not None else "closed the connection"
         self._fail(HttpError(f"the server {what} {'mid-answer' if self._got_bytes else 'before answering'}"))
@@ -106,6 +108,7 @@ class _Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused = False
+        self._last_progress = self._loop.time()
         self._wake_drain(None)
 
     def data_received(self, data: bytes) -> None:
@@ -115,7 +118,7 @@ class _Connection(asyncio.Protocol):
             self.abort()
             return
         self._got_bytes = True
-        self._last_rx = self._loop.time()
+        self._last_progress = self._loop.time()
         buf = self._buf
         buf += data
         try:
@@ -125,7 +128,7 @@ class _Connection(asyncio.Protocol):
                 if len(buf) - ex.body_start >= ex.length:
                     if len(buf) - ex.body_start > ex.length:
                         ex.keep_alive = False  # more than was announced: do not trust the socket again
-                    self._finish(bytes(buf[ex.body_start:ex.body_start + ex.length]))
+                    self._finish(self._take(ex.body_start, ex.body_start + ex.length))
             elif ex.length == _CHUNKED:
                 self._parse_chunks(ex)
         except HttpError as e:
@@ -219,9 +222,22 @@ class _Connection(asyncio.Protocol):
         del buf[:pos]
         ex.scan = 0
 
+    def _take(self, start: int, end: int) -> bytes:
+        """The body out of the buffer in one copy; a large buffer is let go rather than kept for reuse."""
+        with memoryview(self._buf) as view:
+            body = bytes(view[start:end])
+        if len(self._buf) > _KEEP_BUFFER:
+            self._buf = bytearray()
+        return body
+
     def _finish(self, body: bytes) -> None:
         ex, waiter = self._ex, self._waiter
         assert ex is not None and ex.headers is not None and waiter is not None
+        if self._writing:
+            # Answered before the whole body went out: the server may not read the rest, which would
+            # then be taken for the next request. This connection is done, and the writer stops.
+            ex.keep_alive = False
+            self._wake_drain(None)
         self._cancel_timer()
         if not waiter.done():
             waiter.set_result(HttpResponse(ex.status, ex.headers, body))
@@ -233,13 +249,13 @@ class _Connection(asyncio.Protocol):
 
     # -- the idle timer --------------------------------------------------------------------------
     def _arm_timer(self) -> None:
-        self._timer = self._loop.call_at(self._last_rx + self._read_timeout, self._on_timer)
+        self._timer = self._loop.call_at(self._last_progress + self._read_timeout, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         if self._waiter is None or self._waiter.done():
             return
-        if self._loop.time() - self._last_rx >= self._read_timeout:
+        if self._loop.time() - self._last_progress >= self._read_timeout:
             self._fail(HttpTimeout(f"no answer for {self._read_timeout:g} s"))
             self.abort()
         else:
@@ -270,10 +286,12 @@ class _Connection(asyncio.Protocol):
             return
         transport.write(head)
         view = memoryview(body)
+        waiter = self._waiter
         for offset in range(0, len(view), _WRITE_SLICE):
-            if self.closed:
-                return  # connection_lost has failed the exchange already
+            if self.closed or waiter is None or waiter.done():
+                return  # failed by connection_lost, or answered early (see _finish)
             transport.write(view[offset:offset + _WRITE_SLICE])
+            self._last_progress = self._loop.time()
             if self._paused:
                 self._drain = self._loop.create_future()
                 await self._drain
@@ -286,13 +304,16 @@ class _Connection(asyncio.Protocol):
         self._ex = _Exchange(head_only)
         self._buf.clear()
         waiter = self._waiter = self._loop.create_future()
-        self._last_rx = self._loop.time()
+        self._last_progress = self._loop.time()
         self._arm_timer()
         try:
+            self._writing = True
             await self._write(head, body)
+            self._writing = False
             response: HttpResponse = await waiter
             return response
         finally:
+            self._writing = False
             self._cancel_timer()
 
     @property
