@@ -7,6 +7,7 @@ import datetime as dt
 import ipaddress
 import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,6 +261,10 @@ async def test_refused_connection_names_the_reason() -> None:
     b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
     b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: \xc2\xb2\r\n\r\nab",
+    b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n",
     b"HTTP/1.1 200 OK\r\n" + b"X-Big: " + b"a" * 70_000 + b"\r\n\r\n",
 ])
 async def test_malformed_answers_are_errors(serve: Callable[[Handler], Awaitable[Server]], raw: bytes) -> None:
@@ -412,3 +417,22 @@ async def test_an_answer_before_the_whole_body_retires_the_connection() -> None:
     finally:
         await p.close()
         server.close()
+
+
+async def test_a_body_read_to_close_that_ends_in_a_reset_is_an_error(
+    serve: Callable[[Handler], Awaitable[Server]],
+) -> None:
+    async def handle(request: Request, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\npartial")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a RST
+        writer.transport.abort()
+        return False
+
+    server = await serve(handle)
+    p = pool(server.port)
+    with pytest.raises(HttpError, match="reset"):
+        await p.request("GET", "/k", "h", {})
+    await p.close()

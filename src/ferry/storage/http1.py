@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import ssl
 from collections.abc import Mapping
@@ -23,6 +24,9 @@ _MAX_HEAD = 64 * 1024  # a status line and headers larger than this are not a sa
 _WRITE_SLICE = 1024 * 1024  # large bodies go out in slices, so the transport never copies a whole part
 _KEEP_BUFFER = 1024 * 1024  # a connection keeps a receive buffer up to this size for its next answer
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+_STATUS = re.compile(r"[1-5][0-9][0-9]")
+_DIGITS = re.compile(r"[0-9]{1,18}")
+_CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,15}")
 _UNTIL_CLOSE = -1
 _CHUNKED = -2
 
@@ -53,7 +57,8 @@ class HttpTimeout(HttpError):
 class _Exchange:
     """Parser state of the response to one request."""
 
-    __slots__ = ("body_start", "chunks", "head_only", "headers", "keep_alive", "length", "scan", "status")
+    __slots__ = ("body_start", "chunks", "head_only", "headers", "keep_alive", "length", "received", "scan",
+                 "status")
 
     def __init__(self, head_only: bool) -> None:
         self.head_only = head_only
@@ -63,11 +68,17 @@ class _Exchange:
         self.length = 0  # bytes of body expected, or _UNTIL_CLOSE / _CHUNKED
         self.body_start = 0
         self.scan = 0  # chunked: where the next chunk-size line starts
-        self.chunks: list[bytes] = []
+        self.chunks: list[bytes] = []  # the body's pieces as they arrived (known length) or decoded (chunked)
+        self.received = 0  # bytes in `chunks`, for a body of known length
 
 
 class _Connection(asyncio.Protocol):
-    """One socket, one exchange at a time. The response arrives through `data_received` into `_buf`."""
+    """One socket, one exchange at a time.
+
+    An answer's head collects in `_buf`. A body of known length is kept as the pieces the transport
+    delivered and joined once at the end (one copy, however large); chunked and read-to-close bodies
+    collect in `_buf`.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, read_timeout: float) -> None:
         self._loop = loop
@@ -90,6 +101,8 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not derive from asyncio.Transport, so no isinstance check here.
         self.transport = cast(asyncio.Transport, transport)
+        # Room for a few slices of a large body, so the socket never idles while the next is written.
+        self.transport.set_write_buffer_limits(high=4 * _WRITE_SLICE)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -97,7 +110,8 @@ class _Connection(asyncio.Protocol):
         ex, waiter = self._ex, self._waiter
         if waiter is None or waiter.done() or ex is None:
             return
-        if ex.headers is not None and ex.length == _UNTIL_CLOSE:
+        if ex.headers is not None and ex.length == _UNTIL_CLOSE and exc is None:
+            # Such a body ends where the server closes; a reset instead means it was cut short.
             self._finish(self._take(ex.body_start, len(self._buf)))
             return
         what = "reset the connection" if exc is not None else "closed the connection"
@@ -119,17 +133,26 @@ class _Connection(asyncio.Protocol):
             return
         self._got_bytes = True
         self._last_progress = self._loop.time()
-        buf = self._buf
-        buf += data
         try:
-            if ex.headers is None and not self._parse_head(ex):
+            if ex.headers is not None and ex.length >= 0:
+                ex.chunks.append(data)
+                ex.received += len(data)
+                if ex.received >= ex.length:
+                    self._finish_known_length(ex)
                 return
-            if ex.length >= 0:
-                if len(buf) - ex.body_start >= ex.length:
-                    if len(buf) - ex.body_start > ex.length:
-                        ex.keep_alive = False  # more than was announced: do not trust the socket again
-                    self._finish(self._take(ex.body_start, ex.body_start + ex.length))
-            elif ex.length == _CHUNKED:
+            self._buf += data
+            if ex.headers is None:
+                if not self._parse_head(ex):
+                    return
+                if ex.length >= 0:
+                    if len(self._buf) > ex.body_start:
+                        ex.chunks.append(self._take(ex.body_start, len(self._buf)))
+                        ex.received = len(ex.chunks[0])
+                    self._buf.clear()
+                    if ex.received >= ex.length:
+                        self._finish_known_length(ex)
+                    return
+            if ex.length == _CHUNKED:
                 self._parse_chunks(ex)
         except HttpError as e:
             self._fail(e)
@@ -149,7 +172,7 @@ class _Connection(asyncio.Protocol):
             status_line = lines[0]
             version, _, rest = status_line.partition(" ")
             code = rest[:3]
-            if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
+            if not version.startswith("HTTP/1.") or not _STATUS.fullmatch(code) or rest[3:4] not in ("", " "):
                 raise HttpError("the answer is not HTTP/1.x")
             status = int(code)
             if 100 <= status < 200:
@@ -180,7 +203,7 @@ class _Connection(asyncio.Protocol):
         elif "Content-Length" in headers:
             values = {v.strip() for v in headers.getall("Content-Length")}
             value = values.pop()
-            if values or not value.isdigit():
+            if values or not _DIGITS.fullmatch(value):
                 raise HttpError("the answer has an invalid Content-Length")
             ex.length = int(value)
         else:
@@ -198,11 +221,10 @@ class _Connection(asyncio.Protocol):
                 if len(buf) - pos > 4096:
                     raise HttpError("the answer has a malformed chunk size")
                 break
-            size_text = bytes(buf[pos:eol]).split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise HttpError("the answer has a malformed chunk size") from None
+            size_text = bytes(buf[pos:eol]).split(b";", 1)[0].strip(b" \t")
+            if not _CHUNK_SIZE.fullmatch(size_text):
+                raise HttpError("the answer has a malformed chunk size")
+            size = int(size_text, 16)
             if size == 0:
                 # The last chunk, then optional trailer fields, then an empty line.
                 trailer_end = buf.find(b"\r\n", eol + 2) if buf[eol + 2:eol + 4] == b"\r\n" else \
@@ -216,19 +238,28 @@ class _Connection(asyncio.Protocol):
                 break
             if buf[data_end:data_end + 2] != b"\r\n":
                 raise HttpError("the answer has a malformed chunk")
-            ex.chunks.append(bytes(buf[eol + 2:data_end]))
+            with memoryview(buf) as view:
+                ex.chunks.append(bytes(view[eol + 2:data_end]))
             pos = data_end + 2
         # Drop what is consumed, so a long chunked body is not scanned from its start again.
         del buf[:pos]
         ex.scan = 0
 
     def _take(self, start: int, end: int) -> bytes:
-        """The body out of the buffer in one copy; a large buffer is let go rather than kept for reuse."""
+        """Bytes out of the buffer in one copy; a large buffer is let go rather than kept for reuse."""
         with memoryview(self._buf) as view:
             body = bytes(view[start:end])
         if len(self._buf) > _KEEP_BUFFER:
             self._buf = bytearray()
         return body
+
+    def _finish_known_length(self, ex: _Exchange) -> None:
+        body = b"".join(ex.chunks)  # a single piece is returned as it is, without a copy
+        ex.chunks = []
+        if len(body) > ex.length:
+            ex.keep_alive = False  # more than was announced: do not trust the socket again
+            body = body[:ex.length]
+        self._finish(body)
 
     def _finish(self, body: bytes) -> None:
         ex, waiter = self._ex, self._waiter
