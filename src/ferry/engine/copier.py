@@ -233,8 +233,13 @@ class Copier:
             data = await self.src.read(key, offset=offset, length=length, if_match=etag)
             if len(data) != length:
                 raise TransientError(f"short read of part {n}: {len(data)} of {length} bytes")
-            md5, crc = await _digest_async(data, self._crc)
-            part = await self.dst.upload_part(key, upload_id, n, data)
+            # Hashing (in a thread for large parts) overlaps the upload: the check needs both, not one
+            # after the other.
+            hashing = asyncio.ensure_future(_digest_async(data, self._crc))
+            try:
+                part = await self.dst.upload_part(key, upload_id, n, data)
+            finally:
+                md5, crc = await hashing
             del data
         if self._verify and self._etag_md5 and _MD5_HEX.match(part.etag) and part.etag != md5:
             raise TransientError(f"part {n} ETag does not match the MD5 of the bytes sent")
