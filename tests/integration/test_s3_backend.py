@@ -66,19 +66,15 @@ def server(request: pytest.FixtureRequest) -> S3Server:
     return request.getfixturevalue("seaweed_a" if request.param == "seaweed" else "moto")  # type: ignore[no-any-return]
 
 
-@pytest.fixture(params=["signed", "obstore"])
-def hot_path(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
 
 async def _collect(backend: Backend, prefix: str = "", start_after: str | None = None) -> list[ObjectInfo]:
     return [info async for info in backend.list(prefix, start_after)]
 
 
 # -- round trips --------------------------------------------------------------------------------------
-async def test_edge_keys_round_trip(server: S3Server, hot_path: str, bucket_factory: Any,
+async def test_edge_keys_round_trip(server: S3Server, bucket_factory: Any,
                                     make_backend: MakeBackend) -> None:
-    b = make_backend(server, bucket_factory(server), hot_path=hot_path)
+    b = make_backend(server, bucket_factory(server))
     for i, key in enumerate(EDGE_KEYS):
         data = f"{i}:{key}".encode()
         put = await b.put(key, data, ObjectMeta(content_type="text/plain"))
@@ -94,9 +90,9 @@ async def test_edge_keys_round_trip(server: S3Server, hot_path: str, bucket_fact
     assert all(o.etag and '"' not in o.etag and o.storage_class == "STANDARD" for o in listed.values())
 
 
-async def test_trailing_slash_and_empty_objects(server: S3Server, hot_path: str, bucket_factory: Any,
+async def test_trailing_slash_and_empty_objects(server: S3Server, bucket_factory: Any,
                                                 make_backend: MakeBackend) -> None:
-    b = make_backend(server, bucket_factory(server), hot_path=hot_path)
+    b = make_backend(server, bucket_factory(server))
     for key in ("dir/", "dir/sub/", "empty"):
         await b.put(key, b"", ObjectMeta())
         assert await b.read(key) == b""
@@ -157,9 +153,9 @@ async def test_listing_pages_prefix_and_start_after(server: S3Server, list_versi
 
 
 # -- reads ----------------------------------------------------------------------------------------
-async def test_ranged_reads_and_missing(hot_path: str, seaweed_a: SeaweedServer, bucket_factory: Any,
+async def test_ranged_reads_and_missing(seaweed_a: SeaweedServer, bucket_factory: Any,
                                         make_backend: MakeBackend) -> None:
-    b = make_backend(seaweed_a, bucket_factory(seaweed_a), hot_path=hot_path)
+    b = make_backend(seaweed_a, bucket_factory(seaweed_a))
     data = os.urandom(1000)
     await b.put("r", data, ObjectMeta())
     assert await b.read("r", offset=10, length=20) == data[10:30]
@@ -174,9 +170,9 @@ async def test_ranged_reads_and_missing(hot_path: str, seaweed_a: SeaweedServer,
         await b.head("missing")
 
 
-async def test_if_match(server: S3Server, hot_path: str, bucket_factory: Any,
+async def test_if_match(server: S3Server, bucket_factory: Any,
                         make_backend: MakeBackend) -> None:
-    b = make_backend(server, bucket_factory(server), hot_path=hot_path)
+    b = make_backend(server, bucket_factory(server))
     put = await b.put("k", b"version-1", ObjectMeta())
     assert put.etag is not None
     assert await b.read("k", if_match=put.etag) == b"version-1"
@@ -197,21 +193,9 @@ async def test_metadata_round_trip(server: S3Server, bucket_factory: Any, make_b
         assert meta == FULL_META
 
 
-async def test_metadata_round_trip_obstore_path(server: S3Server, bucket_factory: Any,
-                                                make_backend: MakeBackend) -> None:
-    b = make_backend(server, bucket_factory(server), hot_path="obstore")
-    ascii_meta = ObjectMeta(content_type="image/png", cache_control="no-cache", content_disposition="inline",
-                            content_encoding="identity", content_language="fr", user={"k": "v"})
-    await b.put("m", b"meta", ascii_meta, crc64=42)
-    info, _ = await b.read_object("m")
-    assert info.meta == ascii_meta and info.crc64 == 42
-    await b.put("full", b"meta", FULL_META)  # Expires and non-ASCII take the signed path
-    assert (await b.head("full")).meta == FULL_META
-
-
-async def test_crc64_stored_and_reported(hot_path: str, seaweed_a: SeaweedServer, bucket_factory: Any,
+async def test_crc64_stored_and_reported(seaweed_a: SeaweedServer, bucket_factory: Any,
                                          make_backend: MakeBackend) -> None:
-    b = make_backend(seaweed_a, bucket_factory(seaweed_a), hot_path=hot_path)
+    b = make_backend(seaweed_a, bucket_factory(seaweed_a))
     crc = 0xFFFF_FFFF_FFFF_FFF1  # larger than a signed 64-bit int
     await b.put("c", b"crc", ObjectMeta(user={"x": "y"}), crc64=crc)
     head = await b.head("c")
@@ -357,7 +341,7 @@ async def test_sse_kms_on_every_kind_of_write(moto: MotoServer, bucket_factory: 
 
     key_id = _kms_key(moto)
     bucket = bucket_factory(moto)
-    b = make_backend(moto, bucket, profile="aws", sse_kms_key_id=key_id, hot_path="obstore")
+    b = make_backend(moto, bucket, profile="aws", sse_kms_key_id=key_id)
     await b.put("small", b"x" * 100, ObjectMeta(content_type="text/plain"))
     upload = await b.create_multipart("multi", ObjectMeta())
     parts = [await b.upload_part("multi", upload, n, bytes([n]) * 5 * 1024 * 1024) for n in (1, 2)]
@@ -384,11 +368,11 @@ def _assert_secret_free(exc: BaseException, secret: str) -> None:
         seen = seen.__cause__ or seen.__context__
 
 
-async def test_wrong_secret_is_fatal_and_secret_free(hot_path: str, seaweed_a: SeaweedServer,
+async def test_wrong_secret_is_fatal_and_secret_free(seaweed_a: SeaweedServer,
                                                      bucket_factory: Any, make_backend: MakeBackend) -> None:
     bucket = bucket_factory(seaweed_a)
     secret = "Wrong/Secret+Key" + "Z" * 24
-    b = make_backend(seaweed_a, bucket, secret=secret, hot_path=hot_path)
+    b = make_backend(seaweed_a, bucket, secret=secret)
     assert secret not in repr(b) and secret not in b.name
     calls = [b.head("k"), b.read("k"), b.read_object("k"), b.put("k", b"x", ObjectMeta()),
              _collect(b), b.create_multipart("k", ObjectMeta())]
@@ -399,11 +383,10 @@ async def test_wrong_secret_is_fatal_and_secret_free(hot_path: str, seaweed_a: S
         _assert_secret_free(ei.value, seaweed_a.secret_key)
 
 
-async def test_unreachable_endpoint_is_fatal(hot_path: str) -> None:
+async def test_unreachable_endpoint_is_fatal() -> None:
     [port] = reserve_ports(1)  # free and held, so nothing listens there
     try:
-        b = S3Backend(f"http://127.0.0.1:{port}", "us-east-1", "AK", "SECRETSECRET", "bkt", profile="seaweedfs",
-                      hot_path=hot_path)  # type: ignore[arg-type]
+        b = S3Backend(f"http://127.0.0.1:{port}", "us-east-1", "AK", "SECRETSECRET", "bkt", profile="seaweedfs")
         for call in (b.head("k"), b.read("k"), b.put("k", b"x", ObjectMeta()), _collect(b)):
             with pytest.raises(FatalError) as ei:
                 await call

@@ -96,19 +96,17 @@ def _secret_free(exc: BaseException) -> None:
     (301, "PermanentRedirect", FatalError),
     (400, "InvalidArgument", PermanentError),
 ])
-@pytest.mark.parametrize("hot_path", ["signed", "obstore"])
-async def test_status_mapping(fake: FakeS3, status: int, code: str, expected: type[FerryError],
-                              hot_path: str) -> None:
+async def test_status_mapping(fake: FakeS3, status: int, code: str, expected: type[FerryError]) -> None:
     # A real SignatureDoesNotMatch body quotes the signature the client sent.
     fake.reply = _error(status, code, "<SignatureProvided>deadbeef</SignatureProvided>",
                         {"Retry-After": "7"} if status == 503 else None)
-    b = _backend(fake, hot_path=hot_path)
+    b = _backend(fake)
     try:
         with pytest.raises(expected) as ei:
             await b.read("some key")
         _secret_free(ei.value)
         assert ei.value.key == "some key"
-        if hot_path == "signed" and status == 503:
+        if status == 503:
             assert isinstance(ei.value, TransientError) and ei.value.retry_after == 7.0
         with pytest.raises(FerryError) as ei2:
             await b.put("k", b"x", ObjectMeta(expires="soon"))
@@ -168,7 +166,7 @@ async def test_wire_format(fake: FakeS3) -> None:
                b"<ETag>&quot;e1&quot;</ETag><Size>3</Size><StorageClass>GLACIER</StorageClass></Contents>"
                b"</ListBucketResult>")
     fake.reply = lambda request: web.Response(body=listing, content_type="application/xml")
-    b = _backend(fake, hot_path="signed")
+    b = _backend(fake)
     [info] = [o async for o in b.list("x/ y")]
     assert (info.key, info.size, info.etag, info.storage_class) == ("a b+c d/ü", 3, "e1", "ARCHIVE")
     assert info.mtime == 1704164645.0
