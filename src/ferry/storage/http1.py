@@ -346,6 +346,8 @@ class _Connection(asyncio.Protocol):
         finally:
             self._writing = False
             self._cancel_timer()
+            if waiter.done() and not waiter.cancelled():
+                waiter.exception()  # retrieved, so a failure raised another way is not logged as lost
 
     @property
     def answered(self) -> bool:
