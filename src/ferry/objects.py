@@ -49,6 +49,7 @@ class PartInfo:
     part_number: int
     etag: str
     size: int
+    crc32c_verified: bool = False  # the store checked the part against the CRC32C it was sent with
 
 
 @dataclass(frozen=True, slots=True)

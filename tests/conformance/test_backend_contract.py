@@ -9,10 +9,11 @@ import random
 import time
 from typing import TYPE_CHECKING
 
+import fastcrc
 import pytest
 
 from ferry.engine.checksums import crc64
-from ferry.errors import NotFoundError, PermanentError, SourceChangedError
+from ferry.errors import NotFoundError, PermanentError, SourceChangedError, TransientError
 from ferry.objects import ObjectInfo, ObjectMeta
 from ferry.storage.base import Backend, ListOrder
 
@@ -405,6 +406,27 @@ async def test_multipart_part_reupload_replaces_it(backend: Backend) -> None:
     p2 = await backend.upload_part("re", upload, 2, b"tail")
     await backend.complete_multipart("re", upload, [p1, p2])
     assert await backend.read("re") == b"\1" * size + b"tail"
+
+
+async def test_part_crc32c_is_verified_where_the_store_can(backend: Backend) -> None:
+    """A store that can (`part_crc32c`) confirms a good CRC32C and refuses a part whose bytes do not match
+    it, keeping nothing; any other accepts the part and says it checked nothing."""
+    size = backend.capabilities.min_part_size
+    data = os.urandom(size)
+    can = backend.capabilities.part_crc32c
+    upload = await backend.create_multipart("crc", PLAIN)
+    try:
+        good = await backend.upload_part("crc", upload, 1, data, crc32c=fastcrc.crc32.iscsi(data))
+        assert good.crc32c_verified is can and good.etag.strip('"') == hashlib.md5(data).hexdigest()
+        wrong = fastcrc.crc32.iscsi(data) ^ 1
+        if can:
+            with pytest.raises(TransientError):
+                await backend.upload_part("crc", upload, 2, b"tail", crc32c=wrong)
+            assert [p.part_number for p in await backend.list_parts("crc", upload)] == [1]
+        else:
+            assert not (await backend.upload_part("crc", upload, 2, b"tail", crc32c=wrong)).crc32c_verified
+    finally:
+        await backend.abort_multipart("crc", upload)
 
 
 async def test_list_parts_after_reupload_lists_each_part_once(

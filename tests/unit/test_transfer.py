@@ -69,10 +69,12 @@ class Counting(BackendWrapper):
         self._count("put")
         return await self.inner.put(key, data, meta, **kw)
 
-    async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> Any:
+    async def upload_part(
+        self, key: str, upload_id: str, part_number: int, data: bytes, *, crc32c: int | None = None
+    ) -> Any:
         self._write()
         self._count("upload_part")
-        return await self.inner.upload_part(key, upload_id, part_number, data)
+        return await self.inner.upload_part(key, upload_id, part_number, data, crc32c=crc32c)
 
 
 def _opts(**kw: Any) -> TransferOptions:

@@ -50,9 +50,11 @@ class Flaky(BackendWrapper):
         self._hit("put")
         return await self.inner.put(key, data, meta, **kw)
 
-    async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> PartInfo:
+    async def upload_part(
+        self, key: str, upload_id: str, part_number: int, data: bytes, *, crc32c: int | None = None
+    ) -> PartInfo:
         self._hit("upload_part")
-        return await self.inner.upload_part(key, upload_id, part_number, data)
+        return await self.inner.upload_part(key, upload_id, part_number, data, crc32c=crc32c)
 
     async def list(self, prefix: str = "", start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
         self.list_calls.append(start_after)

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import fastcrc
+
 from ferry.db.repo import PartRow, UploadRow
 from ferry.engine.budget import MemoryBudget
 from ferry.engine.checksums import Crc64, crc64_combine
@@ -67,11 +69,19 @@ def choose_part_size(size: int, preferred: int, min_part: int, max_part: int, ma
 
 def _digest(data: bytes, crc: bool) -> tuple[str, int | None]:
     md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
-    if not crc:
-        return md5, None
+    return md5, _crc64(data) if crc else None
+
+
+def _crc64(data: bytes) -> int:
     c = Crc64()
     c.update(data)
-    return md5, c.value
+    return c.value
+
+
+async def _crc64_async(data: bytes) -> int:
+    if len(data) >= _THREAD_HASH_MIN:
+        return await asyncio.to_thread(_crc64, data)
+    return _crc64(data)
 
 
 async def _digest_async(data: bytes, crc: bool) -> tuple[str, int | None]:
@@ -103,6 +113,7 @@ class Copier:
         self._verify = opts.consistency is not ConsistencyCheck.NO_CHECK
         self._crc = opts.consistency is ConsistencyCheck.CRC64
         self._etag_md5 = caps.etag_is_md5
+        self._part_crc32c = caps.part_crc32c
 
     def _meta(self, meta: ObjectMeta | None) -> ObjectMeta:
         if meta is None:
@@ -233,15 +244,26 @@ class Copier:
             data = await self.src.read(key, offset=offset, length=length, if_match=etag)
             if len(data) != length:
                 raise TransientError(f"short read of part {n}: {len(data)} of {length} bytes")
-            # Hashing (in a thread for large parts) overlaps the upload: the check needs both, not one
-            # after the other.
-            hashing = asyncio.ensure_future(_digest_async(data, self._crc))
-            try:
-                part = await self.dst.upload_part(key, upload_id, n, data)
-            finally:
-                md5, crc = await hashing
+            md5: str | None
+            crc: int | None
+            if self._part_crc32c:
+                # The store checks the part against a CRC32C (about 20x cheaper than MD5 here); only if it
+                # did not confirm that is the part hashed to compare with its ETag.
+                part = await self.dst.upload_part(key, upload_id, n, data, crc32c=fastcrc.crc32.iscsi(data))
+                if part.crc32c_verified:
+                    md5, crc = None, (await _crc64_async(data) if self._crc else None)
+                else:
+                    md5, crc = await _digest_async(data, self._crc)
+            else:
+                # Hashing (in a thread for large parts) overlaps the upload: the check needs both, not one
+                # after the other.
+                hashing = asyncio.ensure_future(_digest_async(data, self._crc))
+                try:
+                    part = await self.dst.upload_part(key, upload_id, n, data)
+                finally:
+                    md5, crc = await hashing
             del data
-        if self._verify and self._etag_md5 and _MD5_HEX.match(part.etag) and part.etag != md5:
+        if md5 is not None and self._verify and self._etag_md5 and _MD5_HEX.match(part.etag) and part.etag != md5:
             raise TransientError(f"part {n} ETag does not match the MD5 of the bytes sent")
         row = PartRow(n, part.etag, length, crc, md5)
         if self.checkpoints:

@@ -39,6 +39,7 @@ class Capabilities:
     storage_classes: frozenset[str] = field(default_factory=frozenset)
     restore: bool = False
     max_key_bytes: int = 1024
+    part_crc32c: bool = False  # upload_part can have the store verify a CRC32C (S3 flexible checksums)
 
 
 @runtime_checkable
@@ -89,7 +90,13 @@ class Backend(Protocol):
         """Start a multipart upload and return its id."""
         ...
 
-    async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> PartInfo: ...
+    async def upload_part(
+        self, key: str, upload_id: str, part_number: int, data: bytes, *, crc32c: int | None = None
+    ) -> PartInfo:
+        """Upload one part. With `crc32c`, a store that can (`capabilities.part_crc32c`) checks the part
+        against it, refuses damaged bytes with a TransientError and says so in `PartInfo.crc32c_verified`;
+        others ignore it and the caller checks the part another way."""
+        ...
 
     async def list_parts(self, key: str, upload_id: str) -> builtins.list[PartInfo]:
         """Parts already uploaded; raises NotFoundError when the upload is gone."""

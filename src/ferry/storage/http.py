@@ -230,7 +230,9 @@ class UrlSource:
                                crc64: int | None = None) -> str:
         self._read_only()
 
-    async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> PartInfo:
+    async def upload_part(
+        self, key: str, upload_id: str, part_number: int, data: bytes, *, crc32c: int | None = None
+    ) -> PartInfo:
         self._read_only()
 
     async def list_parts(self, key: str, upload_id: str) -> builtins.list[PartInfo]:

@@ -753,7 +753,9 @@ class LocalBackend:
                         os.unlink(os.path.join(folder, other))
         return PartInfo(part_number=part_number, etag=etag, size=len(data))
 
-    async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> PartInfo:
+    async def upload_part(
+        self, key: str, upload_id: str, part_number: int, data: bytes, *, crc32c: int | None = None
+    ) -> PartInfo:
         caps = self._capabilities
         if not 1 <= part_number <= caps.max_parts:
             raise PermanentError(f"part number {part_number} is outside 1..{caps.max_parts}", key=key)

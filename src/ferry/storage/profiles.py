@@ -34,6 +34,8 @@ class Profile:
     - `bucket_pattern`/`bucket_hint`: the provider's bucket naming rule (Tencent: `name-APPID`).
     - `sse_header`/`sse_kms_value`/`sse_kms_key_header`: how a write asks for server-side encryption with a
       KMS key (and how the response confirms it).
+    - `part_crc32c`: UploadPart verifies an `x-amz-checksum-crc32c` header and echoes it (seen on the store
+      itself, not assumed: some stores refuse part checksums an upload was not created with).
     """
 
     name: str
@@ -54,6 +56,7 @@ class Profile:
     to_vendor: Mapping[str, str]
     from_vendor: Mapping[str, str]
     restore: bool
+    part_crc32c: bool
     min_part_size: int
     max_part_size: int
     max_parts: int
@@ -116,6 +119,7 @@ class Profile:
             storage_classes=frozenset(self.to_vendor),
             restore=self.restore,
             max_key_bytes=self.max_key_bytes,
+            part_crc32c=self.part_crc32c,
         )
 
     def replace(self, **changes: Any) -> Profile:
@@ -144,6 +148,7 @@ def _build(name: str, raw: Mapping[str, Any], defaults: Mapping[str, Any]) -> Pr
         to_vendor={k.upper(): v for k, v in merged["to_vendor"].items()},
         from_vendor={k.upper(): v for k, v in merged["from_vendor"].items()},
         restore=bool(merged["restore"]),
+        part_crc32c=bool(merged["part_crc32c"]),
         min_part_size=int(merged["min_part_size"]),
         max_part_size=int(merged["max_part_size"]),
         max_parts=int(merged["max_parts"]),

@@ -86,8 +86,10 @@ class BackendWrapper:
     ) -> str:
         return await self.inner.create_multipart(key, meta, storage_class=storage_class, crc64=crc64)
 
-    async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> PartInfo:
-        return await self.inner.upload_part(key, upload_id, part_number, data)
+    async def upload_part(
+        self, key: str, upload_id: str, part_number: int, data: bytes, *, crc32c: int | None = None
+    ) -> PartInfo:
+        return await self.inner.upload_part(key, upload_id, part_number, data, crc32c=crc32c)
 
     async def list_parts(self, key: str, upload_id: str) -> builtins.list[PartInfo]:
         return await self.inner.list_parts(key, upload_id)
@@ -219,9 +221,11 @@ class RetryingBackend(BackendWrapper):
             lambda: self.inner.create_multipart(key, meta, storage_class=storage_class, crc64=crc64),
         )
 
-    async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> PartInfo:
+    async def upload_part(
+        self, key: str, upload_id: str, part_number: int, data: bytes, *, crc32c: int | None = None
+    ) -> PartInfo:
         return await self._call(
-            "upload_part", key, lambda: self.inner.upload_part(key, upload_id, part_number, data)
+            "upload_part", key, lambda: self.inner.upload_part(key, upload_id, part_number, data, crc32c=crc32c)
         )
 
     async def list_parts(self, key: str, upload_id: str) -> builtins.list[PartInfo]:
@@ -349,9 +353,11 @@ class ThrottledBackend(BackendWrapper):
         await self.limiter.acquire(len(data))
         return await self.inner.put(key, data, meta, storage_class=storage_class, crc64=crc64)
 
-    async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> PartInfo:
+    async def upload_part(
+        self, key: str, upload_id: str, part_number: int, data: bytes, *, crc32c: int | None = None
+    ) -> PartInfo:
         await self.limiter.acquire(len(data))
-        return await self.inner.upload_part(key, upload_id, part_number, data)
+        return await self.inner.upload_part(key, upload_id, part_number, data, crc32c=crc32c)
 
 
 def _conforms(wrapper: BackendWrapper) -> Backend:
