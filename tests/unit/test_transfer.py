@@ -9,14 +9,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import fastcrc
 import pytest
 
 from ferry.db.database import open_database
 from ferry.db.repo import JobRepo
+from ferry.engine.checksums import crc64
 from ferry.engine.compare import ConsistencyCheck, OverwriteMode
 from ferry.engine.copier import CopyOptions
 from ferry.engine.pipeline import TransferOptions
-from ferry.errors import FatalError
+from ferry.errors import FatalError, TransientError
 from ferry.objects import ObjectInfo, ObjectMeta, PutResult
 from ferry.service.transfers import Summary, run_migration
 from ferry.storage.base import Capabilities, ListOrder
@@ -245,3 +247,54 @@ async def test_crc64_of_a_multipart_copy_is_stored_on_the_destination(tmp_path: 
     head = await dst.head("big.bin")
     assert head.crc64 == crc64(body)
     assert head.meta is not None and head.meta.content_type == "application/x-big"
+
+
+class PartChecksums(Counting):
+    """A destination that offers part CRC32C checks: `verify` checks them as a store would; otherwise it
+    ignores them and, with `corrupt`, damages every part it stores."""
+
+    def __init__(self, inner: Any, *, verify: bool, corrupt: bool = False) -> None:
+        super().__init__(inner)
+        self.verify = verify
+        self.corrupt = corrupt
+        self.sent: list[int | None] = []
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return dataclasses.replace(self.inner.capabilities, part_crc32c=True)
+
+    async def upload_part(
+        self, key: str, upload_id: str, part_number: int, data: bytes, *, crc32c: int | None = None
+    ) -> Any:
+        self.sent.append(crc32c)
+        if self.verify:
+            if crc32c != fastcrc.crc32.iscsi(data):
+                raise TransientError("BadDigest")
+            part = await super().upload_part(key, upload_id, part_number, data)
+            return dataclasses.replace(part, crc32c_verified=True)
+        if self.corrupt:
+            data = b"!" + data[1:]
+        return await super().upload_part(key, upload_id, part_number, data)
+
+
+async def test_parts_the_store_verified_by_crc32c_copy_intact(tmp_path: Path) -> None:
+    src = MemoryBackend(MemoryStore(), "src")
+    dst = MemoryBackend(MemoryStore(), "dst")
+    body = os.urandom(12 * MiB)  # parts of 5, 5 and 2 MiB
+    await src.put("big", body, ObjectMeta())
+    checked = PartChecksums(dst, verify=True)
+    s = await _migrate(src, checked, tmp_path, _opts(threshold=5 * MiB, consistency=ConsistencyCheck.CRC64))
+    assert (s.success, s.failed) == (1, 0)
+    assert checked.sent == [fastcrc.crc32.iscsi(body[i:i + 5 * MiB]) for i in range(0, len(body), 5 * MiB)]
+    info, data = await dst.read_object("big")
+    assert data == body and info.crc64 == crc64(body)  # the whole-object CRC-64 still comes out right
+
+
+async def test_a_store_that_does_not_confirm_the_crc32c_is_checked_by_md5(tmp_path: Path) -> None:
+    src = MemoryBackend(MemoryStore(), "src")
+    dst = MemoryBackend(MemoryStore(), "dst")
+    await src.put("big", os.urandom(12 * MiB), ObjectMeta())
+    silent = PartChecksums(dst, verify=False, corrupt=True)
+    s = await _migrate(src, silent, tmp_path, _opts(threshold=5 * MiB))
+    assert (s.success, s.failed) == (0, 1)
+    assert [o.key async for o in dst.list()] == []
