@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import fastcrc
 
@@ -29,6 +30,7 @@ MiB = 1024 * 1024
 _MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
 # Hashing a big part holds the GIL-free C loop for milliseconds; off the event loop it overlaps with I/O.
 _THREAD_HASH_MIN = 1 * MiB
+_T = TypeVar("_T")
 _THREAD_CRC32C_MIN = 32 * MiB  # CRC32C runs at ~5 GB/s: below this it costs the event loop under 7 ms
 
 
@@ -79,22 +81,16 @@ def _crc64(data: bytes) -> int:
     return c.value
 
 
-async def _crc32c_async(data: bytes) -> int:
-    if len(data) >= _THREAD_CRC32C_MIN:
-        return await asyncio.to_thread(fastcrc.crc32.iscsi, data)  # it lets go of the GIL
-    return fastcrc.crc32.iscsi(data)
-
-
-async def _crc64_async(data: bytes) -> int:
-    if len(data) >= _THREAD_HASH_MIN:
-        return await asyncio.to_thread(_crc64, data)
-    return _crc64(data)
+async def _off_loop(fn: Callable[[bytes], _T], data: bytes, thread_min: int = _THREAD_HASH_MIN) -> _T:
+    """`fn(data)`, in a thread once `data` is big enough for the event loop to feel it (the hashes used here
+    all let go of the GIL)."""
+    if len(data) >= thread_min:
+        return await asyncio.to_thread(fn, data)
+    return fn(data)
 
 
 async def _digest_async(data: bytes, crc: bool) -> tuple[str, int | None]:
-    if len(data) >= _THREAD_HASH_MIN:
-        return await asyncio.to_thread(_digest, data, crc)
-    return _digest(data, crc)
+    return await _off_loop(functools.partial(_digest, crc=crc), data)
 
 
 def composite_etag(md5s: Sequence[str]) -> str:
@@ -256,9 +252,10 @@ class Copier:
             if self._part_crc32c:
                 # The store checks the part against a CRC32C (about 20x cheaper than MD5 here); only if it
                 # did not confirm that is the part hashed to compare with its ETag.
-                part = await self.dst.upload_part(key, upload_id, n, data, crc32c=await _crc32c_async(data))
+                crc32c = await _off_loop(fastcrc.crc32.iscsi, data, _THREAD_CRC32C_MIN)
+                part = await self.dst.upload_part(key, upload_id, n, data, crc32c=crc32c)
                 if part.crc32c_verified:
-                    md5, crc = None, (await _crc64_async(data) if self._crc else None)
+                    md5, crc = None, (await _off_loop(_crc64, data) if self._crc else None)
                 else:
                     md5, crc = await _digest_async(data, self._crc)
             else:
