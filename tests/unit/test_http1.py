@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ipaddress
+import os
 import socket
 import ssl
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ferry.storage.http1 import Http1Pool, HttpConnectError, HttpError, HttpTimeout
+from ferry.storage.http1 import Http1Pool, HttpConnectError, HttpError, HttpTimeout, StreamBody
 
 # Every test on both loops: the CLI runs on uvloop, the API server on asyncio's own.
 pytestmark = pytest.mark.both_loops
@@ -435,4 +436,169 @@ async def test_a_body_read_to_close_that_ends_in_a_reset_is_an_error(
     p = pool(server.port)
     with pytest.raises(HttpError, match="reset"):
         await p.request("GET", "/k", "h", {})
+    await p.close()
+
+
+class Producer:
+    """A streamed body: `pieces` in turn, then optionally an error; records whether it was closed."""
+
+    def __init__(self, pieces: list[bytes], error: Exception | None = None) -> None:
+        self.pieces = pieces
+        self.error = error
+        self.closed = False
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        try:
+            for piece in self.pieces:
+                await asyncio.sleep(0)
+                yield piece
+            if self.error is not None:
+                raise self.error
+        finally:
+            self.closed = True
+
+
+async def test_a_streamed_body_goes_whole_on_a_fresh_connection(
+    serve: Callable[[Handler], Awaitable[Server]],
+) -> None:
+    server = await serve(answer(200, b"ok"))
+    p = pool(server.port)
+    await p.request("GET", "/warm", "h", {})  # leaves an idle connection a streamed body must not take
+    pieces = [os.urandom(n) for n in (1, 3 * 1024 * 1024 + 5, 0, 70_000)]
+    producer = Producer(pieces)
+    r = await p.request("PUT", "/k", "h", {}, StreamBody(sum(map(len, pieces)), producer.chunks()))
+    assert r.status == 200 and producer.closed
+    assert server.requests[-1].body == b"".join(pieces)
+    assert server.requests[-1].headers["content-length"] == str(sum(map(len, pieces)))
+    assert server.connections == 2
+    await p.close()
+
+
+@pytest.mark.parametrize("announced", [99, 101])
+async def test_a_streamed_body_of_the_wrong_length_is_an_error(
+    serve: Callable[[Handler], Awaitable[Server]], announced: int,
+) -> None:
+    server = await serve(answer(200, b"ok"))
+    p = pool(server.port)
+    producer = Producer([b"x" * 60, b"y" * 40])
+    with pytest.raises(HttpError, match="announced"):
+        await p.request("PUT", "/k", "h", {}, StreamBody(announced, producer.chunks()))
+    assert producer.closed and server.requests == []  # the server never saw a whole request
+    assert (await p.request("GET", "/k", "h", {})).status == 200  # and the pool goes on
+    await p.close()
+
+
+async def test_a_producer_error_comes_through_and_the_connection_is_dropped(
+    serve: Callable[[Handler], Awaitable[Server]],
+) -> None:
+    class SourceGone(Exception):
+        pass
+
+    server = await serve(answer(200, b"ok"))
+    p = pool(server.port)
+    producer = Producer([b"x" * 1000], SourceGone("the source changed"))
+    with pytest.raises(SourceGone):
+        await p.request("PUT", "/k", "h", {}, StreamBody(5000, producer.chunks()))
+    assert producer.closed and server.requests == []
+    assert (await p.request("GET", "/k", "h", {})).status == 200 and server.connections == 2
+    await p.close()
+
+
+async def test_an_early_answer_stops_a_streamed_body_and_closes_its_producer() -> None:
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 400 BadDigest\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(3)
+        writer.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    p = pool(server.sockets[0].getsockname()[1], read_timeout=5)
+    endless = Producer([b"z" * (1024 * 1024)] * 256)  # 256 MiB that the server never reads
+    try:
+        r = await asyncio.wait_for(p.request("PUT", "/k", "h", {}, StreamBody(256 * 1024 * 1024, endless.chunks())), 5)
+        assert r.status == 400 and endless.closed
+    finally:
+        await p.close()
+        server.close()
+
+
+async def test_a_streamed_answer_arrives_in_pieces_and_keeps_its_connection(
+    serve: Callable[[Handler], Awaitable[Server]],
+) -> None:
+    body = os.urandom(8 * 1024 * 1024 + 3)
+    server = await serve(answer(200, body, "ETag: \"e\"\r\n"))
+    p = Http1Pool("http", "127.0.0.1", server.port, limit=1)
+    r = await p.stream("GET", "/k", "h", {})
+    assert (r.status, r.headers["etag"]) == (200, '"e"')
+    pieces = [piece async for piece in r.body]
+    assert b"".join(pieces) == body and len(pieces) > 1
+    for _ in range(2):  # the connection (the only one the limit allows) went back for reuse
+        r = await p.stream("GET", "/k", "h", {})
+        assert b"".join([piece async for piece in r.body]) == body
+    assert server.connections == 1
+    await p.close()
+
+
+async def test_an_error_answer_to_a_stream_is_read_whole(serve: Callable[[Handler], Awaitable[Server]]) -> None:
+    server = await serve(answer(404, b"<Code>NoSuchKey</Code>"))
+    p = Http1Pool("http", "127.0.0.1", server.port, limit=1)
+    for _ in range(2):
+        r = await p.stream("GET", "/k", "h", {})
+        assert (r.status, [piece async for piece in r.body]) == (404, [b"<Code>NoSuchKey</Code>"])
+    assert server.connections == 1
+    await p.close()
+
+
+async def test_a_stream_closed_early_drops_its_connection_and_frees_its_slot(
+    serve: Callable[[Handler], Awaitable[Server]],
+) -> None:
+    server = await serve(answer(200, os.urandom(16 * 1024 * 1024)))
+    p = Http1Pool("http", "127.0.0.1", server.port, limit=1)
+    r = await p.stream("GET", "/k", "h", {})
+    await anext(r.body)
+    await r.body.aclose()
+    r = await asyncio.wait_for(p.stream("GET", "/k", "h", {}), 5)  # the one slot is free again
+    assert sum([len(piece) async for piece in r.body]) == 16 * 1024 * 1024
+    assert server.connections == 2  # the half-read connection was not reused
+    await p.close()
+
+
+async def test_a_slow_reader_pauses_the_stream(serve: Callable[[Handler], Awaitable[Server]]) -> None:
+    """Reading stops while the reader is behind, so what waits in memory stays near the pause mark
+    however large the body."""
+    server = await serve(answer(200, os.urandom(48 * 1024 * 1024)))
+    p = pool(server.port)
+    r = await p.stream("GET", "/k", "h", {})
+    conn = next(iter(p._busy))
+    peak = total = 0
+    async for piece in r.body:
+        total += len(piece)
+        await asyncio.sleep(0.002)
+        assert conn._body is not None
+        peak = max(peak, conn._body.buffered)
+    assert total == 48 * 1024 * 1024 and peak <= 4 * 1024 * 1024
+    await p.close()
+
+
+async def test_a_reset_or_a_stall_mid_stream_is_an_error(serve: Callable[[Handler], Awaitable[Server]]) -> None:
+    async def handle(request: Request, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 100)
+        await writer.drain()
+        if request.target == "/reset":
+            await asyncio.sleep(0.05)
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+        else:
+            await asyncio.sleep(2)
+        return False
+
+    server = await serve(handle)
+    p = pool(server.port, read_timeout=0.3)
+    for target, error in (("/reset", "mid-answer"), ("/stall", "no more")):
+        r = await p.stream("GET", target, "h", {})
+        with pytest.raises(HttpError, match=error):
+            async for _ in r.body:
+                pass
     await p.close()

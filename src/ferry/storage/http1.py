@@ -1,21 +1,24 @@
-"""Lean HTTP/1.1 client for the S3 backend: a keep-alive connection pool, whole bodies in memory.
+"""Lean HTTP/1.1 client for the S3 backend: a keep-alive connection pool, bodies whole or streamed.
 
 Why not aiohttp here: copying small objects is CPU-bound on the copier's one event loop, and aiohttp's
 general-purpose request machinery (request and response objects, stream readers, tracing, cookie and
 redirect handling) was most of that CPU. S3 needs none of it: one request at a time per connection, a
-body that is wholly in memory, a response read whole. This module does exactly that, on an
-asyncio.Protocol, and frames responses as RFC 9112 section 6.3 says (no body for HEAD, 1xx, 204 and 304;
-chunked; Content-Length; else until the server closes).
+body in memory or streamed from an async generator of known total length, an answer read whole or (a
+successful one of known length) handed over piece by piece with reading paused while its reader is behind.
+This module does exactly that, on an asyncio.Protocol, and frames responses as RFC 9112 section 6.3 says
+(no body for HEAD, 1xx, 204 and 304; chunked; Content-Length; else until the server closes).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import os
 import re
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import NamedTuple, cast
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -23,6 +26,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 _MAX_HEAD = 64 * 1024  # a status line and headers larger than this are not a sane S3 answer
 _WRITE_SLICE = 1024 * 1024  # large bodies go out in slices, so the transport never copies a whole part
 _KEEP_BUFFER = 1024 * 1024  # a connection keeps a receive buffer up to this size for its next answer
+# A streamed answer pauses reading once this much waits for its reader, and resumes below a quarter of it.
+_STREAM_HIGH = 2 * 1024 * 1024
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _STATUS = re.compile(r"[1-5][0-9][0-9]")
 _DIGITS = re.compile(r"[0-9]{1,18}")
@@ -35,6 +40,27 @@ class HttpResponse(NamedTuple):
     status: int
     headers: CIMultiDictProxy[str]
     body: bytes
+
+
+class StreamedResponse(NamedTuple):
+    """An answer whose body arrives as `body` is iterated. The connection is busy until the body has been
+    read to its end (then it is kept for reuse) or closed early with `aclose()` (then it is dropped)."""
+
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: AsyncGenerator[bytes, None]
+
+
+class StreamBody(NamedTuple):
+    """A request body sent as it is produced: exactly `length` bytes from `chunks`.
+
+    It can be sent once only, so a request carrying one is never sent again on a fresh connection."""
+
+    length: int
+    chunks: AsyncGenerator[bytes | memoryview, None]
+
+
+Body = bytes | memoryview | StreamBody
 
 
 class HttpError(Exception):
@@ -58,10 +84,11 @@ class _Exchange:
     """Parser state of the response to one request."""
 
     __slots__ = ("body_start", "chunks", "head_only", "headers", "keep_alive", "length", "received", "scan",
-                 "status")
+                 "status", "stream")
 
-    def __init__(self, head_only: bool) -> None:
+    def __init__(self, head_only: bool, stream: bool = False) -> None:
         self.head_only = head_only
+        self.stream = stream  # a successful body of known length goes to its reader as it arrives
         self.status = 0
         self.headers: CIMultiDictProxy[str] | None = None
         self.keep_alive = True
@@ -70,6 +97,24 @@ class _Exchange:
         self.scan = 0  # chunked: where the next chunk-size line starts
         self.chunks: list[bytes] = []  # the body's pieces as they arrived (known length) or decoded (chunked)
         self.received = 0  # bytes in `chunks`, for a body of known length
+
+
+class _BodyPieces:
+    """A streamed body: the pieces received and not yet read, and how much is still to come."""
+
+    __slots__ = ("buffered", "error", "pieces", "remaining", "waiter")
+
+    def __init__(self, remaining: int) -> None:
+        self.pieces: collections.deque[bytes] = collections.deque()
+        self.buffered = 0
+        self.remaining = remaining
+        self.error: HttpError | None = None
+        self.waiter: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
 
 class _Connection(asyncio.Protocol):
@@ -96,6 +141,8 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._drain: asyncio.Future[None] | None = None
         self._paused = False
+        self._body: _BodyPieces | None = None  # the body being streamed to its reader
+        self._reading_paused = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -107,6 +154,11 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._wake_drain(exc)
+        body = self._body
+        if body is not None and body.remaining:
+            what = "reset the connection" if exc is not None else "closed the connection"
+            body.error = HttpError(f"the server {what} mid-answer")
+            body.wake()
         ex, waiter = self._ex, self._waiter
         if waiter is None or waiter.done() or ex is None:
             return
@@ -126,6 +178,9 @@ class _Connection(asyncio.Protocol):
         self._wake_drain(None)
 
     def data_received(self, data: bytes) -> None:
+        if self._body is not None:
+            self._feed(self._body, data)
+            return
         ex = self._ex
         if ex is None or self._waiter is None or self._waiter.done():
             # Bytes nobody asked for: the connection is out of step, so it must not be reused.
@@ -144,6 +199,14 @@ class _Connection(asyncio.Protocol):
             if ex.headers is None:
                 if not self._parse_head(ex):
                     return
+                if ex.length > 0 and ex.stream and 200 <= ex.status < 300:
+                    rest = self._take(ex.body_start, len(self._buf)) if len(self._buf) > ex.body_start else b""
+                    self._buf.clear()
+                    body = self._body = _BodyPieces(ex.length)
+                    self._finish(b"")  # the answer goes to its reader now; the body follows piece by piece
+                    if rest:
+                        self._feed(body, rest)
+                    return
                 if ex.length >= 0:
                     if len(self._buf) > ex.body_start:
                         ex.chunks.append(self._take(ex.body_start, len(self._buf)))
@@ -157,6 +220,50 @@ class _Connection(asyncio.Protocol):
         except HttpError as e:
             self._fail(e)
             self.abort()
+
+    # -- a streamed body ---------------------------------------------------------------------------
+    def _feed(self, body: _BodyPieces, data: bytes) -> None:
+        if not body.remaining:
+            self.abort()  # more than the answer announced: the connection is out of step
+            return
+        self._last_progress = self._loop.time()
+        if len(data) > body.remaining:
+            data = data[:body.remaining]
+            self.abort()
+        body.remaining -= len(data)
+        body.pieces.append(data)
+        body.buffered += len(data)
+        if body.buffered >= _STREAM_HIGH and not self._reading_paused and self.transport is not None:
+            self.transport.pause_reading()
+            self._reading_paused = True
+        body.wake()
+
+    @property
+    def streaming(self) -> bool:
+        return self._body is not None
+
+    async def next_piece(self) -> bytes | None:
+        """The next piece of the streamed body, or None after its last."""
+        body = self._body
+        assert body is not None
+        while not body.pieces:
+            if not body.remaining:
+                return None
+            if body.error is not None:
+                raise body.error
+            body.waiter = self._loop.create_future()
+            try:
+                async with asyncio.timeout(self._read_timeout):
+                    await body.waiter
+            except TimeoutError:
+                self.abort()
+                raise HttpTimeout(f"no more of the answer for {self._read_timeout:g} s") from None
+        piece = body.pieces.popleft()
+        body.buffered -= len(piece)
+        if self._reading_paused and body.buffered <= _STREAM_HIGH // 4 and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return piece
 
     # -- parsing ---------------------------------------------------------------------------------
     def _parse_head(self, ex: _Exchange) -> bool:
@@ -306,9 +413,13 @@ class _Connection(asyncio.Protocol):
             else:
                 drain.set_result(None)
 
-    async def _write(self, head: bytes, body: bytes | memoryview | None) -> None:
+    async def _write(self, head: bytes, body: Body | None) -> None:
         transport = self.transport
         assert transport is not None
+        if isinstance(body, StreamBody):
+            transport.write(head)
+            await self._write_stream(body)
+            return
         if not body:
             transport.write(head)
             return
@@ -316,23 +427,45 @@ class _Connection(asyncio.Protocol):
             transport.write(head + body)
             return
         transport.write(head)
-        view = memoryview(body)
+        await self._write_slices(memoryview(body))
+
+    async def _write_slices(self, view: memoryview) -> bool:
+        """Write `view` in slices under flow control; False when the exchange ended meanwhile."""
+        transport = self.transport
+        assert transport is not None
         waiter = self._waiter
         for offset in range(0, len(view), _WRITE_SLICE):
             if self.closed or waiter is None or waiter.done():
-                return  # failed by connection_lost, or answered early (see _finish)
+                return False  # failed by connection_lost, or answered early (see _finish)
             transport.write(view[offset:offset + _WRITE_SLICE])
             self._last_progress = self._loop.time()
             if self._paused:
                 self._drain = self._loop.create_future()
                 await self._drain
+        return True
+
+    async def _write_stream(self, body: StreamBody) -> None:
+        sent = 0
+        # However the exchange ends, the producer's own cleanup (memory it holds, reads it started) runs
+        # now rather than whenever the generator is collected.
+        async with contextlib.aclosing(body.chunks) as chunks:
+            async for chunk in chunks:
+                sent += len(chunk)
+                if sent > body.length:
+                    raise HttpError(f"the request body is longer than the {body.length} bytes announced")
+                with memoryview(chunk) as view:
+                    if not await self._write_slices(view):
+                        return
+        if sent != body.length:
+            raise HttpError(f"the request body ended after {sent} of the {body.length} bytes announced")
 
     # -- one exchange ----------------------------------------------------------------------------
-    async def exchange(self, head: bytes, body: bytes | memoryview | None, head_only: bool) -> HttpResponse:
+    async def exchange(self, head: bytes, body: Body | None, head_only: bool, stream: bool = False) -> HttpResponse:
         self._got_bytes = False
         if self.closed:
             raise HttpError("the server closed the connection before answering")
-        self._ex = _Exchange(head_only)
+        self._ex = _Exchange(head_only, stream)
+        self._body = None
         self._buf.clear()
         waiter = self._waiter = self._loop.create_future()
         self._last_progress = self._loop.time()
@@ -346,7 +479,9 @@ class _Connection(asyncio.Protocol):
         finally:
             self._writing = False
             self._cancel_timer()
-            if waiter.done() and not waiter.cancelled():
+            if not waiter.done():
+                waiter.cancel()  # the writer failed first: no answer is awaited, and none may be set later
+            elif not waiter.cancelled():
                 waiter.exception()  # retrieved, so a failure raised another way is not logged as lost
 
     @property
@@ -356,9 +491,10 @@ class _Connection(asyncio.Protocol):
 
     @property
     def reusable(self) -> bool:
-        ex = self._ex
+        ex, body = self._ex, self._body
         return not self.closed and ex is not None and ex.keep_alive and self._waiter is not None \
-            and self._waiter.done() and not self._waiter.cancelled() and self._waiter.exception() is None
+            and self._waiter.done() and not self._waiter.cancelled() and self._waiter.exception() is None \
+            and (body is None or not (body.remaining or body.pieces))
 
     def abort(self) -> None:
         self.closed = True
@@ -369,9 +505,9 @@ class _Connection(asyncio.Protocol):
 class Http1Pool:
     """Keep-alive connections to one origin (`scheme://host:port`), at most `limit` open at once.
 
-    `request` sends one request and returns the whole answer. A request on a reused connection that the
-    server closed before answering (it timed the idle connection out) is sent again on a new connection,
-    when its method is idempotent.
+    `request` sends one request and returns the whole answer; `stream` hands a body over as it arrives.
+    A request on a reused connection that the server closed before answering (it timed the idle
+    connection out) is sent again on a new connection, when its method is idempotent.
     """
 
     def __init__(
@@ -395,48 +531,91 @@ class Http1Pool:
         self._busy: set[_Connection] = set()
         self._closed = False
 
-    async def request(
-        self, method: str, target: str, host: str, headers: Mapping[str, str], body: bytes | memoryview | None = None,
-    ) -> HttpResponse:
-        """Send `method target` with `Host: host` and `headers`; raise HttpError (or a subclass) when no
-        answer came. Header names and values must not contain CR or LF (ValueError)."""
+    def _head(self, method: str, target: str, host: str, headers: Mapping[str, str], body: Body | None) -> bytes:
         lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {self._user_agent}\r\n"]
         lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
         if body is not None or method in ("PUT", "POST"):
-            lines.append(f"Content-Length: {len(body) if body is not None else 0}\r\n")
+            length = body.length if isinstance(body, StreamBody) else len(body) if body is not None else 0
+            lines.append(f"Content-Length: {length}\r\n")
         lines.append("\r\n")
         text = "".join(lines)
         # Every line ends in exactly one CRLF (the first item holds three lines); one more CR or LF
         # anywhere is an injected header.
         if text.count("\n") != len(lines) + 2 or text.count("\r") != len(lines) + 2 or " " in target:
             raise ValueError("a header name or value, or the target, contains a line break or a space")
-        head = text.encode("utf-8")
-        head_only = method == "HEAD"
-        async with self._limit:
-            conn = await self._connection()
-            try:
-                return await self._send(conn, head, body, head_only)
-            except HttpError:
-                if not (conn.reused and not conn.answered and method in _IDEMPOTENT):
-                    raise
-            # The server had closed the idle connection: once more, on a fresh one.
-            conn = await self._connection(fresh=True)
-            return await self._send(conn, head, body, head_only)
+        return text.encode("utf-8")
 
-    async def _send(self, conn: _Connection, head: bytes, body: bytes | memoryview | None,
-                    head_only: bool) -> HttpResponse:
+    async def request(
+        self, method: str, target: str, host: str, headers: Mapping[str, str], body: Body | None = None,
+    ) -> HttpResponse:
+        """Send `method target` with `Host: host` and `headers`; raise HttpError (or a subclass) when no
+        answer came. Header names and values must not contain CR or LF (ValueError)."""
+        head = self._head(method, target, host, headers, body)
+        async with self._limit:
+            # A streamed body cannot be sent twice, so it never risks an idle socket the server may have
+            # just closed.
+            _, response = await self._exchange(method, head, body, fresh=isinstance(body, StreamBody))
+            return response
+
+    async def stream(self, method: str, target: str, host: str, headers: Mapping[str, str]) -> StreamedResponse:
+        """Like `request` (with no body), but a successful answer of known length comes back as soon as its
+        headers have, its body to be read from `StreamedResponse.body`; any other answer is read whole
+        first. The connection counts against the limit until that body is read or closed."""
+        head = self._head(method, target, host, headers, None)
+        await self._limit.acquire()
+        try:
+            conn, response = await self._exchange(method, head, None, stream=True)
+        except BaseException:
+            self._limit.release()
+            raise
+        if not conn.streaming:
+            self._limit.release()
+            return StreamedResponse(response.status, response.headers, _whole(response.body))
+        pieces = self._pieces(conn)
+        await anext(pieces)  # started, so closing it (or collecting it) always hands the connection back
+        return StreamedResponse(response.status, response.headers, pieces)
+
+    async def _exchange(self, method: str, head: bytes, body: Body | None, *, fresh: bool = False,
+                        stream: bool = False) -> tuple[_Connection, HttpResponse]:
+        conn = await self._connection(fresh)
+        try:
+            return conn, await self._send(conn, head, body, method == "HEAD", stream)
+        except HttpError:
+            if not (conn.reused and not conn.answered and method in _IDEMPOTENT):
+                raise
+        # The server had closed the idle connection: once more, on a fresh one.
+        conn = await self._connection(fresh=True)
+        return conn, await self._send(conn, head, body, method == "HEAD", stream)
+
+    async def _send(self, conn: _Connection, head: bytes, body: Body | None, head_only: bool,
+                    stream: bool = False) -> HttpResponse:
         self._busy.add(conn)
         try:
-            response = await conn.exchange(head, body, head_only)
-        finally:
-            self._busy.discard(conn)
-            if conn.reusable and not self._closed:
-                conn.last_used = asyncio.get_running_loop().time()
-                conn.reused = True
-                self._idle.append(conn)
-            else:
-                conn.abort()
+            response = await conn.exchange(head, body, head_only, stream)
+        except BaseException:
+            self._release(conn)
+            raise
+        if not conn.streaming:
+            self._release(conn)
         return response
+
+    def _release(self, conn: _Connection) -> None:
+        self._busy.discard(conn)
+        if conn.reusable and not self._closed:
+            conn.last_used = asyncio.get_running_loop().time()
+            conn.reused = True
+            self._idle.append(conn)
+        else:
+            conn.abort()
+
+    async def _pieces(self, conn: _Connection) -> AsyncGenerator[bytes, None]:
+        try:
+            yield b""
+            while (piece := await conn.next_piece()) is not None:
+                yield piece
+        finally:
+            self._release(conn)  # kept only if the whole body was read
+            self._limit.release()
 
     async def _connection(self, fresh: bool = False) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -471,3 +650,8 @@ class Http1Pool:
             conn.abort()
         self._idle.clear()
         self._busy.clear()
+
+
+async def _whole(body: bytes) -> AsyncGenerator[bytes, None]:
+    if body:
+        yield body
