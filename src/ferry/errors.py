@@ -3,6 +3,7 @@
     FerryError
     ├── UsageError                 bad input from a user (CLI exit 2, API 400)
     ├── TransientError             retry with backoff: throttling, 5xx, resets, timeouts
+    │   └── DigestMismatchError    the store refused bytes that did not match the checksum sent with them
     ├── PermanentError             this object fails with a reason; the run goes on
     │   ├── NotFoundError          the object (or upload) does not exist
     │   ├── SourceChangedError     If-Match failed: the source changed mid-copy (retried by the engine)
@@ -39,6 +40,12 @@ class TransientError(FerryError):
     def __init__(self, message: str, *, key: str | None = None, retry_after: float | None = None) -> None:
         super().__init__(message, key=key)
         self.retry_after = retry_after
+
+
+class DigestMismatchError(TransientError):
+    """The store refused a write whose bytes did not match the Content-MD5 (or other checksum) sent with
+    it, and kept nothing. Damage on the way heals on another try; a checksum that was wrong to begin with
+    does not, so a caller that took it on trust tries again with its own."""
 
 
 class PermanentError(FerryError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -30,7 +31,8 @@ class ObjectInfo:
 
     `mtime` is seconds since the epoch (float); `etag` is as the store returns it, without quotes;
     `crc64` is the CRC-64/ECMA (XZ) value when the store reports one or Ferry stored one; `meta` is only
-    filled by HEAD, never by a listing.
+    filled by HEAD, never by a listing, and so is `md5`: the content's MD5 (lowercase hex) when the store
+    vouches that the ETag is one (a single-part upload not encrypted under a KMS or customer key).
     """
 
     key: str
@@ -40,6 +42,15 @@ class ObjectInfo:
     storage_class: str | None = None
     crc64: int | None = None
     meta: ObjectMeta | None = None
+    md5: str | None = None
+
+
+_MD5_HEX = re.compile(r"[0-9a-fA-F]{32}")
+
+
+def md5_of_etag(etag: str | None) -> str | None:
+    """`etag` as a lowercase MD5 hex when it has that form (a multipart ETag, `<hex>-<n>`, does not)."""
+    return etag.lower() if etag is not None and _MD5_HEX.fullmatch(etag) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,3 +69,4 @@ class PutResult:
 
     etag: str | None
     mtime: float | None = None
+    crc32c_verified: bool = False  # the store checked the bytes against a CRC32C sent with them

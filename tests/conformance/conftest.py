@@ -35,6 +35,7 @@ SEAWEEDFS_QUIRKS = {
 MOTO_QUIRKS = {
     "key-length-limit": "moto accepts keys longer than 1024 bytes",
     "copy-if-match": "moto ignores x-amz-copy-source-if-match",
+    "content-md5": "moto stores a PUT whose Content-MD5 does not match its bytes",
 }
 
 

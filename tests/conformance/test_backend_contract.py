@@ -13,11 +13,20 @@ import fastcrc
 import pytest
 
 from ferry.engine.checksums import crc64
-from ferry.errors import NotFoundError, PermanentError, SourceChangedError, TransientError
+from ferry.errors import (
+    DigestMismatchError,
+    FerryError,
+    NotFoundError,
+    PermanentError,
+    SourceChangedError,
+    TransientError,
+)
 from ferry.objects import ObjectInfo, ObjectMeta
 from ferry.storage.base import Backend, ListOrder
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, Callable
+
     from conftest import BackendFactory
 
 PLAIN = ObjectMeta(content_type="application/octet-stream")
@@ -363,6 +372,90 @@ async def test_storage_class_round_trip(backend: Backend) -> None:
         pytest.skip("the backend offers only the standard class")
     await backend.put("cold", b"brr", PLAIN, storage_class=classes[0])
     assert (await backend.head("cold")).storage_class == classes[0]
+
+
+# -- streamed put ---------------------------------------------------------------------------------------------
+def chunked(data: bytes, size: int, *, fail_after: int | None = None) -> Callable[[], AsyncGenerator[bytes, None]]:
+    """A body factory yielding `data` in `size`-byte chunks (raising SourceChangedError after `fail_after`
+    chunks); each call starts a fresh iterator and counts itself in `.calls`."""
+
+    async def body() -> AsyncGenerator[bytes, None]:
+        calls.append(1)
+        for n, at in enumerate(range(0, len(data), size)):
+            if fail_after is not None and n == fail_after:
+                raise SourceChangedError("the source changed mid-stream")
+            await asyncio.sleep(0)
+            yield data[at:at + size]
+
+    calls: list[int] = []
+    body.calls = calls  # type: ignore[attr-defined]
+    return body
+
+
+async def test_put_stream_round_trip(backend: Backend) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 1234)  # several of the HTTP client's 1 MiB write slices
+    md5 = hashlib.md5(data).hexdigest()
+    meta = ObjectMeta(content_type="text/x-streamed")
+    result = await backend.put_stream("streamed", len(data), chunked(data, 700_000), meta, crc64=crc64(data),
+                                      content_md5=md5)
+    assert result.etag is not None and result.etag.strip('"') == md5
+    info = await backend.head("streamed")
+    assert (info.size, info.crc64, info.md5, info.meta and info.meta.content_type) == (
+        len(data), crc64(data), md5, "text/x-streamed")
+    assert await backend.read("streamed") == data
+    # Without a Content-MD5: a store that can checks a trailing CRC32C instead, and says so.
+    again = await backend.put_stream("again", len(data), chunked(data, 1_000_000), PLAIN)
+    assert again.crc32c_verified is backend.capabilities.trailing_crc32c
+    assert await backend.read("again") == data
+    await backend.put_stream("empty", 0, chunked(b"", 1), PLAIN)
+    assert (await backend.head("empty")).size == 0
+
+
+async def test_read_stream_yields_the_object_in_pieces_with_its_info(backend: Backend) -> None:
+    data = os.urandom(5 * 1024 * 1024 + 17)
+    await backend.put("big", data, ObjectMeta(content_type="text/x-big"), crc64=crc64(data))
+    info, pieces = await backend.read_stream("big")
+    assert (info.size, info.crc64, info.meta and info.meta.content_type) == (len(data), crc64(data), "text/x-big")
+    got = [piece async for piece in pieces]
+    assert b"".join(got) == data and len(got) > 1
+    _, empty = await backend.read_stream("big", if_match=info.etag)
+    await empty.aclose()  # closed unread: nothing leaks, and the next read works
+    with pytest.raises(SourceChangedError):
+        await backend.read_stream("big", if_match="0" * 32)
+    with pytest.raises(NotFoundError):
+        await backend.read_stream("missing")
+    _, pieces = await backend.read_stream("big", if_match=info.etag)
+    assert b"".join([piece async for piece in pieces]) == data
+
+
+async def test_put_stream_refuses_a_wrong_content_md5_and_keeps_the_old_object(
+    request: pytest.FixtureRequest, backend_factory: BackendFactory, backend: Backend
+) -> None:
+    expect_quirk(request, backend_factory, "content-md5")
+    await backend.put("kept", b"old", PLAIN)
+    data = os.urandom(100_000)
+    wrong = hashlib.md5(data + b"x").hexdigest()
+    with pytest.raises(DigestMismatchError):
+        await backend.put_stream("kept", len(data), chunked(data, 30_000), PLAIN, content_md5=wrong)
+    assert await backend.read("kept") == b"old"
+    with pytest.raises(DigestMismatchError):
+        await backend.put_stream("never", len(data), chunked(data, 30_000), PLAIN, content_md5=wrong)
+    with pytest.raises(NotFoundError):
+        await backend.head("never")
+
+
+@pytest.mark.parametrize("case", ["short", "long", "source fails"])
+async def test_put_stream_with_a_bad_body_keeps_nothing(backend: Backend, case: str) -> None:
+    """A body that ends early, runs long, or fails midway (the source changed) fails the write; the
+    object is not created, and the source's own error comes through unchanged."""
+    data = os.urandom(200_000)
+    size = {"short": len(data) + 1, "long": len(data) - 1, "source fails": len(data)}[case]
+    body = chunked(data, 50_000, fail_after=2 if case == "source fails" else None)
+    with pytest.raises(SourceChangedError if case == "source fails" else FerryError):
+        await backend.put_stream("bad", size, body, PLAIN)
+    with pytest.raises(NotFoundError):
+        await backend.head("bad")
+    assert await listed(backend) == []
 
 
 # -- multipart ------------------------------------------------------------------------------------------------

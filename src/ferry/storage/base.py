@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import builtins
 import enum
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from ferry.errors import TransientError
 from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult
 
 
@@ -40,6 +41,7 @@ class Capabilities:
     restore: bool = False
     max_key_bytes: int = 1024
     part_crc32c: bool = False  # upload_part can have the store verify a CRC32C (S3 flexible checksums)
+    trailing_crc32c: bool = False  # put_stream has the store verify a CRC32C of the bytes sent after them
 
 
 @runtime_checkable
@@ -77,11 +79,29 @@ class Backend(Protocol):
         small-object hot path needs no HEAD; SourceChangedError when `if_match` fails."""
         ...
 
+    async def read_stream(
+        self, key: str, *, if_match: str | None = None
+    ) -> tuple[ObjectInfo, AsyncGenerator[bytes, None]]:
+        """The object's info with `meta` filled and its bytes, in pieces as they arrive, so a large object is
+        never held whole. The caller reads the pieces to the end or closes them (`aclose`); the pieces raise
+        a FerryError if the bytes stop short. SourceChangedError when `if_match` fails."""
+        ...
+
     async def put(
         self, key: str, data: bytes, meta: ObjectMeta, *, storage_class: str | None = None,
         crc64: int | None = None,
     ) -> PutResult:
         """Write a whole object; `crc64` is stored with it so later checks need no read."""
+        ...
+
+    async def put_stream(
+        self, key: str, size: int, body: Callable[[], AsyncGenerator[bytes, None]], meta: ObjectMeta, *,
+        storage_class: str | None = None, crc64: int | None = None, content_md5: str | None = None,
+    ) -> PutResult:
+        """Write a whole object of `size` bytes as `body()` yields them, never holding it all; `body` makes a
+        fresh iterator for each attempt. With `content_md5` (hex), the store checks the bytes against it and
+        on a mismatch keeps nothing and raises DigestMismatchError. Fewer bytes than `size`, or more, fail
+        the write and keep nothing."""
         ...
 
     async def create_multipart(
@@ -123,3 +143,16 @@ class Backend(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+async def ranged_pieces(
+    backend: Backend, key: str, size: int, etag: str | None, piece: int = 4 * 1024 * 1024
+) -> AsyncGenerator[bytes, None]:
+    """`key`'s `size` bytes by ranged reads of `piece` bytes pinned to `etag`: `read_stream` for a store
+    whose answers cannot be streamed."""
+    for offset in range(0, size, piece):
+        length = min(piece, size - offset)
+        data = await backend.read(key, offset=offset, length=length, if_match=etag)
+        if len(data) != length:
+            raise TransientError(f"short read at {offset}: {len(data)} of {length} bytes", key=key)
+        yield data

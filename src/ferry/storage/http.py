@@ -12,7 +12,7 @@ import asyncio
 import builtins
 import email.utils
 import ipaddress
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Mapping, Sequence
 from typing import Final, NoReturn
 from urllib.parse import unquote, urlsplit
 
@@ -28,7 +28,7 @@ from ferry.errors import (
     TransientError,
 )
 from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult
-from ferry.storage.base import Backend, Capabilities, ListOrder
+from ferry.storage.base import Backend, Capabilities, ListOrder, ranged_pieces
 
 _CAPS: Final = Capabilities(list_order=ListOrder.LEXICOGRAPHIC, copy_group=None, multipart=False,
                             etag_is_md5=False)
@@ -212,6 +212,14 @@ class UrlSource:
             body = body[offset:None if length is None else offset + length]
         return body
 
+    async def read_stream(
+        self, key: str, *, if_match: str | None = None
+    ) -> tuple[ObjectInfo, AsyncGenerator[bytes, None]]:
+        info = await self.head(key)
+        if if_match is not None and info.etag != if_match.strip('"'):
+            raise SourceChangedError(f"{key}: the ETag is now {info.etag}, expected {if_match}", key=key)
+        return info, ranged_pieces(self, key, info.size, info.etag)
+
     async def read_object(self, key: str, *, if_match: str | None = None) -> tuple[ObjectInfo, bytes]:
         headers = {"If-Match": f'"{if_match}"'} if if_match else {}
         _, got, body = await self._request("GET", key, headers)
@@ -224,6 +232,12 @@ class UrlSource:
 
     async def put(self, key: str, data: bytes, meta: ObjectMeta, *, storage_class: str | None = None,
                   crc64: int | None = None) -> PutResult:
+        self._read_only()
+
+    async def put_stream(
+        self, key: str, size: int, body: Callable[[], AsyncGenerator[bytes, None]], meta: ObjectMeta, *,
+        storage_class: str | None = None, crc64: int | None = None, content_md5: str | None = None,
+    ) -> PutResult:
         self._read_only()
 
     async def create_multipart(self, key: str, meta: ObjectMeta, *, storage_class: str | None = None,

@@ -64,13 +64,20 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Generator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ferry.errors import FatalError, NotFoundError, PermanentError, SourceChangedError, TransientError
-from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult
+from ferry.errors import (
+    DigestMismatchError,
+    FatalError,
+    NotFoundError,
+    PermanentError,
+    SourceChangedError,
+    TransientError,
+)
+from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult, md5_of_etag
 from ferry.storage.base import Backend, Capabilities, ListOrder
 from ferry.storage.profiles import CANONICAL_CLASSES
 from ferry.storage.wrappers import unwrap
@@ -466,6 +473,7 @@ class LocalBackend:
             key=key, size=st.st_size, mtime=st.st_mtime_ns / 1e9, etag=side.etag,
             storage_class=side.storage_class, crc64=side.crc64,
             meta=_meta_from_json(side.meta_doc) if with_meta else None,
+            md5=md5_of_etag(side.etag) if with_meta else None,
         )
 
     def _open(self, key: str) -> tuple[BinaryIO, os.stat_result, _Sidecar, bool]:
@@ -589,6 +597,36 @@ class LocalBackend:
         result: tuple[ObjectInfo, bytes] = await self._run("read", key, self._read_object_sync, key, if_match)
         return result
 
+    def _open_stream_sync(self, key: str, if_match: str | None) -> tuple[ObjectInfo, BinaryIO]:
+        f, st, side, fresh = self._open(key)
+        try:
+            self._check_if_match(key, side, fresh, if_match)
+        except BaseException:
+            f.close()
+            raise
+        return self._info(key, st, side, fresh, with_meta=True), f
+
+    async def read_stream(
+        self, key: str, *, if_match: str | None = None
+    ) -> tuple[ObjectInfo, AsyncGenerator[bytes, None]]:
+        opened: tuple[ObjectInfo, BinaryIO] = await self._run("read", key, self._open_stream_sync, key, if_match)
+        info, f = opened
+
+        async def pieces() -> AsyncGenerator[bytes, None]:
+            # The file stays open (a rename over it does not change what is read) and is read in pieces.
+            try:
+                left = info.size
+                while left > 0:
+                    piece: bytes = await self._run("read", key, f.read, min(_COPY_CHUNK, left))
+                    if not piece:
+                        raise TransientError(f"read {self.name}{key}: the file ended {left} bytes early", key=key)
+                    left -= len(piece)
+                    yield piece
+            finally:
+                f.close()
+
+        return info, pieces()
+
     # -- writes -------------------------------------------------------------------------------------------
     def _put_sync(
         self, key: str, data: bytes, meta: ObjectMeta, storage_class: str | None, crc64: int | None
@@ -603,6 +641,49 @@ class LocalBackend:
         crc64: int | None = None,
     ) -> PutResult:
         result: PutResult = await self._run("put", key, self._put_sync, key, data, meta, storage_class, crc64)
+        return result
+
+    def _put_stream_sync(
+        self, key: str, size: int, next_chunk: Callable[[], bytes | None], meta: ObjectMeta,
+        storage_class: str | None, crc64: int | None, content_md5: str | None,
+    ) -> PutResult:
+        full, path = self._data_path(key)
+        digest = hashlib.md5(usedforsecurity=False)
+
+        def write(out: BinaryIO) -> None:
+            received = 0
+            while (chunk := next_chunk()) is not None:
+                received += len(chunk)
+                if received > size:
+                    break
+                digest.update(chunk)
+                out.write(chunk)
+            if received != size:
+                raise PermanentError(f"put {self.name}{key}: the body held {received} bytes or more, not {size}",
+                                     key=key)
+            if content_md5 is not None and digest.hexdigest() != content_md5.lower():
+                raise DigestMismatchError(f"put {self.name}{key}: the bytes do not match their Content-MD5", key=key)
+
+        tmp = self._write_temp(os.path.dirname(path), write)
+        return self._commit(full, path, tmp, etag=digest.hexdigest(), meta=meta, storage_class=storage_class,
+                            crc64=crc64)
+
+    async def put_stream(
+        self, key: str, size: int, body: Callable[[], AsyncGenerator[bytes, None]], meta: ObjectMeta, *,
+        storage_class: str | None = None, crc64: int | None = None, content_md5: str | None = None,
+    ) -> PutResult:
+        # The file is written in a worker thread, which takes each chunk from the event loop in turn.
+        loop = asyncio.get_running_loop()
+        async with contextlib.aclosing(body()) as chunks:
+
+            async def pull() -> bytes | None:
+                return await anext(chunks, None)
+
+            def next_chunk() -> bytes | None:
+                return asyncio.run_coroutine_threadsafe(pull(), loop).result()
+
+            result: PutResult = await self._run("put", key, self._put_stream_sync, key, size, next_chunk, meta,
+                                                storage_class, crc64, content_md5)
         return result
 
     def _delete_sync(self, key: str) -> None:

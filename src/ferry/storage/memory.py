@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import bisect
 import builtins
+import contextlib
 import hashlib
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from ferry.errors import FatalError, NotFoundError, PermanentError, SourceChangedError
-from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult
+from ferry.errors import DigestMismatchError, FatalError, NotFoundError, PermanentError, SourceChangedError
+from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult, md5_of_etag
 from ferry.storage.base import Backend, Capabilities, ListOrder
 from ferry.storage.profiles import CANONICAL_CLASSES
 from ferry.storage.wrappers import unwrap
@@ -27,6 +28,7 @@ from ferry.storage.wrappers import unwrap
 __all__ = ["MemoryBackend", "MemoryStore"]
 
 _LIST_BATCH = 1000
+_PIECE = 1024 * 1024  # read_stream's pieces
 
 
 def _md5_hex(data: bytes) -> str:
@@ -180,6 +182,7 @@ class MemoryBackend:
         return ObjectInfo(
             key=key, size=len(obj.data), mtime=obj.mtime, etag=obj.etag, storage_class=obj.storage_class,
             crc64=obj.crc64, meta=obj.meta if with_meta else None,
+            md5=md5_of_etag(obj.etag) if with_meta else None,
         )
 
     def _store_object(self, full: str, obj: _Object) -> None:
@@ -243,6 +246,18 @@ class MemoryBackend:
         self._check_if_match(key, obj, if_match)
         return self._info(key, obj, with_meta=True), obj.data
 
+    async def read_stream(
+        self, key: str, *, if_match: str | None = None
+    ) -> tuple[ObjectInfo, AsyncGenerator[bytes, None]]:
+        obj = self._get(key)
+        self._check_if_match(key, obj, if_match)
+
+        async def pieces() -> AsyncGenerator[bytes, None]:
+            for at in range(0, len(obj.data), _PIECE):
+                yield obj.data[at:at + _PIECE]
+
+        return self._info(key, obj, with_meta=True), pieces()
+
     async def put(
         self, key: str, data: bytes, meta: ObjectMeta, *, storage_class: str | None = None,
         crc64: int | None = None,
@@ -252,6 +267,19 @@ class MemoryBackend:
         obj = _Object(body, _md5_hex(body), time.time(), _own_meta(meta), storage_class, crc64)
         self._store_object(full, obj)
         return PutResult(etag=obj.etag, mtime=obj.mtime)
+
+    async def put_stream(
+        self, key: str, size: int, body: Callable[[], AsyncGenerator[bytes, None]], meta: ObjectMeta, *,
+        storage_class: str | None = None, crc64: int | None = None, content_md5: str | None = None,
+    ) -> PutResult:
+        async with contextlib.aclosing(body()) as chunks:
+            pieces = [bytes(chunk) async for chunk in chunks]
+        data = b"".join(pieces)
+        if len(data) != size:
+            raise PermanentError(f"put {self.name}{key}: the body held {len(data)} bytes, not {size}", key=key)
+        if content_md5 is not None and _md5_hex(data) != content_md5.lower():
+            raise DigestMismatchError(f"put {self.name}{key}: the bytes do not match their Content-MD5", key=key)
+        return await self.put(key, data, meta, storage_class=storage_class, crc64=crc64)
 
     async def create_multipart(
         self, key: str, meta: ObjectMeta, *, storage_class: str | None = None, crc64: int | None = None

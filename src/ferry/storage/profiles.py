@@ -36,6 +36,9 @@ class Profile:
       KMS key (and how the response confirms it).
     - `part_crc32c`: UploadPart verifies an `x-amz-checksum-crc32c` header and echoes it (seen on the store
       itself, not assumed: some stores refuse part checksums an upload was not created with).
+    - `trailing_crc32c`: a streamed PUT (aws-chunked, STREAMING-UNSIGNED-PAYLOAD-TRAILER) is checked against
+      the `x-amz-checksum-crc32c` trailer after its bytes, refused on a mismatch and echoed (seen on the
+      store; sent without `Content-Encoding: aws-chunked`, which SeaweedFS would store as the object's).
     """
 
     name: str
@@ -57,6 +60,7 @@ class Profile:
     from_vendor: Mapping[str, str]
     restore: bool
     part_crc32c: bool
+    trailing_crc32c: bool
     min_part_size: int
     max_part_size: int
     max_parts: int
@@ -120,6 +124,7 @@ class Profile:
             restore=self.restore,
             max_key_bytes=self.max_key_bytes,
             part_crc32c=self.part_crc32c,
+            trailing_crc32c=self.trailing_crc32c,
         )
 
     def replace(self, **changes: Any) -> Profile:
@@ -149,6 +154,7 @@ def _build(name: str, raw: Mapping[str, Any], defaults: Mapping[str, Any]) -> Pr
         from_vendor={k.upper(): v for k, v in merged["from_vendor"].items()},
         restore=bool(merged["restore"]),
         part_crc32c=bool(merged["part_crc32c"]),
+        trailing_crc32c=bool(merged["trailing_crc32c"]),
         min_part_size=int(merged["min_part_size"]),
         max_part_size=int(merged["max_part_size"]),
         max_parts=int(merged["max_parts"]),

@@ -7,6 +7,7 @@ import base64
 import builtins
 import calendar
 import collections
+import contextlib
 import datetime as dt
 import email.header
 import email.utils
@@ -15,13 +16,17 @@ import hashlib
 import ipaddress
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import unquote_plus, urlsplit
 from xml.sax.saxutils import escape as xml_escape
 
+import fastcrc
+from multidict import CIMultiDictProxy
+
 from ferry.errors import (
     ArchivedObjectError,
+    DigestMismatchError,
     FatalError,
     FerryError,
     NotFoundError,
@@ -31,9 +36,9 @@ from ferry.errors import (
     UsageError,
     VerificationError,
 )
-from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult
+from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult, md5_of_etag
 from ferry.storage.base import Backend, Capabilities
-from ferry.storage.http1 import Http1Pool, HttpConnectError, HttpError, HttpResponse, HttpTimeout
+from ferry.storage.http1 import Body, Http1Pool, HttpConnectError, HttpError, HttpResponse, HttpTimeout, StreamBody
 from ferry.storage.profiles import Profile, get_profile
 from ferry.storage.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, SigV4Signer, canonical_query, quote_path
 
@@ -43,13 +48,58 @@ _CODE_RE = re.compile(rb"<Code>([^<]{1,100})</Code>")
 _TRANSIENT_CODES = frozenset({
     "SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling", "ThrottlingException",
     "RequestLimitExceeded", "TooManyRequests", "OperationAborted", "RequestTimeTooSkewed",
-    "BadDigest",  # the bytes were damaged on the way (a checksum did not match): sending them again may work
 })
 _FATAL_CODES = frozenset({
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket", "AllAccessDisabled",
     "AccountProblem", "InvalidBucketName", "AuthorizationHeaderMalformed", "PermanentRedirect",
     "InvalidToken", "ExpiredToken", "InvalidSecurity", "UserSuspended",
 })
+
+
+_CRC32C_HEADER = "x-amz-checksum-crc32c"
+_STREAMING_TRAILER = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+_FRAME = 1024 * 1024  # bytes of data per aws-chunked frame
+
+
+class _Crc32cTrailer:
+    """An aws-chunked body: the data in frames of `_FRAME` bytes (the last shorter), then a zero frame and
+    the data's CRC32C as the `x-amz-checksum-crc32c` trailer. Fixed frames make the encoded length known
+    before the first byte, as Content-Length needs; pieces are cut into frames without copying."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        full, last = divmod(size, _FRAME)
+        framing = full * (len(f"{_FRAME:x}") + 4) + (len(f"{last:x}") + 4 if last else 0)
+        self.length = size + framing + len(self._tail("A" * 8))
+        self.value = ""
+
+    @staticmethod
+    def _tail(value: str) -> bytes:
+        return f"0\r\n{_CRC32C_HEADER}:{value}\r\n\r\n".encode("ascii")
+
+    async def frame(self, pieces: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes | memoryview, None]:
+        crc = 0
+        left = self.size  # data still to come, of which `in_frame` belongs to the open frame
+        in_frame = 0
+        async with contextlib.aclosing(pieces):
+            async for piece in pieces:
+                crc = fastcrc.crc32.iscsi(piece, crc)
+                view = memoryview(piece)
+                while view:
+                    if not in_frame:
+                        if not left:
+                            raise HttpError("the request body is longer than announced")
+                        in_frame = min(_FRAME, left)
+                        yield f"{in_frame:x}\r\n".encode("ascii")
+                    take = view[:in_frame]
+                    yield take
+                    view = view[len(take):]
+                    in_frame -= len(take)
+                    left -= len(take)
+                    if not in_frame:
+                        yield b"\r\n"
+        self.value = base64.b64encode(crc.to_bytes(4, "big")).decode("ascii")
+        yield self._tail(self.value)
 
 
 class S3Backend:
@@ -156,41 +206,18 @@ class S3Backend:
         *,
         query: Iterable[tuple[str, str]] = (),
         headers: Mapping[str, str] | None = None,
-        data: bytes | None = None,
+        data: Body | None = None,
         ok: tuple[int, ...] = (200,),
         path: str | None = None,
+        payload_hash: str | None = None,
     ) -> HttpResponse:
         """Sign and send one request; raise the mapped ferry error unless the status is in `ok`."""
-        if path is None:
-            path = self._key_path(key) if key is not None else (self._bucket_path or "/")
-        qs = canonical_query(query)
-        if self._security_token is not None:
-            headers = {**(headers or {}), "x-amz-security-token": self._security_token}
-        payload_hash = UNSIGNED_PAYLOAD
-        if self._sign_payload:
-            payload_hash = hashlib.sha256(data).hexdigest() if data else EMPTY_SHA256
-        signed = self._signer.sign(method, self._netloc, path, qs, headers or {}, payload_hash=payload_hash)
+        target, signed = self._signed(method, key, query, headers, data, path, payload_hash)
         failure: FerryError
         try:
-            result = await self._get_pool().request(method, f"{path}?{qs}" if qs else path, self._netloc,
-                                                    signed, data)
-        except HttpConnectError as e:
-            if e.certificate:
-                failure = FatalError(f"{op} {self._where(key)}: TLS certificate rejected by {self._hostname}",
-                                     key=key)
-            else:
-                failure = FatalError(
-                    f"{op} {self._where(key)}: cannot connect to {self._hostname}:{self._port} ({e.reason})",
-                    key=key,
-                )
-        except HttpTimeout:
-            failure = TransientError(f"{op} {self._where(key)}: timed out", key=key)
-        except HttpError as e:
-            # Resets, disconnects, truncated answers: the request may succeed on another try.
-            failure = TransientError(f"{op} {self._where(key)}: {e}", key=key)
-        except ValueError:
-            # A line break in a header value (user metadata from a source, say) would inject a header.
-            failure = PermanentError(f"{op} {self._where(key)}: a header value holds a line break", key=key)
+            result = await self._get_pool().request(method, target, self._netloc, signed, data)
+        except (HttpError, ValueError) as e:
+            failure = self._failure(op, key, e)
         else:
             if result.status not in ok:
                 raise self._error(op, key, result)
@@ -198,6 +225,68 @@ class S3Backend:
         # Raised outside the except blocks so no SDK exception (which may quote request headers) stays
         # attached as __context__.
         raise failure
+
+    async def _send_stream(
+        self, method: str, op: str, key: str, *, headers: Mapping[str, str] | None = None,
+    ) -> tuple[CIMultiDictProxy[str], AsyncGenerator[bytes, None]]:
+        """Like `_send`, but a successful answer's body comes as it arrives (see `Http1Pool.stream`)."""
+        target, signed = self._signed(method, key, (), headers, None, None, None)
+        failure: FerryError
+        try:
+            result = await self._get_pool().stream(method, target, self._netloc, signed)
+            if result.status != 200:
+                whole = HttpResponse(result.status, result.headers, b"".join([p async for p in result.body]))
+                raise self._error(op, key, whole)
+        except (HttpError, ValueError) as e:
+            failure = self._failure(op, key, e)
+        else:
+            return result.headers, self._pieces(op, key, result.body)
+        raise failure
+
+    async def _pieces(self, op: str, key: str, body: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+        failure: FerryError | None = None
+        async with contextlib.aclosing(body):
+            try:
+                async for piece in body:
+                    yield piece
+            except HttpError as e:
+                failure = self._failure(op, key, e)
+        if failure is not None:
+            raise failure
+
+    def _signed(
+        self, method: str, key: str | None, query: Iterable[tuple[str, str]], headers: Mapping[str, str] | None,
+        data: Body | None, path: str | None, payload_hash: str | None,
+    ) -> tuple[str, dict[str, str]]:
+        """The request target and the signed headers."""
+        if path is None:
+            path = self._key_path(key) if key is not None else (self._bucket_path or "/")
+        qs = canonical_query(query)
+        if self._security_token is not None:
+            headers = {**(headers or {}), "x-amz-security-token": self._security_token}
+        if payload_hash is None:
+            payload_hash = UNSIGNED_PAYLOAD
+            if self._sign_payload and not isinstance(data, StreamBody):
+                # A streamed body is not known in advance; it goes unsigned, checked by a checksum.
+                payload_hash = hashlib.sha256(data).hexdigest() if data else EMPTY_SHA256
+        signed = self._signer.sign(method, self._netloc, path, qs, headers or {}, payload_hash=payload_hash)
+        return (f"{path}?{qs}" if qs else path), signed
+
+    def _failure(self, op: str, key: str | None, exc: Exception) -> FerryError:
+        """The ferry error for a request that got no answer (or could not be sent)."""
+        if isinstance(exc, HttpConnectError):
+            if exc.certificate:
+                return FatalError(f"{op} {self._where(key)}: TLS certificate rejected by {self._hostname}", key=key)
+            return FatalError(
+                f"{op} {self._where(key)}: cannot connect to {self._hostname}:{self._port} ({exc.reason})", key=key,
+            )
+        if isinstance(exc, HttpTimeout):
+            return TransientError(f"{op} {self._where(key)}: timed out", key=key)
+        if isinstance(exc, HttpError):
+            # Resets, disconnects, truncated answers: the request may succeed on another try.
+            return TransientError(f"{op} {self._where(key)}: {exc}", key=key)
+        # A line break in a header value (user metadata from a source, say) would inject a header.
+        return PermanentError(f"{op} {self._where(key)}: a header value holds a line break", key=key)
 
     def _where(self, key: str | None) -> str:
         return f"{self.name}{key}" if key is not None else self.name
@@ -209,6 +298,10 @@ class S3Backend:
             m = _CODE_RE.search(resp.body)
             code = m.group(1).decode("ascii", "replace") if m else None
         msg = f"{op} {self._where(key)}: HTTP {status}" + (f" {code}" if code else "")
+        if code in ("BadDigest", "InvalidDigest"):
+            # The bytes did not match the checksum sent with them (SeaweedFS says InvalidDigest for a
+            # trailing one); damage on the way heals on another try.
+            return DigestMismatchError(msg, key=key)
         if status in (429, 500, 502, 503, 504) or code in _TRANSIENT_CODES:
             return TransientError(msg, key=key, retry_after=_retry_after(resp.headers))
         if code == "InvalidObjectState":
@@ -419,6 +512,13 @@ class S3Backend:
         resp = await self._send("GET", "read", key, headers=headers)
         return self._info_from_headers(key, resp.headers, len(resp.body)), resp.body
 
+    async def read_stream(
+        self, key: str, *, if_match: str | None = None
+    ) -> tuple[ObjectInfo, AsyncGenerator[bytes, None]]:
+        headers = {"If-Match": _quote_etag(if_match)} if if_match else {}
+        got, pieces = await self._send_stream("GET", "read", key, headers=headers)
+        return self._info_from_headers(key, got, None), pieces
+
     def _info_from_headers(self, key: str, headers: Mapping[str, str], size: int | None) -> ObjectInfo:
         # One pass into a plain dict: case-insensitive multidict lookups cost more than the copy.
         h = {name.lower(): value for name, value in headers.items()}
@@ -446,14 +546,21 @@ class S3Backend:
             user=user,
         )
         etag = h.get("etag")
+        if etag:
+            etag = etag.strip('"')
+        # Under a KMS or customer key the ETag is not the content's MD5 (AWS); SSE-S3 (AES256) keeps it.
+        sse = h.get(self.profile.sse_header, "").lower()
+        customer_key = self.profile.sse_header + "-customer-algorithm" in h
+        md5 = md5_of_etag(etag) if self.profile.etag_is_md5 and sse in ("", "aes256") and not customer_key else None
         return ObjectInfo(
             key=key,
             size=size if size is not None else int(h.get("content-length") or 0),
             mtime=_http_to_epoch(h.get("last-modified")),
-            etag=etag.strip('"') if etag else None,
+            etag=etag or None,
             storage_class=self.profile.canonical_class(h.get(self.profile.storage_class_header) or "STANDARD"),
             crc64=crc64,
             meta=meta,
+            md5=md5,
         )
 
     # -- writes -----------------------------------------------------------------------------------
@@ -506,6 +613,30 @@ class S3Backend:
         resp = await self._send("PUT", "put", key, headers=headers, data=data)
         await self._check_encrypted("put", key, resp.headers)
         return PutResult(etag=_etag(resp.headers))
+
+    async def put_stream(
+        self, key: str, size: int, body: Callable[[], AsyncGenerator[bytes, None]], meta: ObjectMeta, *,
+        storage_class: str | None = None, crc64: int | None = None, content_md5: str | None = None,
+    ) -> PutResult:
+        headers = self._write_headers(meta, storage_class, crc64)
+        headers.setdefault("Content-Type", "application/octet-stream")
+        if content_md5 is not None:
+            headers["Content-MD5"] = base64.b64encode(bytes.fromhex(content_md5)).decode("ascii")
+            resp = await self._send("PUT", "put", key, headers=headers, data=StreamBody(size, body()))
+            verified = False
+        elif self.profile.trailing_crc32c:
+            trailer = _Crc32cTrailer(size)
+            headers["x-amz-trailer"] = _CRC32C_HEADER
+            headers["x-amz-decoded-content-length"] = str(size)
+            resp = await self._send("PUT", "put", key, headers=headers, payload_hash=_STREAMING_TRAILER,
+                                    data=StreamBody(trailer.length, trailer.frame(body())))
+            # Verified only if the store echoes the value: one that ignored the trailer checked nothing.
+            verified = resp.headers.get(_CRC32C_HEADER) == trailer.value
+        else:
+            resp = await self._send("PUT", "put", key, headers=headers, data=StreamBody(size, body()))
+            verified = False
+        await self._check_encrypted("put", key, resp.headers)
+        return PutResult(etag=_etag(resp.headers), crc32c_verified=verified)
 
     async def create_multipart(
         self, key: str, meta: ObjectMeta, *, storage_class: str | None = None, crc64: int | None = None

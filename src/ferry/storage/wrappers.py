@@ -12,10 +12,10 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from ferry.errors import TransientError
+from ferry.errors import DigestMismatchError, TransientError
 from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult
 from ferry.storage.base import Backend, Capabilities
 
@@ -75,11 +75,23 @@ class BackendWrapper:
     async def read_object(self, key: str, *, if_match: str | None = None) -> tuple[ObjectInfo, bytes]:
         return await self.inner.read_object(key, if_match=if_match)
 
+    async def read_stream(
+        self, key: str, *, if_match: str | None = None
+    ) -> tuple[ObjectInfo, AsyncGenerator[bytes, None]]:
+        return await self.inner.read_stream(key, if_match=if_match)
+
     async def put(
         self, key: str, data: bytes, meta: ObjectMeta, *, storage_class: str | None = None,
         crc64: int | None = None,
     ) -> PutResult:
         return await self.inner.put(key, data, meta, storage_class=storage_class, crc64=crc64)
+
+    async def put_stream(
+        self, key: str, size: int, body: Callable[[], AsyncGenerator[bytes, None]], meta: ObjectMeta, *,
+        storage_class: str | None = None, crc64: int | None = None, content_md5: str | None = None,
+    ) -> PutResult:
+        return await self.inner.put_stream(key, size, body, meta, storage_class=storage_class, crc64=crc64,
+                                           content_md5=content_md5)
 
     async def create_multipart(
         self, key: str, meta: ObjectMeta, *, storage_class: str | None = None, crc64: int | None = None
@@ -166,12 +178,15 @@ class RetryingBackend(BackendWrapper):
                  failures, exc, wait)
         await self._sleep(wait)
 
-    async def _call(self, op: str, key: str | None, fn: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, op: str, key: str | None, fn: Callable[[], Awaitable[T]],
+                    final: tuple[type[TransientError], ...] = ()) -> T:
         failures = 0
         while True:
             try:
                 return await fn()
             except TransientError as exc:
+                if isinstance(exc, final):
+                    raise
                 failures += 1
                 await self._backoff(op, key, failures, exc)
 
@@ -205,12 +220,31 @@ class RetryingBackend(BackendWrapper):
     async def read_object(self, key: str, *, if_match: str | None = None) -> tuple[ObjectInfo, bytes]:
         return await self._call("read", key, lambda: self.inner.read_object(key, if_match=if_match))
 
+    async def read_stream(
+        self, key: str, *, if_match: str | None = None
+    ) -> tuple[ObjectInfo, AsyncGenerator[bytes, None]]:
+        # Opening is retried; a failure once the pieces flow is the caller's to retry (it holds them).
+        return await self._call("read", key, lambda: self.inner.read_stream(key, if_match=if_match))
+
     async def put(
         self, key: str, data: bytes, meta: ObjectMeta, *, storage_class: str | None = None,
         crc64: int | None = None,
     ) -> PutResult:
         return await self._call(
             "put", key, lambda: self.inner.put(key, data, meta, storage_class=storage_class, crc64=crc64)
+        )
+
+    async def put_stream(
+        self, key: str, size: int, body: Callable[[], AsyncGenerator[bytes, None]], meta: ObjectMeta, *,
+        storage_class: str | None = None, crc64: int | None = None, content_md5: str | None = None,
+    ) -> PutResult:
+        # A refused Content-MD5 is handed straight back: the caller may have taken it on trust (a source's
+        # ETag), and sending the same bytes with it again would be refused again.
+        return await self._call(
+            "put", key,
+            lambda: self.inner.put_stream(key, size, body, meta, storage_class=storage_class, crc64=crc64,
+                                          content_md5=content_md5),
+            final=(DigestMismatchError,) if content_md5 is not None else (),
         )
 
     async def create_multipart(
@@ -324,7 +358,7 @@ class BandwidthLimiter:
 
 
 class ThrottledBackend(BackendWrapper):
-    """Charges the bytes of read, read_object, put and upload_part to a BandwidthLimiter.
+    """Charges the bytes of reads, writes and uploaded parts to a BandwidthLimiter.
 
     Reads are charged after the data arrives (their size is known only then), writes before they are sent;
     server-side copies move no bytes through us and are not charged.
@@ -346,12 +380,31 @@ class ThrottledBackend(BackendWrapper):
         await self.limiter.acquire(len(data))
         return info, data
 
+    async def read_stream(
+        self, key: str, *, if_match: str | None = None
+    ) -> tuple[ObjectInfo, AsyncGenerator[bytes, None]]:
+        info, pieces = await self.inner.read_stream(key, if_match=if_match)
+        return info, self._charged(pieces)
+
+    async def _charged(self, pieces: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+        async with contextlib.aclosing(pieces):
+            async for piece in pieces:
+                await self.limiter.acquire(len(piece))
+                yield piece
+
     async def put(
         self, key: str, data: bytes, meta: ObjectMeta, *, storage_class: str | None = None,
         crc64: int | None = None,
     ) -> PutResult:
         await self.limiter.acquire(len(data))
         return await self.inner.put(key, data, meta, storage_class=storage_class, crc64=crc64)
+
+    async def put_stream(
+        self, key: str, size: int, body: Callable[[], AsyncGenerator[bytes, None]], meta: ObjectMeta, *,
+        storage_class: str | None = None, crc64: int | None = None, content_md5: str | None = None,
+    ) -> PutResult:
+        return await self.inner.put_stream(key, size, lambda: self._charged(body()), meta,
+                                           storage_class=storage_class, crc64=crc64, content_md5=content_md5)
 
     async def upload_part(
         self, key: str, upload_id: str, part_number: int, data: bytes, *, crc32c: int | None = None
