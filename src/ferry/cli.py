@@ -58,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only objects modified at or after TIME (epoch seconds or ISO 8601)")
     m.add_argument("--concurrency", type=int, default=64, metavar="N", help="objects in flight (default 64)")
     m.add_argument("--part-size", type=int, default=16, metavar="MIB", help="multipart part size in MiB (default 16)")
-    m.add_argument("--multipart-threshold", type=int, default=32, metavar="MIB",
-                   help="objects at least this big (MiB) are copied in parallel parts")
+    m.add_argument("--multipart-threshold", type=int, default=128, metavar="MIB",
+                   help="objects at least this big (MiB, default 128) are copied in parallel parts that a "
+                        "restarted run resumes; smaller ones from 16 MiB are streamed into one PUT")
     m.add_argument("--memory-limit", type=int, default=96, metavar="MIB",
                    help="object data held in memory at once (MiB, default 96; peak RSS is about twice this)")
     m.add_argument("--state-dir", metavar="DIR", help="where the resumable job state lives")

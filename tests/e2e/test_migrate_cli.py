@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cli_helpers import FERRY, ferry_env, migrate_argv, run_ferry, s3_client
 
 MiB = 1024 * 1024
@@ -171,6 +172,55 @@ def test_crc64_check_stores_crc_on_destination(seaweed_a: Any, seaweed_b: Any, b
             await b.close()
 
     assert asyncio.run(head()) == crc64(body)
+
+
+@pytest.mark.parametrize("check", ["size_last_modified", "crc64"])
+def test_mid_size_objects_are_streamed_and_verified(seaweed_a: Any, seaweed_b: Any, bucket_factory: Any,
+                                                    tmp_path: Path, check: str) -> None:
+    """Around the 16 MiB stream threshold with the default settings: below it an object is read whole,
+    from it up streamed into one PUT that the destination checks against the source's MD5."""
+    import asyncio
+
+    from ferry.engine.checksums import crc64
+    from ferry.storage.registry import open_backend
+
+    src_c, dst_c = s3_client(seaweed_a), s3_client(seaweed_b)
+    sb, db = bucket_factory(seaweed_a), bucket_factory(seaweed_b)
+    sizes = (16 * MiB - 1, 16 * MiB, 24 * MiB + 3) if check == "size_last_modified" else (17 * MiB,)
+    bodies = {f"mid/{size}": os.urandom(size) for size in sizes}
+    for key, body in bodies.items():
+        src_c.put_object(Bucket=sb, Key=key, Body=body, ContentType="application/x-mid")
+    # Uploaded in parts, so its ETag is no MD5: the destination checks a trailing CRC32C instead.
+    key = "mid/multipart-source"
+    bodies[key] = os.urandom(18 * MiB + 5)
+    upload = src_c.create_multipart_upload(Bucket=sb, Key=key, ContentType="application/x-mid")["UploadId"]
+    parts = []
+    for n, at in enumerate(range(0, len(bodies[key]), 6 * MiB), start=1):
+        etag = src_c.upload_part(Bucket=sb, Key=key, UploadId=upload, PartNumber=n,
+                                 Body=bodies[key][at:at + 6 * MiB])["ETag"]
+        parts.append({"PartNumber": n, "ETag": etag})
+    src_c.complete_multipart_upload(Bucket=sb, Key=key, UploadId=upload, MultipartUpload={"Parts": parts})
+    assert "-" in src_c.head_object(Bucket=sb, Key=key)["ETag"]
+    run = run_ferry(migrate_argv(seaweed_a, sb, seaweed_b, db, tmp_path, "--consistency-check", check),
+                    ferry_env(seaweed_a, seaweed_b))
+    assert run.code == 0, run.stderr
+    assert (run.summary["success"], run.summary["failed"]) == (len(bodies), 0)
+
+    async def crcs() -> dict[str, int | None]:
+        b = open_backend(f"s3://{db}", endpoint=seaweed_b.endpoint, region="us-east-1",
+                         access_key=seaweed_b.access_key, secret_key=seaweed_b.secret_key, profile=None)
+        try:
+            return {key: (await b.head(key)).crc64 for key in bodies}
+        finally:
+            await b.close()
+
+    stored = asyncio.run(crcs())
+    for key, body in bodies.items():
+        got = dst_c.get_object(Bucket=db, Key=key)
+        assert got["Body"].read() == body, key
+        assert got["ContentType"] == "application/x-mid"
+        assert got["ETag"].strip('"') == hashlib.md5(body).hexdigest()
+        assert stored[key] == (crc64(body) if check == "crc64" else None)
 
 
 def test_bad_usage_and_unreachable_endpoints_exit_2_with_one_line(

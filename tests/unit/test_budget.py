@@ -57,3 +57,34 @@ async def test_a_cancelled_wait_takes_nothing() -> None:
     assert budget.in_use == 0
     async with budget.hold(10):  # the whole budget is free again, with nobody left waiting
         assert budget.in_use == 10
+
+
+async def test_requests_are_served_in_order_and_try_acquire_does_not_jump_the_queue() -> None:
+    budget = MemoryBudget(10)
+    assert budget.try_acquire(8)
+    served: list[str] = []
+
+    async def want(name: str, n: int) -> None:
+        await budget.acquire(n)
+        served.append(name)
+
+    big = asyncio.create_task(want("big", 6))
+    await asyncio.sleep(0)
+    small = asyncio.create_task(want("small", 1))
+    await asyncio.sleep(0)
+    assert served == [] and not budget.try_acquire(1)  # 2 bytes are free, but "big" waits ahead
+    budget.release(8)
+    await asyncio.gather(big, small)
+    assert served == ["big", "small"] and budget.in_use == 7
+
+
+async def test_a_wait_granted_as_it_is_cancelled_gives_the_bytes_back() -> None:
+    budget = MemoryBudget(10)
+    assert budget.try_acquire(10)
+    waiter = asyncio.create_task(budget.acquire(4))
+    await asyncio.sleep(0)
+    budget.release(10)  # grants the waiter's 4 bytes ...
+    waiter.cancel()  # ... just before it can run
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert budget.in_use == 0

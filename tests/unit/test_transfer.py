@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import hashlib
 import os
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from ferry.engine.checksums import crc64
 from ferry.engine.compare import ConsistencyCheck, OverwriteMode
 from ferry.engine.copier import CopyOptions
 from ferry.engine.pipeline import TransferOptions
-from ferry.errors import FatalError, TransientError
+from ferry.errors import FatalError, SourceChangedError, TransientError
 from ferry.objects import ObjectInfo, ObjectMeta, PutResult
 from ferry.service.transfers import Summary, run_migration
 from ferry.storage.base import Capabilities, ListOrder
@@ -298,3 +300,143 @@ async def test_a_store_that_does_not_confirm_the_crc32c_is_checked_by_md5(tmp_pa
     s = await _migrate(src, silent, tmp_path, _opts(threshold=5 * MiB))
     assert (s.success, s.failed) == (0, 1)
     assert [o.key async for o in dst.list()] == []
+
+
+# -- objects streamed into one PUT ------------------------------------------------------------------------------
+def _stream_opts(**kw: Any) -> TransferOptions:
+    copy = CopyOptions(stream_threshold=1 * MiB, multipart_threshold=64 * MiB,
+                       consistency=kw.pop("consistency", ConsistencyCheck.SIZE_LAST_MODIFIED))
+    return TransferOptions(copy=copy, concurrency=kw.pop("concurrency", 8), **kw)
+
+
+class Streams(Counting):
+    """Records each streamed put's Content-MD5 and counts streamed reads; `damage` flips a byte of every
+    piece written."""
+
+    def __init__(self, inner: Any, *, damage: bool = False) -> None:
+        super().__init__(inner)
+        self.damage = damage
+        self.md5s: list[str | None] = []
+
+    async def read_stream(self, key: str, *, if_match: str | None = None) -> Any:
+        self._count("read_stream")
+        return await self.inner.read_stream(key, if_match=if_match)
+
+    async def put_stream(self, key: str, size: int, body: Any, meta: ObjectMeta, **kw: Any) -> PutResult:
+        self._count("put_stream")
+        self.md5s.append(kw.get("content_md5"))
+
+        async def damaged() -> AsyncGenerator[bytes, None]:
+            async for chunk in body():
+                yield b"!" + chunk[1:]
+
+        return await self.inner.put_stream(key, size, damaged if self.damage else body, meta, **kw)
+
+
+async def test_mid_size_objects_stream_through_a_few_chunks_of_memory(tmp_path: Path) -> None:
+    src, dst = Streams(MemoryBackend(MemoryStore(), "src")), Streams(MemoryBackend(MemoryStore(), "dst"))
+    bodies = {f"s{i}": os.urandom(3 * MiB + 100 * i) for i in range(6)}
+    for k, v in bodies.items():
+        await src.inner.put(k, v, ObjectMeta(content_type="text/x-streamed"))
+    await src.inner.put("small", b"whole", ObjectMeta())
+    # Budget for one stream at a time: six streams must take turns without deadlocking.
+    async with asyncio.timeout(60):
+        s = await _migrate(src, dst, tmp_path, _stream_opts(memory_limit=8 * MiB, concurrency=6))
+    assert (s.success, s.failed) == (7, 0)
+    assert dst.calls["put_stream"] == 6 and dst.calls["put"] == 1
+    assert src.calls["read_stream"] == 6 and "head" not in src.calls  # one GET per object, no HEAD
+    # The source's ETag is its MD5, so the destination checked the bytes against it.
+    assert sorted(m or "" for m in dst.md5s) == sorted(hashlib.md5(v).hexdigest() for v in bodies.values())
+    for k, v in bodies.items():
+        info, data = await dst.read_object(k)
+        assert data == v and info.meta is not None and info.meta.content_type == "text/x-streamed"
+
+
+async def test_a_source_etag_that_is_no_md5_is_checked_by_our_own_hash(tmp_path: Path) -> None:
+    class Encrypted(Counting):
+        """Its ETags look like MD5s but are not (a store that encrypts without saying so)."""
+
+        async def read_stream(self, key: str, *, if_match: str | None = None) -> Any:
+            info, pieces = await self.inner.read_stream(key, if_match=if_match)
+            return dataclasses.replace(info, md5="0" * 32), pieces
+
+    src, dst = MemoryBackend(MemoryStore(), "src"), Streams(MemoryBackend(MemoryStore(), "dst"))
+    body = os.urandom(2 * MiB)
+    await src.put("k", body, ObjectMeta())
+    s = await _migrate(Encrypted(src), dst, tmp_path, _stream_opts())
+    assert (s.success, s.failed) == (1, 0)
+    assert dst.md5s == ["0" * 32, None]  # refused against the claimed MD5, then sent without one
+    assert (await dst.read_object("k"))[1] == body
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+async def test_a_damaged_stream_fails_verification_and_is_removed(tmp_path: Path, trusted: bool) -> None:
+    class Untrusted(Counting):
+        async def read_stream(self, key: str, *, if_match: str | None = None) -> Any:
+            info, pieces = await self.inner.read_stream(key, if_match=if_match)
+            return dataclasses.replace(info, md5=None), pieces
+
+    src, dst = MemoryBackend(MemoryStore(), "src"), MemoryBackend(MemoryStore(), "dst")
+    await src.put("k", os.urandom(2 * MiB), ObjectMeta())
+    s = await _migrate(src if trusted else Untrusted(src), Streams(dst, damage=True), tmp_path, _stream_opts())
+    assert (s.success, s.failed) == (0, 1)
+    assert [o.key async for o in dst.list()] == []
+
+
+async def test_crc64_of_a_streamed_copy_is_stored_on_the_destination(tmp_path: Path) -> None:
+    src, dst = MemoryBackend(MemoryStore(), "src"), MemoryBackend(MemoryStore(), "dst")
+    body = os.urandom(3 * MiB + 7)
+    await src.put("k", body, ObjectMeta(content_type="application/x-k"))
+    s = await _migrate(src, dst, tmp_path, _stream_opts(consistency=ConsistencyCheck.CRC64))
+    assert (s.success, s.failed) == (1, 0)
+    info, data = await dst.read_object("k")
+    assert data == body and info.crc64 == crc64(body)
+    assert info.meta is not None and info.meta.content_type == "application/x-k"
+
+
+async def test_source_changed_mid_stream_is_recopied_with_new_content(tmp_path: Path) -> None:
+    class ChangingMidStream(Counting):
+        """The object is replaced after the first piece of the first read."""
+
+        async def read_stream(self, key: str, *, if_match: str | None = None) -> Any:
+            info, pieces = await self.inner.read_stream(key, if_match=if_match)
+            if self.calls.get("changed"):
+                return info, pieces
+
+            async def then_changed() -> AsyncGenerator[bytes, None]:
+                yield await anext(pieces)
+                self._count("changed")
+                await self.inner.put(key, new, ObjectMeta())
+                raise SourceChangedError("the object changed mid-read", key=key)
+
+            return info, then_changed()
+
+    src, dst = MemoryBackend(MemoryStore(), "src"), MemoryBackend(MemoryStore(), "dst")
+    old, new = os.urandom(2 * MiB), os.urandom(2 * MiB + 5)
+    await src.put("k", old, ObjectMeta())
+    s = await _migrate(ChangingMidStream(src), dst, tmp_path, _stream_opts())
+    assert (s.success, s.failed) == (1, 0)
+    assert (await dst.read_object("k"))[1] == new
+
+
+async def test_a_store_that_claims_a_trailing_crc32c_must_confirm_it(tmp_path: Path) -> None:
+    """With the source's ETag no MD5, a destination whose profile says it checks a trailing CRC32C is
+    trusted to; if its answer does not confirm the check, the object is removed and fails."""
+
+    class Claims(Streams):
+        @property
+        def capabilities(self) -> Capabilities:
+            return dataclasses.replace(self.inner.capabilities, trailing_crc32c=True)
+
+    class Multipart(Counting):  # its ETags are composite, so no MD5 to trust
+        async def read_stream(self, key: str, *, if_match: str | None = None) -> Any:
+            info, pieces = await self.inner.read_stream(key, if_match=if_match)
+            return dataclasses.replace(info, md5=None), pieces
+
+    src, dst = MemoryBackend(MemoryStore(), "src"), MemoryBackend(MemoryStore(), "dst")
+    await src.put("k", os.urandom(2 * MiB), ObjectMeta())
+    claims = Claims(dst)
+    s = await _migrate(Multipart(src), claims, tmp_path, _stream_opts())
+    assert (s.success, s.failed) == (0, 1) and claims.md5s == [None]
+    assert [o.key async for o in dst.list()] == []
+    assert s.report is not None and "did not confirm the CRC32C" in Path(s.report).read_text()

@@ -3,43 +3,65 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 from types import TracebackType
 
 
 class MemoryBudget:
-    """Async semaphore counted in bytes; a request larger than the whole budget waits for all of it.
+    """Async semaphore counted in bytes, first come first served; a request larger than the whole budget
+    waits for all of it.
 
-    Taken once per object on the copy hot path, so the uncontended case is a plain counter update: the
-    Condition is touched only while somebody waits.
+    Taken once per object (or streamed chunk) on the copy hot path, so the uncontended case is a plain
+    counter update. Releasing never awaits, so bytes are returned even by a task being cancelled.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._free = limit
-        self._waiting = 0
-        self._cond = asyncio.Condition()
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    def _clamp(self, nbytes: int) -> int:
+        return min(max(nbytes, 1), self.limit)
 
     def hold(self, nbytes: int) -> _Hold:
         """`async with budget.hold(n):` — n bytes (at least 1, at most the whole budget) for the block."""
-        return _Hold(self, min(max(nbytes, 1), self.limit))
+        return _Hold(self, self._clamp(nbytes))
 
-    async def _acquire(self, need: int) -> None:
-        if not self._waiting and self._free >= need:
-            self._free -= need  # nobody queued ahead and enough free: no await, so nothing can interleave
-            return
-        async with self._cond:
-            self._waiting += 1
-            try:
-                await self._cond.wait_for(lambda: self._free >= need)
-            finally:
-                self._waiting -= 1
+    def try_acquire(self, nbytes: int) -> bool:
+        """Take `nbytes` now if they are free and nobody waits ahead; the caller must `release` them."""
+        need = self._clamp(nbytes)
+        if not self._waiters and self._free >= need:
             self._free -= need
+            return True
+        return False
 
-    async def _release(self, need: int) -> None:
-        self._free += need  # before any await: a cancelled release still returns its bytes
-        if self._waiting:
-            async with self._cond:
-                self._cond.notify_all()
+    async def acquire(self, nbytes: int) -> None:
+        """Take `nbytes`, waiting behind earlier requests; the caller must `release` them."""
+        need = self._clamp(nbytes)
+        if self.try_acquire(need):
+            return
+        entry = (need, asyncio.get_running_loop().create_future())
+        self._waiters.append(entry)
+        try:
+            await entry[1]
+        except BaseException:
+            if entry[1].done() and not entry[1].cancelled():
+                self.release(need)  # granted just as we were cancelled: give it back
+            else:
+                self._waiters.remove(entry)
+                self._wake()  # whoever waited behind us may fit now
+            raise
+
+    def release(self, nbytes: int) -> None:
+        self._free += self._clamp(nbytes)
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self._free >= self._waiters[0][0]:
+            need, fut = self._waiters.popleft()
+            if not fut.done():
+                self._free -= need
+                fut.set_result(None)
 
     @property
     def in_use(self) -> int:
@@ -54,8 +76,8 @@ class _Hold:
         self._need = need
 
     async def __aenter__(self) -> None:
-        await self._budget._acquire(self._need)
+        await self._budget.acquire(self._need)
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
-        await self._budget._release(self._need)
+        self._budget.release(self._need)
