@@ -11,10 +11,13 @@ import sys
 from collections.abc import Coroutine, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from ferry import __version__
 from ferry.errors import FatalError, FerryError, UsageError
+
+if TYPE_CHECKING:
+    from ferry.db.repo import JobRepo
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("ferry")
@@ -129,13 +132,8 @@ def _open_side(args: argparse.Namespace, side: str, url: str):  # type: ignore[n
 
 
 async def _migrate(args: argparse.Namespace) -> int:
-    from ferry.db.database import open_database
-    from ferry.db.repo import JobRepo
+    from ferry.db.deferred import DeferredRepo
     from ferry.engine.compare import ConsistencyCheck, OverwriteMode
-    from ferry.engine.copier import CopyOptions
-    from ferry.engine.pipeline import TransferOptions
-    from ferry.engine.progress import Counters, TerminalProgress
-    from ferry.service.transfers import run_migration
     from ferry.settings import data_dir, database_url
     from ferry.storage.wrappers import RetryingBackend
 
@@ -148,6 +146,21 @@ async def _migrate(args: argparse.Namespace) -> int:
     overwrite = OverwriteMode.parse(args.overwrite)
     consistency = ConsistencyCheck.parse(args.consistency_check)
     since = _parse_since(args.migrate_since)
+    src = RetryingBackend(_open_side(args, "src", args.source))
+    dst = RetryingBackend(_open_side(args, "dst", args.destination))
+    state = _state_dir(args.state_dir)
+    base = state or data_dir()
+    url = database_url(state)
+    # No job database yet means nothing to resume: the data can start moving while it is being opened
+    # (SQLAlchemy's import alone takes ~0.15 s).
+    fresh = url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists()
+    repo = DeferredRepo(url)
+
+    from ferry.engine.copier import CopyOptions
+    from ferry.engine.pipeline import TransferOptions
+    from ferry.engine.progress import Counters, TerminalProgress
+    from ferry.service.transfers import run_migration
+
     mib = 1024 * 1024
     opts = TransferOptions(
         overwrite=overwrite,
@@ -159,11 +172,6 @@ async def _migrate(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         memory_limit=args.memory_limit * mib,
     )
-    src = RetryingBackend(_open_side(args, "src", args.source))
-    dst = RetryingBackend(_open_side(args, "dst", args.destination))
-    state = _state_dir(args.state_dir)
-    base = state or data_dir()
-    repo = JobRepo(open_database(database_url(state)))
     counters = Counters()
     bar = None
     if sys.stderr.isatty() and not args.no_progress:
@@ -174,8 +182,8 @@ async def _migrate(args: argparse.Namespace) -> int:
         "storage_class": args.storage_class, "migrate_since": since,
     }
     try:
-        summary = await run_migration(src, dst, repo, opts, report_dir=base / "reports", spec=spec,
-                                      counters=counters)
+        summary = await run_migration(src, dst, cast("JobRepo", repo), opts, report_dir=base / "reports",
+                                      spec=spec, counters=counters, fresh=fresh)
     finally:
         if bar is not None:
             await bar.stop()

@@ -9,12 +9,13 @@ import os
 import random
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fastcrc
 import pytest
 
 from ferry.db.database import open_database
+from ferry.db.deferred import DeferredRepo
 from ferry.db.repo import JobRepo
 from ferry.engine.checksums import crc64
 from ferry.engine.compare import ConsistencyCheck, OverwriteMode
@@ -440,3 +441,34 @@ async def test_a_store_that_claims_a_trailing_crc32c_must_confirm_it(tmp_path: P
     assert (s.success, s.failed) == (0, 1) and claims.md5s == [None]
     assert [o.key async for o in dst.list()] == []
     assert s.report is not None and "did not confirm the CRC32C" in Path(s.report).read_text()
+
+
+async def test_a_fresh_job_moves_data_while_its_database_opens(tmp_path: Path) -> None:
+    """With no database yet, the job starts at once and its row and results land once the database is
+    open; a second run over the same database resumes nothing and skips everything."""
+    src, dst = MemoryBackend(MemoryStore(), "src"), MemoryBackend(MemoryStore(), "dst")
+    bodies = await _fill(src, 30)
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+
+    async def run(fresh: bool) -> Summary:
+        repo = cast(JobRepo, DeferredRepo(url))
+        return await run_migration(src, dst, repo, _opts(), report_dir=tmp_path / "reports", spec={},
+                                   fresh=fresh)
+
+    s = await run(fresh=True)
+    assert (s.status, s.success, s.failed, s.resumed) == ("succeeded", 30, 0, False)
+    repo = JobRepo(open_database(url))
+    job = repo.get(s.job_id)
+    assert job is not None and job.status == "succeeded" and repo.tally(s.job_id).success == 30
+    for k, v in bodies.items():
+        assert (await dst.read_object(k))[1] == v
+    again = await run(fresh=False)
+    assert (again.success, again.skipped, again.resumed) == (0, 30, False)
+
+
+async def test_a_job_database_that_cannot_open_fails_the_run(tmp_path: Path) -> None:
+    src, dst = MemoryBackend(MemoryStore(), "src"), MemoryBackend(MemoryStore(), "dst")
+    await _fill(src, 3)
+    repo = cast(JobRepo, DeferredRepo("nosuchdialect://nowhere"))
+    with pytest.raises(Exception, match="nosuchdialect"):
+        await asyncio.wait_for(run_migration(src, dst, repo, _opts(), report_dir=tmp_path, spec={}, fresh=True), 30)

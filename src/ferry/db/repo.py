@@ -5,58 +5,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, and_, delete, func, insert, select, update
 
 from ferry.db.models import job_objects, job_parts, job_uploads, jobs
+from ferry.db.records import JobRow, ObjectResult, PartRow, Tally, UploadRow
 
-
-@dataclass(frozen=True, slots=True)
-class JobRow:
-    id: str
-    fingerprint: str
-    spec: str
-    status: str
-    watermark: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectResult:
-    key: str
-    status: str  # success, skipped, failed
-    size: int
-    etag: str | None = None
-    reason: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class UploadRow:
-    key: str
-    upload_id: str
-    src_etag: str | None
-    size: int
-    part_size: int
-
-
-@dataclass(frozen=True, slots=True)
-class PartRow:
-    part_number: int
-    etag: str
-    size: int
-    crc64: int | None
-    md5: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Tally:
-    success: int = 0
-    skipped: int = 0
-    failed: int = 0
-    success_bytes: int = 0
-    skipped_bytes: int = 0
-    failed_bytes: int = 0
+__all__ = ["JobRepo", "JobRow", "ObjectResult", "PartRow", "Tally", "UploadRow"]
 
 
 def _insert(engine: Engine, table: Any) -> Any:

@@ -19,7 +19,7 @@ from typing import Protocol, TypeVar
 
 import fastcrc
 
-from ferry.db.repo import PartRow, UploadRow
+from ferry.db.records import PartRow, UploadRow
 from ferry.engine.budget import MemoryBudget
 from ferry.engine.checksums import Crc64, crc64_combine
 from ferry.engine.compare import ConsistencyCheck

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
+from typing import TYPE_CHECKING, TypeVar
 
-from ferry.db.repo import JobRepo, ObjectResult, PartRow, Tally, UploadRow
+from ferry.db.records import ObjectResult, PartRow, Tally, UploadRow
 from ferry.engine.budget import MemoryBudget
 from ferry.engine.checksums import Crc64
 from ferry.engine.compare import CopyReason, OverwriteMode, SkipReason, decide
@@ -26,6 +27,10 @@ from ferry.errors import NotFoundError, PermanentError, SourceChangedError, Tran
 from ferry.objects import ObjectInfo
 from ferry.storage.base import Backend, ListOrder
 
+if TYPE_CHECKING:
+    from ferry.db.repo import JobRepo
+
+_T = TypeVar("_T")
 MiB = 1024 * 1024
 _SOURCE_CHANGE_ATTEMPTS = 3
 # How far completions may run ahead of the oldest unfinished action before dispatch waits; it bounds the
@@ -43,26 +48,33 @@ class TransferOptions:
 
 
 class RepoCheckpoints:
-    """Multipart checkpoints kept in the job database, called off the event loop."""
+    """Multipart checkpoints kept in the job database, called off the event loop once the job's row exists
+    (`ready`)."""
 
-    def __init__(self, repo: JobRepo, job_id: str) -> None:
+    def __init__(self, repo: JobRepo, job_id: str, ready: asyncio.Future[None] | None = None) -> None:
         self.repo = repo
         self.job_id = job_id
+        self.ready = ready
+
+    async def _call(self, fn: Callable[..., _T], *args: object) -> _T:
+        if self.ready is not None:
+            await asyncio.shield(self.ready)
+        return await asyncio.to_thread(fn, self.job_id, *args)
 
     async def get(self, key: str) -> UploadRow | None:
-        return await asyncio.to_thread(self.repo.get_upload, self.job_id, key)
+        return await self._call(self.repo.get_upload, key)
 
     async def save(self, upload: UploadRow) -> None:
-        await asyncio.to_thread(self.repo.save_upload, self.job_id, upload)
+        await self._call(self.repo.save_upload, upload)
 
     async def save_part(self, key: str, part: PartRow) -> None:
-        await asyncio.to_thread(self.repo.save_part, self.job_id, key, part)
+        await self._call(self.repo.save_part, key, part)
 
     async def parts(self, key: str) -> list[PartRow]:
-        return await asyncio.to_thread(self.repo.get_parts, self.job_id, key)
+        return await self._call(self.repo.get_parts, key)
 
     async def drop(self, key: str) -> None:
-        await asyncio.to_thread(self.repo.drop_upload, self.job_id, key)
+        await self._call(self.repo.drop_upload, key)
 
 
 class Recorder:
@@ -72,9 +84,11 @@ class Recorder:
     cancellation would still land later from its thread, after the job's final tally was read.
     """
 
-    def __init__(self, repo: JobRepo, job_id: str, batch: int = 2000, interval: float = 0.5) -> None:
+    def __init__(self, repo: JobRepo, job_id: str, batch: int = 2000, interval: float = 0.5,
+                 ready: asyncio.Future[None] | None = None) -> None:
         self.repo = repo
         self.job_id = job_id
+        self.ready = ready  # the job's row exists: nothing is written before
         self.batch = batch
         self.interval = interval
         self._pending: list[ObjectResult] = []
@@ -108,6 +122,8 @@ class Recorder:
         watermark = self._watermark if self._dirty_watermark else None
         self._dirty_watermark = False
         if batch or watermark is not None:
+            if self.ready is not None:
+                await asyncio.shield(self.ready)
             await asyncio.to_thread(self.repo.record, self.job_id, batch, watermark)
 
     async def run(self) -> None:
@@ -138,6 +154,11 @@ def _listing(backend: Backend, after: str | None) -> AsyncIterator[ObjectInfo]:
     return _filtered(backend.list(), after)
 
 
+async def _no_keys() -> AsyncIterator[str]:
+    return
+    yield
+
+
 async def _finished_keys(repo: JobRepo, job_id: str, after: str | None) -> AsyncIterator[str]:
     gen: Iterator[str] = repo.iter_finished_keys(job_id, after=after)
     while True:
@@ -152,7 +173,9 @@ class Transfer:
     """One job's execution: plan, dispatch to workers, record. Counters are live while it runs."""
 
     def __init__(self, src: Backend, dst: Backend, repo: JobRepo, job_id: str, opts: TransferOptions,
-                 counters: Counters | None = None) -> None:
+                 counters: Counters | None = None, *, ready: asyncio.Future[None] | None = None) -> None:
+        """`ready`, when given, is the creation of the job's row, still under way: the job is new (nothing
+        of it is finished) and nothing is written to the database before that row exists."""
         self.src = src
         self.dst = dst
         self.repo = repo
@@ -160,8 +183,9 @@ class Transfer:
         self.opts = opts
         self.counters = counters or Counters()
         self.budget = MemoryBudget(opts.memory_limit)
-        self.copier = Copier(src, dst, opts.copy, self.budget, RepoCheckpoints(repo, job_id))
-        self.recorder = Recorder(repo, job_id)
+        self.ready = ready
+        self.copier = Copier(src, dst, opts.copy, self.budget, RepoCheckpoints(repo, job_id, ready))
+        self.recorder = Recorder(repo, job_id, ready=ready)
         self.paths = PathLocks()
 
     async def _crc_decide(self, src: ObjectInfo) -> CopyReason | SkipReason:
@@ -259,7 +283,7 @@ class Transfer:
             self.src.capabilities.list_order,
             _listing(self.dst, resume_after),
             self.dst.capabilities.list_order,
-            finished=_finished_keys(self.repo, self.job_id, resume_after),
+            finished=_no_keys() if self.ready is not None else _finished_keys(self.repo, self.job_id, resume_after),
             overwrite_mode=self.opts.overwrite,
             migrate_since=self.opts.migrate_since,
             max_key_bytes=self.dst.capabilities.max_key_bytes,

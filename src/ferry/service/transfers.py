@@ -6,15 +6,19 @@ import asyncio
 import hashlib
 import json
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ferry.db.repo import JobRepo
+from ferry.db.records import Tally
 from ferry.engine.pipeline import Transfer, TransferOptions
 from ferry.engine.progress import Counters
 from ferry.errors import FatalError
 from ferry.storage.base import Backend
+
+if TYPE_CHECKING:
+    from ferry.db.repo import JobRepo
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +53,11 @@ async def preflight(backend: Backend) -> None:
         break
 
 
+def _begin(repo: JobRepo, fp: str, spec: str, job_id: str) -> None:
+    repo.create(fp, spec, job_id)
+    repo.set_status(job_id, "running")
+
+
 def write_failed_report(repo: JobRepo, job_id: str, report_dir: Path) -> Path | None:
     """JSON lines {key, size, reason} of every failed object, or None when nothing failed."""
     rows = repo.iter_results(job_id, "failed")
@@ -72,40 +81,55 @@ async def run_migration(
     report_dir: Path,
     spec: dict[str, Any],
     counters: Counters | None = None,
+    fresh: bool = False,
 ) -> Summary:
     """Create or resume the job for this src/dst/options and run it to the end.
 
+    `fresh` says the database holds no job at all (a new state directory): then nothing can be resumed,
+    and the job's row is created while the transfer already runs (the database may still be opening).
     Raises FatalError before any work when a store cannot be used. A FatalError during the run, or
     cancellation, leaves the job resumable (status stopped/failed with everything finished recorded).
     """
     await asyncio.gather(preflight(src), preflight(dst))
     fp = fingerprint(src, dst, spec)
-    job = await asyncio.to_thread(repo.find_resumable, fp)
-    resumed = job is not None
-    if job is None:
-        job = await asyncio.to_thread(repo.create, fp, json.dumps({"src": src.name, "dst": dst.name, **spec}))
-    prior = await asyncio.to_thread(repo.tally, job.id)
-    await asyncio.to_thread(repo.set_status, job.id, "running")
-    transfer = Transfer(src, dst, repo, job.id, opts, counters)
+    spec_json = json.dumps({"src": src.name, "dst": dst.name, **spec})
+    ready: asyncio.Future[None] | None = None
+    if fresh:
+        job_id, watermark, resumed, prior = str(uuid.uuid4()), None, False, Tally()
+        ready = asyncio.ensure_future(asyncio.to_thread(_begin, repo, fp, spec_json, job_id))
+    else:
+        job = await asyncio.to_thread(repo.find_resumable, fp)
+        resumed = job is not None
+        if job is None:
+            job = await asyncio.to_thread(repo.create, fp, spec_json)
+        job_id, watermark = job.id, job.watermark if resumed else None
+        prior = await asyncio.to_thread(repo.tally, job_id)
+        await asyncio.to_thread(repo.set_status, job_id, "running")
+    transfer = Transfer(src, dst, repo, job_id, opts, counters, ready=ready)
     started = time.monotonic()
     error: str | None = None
     try:
-        await transfer.run(job.watermark if resumed else None, prior)
+        await transfer.run(watermark, prior)
     except FatalError as exc:
         error = exc.message
     except (asyncio.CancelledError, KeyboardInterrupt):
-        await asyncio.to_thread(repo.set_status, job.id, "stopped")
+        if ready is not None:
+            await asyncio.shield(ready)
+        await asyncio.to_thread(repo.set_status, job_id, "stopped")
         raise
-    tally = await asyncio.to_thread(repo.tally, job.id)
+    finally:
+        if ready is not None and not ready.done():
+            await asyncio.shield(ready)
+    tally = await asyncio.to_thread(repo.tally, job_id)
     status = "failed" if error or tally.failed else "succeeded"
     if error:
         # A fatal stop keeps the job resumable: the next identical run picks it up.
-        await asyncio.to_thread(repo.set_status, job.id, "stopped", error)
+        await asyncio.to_thread(repo.set_status, job_id, "stopped", error)
     else:
-        await asyncio.to_thread(repo.set_status, job.id, status)
-    report = await asyncio.to_thread(write_failed_report, repo, job.id, report_dir)
+        await asyncio.to_thread(repo.set_status, job_id, status)
+    report = await asyncio.to_thread(write_failed_report, repo, job_id, report_dir)
     return Summary(
-        job_id=job.id, resumed=resumed, status=status,
+        job_id=job_id, resumed=resumed, status=status,
         total=tally.success + tally.skipped + tally.failed,
         success=tally.success, skipped=tally.skipped, failed=tally.failed, bytes=tally.success_bytes,
         elapsed=round(time.monotonic() - started, 3), report=str(report) if report else None, error=error,
