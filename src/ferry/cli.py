@@ -151,15 +151,16 @@ async def _migrate(args: argparse.Namespace) -> int:
     state = _state_dir(args.state_dir)
     base = state or data_dir()
     url = database_url(state)
-    # No job database yet means nothing to resume: the data can start moving while it is being opened
-    # (SQLAlchemy's import alone takes ~0.15 s).
     fresh = url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists()
-    repo = DeferredRepo(url)
 
     from ferry.engine.copier import CopyOptions
     from ferry.engine.pipeline import TransferOptions
     from ferry.engine.progress import Counters, TerminalProgress
     from ferry.service.transfers import run_migration
+
+    # No job database yet means nothing to resume: the data can start moving while it is opened (SQLAlchemy's
+    # import alone takes ~0.15 s). Opened only now, so its import does not compete with ours for the GIL.
+    repo = DeferredRepo(url)
 
     mib = 1024 * 1024
     opts = TransferOptions(

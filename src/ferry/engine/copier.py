@@ -41,6 +41,7 @@ _THREAD_HASH_MIN = 1 * MiB
 _T = TypeVar("_T")
 _THREAD_CRC32C_MIN = 32 * MiB  # CRC32C runs at ~5 GB/s: below this it costs the event loop under 7 ms
 _STREAM_MEMORY = 8 * MiB
+_THREAD_STREAM_HASH_MIN = 64 * 1024  # a streamed piece this big is hashed in a thread, while it is sent
 
 
 class UploadCheckpoints(Protocol):
@@ -270,9 +271,15 @@ class Copier:
                 raise SourceChangedError("source size changed since it was listed", key=info.key)
         async with contextlib.aclosing(pieces):
             async for piece in pieces:
-                if sums.active:
-                    await _off_loop(sums.update, piece)
-                yield piece
+                if not sums.active:
+                    yield piece
+                    continue
+                # Hashed in a thread (the hashes let go of the GIL) while the piece is being sent.
+                hashing = asyncio.ensure_future(_off_loop(sums.update, piece, _THREAD_STREAM_HASH_MIN))
+                try:
+                    yield piece
+                finally:
+                    await hashing
 
     async def _check_crc(self, info: ObjectInfo, crc: int) -> None:
         """Compare the CRC-64 of the bytes copied with the source's, or store it where the source had none."""
