@@ -58,46 +58,35 @@ _FATAL_CODES = frozenset({
 
 _CRC32C_HEADER = "x-amz-checksum-crc32c"
 _STREAMING_TRAILER = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
-_FRAME = 1024 * 1024  # bytes of data per aws-chunked frame
-
-
 class _Crc32cTrailer:
-    """An aws-chunked body: the data in frames of `_FRAME` bytes (the last shorter), then a zero frame and
-    the data's CRC32C as the `x-amz-checksum-crc32c` trailer. Fixed frames make the encoded length known
-    before the first byte, as Content-Length needs; pieces are cut into frames without copying."""
+    """An aws-chunked body of one frame: the data, then a zero frame and the data's CRC32C as the
+    `x-amz-checksum-crc32c` trailer. One frame makes the encoded length known before the first byte, as
+    Content-Length needs, and lets the pieces through untouched; SeaweedFS took 1 MiB frames slower (8 x 64 MiB
+    PUTs: 4.27 s against 4.04 s, plain PUTs 4.06 s)."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        full, last = divmod(size, _FRAME)
-        framing = full * (len(f"{_FRAME:x}") + 4) + (len(f"{last:x}") + 4 if last else 0)
-        self.length = size + framing + len(self._tail("A" * 8))
+        self._head = f"{size:x}\r\n".encode("ascii") if size else b""
+        self.length = len(self._head) + size + (2 if size else 0) + len(self._tail("A" * 8))
         self.value = ""
 
     @staticmethod
     def _tail(value: str) -> bytes:
         return f"0\r\n{_CRC32C_HEADER}:{value}\r\n\r\n".encode("ascii")
 
-    async def frame(self, pieces: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes | memoryview, None]:
-        crc = 0
-        left = self.size  # data still to come, of which `in_frame` belongs to the open frame
-        in_frame = 0
+    async def frame(self, pieces: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+        crc = sent = 0
         async with contextlib.aclosing(pieces):
+            if self._head:
+                yield self._head
             async for piece in pieces:
+                sent += len(piece)
+                if sent > self.size:
+                    raise HttpError("the request body is longer than announced")
                 crc = fastcrc.crc32.iscsi(piece, crc)
-                view = memoryview(piece)
-                while view:
-                    if not in_frame:
-                        if not left:
-                            raise HttpError("the request body is longer than announced")
-                        in_frame = min(_FRAME, left)
-                        yield f"{in_frame:x}\r\n".encode("ascii")
-                    take = view[:in_frame]
-                    yield take
-                    view = view[len(take):]
-                    in_frame -= len(take)
-                    left -= len(take)
-                    if not in_frame:
-                        yield b"\r\n"
+                yield piece
+        if self.size:
+            yield b"\r\n"
         self.value = base64.b64encode(crc.to_bytes(4, "big")).decode("ascii")
         yield self._tail(self.value)
 
