@@ -8,13 +8,13 @@ key), and the planner also skips keys finished beyond it, so nothing verified is
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING, TypeVar
 
+from ferry.aio import wait_event
 from ferry.db.records import ObjectResult, PartRow, Tally, UploadRow
 from ferry.engine.budget import MemoryBudget
 from ferry.engine.checksums import Crc64
@@ -129,8 +129,7 @@ class Recorder:
     async def run(self) -> None:
         """Write batches until stopped, then write whatever is left."""
         while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+            await wait_event(self._wake, self.interval)
             self._wake.clear()
             await self._flush()
         await self._flush()

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote
 
+from ferry.aio import wait_event
 from ferry.api import schemas as s
 from ferry.db.group_repo import (
     G_COMPLETED,
@@ -196,8 +197,7 @@ class GroupRunner:
                     await self.settle()
                 except Exception:
                     log.exception("settling task groups failed")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), self.settings.poll_interval)
+                await wait_event(wake, self.settings.poll_interval)
         finally:
             runs = list(self._active.values())
             for run in runs:

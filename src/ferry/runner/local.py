@@ -26,6 +26,7 @@ from urllib.parse import unquote
 
 from sqlalchemy import Engine
 
+from ferry.aio import wait_event
 from ferry.db.repo import JobRepo, ObjectResult, Tally
 from ferry.db.task_repo import (
     FAILED,
@@ -370,8 +371,7 @@ class LocalRunner:
                         run = asyncio.create_task(self._execute(row), name=f"task-{row.id}")
                         self._active[row.id] = run
                         run.add_done_callback(self._finished_callback(row.id))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), self.settings.poll_interval)
+                await wait_event(wake, self.settings.poll_interval)
         finally:
             runs = list(self._active.values())
             for run in runs:

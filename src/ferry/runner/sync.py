@@ -36,6 +36,7 @@ from typing import Final
 
 from sqlalchemy import Engine
 
+from ferry.aio import wait_event
 from ferry.db.sync_repo import ClaimedEvent, EventOutcome, SyncRepo, SyncTaskRow
 from ferry.engine.budget import MemoryBudget
 from ferry.engine.compare import ConsistencyCheck, CopyReason, OverwriteMode, SkipReason, check_consistency, decide
@@ -296,8 +297,7 @@ class SyncWorkers:
             self.waker.unbind()
 
     async def _sleep_or_stop(self, stop: asyncio.Event, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), seconds)
+        await wait_event(stop, seconds)
 
     # -- tasks and their runtimes ----------------------------------------------------------------------------
     async def _tasks_loop(self, stop: asyncio.Event) -> None:
@@ -311,8 +311,7 @@ class SyncWorkers:
             # Every tasks_refresh_seconds, or soon after a notification (a task created or started starts
             # its first reconciliation within a fraction of a second), but never more than 4 times a second.
             await self._sleep_or_stop(stop, min(0.25, self.settings.tasks_refresh_seconds))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._tasks_changed.wait(), self.settings.tasks_refresh_seconds)
+            await wait_event(self._tasks_changed, self.settings.tasks_refresh_seconds)
 
     async def _refresh_tasks(self) -> None:
         """Reload the running tasks (one reload at a time: concurrent callers share it)."""

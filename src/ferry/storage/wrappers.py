@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
+from ferry.aio import wait_event
 from ferry.errors import DigestMismatchError, TransientError
 from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult
 from ferry.storage.base import Backend, Capabilities
@@ -352,8 +353,7 @@ class BandwidthLimiter:
                     self._tokens = 0.0
                     return
                 self._changed.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), timeout=-self._tokens / limit)
+                await wait_event(self._changed, -self._tokens / limit)
                 self._refill()
 
 
