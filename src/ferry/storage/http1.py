@@ -431,26 +431,22 @@ class _Connection(asyncio.Protocol):
 
     async def _write_slices(self, view: memoryview) -> bool:
         """Write `view` in slices under flow control; False when the exchange ended meanwhile."""
-        transport = self.transport
-        assert transport is not None
-        waiter = self._waiter
         for offset in range(0, len(view), _WRITE_SLICE):
-            if self.closed or waiter is None or waiter.done():
-                return False  # failed by connection_lost, or answered early (see _finish)
-            transport.write(view[offset:offset + _WRITE_SLICE])
-            self._last_progress = self._loop.time()
-            if self._paused:
-                self._drain = self._loop.create_future()
-                await self._drain
+            if not await self._write_gathered([view[offset:offset + _WRITE_SLICE]]):
+                return False
         return True
 
     async def _write_gathered(self, pieces: list[bytes | memoryview]) -> bool:
-        """Write `pieces` at once under flow control; False when the exchange ended meanwhile."""
+        """Write `pieces` at once (one writev) under flow control; False when the exchange ended meanwhile
+        (failed by connection_lost, or answered early: see _finish)."""
         transport = self.transport
         assert transport is not None
         if self.closed or self._waiter is None or self._waiter.done():
             return False
-        transport.writelines(pieces)
+        if len(pieces) == 1:
+            transport.write(pieces[0])  # asyncio's writelines would join (copy) even a single piece
+        else:
+            transport.writelines(pieces)
         self._last_progress = self._loop.time()
         if self._paused:
             self._drain = self._loop.create_future()
