@@ -403,10 +403,13 @@ async def test_put_stream_round_trip(backend: Backend) -> None:
     assert (info.size, info.crc64, info.md5, info.meta and info.meta.content_type) == (
         len(data), crc64(data), md5, "text/x-streamed")
     assert await backend.read("streamed") == data
-    # Without a Content-MD5: a store that can checks a trailing CRC32C instead, and says so.
-    again = await backend.put_stream("again", len(data), chunked(data, 1_000_000), PLAIN)
+    # Without a Content-MD5: asked to, a store that can checks a trailing CRC32C instead, and says so.
+    again = await backend.put_stream("again", len(data), chunked(data, 1_000_000), PLAIN, trailing_crc32c=True)
     assert again.crc32c_verified is backend.capabilities.trailing_crc32c
     assert await backend.read("again") == data
+    plain = await backend.put_stream("plain", len(data), chunked(data, 1_000_000), PLAIN)
+    assert not plain.crc32c_verified and plain.etag is not None and plain.etag.strip('"') == md5
+    assert await backend.read("plain") == data
     await backend.put_stream("empty", 0, chunked(b"", 1), PLAIN)
     assert (await backend.head("empty")).size == 0
 

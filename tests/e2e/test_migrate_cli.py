@@ -178,7 +178,7 @@ def test_crc64_check_stores_crc_on_destination(seaweed_a: Any, seaweed_b: Any, b
 def test_mid_size_objects_are_streamed_and_verified(seaweed_a: Any, seaweed_b: Any, bucket_factory: Any,
                                                     tmp_path: Path, check: str) -> None:
     """Around the 16 MiB stream threshold with the default settings: below it an object is read whole,
-    from it up streamed into one PUT that the destination checks against the source's MD5."""
+    from it up streamed into one PUT that the destination checks against the source's MD5 where it has one."""
     import asyncio
 
     from ferry.engine.checksums import crc64
@@ -190,7 +190,8 @@ def test_mid_size_objects_are_streamed_and_verified(seaweed_a: Any, seaweed_b: A
     bodies = {f"mid/{size}": os.urandom(size) for size in sizes}
     for key, body in bodies.items():
         src_c.put_object(Bucket=sb, Key=key, Body=body, ContentType="application/x-mid")
-    # Uploaded in parts, so its ETag is no MD5: the destination checks a trailing CRC32C instead.
+    # Uploaded in parts, so its ETag is no MD5: under crc64 the destination checks a trailing CRC32C instead,
+    # under size_last_modified the size is checked.
     key = "mid/multipart-source"
     bodies[key] = os.urandom(18 * MiB + 5)
     upload = src_c.create_multipart_upload(Bucket=sb, Key=key, ContentType="application/x-mid")["UploadId"]

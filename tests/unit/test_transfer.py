@@ -311,13 +311,14 @@ def _stream_opts(**kw: Any) -> TransferOptions:
 
 
 class Streams(Counting):
-    """Records each streamed put's Content-MD5 and counts streamed reads; `damage` flips a byte of every
-    piece written."""
+    """Records each streamed put's Content-MD5 and trailer request and counts streamed reads; `damage` flips
+    a byte of every piece written."""
 
     def __init__(self, inner: Any, *, damage: bool = False) -> None:
         super().__init__(inner)
         self.damage = damage
         self.md5s: list[str | None] = []
+        self.trailers: list[bool] = []
 
     async def read_stream(self, key: str, *, if_match: str | None = None) -> Any:
         self._count("read_stream")
@@ -326,6 +327,7 @@ class Streams(Counting):
     async def put_stream(self, key: str, size: int, body: Any, meta: ObjectMeta, **kw: Any) -> PutResult:
         self._count("put_stream")
         self.md5s.append(kw.get("content_md5"))
+        self.trailers.append(kw.get("trailing_crc32c", False))
 
         async def damaged() -> AsyncGenerator[bytes, None]:
             async for chunk in body():
@@ -370,18 +372,49 @@ async def test_a_source_etag_that_is_no_md5_is_checked_by_our_own_hash(tmp_path:
     assert (await dst.read_object("k"))[1] == body
 
 
+class Untrusted(Counting):
+    """Its ETags are composite (uploaded in parts), so there is no MD5 to trust."""
+
+    async def read_stream(self, key: str, *, if_match: str | None = None) -> Any:
+        info, pieces = await self.inner.read_stream(key, if_match=if_match)
+        return dataclasses.replace(info, md5=None), pieces
+
+
 @pytest.mark.parametrize("trusted", [True, False])
 async def test_a_damaged_stream_fails_verification_and_is_removed(tmp_path: Path, trusted: bool) -> None:
-    class Untrusted(Counting):
-        async def read_stream(self, key: str, *, if_match: str | None = None) -> Any:
-            info, pieces = await self.inner.read_stream(key, if_match=if_match)
-            return dataclasses.replace(info, md5=None), pieces
-
+    """Against the source's MD5 under the default check; with no MD5 to trust, by our own under CRC64."""
     src, dst = MemoryBackend(MemoryStore(), "src"), MemoryBackend(MemoryStore(), "dst")
     await src.put("k", os.urandom(2 * MiB), ObjectMeta())
-    s = await _migrate(src if trusted else Untrusted(src), Streams(dst, damage=True), tmp_path, _stream_opts())
+    opts = _stream_opts() if trusted else _stream_opts(consistency=ConsistencyCheck.CRC64)
+    s = await _migrate(src if trusted else Untrusted(src), Streams(dst, damage=True), tmp_path, opts)
     assert (s.success, s.failed) == (0, 1)
     assert [o.key async for o in dst.list()] == []
+
+
+@pytest.mark.parametrize("check", list(ConsistencyCheck))
+async def test_a_pass_over_a_streamed_body_is_paid_only_under_crc64(tmp_path: Path, check: ConsistencyCheck) -> None:
+    """With no MD5 to trust, checking the content costs a pass over all of it, the store's (a trailing
+    CRC32C, asked for only where the store can check it) or ours: paid under CRC64, not under the default
+    size_last_modified (the size is checked) nor no_check."""
+
+    class CanTrail(Streams):
+        @property
+        def capabilities(self) -> Capabilities:
+            return dataclasses.replace(self.inner.capabilities, trailing_crc32c=True)
+
+        async def put_stream(self, key: str, size: int, body: Any, meta: ObjectMeta, **kw: Any) -> PutResult:
+            result = await super().put_stream(key, size, body, meta, **kw)
+            return dataclasses.replace(result, crc32c_verified=kw.get("trailing_crc32c", False))
+
+    src, dst = MemoryBackend(MemoryStore(), "src"), MemoryBackend(MemoryStore(), "dst")
+    body = os.urandom(2 * MiB)
+    await src.put("k", body, ObjectMeta())
+    plain, trailing = Streams(dst), CanTrail(MemoryBackend(MemoryStore(), "dst2"))
+    for target in (plain, trailing):
+        s = await _migrate(Untrusted(src), target, tmp_path / target.inner.name, _stream_opts(consistency=check))
+        assert (s.success, s.failed) == (1, 0)
+        assert (await target.inner.read_object("k"))[1] == body
+    assert trailing.trailers == [check is ConsistencyCheck.CRC64] and plain.trailers == [False]
 
 
 async def test_crc64_of_a_streamed_copy_is_stored_on_the_destination(tmp_path: Path) -> None:
@@ -421,24 +454,19 @@ async def test_source_changed_mid_stream_is_recopied_with_new_content(tmp_path: 
 
 
 async def test_a_store_that_claims_a_trailing_crc32c_must_confirm_it(tmp_path: Path) -> None:
-    """With the source's ETag no MD5, a destination whose profile says it checks a trailing CRC32C is
-    trusted to; if its answer does not confirm the check, the object is removed and fails."""
+    """Under CRC64 with the source's ETag no MD5, a destination whose profile says it checks a trailing
+    CRC32C is trusted to; if its answer does not confirm the check, the object is removed and fails."""
 
     class Claims(Streams):
         @property
         def capabilities(self) -> Capabilities:
             return dataclasses.replace(self.inner.capabilities, trailing_crc32c=True)
 
-    class Multipart(Counting):  # its ETags are composite, so no MD5 to trust
-        async def read_stream(self, key: str, *, if_match: str | None = None) -> Any:
-            info, pieces = await self.inner.read_stream(key, if_match=if_match)
-            return dataclasses.replace(info, md5=None), pieces
-
     src, dst = MemoryBackend(MemoryStore(), "src"), MemoryBackend(MemoryStore(), "dst")
     await src.put("k", os.urandom(2 * MiB), ObjectMeta())
     claims = Claims(dst)
-    s = await _migrate(Multipart(src), claims, tmp_path, _stream_opts())
-    assert (s.success, s.failed) == (0, 1) and claims.md5s == [None]
+    s = await _migrate(Untrusted(src), claims, tmp_path, _stream_opts(consistency=ConsistencyCheck.CRC64))
+    assert (s.success, s.failed) == (0, 1) and claims.md5s == [None] and claims.trailers == [True]
     assert [o.key async for o in dst.list()] == []
     assert s.report is not None and "did not confirm the CRC32C" in Path(s.report).read_text()
 

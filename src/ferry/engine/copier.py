@@ -229,25 +229,29 @@ class Copier:
                     if trusted is None:
                         raise
             # Refused against the source's ETag: the bytes were damaged on the way, or that ETag is no MD5
-            # after all (a store that encrypts without saying so). Once more, checked another way.
-            return await self._stream_once(info, None, None)
+            # after all (a store that encrypts without saying so). Once more, checked another way whatever
+            # the consistency check: something already went wrong once.
+            return await self._stream_once(info, None, None, thorough=self._verify)
 
     async def _stream_once(self, info: ObjectInfo, content_md5: str | None,
-                           opened: AsyncGenerator[bytes, None] | None) -> CopyOutcome:
+                           opened: AsyncGenerator[bytes, None] | None, *, thorough: bool = False) -> CopyOutcome:
         """One streamed PUT of `info`, fed by `opened` (a read already under way) on its first attempt and by a
-        new read on any retry."""
+        new read on any retry; `thorough` checks the content even where that costs a pass over it."""
         key, size = info.key, info.size
-        caps = self.dst.capabilities
-        by_trailer = content_md5 is None and self._verify and caps.trailing_crc32c
-        sums = _StreamSums(md5=content_md5 is None and self._verify and self._etag_md5 and not by_trailer,
-                           crc=self._crc)
+        # Without a Content-MD5 the bytes can be checked only at the price of a pass over all of them: the
+        # store's (a trailing CRC32C; SeaweedFS also hashes such a body with SHA-256) or ours (MD5). That
+        # is paid under the CRC64 check, which asks for content checking; size_last_modified checks the size.
+        thorough = content_md5 is None and (thorough or self._crc)
+        by_trailer = thorough and self.dst.capabilities.trailing_crc32c
+        sums = _StreamSums(md5=thorough and self._etag_md5 and not by_trailer, crc=self._crc)
         first = [opened] if opened is not None else []
 
         def body() -> AsyncGenerator[bytes, None]:
             return self._hashed(info, first.pop() if first else None, sums)
 
         result = await self.dst.put_stream(key, size, body, self._meta(info.meta), crc64=info.crc64,
-                                           storage_class=self.opts.storage_class, content_md5=content_md5)
+                                           storage_class=self.opts.storage_class, content_md5=content_md5,
+                                           trailing_crc32c=by_trailer)
         got = result.etag
         if by_trailer and not result.crc32c_verified:
             await self._discard(key)

@@ -97,11 +97,14 @@ class Backend(Protocol):
     async def put_stream(
         self, key: str, size: int, body: Callable[[], AsyncGenerator[bytes, None]], meta: ObjectMeta, *,
         storage_class: str | None = None, crc64: int | None = None, content_md5: str | None = None,
+        trailing_crc32c: bool = False,
     ) -> PutResult:
         """Write a whole object of `size` bytes as `body()` yields them, never holding it all; `body` makes a
         fresh iterator for each attempt. With `content_md5` (hex), the store checks the bytes against it and
-        on a mismatch keeps nothing and raises DigestMismatchError. Fewer bytes than `size`, or more, fail
-        the write and keep nothing."""
+        on a mismatch keeps nothing and raises DigestMismatchError. Else, with `trailing_crc32c`, a store
+        that can (`capabilities.trailing_crc32c`) checks a CRC32C sent after the bytes and says so in
+        `PutResult.crc32c_verified`; others ignore it. Fewer bytes than `size`, or more, fail the write and
+        keep nothing."""
         ...
 
     async def create_multipart(

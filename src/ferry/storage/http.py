@@ -237,6 +237,7 @@ class UrlSource:
     async def put_stream(
         self, key: str, size: int, body: Callable[[], AsyncGenerator[bytes, None]], meta: ObjectMeta, *,
         storage_class: str | None = None, crc64: int | None = None, content_md5: str | None = None,
+        trailing_crc32c: bool = False,
     ) -> PutResult:
         self._read_only()
 

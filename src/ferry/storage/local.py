@@ -671,6 +671,7 @@ class LocalBackend:
     async def put_stream(
         self, key: str, size: int, body: Callable[[], AsyncGenerator[bytes, None]], meta: ObjectMeta, *,
         storage_class: str | None = None, crc64: int | None = None, content_md5: str | None = None,
+        trailing_crc32c: bool = False,
     ) -> PutResult:
         # The file is written in a worker thread, which takes each chunk from the event loop in turn.
         loop = asyncio.get_running_loop()

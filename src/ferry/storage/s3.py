@@ -606,6 +606,7 @@ class S3Backend:
     async def put_stream(
         self, key: str, size: int, body: Callable[[], AsyncGenerator[bytes, None]], meta: ObjectMeta, *,
         storage_class: str | None = None, crc64: int | None = None, content_md5: str | None = None,
+        trailing_crc32c: bool = False,
     ) -> PutResult:
         headers = self._write_headers(meta, storage_class, crc64)
         headers.setdefault("Content-Type", "application/octet-stream")
@@ -613,7 +614,7 @@ class S3Backend:
             headers["Content-MD5"] = base64.b64encode(bytes.fromhex(content_md5)).decode("ascii")
             resp = await self._send("PUT", "put", key, headers=headers, data=StreamBody(size, body()))
             verified = False
-        elif self.profile.trailing_crc32c:
+        elif trailing_crc32c and self.profile.trailing_crc32c:
             trailer = _Crc32cTrailer(size)
             headers["x-amz-trailer"] = _CRC32C_HEADER
             headers["x-amz-decoded-content-length"] = str(size)

@@ -90,9 +90,10 @@ class BackendWrapper:
     async def put_stream(
         self, key: str, size: int, body: Callable[[], AsyncGenerator[bytes, None]], meta: ObjectMeta, *,
         storage_class: str | None = None, crc64: int | None = None, content_md5: str | None = None,
+        trailing_crc32c: bool = False,
     ) -> PutResult:
         return await self.inner.put_stream(key, size, body, meta, storage_class=storage_class, crc64=crc64,
-                                           content_md5=content_md5)
+                                           content_md5=content_md5, trailing_crc32c=trailing_crc32c)
 
     async def create_multipart(
         self, key: str, meta: ObjectMeta, *, storage_class: str | None = None, crc64: int | None = None
@@ -238,13 +239,14 @@ class RetryingBackend(BackendWrapper):
     async def put_stream(
         self, key: str, size: int, body: Callable[[], AsyncGenerator[bytes, None]], meta: ObjectMeta, *,
         storage_class: str | None = None, crc64: int | None = None, content_md5: str | None = None,
+        trailing_crc32c: bool = False,
     ) -> PutResult:
         # A refused Content-MD5 is handed straight back: the caller may have taken it on trust (a source's
         # ETag), and sending the same bytes with it again would be refused again.
         return await self._call(
             "put", key,
             lambda: self.inner.put_stream(key, size, body, meta, storage_class=storage_class, crc64=crc64,
-                                          content_md5=content_md5),
+                                          content_md5=content_md5, trailing_crc32c=trailing_crc32c),
             final=(DigestMismatchError,) if content_md5 is not None else (),
         )
 
@@ -402,9 +404,11 @@ class ThrottledBackend(BackendWrapper):
     async def put_stream(
         self, key: str, size: int, body: Callable[[], AsyncGenerator[bytes, None]], meta: ObjectMeta, *,
         storage_class: str | None = None, crc64: int | None = None, content_md5: str | None = None,
+        trailing_crc32c: bool = False,
     ) -> PutResult:
         return await self.inner.put_stream(key, size, lambda: self._charged(body()), meta,
-                                           storage_class=storage_class, crc64=crc64, content_md5=content_md5)
+                                           storage_class=storage_class, crc64=crc64, content_md5=content_md5,
+                                           trailing_crc32c=trailing_crc32c)
 
     async def upload_part(
         self, key: str, upload_id: str, part_number: int, data: bytes, *, crc32c: int | None = None
