@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 from ferry.errors import UsageError
 from ferry.storage.base import Backend
-from ferry.storage.memory import MemoryBackend, MemoryStore
 
 if TYPE_CHECKING:
     from ferry.storage.local import LocalBackend
+    from ferry.storage.memory import MemoryBackend, MemoryStore
 
 __all__ = ["BackendSpec", "memory_store", "open_backend", "parse_spec", "reset_memory_stores"]
 
@@ -32,6 +32,8 @@ _stores_lock = threading.Lock()
 
 def memory_store(name: str = "default") -> MemoryStore:
     """The process-wide MemoryStore called `name` (created on first use); `mem://` specs use "default"."""
+    from ferry.storage.memory import MemoryStore
+
     with _stores_lock:
         store = _stores.get(name)
         if store is None:
@@ -115,6 +117,13 @@ def parse_spec(spec: str) -> BackendSpec:
     raise UsageError(f"unsupported location {spec!r}: use s3://bucket/prefix, file:///path, a path, or mem://bucket")
 
 
+def _open_memory(parsed: BackendSpec) -> MemoryBackend:
+    # Imported on use, like the other backends: a run between S3 stores never loads it.
+    from ferry.storage.memory import MemoryBackend
+
+    return MemoryBackend(memory_store(), parsed.bucket, parsed.prefix)
+
+
 def _open_local(path: str, spec: str) -> LocalBackend:
     from ferry.storage.local import LocalBackend
 
@@ -136,7 +145,7 @@ def open_backend(
     """The backend a spec names. `endpoint`, `region`, keys and `profile` apply to `s3://` only."""
     parsed = parse_spec(spec)
     if parsed.scheme == "mem":
-        return MemoryBackend(memory_store(), parsed.bucket, parsed.prefix)
+        return _open_memory(parsed)
     if parsed.scheme == "file":
         return _open_local(parsed.path, spec)
     # The profile knows the provider's bucket rule (Tencent's name-APPID); without one, the S3 rule applies.

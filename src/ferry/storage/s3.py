@@ -19,7 +19,6 @@ import xml.etree.ElementTree as ET
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import unquote_plus, urlsplit
-from xml.sax.saxutils import escape as xml_escape
 
 import fastcrc
 from multidict import CIMultiDictProxy
@@ -683,7 +682,7 @@ class S3Backend:
 
     async def complete_multipart(self, key: str, upload_id: str, parts: Sequence[PartInfo]) -> PutResult:
         body = "".join(
-            f"<Part><PartNumber>{p.part_number}</PartNumber><ETag>{xml_escape(_quote_etag(p.etag))}</ETag></Part>"
+            f"<Part><PartNumber>{p.part_number}</PartNumber><ETag>{_xml_escape(_quote_etag(p.etag))}</ETag></Part>"
             for p in sorted(parts, key=lambda p: p.part_number)
         )
         data = f"<CompleteMultipartUpload>{body}</CompleteMultipartUpload>".encode()
@@ -814,6 +813,11 @@ def _virtual_host_ok(host: str, bucket: str, scheme: str) -> bool:
     if host == "localhost" or (scheme == "https" and "." in bucket):
         return False
     return re.fullmatch(r"[a-z0-9][a-z0-9.-]*[a-z0-9]", bucket) is not None
+
+
+def _xml_escape(text: str) -> str:
+    # xml.sax.saxutils.escape, without importing urllib.request and http.client (~5 ms of start-up) with it.
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _quote_etag(etag: str) -> str:
