@@ -33,6 +33,10 @@ class DeferredRepo:
         except BaseException as exc:  # handed to every caller
             self._repo.set_exception(exc)
 
+    def when_open(self, fn: Callable[[], None]) -> None:
+        """Call `fn` (in whichever thread gets there) once the repository is open or has failed to open."""
+        self._repo.add_done_callback(lambda _: fn())
+
     def __getattr__(self, name: str) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
             return getattr(self._repo.result(), name)(*args, **kwargs)
