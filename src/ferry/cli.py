@@ -139,7 +139,7 @@ def _collect_again() -> None:
 
 async def _migrate(args: argparse.Namespace) -> int:
     # Start-up (the engine's imports, then SQLAlchemy's in the database thread) allocates a great many
-    # long-lived objects and hardly any garbage, yet the cyclic GC would walk them over and over: ~10% of
+    # long-lived objects and hardly any garbage, yet the cyclic GC would walk them over and over: ~7% of
     # the CPU of a short run. It is off until the database is open (_collect_again).
     gc.disable()
     try:

@@ -241,9 +241,9 @@ class Copier:
         # Without a Content-MD5 the bytes can be checked only at the price of a pass over all of them: the
         # store's (a trailing CRC32C; SeaweedFS also hashes such a body with SHA-256) or ours (MD5). That
         # is paid under the CRC64 check, which asks for content checking; size_last_modified checks the size.
-        thorough = content_md5 is None and (thorough or self._crc)
-        by_trailer = thorough and self.dst.capabilities.trailing_crc32c
-        sums = _StreamSums(md5=thorough and self._etag_md5 and not by_trailer, crc=self._crc)
+        check_content = content_md5 is None and (thorough or self._crc)
+        by_trailer = check_content and self.dst.capabilities.trailing_crc32c
+        sums = _StreamSums(md5=check_content and self._etag_md5 and not by_trailer, crc=self._crc)
         first = [opened] if opened is not None else []
 
         def body() -> AsyncGenerator[bytes, None]:
