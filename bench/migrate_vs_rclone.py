@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import compileall
 import contextlib
 import hashlib
 import json
@@ -46,6 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ferry
 from ferry.objects import ObjectInfo, ObjectMeta, PutResult
 from ferry.sandbox import HOST, SeaweedServer, find_binary, release_ports, reserve_ports
 from ferry.storage.wrappers import BackendWrapper
@@ -742,6 +744,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             load0 = round(os.getloadavg()[0], 2)
             version0 = code_version()
             print(f"code under test: {version0}", flush=True)
+            # As installed: bytecode cached for every module, as scripts/bootstrap.sh leaves it. Edited since,
+            # every ferry run would compile the changed modules again (PYTHONDONTWRITEBYTECODE may forbid
+            # caching them) and the timings would include it.
+            compileall.compile_dir(Path(ferry.__file__).parent, quiet=1)
             bench = Bench(src, dst, work, prime=not args.no_prime, small_count=args.small_objects)
             print(f"source {src.endpoint}, destination {dst.endpoint}; tools: {bench.ferry}, {bench.rclone}, "
                   f"{bench.s5cmd}; cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f}", flush=True)
