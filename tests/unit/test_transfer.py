@@ -355,14 +355,15 @@ async def test_mid_size_objects_stream_through_a_few_chunks_of_memory(tmp_path: 
         assert data == v and info.meta is not None and info.meta.content_type == "text/x-streamed"
 
 
+class Encrypted(Counting):
+    """Its ETags look like MD5s but are not (a store that encrypts without saying so)."""
+
+    async def read_stream(self, key: str, *, if_match: str | None = None) -> Any:
+        info, pieces = await self.inner.read_stream(key, if_match=if_match)
+        return dataclasses.replace(info, md5="0" * 32), pieces
+
+
 async def test_a_source_etag_that_is_no_md5_is_checked_by_our_own_hash(tmp_path: Path) -> None:
-    class Encrypted(Counting):
-        """Its ETags look like MD5s but are not (a store that encrypts without saying so)."""
-
-        async def read_stream(self, key: str, *, if_match: str | None = None) -> Any:
-            info, pieces = await self.inner.read_stream(key, if_match=if_match)
-            return dataclasses.replace(info, md5="0" * 32), pieces
-
     src, dst = MemoryBackend(MemoryStore(), "src"), Streams(MemoryBackend(MemoryStore(), "dst"))
     body = os.urandom(2 * MiB)
     await src.put("k", body, ObjectMeta())
@@ -370,6 +371,19 @@ async def test_a_source_etag_that_is_no_md5_is_checked_by_our_own_hash(tmp_path:
     assert (s.success, s.failed) == (1, 0)
     assert dst.md5s == ["0" * 32, None]  # refused against the claimed MD5, then sent without one
     assert (await dst.read_object("k"))[1] == body
+
+
+async def test_after_a_refused_content_md5_the_retry_checks_the_content_under_the_default_check(
+        tmp_path: Path) -> None:
+    """Something already went wrong once, so the second attempt hashes what it sends whatever the mode:
+    bytes damaged on the way then fail instead of landing unchecked."""
+    src, dst = MemoryBackend(MemoryStore(), "src"), MemoryBackend(MemoryStore(), "dst")
+    await src.put("k", os.urandom(2 * MiB), ObjectMeta())
+    damaging = Streams(dst, damage=True)
+    s = await _migrate(Encrypted(src), damaging, tmp_path, _stream_opts())
+    assert (s.success, s.failed) == (0, 1)
+    assert damaging.md5s == ["0" * 32, None]
+    assert [o.key async for o in dst.list()] == []
 
 
 class Untrusted(Counting):
