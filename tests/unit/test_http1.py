@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import ipaddress
 import os
 import socket
 import ssl
 import struct
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from ferry.storage import splice
 from ferry.storage.http1 import Http1Pool, HttpConnectError, HttpError, HttpTimeout, StreamBody
 
 # Every test on both loops: the CLI runs on uvloop, the API server on asyncio's own.
@@ -603,3 +606,216 @@ async def test_a_reset_or_a_stall_mid_stream_is_an_error(serve: Callable[[Handle
             async for _ in r.body:
                 pass
     await p.close()
+
+
+# -- a streamed answer moved into a streamed request in the kernel -------------------------------------
+@pytest.fixture
+def moves(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The byte counts of the kernel moves made (each recorded once it has ended, however it ended)."""
+    made: list[int] = []
+    real = splice.move
+
+    def counted(src: int, dst: int, prefix: list[bytes], count: int, stopper: splice.Stopper,
+                timeout: float) -> None:
+        try:
+            real(src, dst, prefix, count, stopper, timeout)
+        finally:
+            made.append(sum(map(len, prefix)) + count)
+
+    monkeypatch.setattr(splice, "move", counted)
+    return made
+
+
+def source(body: bytes, *, cut: int | None = None, reset: bool = False, stall: float = 0.0) -> Handler:
+    """Answers every GET with `body`; with `cut`, only its first `cut` bytes, then (after `stall` s) a close
+    or with `reset` a RST."""
+    async def handle(request: Request, writer: asyncio.StreamWriter) -> bool:
+        writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+        if cut is None:
+            writer.write(body)
+            return True
+        writer.write(body[:cut])
+        await writer.drain()
+        await asyncio.sleep(stall)
+        if reset:
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+        return False
+
+    return handle
+
+
+async def _relay(src: Http1Pool, dst: Http1Pool, target: str = "/k") -> int:
+    got = await src.stream("GET", target, "h", {})
+    length = int(got.headers["content-length"])
+    async with contextlib.aclosing(got.body):
+        r = await dst.request("PUT", "/copy", "h", {}, StreamBody(length, got.body))
+    return r.status
+
+
+@pytest.mark.skipif(not splice.AVAILABLE, reason="no splice on this system")
+async def test_a_streamed_answer_moves_into_a_streamed_request_in_the_kernel(
+    serve: Callable[[Handler], Awaitable[Server]], moves: list[int],
+) -> None:
+    body = os.urandom(9 * 1024 * 1024 + 17)
+    src_server, dst_server = await serve(source(body)), await serve(answer(200, b""))
+    src, dst = pool(src_server.port), pool(dst_server.port)
+    for n in (1, 2):
+        assert await _relay(src, dst) == 200
+        assert dst_server.requests[-1].body == body and len(moves) == n
+    assert moves == [len(body)] * 2
+    assert src_server.connections == 1  # the source's connection went back for reuse after each move
+    assert (await src.request("GET", "/k", "h", {})).body == body  # and still speaks HTTP in step
+    await src.close()
+    await dst.close()
+
+
+@pytest.mark.skipif(not splice.AVAILABLE, reason="no splice on this system")
+async def test_bytes_seen_on_the_way_are_not_moved_in_the_kernel(
+    serve: Callable[[Handler], Awaitable[Server]], moves: list[int],
+) -> None:
+    body = os.urandom(3 * 1024 * 1024)
+    src_server, dst_server = await serve(source(body)), await serve(answer(200, b""))
+    src, dst = pool(src_server.port), pool(dst_server.port)
+    got = await src.stream("GET", "/k", "h", {})
+
+    async def looked_at() -> AsyncGenerator[bytes, None]:
+        async for piece in got.body:
+            yield piece
+
+    r = await dst.request("PUT", "/copy", "h", {}, StreamBody(len(body), looked_at()))
+    assert r.status == 200 and dst_server.requests[-1].body == body and moves == []
+    await src.close()
+    await dst.close()
+
+
+@pytest.mark.skipif(not splice.AVAILABLE, reason="no splice on this system")
+@pytest.mark.parametrize("reset", [False, True])
+async def test_a_source_that_ends_early_fails_the_move_and_both_connections_go(
+    serve: Callable[[Handler], Awaitable[Server]], moves: list[int], reset: bool,
+) -> None:
+    body = os.urandom(4 * 1024 * 1024)
+    src_server = await serve(source(body, cut=1024 * 1024, reset=reset, stall=0.1))
+    dst_server = await serve(answer(200, b""))
+    src, dst = pool(src_server.port, read_timeout=5), pool(dst_server.port, read_timeout=5)
+    with pytest.raises(HttpError, match="reading the body to send"):
+        await asyncio.wait_for(_relay(src, dst), 5)
+    assert moves == [len(body)] and dst_server.requests == []  # the destination never got a whole request
+    assert src._idle == [] and dst._idle == []
+    await src.close()
+    await dst.close()
+
+
+@pytest.mark.skipif(not splice.AVAILABLE, reason="no splice on this system")
+async def test_a_stalled_source_times_the_move_out(
+    serve: Callable[[Handler], Awaitable[Server]], moves: list[int],
+) -> None:
+    src_server = await serve(source(os.urandom(2 * 1024 * 1024), cut=100_000, stall=5))
+    dst_server = await serve(answer(200, b""))
+    src, dst = pool(src_server.port), pool(dst_server.port, read_timeout=0.3)
+    with pytest.raises(HttpTimeout, match="no progress"):
+        await asyncio.wait_for(_relay(src, dst), 5)
+    assert len(moves) == 1
+    await src.close()
+    await dst.close()
+
+
+@pytest.mark.skipif(not splice.AVAILABLE, reason="no splice on this system")
+async def test_an_early_answer_stops_the_move(
+    serve: Callable[[Handler], Awaitable[Server]], moves: list[int],
+) -> None:
+    """The destination refuses after the head and reads nothing more while the source keeps the rest coming
+    slowly: the answer comes back at once, the move ends, and neither connection is kept."""
+    connections = 0
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(3)
+        writer.close()
+
+    body = os.urandom(64 * 1024 * 1024)
+    src_server = await serve(source(body, cut=512 * 1024, stall=3))
+    refuser = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    src, dst = pool(src_server.port, read_timeout=10), pool(refuser.sockets[0].getsockname()[1], read_timeout=10)
+    try:
+        assert await asyncio.wait_for(_relay(src, dst), 2) == 403
+        assert moves == [len(body)] and src._idle == [] and dst._idle == []
+    finally:
+        await src.close()
+        await dst.close()
+        refuser.close()
+
+
+@pytest.mark.skipif(not splice.AVAILABLE, reason="no splice on this system")
+async def test_a_cancelled_move_ends_before_the_request_does(
+    serve: Callable[[Handler], Awaitable[Server]], moves: list[int],
+) -> None:
+    src_server = await serve(source(os.urandom(8 * 1024 * 1024), cut=1024 * 1024, stall=5))
+    dst_server = await serve(answer(200, b""))
+    src, dst = pool(src_server.port), pool(dst_server.port)
+    task = asyncio.ensure_future(_relay(src, dst))
+    await asyncio.sleep(0.3)
+    assert not task.done()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 2)
+    assert len(moves) == 1  # the move had already ended when the cancellation came through
+    assert src._idle == [] and dst._idle == []
+    await src.close()
+    await dst.close()
+
+
+@pytest.mark.skipif(not splice.AVAILABLE, reason="no splice on this system")
+def test_move_writes_the_prefix_then_exactly_the_count() -> None:
+    a_out, a_in = socket.socketpair()
+    b_out, b_in = socket.socketpair()
+    for s in (a_in, b_out):
+        s.setblocking(False)
+    data = os.urandom(3 * 1024 * 1024)
+    a_out.sendall(data[:200_000])
+    stopper = splice.Stopper()
+    feeder = threading.Thread(target=a_out.sendall, args=(data[200_000:] + b"next request",))
+    feeder.start()
+    received = bytearray()
+    reader = threading.Thread(target=lambda: received.extend(_recv_exactly(b_in, len(data) + 3)))
+    reader.start()
+    splice.move(a_in.fileno(), b_out.fileno(), [b"pre"], len(data), stopper, 5)
+    feeder.join()
+    reader.join()
+    assert bytes(received) == b"pre" + data
+    assert _recv_exactly(a_in, 12, blocking=True) == b"next request"  # not a byte more was taken
+    stopper.close()
+    for s in (a_out, a_in, b_out, b_in):
+        s.close()
+
+
+@pytest.mark.skipif(not splice.AVAILABLE, reason="no splice on this system")
+def test_a_stopped_move_ends_at_once() -> None:
+    a_out, a_in = socket.socketpair()
+    b_out, b_in = socket.socketpair()
+    for s in (a_in, b_out):
+        s.setblocking(False)
+    stopper = splice.Stopper()
+    threading.Timer(0.2, stopper.stop).start()
+    with pytest.raises(splice.SpliceError) as caught:
+        splice.move(a_in.fileno(), b_out.fileno(), [], 1000, stopper, 30)
+    assert caught.value.side == "stopped"
+    stopper.close()
+    for s in (a_out, a_in, b_out, b_in):
+        s.close()
+
+
+def _recv_exactly(sock: socket.socket, n: int, blocking: bool = True) -> bytes:
+    sock.setblocking(blocking)
+    out = bytearray()
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)

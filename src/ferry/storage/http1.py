@@ -7,6 +7,10 @@ body in memory or streamed from an async generator of known total length, an ans
 successful one of known length) handed over piece by piece with reading paused while its reader is behind.
 This module does exactly that, on an asyncio.Protocol, and frames responses as RFC 9112 section 6.3 says
 (no body for HEAD, 1xx, 204 and 304; chunked; Content-Length; else until the server closes).
+
+A streamed answer over plain TCP can also be moved straight into a streamed request over plain TCP inside
+the kernel (`splice_source`, `storage/splice.py`), when whoever sits between them passes its bytes through
+untouched.
 """
 
 from __future__ import annotations
@@ -18,10 +22,13 @@ import os
 import re
 import socket
 import ssl
+import weakref
 from collections.abc import AsyncGenerator, Mapping
 from typing import NamedTuple, cast
 
 from multidict import CIMultiDict, CIMultiDictProxy
+
+from ferry.storage import splice
 
 _MAX_HEAD = 64 * 1024  # a status line and headers larger than this are not a sane S3 answer
 _WRITE_SLICE = 1024 * 1024  # large bodies go out in slices, so the transport never copies a whole part
@@ -80,6 +87,64 @@ class HttpTimeout(HttpError):
     """Connecting, or waiting for the next bytes of an answer, took longer than allowed."""
 
 
+class SpliceSource:
+    """The rest of a streamed answer's body, still in its socket, for a request writer to move in the kernel."""
+
+    __slots__ = ("_conn", "_lease", "_taken")
+
+    def __init__(self, conn: _Connection, lease: _Lease) -> None:
+        self._conn = conn
+        self._lease = lease
+        self._taken = False
+
+    def take(self) -> tuple[int, list[bytes], int] | None:
+        """Stop the event loop reading the socket and hand over (a duplicate of its descriptor, the pieces
+        already received, the bytes still to come); None when the body can no longer be handed over."""
+        conn, body = self._conn, self._conn._body
+        if self._taken or body is None or body.error is not None or conn.closed or conn.transport is None:
+            return None
+        self._taken = True
+        if not conn._reading_paused:
+            conn.transport.pause_reading()
+            conn._reading_paused = True
+        pieces = list(body.pieces)
+        body.pieces.clear()
+        body.buffered = 0
+        return os.dup(conn.fileno()), pieces, body.remaining
+
+    def finish(self, moved: bool) -> None:
+        """After the move: the connection is kept for reuse if the whole body went, else dropped."""
+        conn, body = self._conn, self._conn._body
+        conn._stopper = None
+        if moved and body is not None and not conn.closed and conn.transport is not None:
+            body.remaining = 0
+            conn._reading_paused = False
+            conn.transport.resume_reading()
+        else:
+            conn.abort()
+        self._lease.end()
+
+    def watch(self, stopper: splice.Stopper) -> None:
+        """Stop the move if this connection fails meanwhile."""
+        self._conn._stopper = stopper
+
+
+# The pieces of a streamed answer that may be moved in the kernel, and the wrappers that pass them through.
+_SPLICEABLE: weakref.WeakKeyDictionary[AsyncGenerator[bytes, None], SpliceSource] = weakref.WeakKeyDictionary()
+
+
+def splice_source(pieces: AsyncGenerator[bytes | memoryview, None]) -> SpliceSource | None:
+    """The socket behind `pieces`, if they are a streamed answer (or pass one through untouched) not yet read."""
+    return _SPLICEABLE.get(cast(AsyncGenerator[bytes, None], pieces))
+
+
+def pass_splice(outer: AsyncGenerator[bytes, None], inner: AsyncGenerator[bytes, None]) -> None:
+    """Declare that `outer` yields exactly `inner`'s bytes, so whatever may move `inner` may move `outer`."""
+    source = _SPLICEABLE.get(inner)
+    if source is not None:
+        _SPLICEABLE[outer] = source
+
+
 class _Exchange:
     """Parser state of the response to one request."""
 
@@ -125,9 +190,10 @@ class _Connection(asyncio.Protocol):
     collect in `_buf`.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, read_timeout: float) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, read_timeout: float, plain: bool = False) -> None:
         self._loop = loop
         self._read_timeout = read_timeout
+        self.plain = plain  # plain TCP: its socket may be written or read by a kernel move (splice)
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.reused = False
@@ -143,6 +209,7 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._body: _BodyPieces | None = None  # the body being streamed to its reader
         self._reading_paused = False
+        self._stopper: splice.Stopper | None = None  # a kernel move using this socket, told if it fails
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -153,6 +220,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._stopper is not None:
+            self._stopper.stop()
         self._wake_drain(exc)
         body = self._body
         if body is not None and body.remaining:
@@ -376,6 +445,8 @@ class _Connection(asyncio.Protocol):
             # then be taken for the next request. This connection is done, and the writer stops.
             ex.keep_alive = False
             self._wake_drain(None)
+            if self._stopper is not None:
+                self._stopper.stop()
         self._cancel_timer()
         if not waiter.done():
             waiter.set_result(HttpResponse(ex.status, ex.headers, body))
@@ -454,6 +525,9 @@ class _Connection(asyncio.Protocol):
         return True
 
     async def _write_stream(self, body: StreamBody) -> None:
+        source = splice_source(body.chunks) if self.plain and splice.AVAILABLE else None
+        if source is not None and await self._splice(source, body):
+            return
         sent = 0
         # However the exchange ends, the producer's own cleanup (memory it holds, reads it started) runs
         # now rather than whenever the generator is collected.
@@ -481,6 +555,76 @@ class _Connection(asyncio.Protocol):
                             return
         if sent != body.length:
             raise HttpError(f"the request body ended after {sent} of the {body.length} bytes announced")
+
+    async def _splice(self, source: SpliceSource, body: StreamBody) -> bool:
+        """Move the body from `source`'s socket into ours in the kernel; False (nothing taken) when it cannot
+        go that way. The move runs in a thread on duplicates of both descriptors, which it closes itself, so
+        neither socket can be closed and reused under it; a connection is kept only once it has ended."""
+        transport = self.transport
+        assert transport is not None
+        if transport.get_write_buffer_size() or self.closed:
+            return False  # the head is not all out yet: the body must queue behind it
+        taken = source.take()
+        if taken is None:
+            return False
+        src, prefix, remaining = taken
+        stopper = splice.Stopper()
+        try:
+            dst = os.dup(self.fileno())
+        except OSError:
+            os.close(src)
+            stopper.close()
+            source.finish(False)
+            raise HttpError("the connection closed before the body went") from None
+        moved = False
+        try:
+            if sum(map(len, prefix)) + remaining != body.length:
+                os.close(src)
+                os.close(dst)
+                stopper.close()
+                raise HttpError(f"the request body has {sum(map(len, prefix)) + remaining} bytes, "
+                                f"not the {body.length} announced")
+            self._stopper = stopper
+            source.watch(stopper)
+            self._cancel_timer()  # the move keeps its own time; the answer's wait is timed again after it
+            job = splice.executor().submit(_move_and_close, src, dst, prefix, remaining, stopper,
+                                           self._read_timeout)
+            try:
+                await asyncio.wrap_future(job)
+            except asyncio.CancelledError:
+                if job.cancelled():  # it never started, so nothing else closes the descriptors
+                    for fd in (src, dst, stopper.fd):
+                        os.close(fd)
+                else:
+                    stopper.stop()
+                    with contextlib.suppress(BaseException):
+                        await asyncio.wrap_future(job)  # the sockets are ours again only once it ended
+                raise
+            moved = True
+        except splice.SpliceError as e:
+            waiter = self._waiter
+            if e.side == "stopped" or (e.side == "destination" and waiter is not None and waiter.done()):
+                return True  # the exchange ended meanwhile (an early answer, a reset): the answer decides
+            if e.side == "destination":
+                raise HttpError(f"the server {e} while the body was being sent") from None
+            if e.side == "timeout":
+                raise HttpTimeout(str(e)) from None
+            raise HttpError(f"reading the body to send: {e}") from None
+        finally:
+            self._stopper = None
+            source.finish(moved)
+            if moved and self._waiter is not None and not self._waiter.done():
+                self._last_progress = self._loop.time()
+                self._arm_timer()
+        await body.chunks.aclose()
+        return True
+
+    def fileno(self) -> int:
+        assert self.transport is not None
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            raise HttpError("the connection has no socket")
+        return int(sock.fileno())
 
     # -- one exchange ----------------------------------------------------------------------------
     async def exchange(self, head: bytes, body: Body | None, head_only: bool, stream: bool = False) -> HttpResponse:
@@ -521,8 +665,37 @@ class _Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         self.closed = True
+        if self._stopper is not None:
+            self._stopper.stop()
         if self.transport is not None:
             self.transport.abort()
+
+
+class _Lease:
+    """A streamed answer's hold on its connection and its slot in the pool, given back once however the body
+    ends: read to its end, closed early, or moved in the kernel."""
+
+    __slots__ = ("_conn", "_pool")
+
+    def __init__(self, pool: Http1Pool, conn: _Connection) -> None:
+        self._pool: Http1Pool | None = pool
+        self._conn = conn
+
+    def end(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool._release(self._conn)  # kept only if the whole body was read
+            pool._limit.release()
+
+
+def _move_and_close(src: int, dst: int, prefix: list[bytes], count: int, stopper: splice.Stopper,
+                    timeout: float) -> None:
+    try:
+        splice.move(src, dst, prefix, count, stopper, timeout)
+    finally:
+        for fd in (src, dst, stopper.fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class Http1Pool:
@@ -594,8 +767,11 @@ class Http1Pool:
         if not conn.streaming:
             self._limit.release()
             return StreamedResponse(response.status, response.headers, _whole(response.body))
-        pieces = self._pieces(conn)
+        lease = _Lease(self, conn)
+        pieces = self._pieces(conn, lease)
         await anext(pieces)  # started, so closing it (or collecting it) always hands the connection back
+        if conn.plain and splice.AVAILABLE:
+            _SPLICEABLE[pieces] = SpliceSource(conn, lease)
         return StreamedResponse(response.status, response.headers, pieces)
 
     async def _exchange(self, method: str, head: bytes, body: Body | None, *, fresh: bool = False,
@@ -631,14 +807,13 @@ class Http1Pool:
         else:
             conn.abort()
 
-    async def _pieces(self, conn: _Connection) -> AsyncGenerator[bytes, None]:
+    async def _pieces(self, conn: _Connection, lease: _Lease) -> AsyncGenerator[bytes, None]:
         try:
             yield b""
             while (piece := await conn.next_piece()) is not None:
                 yield piece
         finally:
-            self._release(conn)  # kept only if the whole body was read
-            self._limit.release()
+            lease.end()
 
     async def _connection(self, fresh: bool = False) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -653,7 +828,8 @@ class Http1Pool:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: _Connection(loop, self._read_timeout), self._host, self._port, ssl=self._ssl,
+                    lambda: _Connection(loop, self._read_timeout, self._ssl is None), self._host, self._port,
+                    ssl=self._ssl,
                     server_hostname=self._host if self._ssl is not None else None,
                 )
         except TimeoutError:

@@ -37,7 +37,16 @@ from ferry.errors import (
 )
 from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult, md5_of_etag
 from ferry.storage.base import Backend, Capabilities
-from ferry.storage.http1 import Body, Http1Pool, HttpConnectError, HttpError, HttpResponse, HttpTimeout, StreamBody
+from ferry.storage.http1 import (
+    Body,
+    Http1Pool,
+    HttpConnectError,
+    HttpError,
+    HttpResponse,
+    HttpTimeout,
+    StreamBody,
+    pass_splice,
+)
 from ferry.storage.profiles import Profile, get_profile
 from ferry.storage.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, SigV4Signer, canonical_query, quote_path
 
@@ -228,7 +237,9 @@ class S3Backend:
         except (HttpError, ValueError) as e:
             failure = self._failure(op, key, e)
         else:
-            return result.headers, self._pieces(op, key, result.body)
+            pieces = self._pieces(op, key, result.body)
+            pass_splice(pieces, result.body)  # errors mapped, bytes untouched
+            return result.headers, pieces
         raise failure
 
     async def _pieces(self, op: str, key: str, body: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:

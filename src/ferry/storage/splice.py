@@ -1,0 +1,160 @@
+"""Moves a body from one socket to another inside the kernel (Linux splice through a pipe), in a worker thread.
+
+Copying a large object between two plain-HTTP stores otherwise takes every byte into Python and out again:
+two copies across the kernel boundary and a Python object per piece. Spliced, the bytes stay in the kernel
+(measured, 8 x 64 MiB between two local SeaweedFS servers: the copier's CPU 0.25 s with recv_into/sendall in
+threads, 0.16 s spliced, 0.41 s on the event loop). It suits only bytes that nobody needs to see: no hash
+to compute, no bandwidth to charge, no TLS.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import errno
+import fcntl
+import os
+import select
+import threading
+import time
+from collections.abc import Sequence
+
+AVAILABLE = hasattr(os, "splice") and hasattr(os, "eventfd")
+_PIPE_SIZE = 1024 * 1024  # the most an unprivileged process may ask for by default (/proc/sys/fs/pipe-max-size)
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
+_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+_BROKEN = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN)
+_executor: concurrent.futures.ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+class SpliceError(Exception):
+    """The move stopped before its end; `side` says where: "source", "destination", "stopped" or "timeout"."""
+
+    def __init__(self, side: str, reason: str) -> None:
+        super().__init__(reason)
+        self.side = side
+
+
+class Stopper:
+    """Asks a move to stop, from any thread; the move notices at once, even while it waits for a socket."""
+
+    def __init__(self) -> None:
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.stopped = False
+
+    def stop(self) -> None:
+        if not self.stopped:
+            self.stopped = True
+            with contextlib.suppress(OSError):
+                os.eventfd_write(self.fd, 1)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+def executor() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads moves run in: one per move under way (a move mostly sleeps in poll, without the GIL)."""
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = concurrent.futures.ThreadPoolExecutor(max_workers=256, thread_name_prefix="ferry-splice")
+        return _executor
+
+
+def move(src: int, dst: int, prefix: Sequence[bytes], count: int, stopper: Stopper, timeout: float) -> None:
+    """Write `prefix`, then move exactly `count` bytes from socket `src` to socket `dst` (both non-blocking).
+
+    Raises SpliceError when a side fails or ends early, when neither side makes progress for `timeout`
+    seconds, or when `stopper` is set. Blocking: run it in a thread of `executor()`.
+    """
+    mover = _Mover(src, dst, stopper, timeout)
+    for piece in prefix:
+        mover.write(memoryview(piece))
+    if count:
+        mover.splice(count)
+
+
+class _Mover:
+    def __init__(self, src: int, dst: int, stopper: Stopper, timeout: float) -> None:
+        self.src, self.dst, self.stopper, self.timeout = src, dst, stopper, timeout
+        self.progress = time.monotonic()
+
+    def _wait(self, reading: bool, writing: bool) -> None:
+        """Sleep until a socket we wait for is ready (or in error: the next call then says which)."""
+        poller = select.poll()
+        poller.register(self.stopper.fd, select.POLLIN)
+        if reading:
+            poller.register(self.src, select.POLLIN)
+        if writing:
+            poller.register(self.dst, select.POLLOUT)
+        while True:
+            if self.stopper.stopped:
+                raise SpliceError("stopped", "the exchange ended")
+            left = self.progress + self.timeout - time.monotonic()
+            if left <= 0:
+                side = "source" if reading else "destination"
+                raise SpliceError("timeout", f"the {side} made no progress for {self.timeout:g} s")
+            if poller.poll(max(1, int(left * 1000))):
+                if self.stopper.stopped:
+                    raise SpliceError("stopped", "the exchange ended")
+                return
+
+    def write(self, view: memoryview) -> None:
+        while view:
+            try:
+                n = os.write(self.dst, view)
+            except BlockingIOError:
+                self._wait(False, True)
+                continue
+            except OSError as e:
+                raise SpliceError("destination", _reason(e)) from None
+            view = view[n:]
+            self.progress = time.monotonic()
+
+    def splice(self, count: int) -> None:
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(w, _F_SETPIPE_SZ, _PIPE_SIZE)
+            room = fcntl.fcntl(w, _F_GETPIPE_SZ)
+            left, held = count, 0  # still in the source socket; in the pipe
+            while left or held:
+                if self.stopper.stopped:
+                    raise SpliceError("stopped", "the exchange ended")
+                moved = False
+                if left and held < room:
+                    try:
+                        n = os.splice(self.src, w, min(left, room - held), flags=_FLAGS)
+                    except BlockingIOError:
+                        n = -1
+                    except OSError as e:
+                        raise SpliceError("source", _reason(e)) from None
+                    if n == 0:
+                        raise SpliceError("source", f"the source closed the connection {left} bytes short")
+                    if n > 0:
+                        left, held, moved = left - n, held + n, True
+                if held:
+                    try:
+                        n = os.splice(r, self.dst, held, flags=_FLAGS)
+                    except BlockingIOError:
+                        n = 0
+                    except OSError as e:
+                        raise SpliceError("destination", _reason(e)) from None
+                    if n > 0:
+                        held, moved = held - n, True
+                if moved:
+                    self.progress = time.monotonic()
+                else:
+                    self._wait(bool(left) and held < room, bool(held))
+        finally:
+            os.close(r)
+            os.close(w)
+
+
+def _reason(e: OSError) -> str:
+    if e.errno in _BROKEN:
+        return "the connection was reset"
+    return os.strerror(e.errno) if e.errno else type(e).__name__

@@ -1,0 +1,105 @@
+"""Streamed copies between two SeaweedFS servers: moved in the kernel when nothing needs to see the bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from ferry.engine.budget import MemoryBudget
+from ferry.engine.compare import ConsistencyCheck
+from ferry.engine.copier import Copier, CopyOptions
+from ferry.objects import ObjectMeta
+from ferry.sandbox import SeaweedServer
+from ferry.storage import splice
+from ferry.storage.base import Backend
+from ferry.storage.profiles import get_profile
+from ferry.storage.s3 import S3Backend
+from ferry.storage.wrappers import BandwidthLimiter, RetryingBackend, ThrottledBackend
+
+MiB = 1024 * 1024
+pytestmark = [pytest.mark.both_loops, pytest.mark.skipif(not splice.AVAILABLE, reason="no splice here")]
+
+
+@pytest.fixture
+def moves(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    made: list[int] = []
+    real = splice.move
+
+    def counted(src: int, dst: int, prefix: list[bytes], count: int, stopper: splice.Stopper,
+                timeout: float) -> None:
+        real(src, dst, prefix, count, stopper, timeout)
+        made.append(sum(map(len, prefix)) + count)
+
+    monkeypatch.setattr(splice, "move", counted)
+    return made
+
+
+@pytest.fixture
+async def pair(seaweed_a: SeaweedServer, seaweed_b: SeaweedServer,
+               bucket_factory: Any) -> AsyncIterator[tuple[S3Backend, S3Backend]]:
+    profile = get_profile("seaweedfs")
+    src = S3Backend(seaweed_a.endpoint, seaweed_a.region, seaweed_a.access_key, seaweed_a.secret_key,
+                    bucket_factory(seaweed_a), profile=profile)
+    dst = S3Backend(seaweed_b.endpoint, seaweed_b.region, seaweed_b.access_key, seaweed_b.secret_key,
+                    bucket_factory(seaweed_b), profile=profile)
+    yield src, dst
+    await src.close()
+    await dst.close()
+
+
+def _copier(src: Backend, dst: Backend, check: ConsistencyCheck) -> Copier:
+    opts = CopyOptions(consistency=check, stream_threshold=1 * MiB, multipart_threshold=64 * MiB)
+    return Copier(src, dst, opts, MemoryBudget(64 * MiB))
+
+
+async def _put(backend: S3Backend, key: str, data: bytes) -> None:
+    await backend.put(key, data, ObjectMeta(content_type="application/x-ferry"))
+
+
+@pytest.mark.parametrize("key", ["plain.bin", "ü ñ/+%#?.bin"])
+async def test_a_streamed_copy_moves_in_the_kernel_and_arrives_whole(
+    pair: tuple[S3Backend, S3Backend], moves: list[int], key: str,
+) -> None:
+    src, dst = pair
+    data = os.urandom(5 * MiB + 7)
+    await _put(src, key, data)
+    listed = await src.head(key)
+    copier = _copier(RetryingBackend(src), RetryingBackend(dst), ConsistencyCheck.SIZE_LAST_MODIFIED)
+    outcome = await copier.copy(listed)
+    assert outcome.method == "stream" and moves == [len(data)]
+    info, got = await dst.read_object(key)
+    assert got == data and info.meta.content_type == "application/x-ferry"
+    assert outcome.etag == hashlib.md5(data).hexdigest()  # the destination checked the Content-MD5 sent
+    # The source's connection went back to its pool in step: the next request on it works.
+    assert (await src.read_object(key))[1] == data
+
+
+async def test_a_crc64_check_sees_every_byte_so_nothing_moves_in_the_kernel(
+    pair: tuple[S3Backend, S3Backend], moves: list[int],
+) -> None:
+    src, dst = pair
+    data = os.urandom(3 * MiB)
+    await _put(src, "k", data)
+    copier = _copier(src, dst, ConsistencyCheck.CRC64)
+    await copier.copy(await src.head("k"))
+    assert moves == [] and (await dst.read_object("k"))[1] == data
+    assert (await dst.head("k")).crc64 is not None
+
+
+@pytest.mark.parametrize("limit", [None, 64 * MiB])
+async def test_a_bandwidth_limit_charges_the_bytes_so_they_do_not_move_in_the_kernel(
+    pair: tuple[S3Backend, S3Backend], moves: list[int], limit: float | None,
+) -> None:
+    src, dst = pair
+    data = os.urandom(2 * MiB)
+    await _put(src, "k", data)
+    limiter = BandwidthLimiter(limit)
+    copier = _copier(ThrottledBackend(src, limiter), ThrottledBackend(dst, limiter),
+                     ConsistencyCheck.SIZE_LAST_MODIFIED)
+    await copier.copy(await src.head("k"))
+    assert (await dst.read_object("k"))[1] == data
+    assert moves == ([len(data)] if limit is None else [])
