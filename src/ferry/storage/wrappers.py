@@ -386,7 +386,9 @@ class ThrottledBackend(BackendWrapper):
         self, key: str, *, if_match: str | None = None
     ) -> tuple[ObjectInfo, AsyncGenerator[bytes, None]]:
         info, pieces = await self.inner.read_stream(key, if_match=if_match)
-        return info, self._charged(pieces)
+        # Unlimited, nothing is charged: the pieces pass untouched, so they can still be moved in the kernel
+        # (storage/splice.py). A limit set meanwhile applies from the next object on.
+        return info, pieces if self.limiter.limit is None else self._charged(pieces)
 
     async def _charged(self, pieces: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
         async with contextlib.aclosing(pieces):
@@ -406,7 +408,8 @@ class ThrottledBackend(BackendWrapper):
         storage_class: str | None = None, crc64: int | None = None, content_md5: str | None = None,
         trailing_crc32c: bool = False,
     ) -> PutResult:
-        return await self.inner.put_stream(key, size, lambda: self._charged(body()), meta,
+        charged = body if self.limiter.limit is None else lambda: self._charged(body())  # as in read_stream
+        return await self.inner.put_stream(key, size, charged, meta,
                                            storage_class=storage_class, crc64=crc64, content_md5=content_md5,
                                            trailing_crc32c=trailing_crc32c)
 
