@@ -10,17 +10,15 @@ from typing import Any
 from sqlalchemy import Column, Engine, MetaData, String, Table, create_engine, event, inspect, text
 from sqlalchemy.exc import DBAPIError
 
+from ferry.db.sqlconn import SQLITE_PRAGMAS
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def _tune_sqlite(dbapi_conn: Any, _record: Any) -> None:
-    # WAL lets the progress reader and the batch writer work side by side; NORMAL sync is crash-safe in WAL
-    # (a power cut may lose the last batch, which the resume logic simply redoes).
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
+    for pragma in SQLITE_PRAGMAS:
+        cur.execute(pragma)
     cur.close()
 
 
