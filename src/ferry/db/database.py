@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import re
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Column, Engine, MetaData, String, Table, create_engine, event, inspect, text
 from sqlalchemy.exc import DBAPIError
 
+from ferry.db.heads import MIGRATIONS, heads
 from ferry.db.sqlconn import SQLITE_PRAGMAS
-
-MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def _tune_sqlite(dbapi_conn: Any, _record: Any) -> None:
@@ -35,29 +32,13 @@ def open_database(url: str) -> Engine:
     return engine
 
 
-@cache
-def _heads() -> frozenset[str]:
-    """The newest revision of every Alembic branch, read from the revision files themselves."""
-    revisions: set[str] = set()
-    parents: set[str] = set()
-    for path in (MIGRATIONS / "versions").glob("*.py"):
-        source = path.read_text(encoding="utf-8")
-        rev = re.search(r"^revision\s*=\s*[\"']([^\"']+)", source, re.M)
-        if rev:
-            revisions.add(rev.group(1))
-        down = re.search(r"^down_revision\s*=\s*(.+)$", source, re.M)
-        if down:
-            parents.update(re.findall(r"[\"']([^\"']+)[\"']", down.group(1)))
-    return frozenset(revisions - parents)
-
-
 def _at_heads(engine: Engine) -> bool:
     try:
         with engine.connect() as conn:
             stored = {row[0] for row in conn.execute(text("SELECT version_num FROM alembic_version"))}
     except DBAPIError:
         return False
-    return stored == _heads()
+    return stored == heads()
 
 
 def _all_tables() -> MetaData:
@@ -79,7 +60,7 @@ def _create_fresh(engine: Engine) -> bool:
         metadata.create_all(conn)
         version = Table("alembic_version", MetaData(), Column("version_num", String(32), primary_key=True))
         version.create(conn)
-        conn.execute(version.insert(), [{"version_num": head} for head in sorted(_heads())])
+        conn.execute(version.insert(), [{"version_num": head} for head in sorted(heads())])
     return True
 
 

@@ -1,0 +1,150 @@
+"""The JobRepo contract, the same on stdlib sqlite3 (the CLI) and on an SQLAlchemy Engine over SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ferry.db.database import open_database
+from ferry.db.jobdb import open_sqlite
+from ferry.db.repo import JobRepo, ObjectResult, PartRow, Tally, UploadRow
+from ferry.db.sqlconn import EngineConn, SqliteConn, to_pyformat
+from pgdb import pg_database
+
+
+@pytest.fixture(params=["sqlite3", "engine-sqlite", "engine-postgresql"])
+def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobRepo]:
+    if request.param == "sqlite3":
+        conn = open_sqlite(str(tmp_path / "jobs.db"))
+        yield JobRepo(conn)
+        conn.close()
+        return
+    if request.param == "engine-sqlite":
+        engine = open_database(f"sqlite:///{tmp_path / 'jobs.db'}")
+        yield JobRepo(engine)
+        engine.dispose()
+        return
+    urls = pg_database()
+    try:
+        engine = open_database(next(urls))
+        yield JobRepo(engine)
+        engine.dispose()
+    finally:
+        urls.close()
+
+
+def _job_column(repo: JobRepo, job_id: str, column: str) -> object:
+    with repo.db.begin() as tx:
+        return tx.execute(f"SELECT {column} FROM jobs WHERE id = :id", {"id": job_id})[0][0]
+
+
+def test_the_seam_matches_the_database(repo: JobRepo, request: pytest.FixtureRequest) -> None:
+    kind = request.node.callspec.params["repo"]
+    assert isinstance(repo.db, SqliteConn if kind == "sqlite3" else EngineConn)
+    assert repo.db.dialect == ("postgresql" if kind == "engine-postgresql" else "sqlite")
+
+
+def test_jobs_are_created_found_and_updated(repo: JobRepo) -> None:
+    assert repo.get("nope") is None and repo.find_resumable("fp") is None
+    first = repo.create("fp", '{"a": 1}', job_id="job-1")
+    assert first.id == "job-1" and first.status == "pending" and first.watermark is None
+    assert repo.get("job-1") == first
+    made = repo.create("fp", "{}")
+    assert len(made.id) == 36 and repo.find_resumable("fp") == made  # the newest resumable one
+    repo.set_status(made.id, "succeeded")
+    assert repo.find_resumable("fp") == first
+    repo.create("other", "{}")
+    assert repo.find_resumable("fp") == first
+
+    repo.set_status("job-1", "running")
+    assert _job_column(repo, "job-1", "started_at") is not None
+    assert _job_column(repo, "job-1", "finished_at") is None
+    repo.set_status("job-1", "failed", error="boom")
+    got = repo.get("job-1")
+    assert got is not None and got.status == "failed"
+    assert _job_column(repo, "job-1", "error") == "boom"
+    assert _job_column(repo, "job-1", "finished_at") is not None
+    repo.set_status("job-1", "stopped")
+    assert _job_column(repo, "job-1", "error") is None and repo.find_resumable("fp") == repo.get("job-1")
+
+    repo.set_watermark("job-1", "k/050%")
+    got = repo.get("job-1")
+    assert got is not None and got.watermark == "k/050%"
+
+
+# Python orders str by code point, which for UTF-8 is byte order: 'B' < 'a' < 'a b/c' < 'a/b' < '~' < 'é'.
+KEYS = ["é", "a/b", "a", "a b/c", "B", "~", "a%_", "z\U0001f600"]
+
+
+def test_results_page_in_byte_order_and_upsert(repo: JobRepo) -> None:
+    repo.create("fp", "{}", job_id="j")
+    repo.create("fp", "{}", job_id="other")
+    repo.record("other", [ObjectResult("a", "success", 1, None, None)])
+    results = [ObjectResult(k, "success" if i % 3 else "skipped", i + 1, f"e{i}", None) for i, k in enumerate(KEYS)]
+    repo.record("j", results, watermark="m")
+    repo.record("j", [ObjectResult("f1", "failed", 7, None, "x"), ObjectResult("f0", "failed", 3, None, "y")])
+    got = repo.get("j")
+    assert got is not None and got.watermark == "m"
+
+    assert list(repo.iter_finished_keys("j", batch=3)) == sorted(KEYS)
+    assert list(repo.iter_finished_keys("j", after="a b/c", batch=2)) == [k for k in sorted(KEYS) if k > "a b/c"]
+    assert list(repo.iter_finished_keys("j", batch=len(KEYS))) == sorted(KEYS)  # a full last page
+    assert [r.key for r in repo.iter_results("j", "failed", batch=1)] == ["f0", "f1"]
+    assert list(repo.iter_results("j", "skipped", batch=2)) == sorted(
+        (r for r in results if r.status == "skipped"), key=lambda r: r.key)
+    size = sum(r.size for r in results)
+    skipped = sum(r.size for r in results if r.status == "skipped")
+    n_skipped = sum(r.status == "skipped" for r in results)
+    assert repo.tally("j") == Tally(len(KEYS) - n_skipped, n_skipped, 2, size - skipped, skipped, 10)
+
+    # Recording a key again overwrites its result (a failed object retried, a copy redone).
+    repo.record("j", [ObjectResult("f1", "success", 70, "etag", None), ObjectResult("é", "failed", 5, None, "r")],
+                watermark="n")
+    assert list(repo.iter_results("j", "failed")) == [ObjectResult("f0", "failed", 3, None, "y"),
+                                                      ObjectResult("é", "failed", 5, None, "r")]
+    assert ObjectResult("f1", "success", 70, "etag", None) in list(repo.iter_results("j", "success"))
+    assert "é" not in list(repo.iter_finished_keys("j"))
+    assert repo.tally("j").failed == 2 and repo.tally("other") == Tally(1, 0, 0, 1, 0, 0)
+    assert repo.tally("none") == Tally(0, 0, 0, 0, 0, 0)
+    repo.record("j", [])  # nothing to write, not even a watermark
+    got = repo.get("j")
+    assert got is not None and got.watermark == "n"
+
+
+def test_a_batch_is_one_transaction(repo: JobRepo) -> None:
+    repo.create("fp", "{}", job_id="j")
+    bad = [ObjectResult("a", "success", 1, None, None), ObjectResult("b", "success", None, None, None)]  # type: ignore[arg-type]
+    with pytest.raises(Exception, match=r"(?i)null"):
+        repo.record("j", bad, watermark="b")
+    got = repo.get("j")
+    assert got is not None and got.watermark is None and repo.tally("j") == Tally(0, 0, 0, 0, 0, 0)
+
+
+def test_multipart_checkpoints(repo: JobRepo) -> None:
+    repo.create("fp", "{}", job_id="j")
+    assert repo.get_upload("j", "big") is None and repo.list_uploads("j") == [] and repo.get_parts("j", "big") == []
+    repo.save_upload("j", UploadRow("big", "u1", "etag", 100, 10))
+    repo.save_upload("j", UploadRow("big", "u2", None, 200, 20))  # a restarted upload replaces the old one
+    repo.save_upload("j", UploadRow("other", "u3", "e", 5, 5))
+    assert repo.get_upload("j", "big") == UploadRow("big", "u2", None, 200, 20)
+    assert sorted(repo.list_uploads("j"), key=lambda u: u.key) == [UploadRow("big", "u2", None, 200, 20),
+                                                                UploadRow("other", "u3", "e", 5, 5)]
+    top = 2**64 - 1
+    repo.save_part("j", "big", PartRow(2, "p2", 20, top, None))
+    repo.save_part("j", "big", PartRow(1, "old", 20, None, None))
+    repo.save_part("j", "big", PartRow(1, "p1", 20, 0, "d41d8cd98f00b204e9800998ecf8427e"))
+    repo.save_part("j", "other", PartRow(1, "o1", 5, 7, None))
+    assert repo.get_parts("j", "big") == [PartRow(1, "p1", 20, 0, "d41d8cd98f00b204e9800998ecf8427e"),
+                                          PartRow(2, "p2", 20, top, None)]
+    repo.drop_upload("j", "big")
+    assert repo.get_upload("j", "big") is None and repo.get_parts("j", "big") == []
+    assert repo.list_uploads("j") == [UploadRow("other", "u3", "e", 5, 5)]
+    assert repo.get_parts("j", "other") == [PartRow(1, "o1", 5, 7, None)]
+
+
+def test_named_placeholders_become_pyformat() -> None:
+    assert to_pyformat("SELECT 1 WHERE a = :a AND b LIKE '5%' AND c = :c_2") == (
+        "SELECT 1 WHERE a = %(a)s AND b LIKE '5%%' AND c = %(c_2)s")
+    assert to_pyformat("SELECT x::text") == "SELECT x::text"
