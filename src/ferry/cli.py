@@ -138,7 +138,7 @@ def _collect_again() -> None:
 
 
 async def _migrate(args: argparse.Namespace) -> int:
-    # Start-up (the engine's imports, then SQLAlchemy's in the database thread) allocates a great many
+    # Start-up (the engine's imports, then the job database's opening in its thread) allocates a great many
     # long-lived objects and hardly any garbage, yet the cyclic GC would walk them over and over: ~7% of
     # the CPU of a short run. It is off until the database is open (_collect_again).
     gc.disable()
@@ -175,8 +175,9 @@ async def _migrate_run(args: argparse.Namespace) -> int:
     from ferry.engine.progress import Counters, TerminalProgress
     from ferry.service.transfers import run_migration
 
-    # No job database yet means nothing to resume: the data can start moving while it is opened (SQLAlchemy's
-    # import alone takes ~0.15 s). Opened only now, so its import does not compete with ours for the GIL.
+    # No job database yet means nothing to resume: the data can start moving while it is opened (over sqlite3
+    # when fresh or current; an older schema brings in SQLAlchemy and Alembic, ~0.15 s of import). Opened only
+    # now, so that work does not compete with our imports for the GIL.
     repo = DeferredRepo(url)
     repo.when_open(_collect_again)
 

@@ -1,4 +1,4 @@
-"""A job repository opened in a background thread, so a CLI run starts moving data while SQLAlchemy loads."""
+"""A job repository opened in a background thread, so a CLI run starts moving data while it opens."""
 
 from __future__ import annotations
 
@@ -26,10 +26,9 @@ class DeferredRepo:
 
     def _open(self, url: str) -> None:
         try:
-            from ferry.db.database import open_database
-            from ferry.db.repo import JobRepo
+            from ferry.db.jobdb import open_job_repo
 
-            self._repo.set_result(JobRepo(open_database(url)))
+            self._repo.set_result(open_job_repo(url))
         except BaseException as exc:  # handed to every caller
             self._repo.set_exception(exc)
 
