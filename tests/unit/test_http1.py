@@ -819,3 +819,23 @@ def _recv_exactly(sock: socket.socket, n: int, blocking: bool = True) -> bytes:
             break
         out += chunk
     return bytes(out)
+
+
+@pytest.mark.skipif(not splice.AVAILABLE, reason="no splice on this system")
+async def test_a_source_connection_dropped_mid_move_fails_the_request_at_once(
+    serve: Callable[[Handler], Awaitable[Server]], moves: list[int],
+) -> None:
+    """The source's connection is aborted on our side while the destination still waits for the body: the
+    request fails now rather than when the destination gives up waiting."""
+    src_server = await serve(source(os.urandom(8 * 1024 * 1024), cut=1024 * 1024, stall=5))
+    dst_server = await serve(answer(200, b""))
+    src, dst = pool(src_server.port), pool(dst_server.port, read_timeout=30)
+    task = asyncio.ensure_future(_relay(src, dst))
+    await asyncio.sleep(0.3)
+    (conn,) = src._busy
+    conn.abort()
+    with pytest.raises(HttpError, match="source's connection failed"):
+        await asyncio.wait_for(task, 2)
+    assert len(moves) == 1 and dst._idle == []
+    await src.close()
+    await dst.close()

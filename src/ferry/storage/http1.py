@@ -562,8 +562,8 @@ class _Connection(asyncio.Protocol):
         neither socket can be closed and reused under it; a connection is kept only once it has ended."""
         transport = self.transport
         assert transport is not None
-        if transport.get_write_buffer_size() or self.closed:
-            return False  # the head is not all out yet: the body must queue behind it
+        if transport.get_write_buffer_size() or self.closed or self._waiter is None or self._waiter.done():
+            return False  # the head is not all out yet (the body must queue behind it), or already answered
         taken = source.take()
         if taken is None:
             return False
@@ -592,19 +592,20 @@ class _Connection(asyncio.Protocol):
             try:
                 await asyncio.wrap_future(job)
             except asyncio.CancelledError:
+                stopper.stop()
+                with contextlib.suppress(BaseException):
+                    await asyncio.wrap_future(job)  # the sockets are ours again only once it ended
                 if job.cancelled():  # it never started, so nothing else closes the descriptors
                     for fd in (src, dst, stopper.fd):
                         os.close(fd)
-                else:
-                    stopper.stop()
-                    with contextlib.suppress(BaseException):
-                        await asyncio.wrap_future(job)  # the sockets are ours again only once it ended
                 raise
             moved = True
         except splice.SpliceError as e:
             waiter = self._waiter
-            if e.side == "stopped" or (e.side == "destination" and waiter is not None and waiter.done()):
-                return True  # the exchange ended meanwhile (an early answer, a reset): the answer decides
+            if waiter is not None and waiter.done() and e.side in ("stopped", "destination"):
+                return True  # answered (early) or failed meanwhile: the answer, or its error, decides
+            if e.side == "stopped":
+                raise HttpError("the source's connection failed while the body was being sent") from None
             if e.side == "destination":
                 raise HttpError(f"the server {e} while the body was being sent") from None
             if e.side == "timeout":
@@ -613,7 +614,7 @@ class _Connection(asyncio.Protocol):
         finally:
             self._stopper = None
             source.finish(moved)
-            if moved and self._waiter is not None and not self._waiter.done():
+            if self._waiter is not None and not self._waiter.done():
                 self._last_progress = self._loop.time()
                 self._arm_timer()
         await body.chunks.aclose()
