@@ -181,7 +181,9 @@ async def test_edited_file_loses_its_etag(tmp_path: Path) -> None:
     assert (await backend.head("doc")).etag is None
 
 
-async def test_foreign_files_are_listed_plainly_and_junk_ignored(tmp_path: Path) -> None:
+async def test_foreign_files_are_listed_plainly_and_junk_ignored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
     backend = LocalBackend(tmp_path)
     await backend.put("ours", b"1", META)
     (tmp_path / "readme.txt").write_text("hand made")
@@ -192,9 +194,16 @@ async def test_foreign_files_are_listed_plainly_and_junk_ignored(tmp_path: Path)
     (tmp_path / "bad%zz").write_text("x")
     (tmp_path / "link").symlink_to(tmp_path / "readme.txt")
     (tmp_path / os.fsdecode(b"latin1-\xe9")).write_text("x")
-    infos = [i async for i in backend.list()]
+    with caplog.at_level("WARNING", logger="ferry.storage.local"):
+        infos = [i async for i in backend.list()]
     assert [i.key for i in infos] == ["ours", "readme.txt"]
     assert infos[1].etag is None and infos[1].size == 9
+    # What was skipped is named, so a hand-made tree does not look migrated when it was not; our own dot
+    # files and hidden ones are not.
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    for name in ("'plain-dir/'", "'bad%zz'", "'link'", "latin1-"):
+        assert name in warning
+    assert ".hidden" not in warning and ".%tmp" not in warning and "%2F" in warning
 
 
 async def test_sidecar_content(tmp_path: Path) -> None:

@@ -56,6 +56,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -81,6 +82,9 @@ from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult, md5_of_et
 from ferry.storage.base import Backend, Capabilities, ListOrder
 from ferry.storage.profiles import CANONICAL_CLASSES
 from ferry.storage.wrappers import unwrap
+
+log = logging.getLogger(__name__)
+_warned: set[str] = set()  # directories whose foreign entries were named already (a listing runs more than once)
 
 __all__ = ["FRAGMENT_CHARS", "LocalBackend", "fragments", "key_to_relpath", "relpath_to_key"]
 
@@ -286,28 +290,42 @@ class _Entry:
 
 
 def _scan(dir_path: str, in_cont: bool) -> builtins.list[_Entry]:
-    """One directory's entries that are ours, in key order."""
+    """One directory's entries that are ours, in key order; what else is there (made by hand) is named in a
+    warning, since skipping it silently would look like a migration that lost files."""
     entries: builtins.list[_Entry] = []
+    foreign: builtins.list[str] = []
     try:
         with os.scandir(dir_path) as iterator:
             for entry in iterator:
+                if entry.name.startswith("."):
+                    continue  # ours (sidecars, temp files, uploads) or hidden by intent
                 try:
                     is_dir = entry.is_dir(follow_symlinks=False)
                     if not is_dir and not entry.is_file(follow_symlinks=False):
+                        foreign.append(entry.name)  # a symlink, socket, device: not followed
                         continue
                 except OSError:
                     continue
                 try:
                     entry.name.encode("utf-8")
                 except UnicodeEncodeError:
-                    continue  # a name that is not UTF-8 (made by hand) cannot be an S3 key
+                    foreign.append(entry.name)  # a name that is not UTF-8 cannot be an S3 key
+                    continue
                 decoded = _decode(entry.name, is_dir)
                 # An empty leaf directly in a CONT directory would be a key `fragments` stores elsewhere.
                 if decoded is None or (in_cont and decoded == ("", LEAF)):
+                    foreign.append(entry.name + ("/" if is_dir else ""))
                     continue
                 entries.append(_Entry(decoded[0], decoded[1], entry.name))
     except (FileNotFoundError, NotADirectoryError):
         return []
+    if foreign and dir_path not in _warned:
+        _warned.add(dir_path)
+        shown = ", ".join(repr(name) for name in sorted(foreign)[:5])
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        log.warning("skipped in %s, not objects in ferry's directory layout: %s%s (a plain subdirectory needs "
+                    "the name ending %%2F, a literal %% in a name is %%25, symlinks are not followed)",
+                    dir_path, shown, more)
     entries.sort(key=lambda e: (e.fragment, e.kind))
     return entries
 
