@@ -839,3 +839,22 @@ async def test_a_source_connection_dropped_mid_move_fails_the_request_at_once(
     assert len(moves) == 1 and dst._idle == []
     await src.close()
     await dst.close()
+
+
+@pytest.mark.skipif(not splice.AVAILABLE, reason="no splice on this system")
+def test_stopping_a_closed_stopper_writes_nowhere() -> None:
+    """An exchange may end (and stop its move) just after the move closed its stopper: by then the number
+    may be another file's, which must not get the stopper's 8 bytes."""
+    stopper = splice.Stopper()
+    number = stopper.fd
+    stopper.close()
+    r, w = os.pipe()
+    os.dup2(w, number)  # the old number now writes into this pipe
+    try:
+        stopper.stop()
+        os.set_blocking(r, False)
+        with pytest.raises(BlockingIOError):
+            os.read(r, 16)
+    finally:
+        for fd in (r, w, number):
+            os.close(fd)

@@ -596,8 +596,9 @@ class _Connection(asyncio.Protocol):
                 with contextlib.suppress(BaseException):
                     await asyncio.wrap_future(job)  # the sockets are ours again only once it ended
                 if job.cancelled():  # it never started, so nothing else closes the descriptors
-                    for fd in (src, dst, stopper.fd):
-                        os.close(fd)
+                    os.close(src)
+                    os.close(dst)
+                    stopper.close()
                 raise
             moved = True
         except splice.SpliceError as e:
@@ -694,9 +695,9 @@ def _move_and_close(src: int, dst: int, prefix: list[bytes], count: int, stopper
     try:
         splice.move(src, dst, prefix, count, stopper, timeout)
     finally:
-        for fd in (src, dst, stopper.fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        os.close(src)
+        os.close(dst)
+        stopper.close()
 
 
 class Http1Pool:

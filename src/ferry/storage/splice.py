@@ -38,21 +38,26 @@ class SpliceError(Exception):
 
 
 class Stopper:
-    """Asks a move to stop, from any thread; the move notices at once, even while it waits for a socket."""
+    """Asks a move to stop, from any thread; the move notices at once, even while it waits for a socket.
+
+    Stopping after `close` does nothing: its descriptor number may belong to another file by then."""
 
     def __init__(self) -> None:
         self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.stopped = False
+        self._lock = threading.Lock()
 
     def stop(self) -> None:
-        if not self.stopped:
-            self.stopped = True
-            with contextlib.suppress(OSError):
+        with self._lock:
+            if not self.stopped and self.fd >= 0:
                 os.eventfd_write(self.fd, 1)
+            self.stopped = True
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        with self._lock:
+            fd, self.fd = self.fd, -1
+            if fd >= 0:
+                os.close(fd)
 
 
 def executor() -> concurrent.futures.ThreadPoolExecutor:
