@@ -847,8 +847,8 @@ def test_stopping_a_closed_stopper_writes_nowhere() -> None:
     may be another file's, which must not get the stopper's 8 bytes."""
     stopper = splice.Stopper()
     number = stopper.fd
-    stopper.close()
     r, w = os.pipe()
+    stopper.close()
     os.dup2(w, number)  # the old number now writes into this pipe
     try:
         stopper.stop()
