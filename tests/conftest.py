@@ -1,4 +1,4 @@
-"""Shared fixtures: real local S3 servers (two SeaweedFS, a lazy moto) and fresh bucket names per test."""
+"""Shared fixtures: real local S3 servers (two SeaweedFS, a lazy moto), fresh bucket names per test, kernel moves."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 import uvloop
 
 from ferry.sandbox import MotoServer, S3Server, SeaweedServer
+from ferry.storage import splice
 
 BucketFactory = Callable[[S3Server], str]
 
@@ -62,3 +63,21 @@ def bucket_factory(request: pytest.FixtureRequest) -> BucketFactory:
         return server.create_bucket(name)
 
     return make
+
+
+@pytest.fixture
+def moves(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The byte counts of the kernel moves (storage/splice.py) made, each recorded once it ended however it
+    ended."""
+    made: list[int] = []
+    real = splice.move
+
+    def counted(src: int, dst: int, prefix: list[bytes], count: int, stopper: splice.Stopper,
+                timeout: float) -> None:
+        try:
+            real(src, dst, prefix, count, stopper, timeout)
+        finally:
+            made.append(sum(map(len, prefix)) + count)
+
+    monkeypatch.setattr(splice, "move", counted)
+    return made

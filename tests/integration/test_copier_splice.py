@@ -25,20 +25,6 @@ pytestmark = [pytest.mark.both_loops, pytest.mark.skipif(not splice.AVAILABLE, r
 
 
 @pytest.fixture
-def moves(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    made: list[int] = []
-    real = splice.move
-
-    def counted(src: int, dst: int, prefix: list[bytes], count: int, stopper: splice.Stopper,
-                timeout: float) -> None:
-        real(src, dst, prefix, count, stopper, timeout)
-        made.append(sum(map(len, prefix)) + count)
-
-    monkeypatch.setattr(splice, "move", counted)
-    return made
-
-
-@pytest.fixture
 async def pair(seaweed_a: SeaweedServer, seaweed_b: SeaweedServer,
                bucket_factory: Any) -> AsyncIterator[tuple[S3Backend, S3Backend]]:
     profile = get_profile("seaweedfs")

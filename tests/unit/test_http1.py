@@ -609,23 +609,6 @@ async def test_a_reset_or_a_stall_mid_stream_is_an_error(serve: Callable[[Handle
 
 
 # -- a streamed answer moved into a streamed request in the kernel -------------------------------------
-@pytest.fixture
-def moves(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The byte counts of the kernel moves made (each recorded once it has ended, however it ended)."""
-    made: list[int] = []
-    real = splice.move
-
-    def counted(src: int, dst: int, prefix: list[bytes], count: int, stopper: splice.Stopper,
-                timeout: float) -> None:
-        try:
-            real(src, dst, prefix, count, stopper, timeout)
-        finally:
-            made.append(sum(map(len, prefix)) + count)
-
-    monkeypatch.setattr(splice, "move", counted)
-    return made
-
-
 def source(body: bytes, *, cut: int | None = None, reset: bool = False, stall: float = 0.0) -> Handler:
     """Answers every GET with `body`; with `cut`, only its first `cut` bytes, then (after `stall` s) a close
     or with `reset` a RST."""
