@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from collections.abc import AsyncIterator
@@ -89,3 +90,28 @@ async def test_a_bandwidth_limit_charges_the_bytes_so_they_do_not_move_in_the_ke
     await copier.copy(await src.head("k"))
     assert (await dst.read_object("k"))[1] == data
     assert moves == ([len(data)] if limit is None else [])
+
+
+async def test_a_kernel_that_refuses_splice_costs_one_retry_then_bytes_go_through_python(
+    pair: tuple[S3Backend, S3Backend], moves: list[int], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A sandbox (seccomp, gVisor) may refuse splice on sockets at run time: the object is sent again the
+    ordinary way, and no later object tries."""
+    src, dst = pair
+    monkeypatch.setattr(splice, "_refused", False)
+
+    def refused(*args: Any, **kwargs: Any) -> int:
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+    monkeypatch.setattr(os, "splice", refused)
+    data = [os.urandom(2 * MiB + n) for n in range(2)]
+    for n, body in enumerate(data):
+        await _put(src, f"k{n}", body)
+    copier = _copier(RetryingBackend(src, base_delay=0.01), RetryingBackend(dst, base_delay=0.01),
+                     ConsistencyCheck.SIZE_LAST_MODIFIED)
+    for n, body in enumerate(data):
+        await copier.copy(await src.head(f"k{n}"))
+        assert (await dst.read_object(f"k{n}"))[1] == body
+    assert moves == [len(data[0])] and not splice.usable()  # one attempt, then none
+    assert "refused to splice" in caplog.text

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import os
 import re
 import socket
@@ -29,6 +30,8 @@ from typing import NamedTuple, cast
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ferry.storage import splice
+
+log = logging.getLogger(__name__)
 
 _MAX_HEAD = 64 * 1024  # a status line and headers larger than this are not a sane S3 answer
 _WRITE_SLICE = 1024 * 1024  # large bodies go out in slices, so the transport never copies a whole part
@@ -525,7 +528,7 @@ class _Connection(asyncio.Protocol):
         return True
 
     async def _write_stream(self, body: StreamBody) -> None:
-        source = splice_source(body.chunks) if self.plain and splice.AVAILABLE else None
+        source = splice_source(body.chunks) if self.plain and splice.usable() else None
         if source is not None and await self._splice(source, body):
             return
         sent = 0
@@ -607,6 +610,11 @@ class _Connection(asyncio.Protocol):
                 return True  # answered (early) or failed meanwhile: the answer, or its error, decides
             if e.side == "stopped":
                 raise HttpError("the source's connection failed while the body was being sent") from None
+            if e.side == "unsupported":
+                splice.refuse()
+                log.warning("the kernel refused to splice sockets (%s): bodies are copied through Python from "
+                            "now on", e)
+                raise HttpError(f"the kernel refused to splice the body ({e})") from None
             if e.side == "destination":
                 raise HttpError(f"the server {e} while the body was being sent") from None
             if e.side == "timeout":
@@ -772,7 +780,7 @@ class Http1Pool:
         lease = _Lease(self, conn)
         pieces = self._pieces(conn, lease)
         await anext(pieces)  # started, so closing it (or collecting it) always hands the connection back
-        if conn.plain and splice.AVAILABLE:
+        if conn.plain and splice.usable():
             _SPLICEABLE[pieces] = SpliceSource(conn, lease)
         return StreamedResponse(response.status, response.headers, pieces)
 

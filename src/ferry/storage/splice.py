@@ -20,17 +20,31 @@ import time
 from collections.abc import Sequence
 
 AVAILABLE = hasattr(os, "splice") and hasattr(os, "eventfd")
+_refused = False  # a move found splice refused at run time (a seccomp filter, gVisor): none is tried again
 _PIPE_SIZE = 1024 * 1024  # the most an unprivileged process may ask for by default (/proc/sys/fs/pipe-max-size)
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _BROKEN = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN)
+_UNSUPPORTED = (errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.EOPNOTSUPP)
 _executor: concurrent.futures.ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
 
 
+def usable() -> bool:
+    """Whether a move may be tried: the system has splice and it has not been refused."""
+    return AVAILABLE and not _refused
+
+
+def refuse() -> None:
+    """Try no more moves in this process."""
+    global _refused
+    _refused = True
+
+
 class SpliceError(Exception):
-    """The move stopped before its end; `side` says where: "source", "destination", "stopped" or "timeout"."""
+    """The move stopped before its end; `side` says where: "source", "destination", "stopped", "timeout", or
+    "unsupported" (the kernel refused to splice these descriptors)."""
 
     def __init__(self, side: str, reason: str) -> None:
         super().__init__(reason)
@@ -136,7 +150,7 @@ class _Mover:
                     except BlockingIOError:
                         n = -1
                     except OSError as e:
-                        raise SpliceError("source", _reason(e)) from None
+                        raise SpliceError("unsupported" if e.errno in _UNSUPPORTED else "source", _reason(e)) from None
                     if n == 0:
                         raise SpliceError("source", f"the source closed the connection {left} bytes short")
                     if n > 0:
@@ -147,7 +161,8 @@ class _Mover:
                     except BlockingIOError:
                         n = 0
                     except OSError as e:
-                        raise SpliceError("destination", _reason(e)) from None
+                        side = "unsupported" if e.errno in _UNSUPPORTED else "destination"
+                        raise SpliceError(side, _reason(e)) from None
                     if n > 0:
                         held, moved = held - n, True
                 if moved:
