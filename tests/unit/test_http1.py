@@ -629,6 +629,13 @@ def source(body: bytes, *, cut: int | None = None, reset: bool = False, stall: f
     return handle
 
 
+async def _moving(src: Http1Pool) -> None:
+    """Wait (up to 5 s, however busy the machine) until a connection of `src` is being moved in the kernel."""
+    async with asyncio.timeout(5):
+        while not any(conn._stopper is not None for conn in src._busy):
+            await asyncio.sleep(0.01)
+
+
 async def _relay(src: Http1Pool, dst: Http1Pool, target: str = "/k") -> int:
     got = await src.stream("GET", target, "h", {})
     length = int(got.headers["content-length"])
@@ -742,7 +749,7 @@ async def test_a_cancelled_move_ends_before_the_request_does(
     dst_server = await serve(answer(200, b""))
     src, dst = pool(src_server.port), pool(dst_server.port)
     task = asyncio.ensure_future(_relay(src, dst))
-    await asyncio.sleep(0.3)
+    await _moving(src)
     assert not task.done()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -814,7 +821,7 @@ async def test_a_source_connection_dropped_mid_move_fails_the_request_at_once(
     dst_server = await serve(answer(200, b""))
     src, dst = pool(src_server.port), pool(dst_server.port, read_timeout=30)
     task = asyncio.ensure_future(_relay(src, dst))
-    await asyncio.sleep(0.3)
+    await _moving(src)
     (conn,) = src._busy
     conn.abort()
     with pytest.raises(HttpError, match="source's connection failed"):
