@@ -571,22 +571,20 @@ class _Connection(asyncio.Protocol):
         if taken is None:
             return False
         src, prefix, remaining = taken
-        stopper = splice.Stopper()
+        total = sum(map(len, prefix)) + remaining
+        if total != body.length:
+            os.close(src)
+            source.finish(False)
+            raise HttpError(f"the request body has {total} bytes, not the {body.length} announced")
         try:
             dst = os.dup(self.fileno())
-        except OSError:
+        except (OSError, HttpError):  # no socket any more (it closed meanwhile)
             os.close(src)
-            stopper.close()
             source.finish(False)
             raise HttpError("the connection closed before the body went") from None
+        stopper = splice.Stopper()
         moved = False
         try:
-            if sum(map(len, prefix)) + remaining != body.length:
-                os.close(src)
-                os.close(dst)
-                stopper.close()
-                raise HttpError(f"the request body has {sum(map(len, prefix)) + remaining} bytes, "
-                                f"not the {body.length} announced")
             self._stopper = stopper
             source.watch(stopper)
             self._cancel_timer()  # the move keeps its own time; the answer's wait is timed again after it
