@@ -43,28 +43,19 @@ def host_port(url: str) -> str:
     return f"{(parts.hostname or '').lower()}:{port}"
 
 
-def parse_url_list(text: str) -> tuple[list[tuple[str, str]], dict[str, str]]:
-    """Entries `(key, url)` of a URL list — one `URL[<TAB>object key]` per line, the key URL-encoded and by
-    default the URL's path — sorted by key, plus `{line label: reason}` for lines that cannot be used."""
-    entries: dict[str, str] = {}
-    bad: dict[str, str] = {}
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line:
-            continue
-        url, _, key = line.partition("\t")
-        url, key = url.strip(), unquote(key.strip())
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            bad[f"line {number}"] = "not an http(s) URL"
-            continue
-        if not key:
-            key = unquote(parts.path).lstrip("/")
-        if not key:
-            bad[f"line {number}"] = "no object name (give one after a tab)"
-            continue
-        entries.setdefault(key, url)
-    return sorted(entries.items()), bad
+def parse_url_line(line: str) -> tuple[str, str]:
+    """`(key, url)` of one non-blank URL-list line, `URL[<TAB>object key]`: the key URL-encoded, by default
+    the URL's path. ValueError says why a line cannot be used (a bad port fails only its object, later)."""
+    url, _, key = line.strip().partition("\t")
+    url, key = url.strip(), unquote(key.strip())
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not an http(s) URL")
+    if not key:
+        key = unquote(parts.path).lstrip("/")
+    if not key:
+        raise ValueError("no object name (give one after a tab)")
+    return key, url
 
 
 def _mtime(value: str | None) -> float:
