@@ -136,4 +136,4 @@ async def test_a_session_connects_only_to_pinned_addresses(local_http: int) -> N
             assert await resp.read() == b"hello"
         with pytest.raises(aiohttp.ClientConnectorError):
             # Not pinned: the connector has no address for it, and does no lookup of its own.
-            await session.get(f"http://{socket.gethostname()}:{local_http}/")
+            await session.get(f"http://{_loopback_name() or 'not-pinned.invalid'}:{local_http}/")
