@@ -344,7 +344,8 @@ def test_url_list_task_fetches_http_sources(svc: FerryService, seaweed_a: Any, s
     if name is not None:
         internal["via-name"] = f"http://{name}:{port}/{sub}/doc.txt"  # a DNS name resolving to 127.0.0.1
     bad_ports = {"port-too-big": f"http://example.com:99999/{sub}/doc.txt",
-                 "port-not-a-number": f"http://example.com:abc/{sub}/doc.txt"}
+                 "port-not-a-number": f"http://example.com:abc/{sub}/doc.txt",
+                 "port-zero": f"http://example.com:0/{sub}/doc.txt"}
     lines = [
         f"{base}/{sub}/pics/a.jpg\tmedia/a.jpg",
         f"{base}/{sub}/pics/b.jpg",  # no name: the URL's path

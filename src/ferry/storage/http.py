@@ -114,13 +114,16 @@ class UrlSource:
         if url is None:
             raise NotFoundError(f"{key}: not in the URL list", key=key)
         try:
-            where = host_port(url)
+            explicit = urlsplit(url).port
         except ValueError:
-            raise PermanentError(f"{key}: the URL's port is not a number from 1 to 65535", key=key) from None
+            explicit = 0
+        if explicit == 0:
+            raise PermanentError(f"{key}: the URL's port is not a number from 1 to 65535", key=key)
+        where = host_port(url)
         target = yarl.URL(url, encoded=True)
         host, port = target.raw_host, target.port
         if not host or not port:
-            raise PermanentError(f"{key}: the URL has no host or port", key=key)
+            raise PermanentError(f"{key}: the URL has no host", key=key)
         try:
             # The same host string the connector will ask the resolver for.
             await self._resolver.pin(host, port, trusted=where in self._allowed)
