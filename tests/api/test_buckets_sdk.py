@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -311,11 +313,28 @@ def test_show_cdn_info_download_unavailable(env: Env, folder_bucket: str) -> Non
 
 
 def test_show_cdn_info_refuses_internal_domains(env: Env, folder_bucket: str) -> None:
-    for domain in ["127.0.0.1", f"127.0.0.2:{env.cdn.port}", "10.1.2.3", "localhost", "169.254.169.254",
-                   "[::1]", "metadata.google.internal"]:
-        fails(lambda d=domain: cdn_info(env, folder_bucket, ["docs/a.txt"], domain=d), 400, "OMS.0001")
+    internal = ["127.0.0.1", f"127.0.0.2:{env.cdn.port}", "10.1.2.3", "localhost", "169.254.169.254", "[::1]",
+                "metadata.google.internal", f"[::ffff:127.0.0.1]:{env.cdn.port}", f"localhost:{env.cdn.port}"]
+    if (name := socket.gethostname()) and _resolves_to_loopback(name):
+        internal.append(f"{name}:{env.cdn.port}")  # a plain DNS name of this machine
+    missing = ["no-such-cdn.invalid", f"nothing-here.invalid:{env.cdn.port}"]
+    answers = {
+        domain: fails(lambda d=domain: cdn_info(env, folder_bucket, ["docs/a.txt"], domain=d), 400, "OMS.0001")
+        for domain in internal + missing
+    }
+    # A name that does not exist is refused exactly like an internal one: the answers map no internal DNS.
+    assert len({exc.error_msg for exc in answers.values()}) == 1, {d: e.error_msg for d, e in answers.items()}
+    assert not any(n in answers[missing[0]].error_msg for n in ("invalid", "no-such", "resolves to"))
     for domain in ["http://cdn.example.com", "cdn.example.com/path", "user@cdn.example.com", "cdn.example.com:99999"]:
         fails(lambda d=domain: cdn_info(env, folder_bucket, ["docs/a.txt"], domain=d), 400, "OMS.0001")
+
+
+def _resolves_to_loopback(name: str) -> bool:
+    try:
+        infos = socket.getaddrinfo(name, 80, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
 
 
 def test_show_cdn_info_errors(env: Env, folder_bucket: str) -> None:

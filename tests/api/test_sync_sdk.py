@@ -317,13 +317,40 @@ def test_event_errors(sync_server: SyncLive, bucket_factory: BucketFactory) -> N
 
 
 def _signed(live: SyncLive, method: str, path: str, *, body: object = None,
-            query: list[tuple[str, object]] | None = None) -> requests.Response:
+            query: list[tuple[str, object]] | None = None, raw: bytes | None = None) -> requests.Response:
     host = live.url.removeprefix("http://")
-    raw = json.dumps(body).encode() if body is not None else None
+    if body is not None:
+        raw = json.dumps(body).encode()
     req = signed_sdk_request(ak=live.tenant.ak, sk=live.tenant.sk, project_id=live.tenant.project_id,
                              method=method, path=path, body=raw, host=host, query=query)
     url = f"{live.url}{req.uri}"
     return requests.request(method, url, headers=req.header_params, data=raw, timeout=30)
+
+
+def test_deeply_nested_json_is_a_400_on_every_route(sync_server: SyncLive, bucket_factory: BucketFactory) -> None:
+    """JSON nested deeper than the parser's recursion limit is bad input, not a server failure: a 400 in the
+    OMS error shape on the notification routes as on the OMS ones, and nothing is accepted."""
+    live = sync_server
+    src, dst = _buckets(live, bucket_factory)
+    task_id = live.create_task(src, dst)
+    token = _signed(live, "POST", f"/v2/{{project_id}}/sync-tasks/{task_id}/notification-token").json()["token"]
+    depth = 20_000  # far past the parser's recursion limit, well under the body limit
+    deep = "[" * depth + "]" * depth
+    # The last one is an SNS envelope whose Message (a JSON string) is the deeply nested part.
+    for nested in (deep.encode(), b'{"Records":' * depth + b"1" + b"}" * depth,
+                   b'{"object_keys":' + deep.encode() + b"}",
+                   json.dumps({"Type": "Notification", "Message": deep}).encode()):
+        answers = {
+            path: _signed(live, "POST", f"/v2/{{project_id}}{path}", raw=nested)
+            for path in ("/sync-tasks", f"/sync-tasks/{task_id}/events", f"/sync-tasks/{task_id}/notifications",
+                         f"/sync-tasks/{task_id}/start", "/tasks", "/taskgroups")
+        }
+        answers["by token"] = requests.post(f"{live.url}/v2/sync-notifications/{task_id}", data=nested,
+                                            headers={"X-Ferry-Token": token}, timeout=30)
+        for where, r in answers.items():
+            assert (r.status_code, r.json()["error_code"]) == (400, "OMS.0001"), (where, r.status_code, r.text)
+            assert "X-Request-Id" in r.headers
+    assert _month(live, task_id)["request"] == 0
 
 
 def _s3_event(bucket: str, key: str, name: str = "ObjectCreated:Put") -> dict[str, object]:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.server
+import ipaddress
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -330,11 +332,25 @@ def test_url_list_task_fetches_http_sources(svc: FerryService, seaweed_a: Any, s
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(body)
     db = bucket_factory(seaweed_b)
+    port = base.rsplit(":", 1)[1]
+    # The file server is allowed as 127.0.0.1:<port> only; other spellings of loopback must not reach it.
+    internal = {
+        "blocked": "http://127.0.0.1:9/internal",  # loopback, and not allowed by the operator
+        "via-localhost": f"http://localhost:{port}/{sub}/doc.txt",
+        "via-mapped": f"http://[::ffff:127.0.0.1]:{port}/{sub}/doc.txt",
+        "via-compatible": f"http://[::127.0.0.1]:{port}/{sub}/doc.txt",
+    }
+    name = loopback_name()
+    if name is not None:
+        internal["via-name"] = f"http://{name}:{port}/{sub}/doc.txt"  # a DNS name resolving to 127.0.0.1
+    bad_ports = {"port-too-big": f"http://example.com:99999/{sub}/doc.txt",
+                 "port-not-a-number": f"http://example.com:abc/{sub}/doc.txt",
+                 "port-zero": f"http://example.com:0/{sub}/doc.txt"}
     lines = [
         f"{base}/{sub}/pics/a.jpg\tmedia/a.jpg",
         f"{base}/{sub}/pics/b.jpg",  # no name: the URL's path
         f"{base}/{sub}/doc.txt\tdocs%2Fdoc%20one.txt",
-        "http://127.0.0.1:9/internal\tblocked",  # loopback, and not allowed by the operator
+        *(f"{url}\t{key}" for key, url in {**internal, **bad_ports}.items()),
         f"{base}/{sub}/later.bin\tlater.bin",  # not there yet
     ]
     s3_client(seaweed_b).put_object(Bucket=db, Key="lists/urls.txt", Body="\n".join(lines).encode())
@@ -345,11 +361,17 @@ def test_url_list_task_fetches_http_sources(svc: FerryService, seaweed_a: Any, s
         dst_node=DstNodeReq(ak=seaweed_b.access_key, sk=seaweed_b.secret_key, bucket=db, region="cn-north-4"))
     created = client.create_task(CreateTaskRequest(body=body))
     task, _ = wait_task(client, created.id, lambda t: t.status in (4, 5))
-    assert task.status == 4 and (task.successful_num, task.failed_num) == (3, 2), task.error_reason
+    failed = len(internal) + len(bad_ports) + 1
+    assert task.status == 4 and (task.successful_num, task.failed_num) == (3, failed), task.error_reason
     assert task.src_node.cloud_type == "URLSource" and task.task_type == "url_list"
     reasons = {x["key"]: x["reason"] for x in map(json.loads, Path(
         task.failed_object_record.list_file_key).read_text().splitlines())}
-    assert set(reasons) == {"blocked", "later.bin"} and "not allowed" in reasons["blocked"]
+    assert set(reasons) == {*internal, *bad_ports, "later.bin"}
+    for key in internal:
+        assert "not a public address" in reasons[key] and "not allowed" in reasons[key], reasons[key]
+    for key in bad_ports:
+        assert "port" in reasons[key], reasons[key]
+    assert set(listing(seaweed_b, db)) == {"lists/urls.txt", "media/a.jpg", f"{sub}/pics/b.jpg", "docs/doc one.txt"}
     dst = s3_client(seaweed_b)
     assert dst.get_object(Bucket=db, Key="media/a.jpg")["Body"].read() == files[f"{sub}/pics/a.jpg"]
     assert dst.get_object(Bucket=db, Key=f"{sub}/pics/b.jpg")["Body"].read() == files[f"{sub}/pics/b.jpg"]
@@ -359,8 +381,22 @@ def test_url_list_task_fetches_http_sources(svc: FerryService, seaweed_a: Any, s
     client.start_task(StartTaskRequest(task_id=created.id, body=StartTaskReq(
         dst_ak=seaweed_b.access_key, dst_sk=seaweed_b.secret_key, migrate_failed_object=True)))
     again, _ = wait_task(client, created.id, lambda t: t.status in (4, 5))
-    assert (again.status, again.successful_num, again.failed_num) == (4, 4, 1)
+    assert (again.status, again.successful_num, again.failed_num) == (4, 4, failed - 1)
     assert dst.get_object(Bucket=db, Key="later.bin")["Body"].read() == b"late"
+
+
+def loopback_name() -> str | None:
+    """A name of this machine that resolves only to loopback without a local suffix (its hostname from
+    /etc/hosts, usually): what a check of the name alone lets through."""
+    for name in (socket.gethostname(), "localhost.localdomain"):
+        try:
+            infos = socket.getaddrinfo(name, 80, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            continue
+        local = name.lower() == "localhost" or name.lower().endswith((".localhost", ".local", ".internal"))
+        if infos and not local and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos):
+            return name
+    return None
 
 
 def test_error_paths(svc: FerryService, seaweed_a: Any, seaweed_b: Any, bucket_factory: Any) -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
+import http.server
 import os
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -15,6 +19,7 @@ from ferry.errors import (
     FatalError,
     FerryError,
     NotFoundError,
+    PermanentError,
     SourceChangedError,
     UsageError,
 )
@@ -414,3 +419,107 @@ def test_construction_checks(seaweed_a: SeaweedServer) -> None:
     assert aws.endpoint == "https://s3.eu-west-1.amazonaws.com"
     assert aws.name == "s3://bucket/"
     assert isinstance(aws, Backend)
+
+
+# -- keys with "." and ".." segments ------------------------------------------------------------------
+DOT_KEYS = ["a/../b", "c/./d", "e/f/../../g", "h/..", "i/.", "../j"]
+RESOLVED = {"b", "d", "g", "h/", "i/", "j"}  # where a path-normalising hop would put them
+
+
+def _remove_dot_segments(path: str) -> str:
+    """RFC 3986 5.2.4 on a raw path, as a normalising reverse proxy or web server applies it."""
+    out: list[str] = []
+    segments = path.split("/")
+    for i, seg in enumerate(segments):
+        last = i == len(segments) - 1
+        if seg == "..":
+            if len(out) > 1:
+                out.pop()
+            if last:
+                out.append("")
+        elif seg == ".":
+            if last:
+                out.append("")
+        else:
+            out.append(seg)
+    return "/".join(out)
+
+
+@contextlib.contextmanager
+def normalising_proxy(upstream: S3Server) -> Iterator[str]:
+    """An HTTP/1.1 reverse proxy on 127.0.0.1 that resolves dot segments of each request path before
+    forwarding it to `upstream`; yields its endpoint."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _forward(self) -> None:
+            path, sep, query = self.path.partition("?")
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            conn = http.client.HTTPConnection("127.0.0.1", upstream.port, timeout=30)
+            try:
+                conn.request(self.command, _remove_dot_segments(path) + sep + query, body=body or None,
+                             headers={k: v for k, v in self.headers.items() if k.lower() != "connection"})
+                resp = conn.getresponse()
+                data = resp.read()
+            finally:
+                conn.close()
+            self.send_response(resp.status)
+            for k, v in resp.getheaders():
+                if k.lower() not in ("content-length", "connection", "transfer-encoding", "date", "server"):
+                    self.send_header(k, v)
+            length = resp.getheader("Content-Length") if self.command == "HEAD" else None
+            self.send_header("Content-Length", length or str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _forward
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{proxy.server_address[1]}"
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+
+
+async def test_dot_segment_keys_keep_their_name_through_a_normalising_proxy(
+    moto: MotoServer, bucket_factory: Any, make_backend: MakeBackend
+) -> None:
+    """moto stores such keys as they are; sent raw, a normalising hop writes them elsewhere (`a/../b` at `b`,
+    `../j` outside the bucket). Their dot segments go percent-encoded, so each lands under its literal key."""
+    bucket = bucket_factory(moto)
+    direct = make_backend(moto, bucket)
+    with normalising_proxy(moto) as endpoint:
+        b = S3Backend(endpoint, moto.region, moto.access_key, moto.secret_key, bucket, "", get_profile("s3"))
+        try:
+            for key in DOT_KEYS:
+                await b.put(key, key.encode(), ObjectMeta())
+                assert await b.read(key) == key.encode()
+                assert (await b.head(key)).size == len(key)
+        finally:
+            await b.close()
+    assert {o.key for o in await _collect(direct)} == set(DOT_KEYS)
+    for key in DOT_KEYS:
+        assert await direct.read(key) == key.encode()
+    for wrong in RESOLVED:
+        with pytest.raises(NotFoundError):
+            await direct.head(wrong)
+
+
+async def test_dot_segment_keys_fail_alone_where_the_store_refuses_them(
+    seaweed_a: SeaweedServer, bucket_factory: Any, make_backend: MakeBackend
+) -> None:
+    """SeaweedFS refuses keys with "." or ".." segments (400 InvalidRequest): that object fails with a reason
+    that says why, nothing is written anywhere else, and the other keys are unaffected."""
+    b = make_backend(seaweed_a, bucket_factory(seaweed_a))
+    for key in DOT_KEYS:
+        with pytest.raises(PermanentError) as info:
+            await b.put(key, b"x", ObjectMeta())
+        assert "a '.' or '..' segment" in info.value.message and info.value.key == key
+    await b.put("fine..name/.x", b"ok", ObjectMeta())  # dots inside a segment are plain characters
+    assert {o.key for o in await _collect(b)} == {"fine..name/.x"}

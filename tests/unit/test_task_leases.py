@@ -19,7 +19,7 @@ from ferry.db.api_models import migration_tasks
 from ferry.db.database import open_database
 from ferry.db.task_repo import FAILED, PAUSED, PAUSING, RETRYING, RUNNING, WAITING, TaskRepo, owner_is_dead
 from ferry.engine.bandwidth import limit_at, parse_policy
-from ferry.runner.local import LocalRunner, RunnerSettings, TaskFailure, parse_list_file
+from ferry.runner.local import LocalRunner, RunnerSettings, TaskFailure, read_list_keys
 from ferry.service.secrets import SecretBox
 from ferry.storage.memory import MemoryBackend, MemoryStore
 from ferry.storage.selection import SelectedBackend, normalise
@@ -135,11 +135,16 @@ def _meta() -> Any:
 
 
 def test_list_file_parsing() -> None:
-    assert parse_list_file("\ufeffa%2Fb\n c \n\nd%20e\n".encode()) == ["a/b", "c", "d e"]
+    async def keys(data: bytes) -> list[str]:
+        backend = MemoryBackend(MemoryStore("lists"), "bucket")
+        await backend.put("list.txt", data, _meta())
+        return await read_list_keys(backend, "list.txt")
+
+    assert asyncio.run(keys("\ufeffa%2Fb\r\n c \n\nd%20e\na%2Fb\n".encode())) == ["a/b", "c", "d e"]
     for data, code in ((b"", "TRF.0017"), (b"\n\n", "TRF.0017"), (b"\xff\xfe", "TRF.0016"),
-                       (b"x" * 70000, "TRF.0018")):
+                       (b"x" * 70000, "TRF.0018"), (b"a\n" + b"x" * 300_000, "TRF.0018")):
         with pytest.raises(TaskFailure) as info:
-            parse_list_file(data)
+            asyncio.run(keys(data))
         assert info.value.code == code
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -12,7 +13,7 @@ from pydantic import BaseModel
 from starlette.responses import JSONResponse
 
 from ferry.api.auth import CredentialStore, Principal, require_principal
-from ferry.api.errors import DEFAULT_MAX_BODY
+from ferry.api.errors import DEFAULT_MAX_BODY, OmsError
 from ferry.api.schemas import dump
 from ferry.service.buckets import HelperSettings
 
@@ -67,3 +68,16 @@ def ok(model: BaseModel) -> JSONResponse:
     """HTTP 200 with the model as OMS JSON (real JSON types, None fields omitted, arrays for RootModels)."""
     content: Any = dump(model)
     return JSONResponse(content)
+
+
+async def json_body(request: Request) -> Any:
+    """The body of a route that takes free-form JSON (None when empty); 400 OMS.0001 when it is not JSON.
+
+    Routes with a request model get this from FastAPI; the others must read their body here, because
+    json.loads raises RecursionError, not ValueError, on deeply nested input.
+    """
+    raw = await request.body()
+    try:
+        return json.loads(raw) if raw else None
+    except (ValueError, RecursionError):
+        raise OmsError.invalid_parameter("the body is not valid JSON or is nested too deeply") from None

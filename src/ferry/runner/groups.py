@@ -61,14 +61,13 @@ from ferry.service.groups import (
     task_name,
 )
 from ferry.service.tasks import TaskCodes, TaskError
-from ferry.storage.base import Backend, ListOrder
+from ferry.storage.base import Backend, ListOrder, ranged_lines
 from ferry.storage.profiles import get_profile
 from ferry.storage.selection import normalise
 from ferry.storage.wrappers import RetryingBackend
 
 log = logging.getLogger("ferry.runner.groups")
 
-_READ_CHUNK: Final = 1024 * 1024
 MAX_LIST_FILE: Final = 100 * 1024 * 1024
 
 
@@ -486,27 +485,14 @@ class _Splitter:
                 raise SplitFailure("TRF.0013", "The object list file does not exist.") from None
             if info.size > MAX_LIST_FILE:
                 raise SplitFailure("TRF.0014", "The object list file is larger than 100 MB.")
-            offset = int(self.state.get("offset", 0))
+            start = int(self.state.get("offset", 0))
+            consumed = start  # bytes of the file up to the end of the last line taken
             chunk = _Chunk([])
-            pending = b""
-            consumed = offset  # bytes of the file up to the end of the last line taken
-            while offset < info.size:
-                data = await store.read(key, offset=offset, length=min(_READ_CHUNK, info.size - offset),
-                                        if_match=info.etag)
-                if not data:
-                    break
-                offset += len(data)
-                pending += data
-                *lines, pending = pending.split(b"\n")
-                for raw in lines:
-                    consumed += len(raw) + 1
-                    await self._take_line(raw, chunk, consumed)
-                    if self._full(chunk):
-                        await self._flush(chunk, {"offset": consumed})
-                        chunk = _Chunk([])
-            if pending:
-                consumed += len(pending)
-                await self._take_line(pending, chunk, consumed)
+            async for raw, consumed in ranged_lines(store, key, info.size, info.etag, offset=start):
+                await self._take_line(raw, chunk, consumed)
+                if self._full(chunk):
+                    await self._flush(chunk, {"offset": consumed})
+                    chunk = _Chunk([])
             if chunk.objects:
                 await self._flush(chunk, {"offset": consumed})
         except FatalError as exc:

@@ -17,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -43,10 +43,10 @@ from ferry.engine.compare import ConsistencyCheck, OverwriteMode
 from ferry.engine.copier import CopyOptions
 from ferry.engine.pipeline import Transfer, TransferOptions
 from ferry.engine.progress import Counters
-from ferry.errors import FatalError, FerryError, NotFoundError
+from ferry.errors import FatalError, FerryError, NotFoundError, SourceChangedError
 from ferry.service import smn
-from ferry.storage.base import Backend, ListOrder
-from ferry.storage.http import UrlSource, parse_url_list
+from ferry.storage.base import Backend, LineTooLong, ListOrder, ranged_lines
+from ferry.storage.http import UrlSource, parse_url_line
 from ferry.storage.profiles import get_profile
 from ferry.storage.s3 import S3Backend
 from ferry.storage.selection import SelectedBackend, normalise
@@ -144,56 +144,62 @@ def task_items(row: TaskRow, list_keys: Iterable[str] | None = None) -> list[tup
     return normalise(folders, [k for k in chosen if k and not k.endswith("/")])
 
 
-def parse_list_file(data: bytes) -> list[str]:
-    """Keys of an object-list file: one URL-encoded key per line, UTF-8 (a BOM is tolerated)."""
-    if not data.strip():
-        raise TaskFailure("TRF.0017", "the object list file is empty")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise TaskFailure("TRF.0016", "the object list file is not UTF-8 text") from None
-    keys: list[str] = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if len(line) > MAX_LIST_LINE:
-            raise TaskFailure("TRF.0018", f"line {number} of the object list file is longer than {MAX_LIST_LINE}")
-        line = line.strip()
-        if line:
-            keys.append(unquote(line))
-    if not keys:
-        raise TaskFailure("TRF.0017", "the object list file is empty")
-    return keys
-
-
-async def read_list_file(store: Backend, key: str) -> bytes:
+async def list_file_lines(store: Backend, key: str, what: str) -> AsyncIterator[tuple[int, str]]:
+    """`(number, text)` of the non-blank lines of a list file (UTF-8, a BOM tolerated), stripped, read line by
+    line in ranges as task groups read theirs, so a 100 MB file is never held whole; TRF codes when unusable."""
     try:
         info = await store.head(key)
     except NotFoundError:
-        raise TaskFailure("TRF.0013", "the object list file does not exist") from None
+        raise TaskFailure("TRF.0013", f"the {what} does not exist") from None
     except FatalError as exc:
-        raise TaskFailure("TRF.0013", f"the object list file cannot be read: {exc.message}") from None
+        raise TaskFailure("TRF.0013", f"the {what} cannot be read: {exc.message}") from None
     if info.size > MAX_LIST_FILE:
-        raise TaskFailure("TRF.0014", "the object list file is larger than 100 MB")
-    _, data = await store.read_object(key, if_match=info.etag)
-    return data
-
-
-def url_entries(data: bytes) -> list[tuple[str, str]]:
-    """`(key, url)` pairs of a URL-list file (see storage.http.parse_url_list); TRF codes when unusable."""
-    if not data.strip():
-        raise TaskFailure("TRF.0017", "the URL list file is empty")
+        raise TaskFailure("TRF.0014", f"the {what} is larger than 100 MB")
+    number = 0
+    lines = ranged_lines(store, key, info.size, info.etag, max_line=4 * MAX_LIST_LINE + 2)
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise TaskFailure("TRF.0016", "the URL list file is not UTF-8 text") from None
-    if any(len(line) > MAX_LIST_LINE for line in text.splitlines()):
-        raise TaskFailure("TRF.0018", f"a line of the URL list file is longer than {MAX_LIST_LINE}")
-    entries, bad = parse_url_list(text)
-    if bad:
-        where, why = next(iter(bad.items()))
-        raise TaskFailure("TRF.0016", f"the URL list file is malformed: {where}: {why}")
+        async for raw, _ in lines:
+            number += 1
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise TaskFailure("TRF.0016", f"the {what} is not UTF-8 text") from None
+            if number == 1:
+                line = line.removeprefix("\ufeff")
+            line = line.rstrip("\r")
+            if len(line) > MAX_LIST_LINE:
+                raise TaskFailure("TRF.0018", f"line {number} of the {what} is longer than {MAX_LIST_LINE}")
+            line = line.strip()
+            if line:
+                yield number, line
+    except LineTooLong:
+        raise TaskFailure("TRF.0018", f"line {number + 1} of the {what} is longer than {MAX_LIST_LINE}") from None
+    except (NotFoundError, SourceChangedError):
+        raise TaskFailure("TRF.0013", f"the {what} changed while it was read") from None
+    finally:
+        await lines.aclose()
+
+
+async def read_list_keys(store: Backend, key: str) -> list[str]:
+    """Keys of an object-list file: one URL-encoded key per line."""
+    keys = {unquote(line): None async for _, line in list_file_lines(store, key, "object list file")}
+    if not keys:
+        raise TaskFailure("TRF.0017", "the object list file is empty")
+    return list(keys)
+
+
+async def read_url_entries(store: Backend, key: str) -> list[tuple[str, str]]:
+    """`(key, url)` pairs of a URL-list file (see storage.http.parse_url_line), sorted by key."""
+    entries: dict[str, str] = {}
+    async for number, line in list_file_lines(store, key, "URL list file"):
+        try:
+            obj, url = parse_url_line(line)
+        except ValueError as exc:
+            raise TaskFailure("TRF.0016", f"the URL list file is malformed: line {number}: {exc}") from None
+        entries.setdefault(obj, url)
     if not entries:
         raise TaskFailure("TRF.0017", "the URL list file is empty")
-    return entries
+    return sorted(entries.items())
 
 
 def transfer_options(row: TaskRow, settings: RunnerSettings) -> TransferOptions:
@@ -565,16 +571,18 @@ class LocalRunner:
         try:
             await self._preflight(dst, "destination")
             failed = await self._failed_keys(row) if row.run_mode == "failed_only" else None
-            list_data = None
+            list_keys = None
             if row.task_type == "url_list" or (row.task_type == "list" and failed is None):
                 list_file = src_spec["list_file"]
                 lst = open_store(src_spec["list_endpoint"], dst_spec["region"], list_file["obs_bucket"], "",
                                  keys["dst_ak"], keys["dst_sk"], keys.get("dst_security_token"))
                 stores.append(lst)
-                list_data = await read_list_file(RetryingBackend(lst), list_file["list_file_key"])
+                list_store, list_key = RetryingBackend(lst), list_file["list_file_key"]
+                if row.task_type == "list":
+                    list_keys = await read_list_keys(list_store, list_key)
             url_source: UrlSource | None = None
             if row.task_type == "url_list":
-                entries = url_entries(list_data or b"")
+                entries = await read_url_entries(list_store, list_key)
                 if failed is not None:
                     wanted = set(failed)
                     entries = [e for e in entries if e[0] in wanted]
@@ -587,10 +595,7 @@ class LocalRunner:
                 raw_src = open_store(src_spec, src_spec["region"], src_spec["real_bucket"], "", keys["src_ak"],
                                      keys["src_sk"], keys.get("src_security_token"))
                 stores.append(raw_src)
-                if failed is not None:
-                    src_items = normalise((), failed)
-                else:
-                    src_items = task_items(row, parse_list_file(list_data) if list_data is not None else None)
+                src_items = normalise((), failed) if failed is not None else task_items(row, list_keys)
                 dst_items = src_items
             # Charged once per byte moved: on the source read (a streamed copy writes what it read).
             src: Backend = ThrottledBackend(RetryingBackend(raw_src), limiter)

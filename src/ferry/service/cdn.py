@@ -1,31 +1,29 @@
 """Probing objects through a CDN domain (show_cdn_info) without letting a caller reach internal hosts.
 
 A caller names the CDN domain, so it is an SSRF vector: the domain is resolved once, every address must
-be public (`endpoints.is_public_host`), and the HTTP client connects only to those pinned addresses (no
-second lookup that DNS rebinding could turn to 127.0.0.1), never follows redirects and ignores proxy
-settings. The operator may allow non-public CDN hosts (a CDN inside a private network, or a test server)
-with `FERRY_CDN_ALLOWED_HOSTS`: a comma-separated list of `host` or `host:port` entries, e.g.
+be public, and the HTTP client connects only to those pinned addresses (`storage.netguard`: no second lookup
+that DNS rebinding could turn to 127.0.0.1), never follows redirects and ignores proxy settings. A domain that
+does not resolve is refused with the same answer as an internal one, so the answers tell nothing about
+internal names. The operator may allow non-public CDN hosts (a CDN inside a private network, or a test
+server) with `FERRY_CDN_ALLOWED_HOSTS`: a comma-separated list of `host` or `host:port` entries, e.g.
 `FERRY_CDN_ALLOWED_HOSTS=127.0.0.1:8080,cdn.corp.internal`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import quote, urlsplit
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
+import yarl
 
-from ferry.service.endpoints import is_public_host
+from ferry.storage.netguard import REFUSED, HostLookupError, PinnedResolver, UnsafeHost, pinned_connector
 
 ALLOWED_HOSTS_ENV: Final = "FERRY_CDN_ALLOWED_HOSTS"
 _BAD_DOMAIN_CHARS: Final = frozenset("/\\@?#%")
-_NUMERIC_FLAGS: Final = socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
 
 # Domain suffixes each cloud's CDN (and its object-storage website endpoints) hands out; a custom domain
 # is recognised through its CNAME target. Clouds keyed by their lower-cased OMS cloud type.
@@ -80,24 +78,6 @@ def same_cloud(cloud: str, names: tuple[str, ...]) -> bool:
     return False
 
 
-class _PinnedResolver(AbstractResolver):
-    """Answers only for the checked host, with the addresses checked: no second DNS lookup."""
-
-    def __init__(self, host: str, results: list[ResolveResult]) -> None:
-        self._host = host
-        self._results = results
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        if host.lower() != self._host:
-            raise OSError("host not pinned")
-        return list(self._results)
-
-    async def close(self) -> None:
-        return None
-
-
 @dataclass(frozen=True)
 class Probe:
     """What the CDN said about one key: reachable with a 2xx, and the ETag it sent."""
@@ -110,7 +90,7 @@ class CdnClient:
     """HEAD (or a 1-byte GET where HEAD is refused) of objects through one CDN domain."""
 
     def __init__(self, protocol: str, host: str, port: int | None, query: str, timeout: float) -> None:
-        self._base = f"{protocol}://{host}" + (f":{port}" if port else "")
+        self._base = f"{protocol}://{f'[{host}]' if ':' in host else host}" + (f":{port}" if port else "")
         self._query = query
         self._host = host
         self._port = port or (443 if protocol == "https" else 80)
@@ -119,34 +99,28 @@ class CdnClient:
         self.names: tuple[str, ...] = (host,)
 
     async def connect(self, allowed: frozenset[str]) -> bool:
-        """Resolve and check the domain; False when it does not resolve (nothing can be downloaded).
+        """Resolve, check and pin the domain; False when a host the operator allowed does not resolve now
+        (nothing can be downloaded).
 
-        Raises CdnDomainError when an address is not public and the operator did not allow the host.
+        Raises CdnDomainError when the host is not allowed and is not public or does not resolve: one answer
+        for both, so that it does not tell whether an internal name exists.
         """
         trusted = self._host in allowed or f"{self._host}:{self._port}" in allowed
-        if not trusted and not is_public_host(self._host):
-            raise CdnDomainError("source_cdn.domain is not a public address")
-        loop = asyncio.get_running_loop()
+        resolver = PinnedResolver()
+        # The host string the connector will ask for (yarl lower-cases and IDNA-encodes it).
+        host = yarl.URL(self._base).raw_host or self._host
         try:
-            infos = await loop.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM,
-                                           flags=socket.AI_CANONNAME)
-        except (socket.gaierror, UnicodeError):
+            pinned = await resolver.pin(host, self._port, trusted=trusted)
+        except UnsafeHost:
+            raise CdnDomainError(f"source_cdn.domain is {REFUSED} (an operator can allow a private CDN host)"
+                                 ) from None
+        except HostLookupError:
             return False
-        results: list[ResolveResult] = []
-        for family, _type, proto, canon, address in infos:
-            ip = str(address[0])
-            if not trusted and not is_public_host(ip):
-                raise CdnDomainError("source_cdn.domain resolves to a non-public address")
-            if canon:
-                self.names = (self._host, canon)
-            results.append(ResolveResult(hostname=self._host, host=ip, port=int(address[1]),
-                                         family=family, proto=proto, flags=_NUMERIC_FLAGS))
-        if not results:
-            return False
-        connector = aiohttp.TCPConnector(resolver=_PinnedResolver(self._host, results), limit=8,
-                                         use_dns_cache=False)
+        if pinned.canonical:
+            self.names = (self._host, pinned.canonical)
         self._session = aiohttp.ClientSession(
-            connector=connector, trust_env=False, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
+            connector=pinned_connector(resolver, limit=8), trust_env=False, auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
             timeout=aiohttp.ClientTimeout(total=self._timeout, sock_connect=min(10.0, self._timeout)),
             headers={"User-Agent": "ferry-cdn-check"},
         )

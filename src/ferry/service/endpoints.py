@@ -8,7 +8,6 @@ so an API caller cannot point Ferry at internal services by choosing a region.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import re
@@ -18,6 +17,7 @@ from urllib.parse import urlsplit
 from ferry.api import clouds
 from ferry.api.schemas import CloudType
 from ferry.errors import UsageError
+from ferry.storage.netguard import is_public_host as is_public_host  # the names of the table need no lookup
 from ferry.storage.profiles import get_profile
 
 # OMS cloud type (any case) -> storage profile. Azure, Google and URL sources get their own backends later.
@@ -63,18 +63,6 @@ def load_overrides(raw: str | None = None) -> dict[str, str]:
             raise UsageError(f"FERRY_ENDPOINT_OVERRIDES entry {key!r}: need \"Cloud/region\": \"http(s)://host\"")
         out[key.lower()] = url.rstrip("/")
     return out
-
-
-def is_public_host(host: str) -> bool:
-    """False for loopback, private, link-local, reserved or unspecified addresses (and `localhost`)."""
-    h = host.strip("[]").lower()
-    if h == "localhost" or h.endswith(".localhost") or h.endswith(".local") or h.endswith(".internal"):
-        return False
-    try:
-        ip = ipaddress.ip_address(h)
-    except ValueError:
-        return True  # a DNS name from the built-in public table
-    return ip.is_global and not ip.is_multicast
 
 
 def resolve(cloud_type: str, region: str, overrides: dict[str, str] | None = None) -> Endpoint:

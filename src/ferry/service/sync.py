@@ -530,7 +530,7 @@ def _records(payload: Any) -> list[Any]:
         # AWS S3 -> SNS -> HTTPS subscription: the S3 event is a JSON string inside the SNS envelope.
         try:
             payload = json.loads(payload["Message"])
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply
             raise UsageError("the SNS Message is not JSON") from None
         if not isinstance(payload, Mapping):
             raise UsageError("the SNS Message is not a JSON object")

@@ -148,6 +148,46 @@ class Backend(Protocol):
     async def close(self) -> None: ...
 
 
+class LineTooLong(ValueError):
+    """A line of a file read by `ranged_lines` is longer than its `max_line` bytes."""
+
+    def __init__(self, offset: int) -> None:
+        super().__init__(f"a line at byte {offset} is too long")
+        self.offset = offset
+
+
+async def ranged_lines(
+    backend: Backend, key: str, size: int, etag: str | None, *, offset: int = 0, chunk: int = 1024 * 1024,
+    max_line: int | None = None,
+) -> AsyncGenerator[tuple[bytes, int], None]:
+    """The lines of `key` from byte `offset` on, read in `chunk`-byte ranges pinned to `etag`, so memory
+    stays bounded whatever the size: each line's bytes without its `\n`, and the offset just after it (a
+    checkpoint to resume from). LineTooLong once a line passes `max_line` bytes."""
+    pending = b""
+    consumed = offset  # bytes of the file up to the end of the last line yielded
+    while offset < size:
+        data = await backend.read(key, offset=offset, length=min(chunk, size - offset), if_match=etag)
+        if not data:
+            break
+        offset += len(data)
+        buf = pending + data if pending else data
+        start = 0
+        # One line at a time (not split()): a chunk of short lines as a list would cost a few times its size.
+        while (end := buf.find(b"\n", start)) >= 0:
+            if max_line is not None and end - start > max_line:
+                raise LineTooLong(consumed)
+            consumed += end - start + 1
+            yield buf[start:end], consumed
+            start = end + 1
+        pending = buf[start:]
+        del buf, data
+        if max_line is not None and len(pending) > max_line:
+            raise LineTooLong(consumed)
+    if pending:
+        consumed += len(pending)
+        yield pending, consumed
+
+
 async def ranged_pieces(
     backend: Backend, key: str, size: int, etag: str | None, piece: int = 4 * 1024 * 1024
 ) -> AsyncGenerator[bytes, None]:

@@ -1,9 +1,10 @@
 """A read-only Backend over plain HTTP(S) URLs (OMS url_list tasks): HEAD for object info, GET for the bytes.
 
 Each object is one `(key, url)` pair from a URL list. Redirects are not followed (a CDN that redirects is
-reported, as OMS documents), and URLs pointing at loopback, private or other non-public addresses are refused
-unless the operator allowed that `host:port` (FERRY_ENDPOINT_OVERRIDES entries `URLSource/<name>`), so a URL
-list cannot make Ferry probe internal services.
+reported, as OMS documents), and a URL whose host is a local name, or resolves to any loopback, private or other
+non-public address, is refused unless the operator allowed that `host:port` (FERRY_ENDPOINT_OVERRIDES entries
+`URLSource/<name>`), so a URL list cannot make Ferry probe internal services. Each host is resolved once and the
+connection pinned to the checked addresses (`storage.netguard`), so DNS rebinding cannot turn it inward later.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import email.utils
-import ipaddress
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Mapping, Sequence
 from typing import Final, NoReturn
 from urllib.parse import unquote, urlsplit
@@ -29,53 +29,33 @@ from ferry.errors import (
 )
 from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult
 from ferry.storage.base import Backend, Capabilities, ListOrder, ranged_pieces
+from ferry.storage.netguard import REFUSED, HostLookupError, PinnedResolver, UnsafeHost, pinned_connector
 
 _CAPS: Final = Capabilities(list_order=ListOrder.LEXICOGRAPHIC, copy_group=None, multipart=False,
                             etag_is_md5=False)
 _LOOKAHEAD: Final = 32
 
 
-def is_public_host(host: str) -> bool:
-    """False for loopback, private, link-local, reserved or unspecified addresses and local names (the same
-    rule as service.endpoints, which this layer must not import)."""
-    h = host.strip("[]").lower()
-    if h == "localhost" or h.endswith((".localhost", ".local", ".internal")):
-        return False
-    try:
-        ip = ipaddress.ip_address(h)
-    except ValueError:
-        return True
-    return ip.is_global and not ip.is_multicast
-
-
 def host_port(url: str) -> str:
+    """`host:port` of an http(s) URL (the form of the operator's allow-list); ValueError for a bad port."""
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return f"{(parts.hostname or '').lower()}:{port}"
 
 
-def parse_url_list(text: str) -> tuple[list[tuple[str, str]], dict[str, str]]:
-    """Entries `(key, url)` of a URL list — one `URL[<TAB>object key]` per line, the key URL-encoded and by
-    default the URL's path — sorted by key, plus `{line label: reason}` for lines that cannot be used."""
-    entries: dict[str, str] = {}
-    bad: dict[str, str] = {}
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line:
-            continue
-        url, _, key = line.partition("\t")
-        url, key = url.strip(), unquote(key.strip())
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            bad[f"line {number}"] = "not an http(s) URL"
-            continue
-        if not key:
-            key = unquote(parts.path).lstrip("/")
-        if not key:
-            bad[f"line {number}"] = "no object name (give one after a tab)"
-            continue
-        entries.setdefault(key, url)
-    return sorted(entries.items()), bad
+def parse_url_line(line: str) -> tuple[str, str]:
+    """`(key, url)` of one non-blank URL-list line, `URL[<TAB>object key]`: the key URL-encoded, by default
+    the URL's path. ValueError says why a line cannot be used (a bad port fails only its object, later)."""
+    url, _, key = line.strip().partition("\t")
+    url, key = url.strip(), unquote(key.strip())
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not an http(s) URL")
+    if not key:
+        key = unquote(parts.path).lstrip("/")
+    if not key:
+        raise ValueError("no object name (give one after a tab)")
+    return key, url
 
 
 def _mtime(value: str | None) -> float:
@@ -104,6 +84,7 @@ class UrlSource:
         self._allowed = {h.lower() for h in allowed_hosts}
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._resolver = PinnedResolver()
         # Objects a listing had to leave out, with the reason (unreachable, refused address, no length...).
         self.failed: dict[str, str] = {}
 
@@ -121,27 +102,45 @@ class UrlSource:
     def _session_for(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                timeout=self._timeout, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
+                connector=pinned_connector(self._resolver), timeout=self._timeout, auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
                 trust_env=False, headers={"User-Agent": "ferry"},
             )
         return self._session
 
-    def _url(self, key: str) -> str:
+    async def _url(self, key: str) -> tuple[yarl.URL, str]:
+        """The URL of `key`, its host checked and pinned, and `host:port` for messages."""
         url = self._urls.get(key)
         if url is None:
             raise NotFoundError(f"{key}: not in the URL list", key=key)
-        host = urlsplit(url).hostname or ""
-        if not is_public_host(host) and host_port(url) not in self._allowed:
-            raise PermanentError(f"{key}: the URL's address is not public and not allowed by the operator", key=key)
-        return url
+        try:
+            explicit = urlsplit(url).port
+        except ValueError:
+            explicit = 0
+        if explicit == 0:
+            raise PermanentError(f"{key}: the URL's port is not a number from 1 to 65535", key=key)
+        where = host_port(url)
+        target = yarl.URL(url, encoded=True)
+        host, port = target.raw_host, target.port
+        if not host or not port:
+            raise PermanentError(f"{key}: the URL has no host", key=key)
+        try:
+            # The same host string the connector will ask the resolver for.
+            await self._resolver.pin(host, port, trusted=where in self._allowed)
+        except UnsafeHost:
+            raise PermanentError(f"{key}: the URL's host is {REFUSED}, and is not allowed by the operator",
+                                 key=key) from None
+        except HostLookupError as exc:
+            raise TransientError(f"{key}: {exc}", key=key) from None
+        return target, where
 
     async def _request(self, method: str, key: str, headers: Mapping[str, str] | None = None,
                        ok: tuple[int, ...] = (200,)) -> tuple[int, Mapping[str, str], bytes]:
-        url = self._url(key)
-        where = f"{method} {host_port(url)} ({key})"
+        target, where = await self._url(key)
+        where = f"{method} {where} ({key})"
         failure: FerryError
         try:
-            async with self._session_for().request(method, yarl.URL(url, encoded=True), headers=headers or {},
+            async with self._session_for().request(method, target, headers=headers or {},
                                                    allow_redirects=False) as resp:
                 body = await resp.read()
                 status, got = resp.status, dict(resp.headers)

@@ -48,7 +48,7 @@ from ferry.storage.http1 import (
     pass_splice,
 )
 from ferry.storage.profiles import Profile, get_profile
-from ferry.storage.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, SigV4Signer, canonical_query, quote_path
+from ferry.storage.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, SigV4Signer, canonical_query, quote_path, wire_path
 
 CRC64_META = "ferry-crc64"  # user-metadata key under which Ferry stores the CRC-64/ECMA it computed
 _META_PREFIX = "x-amz-meta-"
@@ -269,6 +269,7 @@ class S3Backend:
                 # A streamed body is not known in advance; it goes unsigned, checked by a checksum.
                 payload_hash = hashlib.sha256(data).hexdigest() if data else EMPTY_SHA256
         signed = self._signer.sign(method, self._netloc, path, qs, headers or {}, payload_hash=payload_hash)
+        path = wire_path(path)
         return (f"{path}?{qs}" if qs else path), signed
 
     def _failure(self, op: str, key: str | None, exc: Exception) -> FerryError:
@@ -315,6 +316,8 @@ class S3Backend:
             return SourceChangedError(msg, key=key)
         if status in (405, 501) and code == "NotImplemented":
             return FatalError(msg, key=key)
+        if status == 400 and key is not None and _dot_segment(self.prefix + key):
+            msg += " (the key has a '.' or '..' segment, which this store refuses)"
         return PermanentError(msg, key=key)
 
     # -- listing ----------------------------------------------------------------------------------
@@ -720,7 +723,7 @@ class S3Backend:
             raise UsageError(f"copy to {self.name}: server-side copy needs a source on the same endpoint "
                              "and credentials")
         headers = self._write_headers(meta, storage_class, crc64 if meta is not None else None)
-        headers["x-amz-copy-source"] = quote_path(f"{source.bucket}/{source.prefix}{src_key}")
+        headers["x-amz-copy-source"] = wire_path(quote_path(f"{source.bucket}/{source.prefix}{src_key}"))
         headers["x-amz-metadata-directive"] = "COPY" if meta is None else "REPLACE"
         if meta is not None:
             headers.setdefault("Content-Type", "application/octet-stream")
@@ -829,6 +832,10 @@ def _virtual_host_ok(host: str, bucket: str, scheme: str) -> bool:
 def _xml_escape(text: str) -> str:
     # xml.sax.saxutils.escape, without importing urllib.request and http.client (~5 ms of start-up) with it.
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _dot_segment(key: str) -> bool:
+    return any(seg in (".", "..") for seg in key.split("/"))
 
 
 def _quote_etag(etag: str) -> str:

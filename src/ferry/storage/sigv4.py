@@ -23,6 +23,18 @@ def quote_path(path: str) -> str:
     return quote(path, safe="/~")
 
 
+def wire_path(path: str) -> str:
+    """An encoded path (see `quote_path`) as sent: each `.` or `..` segment percent-encoded (`%2E%2E`).
+
+    S3 keeps such segments as part of the key, but a proxy or store that normalises paths would resolve them and
+    write outside the key (or the bucket). Servers canonicalise the decoded path for SigV4 (dots stay dots), so
+    the signature is computed over `path` itself, not over this.
+    """
+    if "." not in path:
+        return path
+    return "/".join("%2E" * len(seg) if seg in (".", "..") else seg for seg in path.split("/"))
+
+
 def quote_param(value: str) -> str:
     """Percent-encode a query name or value (`/` included) as SigV4 requires."""
     return quote(value, safe="~")

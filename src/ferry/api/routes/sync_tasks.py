@@ -16,7 +16,6 @@ Extensions (not in the OMS SDK, same auth and error shapes):
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -24,7 +23,7 @@ from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
-from ferry.api.deps import CurrentPrincipal, Services, ok
+from ferry.api.deps import CurrentPrincipal, Services, json_body, ok
 from ferry.api.errors import Codes, Messages, OmsError
 from ferry.api.schemas import (
     CreateSyncTaskReq,
@@ -236,14 +235,6 @@ class FailedObjectsQuery(RequestModel):
     offset: Annotated[int, Field(ge=0)] = 0
 
 
-async def _json_body(request: Request) -> Any:
-    raw = await request.body()
-    try:
-        return json.loads(raw) if raw else None
-    except ValueError:
-        raise OmsError.invalid_parameter("the body is not valid JSON") from None
-
-
 def _notified(result: sync.NotificationResult) -> JSONResponse:
     return ok(NotificationResponse(accepted=result.accepted, ignored=result.ignored))
 
@@ -251,7 +242,7 @@ def _notified(result: sync.NotificationResult) -> JSONResponse:
 @router.post("/sync-tasks/{sync_task_id}/notifications", response_model=NotificationResponse,
              summary="ferry: accept an S3-style bucket notification")
 async def notify(sync_task_id: SyncTaskId, request: Request, principal: CurrentPrincipal, ctx: Sync) -> JSONResponse:
-    payload = await _json_body(request)
+    payload = await json_body(request)
     return _notified(await run_in_threadpool(sync.notify_sync_task, ctx, principal.project_id, sync_task_id, payload))
 
 
@@ -301,5 +292,5 @@ async def notify_with_token(sync_task_id: SyncTaskId, request: Request, services
     except NotFoundError:
         # One answer for "no token", "wrong token" and "no such task".
         raise OmsError.unauthorized() from None
-    payload = await _json_body(request)
+    payload = await json_body(request)
     return _notified(await run_in_threadpool(sync.accept_notification, ctx, row, payload))
