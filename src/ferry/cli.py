@@ -44,9 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ferry {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    m = sub.add_parser("migrate", help="copy a bucket (or prefix) to another, verified and resumable")
-    m.add_argument("source", help="s3://BUCKET[/PREFIX], a local directory, or mem://BUCKET[/PREFIX]")
-    m.add_argument("destination", help="s3://BUCKET[/PREFIX], a local directory, or mem://BUCKET[/PREFIX]")
+    m = sub.add_parser(
+        "migrate", help="copy a bucket (or prefix) to another, verified and resumable",
+        description="Copy a bucket (or prefix) to another, verified and resumable. A PREFIX is a folder, as in "
+                    "`aws s3 sync` and rclone, with or without its trailing /: `ferry migrate s3://photos/docs "
+                    "s3://backup/all` copies docs/x to all/x (and leaves docs2/x out).")
+    m.add_argument("source", help="s3://BUCKET[/PREFIX], a local directory, or mem://BUCKET[/PREFIX]; "
+                                  "keys are taken relative to PREFIX/")
+    m.add_argument("destination", help="s3://BUCKET[/PREFIX], a local directory, or mem://BUCKET[/PREFIX]; "
+                                       "keys are written under PREFIX/")
     _add_side(m, "src", "source")
     _add_side(m, "dst", "destination")
     m.add_argument("--overwrite", default="SIZE_LAST_MODIFIED_COMPARISON_OVERWRITE",

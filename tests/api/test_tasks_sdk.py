@@ -207,6 +207,19 @@ def test_prefix_task_copies_a_bucket(svc: FerryService, seaweed_a: Any, seaweed_
     assert seaweed_a.secret_key not in json.dumps(dict(stored), default=str)
 
 
+def test_save_prefix_is_a_folder(svc: FerryService, seaweed_a: Any, seaweed_b: Any, bucket_factory: Any) -> None:
+    """`save_prefix="all"` is the folder `all/`: the source key as OMS keeps it goes under it, never glued on."""
+    sb, db = bucket_factory(seaweed_a), bucket_factory(seaweed_b)
+    fill(seaweed_a, sb, {"photos/2024/img.jpg": b"jpeg", "other.txt": b"no"})
+    client = svc.client()
+    created = client.create_task(prefix_task(seaweed_a, sb, seaweed_b, db, object_key=["photos/"],
+                                             save_prefix="all"))
+    task, _ = wait_task(client, created.id, lambda t: t.status in (4, 5))
+    assert task.status == 5, task.error_reason
+    assert set(listing(seaweed_b, db)) == {"all/photos/2024/img.jpg"}
+    assert task.dst_node.save_prefix == "all/"
+
+
 def test_stop_start_resume_and_lifecycle_rules(svc: FerryService, seaweed_a: Any, seaweed_b: Any,
                                                bucket_factory: Any) -> None:
     sb, db = bucket_factory(seaweed_a), bucket_factory(seaweed_b)

@@ -284,3 +284,33 @@ def test_storage_class_of_written_objects(seaweed_a: Any, moto: Any, bucket_fact
     assert run.code == 0, run.stderr
     head = s3_client(moto).head_object(Bucket=db, Key="cold/1.txt")
     assert head["StorageClass"] == "STANDARD_IA"
+
+
+def test_destination_prefix_is_a_folder(seaweed_a: Any, seaweed_b: Any, bucket_factory: Any,
+                                        tmp_path: Path) -> None:
+    """`s3://backup/all` means the folder `all/`, as in `aws s3 sync` and rclone: keys are not glued onto it."""
+    src_c, dst_c = s3_client(seaweed_a), s3_client(seaweed_b)
+    sb, db = bucket_factory(seaweed_a), bucket_factory(seaweed_b)
+    src_c.put_object(Bucket=sb, Key="2024/img.jpg", Body=b"jpeg")
+    run = run_ferry(migrate_argv(seaweed_a, sb, seaweed_b, f"{db}/all", tmp_path), ferry_env(seaweed_a, seaweed_b))
+    assert run.code == 0, run.stderr
+    assert set(_all_objects(dst_c, db)) == {"all/2024/img.jpg"}
+
+
+def test_source_prefix_without_slash_is_a_folder(seaweed_a: Any, seaweed_b: Any, bucket_factory: Any,
+                                                 tmp_path: Path) -> None:
+    """`s3://photos/docs` is the folder `docs/` (not `docs2/`), and keys come out relative to it."""
+    src_c, dst_c = s3_client(seaweed_a), s3_client(seaweed_b)
+    sb, db = bucket_factory(seaweed_a), bucket_factory(seaweed_b)
+    for key in ("docs/doc0.txt", "docs/sub/doc1.txt", "docs2/x", "docsy.txt"):
+        src_c.put_object(Bucket=sb, Key=key, Body=key.encode())
+    run = run_ferry(migrate_argv(seaweed_a, f"{sb}/docs", seaweed_b, f"{db}/js", tmp_path),
+                    ferry_env(seaweed_a, seaweed_b))
+    assert run.code == 0, run.stderr
+    assert run.summary["total"] == 2
+    assert set(_all_objects(dst_c, db)) == {"js/doc0.txt", "js/sub/doc1.txt"}
+    # With the slash written out, the same job: nothing left to copy.
+    again = run_ferry(migrate_argv(seaweed_a, f"{sb}/docs/", seaweed_b, f"{db}/js/", tmp_path),
+                      ferry_env(seaweed_a, seaweed_b))
+    assert again.code == 0, again.stderr
+    assert (again.summary["success"], again.summary["skipped"]) == (0, 2)
