@@ -210,7 +210,7 @@ async def _migrate_run(args: argparse.Namespace) -> int:
     }
     try:
         summary = await run_migration(src, dst, cast("JobRepo", repo), opts, report_dir=base / "reports",
-                                      spec=spec, counters=counters, fresh=fresh)
+                                      spec=spec, counters=counters, fresh=fresh, lock_dir=base)
     finally:
         if bar is not None:
             await bar.stop()

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +51,36 @@ def fingerprint(src: Backend, dst: Backend, extra: dict[str, Any]) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
+@contextlib.contextmanager
+def job_lock(directory: Path, fp: str) -> Iterator[None]:
+    """Hold the lock of the job `fp` (a file under `directory`) until the block ends; FatalError "job already
+    running (pid N)" while another process holds it. Two runs of one job would share its multipart checkpoints
+    and tear each other's uploads down. An flock dies with its process, so even kill -9 leaves none behind."""
+    path = directory / "locks" / f"job-{fp[:32]}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise FatalError(f"job already running (pid {holder}); wait for it to end or stop it first") from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        os.close(fd)  # locked a file its last holder had just removed: take the one now at `path`
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        # Removed while still held: a process that opened it meanwhile sees another inode and starts over.
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+
+
 async def preflight(backend: Backend) -> None:
     """Fail fast (FatalError) when a store is unreachable, the credentials are wrong or the bucket is missing."""
     async for _ in backend.list():
@@ -82,16 +116,24 @@ async def run_migration(
     spec: dict[str, Any],
     counters: Counters | None = None,
     fresh: bool = False,
+    lock_dir: Path | None = None,
 ) -> Summary:
     """Create or resume the job for this src/dst/options and run it to the end.
 
     `fresh` says the database holds no job at all (a new state directory): then nothing can be resumed,
     and the job's row is created while the transfer already runs (the database may still be opening).
-    Raises FatalError before any work when a store cannot be used. A FatalError during the run, or
-    cancellation, leaves the job resumable (status stopped/failed with everything finished recorded).
+    Raises FatalError before any work when a store cannot be used, or (with `lock_dir`, where job locks live)
+    when another process runs this job. A FatalError during the run, or cancellation, leaves the job
+    resumable (status stopped/failed with everything finished recorded).
     """
-    await asyncio.gather(preflight(src), preflight(dst))
     fp = fingerprint(src, dst, spec)
+    with job_lock(lock_dir, fp) if lock_dir is not None else contextlib.nullcontext():
+        return await _run_locked(src, dst, repo, opts, fp, report_dir, spec, counters, fresh)
+
+
+async def _run_locked(src: Backend, dst: Backend, repo: JobRepo, opts: TransferOptions, fp: str,
+                      report_dir: Path, spec: dict[str, Any], counters: Counters | None, fresh: bool) -> Summary:
+    await asyncio.gather(preflight(src), preflight(dst))
     spec_json = json.dumps({"src": src.name, "dst": dst.name, **spec})
     ready: asyncio.Future[None] | None = None
     if fresh:
