@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from ferry import __version__
-from ferry.errors import FatalError, FerryError, UsageError
+from ferry.errors import AccessError, FatalError, FerryError, UsageError
 
 if TYPE_CHECKING:
     from ferry.db.repo import JobRepo
@@ -294,6 +294,15 @@ def _redact(message: str, args: argparse.Namespace) -> str:
     return " ".join(message.split())
 
 
+def _access_reason(exc: AccessError) -> str:
+    """The refusal, the side it came from and what to fix there, naming the variables and flags to change."""
+    side = {"source": "src", "destination": "dst"}.get(exc.side or "")
+    if side is None:
+        return f"{exc.message}; {exc.fix('the access key', 'the secret key')}"
+    s = side.upper()
+    return f"{exc.side}: {exc.message}; {exc.fix(f'FERRY_{s}_AK/--{side}-ak', f'FERRY_{s}_SK/--{side}-sk')}"
+
+
 def _run_async(coro: Coroutine[Any, Any, int]) -> int:
     """Run on uvloop where available: the copy hot path is event-loop bound (measured in bench/).
 
@@ -324,6 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown command {args.command}")
     except UsageError as exc:
         print(f"ferry: error: {_redact(exc.message, args)}", file=sys.stderr)
+        return EXIT_USAGE
+    except AccessError as exc:
+        print(f"ferry: error: {_redact(_access_reason(exc), args)}", file=sys.stderr)
         return EXIT_USAGE
     except FatalError as exc:
         print(f"ferry: error: {_redact(exc.message, args)}", file=sys.stderr)

@@ -230,7 +230,8 @@ def test_queries() -> None:
     q = s.parse_request(s.ListTasksQuery, {"limit": "5", "offset": "0", "status": "3"})
     assert (q.limit, q.offset, q.status) == (5, 0, s.TaskStatus.STOPPED)
     assert s.parse_request(s.ListTasksQuery, {}).limit == 10
-    for bad in ({"limit": "0"}, {"limit": "101"}, {"offset": "10001"}, {"status": "6"}, {"status": "x"}):
+    assert s.parse_request(s.ListTasksQuery, {"status": "6"}).status is s.TaskStatus.RETRYING
+    for bad in ({"limit": "0"}, {"limit": "101"}, {"offset": "10001"}, {"status": "8"}, {"status": "x"}):
         fails(s.ListTasksQuery, bad)
     fails(s.ListTasksQuery, {"task_name": "a<b"})
     stat = s.parse_request(

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -218,6 +219,26 @@ def test_save_prefix_is_a_folder(svc: FerryService, seaweed_a: Any, seaweed_b: A
     assert task.status == 5, task.error_reason
     assert set(listing(seaweed_b, db)) == {"all/photos/2024/img.jpg"}
     assert task.dst_node.save_prefix == "all/"
+
+
+def test_read_only_destination_fails_the_task_with_its_reason(svc: FerryService, seaweed_a: Any, seaweed_b: Any,
+                                                               bucket_factory: Any) -> None:
+    """Keys that may not write the destination: the task fails (4) at once with an error_reason that names the
+    destination and the keys to fix, instead of retrying (6) with no reason."""
+    sb, db = bucket_factory(seaweed_a), bucket_factory(seaweed_b)
+    fill(seaweed_a, sb, {f"k{i}": b"data" for i in range(20)})
+    reader = SimpleNamespace(access_key=seaweed_b.read_only_key, secret_key=seaweed_b.read_only_secret)
+    client = svc.client()
+    created = client.create_task(prefix_task(seaweed_a, sb, reader, db))
+    task, samples = wait_task(client, created.id, lambda t: t.status in (4, 5))
+    assert task.status == 4 and [t.status for t in samples if t.status == 6] == []
+    assert task.error_reason.error_code == "TRF.0051", task.error_reason
+    assert task.error_reason.error_msg.startswith("destination: ") and "AccessDenied" in task.error_reason.error_msg
+    assert "dst_ak" in task.error_reason.error_msg
+    assert listing(seaweed_b, db) == {}
+    # Status 6 (retrying: a run failed for a passing reason and is tried again) is a filter like the others.
+    retrying = client.list_tasks(ListTasksRequest(status=6, limit=100))
+    assert all(t.status == 6 for t in retrying.tasks or [])
 
 
 def test_stop_start_resume_and_lifecycle_rules(svc: FerryService, seaweed_a: Any, seaweed_b: Any,
@@ -460,7 +481,7 @@ def test_error_paths(svc: FerryService, seaweed_a: Any, seaweed_b: Any, bucket_f
     page = client.list_tasks(ListTasksRequest(limit=1, offset=0))
     assert len(page.tasks) == 1 and page.count >= 1
     with pytest.raises(ClientRequestException) as info:
-        client.list_tasks(ListTasksRequest(status=6))
+        client.list_tasks(ListTasksRequest(status=8))
     assert_error(info.value, 400, "OMS.0001")
     client.delete_task(DeleteTaskRequest(task_id=created.id))
 

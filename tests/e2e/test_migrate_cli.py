@@ -314,3 +314,23 @@ def test_source_prefix_without_slash_is_a_folder(seaweed_a: Any, seaweed_b: Any,
                       ferry_env(seaweed_a, seaweed_b))
     assert again.code == 0, again.stderr
     assert (again.summary["success"], again.summary["skipped"]) == (0, 2)
+
+
+def test_read_only_destination_ends_the_run_with_exit_2_and_the_reason(
+    seaweed_a: Any, seaweed_b: Any, bucket_factory: Any, tmp_path: Path
+) -> None:
+    """Keys that may read the destination but not write it: no retrying, no "run it again", but exit 2 and a
+    reason that names the destination and what to fix."""
+    src_c = s3_client(seaweed_a)
+    sb, db = bucket_factory(seaweed_a), bucket_factory(seaweed_b)
+    for i in range(50):
+        src_c.put_object(Bucket=sb, Key=f"k{i:02d}", Body=b"data")
+    env = ferry_env(seaweed_a, seaweed_b)
+    env.update(FERRY_DST_AK=seaweed_b.read_only_key, FERRY_DST_SK=seaweed_b.read_only_secret)
+    run = run_ferry(migrate_argv(seaweed_a, sb, seaweed_b, db, tmp_path), env, timeout=120)
+    assert run.code == 2, (run.stdout, run.stderr)
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    assert lines[0].startswith("ferry: error: destination") and "AccessDenied" in lines[0], lines[0]
+    assert "FERRY_DST_AK" in lines[0] and "again" not in lines[0], lines[0]
+    assert seaweed_b.read_only_secret not in run.stderr + run.stdout

@@ -638,18 +638,12 @@ class ListTasksResponse(ResponseModel):
     count: Count | None = None
 
 
-def _not_retrying(status: TaskStatus) -> TaskStatus:
-    # The documented filter values are 1, 2, 3, 4, 5 and 7: "retrying" is not one of them.
-    if status is TaskStatus.RETRYING:
-        raise PydanticCustomError("enum", "Input should be 1, 2, 3, 4, 5 or 7")
-    return status
-
-
 class ListTasksQuery(RequestModel):
     group_id: GroupId | None = None
     limit: Annotated[int, Field(ge=1, le=100)] = 10
     offset: Annotated[int, Field(ge=0, le=10000)] = 0
-    status: Annotated[TaskStatus, AfterValidator(_not_retrying)] | None = None
+    # OMS documents 1-5 and 7 as filter values; 6 (retrying) is a status a task shows, so it filters too.
+    status: TaskStatus | None = None
     task_name: TaskDescription | None = None
 
 

@@ -43,7 +43,7 @@ from ferry.engine.compare import ConsistencyCheck, OverwriteMode
 from ferry.engine.copier import CopyOptions
 from ferry.engine.pipeline import Transfer, TransferOptions
 from ferry.engine.progress import Counters
-from ferry.errors import FatalError, FerryError, NotFoundError
+from ferry.errors import AccessError, FatalError, FerryError, NotFoundError
 from ferry.service import smn
 from ferry.storage.base import Backend, ListOrder
 from ferry.storage.http import UrlSource, parse_url_list
@@ -107,12 +107,17 @@ _CODES: Final = {
 
 
 def failure_for(side: str, exc: FatalError) -> TaskFailure:
+    reason = f"{side}: {exc.message}"
+    if isinstance(exc, AccessError):
+        exc.side = exc.side or side
+        keys = "src" if side == "source" else "dst"
+        reason = f"{reason}; {exc.fix(f'{keys}_ak', f'{keys}_sk')}"[:1024]
     for marker, (src_code, dst_code) in _CODES.items():
         if marker in exc.message:
-            return TaskFailure(src_code if side == "source" else dst_code, f"{side}: {exc.message}")
+            return TaskFailure(src_code if side == "source" else dst_code, reason)
     if "HTTP 403" in exc.message:
-        return TaskFailure("TRF.0152" if side == "source" else "TRF.0051", f"{side}: {exc.message}")
-    return TaskFailure("TRF.0001", f"{side}: {exc.message}")
+        return TaskFailure("TRF.0152" if side == "source" else "TRF.0051", reason)
+    return TaskFailure("TRF.0001", reason)
 
 
 # -- building the stores of a task -------------------------------------------------------------------------
@@ -521,6 +526,9 @@ class LocalRunner:
                      "succeeded" if status == SUCCEEDED else "failed", result.tally.success, result.tally.skipped,
                      result.tally.failed)
             return
+        if isinstance(result, AccessError):
+            # Keys, a permission or a bucket to fix: retrying cannot help, and the task must say so.
+            result = failure_for(result.side or "destination", result)
         if isinstance(result, TaskFailure):
             values = {**progress_values(row, counters, 0), **base, "error_code": result.code,
                       "error_msg": result.message, "finished_at": time.time(), "secrets": None}

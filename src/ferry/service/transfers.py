@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ferry.db.records import Tally
-from ferry.engine.pipeline import Transfer, TransferOptions
+from ferry.engine.pipeline import Transfer, TransferOptions, name_side
 from ferry.engine.progress import Counters
-from ferry.errors import FatalError
+from ferry.errors import AccessError, FatalError
 from ferry.storage.base import Backend
 
 if TYPE_CHECKING:
@@ -124,7 +124,8 @@ async def run_migration(
     and the job's row is created while the transfer already runs (the database may still be opening).
     Raises FatalError before any work when a store cannot be used, or (with `lock_dir`, where job locks live)
     when another process runs this job. A FatalError during the run, or cancellation, leaves the job
-    resumable (status stopped/failed with everything finished recorded).
+    resumable (status stopped/failed with everything finished recorded); an AccessError (with its side named)
+    is raised, since nothing but fixing keys, permissions or the bucket helps; others end in `Summary.error`.
     """
     fp = fingerprint(src, dst, spec)
     with job_lock(lock_dir, fp) if lock_dir is not None else contextlib.nullcontext():
@@ -133,7 +134,10 @@ async def run_migration(
 
 async def _run_locked(src: Backend, dst: Backend, repo: JobRepo, opts: TransferOptions, fp: str,
                       report_dir: Path, spec: dict[str, Any], counters: Counters | None, fresh: bool) -> Summary:
-    await asyncio.gather(preflight(src), preflight(dst))
+    try:
+        await asyncio.gather(preflight(src), preflight(dst))
+    except AccessError as exc:
+        raise name_side(exc, src, dst) from None
     spec_json = json.dumps({"src": src.name, "dst": dst.name, **spec})
     ready: asyncio.Future[None] | None = None
     if fresh:
@@ -152,6 +156,12 @@ async def _run_locked(src: Backend, dst: Backend, repo: JobRepo, opts: TransferO
     error: str | None = None
     try:
         await transfer.run(watermark, prior)
+    except AccessError as exc:
+        # Keys, permissions or the bucket must be fixed first: the job stays resumable, the caller says what.
+        if ready is not None:
+            await asyncio.shield(ready)
+        await asyncio.to_thread(repo.set_status, job_id, "stopped", exc.message)
+        raise
     except FatalError as exc:
         error = exc.message
     except (asyncio.CancelledError, KeyboardInterrupt):

@@ -24,6 +24,7 @@ import fastcrc
 from multidict import CIMultiDictProxy
 
 from ferry.errors import (
+    AccessError,
     ArchivedObjectError,
     DigestMismatchError,
     FatalError,
@@ -57,11 +58,15 @@ _TRANSIENT_CODES = frozenset({
     "SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling", "ThrottlingException",
     "RequestLimitExceeded", "TooManyRequests", "OperationAborted", "RequestTimeTooSkewed",
 })
-_FATAL_CODES = frozenset({
+# Refused keys, permissions or buckets: only the user can fix them (AccessError); the rest of the fatal codes
+# stop a run too, but may pass (a redirect, a wrong region header).
+_ACCESS_CODES = frozenset({
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket", "AllAccessDisabled",
-    "AccountProblem", "InvalidBucketName", "AuthorizationHeaderMalformed", "PermanentRedirect",
-    "InvalidToken", "ExpiredToken", "InvalidSecurity", "UserSuspended",
+    "AccountProblem", "InvalidBucketName", "InvalidToken", "ExpiredToken", "InvalidSecurity", "UserSuspended",
 })
+_FATAL_CODES = _ACCESS_CODES | {"AuthorizationHeaderMalformed", "PermanentRedirect"}
+_WRITE_OPS = frozenset({"put", "create multipart", "upload part", "complete multipart", "abort multipart", "copy",
+                        "delete"})
 
 
 _CRC32C_HEADER = "x-amz-checksum-crc32c"
@@ -305,11 +310,11 @@ class S3Backend:
             return TransientError(msg, key=key, retry_after=_retry_after(resp.headers))
         if code == "InvalidObjectState":
             return ArchivedObjectError(msg + " (archived; restore it first)", key=key)
-        if code in _FATAL_CODES or status in (401, 403) or status in (301, 307, 308):
+        if code in _ACCESS_CODES or (status in (401, 403) and code not in _FATAL_CODES):
+            return AccessError(msg, key=key, s3_code=code, writing=op in _WRITE_OPS, origin=self)
+        if code in _FATAL_CODES or status in (301, 307, 308):
             return FatalError(msg, key=key)
         if status == 404:
-            if code == "NoSuchBucket":
-                return FatalError(msg, key=key)
             return NotFoundError(msg, key=key)
         if status == 412:
             return SourceChangedError(msg, key=key)
