@@ -25,6 +25,9 @@ class FerryError(Exception):
     """Base of every error Ferry raises on purpose."""
 
     code = "FERRY.0000"
+    # Set on errors mapped from a store's answer: its HTTP status and S3 error code.
+    http_status: int | None = None
+    s3_code: str | None = None
 
     def __init__(self, message: str, *, key: str | None = None) -> None:
         super().__init__(message)
