@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import enum
 import gc
 import json
 import logging
 import os
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, cast
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 from ferry import __version__
 from ferry.errors import AccessError, FatalError, FerryError, UsageError
 
 if TYPE_CHECKING:
     from ferry.db.repo import JobRepo
+    from ferry.storage.base import Backend
+
+_T = TypeVar("_T")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("ferry")
@@ -126,16 +130,49 @@ def _state_dir(raw: str | None) -> Path | None:
 
 
 def _open_side(args: argparse.Namespace, side: str, url: str):  # type: ignore[no-untyped-def]
-    from ferry.storage.registry import open_backend
+    from ferry.storage.profiles import get_profile
+    from ferry.storage.registry import open_backend, parse_spec
 
-    return open_backend(
-        url,
-        endpoint=getattr(args, f"{side}_endpoint"),
-        region=getattr(args, f"{side}_region"),
-        access_key=_secret(args, side, "ak"),
-        secret_key=_secret(args, side, "sk"),
-        profile=getattr(args, f"{side}_profile"),
-    )
+    label = "source" if side == "src" else "destination"
+    endpoint, profile = getattr(args, f"{side}_endpoint"), getattr(args, f"{side}_profile")
+    access_key, secret_key = _secret(args, side, "ak"), _secret(args, side, "sk")
+    try:
+        if parse_spec(url).scheme == "s3":
+            # Said here, where the flags are known: the storage layer can only say what is missing.
+            env = f"FERRY_{side.upper()}"
+            if not access_key:
+                raise UsageError(f"{url} needs an access key: set {env}_AK (or --{side}-ak)")
+            if not secret_key:
+                raise UsageError(f"{url} needs a secret key: set {env}_SK (or --{side}-sk)")
+            if endpoint is None and get_profile(profile or "s3").endpoint_template is None:
+                raise UsageError(f"{url} needs an endpoint: give --{side}-endpoint URL (or --{side}-profile "
+                                 "with a cloud whose endpoints Ferry knows)")
+        return open_backend(url, endpoint=endpoint, region=getattr(args, f"{side}_region"), access_key=access_key,
+                            secret_key=secret_key, profile=profile)
+    except UsageError as exc:
+        raise UsageError(f"{label}: {exc.message}") from None
+
+
+def _choice(flag: str, parse: Callable[[str], _T], raw: str, valid: Iterable[enum.Enum]) -> _T:
+    try:
+        return parse(raw)
+    except UsageError:
+        raise UsageError(f"{flag} {raw!r} is not one of {', '.join(str(v.value) for v in valid)}") from None
+
+
+def _check_storage_class(args: argparse.Namespace, dst: Backend) -> None:
+    """Refuse a class the destination does not have, before anything is copied."""
+    from ferry.storage.profiles import get_profile
+    from ferry.storage.registry import parse_spec
+
+    name: str = args.storage_class
+    if parse_spec(args.destination).scheme == "s3":
+        profile = get_profile(args.dst_profile or "s3")
+        known, where = profile.storage_class_names(), profile.title
+    else:
+        known, where = dst.capabilities.storage_classes, dst.name
+    if name.upper() not in {k.upper() for k in known}:
+        raise UsageError(f"--storage-class {name!r}: {where} has {', '.join(sorted(known))}")
 
 
 def _collect_again() -> None:
@@ -167,11 +204,13 @@ async def _migrate_run(args: argparse.Namespace) -> int:
         raise UsageError("--part-size must be between 5 and 5120 MiB")
     if args.memory_limit < 16:
         raise UsageError("--memory-limit must be at least 16 MiB")
-    overwrite = OverwriteMode.parse(args.overwrite)
-    consistency = ConsistencyCheck.parse(args.consistency_check)
+    overwrite = _choice("--overwrite", OverwriteMode.parse, args.overwrite, OverwriteMode)
+    consistency = _choice("--consistency-check", ConsistencyCheck.parse, args.consistency_check, ConsistencyCheck)
     since = _parse_since(args.migrate_since)
     src = RetryingBackend(_open_side(args, "src", args.source))
     dst = RetryingBackend(_open_side(args, "dst", args.destination))
+    if args.storage_class is not None:
+        _check_storage_class(args, dst)
     state = _state_dir(args.state_dir)
     base = state or data_dir()
     url = database_url(state)
@@ -223,6 +262,9 @@ async def _migrate_run(args: argparse.Namespace) -> int:
               f"{summary.skipped} skipped, {summary.failed} failed, {summary.bytes} bytes in {summary.elapsed}s")
         if summary.report:
             print(f"failed objects: {summary.report}")
+    if summary.total == 0 and not summary.error:
+        # Not an error (`aws s3 sync` and rclone end quietly too), but most often a mistyped bucket or prefix.
+        print(f"ferry: warning: no objects found in {src.name}; check the bucket and the prefix", file=sys.stderr)
     if summary.error:
         print(f"ferry: error: {summary.error} (run the same command again to resume)", file=sys.stderr)
     return EXIT_OK if summary.failed == 0 and not summary.error else EXIT_FAILED
@@ -265,9 +307,15 @@ def _tenancy(args: argparse.Namespace) -> int:
                               "expires_at": datetime.fromtimestamp(token.expires_at).astimezone().isoformat()}))
             return EXIT_OK
         if args.action == "create":
-            made = credentials.create_credential(engine, SecretBox.load(data_dir()), args.project_id)
+            base = data_dir()
+            made = credentials.create_credential(engine, SecretBox.load(base), args.project_id)
             print(json.dumps({"project_id": made.project_id, "access_key": made.access_key,
                               "secret_key": made.secret_key}))
+            # A key made in one data directory is unknown to a `ferry serve` started with another.
+            where = ("the FERRY_DATABASE_URL database" if os.environ.get("FERRY_DATABASE_URL")
+                     else str(base / "ferry.db"))
+            print(f"ferry: written to {where} (data directory {base}, FERRY_DATA_DIR); start `ferry serve` with "
+                  "the same", file=sys.stderr)
             return EXIT_OK
         if args.action == "list":
             for info in credentials.list_credentials(engine, args.project_id):

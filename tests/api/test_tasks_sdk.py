@@ -52,6 +52,7 @@ from sqlalchemy import select
 
 from ferry.api.schemas import CreateTaskReq
 from ferry.db.api_models import migration_tasks
+from ferry.runner.local import records_dir
 from ferry.service import tasks as task_service
 from ferry.service.tasks import TaskContext, TaskError, TaskLimits
 from pgdb import pg_database
@@ -219,6 +220,10 @@ def test_save_prefix_is_a_folder(svc: FerryService, seaweed_a: Any, seaweed_b: A
     assert task.status == 5, task.error_reason
     assert set(listing(seaweed_b, db)) == {"all/photos/2024/img.jpg"}
     assert task.dst_node.save_prefix == "all/"
+    # The object lists name both keys: the source's, and where it went.
+    success = records_dir(svc.service.data_dir, svc.tenant.project_id, created.id) / "success.jsonl"
+    assert [(x["key"], x["dst_key"]) for x in map(json.loads, success.read_text().splitlines())] == [
+        ("photos/2024/img.jpg", "all/photos/2024/img.jpg")]
 
 
 def test_read_only_destination_fails_the_task_with_its_reason(svc: FerryService, seaweed_a: Any, seaweed_b: Any,

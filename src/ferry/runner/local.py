@@ -228,8 +228,9 @@ def records_dir(data_dir: Path, project_id: str, task_id: int) -> Path:
     return data_dir / "records" / project_id / str(task_id)
 
 
-def write_records(jobs: JobRepo, job_id: str, directory: Path) -> dict[str, Any]:
-    """JSON lines of failed, successful and skipped objects; the paths, or the error of a list not written."""
+def write_records(jobs: JobRepo, job_id: str, directory: Path, dst_prefix: str = "") -> dict[str, Any]:
+    """JSON lines of failed, successful and skipped objects (`key` as the source knows it, `dst_key` under the
+    save_prefix); the paths, or the error of a list not written."""
     out: dict[str, Any] = {}
     for status, name in (("failed", "failed"), ("success", "success"), ("skipped", "skip")):
         path = directory / f"{name}.jsonl"
@@ -237,7 +238,7 @@ def write_records(jobs: JobRepo, job_id: str, directory: Path) -> dict[str, Any]
             directory.mkdir(parents=True, exist_ok=True)
             with path.open("w", encoding="utf-8") as fh:
                 for r in jobs.iter_results(job_id, status):
-                    entry: dict[str, Any] = {"key": r.key, "size": r.size}
+                    entry: dict[str, Any] = {"key": r.key, "dst_key": dst_prefix + r.key, "size": r.size}
                     if r.reason and status != "success":
                         entry["reason"] = r.reason
                     fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
@@ -520,7 +521,8 @@ class LocalRunner:
             values["left_time"] = 0 if status == SUCCEEDED else None
             if row.options.get("enable_failed_object_recording") and fresh.job_id is not None:
                 values["records"] = write_records(self.jobs, fresh.job_id,
-                                                  records_dir(self.data_dir, row.project_id, row.id))
+                                                  records_dir(self.data_dir, row.project_id, row.id),
+                                                  row.dst_spec.get("save_prefix") or "")
             self._release(fresh, started, status, values)
             log.info("task %d: %s (%d ok, %d skipped, %d failed)", row.id,
                      "succeeded" if status == SUCCEEDED else "failed", result.tally.success, result.tally.skipped,

@@ -20,6 +20,7 @@ from ferry.engine.pipeline import Transfer, TransferOptions, name_side
 from ferry.engine.progress import Counters
 from ferry.errors import AccessError, FatalError
 from ferry.storage.base import Backend
+from ferry.storage.wrappers import unwrap
 
 if TYPE_CHECKING:
     from ferry.db.repo import JobRepo
@@ -92,8 +93,16 @@ def _begin(repo: JobRepo, fp: str, spec: str, job_id: str) -> None:
     repo.set_status(job_id, "running")
 
 
-def write_failed_report(repo: JobRepo, job_id: str, report_dir: Path) -> Path | None:
-    """JSON lines {key, size, reason} of every failed object, or None when nothing failed."""
+def key_prefix(backend: Backend) -> str:
+    """The key prefix of the store under any wrappers (a job's keys are relative to it)."""
+    prefix = getattr(unwrap(backend), "prefix", "")
+    return prefix if isinstance(prefix, str) else ""
+
+
+def write_failed_report(repo: JobRepo, job_id: str, report_dir: Path, src_prefix: str = "",
+                        dst_prefix: str = "") -> Path | None:
+    """JSON lines {key, dst_key, size, reason} of every failed object, or None when nothing failed: `key` as
+    the source store knows it, `dst_key` as the destination would."""
     rows = repo.iter_results(job_id, "failed")
     first = next(rows, None)
     if first is None:
@@ -102,7 +111,8 @@ def write_failed_report(repo: JobRepo, job_id: str, report_dir: Path) -> Path | 
     path = report_dir / f"failed-{job_id}.jsonl"
     with path.open("w", encoding="utf-8") as fh:
         for r in (first, *rows):
-            fh.write(json.dumps({"key": r.key, "size": r.size, "reason": r.reason}, ensure_ascii=False) + "\n")
+            line = {"key": src_prefix + r.key, "dst_key": dst_prefix + r.key, "size": r.size, "reason": r.reason}
+            fh.write(json.dumps(line, ensure_ascii=False) + "\n")
     return path
 
 
@@ -179,7 +189,8 @@ async def _run_locked(src: Backend, dst: Backend, repo: JobRepo, opts: TransferO
         await asyncio.to_thread(repo.set_status, job_id, "stopped", error)
     else:
         await asyncio.to_thread(repo.set_status, job_id, status)
-    report = await asyncio.to_thread(write_failed_report, repo, job_id, report_dir)
+    report = await asyncio.to_thread(write_failed_report, repo, job_id, report_dir, key_prefix(src),
+                                     key_prefix(dst))
     return Summary(
         job_id=job_id, resumed=resumed, status=status,
         total=tally.success + tally.skipped + tally.failed,
