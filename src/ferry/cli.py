@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--objects", type=int, default=2000, help="how many small objects to create")
     d.add_argument("--json", action="store_true", help="end with one JSON summary line on stdout")
 
+    b = sub.add_parser("sandbox", help="run a local S3 store (SeaweedFS) to try Ferry on, until Ctrl-C; prints "
+                                       "its endpoint, keys and a first `ferry migrate`")
+    b.add_argument("--bucket", action="append", metavar="NAME",
+                   help="a bucket to create (repeatable; default: source and destination)")
+    b.add_argument("--data-dir", metavar="DIR", help="keep the data here (default: removed when it stops)")
+
     s = sub.add_parser("serve", help="run the OMS v2 API service with its task runner")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8780, help="port to listen on (default 8780)")
@@ -276,6 +282,16 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(objects=args.objects, as_json=args.json)
 
 
+def _sandbox(args: argparse.Namespace) -> int:
+    from ferry.demo import run_sandbox
+    from ferry.storage.profiles import get_profile
+
+    buckets = args.bucket or ["source", "destination"]
+    for name in buckets:
+        get_profile("seaweedfs").check_bucket(name)  # before the store starts
+    return run_sandbox(buckets, args.data_dir)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from ferry.runner.local import RunnerSettings
     from ferry.serve import serve
@@ -374,6 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_async(_migrate(args))
         if args.command == "demo":
             return _demo(args)
+        if args.command == "sandbox":
+            return _sandbox(args)
         if args.command == "serve":
             return _serve(args)
         if args.command in ("credentials", "tokens"):
