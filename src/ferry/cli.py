@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import enum
 import gc
 import json
 import logging
 import os
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, cast
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 from ferry import __version__
-from ferry.errors import FatalError, FerryError, UsageError
+from ferry.errors import AccessError, FatalError, FerryError, UsageError
 
 if TYPE_CHECKING:
     from ferry.db.repo import JobRepo
+    from ferry.storage.base import Backend
+
+_T = TypeVar("_T")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("ferry")
@@ -44,9 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ferry {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    m = sub.add_parser("migrate", help="copy a bucket (or prefix) to another, verified and resumable")
-    m.add_argument("source", help="s3://BUCKET[/PREFIX], a local directory, or mem://BUCKET[/PREFIX]")
-    m.add_argument("destination", help="s3://BUCKET[/PREFIX], a local directory, or mem://BUCKET[/PREFIX]")
+    m = sub.add_parser(
+        "migrate", help="copy a bucket (or prefix) to another, verified and resumable",
+        description="Copy a bucket (or prefix) to another, verified and resumable. A PREFIX is a folder, as in "
+                    "`aws s3 sync` and rclone, with or without its trailing /: `ferry migrate s3://photos/docs "
+                    "s3://backup/all` copies docs/x to all/x (and leaves docs2/x out).")
+    m.add_argument("source", help="s3://BUCKET[/PREFIX], a local directory, or mem://BUCKET[/PREFIX]; "
+                                  "keys are taken relative to PREFIX/")
+    m.add_argument("destination", help="s3://BUCKET[/PREFIX], a local directory, or mem://BUCKET[/PREFIX]; "
+                                       "keys are written under PREFIX/")
     _add_side(m, "src", "source")
     _add_side(m, "dst", "destination")
     m.add_argument("--overwrite", default="SIZE_LAST_MODIFIED_COMPARISON_OVERWRITE",
@@ -74,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="migrate sample data between two local sandbox S3 servers it starts")
     d.add_argument("--objects", type=int, default=2000, help="how many small objects to create")
     d.add_argument("--json", action="store_true", help="end with one JSON summary line on stdout")
+
+    b = sub.add_parser("sandbox", help="run a local S3 store (SeaweedFS) to try Ferry on, until Ctrl-C; prints "
+                                       "its endpoint, keys and a first `ferry migrate`")
+    b.add_argument("--bucket", action="append", metavar="NAME",
+                   help="a bucket to create (repeatable; default: source and destination)")
+    b.add_argument("--data-dir", metavar="DIR", help="keep the data here (default: removed when it stops)")
 
     s = sub.add_parser("serve", help="run the OMS v2 API service with its task runner")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -120,16 +136,49 @@ def _state_dir(raw: str | None) -> Path | None:
 
 
 def _open_side(args: argparse.Namespace, side: str, url: str):  # type: ignore[no-untyped-def]
-    from ferry.storage.registry import open_backend
+    from ferry.storage.profiles import get_profile
+    from ferry.storage.registry import open_backend, parse_spec
 
-    return open_backend(
-        url,
-        endpoint=getattr(args, f"{side}_endpoint"),
-        region=getattr(args, f"{side}_region"),
-        access_key=_secret(args, side, "ak"),
-        secret_key=_secret(args, side, "sk"),
-        profile=getattr(args, f"{side}_profile"),
-    )
+    label = "source" if side == "src" else "destination"
+    endpoint, profile = getattr(args, f"{side}_endpoint"), getattr(args, f"{side}_profile")
+    access_key, secret_key = _secret(args, side, "ak"), _secret(args, side, "sk")
+    try:
+        if parse_spec(url).scheme == "s3":
+            # Said here, where the flags are known: the storage layer can only say what is missing.
+            env = f"FERRY_{side.upper()}"
+            if not access_key:
+                raise UsageError(f"{url} needs an access key: set {env}_AK (or --{side}-ak)")
+            if not secret_key:
+                raise UsageError(f"{url} needs a secret key: set {env}_SK (or --{side}-sk)")
+            if endpoint is None and get_profile(profile or "s3").endpoint_template is None:
+                raise UsageError(f"{url} needs an endpoint: give --{side}-endpoint URL (or --{side}-profile "
+                                 "with a cloud whose endpoints Ferry knows)")
+        return open_backend(url, endpoint=endpoint, region=getattr(args, f"{side}_region"), access_key=access_key,
+                            secret_key=secret_key, profile=profile)
+    except UsageError as exc:
+        raise UsageError(f"{label}: {exc.message}") from None
+
+
+def _choice(flag: str, parse: Callable[[str], _T], raw: str, valid: Iterable[enum.Enum]) -> _T:
+    try:
+        return parse(raw)
+    except UsageError:
+        raise UsageError(f"{flag} {raw!r} is not one of {', '.join(str(v.value) for v in valid)}") from None
+
+
+def _check_storage_class(args: argparse.Namespace, dst: Backend) -> None:
+    """Refuse a class the destination does not have, before anything is copied."""
+    from ferry.storage.profiles import get_profile
+    from ferry.storage.registry import parse_spec
+
+    name: str = args.storage_class
+    if parse_spec(args.destination).scheme == "s3":
+        profile = get_profile(args.dst_profile or "s3")
+        known, where = profile.storage_class_names(), profile.title
+    else:
+        known, where = dst.capabilities.storage_classes, dst.name
+    if name.upper() not in {k.upper() for k in known}:
+        raise UsageError(f"--storage-class {name!r}: {where} has {', '.join(sorted(known))}")
 
 
 def _collect_again() -> None:
@@ -161,11 +210,13 @@ async def _migrate_run(args: argparse.Namespace) -> int:
         raise UsageError("--part-size must be between 5 and 5120 MiB")
     if args.memory_limit < 16:
         raise UsageError("--memory-limit must be at least 16 MiB")
-    overwrite = OverwriteMode.parse(args.overwrite)
-    consistency = ConsistencyCheck.parse(args.consistency_check)
+    overwrite = _choice("--overwrite", OverwriteMode.parse, args.overwrite, OverwriteMode)
+    consistency = _choice("--consistency-check", ConsistencyCheck.parse, args.consistency_check, ConsistencyCheck)
     since = _parse_since(args.migrate_since)
     src = RetryingBackend(_open_side(args, "src", args.source))
     dst = RetryingBackend(_open_side(args, "dst", args.destination))
+    if args.storage_class is not None:
+        _check_storage_class(args, dst)
     state = _state_dir(args.state_dir)
     base = state or data_dir()
     url = database_url(state)
@@ -204,7 +255,7 @@ async def _migrate_run(args: argparse.Namespace) -> int:
     }
     try:
         summary = await run_migration(src, dst, cast("JobRepo", repo), opts, report_dir=base / "reports",
-                                      spec=spec, counters=counters, fresh=fresh)
+                                      spec=spec, counters=counters, fresh=fresh, lock_dir=base)
     finally:
         if bar is not None:
             await bar.stop()
@@ -217,6 +268,9 @@ async def _migrate_run(args: argparse.Namespace) -> int:
               f"{summary.skipped} skipped, {summary.failed} failed, {summary.bytes} bytes in {summary.elapsed}s")
         if summary.report:
             print(f"failed objects: {summary.report}")
+    if summary.total == 0 and not summary.error:
+        # Not an error (`aws s3 sync` and rclone end quietly too), but most often a mistyped bucket or prefix.
+        print(f"ferry: warning: no objects found in {src.name}; check the bucket and the prefix", file=sys.stderr)
     if summary.error:
         print(f"ferry: error: {summary.error} (run the same command again to resume)", file=sys.stderr)
     return EXIT_OK if summary.failed == 0 and not summary.error else EXIT_FAILED
@@ -226,6 +280,16 @@ def _demo(args: argparse.Namespace) -> int:
     from ferry.demo import run_demo
 
     return run_demo(objects=args.objects, as_json=args.json)
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from ferry.demo import run_sandbox
+    from ferry.storage.profiles import get_profile
+
+    buckets = args.bucket or ["source", "destination"]
+    for name in buckets:
+        get_profile("seaweedfs").check_bucket(name)  # before the store starts
+    return run_sandbox(buckets, args.data_dir)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -259,9 +323,15 @@ def _tenancy(args: argparse.Namespace) -> int:
                               "expires_at": datetime.fromtimestamp(token.expires_at).astimezone().isoformat()}))
             return EXIT_OK
         if args.action == "create":
-            made = credentials.create_credential(engine, SecretBox.load(data_dir()), args.project_id)
+            base = data_dir()
+            made = credentials.create_credential(engine, SecretBox.load(base), args.project_id)
             print(json.dumps({"project_id": made.project_id, "access_key": made.access_key,
                               "secret_key": made.secret_key}))
+            # A key made in one data directory is unknown to a `ferry serve` started with another.
+            where = ("the FERRY_DATABASE_URL database" if os.environ.get("FERRY_DATABASE_URL")
+                     else str(base / "ferry.db"))
+            print(f"ferry: written to {where} (data directory {base}, FERRY_DATA_DIR); start `ferry serve` with "
+                  "the same", file=sys.stderr)
             return EXIT_OK
         if args.action == "list":
             for info in credentials.list_credentials(engine, args.project_id):
@@ -288,6 +358,15 @@ def _redact(message: str, args: argparse.Namespace) -> str:
     return " ".join(message.split())
 
 
+def _access_reason(exc: AccessError) -> str:
+    """The refusal, the side it came from and what to fix there, naming the variables and flags to change."""
+    side = {"source": "src", "destination": "dst"}.get(exc.side or "")
+    if side is None:
+        return f"{exc.message}; {exc.fix('the access key', 'the secret key')}"
+    s = side.upper()
+    return f"{exc.side}: {exc.message}; {exc.fix(f'FERRY_{s}_AK/--{side}-ak', f'FERRY_{s}_SK/--{side}-sk')}"
+
+
 def _run_async(coro: Coroutine[Any, Any, int]) -> int:
     """Run on uvloop where available: the copy hot path is event-loop bound (measured in bench/).
 
@@ -311,6 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_async(_migrate(args))
         if args.command == "demo":
             return _demo(args)
+        if args.command == "sandbox":
+            return _sandbox(args)
         if args.command == "serve":
             return _serve(args)
         if args.command in ("credentials", "tokens"):
@@ -318,6 +399,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown command {args.command}")
     except UsageError as exc:
         print(f"ferry: error: {_redact(exc.message, args)}", file=sys.stderr)
+        return EXIT_USAGE
+    except AccessError as exc:
+        print(f"ferry: error: {_redact(_access_reason(exc), args)}", file=sys.stderr)
         return EXIT_USAGE
     except FatalError as exc:
         print(f"ferry: error: {_redact(exc.message, args)}", file=sys.stderr)

@@ -1,15 +1,20 @@
-"""`ferry demo`: a real migration between two sandbox SeaweedFS servers that it starts and stops itself."""
+"""`ferry demo` (a real migration between two sandbox SeaweedFS servers it starts and stops itself) and
+`ferry sandbox` (one such server to try Ferry on, until Ctrl-C)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import shlex
+import signal
 import sys
 import tempfile
+from collections.abc import Sequence
 
+from ferry.errors import FatalError
 from ferry.objects import ObjectMeta
-from ferry.sandbox import SeaweedServer
+from ferry.sandbox import SandboxError, SeaweedServer
 
 # Keys that break careless tools, mixed into the sample data.
 EDGE_KEYS = [
@@ -63,6 +68,32 @@ def run_demo(objects: int = 2000, as_json: bool = False) -> int:
         if as_json:
             sys.stdout.flush()
         return code
+
+
+def run_sandbox(buckets: Sequence[str], data_dir: str | None = None) -> int:
+    """Start a SeaweedFS S3 server with `buckets` (at least one), print how to use it, and serve until SIGINT or
+    SIGTERM."""
+    try:
+        with SeaweedServer(data_dir=data_dir) as server:
+            for bucket in buckets:
+                server.create_bucket(bucket)
+            # Blocked only now: the server, started before, must still see its own SIGTERM at shutdown.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            ep, ak, sk = server.endpoint, shlex.quote(server.access_key), shlex.quote(server.secret_key)
+            src, dst = (buckets[0], buckets[1]) if len(buckets) > 1 else (buckets[0], f"{buckets[0]}/copy")
+            kept = f"kept in {data_dir}" if data_dir else "removed when it stops"
+            print(f"ferry: sandbox S3 store (SeaweedFS) on {ep}, buckets: {', '.join(buckets)} (data {kept}; "
+                  "Ctrl-C stops it)\n"
+                  f"# for `ferry serve`: FERRY_ENDPOINT_OVERRIDES='{{\"HuaweiCloud/cn-north-4\": \"{ep}\"}}'\n"
+                  "# in another shell:\n"
+                  f"export FERRY_SRC_AK={ak} FERRY_SRC_SK={sk} FERRY_DST_AK={ak} FERRY_DST_SK={sk}\n"
+                  f"ferry migrate s3://{src} s3://{dst} --src-endpoint {ep} --dst-endpoint {ep}", flush=True)
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    except SandboxError as exc:
+        raise FatalError(f"the sandbox store did not start: {str(exc).splitlines()[0]}") from None
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    return 0
 
 
 if __name__ == "__main__":

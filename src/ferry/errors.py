@@ -10,6 +10,8 @@
     │   ├── ArchivedObjectError    the object is archived and not restored
     │   └── VerificationError      the written object does not match the source
     └── FatalError                 the whole run stops: bad credentials, missing bucket, unreachable endpoint
+        ├── AccessError            the store refused the keys, a permission or the bucket: no retry or re-run
+        │                          helps until the user fixes them (a task fails, `ferry migrate` exits 2)
         └── ListingOrderError      a listing broke the order its backend promised
 
 Each backend maps its SDK's exceptions to these at its edge; nothing above storage sees an SDK exception.
@@ -23,6 +25,9 @@ class FerryError(Exception):
     """Base of every error Ferry raises on purpose."""
 
     code = "FERRY.0000"
+    # Set on errors mapped from a store's answer: its HTTP status and S3 error code.
+    http_status: int | None = None
+    s3_code: str | None = None
 
     def __init__(self, message: str, *, key: str | None = None) -> None:
         super().__init__(message)
@@ -70,6 +75,39 @@ class VerificationError(PermanentError):
 
 class FatalError(FerryError):
     code = "FERRY.0500"
+
+
+class AccessError(FatalError):
+    """A store refused the keys, a permission or the bucket (AccessDenied, InvalidAccessKeyId,
+    SignatureDoesNotMatch, NoSuchBucket, ...). `s3_code` is the store's code, `writing` says a write was
+    refused, `origin` is the store that raised it; `side` ("source" or "destination") is filled in by the
+    code that knows which store that is (the engine, a preflight)."""
+
+    code = "FERRY.0403"
+
+    def __init__(self, message: str, *, key: str | None = None, s3_code: str | None = None, writing: bool = False,
+                 origin: object | None = None) -> None:
+        super().__init__(message, key=key)
+        self.s3_code = s3_code
+        self.writing = writing
+        self.origin = origin
+        self.side: str | None = None
+
+    def fix(self, ak: str, sk: str) -> str:
+        """What the user must change, naming the settings `ak` and `sk` that hold this side's keys."""
+        side = self.side or "store"
+        if self.s3_code == "InvalidAccessKeyId":
+            return f"the {side} does not know that access key: check {ak}"
+        if self.s3_code == "SignatureDoesNotMatch":
+            return f"the {side} secret key does not belong to the access key: check {sk}"
+        if self.s3_code in ("ExpiredToken", "InvalidToken"):
+            return f"the {side} security token is expired or invalid: give a fresh one"
+        if self.s3_code == "NoSuchBucket":
+            return f"the {side} bucket does not exist: create it or correct its name"
+        if self.s3_code == "InvalidBucketName":
+            return f"the {side} bucket name is not valid for this store: correct it"
+        what = "write to" if self.writing else "read"
+        return f"the {side} keys ({ak}) may not {what} this bucket: grant that permission or use other keys"
 
 
 class ListingOrderError(FatalError):

@@ -275,6 +275,9 @@ class SeaweedServer(S3Server):
         self._dir: Path | None = None
         self._ports: list[int] = []
         self.volume_size_limit_mb = volume_size_limit_mb
+        # A second identity that may read and list every bucket but write none (a read-only destination).
+        self.read_only_key = "FERRYRO" + secrets.token_hex(8).upper()[:13]
+        self.read_only_secret = secrets.token_urlsafe(30)[:40]
 
     def _start_once(self) -> None:
         if self._user_dir is not None:
@@ -289,6 +292,10 @@ class SeaweedServer(S3Server):
             "name": "ferry",
             "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }, {
+            "name": "reader",
+            "credentials": [{"accessKey": self.read_only_key, "secretKey": self.read_only_secret}],
+            "actions": ["Read", "List"],
         }]}))
         config.chmod(0o600)
         master, volume, filer, s3, admin = self._ports = reserve_ports(5, with_grpc=True)

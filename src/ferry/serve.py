@@ -26,6 +26,7 @@ from ferry.runner.local import LocalRunner, RunnerSettings
 from ferry.runner.sync import SyncBackground
 from ferry.service import credentials
 from ferry.service.credentials import DbCredentialStore
+from ferry.service.endpoints import load_overrides
 from ferry.service.groups import GroupContext
 from ferry.service.secrets import SecretBox
 from ferry.service.sync import SyncContext, SyncProcess, build_sync_runtime
@@ -87,6 +88,7 @@ def build(
 
     `sync_workers` (thread | process) is where the sync-task workers run unless FERRY_SYNC_WORKERS says.
     """
+    load_overrides()  # a malformed FERRY_ENDPOINT_OVERRIDES is refused now, not by the first task that needs it
     engine = open_database(database_url)
     box = SecretBox.load(data_dir)
     runner = LocalRunner(engine, box, data_dir, runner_settings) if run_tasks else None

@@ -157,6 +157,15 @@ def test_sync_description_rules_differ() -> None:
     assert "is required" in missing and "and 5 more" in missing
 
 
+def test_save_prefix_is_a_folder_for_tasks_and_groups() -> None:
+    for model, src in ((s.CreateTaskReq, SRC), (s.CreateTaskGroupReq, SRC)):
+        for given, folder in (("all", "all/"), ("all/", "all/"), ("a/b", "a/b/"), ("", "")):
+            req = s.parse_request(model, {"src_node": src, "dst_node": {**DST, "save_prefix": given}})
+            assert req.dst_node.save_prefix == folder
+    fails(s.CreateTaskReq, {"src_node": SRC, "dst_node": {**DST, "save_prefix": "p" * 1024}})
+    assert s.parse_request(s.CreateTaskReq, {"src_node": SRC, "dst_node": {**DST, "save_prefix": "p" * 1023}})
+
+
 def test_case_insensitive_enums_answer_canonical_spelling() -> None:
     group = s.parse_request(
         s.CreateTaskGroupReq, {"src_node": {**SRC, "cloud_type": "ALIYUN"}, "dst_node": DST, "task_type": "prefix"}
@@ -221,7 +230,8 @@ def test_queries() -> None:
     q = s.parse_request(s.ListTasksQuery, {"limit": "5", "offset": "0", "status": "3"})
     assert (q.limit, q.offset, q.status) == (5, 0, s.TaskStatus.STOPPED)
     assert s.parse_request(s.ListTasksQuery, {}).limit == 10
-    for bad in ({"limit": "0"}, {"limit": "101"}, {"offset": "10001"}, {"status": "6"}, {"status": "x"}):
+    assert s.parse_request(s.ListTasksQuery, {"status": "6"}).status is s.TaskStatus.RETRYING
+    for bad in ({"limit": "0"}, {"limit": "101"}, {"offset": "10001"}, {"status": "8"}, {"status": "x"}):
         fails(s.ListTasksQuery, bad)
     fails(s.ListTasksQuery, {"task_name": "a<b"})
     stat = s.parse_request(

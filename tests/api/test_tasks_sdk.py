@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -53,6 +54,7 @@ from sqlalchemy import select
 
 from ferry.api.schemas import CreateTaskReq
 from ferry.db.api_models import migration_tasks
+from ferry.runner.local import records_dir
 from ferry.service import tasks as task_service
 from ferry.service.tasks import TaskContext, TaskError, TaskLimits
 from pgdb import pg_database
@@ -207,6 +209,43 @@ def test_prefix_task_copies_a_bucket(svc: FerryService, seaweed_a: Any, seaweed_
         stored = conn.execute(select(migration_tasks).where(migration_tasks.c.id == created.id)).mappings().one()
     assert stored["secrets"] is None
     assert seaweed_a.secret_key not in json.dumps(dict(stored), default=str)
+
+
+def test_save_prefix_is_a_folder(svc: FerryService, seaweed_a: Any, seaweed_b: Any, bucket_factory: Any) -> None:
+    """`save_prefix="all"` is the folder `all/`: the source key as OMS keeps it goes under it, never glued on."""
+    sb, db = bucket_factory(seaweed_a), bucket_factory(seaweed_b)
+    fill(seaweed_a, sb, {"photos/2024/img.jpg": b"jpeg", "other.txt": b"no"})
+    client = svc.client()
+    created = client.create_task(prefix_task(seaweed_a, sb, seaweed_b, db, object_key=["photos/"],
+                                             save_prefix="all"))
+    task, _ = wait_task(client, created.id, lambda t: t.status in (4, 5))
+    assert task.status == 5, task.error_reason
+    assert set(listing(seaweed_b, db)) == {"all/photos/2024/img.jpg"}
+    assert task.dst_node.save_prefix == "all/"
+    # The object lists name both keys: the source's, and where it went.
+    success = records_dir(svc.service.data_dir, svc.tenant.project_id, created.id) / "success.jsonl"
+    assert [(x["key"], x["dst_key"]) for x in map(json.loads, success.read_text().splitlines())] == [
+        ("photos/2024/img.jpg", "all/photos/2024/img.jpg")]
+
+
+def test_read_only_destination_fails_the_task_with_its_reason(svc: FerryService, seaweed_a: Any, seaweed_b: Any,
+                                                               bucket_factory: Any) -> None:
+    """Keys that may not write the destination: the task fails (4) at once with an error_reason that names the
+    destination and the keys to fix, instead of retrying (6) with no reason."""
+    sb, db = bucket_factory(seaweed_a), bucket_factory(seaweed_b)
+    fill(seaweed_a, sb, {f"k{i}": b"data" for i in range(20)})
+    reader = SimpleNamespace(access_key=seaweed_b.read_only_key, secret_key=seaweed_b.read_only_secret)
+    client = svc.client()
+    created = client.create_task(prefix_task(seaweed_a, sb, reader, db))
+    task, samples = wait_task(client, created.id, lambda t: t.status in (4, 5))
+    assert task.status == 4 and [t.status for t in samples if t.status == 6] == []
+    assert task.error_reason.error_code == "TRF.0051", task.error_reason
+    assert task.error_reason.error_msg.startswith("destination: ") and "AccessDenied" in task.error_reason.error_msg
+    assert "dst_ak" in task.error_reason.error_msg
+    assert listing(seaweed_b, db) == {}
+    # Status 6 (retrying: a run failed for a passing reason and is tried again) is a filter like the others.
+    retrying = client.list_tasks(ListTasksRequest(status=6, limit=100))
+    assert all(t.status == 6 for t in retrying.tasks or [])
 
 
 def test_stop_start_resume_and_lifecycle_rules(svc: FerryService, seaweed_a: Any, seaweed_b: Any,
@@ -483,7 +522,7 @@ def test_error_paths(svc: FerryService, seaweed_a: Any, seaweed_b: Any, bucket_f
     page = client.list_tasks(ListTasksRequest(limit=1, offset=0))
     assert len(page.tasks) == 1 and page.count >= 1
     with pytest.raises(ClientRequestException) as info:
-        client.list_tasks(ListTasksRequest(status=6))
+        client.list_tasks(ListTasksRequest(status=8))
     assert_error(info.value, 400, "OMS.0001")
     client.delete_task(DeleteTaskRequest(task_id=created.id))
 

@@ -66,3 +66,37 @@ def test_kill_9_then_rerun_resumes_without_recopying(seaweed_a: Any, seaweed_b: 
     assert listed == {k: len(v) for k, v in bodies.items()}
     for k in list(bodies)[::300]:
         assert dst_c.get_object(Bucket=db, Key=k)["Body"].read() == bodies[k]
+
+
+def test_a_second_run_of_a_running_job_is_refused(seaweed_a: Any, seaweed_b: Any, bucket_factory: Any,
+                                                  tmp_path: Path) -> None:
+    """Two `ferry migrate` of one job at once would share its multipart checkpoints (NoSuchUpload in one, a
+    false success in the other): the second is refused while the first lives, and a kill -9 frees the job."""
+    src_c = s3_client(seaweed_a)
+    sb, db = bucket_factory(seaweed_a), bucket_factory(seaweed_b)
+    n = 400
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: src_c.put_object(Bucket=sb, Key=f"o/{i:04d}", Body=b"x" * 100), range(n)))
+    state = tmp_path / "state"
+    argv = migrate_argv(seaweed_a, sb, seaweed_b, db, state, "--concurrency", "1")
+    env = ferry_env(seaweed_a, seaweed_b)
+    first = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not _finished(state / "ferry.db"):
+            assert first.poll() is None, "finished before the second run could start"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        os.kill(first.pid, signal.SIGSTOP)  # frozen mid-run, holding whatever it holds
+        second = run_ferry(argv, env, timeout=60)
+        assert second.code == 2, (second.stdout, second.stderr)
+        assert f"job already running (pid {first.pid})" in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1, second.stderr
+    finally:
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+    # The lock died with its process: the same command resumes the job and finishes it.
+    third = run_ferry(argv, env)
+    assert third.code == 0, third.stderr
+    assert third.summary["resumed"] is True
+    assert (third.summary["total"], third.summary["failed"]) == (n, 0)

@@ -284,3 +284,53 @@ def test_storage_class_of_written_objects(seaweed_a: Any, moto: Any, bucket_fact
     assert run.code == 0, run.stderr
     head = s3_client(moto).head_object(Bucket=db, Key="cold/1.txt")
     assert head["StorageClass"] == "STANDARD_IA"
+
+
+def test_destination_prefix_is_a_folder(seaweed_a: Any, seaweed_b: Any, bucket_factory: Any,
+                                        tmp_path: Path) -> None:
+    """`s3://backup/all` means the folder `all/`, as in `aws s3 sync` and rclone: keys are not glued onto it."""
+    src_c, dst_c = s3_client(seaweed_a), s3_client(seaweed_b)
+    sb, db = bucket_factory(seaweed_a), bucket_factory(seaweed_b)
+    src_c.put_object(Bucket=sb, Key="2024/img.jpg", Body=b"jpeg")
+    run = run_ferry(migrate_argv(seaweed_a, sb, seaweed_b, f"{db}/all", tmp_path), ferry_env(seaweed_a, seaweed_b))
+    assert run.code == 0, run.stderr
+    assert set(_all_objects(dst_c, db)) == {"all/2024/img.jpg"}
+
+
+def test_source_prefix_without_slash_is_a_folder(seaweed_a: Any, seaweed_b: Any, bucket_factory: Any,
+                                                 tmp_path: Path) -> None:
+    """`s3://photos/docs` is the folder `docs/` (not `docs2/`), and keys come out relative to it."""
+    src_c, dst_c = s3_client(seaweed_a), s3_client(seaweed_b)
+    sb, db = bucket_factory(seaweed_a), bucket_factory(seaweed_b)
+    for key in ("docs/doc0.txt", "docs/sub/doc1.txt", "docs2/x", "docsy.txt"):
+        src_c.put_object(Bucket=sb, Key=key, Body=key.encode())
+    run = run_ferry(migrate_argv(seaweed_a, f"{sb}/docs", seaweed_b, f"{db}/js", tmp_path),
+                    ferry_env(seaweed_a, seaweed_b))
+    assert run.code == 0, run.stderr
+    assert run.summary["total"] == 2
+    assert set(_all_objects(dst_c, db)) == {"js/doc0.txt", "js/sub/doc1.txt"}
+    # With the slash written out, the same job: nothing left to copy.
+    again = run_ferry(migrate_argv(seaweed_a, f"{sb}/docs/", seaweed_b, f"{db}/js/", tmp_path),
+                      ferry_env(seaweed_a, seaweed_b))
+    assert again.code == 0, again.stderr
+    assert (again.summary["success"], again.summary["skipped"]) == (0, 2)
+
+
+def test_read_only_destination_ends_the_run_with_exit_2_and_the_reason(
+    seaweed_a: Any, seaweed_b: Any, bucket_factory: Any, tmp_path: Path
+) -> None:
+    """Keys that may read the destination but not write it: no retrying, no "run it again", but exit 2 and a
+    reason that names the destination and what to fix."""
+    src_c = s3_client(seaweed_a)
+    sb, db = bucket_factory(seaweed_a), bucket_factory(seaweed_b)
+    for i in range(50):
+        src_c.put_object(Bucket=sb, Key=f"k{i:02d}", Body=b"data")
+    env = ferry_env(seaweed_a, seaweed_b)
+    env.update(FERRY_DST_AK=seaweed_b.read_only_key, FERRY_DST_SK=seaweed_b.read_only_secret)
+    run = run_ferry(migrate_argv(seaweed_a, sb, seaweed_b, db, tmp_path), env, timeout=120)
+    assert run.code == 2, (run.stdout, run.stderr)
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    assert lines[0].startswith("ferry: error: destination") and "AccessDenied" in lines[0], lines[0]
+    assert "FERRY_DST_AK" in lines[0] and "again" not in lines[0], lines[0]
+    assert seaweed_b.read_only_secret not in run.stderr + run.stdout

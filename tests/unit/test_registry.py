@@ -29,8 +29,11 @@ def fresh_stores() -> Iterator[None]:
         ("s3://bucket", BackendSpec("s3", "bucket", "")),
         ("s3://bucket/", BackendSpec("s3", "bucket", "")),
         ("s3://bucket/photos/", BackendSpec("s3", "bucket", "photos/")),
-        ("S3://bucket/a?b#c%20d/+", BackendSpec("s3", "bucket", "a?b#c%20d/+")),  # verbatim, no decoding
-        ("s3://bucket//lead", BackendSpec("s3", "bucket", "/lead")),
+        ("S3://bucket/a?b#c%20d/+", BackendSpec("s3", "bucket", "a?b#c%20d/+/")),  # verbatim, no decoding
+        ("s3://bucket//lead", BackendSpec("s3", "bucket", "/lead/")),
+        # A prefix is a folder, as in `aws s3 sync` and rclone: `all` is `all/`, never glued onto keys.
+        ("s3://backup/all", BackendSpec("s3", "backup", "all/")),
+        ("mem://data/docs", BackendSpec("mem", "data", "docs/")),
         ("mem://data/x/", BackendSpec("mem", "data", "x/")),
         ("memory://data", BackendSpec("mem", "data", "")),
         ("file:///srv/data", BackendSpec("file", path="/srv/data")),
@@ -57,6 +60,7 @@ def test_parse_spec(spec: str, expected: BackendSpec) -> None:
         ("mem://192.168.1.10", "IP address"),
         ("mem://-bucket", "starting and ending"),
         ("mem://ok-bucket/" + "k" * 1025, "1024"),
+        ("mem://ok-bucket/" + "k" * 1024, "1025 bytes"),  # with the folder's `/`
         ("mem://ok-bucket/a\nb", "control character"),
     ],
 )

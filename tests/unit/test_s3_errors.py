@@ -218,3 +218,26 @@ async def test_sse_kms_write_the_store_does_not_confirm_is_deleted_and_failed(fa
     assert (await b.put("ok.txt", b"data", ObjectMeta())).etag == "e"
     assert [r.method for r in fake.seen] == ["PUT"]
     await b.close()
+
+
+async def test_a_refusal_carries_the_store_reason_and_request_id_but_no_key(fake: FakeS3) -> None:
+    """A 401 said only `HTTP 401`: the store's message and request id are what its operator can look up."""
+    body = ('<?xml version="1.0"?><Error><Code>InvalidToken</Code><Message>The provided token is malformed'
+            ' for AKIDFERRY &amp; co.</Message><RequestId>REQ-body-1</RequestId></Error>')
+    fake.reply = lambda request: web.Response(status=401, body=body.encode(), content_type="application/xml",
+                                              headers={"x-amz-request-id": "REQ-7F3A"})
+    b = _backend(fake)
+    try:
+        with pytest.raises(FatalError) as ei:
+            await b.read("k")
+        msg = ei.value.message
+        assert "HTTP 401 InvalidToken" in msg and "The provided token is malformed" in msg and "& co." in msg
+        assert "request id REQ-7F3A" in msg
+        assert "AKIDFERRY" not in msg
+        _secret_free(ei.value)
+        # A HEAD has no body: the request id still comes from the header.
+        with pytest.raises(FatalError) as ei2:
+            await b.head("k")
+        assert "HTTP 401" in ei2.value.message and "request id REQ-7F3A" in ei2.value.message
+    finally:
+        await b.close()

@@ -514,3 +514,18 @@ async def test_a_job_database_that_cannot_open_fails_the_run(tmp_path: Path) -> 
     repo = cast(JobRepo, DeferredRepo("nosuchdialect://nowhere"))
     with pytest.raises(Exception, match="nosuchdialect"):
         await asyncio.wait_for(run_migration(src, dst, repo, _opts(), report_dir=tmp_path, spec={}, fresh=True), 30)
+
+
+def test_job_lock_refuses_a_second_holder_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    from ferry.service.transfers import job_lock
+
+    with job_lock(tmp_path, "f" * 64):
+        # flock belongs to the open file: a second open, even in this process, is another holder.
+        with pytest.raises(FatalError, match=rf"job already running \(pid {os.getpid()}\)"), \
+                job_lock(tmp_path, "f" * 64):
+            pass
+        with job_lock(tmp_path, "e" * 64):
+            pass  # another job is not held up
+    assert list((tmp_path / "locks").iterdir()) == []
+    with job_lock(tmp_path, "f" * 64):
+        pass

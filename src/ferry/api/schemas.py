@@ -23,6 +23,7 @@ from pydantic_core import PydanticCustomError
 
 from ferry.api.errors import Codes, Messages, OmsError
 from ferry.service.secrets import Secret
+from ferry.storage.registry import as_folder
 
 # ---------------------------------------------------------------------------------------------------------------
 # Enums (§1.7). Matching is case-insensitive: group responses echo upper-case spellings that clients send back.
@@ -268,6 +269,14 @@ def _epoch_ms(value: Any) -> Any:
     return value
 
 
+def _save_folder(value: str) -> str:
+    # A save_prefix names a folder, as a `ferry migrate` destination prefix does: "all" writes all/<key>.
+    folder = as_folder(value)
+    if len(folder) > 1024:
+        raise PydanticCustomError("string_too_long", "String should have at most 1024 characters with its '/'")
+    return folder
+
+
 AccessKey = Annotated[str, StringConstraints(max_length=100)]
 SecretKey = Annotated[Secret, Field(max_length=100, json_schema_extra={"maxLength": 100})]
 SecurityToken = Annotated[Secret, Field(max_length=16384, json_schema_extra={"maxLength": 16384})]
@@ -278,7 +287,7 @@ KmsKeyId = Annotated[str, StringConstraints(min_length=36, max_length=36)]
 Region = Annotated[str, StringConstraints(min_length=1, max_length=100)]
 Bucket = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 ObjectKey = Annotated[str, StringConstraints(max_length=1024)]
-SavePrefix = Annotated[str, StringConstraints(max_length=1024)]
+SavePrefix = Annotated[str, StringConstraints(max_length=1024), AfterValidator(_save_folder)]
 AppId = Annotated[str, StringConstraints(max_length=100)]
 TaskDescription = Annotated[str, StringConstraints(max_length=255), _no_chars(TASK_DESCRIPTION_FORBIDDEN)]
 SyncDescription = Annotated[str, StringConstraints(max_length=255), _no_chars(SYNC_DESCRIPTION_FORBIDDEN)]
@@ -629,18 +638,12 @@ class ListTasksResponse(ResponseModel):
     count: Count | None = None
 
 
-def _not_retrying(status: TaskStatus) -> TaskStatus:
-    # The documented filter values are 1, 2, 3, 4, 5 and 7: "retrying" is not one of them.
-    if status is TaskStatus.RETRYING:
-        raise PydanticCustomError("enum", "Input should be 1, 2, 3, 4, 5 or 7")
-    return status
-
-
 class ListTasksQuery(RequestModel):
     group_id: GroupId | None = None
     limit: Annotated[int, Field(ge=1, le=100)] = 10
     offset: Annotated[int, Field(ge=0, le=10000)] = 0
-    status: Annotated[TaskStatus, AfterValidator(_not_retrying)] | None = None
+    # OMS documents 1-5 and 7 as filter values; 6 (retrying) is a status a task shows, so it filters too.
+    status: TaskStatus | None = None
     task_name: TaskDescription | None = None
 
 

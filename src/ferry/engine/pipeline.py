@@ -23,9 +23,10 @@ from ferry.engine.copier import Copier, CopyOptions
 from ferry.engine.pathlocks import PathLocks
 from ferry.engine.planner import Action, Fail, Planner, Skip
 from ferry.engine.progress import Counters
-from ferry.errors import NotFoundError, PermanentError, SourceChangedError, TransientError
+from ferry.errors import AccessError, NotFoundError, PermanentError, SourceChangedError, TransientError
 from ferry.objects import ObjectInfo
 from ferry.storage.base import Backend, ListOrder
+from ferry.storage.wrappers import unwrap
 
 if TYPE_CHECKING:
     from ferry.db.repo import JobRepo
@@ -153,6 +154,14 @@ def _listing(backend: Backend, after: str | None) -> AsyncIterator[ObjectInfo]:
     return _filtered(backend.list(), after)
 
 
+def name_side(exc: AccessError, src: Backend, dst: Backend) -> AccessError:
+    """`exc` with its `side` filled in from the store that raised it (a message must say which keys to fix)."""
+    if exc.side is None:
+        origin = exc.origin
+        exc.side = "source" if origin is unwrap(src) else "destination" if origin is unwrap(dst) else None
+    return exc
+
+
 async def _no_keys() -> AsyncIterator[str]:
     return
     yield
@@ -244,7 +253,8 @@ class Transfer:
         return result
 
     async def run(self, resume_after: str | None, prior: Tally) -> None:
-        """Run to completion; a FatalError propagates after everything finished so far is recorded."""
+        """Run to completion; a FatalError propagates after everything finished so far is recorded (an
+        AccessError with its `side` named)."""
         c = self.counters
         c.success, c.skipped, c.failed = prior.success, prior.skipped, prior.failed
         c.bytes_copied, c.bytes_skipped = prior.success_bytes, prior.skipped_bytes
@@ -266,6 +276,8 @@ class Transfer:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
                 for t in done:
                     exc = t.exception()
+                    if isinstance(exc, AccessError):
+                        raise name_side(exc, self.src, self.dst)
                     if exc is not None:
                         raise exc
         finally:

@@ -43,7 +43,7 @@ from ferry.engine.compare import ConsistencyCheck, OverwriteMode
 from ferry.engine.copier import CopyOptions
 from ferry.engine.pipeline import Transfer, TransferOptions
 from ferry.engine.progress import Counters
-from ferry.errors import FatalError, FerryError, NotFoundError, SourceChangedError
+from ferry.errors import AccessError, FatalError, FerryError, NotFoundError, SourceChangedError
 from ferry.service import smn
 from ferry.storage.base import Backend, LineTooLong, ListOrder, ranged_lines
 from ferry.storage.http import UrlSource, parse_url_line
@@ -107,12 +107,17 @@ _CODES: Final = {
 
 
 def failure_for(side: str, exc: FatalError) -> TaskFailure:
+    reason = f"{side}: {exc.message}"
+    if isinstance(exc, AccessError):
+        exc.side = exc.side or side
+        keys = "src" if side == "source" else "dst"
+        reason = f"{reason}; {exc.fix(f'{keys}_ak', f'{keys}_sk')}"[:1024]
     for marker, (src_code, dst_code) in _CODES.items():
         if marker in exc.message:
-            return TaskFailure(src_code if side == "source" else dst_code, f"{side}: {exc.message}")
+            return TaskFailure(src_code if side == "source" else dst_code, reason)
     if "HTTP 403" in exc.message:
-        return TaskFailure("TRF.0152" if side == "source" else "TRF.0051", f"{side}: {exc.message}")
-    return TaskFailure("TRF.0001", f"{side}: {exc.message}")
+        return TaskFailure("TRF.0152" if side == "source" else "TRF.0051", reason)
+    return TaskFailure("TRF.0001", reason)
 
 
 # -- building the stores of a task -------------------------------------------------------------------------
@@ -229,8 +234,9 @@ def records_dir(data_dir: Path, project_id: str, task_id: int) -> Path:
     return data_dir / "records" / project_id / str(task_id)
 
 
-def write_records(jobs: JobRepo, job_id: str, directory: Path) -> dict[str, Any]:
-    """JSON lines of failed, successful and skipped objects; the paths, or the error of a list not written."""
+def write_records(jobs: JobRepo, job_id: str, directory: Path, dst_prefix: str = "") -> dict[str, Any]:
+    """JSON lines of failed, successful and skipped objects (`key` as the source knows it, `dst_key` under the
+    save_prefix); the paths, or the error of a list not written."""
     out: dict[str, Any] = {}
     for status, name in (("failed", "failed"), ("success", "success"), ("skipped", "skip")):
         path = directory / f"{name}.jsonl"
@@ -238,7 +244,7 @@ def write_records(jobs: JobRepo, job_id: str, directory: Path) -> dict[str, Any]
             directory.mkdir(parents=True, exist_ok=True)
             with path.open("w", encoding="utf-8") as fh:
                 for r in jobs.iter_results(job_id, status):
-                    entry: dict[str, Any] = {"key": r.key, "size": r.size}
+                    entry: dict[str, Any] = {"key": r.key, "dst_key": dst_prefix + r.key, "size": r.size}
                     if r.reason and status != "success":
                         entry["reason"] = r.reason
                     fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
@@ -521,12 +527,16 @@ class LocalRunner:
             values["left_time"] = 0 if status == SUCCEEDED else None
             if row.options.get("enable_failed_object_recording") and fresh.job_id is not None:
                 values["records"] = write_records(self.jobs, fresh.job_id,
-                                                  records_dir(self.data_dir, row.project_id, row.id))
+                                                  records_dir(self.data_dir, row.project_id, row.id),
+                                                  row.dst_spec.get("save_prefix") or "")
             self._release(fresh, started, status, values)
             log.info("task %d: %s (%d ok, %d skipped, %d failed)", row.id,
                      "succeeded" if status == SUCCEEDED else "failed", result.tally.success, result.tally.skipped,
                      result.tally.failed)
             return
+        if isinstance(result, AccessError):
+            # Keys, a permission or a bucket to fix: retrying cannot help, and the task must say so.
+            result = failure_for(result.side or "destination", result)
         if isinstance(result, TaskFailure):
             values = {**progress_values(row, counters, 0), **base, "error_code": result.code,
                       "error_msg": result.message, "finished_at": time.time(), "secrets": None}

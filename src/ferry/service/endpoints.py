@@ -54,13 +54,17 @@ def load_overrides(raw: str | None = None) -> dict[str, str]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UsageError(f"FERRY_ENDPOINT_OVERRIDES is not valid JSON: {exc.msg}") from None
+        raise UsageError(f"FERRY_ENDPOINT_OVERRIDES is not valid JSON ({exc.msg} at character {exc.pos}); write "
+                         '{"Cloud/region": "http://host:port", ...} with double quotes') from None
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         raise UsageError('FERRY_ENDPOINT_OVERRIDES must be a JSON object of "Cloud/region": "URL" strings')
     out: dict[str, str] = {}
     for key, url in data.items():
         if "/" not in key or not re.match(r"^https?://[^/\s]+", url):
-            raise UsageError(f"FERRY_ENDPOINT_OVERRIDES entry {key!r}: need \"Cloud/region\": \"http(s)://host\"")
+            # The value is echoed unless it could hold a user:password.
+            shown = f"{url!r} is not" if "@" not in url else "the URL is not"
+            raise UsageError(f"FERRY_ENDPOINT_OVERRIDES entry {key!r}: {shown} \"http(s)://host[:port]\" "
+                             "(keys are \"Cloud/region\")")
         out[key.lower()] = url.rstrip("/")
     return out
 

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ferry.db.records import Tally
-from ferry.engine.pipeline import Transfer, TransferOptions
+from ferry.engine.pipeline import Transfer, TransferOptions, name_side
 from ferry.engine.progress import Counters
-from ferry.errors import FatalError
+from ferry.errors import AccessError, FatalError
 from ferry.storage.base import Backend
+from ferry.storage.wrappers import unwrap
 
 if TYPE_CHECKING:
     from ferry.db.repo import JobRepo
@@ -47,6 +52,36 @@ def fingerprint(src: Backend, dst: Backend, extra: dict[str, Any]) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
+@contextlib.contextmanager
+def job_lock(directory: Path, fp: str) -> Iterator[None]:
+    """Hold the lock of the job `fp` (a file under `directory`) until the block ends; FatalError "job already
+    running (pid N)" while another process holds it. Two runs of one job would share its multipart checkpoints
+    and tear each other's uploads down. An flock dies with its process, so even kill -9 leaves none behind."""
+    path = directory / "locks" / f"job-{fp[:32]}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise FatalError(f"job already running (pid {holder}); wait for it to end or stop it first") from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        os.close(fd)  # locked a file its last holder had just removed: take the one now at `path`
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        # Removed while still held: a process that opened it meanwhile sees another inode and starts over.
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+
+
 async def preflight(backend: Backend) -> None:
     """Fail fast (FatalError) when a store is unreachable, the credentials are wrong or the bucket is missing."""
     async for _ in backend.list():
@@ -58,8 +93,16 @@ def _begin(repo: JobRepo, fp: str, spec: str, job_id: str) -> None:
     repo.set_status(job_id, "running")
 
 
-def write_failed_report(repo: JobRepo, job_id: str, report_dir: Path) -> Path | None:
-    """JSON lines {key, size, reason} of every failed object, or None when nothing failed."""
+def key_prefix(backend: Backend) -> str:
+    """The key prefix of the store under any wrappers (a job's keys are relative to it)."""
+    prefix = getattr(unwrap(backend), "prefix", "")
+    return prefix if isinstance(prefix, str) else ""
+
+
+def write_failed_report(repo: JobRepo, job_id: str, report_dir: Path, src_prefix: str = "",
+                        dst_prefix: str = "") -> Path | None:
+    """JSON lines {key, dst_key, size, reason} of every failed object, or None when nothing failed: `key` as
+    the source store knows it, `dst_key` as the destination would."""
     rows = repo.iter_results(job_id, "failed")
     first = next(rows, None)
     if first is None:
@@ -68,7 +111,8 @@ def write_failed_report(repo: JobRepo, job_id: str, report_dir: Path) -> Path | 
     path = report_dir / f"failed-{job_id}.jsonl"
     with path.open("w", encoding="utf-8") as fh:
         for r in (first, *rows):
-            fh.write(json.dumps({"key": r.key, "size": r.size, "reason": r.reason}, ensure_ascii=False) + "\n")
+            line = {"key": src_prefix + r.key, "dst_key": dst_prefix + r.key, "size": r.size, "reason": r.reason}
+            fh.write(json.dumps(line, ensure_ascii=False) + "\n")
     return path
 
 
@@ -82,16 +126,28 @@ async def run_migration(
     spec: dict[str, Any],
     counters: Counters | None = None,
     fresh: bool = False,
+    lock_dir: Path | None = None,
 ) -> Summary:
     """Create or resume the job for this src/dst/options and run it to the end.
 
     `fresh` says the database holds no job at all (a new state directory): then nothing can be resumed,
     and the job's row is created while the transfer already runs (the database may still be opening).
-    Raises FatalError before any work when a store cannot be used. A FatalError during the run, or
-    cancellation, leaves the job resumable (status stopped/failed with everything finished recorded).
+    Raises FatalError before any work when a store cannot be used, or (with `lock_dir`, where job locks live)
+    when another process runs this job. A FatalError during the run, or cancellation, leaves the job
+    resumable (status stopped/failed with everything finished recorded); an AccessError (with its side named)
+    is raised, since nothing but fixing keys, permissions or the bucket helps; others end in `Summary.error`.
     """
-    await asyncio.gather(preflight(src), preflight(dst))
     fp = fingerprint(src, dst, spec)
+    with job_lock(lock_dir, fp) if lock_dir is not None else contextlib.nullcontext():
+        return await _run_locked(src, dst, repo, opts, fp, report_dir, spec, counters, fresh)
+
+
+async def _run_locked(src: Backend, dst: Backend, repo: JobRepo, opts: TransferOptions, fp: str,
+                      report_dir: Path, spec: dict[str, Any], counters: Counters | None, fresh: bool) -> Summary:
+    try:
+        await asyncio.gather(preflight(src), preflight(dst))
+    except AccessError as exc:
+        raise name_side(exc, src, dst) from None
     spec_json = json.dumps({"src": src.name, "dst": dst.name, **spec})
     ready: asyncio.Future[None] | None = None
     if fresh:
@@ -110,6 +166,12 @@ async def run_migration(
     error: str | None = None
     try:
         await transfer.run(watermark, prior)
+    except AccessError as exc:
+        # Keys, permissions or the bucket must be fixed first: the job stays resumable, the caller says what.
+        if ready is not None:
+            await asyncio.shield(ready)
+        await asyncio.to_thread(repo.set_status, job_id, "stopped", exc.message)
+        raise
     except FatalError as exc:
         error = exc.message
     except (asyncio.CancelledError, KeyboardInterrupt):
@@ -127,7 +189,8 @@ async def run_migration(
         await asyncio.to_thread(repo.set_status, job_id, "stopped", error)
     else:
         await asyncio.to_thread(repo.set_status, job_id, status)
-    report = await asyncio.to_thread(write_failed_report, repo, job_id, report_dir)
+    report = await asyncio.to_thread(write_failed_report, repo, job_id, report_dir, key_prefix(src),
+                                     key_prefix(dst))
     return Summary(
         job_id=job_id, resumed=resumed, status=status,
         total=tally.success + tally.skipped + tally.failed,

@@ -93,6 +93,10 @@ class Profile:
             raise UsageError(f"{self.title} has no {upper} storage class")
         return canonical
 
+    def storage_class_names(self) -> frozenset[str]:
+        """Every class name a write may ask for: the canonical ones offered and the provider's own names."""
+        return frozenset(self.to_vendor) | frozenset(self.to_vendor.values()) | frozenset(self.from_vendor)
+
     def canonical_class(self, vendor: str | None) -> str | None:
         """The canonical class of a reported name (None when absent); unknown names pass through."""
         if vendor is None:

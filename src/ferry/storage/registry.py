@@ -1,8 +1,10 @@
 """Open a Backend from a URL-ish spec: `s3://bucket/prefix`, `file:///path` or a plain path, `mem://bucket/prefix`.
 
-The part after `bucket/` is a raw key prefix, taken verbatim (no percent-decoding: keys may contain `%`, `?`
-or `#`); end it with `/` to mean a folder. `mem://` buckets live in process-wide MemoryStores, so two specs
-naming one bucket see the same objects and can copy server-side.
+The part after `bucket/` is a folder, as `aws s3 sync` and rclone read it: `s3://backup/all` and
+`s3://backup/all/` both mean `all/` (keys are written as `all/<key>`, never glued on as `all<key>`), and a
+source `s3://photos/docs` lists `docs/` only (not `docs2/`), its keys relative to it. The prefix is taken
+verbatim (no percent-decoding: keys may contain `%`, `?` or `#`). `mem://` buckets live in process-wide
+MemoryStores, so two specs naming one bucket see the same objects and can copy server-side.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ if TYPE_CHECKING:
     from ferry.storage.local import LocalBackend
     from ferry.storage.memory import MemoryBackend, MemoryStore
 
-__all__ = ["BackendSpec", "memory_store", "open_backend", "parse_spec", "reset_memory_stores"]
+__all__ = ["BackendSpec", "as_folder", "memory_store", "open_backend", "parse_spec", "reset_memory_stores"]
 
 MAX_PREFIX_BYTES = 1024
 _GENERIC_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -57,6 +59,11 @@ class BackendSpec:
     path: str = ""
 
 
+def as_folder(prefix: str) -> str:
+    """A key prefix as the folder it names: `all` -> `all/` (`all/` and the empty prefix stay as they are)."""
+    return prefix if not prefix or prefix.endswith("/") else prefix + "/"
+
+
 def _check_generic_bucket(bucket: str, spec: str) -> None:
     problem = None
     if not 3 <= len(bucket) <= 63:
@@ -86,6 +93,7 @@ def _bucket_and_prefix(scheme: str, rest: str, spec: str) -> tuple[str, str]:
     bucket, _, prefix = rest.partition("/")
     if not bucket:
         raise UsageError(f"{spec!r} names no bucket; write {scheme}://BUCKET or {scheme}://BUCKET/PREFIX")
+    prefix = as_folder(prefix)
     _check_prefix(prefix, spec)
     return bucket, prefix
 

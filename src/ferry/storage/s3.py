@@ -24,6 +24,7 @@ import fastcrc
 from multidict import CIMultiDictProxy
 
 from ferry.errors import (
+    AccessError,
     ArchivedObjectError,
     DigestMismatchError,
     FatalError,
@@ -53,15 +54,21 @@ from ferry.storage.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, SigV4Signer, can
 CRC64_META = "ferry-crc64"  # user-metadata key under which Ferry stores the CRC-64/ECMA it computed
 _META_PREFIX = "x-amz-meta-"
 _CODE_RE = re.compile(rb"<Code>([^<]{1,100})</Code>")
+_MESSAGE_RE = re.compile(rb"<Message>([^<]{1,1000})</Message>")
+_UNSAFE_ID_RE = re.compile(r"[^A-Za-z0-9._:/+=-]")
 _TRANSIENT_CODES = frozenset({
     "SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling", "ThrottlingException",
     "RequestLimitExceeded", "TooManyRequests", "OperationAborted", "RequestTimeTooSkewed",
 })
-_FATAL_CODES = frozenset({
+# Refused keys, permissions or buckets: only the user can fix them (AccessError); the rest of the fatal codes
+# stop a run too, but may pass (a redirect, a wrong region header).
+_ACCESS_CODES = frozenset({
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket", "AllAccessDisabled",
-    "AccountProblem", "InvalidBucketName", "AuthorizationHeaderMalformed", "PermanentRedirect",
-    "InvalidToken", "ExpiredToken", "InvalidSecurity", "UserSuspended",
+    "AccountProblem", "InvalidBucketName", "InvalidToken", "ExpiredToken", "InvalidSecurity", "UserSuspended",
 })
+_FATAL_CODES = _ACCESS_CODES | {"AuthorizationHeaderMalformed", "PermanentRedirect"}
+_WRITE_OPS = frozenset({"put", "create multipart", "upload part", "complete multipart", "abort multipart", "copy",
+                        "delete"})
 
 
 _CRC32C_HEADER = "x-amz-checksum-crc32c"
@@ -292,12 +299,30 @@ class S3Backend:
         return f"{self.name}{key}" if key is not None else self.name
 
     def _error(self, op: str, key: str | None, resp: HttpResponse, code: str | None = None) -> FerryError:
-        """Map a failed response to the taxonomy. Messages carry op, key, status and S3 code only."""
+        """Map a failed response to the taxonomy. Messages carry op, key, status and S3 code and, unless the
+        answer is a plain 404 or 412, the store's own message and request id; never a key or a secret."""
         status = resp.status
         if code is None:
             m = _CODE_RE.search(resp.body)
             code = m.group(1).decode("ascii", "replace") if m else None
         msg = f"{op} {self._where(key)}: HTTP {status}" + (f" {code}" if code else "")
+        err = self._classify(op, key, status, code, msg if status in (404, 412) else msg + self._detail(resp), resp)
+        err.http_status, err.s3_code = status, code
+        return err
+
+    def _detail(self, resp: HttpResponse) -> str:
+        """` (the store's message; request id X)`: what the store's operator needs to look a refusal up."""
+        m = _MESSAGE_RE.search(resp.body)
+        text = " ".join(_xml_unescape(m.group(1)).split())[:200] if m else ""
+        if text and self.access_key:
+            text = text.replace(self.access_key, "***")
+        rid = resp.headers.get("x-amz-request-id") or _xml_text(resp.body, "RequestId") or ""
+        rid = _UNSAFE_ID_RE.sub("", rid)[:100]
+        parts = [p for p in (text, f"request id {rid}" if rid else "") if p]
+        return f" ({'; '.join(parts)})" if parts else ""
+
+    def _classify(self, op: str, key: str | None, status: int, code: str | None, msg: str,
+                  resp: HttpResponse) -> FerryError:
         if code in ("BadDigest", "InvalidDigest"):
             # The bytes did not match the checksum sent with them (SeaweedFS says InvalidDigest for a
             # trailing one); damage on the way heals on another try.
@@ -306,11 +331,11 @@ class S3Backend:
             return TransientError(msg, key=key, retry_after=_retry_after(resp.headers))
         if code == "InvalidObjectState":
             return ArchivedObjectError(msg + " (archived; restore it first)", key=key)
-        if code in _FATAL_CODES or status in (401, 403) or status in (301, 307, 308):
+        if code in _ACCESS_CODES or (status in (401, 403) and code not in _FATAL_CODES):
+            return AccessError(msg, key=key, s3_code=code, writing=op in _WRITE_OPS, origin=self)
+        if code in _FATAL_CODES or status in (301, 307, 308):
             return FatalError(msg, key=key)
         if status == 404:
-            if code == "NoSuchBucket":
-                return FatalError(msg, key=key)
             return NotFoundError(msg, key=key)
         if status == 412:
             return SourceChangedError(msg, key=key)
@@ -804,16 +829,10 @@ async def list_buckets(
     return [name for b in root.iter(f"{ns}Bucket") if (name := b.findtext(f"{ns}Name"))]
 
 
-_FAILURE_TAIL_RE = re.compile(r": HTTP (\d{3})(?: ([A-Za-z0-9.]{1,100}))?(?: \(archived; restore it first\))?$")
-
-
 def failure_detail(exc: FerryError) -> tuple[int, str | None] | None:
     """The HTTP status and S3 error code of a failure S3Backend mapped from a response (None for
-    connection-level failures). The counterpart of `S3Backend._error`'s message format."""
-    m = _FAILURE_TAIL_RE.search(exc.message)
-    if m is None:
-        return None
-    return int(m.group(1)), m.group(2)
+    connection-level failures)."""
+    return None if exc.http_status is None else (exc.http_status, exc.s3_code)
 
 
 def _virtual_host_ok(host: str, bucket: str, scheme: str) -> bool:
