@@ -160,7 +160,7 @@ def create_task_group(ctx: GroupContext, project_id: str, req: s.CreateTaskGroup
     reason = _unsupported(req)
     if reason:
         raise TaskError.invalid(reason)
-    check_smn(req.smn_config)
+    check_smn(req.smn_config, project_id)
     src, dst = req.src_node, req.dst_node
     dst_ep = _resolve(ctx, s.CloudType.HUAWEICLOUD.value, dst.region, destination=True)
     _check_bucket(dst_ep.profile, dst.bucket, "dst_node.bucket")

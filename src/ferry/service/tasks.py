@@ -196,12 +196,13 @@ def _check_quota(ctx: TaskContext, project_id: str, now: float) -> None:
                         "to start or delete some, then retry.")
 
 
-def check_smn(config: s.SmnConfig | None) -> None:
-    """Refuse a topic URN that names no SMN topic, at creation rather than when the task ends."""
+def check_smn(config: s.SmnConfig | None, project_id: str) -> None:
+    """Refuse a topic URN that names no SMN topic, or a topic of another project (Ferry publishes with the
+    operator's keys, which may reach it), at creation rather than when the task ends."""
     if config is None:
         return
     try:
-        smn.Topic.parse(config.topic_urn)
+        smn.project_topic(config.topic_urn, project_id)
     except UsageError as exc:
         raise TaskError(400, TaskCodes.SMN_TOPIC, f"The SMN topic is invalid: {exc.message}") from None
 
@@ -228,7 +229,7 @@ def create_task(
     reason = _unsupported(req)
     if reason:
         raise TaskError.invalid(reason)
-    check_smn(req.smn_config)
+    check_smn(req.smn_config, project_id)
     src, dst = req.src_node, req.dst_node
     dst_ep = _resolve(ctx, s.CloudType.HUAWEICLOUD.value, dst.region, destination=True)
     _check_bucket(dst_ep.profile, dst.bucket, "dst_node.bucket")
