@@ -211,6 +211,8 @@ CREATE INDEX ix_sync_events_due ON sync_events (state, next_attempt_at);
 
 CREATE INDEX ix_sync_events_owner ON sync_events (lease_owner);
 
+CREATE INDEX ix_sync_events_task_state ON sync_events (task_id, state);
+
 CREATE TABLE sync_stats (
 	task_id VARCHAR(36) NOT NULL, 
 	bucket_start BIGINT NOT NULL, 

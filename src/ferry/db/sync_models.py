@@ -55,6 +55,8 @@ sync_events = Table(
     Column("updated_at", Float, nullable=False),
 )
 Index("ix_sync_events_due", sync_events.c.state, sync_events.c.next_attempt_at)
+# Pending keys per task (and, through the tasks, per project): the event limits count them.
+Index("ix_sync_events_task_state", sync_events.c.task_id, sync_events.c.state)
 Index("ix_sync_events_owner", sync_events.c.lease_owner)
 
 # Per-task counters in STAT_BUCKET_SECONDS buckets (bucket_start = epoch seconds, a multiple of the width).

@@ -64,7 +64,8 @@ _RESTORE_DAYS: Final = 1
 _REASON_MAX: Final = 1024
 
 
-def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
+def env_number(env: Mapping[str, str], name: str, default: float) -> float:
+    """The non-negative number of the environment variable `name`, or `default` when it is unset or blank."""
     raw = env.get(name)
     if raw is None or not raw.strip():
         return default
@@ -107,18 +108,18 @@ class SyncSettings:
         env = os.environ if environ is None else environ
         d = cls()
         return cls(
-            reconcile_seconds=_env_float(env, "FERRY_SYNC_RECONCILE_SECONDS", d.reconcile_seconds),
+            reconcile_seconds=env_number(env, "FERRY_SYNC_RECONCILE_SECONDS", d.reconcile_seconds),
             propagate_deletes=_env_bool(env, "FERRY_SYNC_PROPAGATE_DELETES"),
-            delete_cap=int(_env_float(env, "FERRY_SYNC_DELETE_CAP", d.delete_cap)),
-            concurrency=max(1, int(_env_float(env, "FERRY_SYNC_CONCURRENCY", d.concurrency))),
-            reconcile_concurrency=max(1, int(_env_float(env, "FERRY_SYNC_RECONCILE_CONCURRENCY",
+            delete_cap=int(env_number(env, "FERRY_SYNC_DELETE_CAP", d.delete_cap)),
+            concurrency=max(1, int(env_number(env, "FERRY_SYNC_CONCURRENCY", d.concurrency))),
+            reconcile_concurrency=max(1, int(env_number(env, "FERRY_SYNC_RECONCILE_CONCURRENCY",
                                                         d.reconcile_concurrency))),
-            lease_seconds=max(1.0, _env_float(env, "FERRY_SYNC_LEASE_SECONDS", d.lease_seconds)),
-            max_attempts=max(1, int(_env_float(env, "FERRY_SYNC_MAX_ATTEMPTS", d.max_attempts))),
-            retry_base_seconds=_env_float(env, "FERRY_SYNC_RETRY_BASE_SECONDS", d.retry_base_seconds),
-            retry_max_seconds=_env_float(env, "FERRY_SYNC_RETRY_MAX_SECONDS", d.retry_max_seconds),
-            restore_poll_seconds=_env_float(env, "FERRY_SYNC_RESTORE_POLL_SECONDS", d.restore_poll_seconds),
-            poll_seconds=max(0.01, _env_float(env, "FERRY_SYNC_POLL_SECONDS", d.poll_seconds)),
+            lease_seconds=max(1.0, env_number(env, "FERRY_SYNC_LEASE_SECONDS", d.lease_seconds)),
+            max_attempts=max(1, int(env_number(env, "FERRY_SYNC_MAX_ATTEMPTS", d.max_attempts))),
+            retry_base_seconds=env_number(env, "FERRY_SYNC_RETRY_BASE_SECONDS", d.retry_base_seconds),
+            retry_max_seconds=env_number(env, "FERRY_SYNC_RETRY_MAX_SECONDS", d.retry_max_seconds),
+            restore_poll_seconds=env_number(env, "FERRY_SYNC_RESTORE_POLL_SECONDS", d.restore_poll_seconds),
+            poll_seconds=max(0.01, env_number(env, "FERRY_SYNC_POLL_SECONDS", d.poll_seconds)),
             node_id=env.get("FERRY_NODE_ID") or d.node_id,
         )
 

@@ -40,6 +40,7 @@ from ferry.db.sync_repo import (
 from ferry.errors import NotFoundError, UsageError
 from ferry.runner.sync import SyncBackground, SyncSettings, SyncWaker, SyncWorkers
 from ferry.service.endpoints import resolve, resolve_known
+from ferry.service.quotas import EventLimits, RateLimitedError, RateLimiter
 from ferry.service.secrets import Secret, SecretBox, reveal
 from ferry.storage.base import Backend, ListOrder
 from ferry.storage.profiles import get_profile
@@ -124,7 +125,8 @@ def _no_wake() -> None:
 
 @dataclass(frozen=True)
 class SyncContext:
-    """What the sync service functions need: the database, the secret box, and a way to wake the workers.
+    """What the sync service functions need: the database, the secret box, a way to wake the workers, and
+    the caps on what callers may queue (by default from the environment, see `ferry.service.quotas`).
 
     `wake` is called (from any thread) after events are committed, so an idle worker starts at once instead
     of at its next poll. `clock` gives epoch seconds.
@@ -134,12 +136,15 @@ class SyncContext:
     box: SecretBox
     wake: Callable[[], None] = _no_wake
     clock: Callable[[], float] = time.time
+    limits: EventLimits = field(default_factory=EventLimits.from_env)
     repo: SyncRepo = field(init=False)
     committer: EventCommitter = field(init=False)
+    notify_rate: RateLimiter = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "repo", SyncRepo(self.engine))
         object.__setattr__(self, "committer", EventCommitter(self))
+        object.__setattr__(self, "notify_rate", RateLimiter(self.limits.notify_rate, self.limits.notify_burst))
 
 
 # Embedded mode runs one process; the database enforces the quota for PostgreSQL, this lock for threads.
@@ -327,7 +332,7 @@ def _check_accepting(row: SyncTaskRow) -> None:
 def _accept(ctx: SyncContext, row: SyncTaskRow, keys: Sequence[str]) -> None:
     _check_accepting(row)
     if keys:
-        ctx.repo.enqueue(row.id, keys, ctx.clock(), durable=True)
+        ctx.repo.enqueue(row.id, keys, ctx.clock(), durable=True, limits=ctx.limits.pending)
         ctx.wake()
 
 
@@ -439,7 +444,8 @@ class EventCommitter:
             else:
                 accepted.append(i)
         if accepted:
-            outcomes = ctx.repo.enqueue_batch([(batch[i].task_id, batch[i].keys) for i in accepted], ctx.clock())
+            outcomes = ctx.repo.enqueue_batch([(batch[i].task_id, batch[i].keys) for i in accepted], ctx.clock(),
+                                              limits=ctx.limits.pending)
             for i, outcome in zip(accepted, outcomes, strict=True):
                 errors[i] = outcome
             ctx.wake()
@@ -573,11 +579,18 @@ def parse_s3_notification(payload: Any, bucket: str) -> tuple[list[str], int]:
 
 
 def accept_notification(ctx: SyncContext, row: SyncTaskRow, payload: Any) -> NotificationResult:
-    """Turn an S3-style notification into durable sync events for the task `row`."""
+    """Turn an S3-style notification into durable sync events for the task `row`.
+
+    Each record costs a token of the project's notification rate (RateLimitedError when they run out), and
+    the keys must fit the pending-event limits (QueueFullError)."""
     bucket = get_profile(resolve(row.spec.src_cloud_type, row.spec.src_region).profile).bucket_name(
         row.spec.src_bucket, row.spec.app_id
     )
     keys, ignored = parse_s3_notification(payload, bucket)
+    wait = ctx.notify_rate.take(row.project_id, max(1, len(keys) + ignored))
+    if wait:
+        raise RateLimitedError(f"at most {ctx.limits.notify_rate:g} notification records per second per project",
+                               wait)
     _accept(ctx, row, keys)
     return NotificationResult(len(keys), ignored)
 
