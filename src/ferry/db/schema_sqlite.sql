@@ -60,6 +60,8 @@ CREATE TABLE sync_tasks (
 	reconcile_owner VARCHAR(128), 
 	reconcile_lease_until FLOAT, 
 	last_error TEXT, 
+	error_code VARCHAR(16), 
+	error_msg TEXT, 
 	notify_token_hash VARCHAR(64), 
 	CONSTRAINT pk_sync_tasks PRIMARY KEY (id), 
 	CONSTRAINT uq_sync_tasks_notify_token_hash UNIQUE (notify_token_hash)

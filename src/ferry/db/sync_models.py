@@ -31,6 +31,10 @@ sync_tasks = Table(
     Column("reconcile_owner", String(128), nullable=True),
     Column("reconcile_lease_until", Float, nullable=True),
     Column("last_error", Text, nullable=True),
+    # Why the workers stopped the task (its keys or a bucket no longer work): a TRF code and a message naming
+    # the side and the store's answer; cleared when the task is started again.
+    Column("error_code", String(16), nullable=True),
+    Column("error_msg", Text, nullable=True),
     # SHA-256 (hex) of the per-task notification token; the token itself is shown once and never stored.
     Column("notify_token_hash", String(64), nullable=True, unique=True),
 )

@@ -98,6 +98,8 @@ class SyncTaskRow:
     last_start_at: float = 0.0
     reconciled_at: float | None = None
     last_error: str | None = None
+    error_code: str | None = None  # why the workers stopped it (with error_msg), until it is started again
+    error_msg: str | None = None
 
     def __repr__(self) -> str:
         # The token is ciphertext, but there is no reason to spread it through logs either.
@@ -360,7 +362,7 @@ def _row(r: Any) -> SyncTaskRow:
     return SyncTaskRow(
         id=r.id, project_id=r.project_id, status=r.status, spec=SyncTaskSpec.from_json(r.spec),
         secrets=r.secrets, generation=r.generation, created_at=r.created_at, last_start_at=r.last_start_at,
-        reconciled_at=r.reconciled_at, last_error=r.last_error,
+        reconciled_at=r.reconciled_at, last_error=r.last_error, error_code=r.error_code, error_msg=r.error_msg,
     )
 
 
@@ -466,6 +468,19 @@ class SyncRepo:
             )
             return bool(res.rowcount)
 
+    def fail_task(self, task_id: str, generation: int, code: str, message: str, now: float) -> bool:
+        """SYNCHRONIZING -> STOPPED because the task as a whole cannot work, with the reason; only the
+        generation that failed (a task started meanwhile with other keys goes on). Pending events are kept."""
+        with self._begin() as conn:
+            res = conn.execute(
+                update(sync_tasks)
+                .where(sync_tasks.c.id == task_id, sync_tasks.c.generation == generation,
+                       sync_tasks.c.status == SYNCHRONIZING)
+                .values(status=STOPPED, generation=sync_tasks.c.generation + 1, updated_at=now,
+                        reconcile_owner=None, reconcile_lease_until=None, error_code=code, error_msg=message)
+            )
+            return bool(res.rowcount)
+
     def start_task(self, project_id: str, task_id: str, secrets: str, now: float) -> bool:
         """STOPPED -> SYNCHRONIZING with fresh credentials; False when the task is not STOPPED.
 
@@ -478,7 +493,8 @@ class SyncRepo:
                 .where(sync_tasks.c.id == task_id, sync_tasks.c.project_id == project_id,
                        sync_tasks.c.status == STOPPED)
                 .values(status=SYNCHRONIZING, secrets=secrets, generation=sync_tasks.c.generation + 1,
-                        last_start_at=now, updated_at=now, reconciled_at=None, last_error=None)
+                        last_start_at=now, updated_at=now, reconciled_at=None, last_error=None, error_code=None,
+                        error_msg=None)
             )
             if not res.rowcount:
                 return False

@@ -39,6 +39,8 @@ from ferry.db.sync_repo import (
 )
 from ferry.errors import NotFoundError, UsageError
 from ferry.runner.sync import SyncBackground, SyncSettings, SyncWaker, SyncWorkers
+from ferry.service import buckets
+from ferry.service.buckets import CloudAccess, HelperSettings
 from ferry.service.endpoints import resolve, resolve_known
 from ferry.service.quotas import EventLimits, RateLimitedError, RateLimiter
 from ferry.service.secrets import Secret, SecretBox, reveal
@@ -137,6 +139,8 @@ class SyncContext:
     wake: Callable[[], None] = _no_wake
     clock: Callable[[], float] = time.time
     limits: EventLimits = field(default_factory=EventLimits.from_env)
+    # Where creation checks the keys and buckets: the operator's endpoint table, read on each call.
+    access: HelperSettings = field(default_factory=HelperSettings)
     repo: SyncRepo = field(init=False)
     committer: EventCommitter = field(init=False)
     notify_rate: RateLimiter = field(init=False)
@@ -249,10 +253,23 @@ def _task(ctx: SyncContext, project_id: str, task_id: str) -> SyncTaskRow:
     return row
 
 
-def create_sync_task(ctx: SyncContext, project_id: str, spec: SyncTaskSpec, creds: SyncCredentials) -> str:
-    """Create a task in SYNCHRONIZING; its first reconciliation (the initial full copy) starts at once."""
-    spec = validate_spec(spec)
-    _check_credentials(creds)
+async def check_access(ctx: SyncContext, spec: SyncTaskSpec, creds: SyncCredentials) -> None:
+    """List one object of each bucket with the task's keys, as OMS checks them at creation: bad keys, a
+    missing bucket or a missing permission is refused now (HelperError with the OMS code the bucket helpers
+    answer: OMS.0151/0155 source, OMS.0057/0058 destination...) rather than failing every event later."""
+    src = CloudAccess(spec.src_cloud_type, creds.src_ak, creds.src_sk, spec.app_id)
+    dst = CloudAccess(spec.dst_cloud_type, creds.dst_ak, creds.dst_sk, destination=True)
+    await buckets.check_prefix(src, spec.src_region, spec.src_bucket, "", ctx.access)
+    await buckets.check_prefix(dst, spec.dst_region, spec.dst_bucket, "", ctx.access)
+
+
+def _full(ctx: SyncContext, project_id: str) -> QuotaExceededError | None:
+    if ctx.repo.count_tasks(project_id) >= MAX_SYNC_TASKS:
+        return QuotaExceededError(f"a project can have at most {MAX_SYNC_TASKS} sync tasks")
+    return None
+
+
+def _insert_task(ctx: SyncContext, project_id: str, spec: SyncTaskSpec, creds: SyncCredentials) -> str:
     sealed = creds.seal(ctx.box)
     task_id = str(uuid.uuid4())
     with _create_lock:
@@ -260,6 +277,19 @@ def create_sync_task(ctx: SyncContext, project_id: str, spec: SyncTaskSpec, cred
             raise QuotaExceededError(f"a project can have at most {MAX_SYNC_TASKS} sync tasks")
     ctx.wake()
     return task_id
+
+
+async def create_sync_task(ctx: SyncContext, project_id: str, spec: SyncTaskSpec, creds: SyncCredentials) -> str:
+    """Create a task in SYNCHRONIZING once its keys and buckets proved to work; its first reconciliation
+    (the initial full copy) starts at once."""
+    spec = validate_spec(spec)
+    _check_credentials(creds)
+    # A full project is told so before the stores are asked (the insert checks the quota again, atomically).
+    full = await asyncio.to_thread(_full, ctx, project_id)
+    if full is not None:
+        raise full
+    await check_access(ctx, spec, creds)
+    return await asyncio.to_thread(_insert_task, ctx, project_id, spec, creds)
 
 
 def list_sync_tasks(
@@ -299,18 +329,22 @@ def dst_kms_key(spec: SyncTaskSpec) -> str | None:
     return spec.dst_kms_key_id if spec.dst_crypto_type == "KMS" else None
 
 
-def start_sync_task(ctx: SyncContext, project_id: str, task_id: str, creds: SyncCredentials,
-                    dst_kms_key_id: str | None = None) -> None:
-    """Restart a STOPPED task with re-supplied credentials; it reconciles at once to catch up.
+async def start_sync_task(ctx: SyncContext, project_id: str, task_id: str, creds: SyncCredentials,
+                          dst_kms_key_id: str | None = None) -> None:
+    """Restart a STOPPED task with re-supplied credentials (checked as at creation); it reconciles at once
+    to catch up, and the keys that failed meanwhile are tried again.
 
     `dst_kms_key_id` (given when the request says dst_crypto_type KMS) must be the task's own: a restart
     re-supplies keys, not encryption, so one task never writes under two KMS keys."""
-    row = _task(ctx, project_id, task_id)
+    row = await asyncio.to_thread(_task, ctx, project_id, task_id)
     _check_credentials(creds)
     if dst_kms_key_id is not None and dst_kms_key_id != dst_kms_key(row.spec):
         raise UsageError("dst_kms_key_id differs from the KMS key the sync task was created with; a task keeps "
                          "its destination encryption (create a new task to change it)")
-    if row.status != STOPPED or not ctx.repo.start_task(project_id, task_id, creds.seal(ctx.box), ctx.clock()):
+    if row.status != STOPPED:
+        raise TaskStateError(f"only a STOPPED sync task can be started; this one is {row.status}")
+    await check_access(ctx, row.spec, creds)
+    if not await asyncio.to_thread(ctx.repo.start_task, project_id, task_id, creds.seal(ctx.box), ctx.clock()):
         raise TaskStateError(f"only a STOPPED sync task can be started; this one is {row.status}")
     ctx.wake()
 

@@ -28,11 +28,13 @@ from starlette.responses import JSONResponse
 
 from ferry.api.deps import CurrentPrincipal, Services, ok
 from ferry.api.errors import Codes, Messages, OmsError
+from ferry.api.routes.buckets import helper_answer
 from ferry.api.schemas import (
     CreateSyncTaskReq,
     CreateSyncTaskResponse,
     CryptoType,
     EmptyResponse,
+    ErrorReasonResp,
     ListSyncTasksQuery,
     ListSyncTasksResponse,
     ListSyncTaskStatisticQuery,
@@ -52,6 +54,7 @@ from ferry.api.schemas import (
 from ferry.db.sync_repo import QueueFullError, SyncTaskRow, SyncTaskSpec
 from ferry.errors import NotFoundError
 from ferry.service import sync
+from ferry.service.buckets import HelperError
 from ferry.service.quotas import RateLimitedError
 
 router = APIRouter()
@@ -110,6 +113,9 @@ def _common(row: SyncTaskRow) -> dict[str, Any]:
         "enable_metadata_migration": s.enable_metadata_migration, "enable_restore": s.enable_restore,
         "app_id": s.app_id, "object_overwrite_mode": s.object_overwrite_mode,
         "dst_storage_policy": s.dst_storage_policy, "consistency_check": s.consistency_check,
+        # Ferry's extension (the SDK ignores it; raw answers carry it): why the workers stopped the task.
+        "error_reason": ErrorReasonResp(error_code=row.error_code, error_msg=row.error_msg or "")
+        if row.error_code else None,
     }
 
 
@@ -126,12 +132,14 @@ def _info(row: SyncTaskRow) -> SyncTaskInfo:
 # -- the eight OMS operations ---------------------------------------------------------------------------------
 
 @router.post("/sync-tasks", response_model=CreateSyncTaskResponse, summary="create_sync_task")
-def create_sync_task(body: CreateSyncTaskReq, principal: CurrentPrincipal, ctx: Sync) -> JSONResponse:
+async def create_sync_task(body: CreateSyncTaskReq, principal: CurrentPrincipal, ctx: Sync) -> JSONResponse:
     spec, creds = _spec(body)
     try:
-        task_id = sync.create_sync_task(ctx, principal.project_id, spec, creds)
+        task_id = await sync.create_sync_task(ctx, principal.project_id, spec, creds)
     except sync.QuotaExceededError:
         raise OmsError(400, QUOTA_CODE, QUOTA_MESSAGE) from None
+    except HelperError as exc:
+        raise helper_answer(exc) from None
     return ok(CreateSyncTaskResponse(sync_task_id=task_id))
 
 
@@ -166,13 +174,16 @@ def delete_sync_task(sync_task_id: SyncTaskId, principal: CurrentPrincipal, ctx:
 
 
 @router.post("/sync-tasks/{sync_task_id}/start", response_model=EmptyResponse, summary="start_sync_task")
-def start_sync_task(
+async def start_sync_task(
     sync_task_id: SyncTaskId, body: StartSyncTaskReq, principal: CurrentPrincipal, ctx: Sync
 ) -> JSONResponse:
     creds = sync.SyncCredentials(body.src_ak, body.src_sk, body.dst_ak, body.dst_sk,
                                  body.source_cdn_authentication_key)
     kms_key = body.dst_kms_key_id if body.dst_crypto_type is CryptoType.KMS else None
-    sync.start_sync_task(ctx, principal.project_id, sync_task_id, creds, kms_key)
+    try:
+        await sync.start_sync_task(ctx, principal.project_id, sync_task_id, creds, kms_key)
+    except HelperError as exc:
+        raise helper_answer(exc) from None
     return ok(EmptyResponse())
 
 
