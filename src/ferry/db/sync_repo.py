@@ -169,8 +169,8 @@ class QueueFullError(UsageError):
     code = "FERRY.0429"
 
     def __init__(self, scope: str, limit: int) -> None:
-        super().__init__(f"the {scope} already has {limit} pending events or would have more with these; "
-                         "retry once some are synced")
+        super().__init__(f"a {scope} may have at most {limit} pending events and these would take it past "
+                         "that; retry once some are synced")
         self.scope = scope
         self.limit = limit
 
@@ -244,7 +244,6 @@ class _Room:
 def _count_upto(conn: Connection, rows: Select[Any], cap: int) -> int:
     """How many rows `rows` has, counting no further than `cap` (enough to compare with a limit)."""
     return int(conn.execute(select(func.count()).select_from(rows.limit(cap).subquery())).scalar_one())
-
 
 
 class _Statements:

@@ -16,7 +16,7 @@ FERRY_NODE_ID (host name).
 
 When the task as a whole stops working (its keys are refused, a bucket is gone, a listing is denied: the
 failures a migration task reports as TRF.0151/0152/0155/0051/0057/0058), a key or a reconciliation that meets
-it has one bucket of each side listed to confirm it, and the task is stopped with that reason: the API shows
+it has one object of each bucket listed to confirm it, and the task is stopped with that reason: the API shows
 it as STOPPED with `error_reason`, and starting it again with working keys resumes it (its pending keys, and
 those that failed meanwhile, are retried). A failure only one object meets leaves the task running.
 
@@ -592,8 +592,10 @@ class SyncWorkers:
                 failure = failure_for(side, exc)
                 if failure.code != _NO_TASK_CAUSE:
                     return failure
-            except FerryError:
-                continue  # unreachable or busy for now: not a verdict on the keys or the bucket
+            except Exception:
+                # Unreachable or busy for now (or a fault of ours, logged): no verdict on the keys or the bucket.
+                log.debug("sync %s: checking the %s bucket failed", rt.row.id, side, exc_info=True)
+                continue
         return None
 
     async def _stop_failed(self, rt: _Runtime, failure: TaskFailure) -> None:

@@ -263,10 +263,13 @@ async def check_access(ctx: SyncContext, spec: SyncTaskSpec, creds: SyncCredenti
     await buckets.check_prefix(dst, spec.dst_region, spec.dst_bucket, "", ctx.access)
 
 
-def _full(ctx: SyncContext, project_id: str) -> QuotaExceededError | None:
+def _quota_exceeded() -> QuotaExceededError:
+    return QuotaExceededError(f"a project can have at most {MAX_SYNC_TASKS} sync tasks")
+
+
+def _check_room(ctx: SyncContext, project_id: str) -> None:
     if ctx.repo.count_tasks(project_id) >= MAX_SYNC_TASKS:
-        return QuotaExceededError(f"a project can have at most {MAX_SYNC_TASKS} sync tasks")
-    return None
+        raise _quota_exceeded()
 
 
 def _insert_task(ctx: SyncContext, project_id: str, spec: SyncTaskSpec, creds: SyncCredentials) -> str:
@@ -274,7 +277,7 @@ def _insert_task(ctx: SyncContext, project_id: str, spec: SyncTaskSpec, creds: S
     task_id = str(uuid.uuid4())
     with _create_lock:
         if not ctx.repo.create_task(task_id, project_id, spec, sealed, ctx.clock(), MAX_SYNC_TASKS):
-            raise QuotaExceededError(f"a project can have at most {MAX_SYNC_TASKS} sync tasks")
+            raise _quota_exceeded()
     ctx.wake()
     return task_id
 
@@ -285,9 +288,7 @@ async def create_sync_task(ctx: SyncContext, project_id: str, spec: SyncTaskSpec
     spec = validate_spec(spec)
     _check_credentials(creds)
     # A full project is told so before the stores are asked (the insert checks the quota again, atomically).
-    full = await asyncio.to_thread(_full, ctx, project_id)
-    if full is not None:
-        raise full
+    await asyncio.to_thread(_check_room, ctx, project_id)
     await check_access(ctx, spec, creds)
     return await asyncio.to_thread(_insert_task, ctx, project_id, spec, creds)
 
