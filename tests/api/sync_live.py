@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+import requests
 from huaweicloudsdkoms.v2 import CreateSyncTaskReq, CreateSyncTaskRequest, OmsClient
 from live_server import ShiftedClock, Tenant, build_services, oms_client, serve, stop
+from sdk_signing import signed_sdk_request
 
 from ferry.api.app import create_app
 from ferry.db.database import open_database
@@ -110,7 +112,9 @@ def env(**values: str) -> Iterator[None]:
 
 
 @contextmanager
-def sync_live(src: SeaweedServer, dst: SeaweedServer, state: Path, settings: SyncSettings) -> Iterator[SyncLive]:
+def sync_live(src: SeaweedServer, dst: SeaweedServer, state: Path, settings: SyncSettings, *,
+              run_workers: bool = True) -> Iterator[SyncLive]:
+    """The API and (unless `run_workers` is false: events then stay pending) the sync workers."""
     with env(FERRY_ENDPOINT_OVERRIDES=overrides(src, dst)):
         engine = open_database(f"sqlite:///{state / 'ferry.db'}")
         box = SecretBox(os.urandom(32))
@@ -118,10 +122,33 @@ def sync_live(src: SeaweedServer, dst: SeaweedServer, state: Path, settings: Syn
         tenant, other = Tenant(), Tenant()
         services = dataclasses.replace(build_services([tenant, other], ShiftedClock(), []), sync=ctx)
         running = serve(create_app(services))
-        background.start()
+        if run_workers:
+            background.start()
         try:
             yield SyncLive(running.url, tenant, other, src, dst, ctx, background)
         finally:
-            background.stop()
+            if run_workers:
+                background.stop()
             stop(running)
             engine.dispose()
+
+
+def signed(live: SyncLive, method: str, path: str, *, body: object = None,
+           query: list[tuple[str, object]] | None = None, tenant: Tenant | None = None) -> requests.Response:
+    """A request signed like the SDK's, for Ferry's extension routes (`{project_id}` in `path` is filled in)."""
+    t = tenant or live.tenant
+    host = live.url.removeprefix("http://")
+    raw = json.dumps(body).encode() if body is not None else None
+    req = signed_sdk_request(ak=t.ak, sk=t.sk, project_id=t.project_id, method=method, path=path, body=raw,
+                             host=host, query=query)
+    return requests.request(method, f"{live.url}{req.uri}", headers=req.header_params, data=raw, timeout=30)
+
+
+def s3_event(bucket: str, *keys: str, name: str = "ObjectCreated:Put") -> dict[str, object]:
+    """An S3 event notification (the shape AWS documents and MinIO sends) with one record per key."""
+    return {"Records": [{
+        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+        "eventTime": "2024-01-01T00:00:00.000Z", "eventName": name,
+        "s3": {"s3SchemaVersion": "1.0", "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
+               "object": {"key": key, "size": 3, "eTag": "0" * 32}},
+    } for key in keys]}

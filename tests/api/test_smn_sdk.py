@@ -57,7 +57,8 @@ def smn() -> Iterator[SmnStandIn]:
             path, _, query = self.path.partition("?")
             req = IncomingRequest("POST", path, query, [(k.lower(), v) for k, v in self.headers.items()], body)
             try:
-                verifier.authenticate(req, path.split("/")[2])
+                # Signature only: the operator's key may publish to the topics of every project it serves.
+                verifier.authenticate(req, None)
             except OmsError:
                 stand_in.refused.append(path)
                 self._reply(401, {"error_code": "APIGW.0301", "error_msg": "Incorrect IAM authentication"})
@@ -106,8 +107,9 @@ def svc(tmp_path_factory: pytest.TempPathFactory, seaweed_a: SeaweedServer, seaw
             started.close()
 
 
-def topic(name: str) -> str:
-    return f"urn:smn:{DST_REGION}:{SMN_PROJECT}:{name}"
+def topic(svc: FerryService, name: str) -> str:
+    """A topic URN in the project of the service's first tenant (the caller of these tests)."""
+    return f"urn:smn:{DST_REGION}:{svc.tenant.project_id}:{name}"
 
 
 def test_a_succeeded_task_publishes_its_summary(svc: FerryService, smn: SmnStandIn, bucket_factory: Any,
@@ -115,12 +117,12 @@ def test_a_succeeded_task_publishes_its_summary(svc: FerryService, smn: SmnStand
     src, dst = bucket_factory(seaweed_a), bucket_factory(seaweed_b)
     fill(seaweed_a, src, {"a.txt": b"a" * 100, "b/c.txt": b"c" * 50})
     client = svc.client()
-    config = SmnConfig(topic_urn=topic("done"), trigger_conditions=["SUCCESS", "FAILURE"], language="en-us")
+    config = SmnConfig(topic_urn=topic(svc, "done"), trigger_conditions=["SUCCESS", "FAILURE"], language="en-us")
     created = client.create_task(prefix_task(seaweed_a, src, seaweed_b, dst, smn_config=config))
     task, _ = wait_task(client, created.id, lambda t: t.status == 5 and t.smn_info is not None
                         and t.smn_info.notify_result)
     assert task.smn_info.topic_name == "done" and task.smn_info.notify_error_message == ""
-    sent = [m for m in smn.published if m["topic"] == topic("done")]
+    sent = [m for m in smn.published if m["topic"] == topic(svc, "done")]
     assert len(sent) == 1
     assert task.name in sent[0]["subject"] and "succeeded" in sent[0]["subject"]
     assert "Transferred data: 150 B" in sent[0]["message"] and f"Destination bucket: {dst}" in sent[0]["message"]
@@ -132,10 +134,10 @@ def test_a_template_message_carries_the_documented_keys(svc: FerryService, smn: 
     src, dst = bucket_factory(seaweed_a), bucket_factory(seaweed_b)
     fill(seaweed_a, src, {"x": b"x"})
     client = svc.client()
-    config = SmnConfig(topic_urn=topic("tmpl"), trigger_conditions=["SUCCESS"], message_template_name="oms_done")
+    config = SmnConfig(topic_urn=topic(svc, "tmpl"), trigger_conditions=["SUCCESS"], message_template_name="oms_done")
     created = client.create_task(prefix_task(seaweed_a, src, seaweed_b, dst, smn_config=config))
     wait_task(client, created.id, lambda t: t.status == 5 and t.smn_info is not None and t.smn_info.notify_result)
-    sent = [m for m in smn.published if m["topic"] == topic("tmpl")]
+    sent = [m for m in smn.published if m["topic"] == topic(svc, "tmpl")]
     assert len(sent) == 1 and sent[0]["message_template_name"] == "oms_done"
     tags = sent[0]["tags"]
     assert tags["Task_Status"] == "SUCCESS" and tags["Source_Bucket"] == src and tags["Destination_Bucket"] == dst
@@ -146,20 +148,20 @@ def test_a_status_outside_the_triggers_sends_nothing(svc: FerryService, smn: Smn
                                                      seaweed_a: SeaweedServer, seaweed_b: SeaweedServer) -> None:
     src, dst = bucket_factory(seaweed_a), bucket_factory(seaweed_b)
     client = svc.client()
-    config = SmnConfig(topic_urn=topic("failures-only"), trigger_conditions=["FAILURE"])
+    config = SmnConfig(topic_urn=topic(svc, "failures-only"), trigger_conditions=["FAILURE"])
     # An empty source: the task fails with TRF.0012, which is a FAILURE trigger...
     created = client.create_task(prefix_task(seaweed_a, src, seaweed_b, dst, smn_config=config))
     task, _ = wait_task(client, created.id, lambda t: t.status == 4 and t.smn_info is not None
                         and t.smn_info.notify_result)
     assert task.error_reason.error_code == "TRF.0012"
-    assert [m["subject"] for m in smn.published if m["topic"] == topic("failures-only")] == [
+    assert [m["subject"] for m in smn.published if m["topic"] == topic(svc, "failures-only")] == [
         f"OMS migration task {task.name} failed"]
     # ...while a success is not.
     fill(seaweed_a, src, {"k": b"v"})
     other = client.create_task(prefix_task(seaweed_a, src, seaweed_b, dst, smn_config=config))
     done, _ = wait_task(client, other.id, lambda t: t.status == 5 and t.smn_info is not None)
     assert (done.smn_info.notify_result, done.smn_info.notify_error_message) == (False, "")
-    assert len([m for m in smn.published if m["topic"] == topic("failures-only")]) == 1
+    assert len([m for m in smn.published if m["topic"] == topic(svc, "failures-only")]) == 1
 
 
 def test_a_refused_publish_is_reported_with_its_error_code(svc: FerryService, smn: SmnStandIn, bucket_factory: Any,
@@ -169,7 +171,7 @@ def test_a_refused_publish_is_reported_with_its_error_code(svc: FerryService, sm
     client = svc.client()
     smn.answer = 404
     try:
-        config = SmnConfig(topic_urn=topic("gone"), trigger_conditions=["SUCCESS"])
+        config = SmnConfig(topic_urn=topic(svc, "gone"), trigger_conditions=["SUCCESS"])
         created = client.create_task(prefix_task(seaweed_a, src, seaweed_b, dst, smn_config=config))
         task, _ = wait_task(client, created.id, lambda t: t.status == 5 and t.smn_info is not None
                             and t.smn_info.notify_error_message)
@@ -198,7 +200,7 @@ def test_a_completed_task_group_publishes_once(svc: FerryService, smn: SmnStandI
         src_node=TaskGroupSrcNode(cloud_type="Aliyun", region="cn-hangzhou", ak=seaweed_a.access_key,
                                   sk=seaweed_a.secret_key, bucket=src, object_key=[""]),
         dst_node=TaskGroupDstNode(ak=seaweed_b.access_key, sk=seaweed_b.secret_key, region=DST_REGION, bucket=dst),
-        smn_config=SmnConfig(topic_urn=topic("group"), trigger_conditions=["SUCCESS"]))))
+        smn_config=SmnConfig(topic_urn=topic(svc, "group"), trigger_conditions=["SUCCESS"]))))
     deadline = time.monotonic() + 90
     while True:
         group = client.show_task_group(ShowTaskGroupRequest(group_id=created.group_id))
@@ -206,5 +208,51 @@ def test_a_completed_task_group_publishes_once(svc: FerryService, smn: SmnStandI
             break
         assert time.monotonic() < deadline, group
         time.sleep(0.2)
-    sent = [m for m in smn.published if m["topic"] == topic("group")]
+    sent = [m for m in smn.published if m["topic"] == topic(svc, "group")]
     assert len(sent) == 1 and created.group_id in sent[0]["subject"] and "Transferred data: 15 B" in sent[0]["message"]
+
+
+def _group_req(seaweed_a: SeaweedServer, src: str, seaweed_b: SeaweedServer, dst: str,
+               config: SmnConfig) -> CreateTaskGroupRequest:
+    return CreateTaskGroupRequest(CreateTaskGroupReq(
+        src_node=TaskGroupSrcNode(cloud_type="Aliyun", region="cn-hangzhou", ak=seaweed_a.access_key,
+                                  sk=seaweed_a.secret_key, bucket=src, object_key=[""]),
+        dst_node=TaskGroupDstNode(ak=seaweed_b.access_key, sk=seaweed_b.secret_key, region=DST_REGION, bucket=dst),
+        smn_config=config))
+
+
+def test_a_topic_of_another_project_is_refused_at_creation(svc: FerryService, smn: SmnStandIn, bucket_factory: Any,
+                                                           seaweed_a: SeaweedServer, seaweed_b: SeaweedServer) -> None:
+    src, dst = bucket_factory(seaweed_a), bucket_factory(seaweed_b)
+    client = svc.client()
+    # The other tenant's project, and a project no tenant of this server has: neither is the caller's.
+    for project_id in (svc.other.project_id, SMN_PROJECT):
+        config = SmnConfig(topic_urn=topic(svc, "theirs").replace(svc.tenant.project_id, project_id),
+                           trigger_conditions=["SUCCESS", "FAILURE"])
+        for group in (False, True):
+            with pytest.raises(ClientRequestException) as info:
+                if group:
+                    client.create_task_group(_group_req(seaweed_a, src, seaweed_b, dst, config))
+                else:
+                    client.create_task(prefix_task(seaweed_a, src, seaweed_b, dst, smn_config=config))
+            assert (info.value.status_code, info.value.error_code) == (400, "OMS.0169")
+            assert "project" in info.value.error_msg and project_id not in info.value.error_msg
+
+
+def test_a_stored_task_with_another_projects_topic_does_not_publish(
+        svc: FerryService, smn: SmnStandIn, bucket_factory: Any, seaweed_a: SeaweedServer,
+        seaweed_b: SeaweedServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ferry.service import tasks
+
+    src, dst = bucket_factory(seaweed_a), bucket_factory(seaweed_b)
+    fill(seaweed_a, src, {"k": b"v"})
+    client = svc.client()
+    foreign = topic(svc, "victim").replace(svc.tenant.project_id, svc.other.project_id)
+    # A task stored before creation checked the topic's project: only the URN's shape was checked then.
+    monkeypatch.setattr(tasks, "check_smn", lambda config, *args: None)
+    created = client.create_task(prefix_task(seaweed_a, src, seaweed_b, dst, smn_config=SmnConfig(
+        topic_urn=foreign, trigger_conditions=["SUCCESS"])))
+    task, _ = wait_task(client, created.id, lambda t: t.status == 5 and t.smn_info is not None
+                        and (t.smn_info.notify_result or t.smn_info.notify_error_message))
+    assert (task.smn_info.notify_result, task.smn_info.notify_error_message) == (False, "OMS.0169")
+    assert [m for m in smn.published if m["topic"] == foreign] == []

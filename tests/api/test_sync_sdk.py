@@ -476,3 +476,115 @@ def test_secrets_are_encrypted_at_rest(sync_server: SyncLive, bucket_factory: Bu
     stored = row.secrets + row.spec.to_json() + repr(row)
     for secret in (live.src.secret_key, live.dst.secret_key, live.src.access_key, live.dst.access_key):
         assert secret not in stored
+
+
+def _raw(response: object) -> dict[str, object]:
+    raw: bytes = response.raw_content  # type: ignore[attr-defined]
+    return dict(json.loads(raw))
+
+
+def test_keys_and_buckets_are_checked_at_creation_and_start(sync_server: SyncLive,
+                                                            bucket_factory: BucketFactory) -> None:
+    live = sync_server
+    src, dst = _buckets(live, bucket_factory)
+    client = live.client(live.other)
+
+    def rejected(**changes: object) -> tuple[int, str, str]:
+        req = live.task_req(src, dst)
+        for name, value in changes.items():
+            setattr(req, name, value)
+        with pytest.raises(ClientRequestException) as exc:
+            client.create_sync_task(CreateSyncTaskRequest(body=req))
+        return exc.value.status_code, exc.value.error_code, exc.value.error_msg
+
+    wrong = "not-the-secret-key-0123456789"
+    for changes, code in (({"src_sk": wrong}, "OMS.0151"), ({"src_ak": "NOSUCHACCESSKEY"}, "OMS.0151"),
+                          ({"src_bucket": "no-such-source-bucket"}, "OMS.0155"), ({"dst_sk": wrong}, "OMS.0057"),
+                          ({"dst_bucket": "no-such-destination-bucket"}, "OMS.0058")):
+        status, error_code, msg = rejected(**changes)
+        assert (status, error_code) == (400, code), (changes, msg)
+        assert wrong not in msg and ("AK/SK" in msg or "bucket" in msg)
+    assert client.list_sync_tasks(ListSyncTasksRequest()).count == 0  # none of them was created
+
+    task_id = live.create_task(src, dst, tenant=live.other)
+    client.stop_sync_task(StopSyncTaskRequest(sync_task_id=task_id))
+    with pytest.raises(ClientRequestException) as exc:
+        client.start_sync_task(StartSyncTaskRequest(sync_task_id=task_id, body=StartSyncTaskReq(
+            src_ak=live.src.access_key, src_sk=wrong, dst_ak=live.dst.access_key, dst_sk=live.dst.secret_key)))
+    assert _error(exc) == (400, "OMS.0151")
+    shown = client.show_sync_task(ShowSyncTaskRequest(sync_task_id=task_id, query_time=_now_ms()))
+    assert shown.status == "STOPPED"
+
+
+def _wait_stopped(live: SyncLive, task_id: str) -> dict[str, object]:
+    """Until the workers stop the task; its raw show_sync_task answer."""
+    wait_for(lambda: live.client().show_sync_task(
+        ShowSyncTaskRequest(sync_task_id=task_id, query_time=_now_ms())).status == "STOPPED", 30, "task stopped")
+    return _raw(live.client().show_sync_task(ShowSyncTaskRequest(sync_task_id=task_id, query_time=_now_ms())))
+
+
+def test_a_destination_bucket_gone_stops_the_task_with_its_reason(sync_server: SyncLive,
+                                                                 bucket_factory: BucketFactory) -> None:
+    live = sync_server
+    src, dst = _buckets(live, bucket_factory)
+    task_id = live.create_task(src, dst)
+    live.wait_reconciled(task_id)
+    assert live.dst.request("DELETE", f"/{dst}")[0] == 204
+    put(live.src, src, "a.txt", b"abc")
+    _events(live, task_id, "a.txt")
+
+    shown = _wait_stopped(live, task_id)
+    reason = shown["error_reason"]
+    assert isinstance(reason, dict) and reason["error_code"] == "TRF.0058", shown
+    assert "destination" in str(reason["error_msg"]) and "NoSuchBucket" in str(reason["error_msg"])
+    assert shown["monthly_failure_object"] == 1  # the key it could not copy
+    listed = live.client().list_sync_tasks(ListSyncTasksRequest())
+    assert [t.status for t in listed.tasks if t.sync_task_id == task_id] == ["STOPPED"]
+    [info] = [t for t in _raw(listed)["tasks"] if t["sync_task_id"] == task_id]  # type: ignore[union-attr]
+    assert info["error_reason"] == reason
+    failed = _signed(live, "GET", f"/v2/{{project_id}}/sync-tasks/{task_id}/failed-objects").json()
+    assert [(o["key"], o["state"]) for o in failed["objects"]] == [("a.txt", "failed")]
+    assert "TRF.0058" in failed["objects"][0]["reason"]
+    with pytest.raises(ClientRequestException) as exc:
+        _events(live, task_id, "a.txt")  # a stopped task tells the sender at once
+    assert _error(exc) == (400, "OMS.0001")
+
+    # Fixed, and started again: the reason is gone and the failed key is copied.
+    live.dst.create_bucket(dst)
+    live.client().start_sync_task(StartSyncTaskRequest(sync_task_id=task_id, body=StartSyncTaskReq(
+        src_ak=live.src.access_key, src_sk=live.src.secret_key, dst_ak=live.dst.access_key,
+        dst_sk=live.dst.secret_key)))
+    again = _raw(live.client().show_sync_task(ShowSyncTaskRequest(sync_task_id=task_id, query_time=_now_ms())))
+    assert again["status"] == "SYNCHRONIZING" and "error_reason" not in again
+    wait_for(lambda: get(live.dst, dst, "a.txt") == b"abc", 30, "the failed key copied after the start")
+
+
+def test_a_source_bucket_gone_stops_the_task_at_reconciliation(sync_server: SyncLive,
+                                                              bucket_factory: BucketFactory) -> None:
+    live = sync_server
+    src, dst = _buckets(live, bucket_factory)
+    task_id = live.create_task(src, dst)
+    live.wait_reconciled(task_id)
+    assert live.src.request("DELETE", f"/{src}")[0] == 204
+    live.ctx.repo.request_reconcile(task_id)  # what the periodic pass does every reconcile_seconds
+    reason = _wait_stopped(live, task_id)["error_reason"]
+    assert isinstance(reason, dict) and reason["error_code"] == "TRF.0155", reason
+    assert str(reason["error_msg"]).startswith("source: ")
+
+
+def test_keys_that_stop_working_stop_the_task(sync_server: SyncLive, bucket_factory: BucketFactory) -> None:
+    from ferry.service.secrets import Secret
+    from ferry.service.sync import SyncCredentials
+
+    live = sync_server
+    src, dst = _buckets(live, bucket_factory)
+    task_id = live.create_task(src, dst)
+    live.client().stop_sync_task(StopSyncTaskRequest(sync_task_id=task_id))
+    # Started with keys that no longer work (rotated since, or stored before creation checked them).
+    wrong = "rotated-secret-key-0123456789"
+    sealed = SyncCredentials(live.src.access_key, Secret(wrong), live.dst.access_key,
+                             Secret(live.dst.secret_key)).seal(live.ctx.box)
+    assert live.ctx.repo.start_task(live.tenant.project_id, task_id, sealed, time.time())
+    reason = _wait_stopped(live, task_id)["error_reason"]
+    assert isinstance(reason, dict) and reason["error_code"] == "TRF.0151", reason
+    assert "SignatureDoesNotMatch" in str(reason["error_msg"]) and wrong not in json.dumps(reason)

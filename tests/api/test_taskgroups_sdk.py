@@ -40,13 +40,14 @@ from huaweicloudsdkoms.v2 import (
 from live_server import ShiftedClock, Tenant, build_services, oms_client, serve, stop
 
 from ferry.api.app import create_app
+from ferry.api.schemas import CreateTaskGroupReq as GroupReq
 from ferry.db.database import open_database
 from ferry.runner.groups import GroupRunner, GroupRunnerSettings, _Splitter
 from ferry.runner.local import LocalRunner, RunnerSettings
 from ferry.sandbox import SeaweedServer
-from ferry.service.groups import GroupContext, SplitSettings
+from ferry.service.groups import GroupContext, SplitSettings, create_task_group
 from ferry.service.secrets import SecretBox
-from ferry.service.tasks import TaskContext
+from ferry.service.tasks import TaskContext, TaskError, TaskLimits
 from pgdb import pg_database
 
 SRC_CLOUD, SRC_REGION, DST_REGION = "Aliyun", "cn-hangzhou", "cn-north-4"
@@ -66,6 +67,7 @@ class Env:
     data_dir: Path
     files: Path  # served over HTTP at `files_url`, an operator-allowed URL source
     files_url: str
+    gctx: GroupContext
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -105,7 +107,7 @@ def env(seaweed_a: SeaweedServer, seaweed_b: SeaweedServer, tmp_path_factory: py
     try:
         yield Env(tag, oms_client(running.url, tenant.ak, tenant.sk, tenant.project_id),
                   oms_client(running.url, other.ak, other.sk, other.project_id),
-                  seaweed_a, seaweed_b, runner, grunner, data_dir, files, files_url)
+                  seaweed_a, seaweed_b, runner, grunner, data_dir, files, files_url, gctx)
     finally:
         grunner.stop()
         runner.stop()
@@ -443,3 +445,34 @@ def test_url_list_group(env: Env) -> None:
     assert {t.task_type for t in tasks} == {"url_list"}
     for name in names:
         assert keys_body(env.dst, dst, f"web/{name}") == name.encode() * 10
+
+
+def test_group_creation_quota(env: Env) -> None:
+    # A project of its own, so that the groups of the other tests do not count.
+    fresh = Tenant()
+    tight = dataclasses.replace(env.gctx, limits=TaskLimits(created_per_day=2, waiting=100))
+    services = dataclasses.replace(build_services([fresh], ShiftedClock(), []), tasks=env.gctx.tasks, groups=tight)
+    running = serve(create_app(services))
+    try:
+        client = oms_client(running.url, fresh.ak, fresh.sk, fresh.project_id)
+        src = env.src.create_bucket(f"group-src-quota-{env.tag}")  # empty: each group fails with TRF.0012
+        dst = env.dst.create_bucket(f"group-dst-quota-{env.tag}")
+        made = [client.create_task_group(group_req(env, src, dst)).group_id for _ in range(2)]
+        err = fails(lambda: client.create_task_group(group_req(env, src, dst)), 400, "OMS.0077")
+        assert "task groups" in err.error_msg and "24 hours" in err.error_msg
+        for gid in made:
+            deadline = time.monotonic() + WAIT
+            while client.show_task_group(ShowTaskGroupRequest(group_id=gid)).status != 4:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            client.delete_task_group(DeleteTaskGroupRequest(group_id=gid))
+        # Deleting groups does not give the day's quota back.
+        fails(lambda: client.create_task_group(group_req(env, src, dst)), 400, "OMS.0077")
+    finally:
+        stop(running)
+    none_waiting = dataclasses.replace(env.gctx, limits=TaskLimits(created_per_day=100, waiting=0))
+    with pytest.raises(TaskError) as info:
+        create_task_group(none_waiting, Tenant().project_id, GroupReq.model_validate({
+            "src_node": {"cloud_type": SRC_CLOUD, "region": SRC_REGION, "ak": "ak", "sk": "sk", "bucket": "any"},
+            "dst_node": {"ak": "ak", "sk": "sk", "region": DST_REGION, "bucket": "any"}}))
+    assert (info.value.status, info.value.oms_code) == (400, "OMS.0077") and "waiting" in info.value.message

@@ -883,6 +883,7 @@ class _SyncTaskCommon(ResponseModel):
     enable_metadata_migration: bool | None = None
     enable_restore: bool | None = None
     app_id: str | None = None
+    error_reason: ErrorReasonResp | None = None  # Ferry's: why a STOPPED task was stopped by its failure
 
 
 class SyncTaskInfo(_SyncTaskCommon):

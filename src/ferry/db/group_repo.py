@@ -114,6 +114,18 @@ class GroupRepo:
             count = conn.execute(select(func.count()).select_from(g).where(*cond)).scalar_one()
         return rows, int(count)
 
+    def count_created_since(self, project_id: str, since: float) -> int:
+        # Deleted groups count: deleting must not reset the daily quota.
+        q = select(func.count()).select_from(g).where(g.c.project_id == project_id, g.c.created_at >= since)
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def count_status(self, project_id: str, status: int) -> int:
+        q = select(func.count()).select_from(g).where(
+            g.c.project_id == project_id, g.c.status == status, g.c.deleted_at.is_(None))
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
     def transition(self, group_id: str, allowed: Collection[int], values: Mapping[str, Any], *,
                    project_id: str | None = None) -> bool:
         """Apply `values` only if the group exists (not deleted) and its status is in `allowed`."""

@@ -60,6 +60,8 @@ CREATE TABLE sync_tasks (
 	reconcile_owner VARCHAR(128), 
 	reconcile_lease_until FLOAT, 
 	last_error TEXT, 
+	error_code VARCHAR(16), 
+	error_msg TEXT, 
 	notify_token_hash VARCHAR(64), 
 	CONSTRAINT pk_sync_tasks PRIMARY KEY (id), 
 	CONSTRAINT uq_sync_tasks_notify_token_hash UNIQUE (notify_token_hash)
@@ -210,6 +212,8 @@ CREATE TABLE sync_events (
 CREATE INDEX ix_sync_events_due ON sync_events (state, next_attempt_at);
 
 CREATE INDEX ix_sync_events_owner ON sync_events (lease_owner);
+
+CREATE INDEX ix_sync_events_task_state ON sync_events (task_id, state);
 
 CREATE TABLE sync_stats (
 	task_id VARCHAR(36) NOT NULL, 

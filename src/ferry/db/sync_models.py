@@ -31,6 +31,10 @@ sync_tasks = Table(
     Column("reconcile_owner", String(128), nullable=True),
     Column("reconcile_lease_until", Float, nullable=True),
     Column("last_error", Text, nullable=True),
+    # Why the workers stopped the task (its keys or a bucket no longer work): a TRF code and a message naming
+    # the side and the store's answer; cleared when the task is started again.
+    Column("error_code", String(16), nullable=True),
+    Column("error_msg", Text, nullable=True),
     # SHA-256 (hex) of the per-task notification token; the token itself is shown once and never stored.
     Column("notify_token_hash", String(64), nullable=True, unique=True),
 )
@@ -55,6 +59,8 @@ sync_events = Table(
     Column("updated_at", Float, nullable=False),
 )
 Index("ix_sync_events_due", sync_events.c.state, sync_events.c.next_attempt_at)
+# Pending keys per task (and, through the tasks, per project): the event limits count them.
+Index("ix_sync_events_task_state", sync_events.c.task_id, sync_events.c.state)
 Index("ix_sync_events_owner", sync_events.c.lease_owner)
 
 # Per-task counters in STAT_BUCKET_SECONDS buckets (bucket_start = epoch seconds, a multiple of the width).

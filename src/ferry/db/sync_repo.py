@@ -12,23 +12,26 @@ import fcntl
 import json
 import os
 import threading
+import time
 import weakref
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from sqlalchemy import (
     Connection,
     Engine,
     Integer,
+    Select,
     and_,
     bindparam,
     case,
     delete,
     func,
     insert,
+    literal,
     or_,
     select,
     text,
@@ -37,6 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ferry.db.sync_models import STAT_BUCKET_SECONDS, sync_events, sync_stats, sync_tasks
+from ferry.errors import UsageError
 
 SYNCHRONIZING = "SYNCHRONIZING"
 STOPPED = "STOPPED"
@@ -94,6 +98,8 @@ class SyncTaskRow:
     last_start_at: float = 0.0
     reconciled_at: float | None = None
     last_error: str | None = None
+    error_code: str | None = None  # why the workers stopped it (with error_msg), until it is started again
+    error_msg: str | None = None
 
     def __repr__(self) -> str:
         # The token is ciphertext, but there is no reason to spread it through logs either.
@@ -149,6 +155,26 @@ class KeyProblem:
 STAT_COLUMNS = ("request", "success", "failure", "skip", "size")
 
 
+@dataclass(frozen=True, slots=True)
+class PendingLimits:
+    """At most this many pending keys per sync task and per project (events a caller may queue)."""
+
+    per_task: int
+    per_project: int
+
+
+class QueueFullError(UsageError):
+    """Accepting the keys would take the task's or the project's pending events past its limit."""
+
+    code = "FERRY.0429"
+
+    def __init__(self, scope: str, limit: int) -> None:
+        super().__init__(f"a {scope} may have at most {limit} pending events and these would take it past "
+                         "that; retry once some are synced")
+        self.scope = scope
+        self.limit = limit
+
+
 @dataclass(slots=True)
 class _PendingEvents:
     """One create_sync_events call waiting for the group commit that will carry it."""
@@ -157,9 +183,67 @@ class _PendingEvents:
     keys: list[str]  # distinct keys
     received: int  # keys as sent, repeats included (REQUEST counts what was received)
     now: float
+    limits: PendingLimits | None = None
     done: bool = False
     error: BaseException | None = None
 
+
+class _Room:
+    """Pending keys per task and per project, for the event limits: counted at most once a second (the
+    count reads an index range as long as the queue) and, in between, the last count plus every key admitted
+    since. Keys the workers finish only make that estimate high, so it never lets a queue past its limit;
+    a refusal waits at most a second to see the room they made. Used under the repo's commit lock."""
+
+    REFRESH_SECONDS: Final = 1.0
+    _FORGET_AFTER: Final = 10_000  # entries of deleted tasks are dropped now and then
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._owner: dict[str, str | None] = {}
+        self._counts: dict[tuple[str, str], tuple[int, float]] = {}  # (scope, id) -> (estimate, counted at)
+
+    def admit(self, conn: Connection, item: _PendingEvents) -> bool:
+        """True when the item's keys fit (they are then counted); else False, with `item.error` set."""
+        limits = item.limits
+        if limits is None:
+            return True
+        e, t = sync_events, sync_tasks
+        if len(self._owner) > self._FORGET_AFTER:
+            self._owner.clear()
+            self._counts.clear()
+        if item.task_id not in self._owner:
+            self._owner[item.task_id] = conn.execute(select(t.c.project_id).where(t.c.id == item.task_id)).scalar()
+        project = self._owner[item.task_id]
+        if project is None:
+            return True  # the task is gone: writing its events fails the way it always did
+        n = len(item.keys)
+        scopes = (
+            (("task", item.task_id), limits.per_task, "sync task",
+             select(literal(1)).select_from(e).where(e.c.task_id == item.task_id, e.c.state == PENDING)),
+            (("project", project), limits.per_project, "project",
+             # IN rather than a join, so that the (task_id, state) index serves each of the project's tasks.
+             select(literal(1)).select_from(e).where(
+                 e.c.task_id.in_(select(t.c.id).where(t.c.project_id == project)), e.c.state == PENDING)),
+        )
+        now = self._clock()
+        estimates = []
+        for scope, limit, name, rows in scopes:
+            estimate, counted = self._counts.get(scope, (0, -self.REFRESH_SECONDS))
+            if now - counted >= self.REFRESH_SECONDS:
+                estimate, counted = _count_upto(conn, rows, limit + 1), now
+                self._counts[scope] = (estimate, counted)
+            if estimate + n > limit:
+                item.error = QueueFullError(name, limit)
+                return False
+            estimates.append((scope, estimate, counted))
+        for scope, estimate, counted in estimates:
+            self._counts[scope] = (estimate + n, counted)
+        return True
+
+
+def _count_upto(conn: Connection, rows: Select[Any], cap: int) -> int:
+    """How many rows `rows` has, counting no further than `cap` (enough to compare with a limit)."""
+    return int(conn.execute(select(func.count()).select_from(rows.limit(cap).subquery())).scalar_one())
 
 
 class _Statements:
@@ -277,7 +361,7 @@ def _row(r: Any) -> SyncTaskRow:
     return SyncTaskRow(
         id=r.id, project_id=r.project_id, status=r.status, spec=SyncTaskSpec.from_json(r.spec),
         secrets=r.secrets, generation=r.generation, created_at=r.created_at, last_start_at=r.last_start_at,
-        reconciled_at=r.reconciled_at, last_error=r.last_error,
+        reconciled_at=r.reconciled_at, last_error=r.last_error, error_code=r.error_code, error_msg=r.error_msg,
     )
 
 
@@ -296,6 +380,7 @@ class SyncRepo:
         self._commit_lock: AbstractContextManager[Any] = (
             _sqlite_write_lock(engine) if self._sqlite else threading.Lock()
         )
+        self._room = _Room()
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
@@ -382,6 +467,19 @@ class SyncRepo:
             )
             return bool(res.rowcount)
 
+    def fail_task(self, task_id: str, generation: int, code: str, message: str, now: float) -> bool:
+        """SYNCHRONIZING -> STOPPED because the task as a whole cannot work, with the reason; only the
+        generation that failed (a task started meanwhile with other keys goes on). Pending events are kept."""
+        with self._begin() as conn:
+            res = conn.execute(
+                update(sync_tasks)
+                .where(sync_tasks.c.id == task_id, sync_tasks.c.generation == generation,
+                       sync_tasks.c.status == SYNCHRONIZING)
+                .values(status=STOPPED, generation=sync_tasks.c.generation + 1, updated_at=now,
+                        reconcile_owner=None, reconcile_lease_until=None, error_code=code, error_msg=message)
+            )
+            return bool(res.rowcount)
+
     def start_task(self, project_id: str, task_id: str, secrets: str, now: float) -> bool:
         """STOPPED -> SYNCHRONIZING with fresh credentials; False when the task is not STOPPED.
 
@@ -394,7 +492,8 @@ class SyncRepo:
                 .where(sync_tasks.c.id == task_id, sync_tasks.c.project_id == project_id,
                        sync_tasks.c.status == STOPPED)
                 .values(status=SYNCHRONIZING, secrets=secrets, generation=sync_tasks.c.generation + 1,
-                        last_start_at=now, updated_at=now, reconciled_at=None, last_error=None)
+                        last_start_at=now, updated_at=now, reconciled_at=None, last_error=None, error_code=None,
+                        error_msg=None)
             )
             if not res.rowcount:
                 return False
@@ -441,15 +540,18 @@ class SyncRepo:
         return _row(r) if r is not None else None
 
     # -- the event queue -----------------------------------------------------------------------------
-    def enqueue(self, task_id: str, keys: Sequence[str], now: float, *, durable: bool = True) -> None:
+    def enqueue(self, task_id: str, keys: Sequence[str], now: float, *, durable: bool = True,
+                limits: PendingLimits | None = None) -> None:
         """Record events for `keys` (one row per key, coalesced) and count them as REQUEST; returns once they
         are committed.
 
         With `durable`, SQLite syncs the commit to disk (synchronous=FULL), so an acknowledged event survives
         even a power cut, not only a process crash. That sync costs milliseconds, so concurrent callers share
         it (group commit): whoever gets the write lock commits every request waiting at that moment.
+        With `limits`, keys that would take the task's or its project's pending events past them are refused
+        (QueueFullError), all of them: a caller learns that none was queued. A key already pending counts too.
         """
-        item = _PendingEvents(task_id, list(dict.fromkeys(keys)), len(keys), now)
+        item = _PendingEvents(task_id, list(dict.fromkeys(keys)), len(keys), now, limits)
         with self._pending_guard:
             self._pending.append(item)
         with self._commit_lock:
@@ -460,11 +562,12 @@ class SyncRepo:
         if item.error is not None:
             raise item.error
 
-    def enqueue_batch(self, requests: Sequence[tuple[str, Sequence[str]]], now: float, *, durable: bool = True
-                      ) -> list[BaseException | None]:
+    def enqueue_batch(self, requests: Sequence[tuple[str, Sequence[str]]], now: float, *, durable: bool = True,
+                      limits: PendingLimits | None = None) -> list[BaseException | None]:
         """`enqueue` for several requests at once (task id, keys), in one durable commit; one outcome per
         request: None when its events are committed, else the error that refused them alone."""
-        items = [_PendingEvents(task_id, list(dict.fromkeys(keys)), len(keys), now) for task_id, keys in requests]
+        items = [_PendingEvents(task_id, list(dict.fromkeys(keys)), len(keys), now, limits)
+                 for task_id, keys in requests]
         with self._commit_lock:
             with self._pending_guard:
                 # Requests that came through `enqueue` meanwhile ride along (their callers wait on this lock).
@@ -482,16 +585,19 @@ class SyncRepo:
                 try:
                     self._immediate(conn)
                     for item in batch:
-                        self._write_events(conn, item)
+                        if self._room.admit(conn, item):
+                            self._write_events(conn, item)
                     conn.commit()
                 except Exception:
                     conn.rollback()
                     # One bad request (its task deleted a moment ago, say) must not fail the others: retry
                     # them one by one, each in its own transaction.
                     for item in batch:
+                        item.error = None
                         try:
                             self._immediate(conn)
-                            self._write_events(conn, item)
+                            if self._room.admit(conn, item):
+                                self._write_events(conn, item)
                             conn.commit()
                         except Exception as exc:
                             conn.rollback()

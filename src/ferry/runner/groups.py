@@ -265,7 +265,7 @@ class GroupRunner:
                 name=row.id, succeeded=succeeded, started_at=row.started_at,
                 seconds=end - row.started_at if row.started_at else 0.0, bytes_done=complete_size,
                 src_bucket=row.src_spec.get("bucket"), dst_bucket=row.dst_spec["bucket"],
-                list_file=row.src_spec.get("list_file")))
+                list_file=row.src_spec.get("list_file")), project_id=row.project_id)
         self.repo.transition(group_id, (row.status,), {"smn_result": outcome.to_json()})
 
     def _stats(self, rows: list[GroupRow]) -> dict[str, Any]:

@@ -498,7 +498,8 @@ class LocalRunner:
             outcome = smn.notify(config, smn.template_values(
                 name=row.name, succeeded=succeeded, started_at=row.started_at, seconds=row.elapsed,
                 bytes_done=row.complete_size, src_bucket=row.src_spec.get("bucket"),
-                dst_bucket=row.dst_spec["bucket"], list_file=row.src_spec.get("list_file"), records=row.records))
+                dst_bucket=row.dst_spec["bucket"], list_file=row.src_spec.get("list_file"), records=row.records),
+                project_id=row.project_id)
         self.tasks.transition(task_id, None, (row.status,), {"smn_result": outcome.to_json()})
 
     def _settle_status(self, row: TaskRow, counters: Counters, started: float, outcome: str,

@@ -14,6 +14,12 @@ FERRY_SYNC_LEASE_SECONDS (60), FERRY_SYNC_MAX_ATTEMPTS (8), FERRY_SYNC_RETRY_BAS
 FERRY_SYNC_RETRY_MAX_SECONDS (300), FERRY_SYNC_RESTORE_POLL_SECONDS (600), FERRY_SYNC_POLL_SECONDS (1),
 FERRY_NODE_ID (host name).
 
+When the task as a whole stops working (its keys are refused, a bucket is gone, a listing is denied: the
+failures a migration task reports as TRF.0151/0152/0155/0051/0057/0058), a key or a reconciliation that meets
+it has one object of each bucket listed to confirm it, and the task is stopped with that reason: the API shows
+it as STOPPED with `error_reason`, and starting it again with working keys resumes it (its pending keys, and
+those that failed meanwhile, are retried). A failure only one object meets leaves the task running.
+
 The runner never sees credentials: it is handed an opener that turns a task row into its two backends.
 """
 
@@ -44,6 +50,7 @@ from ferry.engine.copier import Copier, CopyOptions
 from ferry.engine.planner import Copy, Fail, Planner
 from ferry.errors import (
     ArchivedObjectError,
+    FatalError,
     FerryError,
     NotFoundError,
     SourceChangedError,
@@ -51,6 +58,7 @@ from ferry.errors import (
     VerificationError,
 )
 from ferry.objects import ObjectInfo
+from ferry.runner.local import TaskFailure, failure_for
 from ferry.storage.base import Backend
 from ferry.storage.wrappers import RetryingBackend
 
@@ -62,9 +70,13 @@ _MD5_ETAG: Final = re.compile(r"^[0-9a-f]{32}$")
 _SOURCE_CHANGE_ATTEMPTS: Final = 3
 _RESTORE_DAYS: Final = 1
 _REASON_MAX: Final = 1024
+_PROBE_SECONDS: Final = 5.0
+# failure_for's code for a fatal refusal that names no cause of the task's (a TLS or connection failure...).
+_NO_TASK_CAUSE: Final = "TRF.0001"
 
 
-def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
+def env_number(env: Mapping[str, str], name: str, default: float) -> float:
+    """The non-negative number of the environment variable `name`, or `default` when it is unset or blank."""
     raw = env.get(name)
     if raw is None or not raw.strip():
         return default
@@ -107,18 +119,18 @@ class SyncSettings:
         env = os.environ if environ is None else environ
         d = cls()
         return cls(
-            reconcile_seconds=_env_float(env, "FERRY_SYNC_RECONCILE_SECONDS", d.reconcile_seconds),
+            reconcile_seconds=env_number(env, "FERRY_SYNC_RECONCILE_SECONDS", d.reconcile_seconds),
             propagate_deletes=_env_bool(env, "FERRY_SYNC_PROPAGATE_DELETES"),
-            delete_cap=int(_env_float(env, "FERRY_SYNC_DELETE_CAP", d.delete_cap)),
-            concurrency=max(1, int(_env_float(env, "FERRY_SYNC_CONCURRENCY", d.concurrency))),
-            reconcile_concurrency=max(1, int(_env_float(env, "FERRY_SYNC_RECONCILE_CONCURRENCY",
+            delete_cap=int(env_number(env, "FERRY_SYNC_DELETE_CAP", d.delete_cap)),
+            concurrency=max(1, int(env_number(env, "FERRY_SYNC_CONCURRENCY", d.concurrency))),
+            reconcile_concurrency=max(1, int(env_number(env, "FERRY_SYNC_RECONCILE_CONCURRENCY",
                                                         d.reconcile_concurrency))),
-            lease_seconds=max(1.0, _env_float(env, "FERRY_SYNC_LEASE_SECONDS", d.lease_seconds)),
-            max_attempts=max(1, int(_env_float(env, "FERRY_SYNC_MAX_ATTEMPTS", d.max_attempts))),
-            retry_base_seconds=_env_float(env, "FERRY_SYNC_RETRY_BASE_SECONDS", d.retry_base_seconds),
-            retry_max_seconds=_env_float(env, "FERRY_SYNC_RETRY_MAX_SECONDS", d.retry_max_seconds),
-            restore_poll_seconds=_env_float(env, "FERRY_SYNC_RESTORE_POLL_SECONDS", d.restore_poll_seconds),
-            poll_seconds=max(0.01, _env_float(env, "FERRY_SYNC_POLL_SECONDS", d.poll_seconds)),
+            lease_seconds=max(1.0, env_number(env, "FERRY_SYNC_LEASE_SECONDS", d.lease_seconds)),
+            max_attempts=max(1, int(env_number(env, "FERRY_SYNC_MAX_ATTEMPTS", d.max_attempts))),
+            retry_base_seconds=env_number(env, "FERRY_SYNC_RETRY_BASE_SECONDS", d.retry_base_seconds),
+            retry_max_seconds=env_number(env, "FERRY_SYNC_RETRY_MAX_SECONDS", d.retry_max_seconds),
+            restore_poll_seconds=env_number(env, "FERRY_SYNC_RESTORE_POLL_SECONDS", d.restore_poll_seconds),
+            poll_seconds=max(0.01, env_number(env, "FERRY_SYNC_POLL_SECONDS", d.poll_seconds)),
             node_id=env.get("FERRY_NODE_ID") or d.node_id,
         )
 
@@ -196,6 +208,9 @@ class _Runtime:
         self._copiers: dict[str | None, Copier] = {}
         self.users = 0
         self.retired = False
+        # The last check of whether the task as a whole works (see SyncWorkers._task_failure), and when.
+        self.probe: asyncio.Future[TaskFailure | None] | None = None
+        self.probed_at = 0.0
 
     def copier(self, source_class: str | None) -> Copier:
         storage_class = _storage_class(self.policy, source_class)
@@ -236,6 +251,17 @@ class _GiveUp(Exception):
 def _reason(exc: BaseException) -> str:
     text = exc.message if isinstance(exc, FerryError) else f"{type(exc).__name__}: {exc}"
     return text[:_REASON_MAX]
+
+
+async def _list_one(backend: Backend) -> None:
+    """List the first object of the bucket (or none): proof that the keys work and the bucket is there."""
+    listing = backend.list()
+    try:
+        await anext(listing, None)
+    finally:
+        aclose = getattr(listing, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 class SyncWorkers:
@@ -477,6 +503,8 @@ class SyncWorkers:
             raise _GiveUp("the source object does not exist") from None
         except UsageError as exc:
             raise _GiveUp(_reason(exc)) from None
+        except FatalError as exc:
+            raise await self._fatal(rt, exc) from None
         except FerryError as exc:
             raise _Retry(_reason(exc)) from None
         if listed is None:
@@ -529,9 +557,55 @@ class SyncWorkers:
                 raise _GiveUp("the source object does not exist") from None
             except UsageError as exc:
                 raise _GiveUp(_reason(exc)) from None
+            except FatalError as exc:
+                raise await self._fatal(rt, exc) from None
             except FerryError as exc:
                 raise _Retry(_reason(exc)) from None
         raise _Retry("the source kept changing during the copy")
+
+    # -- failures of the task as a whole -----------------------------------------------------------------------
+    async def _fatal(self, rt: _Runtime, exc: FatalError) -> _GiveUp | _Retry:
+        """What becomes of a key that met a fatal store error: when the task as a whole fails, the key fails
+        with the task's reason (it is retried when the task is started again) and the task stops; when only
+        this object is refused, it is retried as before."""
+        failure = await self._task_failure(rt)
+        if failure is None:
+            return _Retry(_reason(exc))
+        await self._stop_failed(rt, failure)
+        return _GiveUp(f"the sync task stopped: {failure.code} {failure.message}"[:_REASON_MAX])
+
+    async def _task_failure(self, rt: _Runtime) -> TaskFailure | None:
+        """Whether the task's keys and buckets work, by listing one object on each side; one check at a time
+        per task, and its answer reused for _PROBE_SECONDS, so a burst of failing keys costs one check."""
+        now = time.monotonic()
+        if rt.probe is None or (rt.probe.done() and now - rt.probed_at >= _PROBE_SECONDS):
+            rt.probed_at = now
+            rt.probe = asyncio.ensure_future(self._probe(rt))
+        return await asyncio.shield(rt.probe)
+
+    @staticmethod
+    async def _probe(rt: _Runtime) -> TaskFailure | None:
+        for side, backend in (("source", rt.src), ("destination", rt.dst)):
+            try:
+                await _list_one(backend)
+            except FatalError as exc:
+                failure = failure_for(side, exc)
+                if failure.code != _NO_TASK_CAUSE:
+                    return failure
+            except Exception:
+                # Unreachable or busy for now (or a fault of ours, logged): no verdict on the keys or the bucket.
+                log.debug("sync %s: checking the %s bucket failed", rt.row.id, side, exc_info=True)
+                continue
+        return None
+
+    async def _stop_failed(self, rt: _Runtime, failure: TaskFailure) -> None:
+        if rt.retired:
+            return  # stopped (or started with other keys) meanwhile
+        if await asyncio.to_thread(self.repo.fail_task, rt.row.id, rt.row.generation, failure.code,
+                                   failure.message, self.clock()):
+            log.warning("sync %s: stopped: %s %s", rt.row.id, failure.code, failure.message)
+        if self._tasks_changed is not None:
+            self._tasks_changed.set()  # retire the runtime now rather than at the next refresh
 
     def _record(self, outcome: EventOutcome) -> None:
         self._outcomes.append(outcome)
@@ -581,9 +655,16 @@ class SyncWorkers:
             async with self._using(row.id) as rt:
                 if rt is None:
                     return
-                copied, failed = await self._reconcile_copies(rt)
-                if self.settings.propagate_deletes:
-                    deleted, error = await self._reconcile_deletes(rt)
+                try:
+                    copied, failed = await self._reconcile_copies(rt)
+                    if self.settings.propagate_deletes:
+                        deleted, error = await self._reconcile_deletes(rt)
+                except FatalError:
+                    # A listing refused: the task as a whole may have stopped working (keys, bucket).
+                    failure = await self._task_failure(rt)
+                    if failure is not None:
+                        await self._stop_failed(rt, failure)
+                    raise
         except asyncio.CancelledError:
             error = "interrupted"
             raise

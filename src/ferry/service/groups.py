@@ -47,7 +47,7 @@ from ferry.db.task_repo import FAILED, PAUSED, PAUSING, RETRYING, RUNNING, SUCCE
 from ferry.errors import UsageError
 from ferry.service import endpoints, tasks
 from ferry.service.secrets import Secret
-from ferry.service.tasks import TaskCodes, TaskContext, TaskError, check_smn, smn_resp
+from ferry.service.tasks import TaskCodes, TaskContext, TaskError, TaskLimits, check_smn, smn_resp
 from ferry.storage.profiles import get_profile
 
 LIST_DIR: Final = "oms/taskgroup"
@@ -90,11 +90,12 @@ def _noop() -> None:
 @dataclass(frozen=True)
 class GroupContext:
     """What group operations need: the task context (database, secret box, overrides, task runner doorbell),
-    how to split, and the group runner's doorbell."""
+    how to split, the group runner's doorbell, and the quota of groups (created per 24 h, waiting)."""
 
     tasks: TaskContext
     split: SplitSettings = field(default_factory=SplitSettings.from_env)
     notify: Callable[[], None] = _noop
+    limits: TaskLimits = field(default_factory=TaskLimits)
 
     @property
     def repo(self) -> GroupRepo:
@@ -160,7 +161,7 @@ def create_task_group(ctx: GroupContext, project_id: str, req: s.CreateTaskGroup
     reason = _unsupported(req)
     if reason:
         raise TaskError.invalid(reason)
-    check_smn(req.smn_config)
+    check_smn(req.smn_config, project_id)
     src, dst = req.src_node, req.dst_node
     dst_ep = _resolve(ctx, s.CloudType.HUAWEICLOUD.value, dst.region, destination=True)
     _check_bucket(dst_ep.profile, dst.bucket, "dst_node.bucket")
@@ -173,6 +174,7 @@ def create_task_group(ctx: GroupContext, project_id: str, req: s.CreateTaskGroup
     if src.list_file is not None:
         _check_bucket(dst_ep.profile, src.list_file.obs_bucket, "src_node.list_file.obs_bucket")
     now = time.time()
+    tasks.check_quota(ctx.repo, ctx.limits, project_id, now, waiting_status=G_WAITING, what="task groups")
     group_id = str(uuid.uuid4())
     ctx.repo.insert({
         "id": group_id, "project_id": project_id, "status": G_WAITING, "description": req.description or "",

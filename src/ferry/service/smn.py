@@ -5,6 +5,10 @@ OMS publishes with its own service identity; a self-hosted Ferry publishes with 
 is `https://smn.<region>.myhuaweicloud.com` unless `FERRY_ENDPOINT_OVERRIDES` has an `"SMN/<region>"` entry.
 A message is sent at most once per finished run, when the final status is one of the trigger conditions; the
 outcome (sent, or the error code of the failure) is what the API reports as `smn_info`.
+
+Since the operator's keys may reach the topics of other projects too, a task may only name a topic of its own
+project (the URN's `<project_id>`): checked when the task is created and again before every publish, so a task
+stored before that check existed cannot publish across projects either.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_NoRedirect)
 NOT_CONFIGURED = "FERRY.SMN_NOT_CONFIGURED"
 UNREACHABLE = "FERRY.SMN_UNREACHABLE"
+# OMS's code for an SMN topic it will not use; what a publish that never went out reports for a bad topic.
+INVALID_TOPIC = "OMS.0169"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +61,14 @@ class Topic:
         if m is None:
             raise UsageError("smn_config.topic_urn must look like urn:smn:<region>:<project_id>:<topic_name>")
         return cls(urn, m.group(1), m.group(2), m.group(3))
+
+
+def project_topic(urn: str, project_id: str) -> Topic:
+    """The topic `urn` names, if it is one of `project_id`'s; UsageError otherwise (the message names no project)."""
+    topic = Topic.parse(urn)
+    if topic.project_id != project_id.lower():
+        raise UsageError("smn_config.topic_urn must name a topic of your own project")
+    return topic
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,17 +152,18 @@ def due(config: dict[str, Any] | None, succeeded: bool) -> bool:
     return ("SUCCESS" if succeeded else "FAILURE") in (config.get("trigger_conditions") or [])
 
 
-def notify(config: dict[str, Any], values: dict[str, str], settings: SmnSettings | None = None,
+def notify(config: dict[str, Any], values: dict[str, str], *, project_id: str, settings: SmnSettings | None = None,
            overrides: dict[str, str] | None = None) -> Outcome:
-    """Publish one message (blocking, bounded by the timeout); every failure becomes an error code, never raised."""
+    """Publish one message for a task or group of `project_id` (blocking, bounded by the timeout); every failure
+    becomes an error code, never raised."""
     settings = settings or SmnSettings.from_env()
     if not settings.access_key or not settings.secret_key:
         return Outcome(False, NOT_CONFIGURED)
     try:
-        topic = Topic.parse(str(config.get("topic_urn", "")))
+        topic = project_topic(str(config.get("topic_urn", "")), project_id)
         base = endpoint(topic.region, overrides)
     except UsageError:
-        return Outcome(False, "OMS.0169")
+        return Outcome(False, INVALID_TOPIC)
     path = f"/v2/{topic.project_id}/notifications/topics/{quote(topic.urn, safe='')}/publish"
     body = json.dumps(publish_body(config, values), ensure_ascii=False).encode("utf-8")
     parts = urlsplit(base)

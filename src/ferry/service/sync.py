@@ -39,7 +39,10 @@ from ferry.db.sync_repo import (
 )
 from ferry.errors import NotFoundError, UsageError
 from ferry.runner.sync import SyncBackground, SyncSettings, SyncWaker, SyncWorkers
+from ferry.service import buckets
+from ferry.service.buckets import CloudAccess, HelperSettings
 from ferry.service.endpoints import resolve, resolve_known
+from ferry.service.quotas import EventLimits, RateLimitedError, RateLimiter
 from ferry.service.secrets import Secret, SecretBox, reveal
 from ferry.storage.base import Backend, ListOrder
 from ferry.storage.profiles import get_profile
@@ -124,7 +127,8 @@ def _no_wake() -> None:
 
 @dataclass(frozen=True)
 class SyncContext:
-    """What the sync service functions need: the database, the secret box, and a way to wake the workers.
+    """What the sync service functions need: the database, the secret box, a way to wake the workers, and
+    the caps on what callers may queue (by default from the environment, see `ferry.service.quotas`).
 
     `wake` is called (from any thread) after events are committed, so an idle worker starts at once instead
     of at its next poll. `clock` gives epoch seconds.
@@ -134,12 +138,17 @@ class SyncContext:
     box: SecretBox
     wake: Callable[[], None] = _no_wake
     clock: Callable[[], float] = time.time
+    limits: EventLimits = field(default_factory=EventLimits.from_env)
+    # Where creation checks the keys and buckets: the operator's endpoint table, read on each call.
+    access: HelperSettings = field(default_factory=HelperSettings)
     repo: SyncRepo = field(init=False)
     committer: EventCommitter = field(init=False)
+    notify_rate: RateLimiter = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "repo", SyncRepo(self.engine))
         object.__setattr__(self, "committer", EventCommitter(self))
+        object.__setattr__(self, "notify_rate", RateLimiter(self.limits.notify_rate, self.limits.notify_burst))
 
 
 # Embedded mode runs one process; the database enforces the quota for PostgreSQL, this lock for threads.
@@ -244,17 +253,44 @@ def _task(ctx: SyncContext, project_id: str, task_id: str) -> SyncTaskRow:
     return row
 
 
-def create_sync_task(ctx: SyncContext, project_id: str, spec: SyncTaskSpec, creds: SyncCredentials) -> str:
-    """Create a task in SYNCHRONIZING; its first reconciliation (the initial full copy) starts at once."""
-    spec = validate_spec(spec)
-    _check_credentials(creds)
+async def check_access(ctx: SyncContext, spec: SyncTaskSpec, creds: SyncCredentials) -> None:
+    """List one object of each bucket with the task's keys, as OMS checks them at creation: bad keys, a
+    missing bucket or a missing permission is refused now (HelperError with the OMS code the bucket helpers
+    answer: OMS.0151/0155 source, OMS.0057/0058 destination...) rather than failing every event later."""
+    src = CloudAccess(spec.src_cloud_type, creds.src_ak, creds.src_sk, spec.app_id)
+    dst = CloudAccess(spec.dst_cloud_type, creds.dst_ak, creds.dst_sk, destination=True)
+    await buckets.check_prefix(src, spec.src_region, spec.src_bucket, "", ctx.access)
+    await buckets.check_prefix(dst, spec.dst_region, spec.dst_bucket, "", ctx.access)
+
+
+def _quota_exceeded() -> QuotaExceededError:
+    return QuotaExceededError(f"a project can have at most {MAX_SYNC_TASKS} sync tasks")
+
+
+def _check_room(ctx: SyncContext, project_id: str) -> None:
+    if ctx.repo.count_tasks(project_id) >= MAX_SYNC_TASKS:
+        raise _quota_exceeded()
+
+
+def _insert_task(ctx: SyncContext, project_id: str, spec: SyncTaskSpec, creds: SyncCredentials) -> str:
     sealed = creds.seal(ctx.box)
     task_id = str(uuid.uuid4())
     with _create_lock:
         if not ctx.repo.create_task(task_id, project_id, spec, sealed, ctx.clock(), MAX_SYNC_TASKS):
-            raise QuotaExceededError(f"a project can have at most {MAX_SYNC_TASKS} sync tasks")
+            raise _quota_exceeded()
     ctx.wake()
     return task_id
+
+
+async def create_sync_task(ctx: SyncContext, project_id: str, spec: SyncTaskSpec, creds: SyncCredentials) -> str:
+    """Create a task in SYNCHRONIZING once its keys and buckets proved to work; its first reconciliation
+    (the initial full copy) starts at once."""
+    spec = validate_spec(spec)
+    _check_credentials(creds)
+    # A full project is told so before the stores are asked (the insert checks the quota again, atomically).
+    await asyncio.to_thread(_check_room, ctx, project_id)
+    await check_access(ctx, spec, creds)
+    return await asyncio.to_thread(_insert_task, ctx, project_id, spec, creds)
 
 
 def list_sync_tasks(
@@ -294,18 +330,22 @@ def dst_kms_key(spec: SyncTaskSpec) -> str | None:
     return spec.dst_kms_key_id if spec.dst_crypto_type == "KMS" else None
 
 
-def start_sync_task(ctx: SyncContext, project_id: str, task_id: str, creds: SyncCredentials,
-                    dst_kms_key_id: str | None = None) -> None:
-    """Restart a STOPPED task with re-supplied credentials; it reconciles at once to catch up.
+async def start_sync_task(ctx: SyncContext, project_id: str, task_id: str, creds: SyncCredentials,
+                          dst_kms_key_id: str | None = None) -> None:
+    """Restart a STOPPED task with re-supplied credentials (checked as at creation); it reconciles at once
+    to catch up, and the keys that failed meanwhile are tried again.
 
     `dst_kms_key_id` (given when the request says dst_crypto_type KMS) must be the task's own: a restart
     re-supplies keys, not encryption, so one task never writes under two KMS keys."""
-    row = _task(ctx, project_id, task_id)
+    row = await asyncio.to_thread(_task, ctx, project_id, task_id)
     _check_credentials(creds)
     if dst_kms_key_id is not None and dst_kms_key_id != dst_kms_key(row.spec):
         raise UsageError("dst_kms_key_id differs from the KMS key the sync task was created with; a task keeps "
                          "its destination encryption (create a new task to change it)")
-    if row.status != STOPPED or not ctx.repo.start_task(project_id, task_id, creds.seal(ctx.box), ctx.clock()):
+    if row.status != STOPPED:
+        raise TaskStateError(f"only a STOPPED sync task can be started; this one is {row.status}")
+    await check_access(ctx, row.spec, creds)
+    if not await asyncio.to_thread(ctx.repo.start_task, project_id, task_id, creds.seal(ctx.box), ctx.clock()):
         raise TaskStateError(f"only a STOPPED sync task can be started; this one is {row.status}")
     ctx.wake()
 
@@ -327,7 +367,7 @@ def _check_accepting(row: SyncTaskRow) -> None:
 def _accept(ctx: SyncContext, row: SyncTaskRow, keys: Sequence[str]) -> None:
     _check_accepting(row)
     if keys:
-        ctx.repo.enqueue(row.id, keys, ctx.clock(), durable=True)
+        ctx.repo.enqueue(row.id, keys, ctx.clock(), durable=True, limits=ctx.limits.pending)
         ctx.wake()
 
 
@@ -439,7 +479,8 @@ class EventCommitter:
             else:
                 accepted.append(i)
         if accepted:
-            outcomes = ctx.repo.enqueue_batch([(batch[i].task_id, batch[i].keys) for i in accepted], ctx.clock())
+            outcomes = ctx.repo.enqueue_batch([(batch[i].task_id, batch[i].keys) for i in accepted], ctx.clock(),
+                                              limits=ctx.limits.pending)
             for i, outcome in zip(accepted, outcomes, strict=True):
                 errors[i] = outcome
             ctx.wake()
@@ -573,11 +614,18 @@ def parse_s3_notification(payload: Any, bucket: str) -> tuple[list[str], int]:
 
 
 def accept_notification(ctx: SyncContext, row: SyncTaskRow, payload: Any) -> NotificationResult:
-    """Turn an S3-style notification into durable sync events for the task `row`."""
+    """Turn an S3-style notification into durable sync events for the task `row`.
+
+    Each record costs a token of the project's notification rate (RateLimitedError when they run out), and
+    the keys must fit the pending-event limits (QueueFullError)."""
     bucket = get_profile(resolve(row.spec.src_cloud_type, row.spec.src_region).profile).bucket_name(
         row.spec.src_bucket, row.spec.app_id
     )
     keys, ignored = parse_s3_notification(payload, bucket)
+    wait = ctx.notify_rate.take(row.project_id, max(1, len(keys) + ignored))
+    if wait:
+        raise RateLimitedError(f"at most {ctx.limits.notify_rate:g} notification records per second per project",
+                               wait)
     _accept(ctx, row, keys)
     return NotificationResult(len(keys), ignored)
 

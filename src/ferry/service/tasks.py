@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from sqlalchemy import Engine
 
@@ -90,10 +90,20 @@ class TaskError(FerryError):
 
 @dataclass(frozen=True)
 class TaskLimits:
-    """Documented OMS quotas (§3.2): 1,500 tasks created per project per 24 h, at most 1,500 waiting."""
+    """Documented OMS quotas (§3.2): 1,500 tasks created per project per 24 h, at most 1,500 waiting.
+    Task groups have a quota of this kind too (OMS documents none for them; the same numbers by default)."""
 
     created_per_day: int = 1500
     waiting: int = 1500
+
+
+class QuotaCounts(Protocol):
+    """What a quota is checked against: the rows a project created since a time (deleted ones included, so
+    deleting does not give the day's quota back) and those in a status (not deleted)."""
+
+    def count_created_since(self, project_id: str, since: float) -> int: ...
+
+    def count_status(self, project_id: str, status: int) -> int: ...
 
 
 def _noop() -> None:
@@ -183,25 +193,32 @@ def _task_name(now: float) -> str:
     return f"task_{datetime.fromtimestamp(now).strftime('%Y%m%d%H%M%S')}_{pysecrets.token_hex(2)}"
 
 
-def _check_quota(ctx: TaskContext, project_id: str, now: float) -> None:
-    repo = ctx.repo
-    repo.purge_tombstones(now - DAY)
-    if repo.count_created_since(project_id, now - DAY) >= ctx.limits.created_per_day:
+def check_quota(counts: QuotaCounts, limits: TaskLimits, project_id: str, now: float, *, waiting_status: int,
+                what: str = "tasks") -> None:
+    """Refuse (OMS.0077) one more of `what` when the project created its day's worth or has too many waiting."""
+    if counts.count_created_since(project_id, now - DAY) >= limits.created_per_day:
         raise TaskError(400, TaskCodes.QUOTA,
-                        f"The number of tasks you created exceeds the limit ({ctx.limits.created_per_day} in 24 "
+                        f"The number of {what} you created exceeds the limit ({limits.created_per_day} in 24 "
                         "hours). Retry later or contact technical support.")
-    if repo.count_status(project_id, WAITING) >= ctx.limits.waiting:
+    if counts.count_status(project_id, waiting_status) >= limits.waiting:
         raise TaskError(400, TaskCodes.QUOTA,
-                        f"The number of waiting tasks exceeds the limit ({ctx.limits.waiting}). Wait for tasks "
+                        f"The number of waiting {what} exceeds the limit ({limits.waiting}). Wait for them "
                         "to start or delete some, then retry.")
 
 
-def check_smn(config: s.SmnConfig | None) -> None:
-    """Refuse a topic URN that names no SMN topic, at creation rather than when the task ends."""
+def _check_quota(ctx: TaskContext, project_id: str, now: float) -> None:
+    repo = ctx.repo
+    repo.purge_tombstones(now - DAY)
+    check_quota(repo, ctx.limits, project_id, now, waiting_status=WAITING)
+
+
+def check_smn(config: s.SmnConfig | None, project_id: str) -> None:
+    """Refuse a topic URN that names no SMN topic, or a topic of another project (Ferry publishes with the
+    operator's keys, which may reach it), at creation rather than when the task ends."""
     if config is None:
         return
     try:
-        smn.Topic.parse(config.topic_urn)
+        smn.project_topic(config.topic_urn, project_id)
     except UsageError as exc:
         raise TaskError(400, TaskCodes.SMN_TOPIC, f"The SMN topic is invalid: {exc.message}") from None
 
@@ -228,7 +245,7 @@ def create_task(
     reason = _unsupported(req)
     if reason:
         raise TaskError.invalid(reason)
-    check_smn(req.smn_config)
+    check_smn(req.smn_config, project_id)
     src, dst = req.src_node, req.dst_node
     dst_ep = _resolve(ctx, s.CloudType.HUAWEICLOUD.value, dst.region, destination=True)
     _check_bucket(dst_ep.profile, dst.bucket, "dst_node.bucket")

@@ -37,12 +37,17 @@ T = TypeVar("T")
 _LIST_FILE_CLOUD = CloudType.HUAWEICLOUD.value
 
 
+def helper_answer(exc: HelperError) -> OmsError:
+    """The API error of a failed helper call (sync tasks checking their keys answer the same)."""
+    headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
+    return OmsError(exc.status, exc.oms_code, exc.message, headers=headers)
+
+
 async def _answer(call: Awaitable[T]) -> T:
     try:
         return await call
     except HelperError as exc:
-        headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
-        raise OmsError(exc.status, exc.oms_code, exc.message, headers=headers) from None
+        raise helper_answer(exc) from None
 
 
 @router.post("/objectstorage/buckets", response_model=ShowBucketListResponse, summary="show_bucket_list")

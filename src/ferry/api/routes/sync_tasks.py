@@ -16,6 +16,8 @@ Extensions (not in the OMS SDK, same auth and error shapes):
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -25,11 +27,13 @@ from starlette.responses import JSONResponse
 
 from ferry.api.deps import CurrentPrincipal, Services, json_body, ok
 from ferry.api.errors import Codes, Messages, OmsError
+from ferry.api.routes.buckets import helper_answer
 from ferry.api.schemas import (
     CreateSyncTaskReq,
     CreateSyncTaskResponse,
     CryptoType,
     EmptyResponse,
+    ErrorReasonResp,
     ListSyncTasksQuery,
     ListSyncTasksResponse,
     ListSyncTaskStatisticQuery,
@@ -46,9 +50,11 @@ from ferry.api.schemas import (
     SyncTaskId,
     SyncTaskInfo,
 )
-from ferry.db.sync_repo import SyncTaskRow, SyncTaskSpec
+from ferry.db.sync_repo import QueueFullError, SyncTaskRow, SyncTaskSpec
 from ferry.errors import NotFoundError
 from ferry.service import sync
+from ferry.service.buckets import HelperError
+from ferry.service.quotas import RateLimitedError
 
 router = APIRouter()
 # Mounted outside /v2/{project_id}: authenticated by the per-task notification token, not by a signature.
@@ -58,6 +64,10 @@ public_router = APIRouter()
 # the limit", so the quota error takes that slot.
 QUOTA_CODE: Final = "OMS.0077"
 QUOTA_MESSAGE: Final = "The number of sync tasks exceeds the limit (5 per project). Delete one first."
+# Huawei's API gateway answers 429 APIG.0308 "The throttling threshold has been reached"; in our APIGW family.
+THROTTLED_CODE: Final = "APIGW.0308"
+# How soon a notifier whose queue is full should try again: about what workers need to make room.
+QUEUE_FULL_RETRY: Final = 30
 NOTIFICATION_PATH: Final = "/v2/sync-notifications/{sync_task_id}"
 
 
@@ -102,6 +112,9 @@ def _common(row: SyncTaskRow) -> dict[str, Any]:
         "enable_metadata_migration": s.enable_metadata_migration, "enable_restore": s.enable_restore,
         "app_id": s.app_id, "object_overwrite_mode": s.object_overwrite_mode,
         "dst_storage_policy": s.dst_storage_policy, "consistency_check": s.consistency_check,
+        # Ferry's extension (the SDK ignores it; raw answers carry it): why the workers stopped the task.
+        "error_reason": ErrorReasonResp(error_code=row.error_code, error_msg=row.error_msg or "")
+        if row.error_code else None,
     }
 
 
@@ -118,12 +131,14 @@ def _info(row: SyncTaskRow) -> SyncTaskInfo:
 # -- the eight OMS operations ---------------------------------------------------------------------------------
 
 @router.post("/sync-tasks", response_model=CreateSyncTaskResponse, summary="create_sync_task")
-def create_sync_task(body: CreateSyncTaskReq, principal: CurrentPrincipal, ctx: Sync) -> JSONResponse:
+async def create_sync_task(body: CreateSyncTaskReq, principal: CurrentPrincipal, ctx: Sync) -> JSONResponse:
     spec, creds = _spec(body)
     try:
-        task_id = sync.create_sync_task(ctx, principal.project_id, spec, creds)
+        task_id = await sync.create_sync_task(ctx, principal.project_id, spec, creds)
     except sync.QuotaExceededError:
         raise OmsError(400, QUOTA_CODE, QUOTA_MESSAGE) from None
+    except HelperError as exc:
+        raise helper_answer(exc) from None
     return ok(CreateSyncTaskResponse(sync_task_id=task_id))
 
 
@@ -158,13 +173,16 @@ def delete_sync_task(sync_task_id: SyncTaskId, principal: CurrentPrincipal, ctx:
 
 
 @router.post("/sync-tasks/{sync_task_id}/start", response_model=EmptyResponse, summary="start_sync_task")
-def start_sync_task(
+async def start_sync_task(
     sync_task_id: SyncTaskId, body: StartSyncTaskReq, principal: CurrentPrincipal, ctx: Sync
 ) -> JSONResponse:
     creds = sync.SyncCredentials(body.src_ak, body.src_sk, body.dst_ak, body.dst_sk,
                                  body.source_cdn_authentication_key)
     kms_key = body.dst_kms_key_id if body.dst_crypto_type is CryptoType.KMS else None
-    sync.start_sync_task(ctx, principal.project_id, sync_task_id, creds, kms_key)
+    try:
+        await sync.start_sync_task(ctx, principal.project_id, sync_task_id, creds, kms_key)
+    except HelperError as exc:
+        raise helper_answer(exc) from None
     return ok(EmptyResponse())
 
 
@@ -179,7 +197,11 @@ async def create_sync_events(
     sync_task_id: SyncTaskId, body: SyncObjectReq, principal: CurrentPrincipal, ctx: Sync
 ) -> JSONResponse:
     # The hot path of sync tasks: awaited on the event loop, committed by the context's one commit thread.
-    await sync.create_sync_events(ctx, principal.project_id, sync_task_id, body.object_keys)
+    try:
+        await sync.create_sync_events(ctx, principal.project_id, sync_task_id, body.object_keys)
+    except QueueFullError as exc:
+        # A quota answer as OMS gives one (400 and the quota row's code): the SDK loses a 429's body.
+        raise OmsError(400, QUOTA_CODE, f"The pending sync events exceed the limit: {exc.message}.") from None
     return ok(EmptyResponse())
 
 
@@ -239,11 +261,24 @@ def _notified(result: sync.NotificationResult) -> JSONResponse:
     return ok(NotificationResponse(accepted=result.accepted, ignored=result.ignored))
 
 
+async def _notification(call: Callable[..., sync.NotificationResult], *args: Any) -> JSONResponse:
+    """Run a notification call; a full queue or an exhausted rate is a 429 with Retry-After, which the
+    stores sending notifications (MinIO, SNS) retry later, where a 400 would make them drop the event."""
+    try:
+        return _notified(await run_in_threadpool(call, *args))
+    except QueueFullError as exc:
+        raise OmsError(429, QUOTA_CODE, f"The pending sync events exceed the limit: {exc.message}.",
+                       headers={"Retry-After": str(QUEUE_FULL_RETRY)}) from None
+    except RateLimitedError as exc:
+        raise OmsError(429, THROTTLED_CODE, f"The throttling threshold has been reached: {exc.message}.",
+                       headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))}) from None
+
+
 @router.post("/sync-tasks/{sync_task_id}/notifications", response_model=NotificationResponse,
              summary="ferry: accept an S3-style bucket notification")
 async def notify(sync_task_id: SyncTaskId, request: Request, principal: CurrentPrincipal, ctx: Sync) -> JSONResponse:
     payload = await json_body(request)
-    return _notified(await run_in_threadpool(sync.notify_sync_task, ctx, principal.project_id, sync_task_id, payload))
+    return await _notification(sync.notify_sync_task, ctx, principal.project_id, sync_task_id, payload)
 
 
 @router.post("/sync-tasks/{sync_task_id}/notification-token", response_model=NotificationTokenResponse,
@@ -293,4 +328,4 @@ async def notify_with_token(sync_task_id: SyncTaskId, request: Request, services
         # One answer for "no token", "wrong token" and "no such task".
         raise OmsError.unauthorized() from None
     payload = await json_body(request)
-    return _notified(await run_in_threadpool(sync.accept_notification, ctx, row, payload))
+    return await _notification(sync.accept_notification, ctx, row, payload)
