@@ -207,6 +207,24 @@ def test_prefix_task_copies_a_bucket(svc: FerryService, seaweed_a: Any, seaweed_
     assert seaweed_a.secret_key not in json.dumps(dict(stored), default=str)
 
 
+def test_a_large_object_shows_progress_while_it_moves(svc: FerryService, seaweed_a: Any, seaweed_b: Any,
+                                                      bucket_factory: Any) -> None:
+    sb, db = bucket_factory(seaweed_a), bucket_factory(seaweed_b)
+    body = os.urandom(24 * MiB)  # one object, streamed into one PUT
+    fill(seaweed_a, sb, {"big.bin": body})
+    client = svc.client()
+    # 6 MiB/s: about 3.5 s, in which show_task must see the bytes move, not only the object at its end.
+    limited = [BandwidthPolicyDto(start="00:00", end="00:00", max_bandwidth=6 * MiB)]
+    created = client.create_task(prefix_task(seaweed_a, sb, seaweed_b, db, bandwidth_policy=limited))
+    task, samples = wait_task(client, created.id, lambda t: t.status in (4, 5))
+    assert task.status == 5, task.error_reason
+    assert (task.total_size, task.complete_size, task.real_size, task.successful_num) == (len(body),) * 3 + (1,)
+    moving = [t for t in samples if t.status == 2 and 0 < t.complete_size < len(body)]
+    assert moving, [(t.status, t.complete_size, t.progress) for t in samples]
+    assert all(0 < t.progress < 1 and t.successful_num == 0 for t in moving)
+    assert any(t.migrate_speed > 0 for t in moving), [(t.complete_size, t.migrate_speed) for t in moving]
+
+
 def test_stop_start_resume_and_lifecycle_rules(svc: FerryService, seaweed_a: Any, seaweed_b: Any,
                                                bucket_factory: Any) -> None:
     sb, db = bucket_factory(seaweed_a), bucket_factory(seaweed_b)

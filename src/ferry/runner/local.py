@@ -254,7 +254,8 @@ class _Speed:
         while len(self.samples) > 2 and now - self.samples[0][0] > self.window:
             self.samples.pop(0)
         t0, b0 = self.samples[0]
-        return int((copied - b0) / (now - t0)) if now > t0 else 0
+        # Bytes of an object that failed mid-copy are taken back out of `copied`: never a negative speed.
+        return max(int((copied - b0) / (now - t0)), 0) if now > t0 else 0
 
 
 def progress_values(row: TaskRow, c: Counters, speed: int) -> dict[str, Any]:
