@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator
-from typing import BinaryIO, Final
+from typing import IO, Final
 
 from ferry.objects import ObjectMeta
 from ferry.storage.base import Backend
@@ -31,7 +31,7 @@ def sync_list_key(sync_task_id: str) -> str:
     return f"oms/sync_task/{sync_task_id}/failed_object_lists/failed_list.txt"
 
 
-async def upload(store: Backend, key: str, fh: BinaryIO, size: int) -> None:
+async def upload(store: Backend, key: str, fh: IO[bytes], size: int) -> None:
     """Write the `size` bytes of `fh` (from its start) to `key`, streamed: a list may be large."""
 
     async def body() -> AsyncGenerator[bytes, None]:
