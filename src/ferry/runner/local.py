@@ -561,8 +561,10 @@ class LocalRunner:
         records["failed_file"] = local
         key = failed_lists.task_list_key(row.name, row.group_id, time.time())
         try:
-            await self._upload_failed_list(row, key, Path(local))
-        except (FerryError, TaskFailure, OSError) as exc:
+            # Bounded well within the lease, which nothing renews meanwhile.
+            async with asyncio.timeout(self.settings.lease_ttl / 2):
+                await self._upload_failed_list(row, key, Path(local))
+        except Exception as exc:  # whatever it was, the run's outcome stands and the local copy is there
             why = exc.message if isinstance(exc, FerryError | TaskFailure) else type(exc).__name__
             log.warning("task %d: the failed object list was not written to the destination bucket (%s); "
                         "the server keeps it in %s", row.id, why, local)

@@ -695,7 +695,6 @@ class SyncWorkers:
             deleted += 1
         return deleted, None
 
-
     # -- failed lists in the destination bucket --------------------------------------------------------------
     async def _failed_lists_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -704,7 +703,10 @@ class SyncWorkers:
             for task_id in list(self._lists_due):
                 if now - self._listed.get(task_id, (0, -_FAILED_LIST_EVERY))[1] >= _FAILED_LIST_EVERY:
                     self._lists_due.discard(task_id)
-                    await self._write_failed_list(task_id)
+                    try:
+                        await self._write_failed_list(task_id)
+                    except Exception:
+                        log.exception("sync %s: writing the failed object list failed", task_id)
 
     async def _write_failed_list(self, task_id: str) -> None:
         """Write the keys `task_id` gave up on into its destination bucket, or remove the list if none are left."""
