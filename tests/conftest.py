@@ -7,6 +7,7 @@ import itertools
 import re
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import pytest
 import uvloop
@@ -73,9 +74,9 @@ def moves(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     real = splice.move
 
     def counted(src: int, dst: int, prefix: list[bytes], count: int, stopper: splice.Stopper,
-                timeout: float) -> None:
+                timeout: float, **kw: Any) -> None:
         try:
-            real(src, dst, prefix, count, stopper, timeout)
+            real(src, dst, prefix, count, stopper, timeout, **kw)
         finally:
             made.append(sum(map(len, prefix)) + count)
 

@@ -179,6 +179,11 @@ def test_kms_on_a_store_that_cannot_encrypt_fails_the_objects_and_keeps_nothing(
             task, _ = wait_task(client, task_id, lambda t: t.status in (4, 5))
             assert (task.status, task.successful_num, task.failed_num) == (4, 0, 2)
             assert _s3(seaweed_b).list_objects_v2(Bucket=dst).get("KeyCount", 0) == 0
+            # The failed list could not be written there either (also under KMS): said so, and kept locally;
+            # the task's outcome is still that of its objects.
+            record = task.failed_object_record
+            assert (record.list_file_key, record.error_code) == (None, "S3M.0307"), record
+            assert task.error_reason.error_code == "FERRY.0422"
             failed = (tmp_path / "records").rglob("failed.jsonl")
             reasons = [json.loads(line)["reason"] for path in failed for line in path.read_text().splitlines()]
             assert sorted(r.rsplit(": ", 1)[0] for r in reasons) == [f"put s3://{dst}/a.txt", f"put s3://{dst}/b.txt"]

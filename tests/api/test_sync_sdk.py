@@ -316,6 +316,30 @@ def test_event_errors(sync_server: SyncLive, bucket_factory: BucketFactory) -> N
     assert all(o["reason"] == "the source object does not exist" for o in body["objects"])
 
 
+def test_failed_keys_are_listed_in_the_destination_bucket(sync_server: SyncLive, bucket_factory: BucketFactory
+                                                          ) -> None:
+    """The OMS API has no call that names a sync task's failed keys (only counts): they are written where OMS
+    users look for them, a list in the destination bucket, refreshed as keys fail or recover."""
+    live = sync_server
+    src, dst = _buckets(live, bucket_factory)
+    task_id = live.create_task(src, dst)
+    live.wait_reconciled(task_id)
+    list_key = f"oms/sync_task/{task_id}/failed_object_lists/failed_list.txt"
+    put(live.src, src, "here.txt", b"fine")
+    _events(live, task_id, encoded("gone/a b.txt"), encoded("here.txt"))
+    wait_for(lambda: get(live.dst, dst, list_key) is not None, 15, "the failed list in the destination")
+    lines = [json.loads(x) for x in (get(live.dst, dst, list_key) or b"").decode().splitlines()]
+    assert [x["key"] for x in lines] == ["gone/a b.txt"]
+    assert lines[0]["reason"] == "the source object does not exist" and lines[0]["attempts"] >= 1
+    assert get(live.dst, dst, "here.txt") == b"fine"
+
+    # The key turns up and syncs: the list goes, since nothing has failed any more.
+    put(live.src, src, "gone/a b.txt", b"late")
+    _events(live, task_id, encoded("gone/a b.txt"))
+    wait_for(lambda: get(live.dst, dst, "gone/a b.txt") == b"late", 15, "the late key synced")
+    wait_for(lambda: get(live.dst, dst, list_key) is None, 15, "the emptied failed list removed")
+
+
 def _signed(live: SyncLive, method: str, path: str, *, body: object = None,
             query: list[tuple[str, object]] | None = None, raw: bytes | None = None) -> requests.Response:
     host = live.url.removeprefix("http://")

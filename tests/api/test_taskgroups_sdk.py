@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import json
 import re
 import threading
 import time
@@ -327,6 +328,12 @@ def test_failed_migration_then_retry_failed_objects(env: Env) -> None:
         env.runner.start()
     g = wait_for(env, gid, {5})
     assert (g.fail_num, g.success_num, g.failed_task_num) == (2, 10, 1)
+    # The failed task's list is in the destination bucket, where OMS puts a group task's list.
+    (failed,) = [t for t in env.client.list_tasks(ListTasksRequest(group_id=gid, limit=100)).tasks if t.failed_num]
+    list_key = failed.failed_object_record.list_file_key
+    assert list_key.startswith(f"oms/task_group/{gid}/failed_object_lists/{failed.name}/"), list_key
+    listed = [json.loads(x)["key"] for x in keys_body(env.dst, dst, list_key).decode().splitlines()]
+    assert sorted(listed) == gone
     fill(env.src, src, {k: objects[k] for k in gone})
     env.client.retry_task_group(RetryTaskGroupRequest(gid, RetryTaskGroupReq(migrate_failed_object=True,
                                                                             **keys_of(env))))

@@ -9,6 +9,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -149,6 +150,11 @@ def assert_no_credentials(raw: bytes | str, *servers: Any) -> None:
         assert s.secret_key not in text and s.access_key not in text
 
 
+def get_text(server: Any, bucket: str, key: str) -> str:
+    text: str = s3_client(server).get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+    return text
+
+
 def sizes(bodies: dict[str, bytes]) -> int:
     return sum(len(v) for v in bodies.values())
 
@@ -193,9 +199,9 @@ def test_prefix_task_copies_a_bucket(svc: FerryService, seaweed_a: Any, seaweed_
     dst = s3_client(seaweed_b)
     for k in [*list(bodies)[::9], "a b/c", "ü/ñ.txt"]:
         assert dst.get_object(Bucket=db, Key=k)["Body"].read() == bodies[k]
-    success = Path(task.failed_object_record.list_file_key).with_name("success.jsonl")
+    success = svc.service.data_dir / "records" / svc.tenant.project_id / str(task.id) / "success.jsonl"
     assert len(success.read_text().splitlines()) == n
-    assert task.failed_object_record.result is False
+    assert task.failed_object_record.result is False and task.failed_object_record.list_file_key is None
 
     listed = client.list_tasks(ListTasksRequest(limit=100))
     assert created.id in [t.id for t in listed.tasks] and listed.count >= 1
@@ -246,6 +252,56 @@ def test_read_only_destination_fails_the_task_with_its_reason(svc: FerryService,
     # Status 6 (retrying: a run failed for a passing reason and is tried again) is a filter like the others.
     retrying = client.list_tasks(ListTasksRequest(status=6, limit=100))
     assert all(t.status == 6 for t in retrying.tasks or [])
+
+
+def test_a_large_object_shows_progress_while_it_moves(svc: FerryService, seaweed_a: Any, seaweed_b: Any,
+                                                      bucket_factory: Any) -> None:
+    sb, db = bucket_factory(seaweed_a), bucket_factory(seaweed_b)
+    body = os.urandom(24 * MiB)  # one object, streamed into one PUT
+    fill(seaweed_a, sb, {"big.bin": body})
+    client = svc.client()
+    # 6 MiB/s: about 3.5 s, in which show_task must see the bytes move, not only the object at its end.
+    limited = [BandwidthPolicyDto(start="00:00", end="00:00", max_bandwidth=6 * MiB)]
+    created = client.create_task(prefix_task(seaweed_a, sb, seaweed_b, db, bandwidth_policy=limited))
+    task, samples = wait_task(client, created.id, lambda t: t.status in (4, 5))
+    assert task.status == 5, task.error_reason
+    assert (task.total_size, task.complete_size, task.real_size, task.successful_num) == (len(body),) * 3 + (1,)
+    moving = [t for t in samples if t.status == 2 and 0 < t.complete_size < len(body)]
+    assert moving, [(t.status, t.complete_size, t.progress) for t in samples]
+    assert all(0 < t.progress < 1 and t.successful_num == 0 for t in moving)
+    assert any(t.migrate_speed > 0 for t in moving), [(t.complete_size, t.migrate_speed) for t in moving]
+
+
+def test_the_failed_object_list_is_written_into_the_destination_bucket(
+        svc: FerryService, seaweed_a: Any, seaweed_b: Any, bucket_factory: Any) -> None:
+    sb, db = bucket_factory(seaweed_a), bucket_factory(seaweed_b)
+    fill(seaweed_a, sb, {"a.txt": b"a", "b.txt": b"bb"})
+    client = svc.client()
+    created = client.create_task(prefix_task(seaweed_a, sb, seaweed_b, db, task_type="object",
+                                             object_key=["a.txt", "b.txt", "gone/x y.bin"]))
+    task, _ = wait_task(client, created.id, lambda t: t.status in (4, 5))
+    assert (task.status, task.successful_num, task.failed_num) == (4, 2, 1), task.error_reason
+    assert task.error_reason.error_code == "FERRY.0422"
+    record = task.failed_object_record
+    # Where OMS puts it: oms/task/<task name>/failed_object_lists/<timestamp>.failed_list.txt
+    assert re.fullmatch(rf"oms/task/{task.name}/failed_object_lists/\d{{13}}\.failed_list\.txt",
+                        record.list_file_key or ""), record
+    assert record.result is True and not record.error_code
+    listed = s3_client(seaweed_b).get_object(Bucket=db, Key=record.list_file_key)["Body"].read()
+    assert [json.loads(x)["key"] for x in listed.decode().splitlines()] == ["gone/x y.bin"]
+    assert "does not exist" in json.loads(listed)["reason"]
+    # The server keeps its own copy, in records/ of its data directory.
+    local = svc.service.data_dir / "records" / svc.tenant.project_id / str(task.id) / "failed.jsonl"
+    assert local.read_bytes() == listed
+
+    # Retried once the object exists: nothing failed this time, so no list; the earlier one stays, as in OMS.
+    fill(seaweed_a, sb, {"gone/x y.bin": b"late"})
+    client.start_task(StartTaskRequest(task_id=created.id, body=StartTaskReq(
+        src_ak=seaweed_a.access_key, src_sk=seaweed_a.secret_key,
+        dst_ak=seaweed_b.access_key, dst_sk=seaweed_b.secret_key, migrate_failed_object=True)))
+    done, _ = wait_task(client, created.id, lambda t: t.status in (4, 5))
+    assert done.status == 5 and done.failed_object_record.list_file_key is None
+    assert set(listing(seaweed_b, db)) == {"a.txt", "b.txt", "gone/x y.bin", record.list_file_key}
 
 
 def test_stop_start_resume_and_lifecycle_rules(svc: FerryService, seaweed_a: Any, seaweed_b: Any,
@@ -320,9 +376,10 @@ def test_object_and_list_tasks_retry_only_failed_objects(svc: FerryService, seaw
     assert (failed.successful_num, failed.failed_num) == (4, 1), failed
     assert failed.error_reason.error_code == "FERRY.0422"
     assert failed.failed_object_record.result is True
-    lines = [json.loads(x) for x in Path(failed.failed_object_record.list_file_key).read_text().splitlines()]
+    failed_list = failed.failed_object_record.list_file_key
+    lines = [json.loads(x) for x in get_text(seaweed_b, db, failed_list).splitlines()]
     assert [x["key"] for x in lines] == ["later"]
-    assert set(listing(seaweed_b, db)) == {"f/1", "f/2", "f/sub/3", "h"}
+    assert set(listing(seaweed_b, db)) == {"f/1", "f/2", "f/sub/3", "h", failed_list}
     before = listing(seaweed_b, db)
     time.sleep(1.1)
 
@@ -333,7 +390,7 @@ def test_object_and_list_tasks_retry_only_failed_objects(svc: FerryService, seaw
     done, _ = wait_task(client, created.id, lambda t: t.status in (4, 5))
     assert done.status == 5 and (done.successful_num, done.failed_num) == (5, 0)
     after = listing(seaweed_b, db)
-    assert set(after) == {"f/1", "f/2", "f/sub/3", "h", "later"}
+    assert set(after) == {"f/1", "f/2", "f/sub/3", "h", "later", failed_list}
     assert all(after[k] == v for k, v in before.items()), "a retry of failed objects copied others again"
 
     # A list task: the list file lives in a bucket of the destination region, one URL-encoded key per line.
@@ -403,14 +460,15 @@ def test_url_list_task_fetches_http_sources(svc: FerryService, seaweed_a: Any, s
     failed = len(internal) + len(bad_ports) + 1
     assert task.status == 4 and (task.successful_num, task.failed_num) == (3, failed), task.error_reason
     assert task.src_node.cloud_type == "URLSource" and task.task_type == "url_list"
-    reasons = {x["key"]: x["reason"] for x in map(json.loads, Path(
-        task.failed_object_record.list_file_key).read_text().splitlines())}
+    reasons = {x["key"]: x["reason"] for x in map(json.loads, get_text(
+        seaweed_b, db, task.failed_object_record.list_file_key).splitlines())}
     assert set(reasons) == {*internal, *bad_ports, "later.bin"}
     for key in internal:
         assert "not a public address" in reasons[key] and "not allowed" in reasons[key], reasons[key]
     for key in bad_ports:
         assert "port" in reasons[key], reasons[key]
-    assert set(listing(seaweed_b, db)) == {"lists/urls.txt", "media/a.jpg", f"{sub}/pics/b.jpg", "docs/doc one.txt"}
+    assert {k for k in listing(seaweed_b, db) if not k.startswith("oms/")} == {
+        "lists/urls.txt", "media/a.jpg", f"{sub}/pics/b.jpg", "docs/doc one.txt"}
     dst = s3_client(seaweed_b)
     assert dst.get_object(Bucket=db, Key="media/a.jpg")["Body"].read() == files[f"{sub}/pics/a.jpg"]
     assert dst.get_object(Bucket=db, Key=f"{sub}/pics/b.jpg")["Body"].read() == files[f"{sub}/pics/b.jpg"]

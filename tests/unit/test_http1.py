@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ferry.storage import splice
-from ferry.storage.http1 import Http1Pool, HttpConnectError, HttpError, HttpTimeout, StreamBody
+from ferry.storage.http1 import Http1Pool, HttpConnectError, HttpError, HttpTimeout, StreamBody, pass_splice
 
 # Every test on both loops: the CLI runs on uvloop, the API server on asyncio's own.
 pytestmark = pytest.mark.both_loops
@@ -657,6 +657,31 @@ async def test_a_streamed_answer_moves_into_a_streamed_request_in_the_kernel(
     assert moves == [len(body)] * 2
     assert src_server.connections == 1  # the source's connection went back for reuse after each move
     assert (await src.request("GET", "/k", "h", {})).body == body  # and still speaks HTTP in step
+    await src.close()
+    await dst.close()
+
+
+@pytest.mark.skipif(not splice.AVAILABLE, reason="no splice on this system")
+async def test_a_move_reports_its_progress_in_steps_before_it_ends(
+    serve: Callable[[Handler], Awaitable[Server]], moves: list[int],
+) -> None:
+    body = os.urandom(5 * splice.PROGRESS_STEP + 1000)
+    src_server, dst_server = await serve(source(body)), await serve(answer(200, b""))
+    src, dst = pool(src_server.port), pool(dst_server.port)
+    got = await src.stream("GET", "/k", "h", {})
+    reports: list[int] = []
+
+    async def passed_through() -> AsyncGenerator[bytes, None]:
+        async for piece in got.body:
+            yield piece  # never runs: the bytes are moved in the kernel
+
+    outer = passed_through()
+    pass_splice(outer, got.body, reports.append)
+    r = await dst.request("PUT", "/copy", "h", {}, StreamBody(len(body), outer))
+    # Every report reached the event loop before the request ended: a progress bar saw the bytes move.
+    assert r.status == 200 and dst_server.requests[-1].body == body and moves == [len(body)]
+    assert sum(reports) == len(body) and len(reports) >= 5
+    assert all(n >= splice.PROGRESS_STEP for n in reports[:-1]), reports
     await src.close()
     await dst.close()
 

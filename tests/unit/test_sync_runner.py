@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 import uuid
@@ -228,6 +229,39 @@ async def test_reconciliation_copies_and_deletes_only_under_the_cap(engine: Engi
     assert repo.stat_totals(task_id, 0, 2e10).success == 20
     row = repo.get_task(task_id)
     assert row is not None and row.last_error is None
+
+
+async def test_given_up_keys_are_listed_in_the_destination_and_spared_by_deletes(engine: Engine) -> None:
+    repo = SyncRepo(engine)
+    task_id = _task(repo)
+    src, dst = _stores()
+    await _put(src, "ok", b"fine")
+    list_key = f"oms/sync_task/{task_id}/failed_object_lists/failed_list.txt"
+
+    deleted: list[str] = []
+
+    class Deletes(BackendWrapper):
+        async def delete(self, key: str) -> None:
+            deleted.append(key)
+            await self.inner.delete(key)
+
+    watched = Deletes(dst)
+    async with running(engine, lambda _row: (src, watched)):
+        repo.enqueue(task_id, ["ok", "gone/ü"], time.time())
+        await _until(lambda: repo.stat_totals(task_id, 0, 2e10).failure == 1)
+        async with asyncio.timeout(10):  # written within a poll or two of the failure
+            while not await _exists(dst, list_key):
+                await asyncio.sleep(0.02)
+    lines = (await dst.read_object(list_key))[1].decode().splitlines()
+    assert [json.loads(x)["key"] for x in lines] == ["gone/ü"]
+    assert json.loads(lines[0])["reason"] == "the source object does not exist"
+
+    # A reconciliation that propagates deletes: the list has no source twin, yet it is not an orphan.
+    repo.request_reconcile(task_id)
+    async with running(engine, lambda _row: (src, watched), replace(FAST, propagate_deletes=True)):
+        await _until(lambda: (row := repo.get_task(task_id)) is not None and row.reconciled_at is not None)
+    assert list_key not in deleted and await _exists(dst, list_key)
+    assert (await dst.read_object(list_key))[1].decode().splitlines() == lines
 
 
 async def test_a_restarted_node_takes_back_its_own_leases_at_once(engine: Engine) -> None:

@@ -728,6 +728,20 @@ class SyncRepo:
         return [KeyProblem(r.key, r.state, r.attempts, r.last_reason, r.updated_at, r.next_attempt_at)
                 for r in rows], int(count)
 
+    def given_up(self, task_id: str, after: str | None, limit: int) -> list[KeyProblem]:
+        """A page of the task's keys that failed for good, in key order, after `after`."""
+        e = sync_events
+        cond = [e.c.task_id == task_id, e.c.state == FAILED]
+        if after is not None:
+            cond.append(e.c.key > after)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(e.c.key, e.c.state, e.c.attempts, e.c.last_reason, e.c.updated_at, e.c.next_attempt_at)
+                .where(*cond).order_by(e.c.key).limit(limit)
+            ).all()
+        return [KeyProblem(r.key, r.state, r.attempts, r.last_reason, r.updated_at, r.next_attempt_at)
+                for r in rows]
+
     def pending_count(self, task_id: str) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(

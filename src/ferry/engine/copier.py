@@ -4,6 +4,8 @@ streamed from one GET into one PUT, and multipart above a threshold.
 Every path pins the source by ETag (If-Match) so an object that changes mid-copy is detected, verifies what
 it wrote according to the consistency check, and removes a destination object that failed verification.
 Multipart uploads are checkpointed part by part so a restarted job continues them instead of starting at 0 %.
+Progress is reported as bytes move: each part once uploaded, a streamed object piece by piece (in steps of a few
+MiB from the thread of a kernel move), and small or server-side copies whole by the caller.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from ferry.errors import (
 )
 from ferry.objects import ObjectInfo, ObjectMeta, PartInfo
 from ferry.storage.base import Backend
+from ferry.storage.http1 import pass_splice
 
 MiB = 1024 * 1024
 _MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
@@ -42,6 +45,24 @@ _T = TypeVar("_T")
 _THREAD_CRC32C_MIN = 32 * MiB  # CRC32C runs at ~5 GB/s: below this it costs the event loop under 7 ms
 _STREAM_MEMORY = 8 * MiB
 _THREAD_STREAM_HASH_MIN = 64 * 1024  # a streamed piece this big is hashed in a thread, while it is sent
+
+
+class Progress(Protocol):
+    """Where an object's moved bytes are reported (engine.progress.ObjectProgress)."""
+
+    def add(self, n: int) -> None: ...
+    def restart(self) -> None: ...
+
+
+class _Unwatched:
+    def add(self, n: int) -> None:
+        pass
+
+    def restart(self) -> None:
+        pass
+
+
+_UNWATCHED = _Unwatched()
 
 
 class UploadCheckpoints(Protocol):
@@ -161,14 +182,15 @@ class Copier:
             return ObjectMeta()
         return meta if self.opts.metadata else meta.content_type_only()
 
-    async def copy(self, obj: ObjectInfo) -> CopyOutcome:
-        """Copy `obj` (as listed); raises a PermanentError subclass when it cannot be copied."""
+    async def copy(self, obj: ObjectInfo, progress: Progress = _UNWATCHED) -> CopyOutcome:
+        """Copy `obj` (as listed), reporting the bytes of parts and streams to `progress` as they move;
+        raises a PermanentError subclass when it cannot be copied."""
         if self.server_side and obj.size <= self.dst.capabilities.max_part_size:
             return await self._copy_server(obj)
         if obj.size >= self.opts.multipart_threshold and self.dst.capabilities.multipart:
-            return await self._copy_multipart(obj)
+            return await self._copy_multipart(obj, progress)
         if obj.size >= self.opts.stream_threshold:
-            return await self._copy_stream(obj)
+            return await self._copy_stream(obj, progress)
         return await self._copy_small(obj)
 
     async def _discard(self, key: str) -> None:
@@ -212,7 +234,7 @@ class Copier:
             raise VerificationError("destination ETag does not match the MD5 of the bytes sent")
         return CopyOutcome(obj.size, result.etag, "put")
 
-    async def _copy_stream(self, obj: ObjectInfo) -> CopyOutcome:
+    async def _copy_stream(self, obj: ObjectInfo, progress: Progress) -> CopyOutcome:
         # What one stream holds at most: the answer being read (paused at 2 MiB behind) and the socket
         # buffer of the request being written.
         async with self.budget.hold(_STREAM_MEMORY):
@@ -224,17 +246,18 @@ class Copier:
                 # bytes against it (Content-MD5) as they arrive: end to end, and nothing to hash here.
                 trusted = info.md5 if self._verify else None
                 try:
-                    return await self._stream_once(info, trusted, pieces)
+                    return await self._stream_once(info, trusted, pieces, progress)
                 except DigestMismatchError:
                     if trusted is None:
                         raise
             # Refused against the source's ETag: the bytes were damaged on the way, or that ETag is no MD5
             # after all (a store that encrypts without saying so). Once more, checked another way whatever
             # the consistency check: something already went wrong once.
-            return await self._stream_once(info, None, None, thorough=self._verify)
+            return await self._stream_once(info, None, None, progress, thorough=self._verify)
 
     async def _stream_once(self, info: ObjectInfo, content_md5: str | None,
-                           opened: AsyncGenerator[bytes, None] | None, *, thorough: bool = False) -> CopyOutcome:
+                           opened: AsyncGenerator[bytes, None] | None, progress: Progress, *,
+                           thorough: bool = False) -> CopyOutcome:
         """One streamed PUT of `info`, fed by `opened` (a read already under way) on its first attempt and by a
         new read on any retry; `thorough` checks the content even where that costs a pass over it."""
         key, size = info.key, info.size
@@ -247,11 +270,12 @@ class Copier:
         first = [opened] if opened is not None else []
 
         def body() -> AsyncGenerator[bytes, None]:
+            progress.restart()  # each attempt sends the body from its first byte
             if first and not sums.active:
                 # Nothing to see in the bytes: the read under way goes through untouched, so a store whose
                 # connection allows it moves it socket to socket in the kernel (storage/splice.py).
-                return first.pop()
-            return self._hashed(info, first.pop() if first else None, sums)
+                return _counted(first.pop(), progress)
+            return self._hashed(info, first.pop() if first else None, sums, progress)
 
         result = await self.dst.put_stream(key, size, body, self._meta(info.meta), crc64=info.crc64,
                                            storage_class=self.opts.storage_class, content_md5=content_md5,
@@ -269,7 +293,7 @@ class Copier:
         return CopyOutcome(size, got, "stream")
 
     async def _hashed(self, info: ObjectInfo, pieces: AsyncGenerator[bytes, None] | None,
-                      sums: _StreamSums) -> AsyncGenerator[bytes, None]:
+                      sums: _StreamSums, progress: Progress) -> AsyncGenerator[bytes, None]:
         """The source's bytes (from `pieces`, else a new read pinned to the ETag), hashed as they pass."""
         sums.reset()  # a retried PUT reads (and hashes) from the start again
         if pieces is None:
@@ -279,6 +303,7 @@ class Copier:
                 raise SourceChangedError("source size changed since it was listed", key=info.key)
         async with contextlib.aclosing(pieces):
             async for piece in pieces:
+                progress.add(len(piece))
                 if not sums.active:
                     yield piece
                     continue
@@ -300,7 +325,7 @@ class Copier:
             await self.dst.copy_from(self.dst, info.key, info.key, self._meta(info.meta),
                                      storage_class=self.opts.storage_class, crc64=crc)
 
-    async def _copy_multipart(self, obj: ObjectInfo) -> CopyOutcome:
+    async def _copy_multipart(self, obj: ObjectInfo, progress: Progress) -> CopyOutcome:
         info = await self.src.head(obj.key)
         if obj.etag and info.etag != obj.etag:
             raise SourceChangedError("source changed since it was listed", key=obj.key)
@@ -332,9 +357,10 @@ class Copier:
             if self.checkpoints:
                 await self.checkpoints.save(UploadRow(obj.key, upload_id, etag, size, part_size))
         nparts = max(1, -(-size // part_size))
+        progress.add(sum(p.size for p in done.values()))
         try:
             fresh = await asyncio.gather(
-                *(self._part(obj.key, upload_id, n, part_size, size, etag)
+                *(self._part(obj.key, upload_id, n, part_size, size, etag, progress)
                   for n in range(1, nparts + 1) if n not in done)
             )
         except PermanentError:
@@ -361,7 +387,7 @@ class Copier:
         return CopyOutcome(size, result.etag, "multipart")
 
     async def _part(self, key: str, upload_id: str, n: int, part_size: int, size: int,
-                    etag: str | None) -> PartRow:
+                    etag: str | None, progress: Progress) -> PartRow:
         offset = (n - 1) * part_size
         length = min(part_size, size - offset)
         async with self.budget.hold(length):
@@ -387,6 +413,7 @@ class Copier:
                     part = await self.dst.upload_part(key, upload_id, n, data)
                 finally:
                     md5, crc = await hashing
+            progress.add(length)
             del data
         if md5 is not None and self._verify and self._etag_md5 and _MD5_HEX.match(part.etag) and part.etag != md5:
             raise TransientError(f"part {n} ETag does not match the MD5 of the bytes sent")
@@ -400,3 +427,18 @@ class Copier:
             await self.dst.abort_multipart(key, upload_id)
         if self.checkpoints:
             await self.checkpoints.drop(key)
+
+
+def _counted(pieces: AsyncGenerator[bytes, None], progress: Progress) -> AsyncGenerator[bytes, None]:
+    """`pieces` untouched, reported to `progress` as they pass; moved in the kernel instead, they are reported
+    by the move (in steps of a few MiB, from its thread, through the event loop)."""
+
+    async def counting() -> AsyncGenerator[bytes, None]:
+        async with contextlib.aclosing(pieces):
+            async for piece in pieces:
+                progress.add(len(piece))
+                yield piece
+
+    outer = counting()
+    pass_splice(outer, pieces, progress.add)
+    return outer

@@ -22,7 +22,7 @@ from ferry.engine.compare import CopyReason, OverwriteMode, SkipReason, decide
 from ferry.engine.copier import Copier, CopyOptions
 from ferry.engine.pathlocks import PathLocks
 from ferry.engine.planner import Action, Fail, Planner, Skip
-from ferry.engine.progress import Counters
+from ferry.engine.progress import Counters, ObjectProgress
 from ferry.errors import AccessError, NotFoundError, PermanentError, SourceChangedError, TransientError
 from ferry.objects import ObjectInfo
 from ferry.storage.base import Backend, ListOrder
@@ -217,20 +217,25 @@ class Transfer:
         return crc.value
 
     async def _copy(self, obj: ObjectInfo) -> ObjectResult:
-        for _ in range(_SOURCE_CHANGE_ATTEMPTS):
-            try:
-                async with self.paths.hold(obj.key):
-                    out = await self.copier.copy(obj)
-                self.counters.bytes_copied += out.size
-                return ObjectResult(obj.key, "success", out.size, out.etag)
-            except SourceChangedError:
+        moving = ObjectProgress(self.counters)
+        try:
+            for _ in range(_SOURCE_CHANGE_ATTEMPTS):
                 try:
-                    obj = await self.src.head(obj.key)
-                except NotFoundError:
-                    return ObjectResult(obj.key, "failed", obj.size, obj.etag, "source deleted during copy")
-            except (PermanentError, TransientError) as exc:
-                return ObjectResult(obj.key, "failed", obj.size, obj.etag, exc.message)
-        return ObjectResult(obj.key, "failed", obj.size, obj.etag, "source kept changing during copy")
+                    async with self.paths.hold(obj.key):
+                        out = await self.copier.copy(obj, moving)
+                    moving.finish(out.size)
+                    return ObjectResult(obj.key, "success", out.size, out.etag)
+                except SourceChangedError:
+                    moving.restart()
+                    try:
+                        obj = await self.src.head(obj.key)
+                    except NotFoundError:
+                        return ObjectResult(obj.key, "failed", obj.size, obj.etag, "source deleted during copy")
+                except (PermanentError, TransientError) as exc:
+                    return ObjectResult(obj.key, "failed", obj.size, obj.etag, exc.message)
+            return ObjectResult(obj.key, "failed", obj.size, obj.etag, "source kept changing during copy")
+        finally:
+            moving.close()  # failed or cancelled: what it moved no longer counts
 
     async def _handle(self, action: Action) -> ObjectResult:
         src = action.src

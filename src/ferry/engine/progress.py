@@ -6,7 +6,10 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.progress import ProgressColumn
 
 
 # rich (~70 ms to import) is loaded by TerminalProgress only: `--no-progress`, `--json` and the service never
@@ -21,6 +24,9 @@ class Counters:
     success: int = 0
     skipped: int = 0
     failed: int = 0
+    # Bytes of copied objects, and of objects being copied as their bytes move (see ObjectProgress): what a
+    # failed or restarted attempt had moved is taken back out, so once a run ends this is the bytes of the
+    # objects it copied.
     bytes_copied: int = 0
     bytes_skipped: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -36,13 +42,45 @@ class Counters:
         return self.bytes_copied / elapsed
 
 
+class ObjectProgress:
+    """One object's bytes counted into `Counters.bytes_copied` while they move, taken back out if the attempt
+    that moved them restarts or fails, and settled to the object's size once it is copied."""
+
+    __slots__ = ("_counters", "_moved", "_open")
+
+    def __init__(self, counters: Counters) -> None:
+        self._counters = counters
+        self._moved = 0
+        self._open = True
+
+    def add(self, n: int) -> None:
+        if self._open:
+            self._moved += n
+            self._counters.bytes_copied += n
+
+    def restart(self) -> None:
+        """An attempt starts again from its first byte: what it had moved no longer counts."""
+        self._counters.bytes_copied -= self._moved
+        self._moved = 0
+
+    def finish(self, size: int) -> None:
+        """The object is copied: it counts as `size` bytes, whatever was reported on the way."""
+        self._counters.bytes_copied += size - self._moved
+        self._moved = 0
+        self._open = False
+
+    def close(self) -> None:
+        """No more of this object counts (it failed, or the run stops); a late report is ignored."""
+        self.restart()
+        self._open = False
+
+
 class TerminalProgress:
     """A rich progress bar (objects, bytes, speed, ETA) refreshed from Counters until stopped."""
 
     def __init__(self, counters: Counters, stream: IO[str]) -> None:
         from rich.console import Console
         from rich.progress import (
-            BarColumn,
             DownloadColumn,
             Progress,
             TaskProgressColumn,
@@ -55,7 +93,7 @@ class TerminalProgress:
         self.console = Console(file=stream)
         self.bar = Progress(
             TextColumn("[bold]{task.description}"),
-            BarColumn(),
+            _bar_column(),
             TaskProgressColumn(),
             TextColumn("{task.fields[objects]}"),
             DownloadColumn(),
@@ -95,3 +133,20 @@ class TerminalProgress:
                 await self._runner
         self._refresh()
         self.bar.stop()
+
+
+def _bar_column() -> ProgressColumn:
+    from rich.progress import BarColumn, Task
+    from rich.progress_bar import ProgressBar
+
+    class KnownTotalBar(BarColumn):
+        """rich draws a bar whose total is unknown as a pulse, which on a terminal without colours (and in a
+        captured log) is a full bar: while the listing goes on it is drawn empty instead."""
+
+        def render(self, task: Task) -> ProgressBar:
+            bar = super().render(task)
+            if task.total is None:
+                bar.total, bar.completed, bar.pulse = 1, 0, False
+            return bar
+
+    return KnownTotalBar()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import threading
@@ -44,6 +45,7 @@ from ferry.engine.copier import CopyOptions
 from ferry.engine.pipeline import Transfer, TransferOptions
 from ferry.engine.progress import Counters
 from ferry.errors import AccessError, FatalError, FerryError, NotFoundError, SourceChangedError
+from ferry.runner import failed_lists
 from ferry.service import smn
 from ferry.storage.base import Backend, LineTooLong, ListOrder, ranged_lines
 from ferry.storage.http import UrlSource, parse_url_line
@@ -93,6 +95,7 @@ class TaskFailure(Exception):
 class RunResult:
     tally: Tally
     listed_any: bool
+    records: dict[str, Any] | None = None  # where the object lists went (with enable_failed_object_recording)
 
 
 # -- mapping a store failure to the OMS task failure codes (§3.5) ---------------------------------------------
@@ -266,7 +269,8 @@ class _Speed:
         while len(self.samples) > 2 and now - self.samples[0][0] > self.window:
             self.samples.pop(0)
         t0, b0 = self.samples[0]
-        return int((copied - b0) / (now - t0)) if now > t0 else 0
+        # Bytes of an object that failed mid-copy are taken back out of `copied`: never a negative speed.
+        return max(int((copied - b0) / (now - t0)), 0) if now > t0 else 0
 
 
 def progress_values(row: TaskRow, c: Counters, speed: int) -> dict[str, Any]:
@@ -461,6 +465,8 @@ class LocalRunner:
         if outcome == "lost":
             log.warning("task %d: lease lost; another runner owns it now", row.id)
             return
+        if isinstance(result, RunResult) and row.options.get("enable_failed_object_recording"):
+            result = dataclasses.replace(result, records=await self._write_records(row, result.tally.failed))
         await asyncio.to_thread(self._settle, row, counters, started, outcome, result)
 
     def _apply_limit(self, limiter: BandwidthLimiter, windows: list[Window]) -> None:
@@ -526,10 +532,8 @@ class LocalRunner:
             total = values["total_size"]
             values["progress"] = 1.0 if status == SUCCEEDED else (values["complete_size"] / total if total else 0.0)
             values["left_time"] = 0 if status == SUCCEEDED else None
-            if row.options.get("enable_failed_object_recording") and fresh.job_id is not None:
-                values["records"] = write_records(self.jobs, fresh.job_id,
-                                                  records_dir(self.data_dir, row.project_id, row.id),
-                                                  row.dst_spec.get("save_prefix") or "")
+            if result.records is not None:
+                values["records"] = result.records
             self._release(fresh, started, status, values)
             log.info("task %d: %s (%d ok, %d skipped, %d failed)", row.id,
                      "succeeded" if status == SUCCEEDED else "failed", result.tally.success, result.tally.skipped,
@@ -558,6 +562,45 @@ class LocalRunner:
         else:
             values["retry_at"] = time.time() + self.settings.retry_delay * 2 ** (attempts - 1)
             self._release(fresh, started, RETRYING, values)
+
+    async def _write_records(self, row: TaskRow, failed: int) -> dict[str, Any] | None:
+        """The run's object lists, under records/; the failed one (if anything failed) also into the destination
+        bucket, as OMS does. Not being able to write it there does not fail the task: the local copy stays."""
+        job_id = (await asyncio.to_thread(self.tasks.get, row.id) or row).job_id
+        if job_id is None:
+            return None
+        records = await asyncio.to_thread(write_records, self.jobs, job_id,
+                                          records_dir(self.data_dir, row.project_id, row.id),
+                                          row.dst_spec.get("save_prefix") or "")
+        local = records.pop("failed", None)
+        if local is None or not failed:
+            return records  # nothing failed: no list, as in OMS (a local write error stays in failed_error)
+        records["failed_file"] = local
+        key = failed_lists.task_list_key(row.name, row.group_id, time.time())
+        try:
+            # Bounded well within the lease, which nothing renews meanwhile.
+            async with asyncio.timeout(self.settings.lease_ttl / 2):
+                await self._upload_failed_list(row, key, Path(local))
+        except Exception as exc:  # whatever it was, the run's outcome stands and the local copy is there
+            why = exc.message if isinstance(exc, FerryError | TaskFailure) else type(exc).__name__
+            log.warning("task %d: the failed object list was not written to the destination bucket (%s); "
+                        "the server keeps it in %s", row.id, why, local)
+            records["failed_error"] = failed_lists.UPLOAD_FAILED
+        else:
+            records["failed"] = key
+        return records
+
+    async def _upload_failed_list(self, row: TaskRow, key: str, path: Path) -> None:
+        keys = self._credentials(row)
+        spec = row.dst_spec
+        # The bucket's root, whatever save_prefix the objects went under: where OMS writes its lists.
+        store = open_store(spec, spec["region"], spec["bucket"], "", keys["dst_ak"], keys["dst_sk"],
+                           keys.get("dst_security_token"), spec.get("kms_key_id"))
+        try:
+            with path.open("rb") as fh:
+                await failed_lists.upload(RetryingBackend(store), key, fh, path.stat().st_size)
+        finally:
+            await store.close()
 
     # -- one run ---------------------------------------------------------------------------------------------
 

@@ -4,6 +4,9 @@ Two kinds of work run side by side in one event loop:
 - events: claim due rows from `sync_events` under a lease, and for each key HEAD both sides, decide with the
   task's consistency rule, copy with the engine's Copier, verify, and record the outcome with the statistics
   in one batched transaction. Failures are retried with exponential backoff and listed with their reason.
+- failed lists: the keys a task gave up on are written into its destination bucket, at
+  `failed_lists.sync_list_key` (JSON lines of key, reason, attempts, failed_at), within a few seconds of a
+  key failing or recovering and after every reconciliation; the list is removed once nothing has failed.
 - reconciliation: every `reconcile_seconds` per task (at once for a new or restarted task, which is therefore
   its initial full copy) the streaming Planner merges the two listings and whatever events missed is copied.
   Source deletions are propagated only when the deployment enables it, and never more than a cap per run.
@@ -28,17 +31,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import random
 import re
 import socket
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import IO, Final
 
 from sqlalchemy import Engine
 
@@ -58,6 +63,7 @@ from ferry.errors import (
     VerificationError,
 )
 from ferry.objects import ObjectInfo
+from ferry.runner import failed_lists
 from ferry.runner.local import TaskFailure, failure_for
 from ferry.storage.base import Backend
 from ferry.storage.wrappers import RetryingBackend
@@ -73,6 +79,8 @@ _REASON_MAX: Final = 1024
 _PROBE_SECONDS: Final = 5.0
 # failure_for's code for a fatal refusal that names no cause of the task's (a TLS or connection failure...).
 _NO_TASK_CAUSE: Final = "TRF.0001"
+_FAILED_LIST_MAX: Final = 100_000  # keys in a failed list at most, as in OMS
+_FAILED_LIST_EVERY: Final = 5.0  # seconds between two writes of one task's failed list, at least
 
 
 def env_number(env: Mapping[str, str], name: str, default: float) -> float:
@@ -288,6 +296,8 @@ class SyncWorkers:
         self._wake: asyncio.Event | None = None
         self._tasks_changed: asyncio.Event | None = None
         self._refreshing: asyncio.Future[None] | None = None
+        self._lists_due: set[str] = set()  # tasks whose failed list must be written again
+        self._listed: dict[str, tuple[int, float]] = {}  # per task: keys in the list last written, and when
 
     # -- the whole -------------------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -304,6 +314,7 @@ class SyncWorkers:
             asyncio.create_task(self._tasks_loop(stop), name="sync-tasks"),
             asyncio.create_task(self._flush_loop(stop), name="sync-flush"),
             asyncio.create_task(self._heartbeat_loop(stop), name="sync-heartbeat"),
+            asyncio.create_task(self._failed_lists_loop(stop), name="sync-failed-lists"),
         ]
         try:
             await stop.wait()
@@ -624,6 +635,12 @@ class SyncWorkers:
                 # Put them back: the next flush tries again; the leases keep the keys from being re-claimed.
                 log.exception("sync: recording %d outcomes failed; will retry", len(batch))
                 self._outcomes[:0] = batch
+                return
+            for o in batch:
+                # A new failure, or a success that may end one in a list already written.
+                listed = self._listed.get(o.task_id)
+                if o.outcome == "failed" or (o.outcome == "success" and listed is not None and listed[0]):
+                    self._lists_due.add(o.task_id)
 
     async def _flush_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -683,6 +700,7 @@ class SyncWorkers:
                     self.repo.finish_reconcile, row.id, self.owner, self.clock(),
                     None if error == "interrupted" else error,
                 ))
+            self._lists_due.add(row.id)
             if error != "interrupted":
                 log.info("sync %s: reconciled in %.1fs: %d copied, %d failed, %d deleted%s", row.id,
                          time.monotonic() - started, copied, failed, deleted, f" ({error})" if error else "")
@@ -732,9 +750,10 @@ class SyncWorkers:
             overwrite_mode=OverwriteMode.NO_OVERWRITE,
         )
         doomed: list[str] = []
+        own_list = failed_lists.sync_list_key(rt.row.id)
         try:
             async for action in planner:
-                if isinstance(action, Copy) and action.reason is CopyReason.MISSING:
+                if isinstance(action, Copy) and action.reason is CopyReason.MISSING and action.src.key != own_list:
                     doomed.append(action.src.key)
                     if len(doomed) > cap:
                         break
@@ -756,6 +775,55 @@ class SyncWorkers:
             await rt.dst.delete(key)
             deleted += 1
         return deleted, None
+
+    # -- failed lists in the destination bucket --------------------------------------------------------------
+    async def _failed_lists_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self._sleep_or_stop(stop, self.settings.poll_seconds)
+            now = time.monotonic()
+            for task_id in list(self._lists_due):
+                if now - self._listed.get(task_id, (0, -_FAILED_LIST_EVERY))[1] >= _FAILED_LIST_EVERY:
+                    self._lists_due.discard(task_id)
+                    try:
+                        await self._write_failed_list(task_id)
+                    except Exception:
+                        log.exception("sync %s: writing the failed object list failed", task_id)
+
+    async def _write_failed_list(self, task_id: str) -> None:
+        """Write the keys `task_id` gave up on into its destination bucket, or remove the list if none are left."""
+        key = failed_lists.sync_list_key(task_id)
+        async with self._using(task_id) as rt:
+            if rt is None:
+                return  # stopped or deleted: its list stays as it was
+            last = self._listed.get(task_id)
+            try:
+                with tempfile.TemporaryFile() as fh:
+                    size, count = await asyncio.to_thread(self._failed_list_file, task_id, fh)
+                    if count:
+                        await failed_lists.upload(rt.dst, key, fh, size)
+                    elif last is None or last[0] != 0:  # a list may be there (written before, or by a past run)
+                        with contextlib.suppress(NotFoundError):
+                            await rt.dst.delete(key)
+            except FerryError as exc:
+                log.warning("sync %s: the failed object list was not written to the destination bucket: %s",
+                            task_id, _reason(exc))
+                self._lists_due.add(task_id)  # tried again after a pause
+                count = -1  # unknown: the next write or removal is not skipped
+            self._listed[task_id] = (count, time.monotonic())
+
+    def _failed_list_file(self, task_id: str, fh: IO[bytes]) -> tuple[int, int]:
+        """Write the task's given-up keys as JSON lines into `fh`: (bytes, keys)."""
+        count, after = 0, None
+        while count < _FAILED_LIST_MAX:
+            page = self.repo.given_up(task_id, after, min(1000, _FAILED_LIST_MAX - count))
+            if not page:
+                break
+            for p in page:
+                fh.write(json.dumps({"key": p.key, "reason": p.reason, "attempts": p.attempts,
+                                     "failed_at": int(p.updated_at * 1000)}, ensure_ascii=False).encode() + b"\n")
+            count += len(page)
+            after = page[-1].key
+        return fh.tell(), count
 
 
 def _same_md5(a: str | None, b: str | None) -> bool:

@@ -24,7 +24,7 @@ import re
 import socket
 import ssl
 import weakref
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import NamedTuple, cast
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -93,12 +93,13 @@ class HttpTimeout(HttpError):
 class SpliceSource:
     """The rest of a streamed answer's body, still in its socket, for a request writer to move in the kernel."""
 
-    __slots__ = ("_conn", "_lease", "_taken")
+    __slots__ = ("_conn", "_lease", "_taken", "on_moved")
 
     def __init__(self, conn: _Connection, lease: _Lease) -> None:
         self._conn = conn
         self._lease = lease
         self._taken = False
+        self.on_moved: Callable[[int], None] | None = None  # told, on the event loop, of the bytes moved
 
     def take(self) -> tuple[int, list[bytes], int] | None:
         """Stop the event loop reading the socket and hand over (a duplicate of its descriptor, the pieces
@@ -141,11 +142,16 @@ def splice_source(pieces: AsyncGenerator[bytes | memoryview, None]) -> SpliceSou
     return _SPLICEABLE.get(cast(AsyncGenerator[bytes, None], pieces))
 
 
-def pass_splice(outer: AsyncGenerator[bytes, None], inner: AsyncGenerator[bytes, None]) -> None:
-    """Declare that `outer` yields exactly `inner`'s bytes, so whatever may move `inner` may move `outer`."""
+def pass_splice(outer: AsyncGenerator[bytes, None], inner: AsyncGenerator[bytes, None],
+                on_moved: Callable[[int], None] | None = None) -> None:
+    """Declare that `outer` yields exactly `inner`'s bytes, so whatever may move `inner` may move `outer`;
+    `on_moved`, if given, is told of the bytes a kernel move carries (in steps of a few MiB), since `outer`
+    then never sees them."""
     source = _SPLICEABLE.get(inner)
     if source is not None:
         _SPLICEABLE[outer] = source
+        if on_moved is not None:
+            source.on_moved = on_moved
 
 
 class _Exchange:
@@ -589,7 +595,7 @@ class _Connection(asyncio.Protocol):
             source.watch(stopper)
             self._cancel_timer()  # the move keeps its own time; the answer's wait is timed again after it
             job = splice.executor().submit(_move_and_close, src, dst, prefix, remaining, stopper,
-                                           self._read_timeout)
+                                           self._read_timeout, self._reporter(source.on_moved))
             try:
                 await asyncio.wrap_future(job)
             except asyncio.CancelledError:
@@ -626,6 +632,18 @@ class _Connection(asyncio.Protocol):
                 self._arm_timer()
         await body.chunks.aclose()
         return True
+
+    def _reporter(self, on_moved: Callable[[int], None] | None) -> Callable[[int], None] | None:
+        """`on_moved`, callable from a move's thread: it runs on this connection's event loop."""
+        if on_moved is None:
+            return None
+        loop = self._loop
+
+        def report(n: int) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is watching any more
+                loop.call_soon_threadsafe(on_moved, n)
+
+        return report
 
     def fileno(self) -> int:
         assert self.transport is not None
@@ -697,9 +715,9 @@ class _Lease:
 
 
 def _move_and_close(src: int, dst: int, prefix: list[bytes], count: int, stopper: splice.Stopper,
-                    timeout: float) -> None:
+                    timeout: float, progress: Callable[[int], None] | None) -> None:
     try:
-        splice.move(src, dst, prefix, count, stopper, timeout)
+        splice.move(src, dst, prefix, count, stopper, timeout, progress=progress)
     finally:
         os.close(src)
         os.close(dst)

@@ -17,11 +17,13 @@ import os
 import select
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 AVAILABLE = hasattr(os, "splice") and hasattr(os, "eventfd")
 _refused = False  # a move found splice refused at run time (a seccomp filter, gVisor): none is tried again
 _PIPE_SIZE = 1024 * 1024  # the most an unprivileged process may ask for by default (/proc/sys/fs/pipe-max-size)
+# A move reports its progress in steps this big: often enough for a progress bar, rarely enough to cost nothing.
+PROGRESS_STEP = 4 * 1024 * 1024
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
@@ -83,23 +85,40 @@ def executor() -> concurrent.futures.ThreadPoolExecutor:
         return _executor
 
 
-def move(src: int, dst: int, prefix: Sequence[bytes], count: int, stopper: Stopper, timeout: float) -> None:
+def move(src: int, dst: int, prefix: Sequence[bytes], count: int, stopper: Stopper, timeout: float, *,
+         progress: Callable[[int], None] | None = None) -> None:
     """Write `prefix`, then move exactly `count` bytes from socket `src` to socket `dst` (both non-blocking).
 
-    Raises SpliceError when a side fails or ends early, when neither side makes progress for `timeout`
-    seconds, or when `stopper` is set. Blocking: run it in a thread of `executor()`.
+    `progress`, if given, is called (in this thread) with the bytes written since its last call, every
+    PROGRESS_STEP bytes and once at the end. Raises SpliceError when a side fails or ends early, when neither
+    side makes progress for `timeout` seconds, or when `stopper` is set. Blocking: run it in a thread of
+    `executor()`.
     """
-    mover = _Mover(src, dst, stopper, timeout)
+    mover = _Mover(src, dst, stopper, timeout, progress)
     for piece in prefix:
         mover.write(memoryview(piece))
     if count:
         mover.splice(count)
+    mover.report()
 
 
 class _Mover:
-    def __init__(self, src: int, dst: int, stopper: Stopper, timeout: float) -> None:
+    def __init__(self, src: int, dst: int, stopper: Stopper, timeout: float,
+                 on_progress: Callable[[int], None] | None) -> None:
         self.src, self.dst, self.stopper, self.timeout = src, dst, stopper, timeout
         self.progress = time.monotonic()
+        self.on_progress = on_progress
+        self.unreported = 0  # bytes written and not yet reported
+
+    def report(self) -> None:
+        n, self.unreported = self.unreported, 0
+        if n and self.on_progress is not None:
+            self.on_progress(n)
+
+    def _sent(self, n: int) -> None:
+        self.unreported += n
+        if self.unreported >= PROGRESS_STEP:
+            self.report()
 
     def _wait(self, reading: bool, writing: bool) -> None:
         """Sleep until a socket we wait for is ready (or in error: the next call then says which)."""
@@ -132,6 +151,7 @@ class _Mover:
                 raise SpliceError("destination", _reason(e)) from None
             view = view[n:]
             self.progress = time.monotonic()
+            self._sent(n)
 
     def splice(self, count: int) -> None:
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -165,6 +185,7 @@ class _Mover:
                         raise SpliceError(side, _reason(e)) from None
                     if n > 0:
                         held, moved = held - n, True
+                        self._sent(n)
                 if moved:
                     self.progress = time.monotonic()
                 else:
