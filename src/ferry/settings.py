@@ -31,10 +31,13 @@ def data_dir() -> Path:
 def make_private(path: Path) -> None:
     """Take group and other permissions off `path` (a directory becomes 0700, a file 0600) if it has any: it
     holds the database, the master key and object lists, and older versions created it 0755/0644."""
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        path.chmod(mode & 0o700)
-        log.warning("tightened the permissions of %s from %04o to %04o", path, mode, mode & 0o700)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            path.chmod(mode & 0o700)
+            log.warning("tightened the permissions of %s from %04o to %04o", path, mode, mode & 0o700)
+    except OSError as exc:  # not ours to change (another owner): the operator's call, not a reason to stop
+        log.warning("could not check the permissions of %s: %s", path, exc.strerror)
 
 
 def database_url(state_dir: Path | None = None) -> str:
