@@ -145,6 +145,11 @@ def assert_no_credentials(raw: bytes | str, *servers: Any) -> None:
         assert s.secret_key not in text and s.access_key not in text
 
 
+def record_file(svc: FerryService, task: Any) -> Path:
+    """The failed-object list of a task, which the API names relative to the records area."""
+    return svc.service.data_dir / "records" / task.failed_object_record.list_file_key
+
+
 def sizes(bodies: dict[str, bytes]) -> int:
     return sum(len(v) for v in bodies.values())
 
@@ -189,7 +194,7 @@ def test_prefix_task_copies_a_bucket(svc: FerryService, seaweed_a: Any, seaweed_
     dst = s3_client(seaweed_b)
     for k in [*list(bodies)[::9], "a b/c", "ü/ñ.txt"]:
         assert dst.get_object(Bucket=db, Key=k)["Body"].read() == bodies[k]
-    success = Path(task.failed_object_record.list_file_key).with_name("success.jsonl")
+    success = record_file(svc, task).with_name("success.jsonl")
     assert len(success.read_text().splitlines()) == n
     assert task.failed_object_record.result is False
 
@@ -279,7 +284,7 @@ def test_object_and_list_tasks_retry_only_failed_objects(svc: FerryService, seaw
     assert (failed.successful_num, failed.failed_num) == (4, 1), failed
     assert failed.error_reason.error_code == "FERRY.0422"
     assert failed.failed_object_record.result is True
-    lines = [json.loads(x) for x in Path(failed.failed_object_record.list_file_key).read_text().splitlines()]
+    lines = [json.loads(x) for x in record_file(svc, failed).read_text().splitlines()]
     assert [x["key"] for x in lines] == ["later"]
     assert set(listing(seaweed_b, db)) == {"f/1", "f/2", "f/sub/3", "h"}
     before = listing(seaweed_b, db)
@@ -347,8 +352,7 @@ def test_url_list_task_fetches_http_sources(svc: FerryService, seaweed_a: Any, s
     task, _ = wait_task(client, created.id, lambda t: t.status in (4, 5))
     assert task.status == 4 and (task.successful_num, task.failed_num) == (3, 2), task.error_reason
     assert task.src_node.cloud_type == "URLSource" and task.task_type == "url_list"
-    reasons = {x["key"]: x["reason"] for x in map(json.loads, Path(
-        task.failed_object_record.list_file_key).read_text().splitlines())}
+    reasons = {x["key"]: x["reason"] for x in map(json.loads, record_file(svc, task).read_text().splitlines())}
     assert set(reasons) == {"blocked", "later.bin"} and "not allowed" in reasons["blocked"]
     dst = s3_client(seaweed_b)
     assert dst.get_object(Bucket=db, Key="media/a.jpg")["Body"].read() == files[f"{sub}/pics/a.jpg"]
