@@ -36,6 +36,8 @@ def make_private(path: Path) -> None:
         if mode & 0o077:
             path.chmod(mode & 0o700)
             log.warning("tightened the permissions of %s from %04o to %04o", path, mode, mode & 0o700)
+    except FileNotFoundError:
+        pass  # gone meanwhile (an SQLite journal): nothing left to protect
     except OSError as exc:  # not ours to change (another owner): the operator's call, not a reason to stop
         log.warning("could not check the permissions of %s: %s", path, exc.strerror)
 
