@@ -22,7 +22,8 @@ from live_server import oms_client
 from sqlalchemy import select
 
 from ferry.cli import main
-from ferry.db.api_models import api_credentials, api_tokens, privacy_agreements
+from ferry.db.api_models import api_credentials, api_seen_signatures, api_tokens, privacy_agreements
+from pgdb import pg_database
 
 FERRY = [sys.executable, "-m", "ferry.cli"]
 
@@ -210,3 +211,54 @@ def test_a_token_from_before_keys_were_recorded_lives_while_its_project_has_a_ke
     assert _token_status(server, project, token) == 200
     credentials.revoke_credential(engine, key.access_key)
     assert _token_status(server, project, token) == 401
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    from ferry.db.database import open_database
+
+    pg = pg_database() if request.param == "postgresql" else None
+    url = next(pg) if pg is not None else f"sqlite:///{tmp_path / 'ferry.db'}"
+    engine = open_database(url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        if pg is not None:
+            next(pg, None)
+
+
+def test_the_credential_store_on_each_database(store_engine: Any, tmp_path: Path) -> None:
+    """Token lookup (key and project rules) and the replay store, on SQLite and PostgreSQL alike."""
+    from ferry.service import credentials
+    from ferry.service.secrets import SecretBox
+
+    box = SecretBox.load(tmp_path)
+    store = credentials.DbCredentialStore(store_engine, box)
+    project = uuid.uuid4().hex
+    first = credentials.create_credential(store_engine, box, project)
+    second = credentials.create_credential(store_engine, box, project)
+    token = credentials.create_token(store_engine, project, access_key=first.access_key)
+    legacy = "legacy-" + uuid.uuid4().hex
+    with store_engine.begin() as conn:
+        conn.execute(api_tokens.insert().values(
+            token_hash=hashlib.sha256(legacy.encode()).hexdigest(), project_id=project, created_at=time.time(),
+            expires_at=time.time() + 600, revoked_at=None))
+    assert store.lookup_token(token.token) == project and store.lookup_token(legacy) == project
+    credentials.revoke_credential(store_engine, first.access_key)
+    assert store.lookup_token(token.token) is None and store.lookup_token(legacy) == project
+    credentials.revoke_credential(store_engine, second.access_key)
+    assert store.lookup_token(legacy) is None
+    assert [t.status for t in credentials.list_tokens(store_engine, project)] == ["key revoked"] * 2
+    assert credentials.revoke_token(store_engine, token.token_id)
+    assert not credentials.revoke_token(store_engine, token.token_id)
+    assert credentials.revoke_project_tokens(store_engine, project) == 1
+
+    now = time.time()
+    assert store.remember_signature("a" * 64, now + 900, now)
+    assert not store.remember_signature("a" * 64, now + 900, now)
+    assert store.remember_signature("b" * 64, now + 900, now)
+    # Much later both have expired; the next write purges them.
+    assert store.remember_signature("c" * 64, now + 2000, now + 1000)
+    with store_engine.connect() as conn:
+        assert conn.execute(select(api_seen_signatures.c.signature)).scalars().all() == ["c" * 64]

@@ -260,5 +260,7 @@ class DbCredentialStore:
                 # Past their expiry the requests are refused as stale anyway: the table holds one window's worth.
                 self._next_purge = now + _PURGE_EVERY
                 conn.execute(delete(api_seen_signatures).where(api_seen_signatures.c.expires_at < now))
-            result = conn.execute(stmt.on_conflict_do_nothing(index_elements=["signature"]))
-        return result.rowcount == 1
+            # RETURNING, as psycopg reports no row count for this statement.
+            added = conn.execute(stmt.on_conflict_do_nothing(index_elements=["signature"])
+                                 .returning(api_seen_signatures.c.signature)).first()
+        return added is not None
