@@ -61,6 +61,9 @@ class Messages:
     TOO_LARGE: Final = "Request entity too large."
     REQUEST_TIMEOUT: Final = "Request timeout: the request body did not arrive in time."
     AUTH_FAILED: Final = "Incorrect IAM authentication information: verify aksk signature fail"
+    # Tells a replayer nothing new, and a client that sent the same call twice within a second what to do.
+    REPLAYED: Final = ("Incorrect IAM authentication information: this signed request was already received; "
+                       "sign it again (X-Sdk-Date moves every second)")
     FORBIDDEN: Final = "The IAM user is not authorized to access the API."
 
 
@@ -91,6 +94,10 @@ class OmsError(Exception):
     def unauthorized(cls) -> OmsError:
         # One message for every authentication failure: which check failed is of use only to an attacker.
         return cls(401, Codes.AUTH_FAILED, Messages.AUTH_FAILED)
+
+    @classmethod
+    def replayed(cls) -> OmsError:
+        return cls(401, Codes.AUTH_FAILED, Messages.REPLAYED)
 
     @classmethod
     def forbidden(cls) -> OmsError:
