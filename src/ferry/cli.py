@@ -105,11 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
     cr = csub.add_parser("revoke", help="revoke an access key")
     cr.add_argument("access_key", help="the access key to revoke")
 
-    t = sub.add_parser("tokens", help="X-Auth-Token tokens of projects")
+    t = sub.add_parser("tokens", help="X-Auth-Token tokens of projects, each living as long as its access key")
     tsub = t.add_subparsers(dest="action", required=True, parser_class=_Parser)
-    tc = tsub.add_parser("create", help="create a token; prints one JSON line")
+    tc = tsub.add_parser("create", help="create a token; prints one JSON line (the only time the token shows)")
     tc.add_argument("--project-id", required=True, help="the project (32 hex characters)")
     tc.add_argument("--ttl", type=int, default=86400, metavar="SECONDS", help="lifetime (default 86400)")
+    tc.add_argument("--access-key", metavar="AK", help="the project's access key the token lives with (needed "
+                    "when it has several); revoking the key revokes the token")
+    tl = tsub.add_parser("list", help="list tokens by id (never the tokens), one JSON line each")
+    tl.add_argument("--project-id", help="only this project's tokens")
+    tr = tsub.add_parser("revoke", help="revoke a token by id, or every token of a project")
+    tr.add_argument("token_id", nargs="?", help="the token id `ferry tokens list` shows")
+    tr.add_argument("--project-id", help="with --all: the project whose tokens to revoke")
+    tr.add_argument("--all", action="store_true", help="revoke every token of --project-id")
     return parser
 
 
@@ -318,10 +326,7 @@ def _tenancy(args: argparse.Namespace) -> int:
     engine = open_database(database_url())
     try:
         if args.command == "tokens":
-            token = credentials.create_token(engine, args.project_id, args.ttl)
-            print(json.dumps({"token": token.token, "project_id": token.project_id,
-                              "expires_at": datetime.fromtimestamp(token.expires_at).astimezone().isoformat()}))
-            return EXIT_OK
+            return _tokens(engine, args)
         if args.action == "create":
             base = data_dir()
             made = credentials.create_credential(engine, SecretBox.load(base), args.project_id)
@@ -347,6 +352,35 @@ def _tenancy(args: argparse.Namespace) -> int:
         return EXIT_OK
     finally:
         engine.dispose()
+
+
+def _tokens(engine: Any, args: argparse.Namespace) -> int:
+    from ferry.service import credentials
+
+    def when(t: float) -> str:
+        return datetime.fromtimestamp(t).astimezone().isoformat()
+
+    if args.action == "create":
+        token = credentials.create_token(engine, args.project_id, args.ttl, args.access_key)
+        print(json.dumps({"token": token.token, "token_id": token.token_id, "project_id": token.project_id,
+                          "access_key": token.access_key, "expires_at": when(token.expires_at)}))
+    elif args.action == "list":
+        for info in credentials.list_tokens(engine, args.project_id):
+            print(json.dumps({"token_id": info.token_id, "project_id": info.project_id,
+                              "access_key": info.access_key, "created_at": when(info.created_at),
+                              "expires_at": when(info.expires_at), "status": info.status}))
+    elif args.all:
+        if args.token_id is not None or args.project_id is None:
+            raise UsageError("tokens revoke: give either a token id, or --project-id P --all")
+        count = credentials.revoke_project_tokens(engine, args.project_id)
+        print(json.dumps({"project_id": args.project_id, "revoked": count}))
+    else:
+        if args.token_id is None or args.project_id is not None:
+            raise UsageError("tokens revoke: give either a token id, or --project-id P --all")
+        if not credentials.revoke_token(engine, args.token_id):
+            raise UsageError("no active token of that id (see `ferry tokens list`)")
+        print(json.dumps({"token_id": args.token_id, "status": "revoked"}))
+    return EXIT_OK
 
 
 def _redact(message: str, args: argparse.Namespace) -> str:

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import ipaddress
 import logging
+import os
 import signal
 import sys
 import threading
@@ -21,6 +22,7 @@ from sqlalchemy import Engine
 from ferry.api.app import create_app
 from ferry.api.deps import ApiServices
 from ferry.db.database import open_database
+from ferry.http_edge import QuerySecretFilter, protocol_class
 from ferry.runner.groups import GroupRunner
 from ferry.runner.local import LocalRunner, RunnerSettings
 from ferry.runner.sync import SyncBackground
@@ -31,6 +33,7 @@ from ferry.service.groups import GroupContext
 from ferry.service.secrets import SecretBox
 from ferry.service.sync import SyncContext, SyncProcess, build_sync_runtime
 from ferry.service.tasks import TaskContext, TaskLimits
+from ferry.settings import HttpLimits, make_private, public_url
 
 DEFAULT_HOST: Final = "127.0.0.1"
 # Not 80/443 (no TLS here, and no root needed) nor the crowded 8000/8080; free on common installs.
@@ -83,10 +86,13 @@ def build(
     limits: TaskLimits | None = None,
     expose_openapi: bool = False,
     sync_workers: str = "thread",
+    http_limits: HttpLimits | None = None,
+    public_url: str | None = None,
 ) -> Service:
     """Open (and upgrade) the database, load the master key, and wire the API over them.
 
-    `sync_workers` (thread | process) is where the sync-task workers run unless FERRY_SYNC_WORKERS says.
+    `sync_workers` (thread | process) is where the sync-task workers run unless FERRY_SYNC_WORKERS says;
+    `public_url` roots the links the API hands out (else the address each request came in on).
     """
     load_overrides()  # a malformed FERRY_ENDPOINT_OVERRIDES is refused now, not by the first task that needs it
     engine = open_database(database_url)
@@ -109,6 +115,8 @@ def build(
         tasks=ctx,
         sync=sync_ctx,
         groups=group_ctx,
+        http_limits=http_limits or HttpLimits(),
+        public_url=public_url,
     )
     app = create_app(services, expose_openapi=expose_openapi)
     return Service(engine, box, data_dir, services, app, runner, sync=sync_runtime, groups=group_runner)
@@ -142,12 +150,22 @@ def _is_loopback(host: str) -> bool:
 def serve(data_dir: Path, database_url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           runner_settings: RunnerSettings | None = None) -> int:
     """Run the API and the runner until SIGINT/SIGTERM; running tasks are left to resume at the next start."""
+    limits = HttpLimits.from_env()
+    # Whatever the server writes (the database and its WAL, object lists, logs of a sync process) is its own.
+    os.umask(0o077)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private(data_dir)
     # The sync workers get a process of their own: copying must not hold up API requests on the GIL.
-    service = build(data_dir, database_url, runner_settings=runner_settings, sync_workers="process")
+    service = build(data_dir, database_url, runner_settings=runner_settings, sync_workers="process",
+                    http_limits=limits, public_url=public_url())
     if not _is_loopback(host):
         print(f"ferry: warning: serving plain HTTP on {host}; put a TLS proxy in front of it", file=sys.stderr)
     config = uvicorn.Config(service.app, host=host, port=port, lifespan="off", log_config=None,
-                            access_log=True, server_header=False)
+                            access_log=True, server_header=False, http=protocol_class(limits),
+                            timeout_keep_alive=limits.keep_alive)  # type: ignore[arg-type]
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, QuerySecretFilter) for f in access.filters):
+        access.addFilter(QuerySecretFilter())
     server = _Server(config)
     service.start_runner()
     dialect = service.engine.dialect.name

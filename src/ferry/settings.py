@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from ferry.errors import UsageError
+
+log = logging.getLogger("ferry.settings")
 
 
 def data_dir() -> Path:
-    """Where Ferry keeps its state: `FERRY_DATA_DIR`, else the per-user data directory."""
+    """Where Ferry keeps its state: `FERRY_DATA_DIR`, else the per-user data directory; private to its owner."""
     raw = os.environ.get("FERRY_DATA_DIR")
     if raw:
         path = Path(raw).expanduser()
@@ -15,8 +23,23 @@ def data_dir() -> Path:
         import platformdirs  # only when no directory is given: ~3 ms of a run's start-up
 
         path = Path(platformdirs.user_data_dir("ferry", appauthor=False))
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private(path)
     return path
+
+
+def make_private(path: Path) -> None:
+    """Take group and other permissions off `path` (a directory becomes 0700, a file 0600) if it has any: it
+    holds the database, the master key and object lists, and older versions created it 0755/0644."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            path.chmod(mode & 0o700)
+            log.warning("tightened the permissions of %s from %04o to %04o", path, mode, mode & 0o700)
+    except FileNotFoundError:
+        pass  # gone meanwhile (an SQLite journal): nothing left to protect
+    except OSError as exc:  # not ours to change (another owner): the operator's call, not a reason to stop
+        log.warning("could not check the permissions of %s: %s", path, exc.strerror)
 
 
 def database_url(state_dir: Path | None = None) -> str:
@@ -25,5 +48,60 @@ def database_url(state_dir: Path | None = None) -> str:
     if url and state_dir is None:
         return url
     base = state_dir if state_dir is not None else data_dir()
-    base.mkdir(parents=True, exist_ok=True)
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
     return f"sqlite:///{base / 'ferry.db'}"
+
+
+def public_url() -> str | None:
+    """`FERRY_PUBLIC_URL`: the address clients reach the API at (behind a proxy), for links the API hands out;
+    None when unset, and links then name the address the connection came in on, never the Host header."""
+    raw = os.environ.get("FERRY_PUBLIC_URL", "").strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment or "@" in (
+        parts.netloc
+    ):
+        raise UsageError("FERRY_PUBLIC_URL must be an http(s) URL without query or credentials, "
+                         "e.g. https://ferry.example.com")
+    return raw.rstrip("/")
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """How long `ferry serve` waits for slow or idle clients, and how many connections it serves at once
+    (against slowloris); from FERRY_HTTP_* variables."""
+
+    header_timeout: float = 10.0  # the request line and headers must all arrive within this
+    body_timeout: float = 10.0  # a body may take this long, plus its length at body_min_rate
+    body_min_rate: int = 16 * 1024  # bytes per second
+    keep_alive: float = 5.0  # a connection idle between requests is closed after this
+    max_connections: int = 256  # requests on connections beyond this are answered 503
+
+    def body_deadline(self, length: int) -> float:
+        """Seconds a body of `length` bytes may take to arrive."""
+        return self.body_timeout + length / self.body_min_rate
+
+    @classmethod
+    def from_env(cls) -> HttpLimits:
+        d = cls()
+        return cls(
+            header_timeout=_number("FERRY_HTTP_HEADER_TIMEOUT", d.header_timeout, 0.1, 3600),
+            body_timeout=_number("FERRY_HTTP_BODY_TIMEOUT", d.body_timeout, 0.1, 3600),
+            body_min_rate=int(_number("FERRY_HTTP_BODY_MIN_RATE", d.body_min_rate, 1, 1 << 30)),
+            keep_alive=_number("FERRY_HTTP_KEEP_ALIVE", d.keep_alive, 0.1, 3600),
+            max_connections=int(_number("FERRY_HTTP_MAX_CONNECTIONS", d.max_connections, 1, 1_000_000)),
+        )
+
+
+def _number(name: str, default: float, low: float, high: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:
+        raise UsageError(f"{name} must be a number from {low:g} to {high:g}, not {raw!r}")
+    return value

@@ -112,6 +112,13 @@ def stop(running: _Running) -> None:
     running.thread.join(timeout=10)
 
 
+def next_second() -> None:
+    """Wait until the SDK's X-Sdk-Date (whole seconds) has moved on. Ferry accepts a signed write once, and the SDK
+    signs the same call made twice within one second identically: a test that repeats a call on purpose (to see
+    the answer to a second stop, delete or create) waits here first. The clock has no event to await."""
+    time.sleep(1.0 - time.time() % 1.0 + 0.01)
+
+
 def oms_client(url: str, ak: str, sk: str, project_id: str) -> OmsClient:
     # The SDK logs every request at INFO through its own handlers; keep test output readable.
     logging.getLogger("HttpClient").setLevel(logging.WARNING)

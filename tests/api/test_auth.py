@@ -229,6 +229,53 @@ def test_token_auth(verifier: RequestVerifier) -> None:
     rejects(verifier, base)
 
 
+def test_a_signed_write_is_accepted_once(verifier: RequestVerifier) -> None:
+    post = signed(method="POST", path="/v2/{project_id}/tasks", body=b'{"name": "a"}')
+    verifier.authenticate(post, PROJECT)
+    with pytest.raises(OmsError) as info:
+        verifier.authenticate(post, PROJECT)
+    assert (info.value.status, info.value.error_code) == (401, "APIGW.0301")
+    assert "already received" in info.value.error_msg
+    # The same call with another body, or another call, in the same second is another request.
+    verifier.authenticate(signed(method="POST", path="/v2/{project_id}/tasks", body=b'{"name": "b"}'), PROJECT)
+    verifier.authenticate(signed(method="DELETE", path="/v2/{project_id}/tasks/1"), PROJECT)
+    get = signed()
+    assert [verifier.authenticate(get, PROJECT).project_id for _ in range(3)] == [PROJECT] * 3
+    # Sync events may come twice in a second (two uploads of one key): a repeat only compares the key again.
+    for path in ("/v2/{project_id}/sync-tasks/{id}/events", "/v2/{project_id}/sync-tasks/{id}/notifications"):
+        event = signed(method="POST", path=path, path_params={"id": "t-1"}, body=b'{"object_keys": ["k"]}')
+        assert [verifier.authenticate(event, PROJECT).project_id for _ in range(2)] == [PROJECT] * 2
+    # Not a path that merely ends like one.
+    stop = signed(method="POST", path="/v2/{project_id}/sync-tasks/{id}/stop", path_params={"id": "events"})
+    verifier.authenticate(stop, PROJECT)
+    with pytest.raises(OmsError):
+        verifier.authenticate(stop, PROJECT)
+
+
+def test_seen_signatures_are_kept_for_the_window_only(store: InMemoryCredentialStore) -> None:
+    now = [NOW]
+    verifier = RequestVerifier(store, clock=lambda: now[0])
+    verifier.authenticate(signed(method="POST", path="/v2/{project_id}/privacy-agreements"), PROJECT)
+    assert len(store.seen) == 1
+    # Once the date has left the window the request is stale anyway, and its signature is let go.
+    now[0] = NOW + timedelta(minutes=15, seconds=1)
+    verifier.authenticate(signed(method="POST", path="/v2/{project_id}/privacy-agreements", date=now[0]), PROJECT)
+    assert len(store.seen) == 1
+
+
+def test_a_full_replay_store_refuses_writes_rather_than_forget(store: InMemoryCredentialStore) -> None:
+    from ferry.api.auth import SeenSignatures
+    from ferry.errors import TransientError
+
+    seen = SeenSignatures(capacity=2)
+    t = NOW.timestamp()
+    assert seen.add("a", t + 10, t) and seen.add("b", t + 20, t)
+    assert not seen.add("a", t + 10, t)
+    with pytest.raises(TransientError):
+        seen.add("c", t + 30, t)
+    assert seen.add("c", t + 30, t + 11) and len(seen) == 2  # "a" expired
+
+
 def test_canonical_pieces_match_the_reference_example() -> None:
     assert canonical_uri(f"/v2/{PROJECT}/sync-tasks") == f"/v2/{PROJECT}/sync-tasks/"
     assert canonical_uri("/") == "/"

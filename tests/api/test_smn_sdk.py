@@ -23,6 +23,7 @@ from huaweicloudsdkoms.v2 import (
     TaskGroupDstNode,
     TaskGroupSrcNode,
 )
+from live_server import next_second
 
 from ferry.api.auth import IncomingRequest, InMemoryCredentialStore, RequestVerifier
 from ferry.api.errors import OmsError
@@ -158,6 +159,7 @@ def test_a_status_outside_the_triggers_sends_nothing(svc: FerryService, smn: Smn
         f"OMS migration task {task.name} failed"]
     # ...while a success is not.
     fill(seaweed_a, src, {"k": b"v"})
+    next_second()
     other = client.create_task(prefix_task(seaweed_a, src, seaweed_b, dst, smn_config=config))
     done, _ = wait_task(client, other.id, lambda t: t.status == 5 and t.smn_info is not None)
     assert (done.smn_info.notify_result, done.smn_info.notify_error_message) == (False, "")

@@ -24,6 +24,7 @@ from huaweicloudsdkoms.v2 import (
     StopSyncTaskRequest,
     SyncObjectReq,
 )
+from live_server import next_second
 from sdk_signing import signed_sdk_request
 from sync_live import SyncLive, encoded, get, put, sync_live, wait_for
 
@@ -117,6 +118,7 @@ def test_lifecycle_list_show_stop_start_delete(sync_server: SyncLive, bucket_fac
     stopped = client.list_sync_tasks(ListSyncTasksRequest(status="STOPPED", limit=100))
     assert [t.sync_task_id for t in stopped.tasks] == [task_id] and stopped.count == 1
     assert client.list_sync_tasks(ListSyncTasksRequest(status="SYNCHRONIZING", limit=1, offset=0)).count >= 0
+    next_second()
     with pytest.raises(ClientRequestException) as exc:
         client.stop_sync_task(StopSyncTaskRequest(sync_task_id=task_id))
     assert _error(exc) == (400, "OMS.0001") and "SYNCHRONIZING" in exc.value.error_msg
@@ -129,6 +131,7 @@ def test_lifecycle_list_show_stop_start_delete(sync_server: SyncLive, bucket_fac
     client.start_sync_task(StartSyncTaskRequest(sync_task_id=task_id, body=creds))
     again = client.show_sync_task(ShowSyncTaskRequest(sync_task_id=task_id, query_time=_now_ms()))
     assert again.status == "SYNCHRONIZING" and again.last_start_time >= shown.last_start_time
+    next_second()
     with pytest.raises(ClientRequestException) as exc:
         client.start_sync_task(StartSyncTaskRequest(sync_task_id=task_id, body=creds))
     assert _error(exc) == (400, "OMS.0001")
@@ -144,6 +147,7 @@ def test_lifecycle_list_show_stop_start_delete(sync_server: SyncLive, bucket_fac
     assert task_id not in {t.sync_task_id for t in other.list_sync_tasks(ListSyncTasksRequest()).tasks or []}
 
     client.delete_sync_task(DeleteSyncTaskRequest(sync_task_id=task_id))
+    next_second()
     for call in (
         lambda: client.show_sync_task(ShowSyncTaskRequest(sync_task_id=task_id, query_time=_now_ms())),
         lambda: client.delete_sync_task(DeleteSyncTaskRequest(sync_task_id=task_id)),
@@ -179,6 +183,7 @@ def test_create_validation_and_quota(sync_server: SyncLive, bucket_factory: Buck
     assert rejected(dst_crypto_type="KMS")[:2] == (400, "OMS.0001")
     assert rejected(src_bucket="Not_A_Bucket")[:2] == (400, "OMS.0001")
     assert rejected(src_region="us east 1")[:2] == (400, "OMS.0001")  # not a region name
+    next_second()
     status, code, msg = rejected(src_sk="s" * 101)
     assert "s" * 20 not in msg  # the rejected secret is never echoed
     # A well-formed name that is no region of the cloud (and not in the operator's table) names no endpoint.
@@ -198,6 +203,7 @@ def test_create_validation_and_quota(sync_server: SyncLive, bucket_factory: Buck
     assert [t.source_cdn.domain for t in listed.tasks if t.source_cdn] == ["cdn.example.com"]
     assert client.list_sync_tasks(ListSyncTasksRequest(limit=2, offset=4)).count == 5
     assert len(client.list_sync_tasks(ListSyncTasksRequest(limit=2, offset=4)).tasks) == 1
+    next_second()
     status, code, msg = rejected()
     assert (status, code) == (400, "OMS.0077") and "5" in msg
     for task_id in made:
@@ -433,6 +439,7 @@ def test_bucket_notifications_signed_and_by_token(sync_server: SyncLive, bucket_
     assert get(live.dst, dst, "gone.txt") is None  # its record was a removal: not a sync event
 
     # A rotated token replaces the old one.
+    next_second()
     resp = _signed(live, "POST", f"/v2/{{project_id}}/sync-tasks/{task_id}/notification-token")
     r = requests.post(url, headers={"X-Ferry-Token": token}, json=_s3_event(src, "n2.txt"), timeout=10)
     assert r.status_code == 401

@@ -50,7 +50,7 @@ from huaweicloudsdkoms.v2 import (
 from huaweicloudsdkoms.v2 import (
     CreateTaskReq as SdkCreateTaskReq,
 )
-from live_server import oms_client
+from live_server import next_second, oms_client
 from sqlalchemy import select
 
 from ferry.api.schemas import CreateTaskReq
@@ -356,6 +356,7 @@ def test_stop_start_resume_and_lifecycle_rules(svc: FerryService, seaweed_a: Any
             task_id=task_id, body=UpdateBandwidthPolicyReq(bandwidth_policy=WHOLE_DAY)))
     assert_error(info.value, 409, "OMS.0070")
     client.delete_task(DeleteTaskRequest(task_id=task_id))
+    next_second()
     for call in (lambda: client.show_task(ShowTaskRequest(task_id=task_id)),
                  lambda: client.delete_task(DeleteTaskRequest(task_id=task_id))):
         with pytest.raises(ClientRequestException) as info:

@@ -50,7 +50,7 @@ def create_app(
     setattr(app.state, SERVICES_STATE, services)
     setattr(app.state, VERIFIER_STATE, RequestVerifier(services.credentials, clock=services.clock))
     install_error_handlers(app, oms_error_for_validation)
-    app.add_middleware(RequestContextMiddleware, max_body=services.max_body)
+    app.add_middleware(RequestContextMiddleware, max_body=services.max_body, limits=services.http_limits)
     for router in routers:
         app.include_router(router, prefix=PROJECT_PREFIX, dependencies=[Depends(require_principal)])
     for router in public_routers:

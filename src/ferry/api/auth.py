@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import heapq
 import hmac
 import os
 import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -16,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Scope
 
 from ferry.api.errors import OmsError
+from ferry.errors import TransientError
 from ferry.sdk_hmac import ALGORITHM, DATE_FORMAT, EMPTY_SHA256, canonical_query, canonical_uri, sign, string_to_sign
 
 MAX_SKEW: Final = timedelta(minutes=15)
@@ -24,6 +27,12 @@ REQUIRED_SIGNED: Final = frozenset({"host", "x-sdk-date"})
 _MAX_AUTH_HEADER: Final = 4096
 _MAX_TOKEN: Final = 16384
 _HEX64: Final = re.compile(r"[0-9a-f]{64}")
+# Requests that change nothing may be repeated; any other signed request is accepted once (a replay is refused).
+_SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+# ...except sync events and bucket notifications: they only ask for keys to be compared again, which a replay
+# cannot abuse, while the same key legitimately changes twice within the one second the SDK's date resolves
+# (two uploads), and refusing the second call would leave the newer object unsynced.
+_REPLAY_HARMLESS: Final = re.compile(r"/v2/[^/]+/sync-tasks/[^/]+/(?:events|notifications)/?")
 
 
 class CredentialStore(Protocol):
@@ -35,6 +44,11 @@ class CredentialStore(Protocol):
 
     def lookup_token(self, token: str) -> str | None:
         """The project id a valid, unexpired token is scoped to, else None."""
+        ...
+
+    def remember_signature(self, signature: str, expires_at: float, now: float) -> bool:
+        """Record the signature of an accepted write request until `expires_at`; False if it was already seen
+        (a replay). Entries past their expiry may be forgotten: their requests are refused as stale."""
         ...
 
 
@@ -196,6 +210,14 @@ class RequestVerifier:
         matches = hmac.compare_digest(expected, auth.signature)
         if found is None or canonical is None or not matches:
             raise OmsError.unauthorized()
+        if req.method.upper() not in _SAFE_METHODS and not _REPLAY_HARMLESS.fullmatch(req.raw_path):
+            # Only once proven: an unauthenticated caller cannot fill the store. The signature covers the method,
+            # path, query, signed headers, body and date, so an identical one is the same request sent again.
+            signed_at = datetime.strptime(dates[0].strip(), DATE_FORMAT).replace(tzinfo=UTC)
+            now = self._clock()
+            if not self._store.remember_signature(auth.signature, (signed_at + self._max_skew).timestamp(),
+                                                  now.timestamp()):
+                raise OmsError.replayed()
         return Principal(project_id=project_id, method="aksk", access_key=auth.access_key)
 
     def _verify_token(self, values: list[str]) -> Principal:
@@ -227,13 +249,40 @@ class RequestVerifier:
             raise OmsError.forbidden()
 
 
+class SeenSignatures:
+    """Signatures of accepted write requests, each until its expiry, at most `capacity` at once (then new
+    writes are refused as unavailable until room frees up: forgetting one early would let it be replayed)."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self._capacity = capacity
+        self._expiry: dict[str, float] = {}
+        self._by_expiry: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def add(self, signature: str, expires_at: float, now: float) -> bool:
+        with self._lock:
+            while self._by_expiry and self._by_expiry[0][0] < now:
+                self._expiry.pop(heapq.heappop(self._by_expiry)[1], None)
+            if signature in self._expiry:
+                return False
+            if len(self._expiry) >= self._capacity:
+                raise TransientError("too many recent write requests to check for replays", retry_after=1)
+            self._expiry[signature] = expires_at
+            heapq.heappush(self._by_expiry, (expires_at, signature))
+            return True
+
+
 class InMemoryCredentialStore:
     """A CredentialStore held in memory, for tests, development and the embedded single-user mode."""
 
-    def __init__(self) -> None:
+    def __init__(self, seen_capacity: int = 100_000) -> None:
         self._keys: dict[str, tuple[str, str]] = {}
         # Kept by digest: the table never holds a usable token, and lookup is not a string compare.
         self._tokens: dict[bytes, str] = {}
+        self.seen = SeenSignatures(seen_capacity)
 
     def add_access_key(self, access_key: str, secret_key: str, project_id: str) -> None:
         self._keys[access_key] = (project_id, secret_key)
@@ -246,6 +295,9 @@ class InMemoryCredentialStore:
 
     def lookup_token(self, token: str) -> str | None:
         return self._tokens.get(hashlib.sha256(token.encode("utf-8")).digest())
+
+    def remember_signature(self, signature: str, expires_at: float, now: float) -> bool:
+        return self.seen.add(signature, expires_at, now)
 
 
 VERIFIER_STATE: Final = "ferry_verifier"

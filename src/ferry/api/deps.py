@@ -16,6 +16,7 @@ from ferry.api.auth import CredentialStore, Principal, require_principal
 from ferry.api.errors import DEFAULT_MAX_BODY, OmsError
 from ferry.api.schemas import dump
 from ferry.service.buckets import HelperSettings
+from ferry.settings import HttpLimits
 
 if TYPE_CHECKING:
     from ferry.service.groups import GroupContext
@@ -40,6 +41,10 @@ class ApiServices:
     record_privacy_agreement: Callable[[str], None]
     clock: Callable[[], datetime] = field(default=_utcnow)
     max_body: int = DEFAULT_MAX_BODY
+    # How long a request body may take to arrive (the body part of the FERRY_HTTP_* limits).
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
+    # FERRY_PUBLIC_URL: the root of links the API hands out; None names the address the request came in on.
+    public_url: str | None = None
     # Sync tasks (routes.sync_tasks): database, secret box and worker wake-up; None answers 404 APIGW.0101.
     sync: SyncContext | None = None
     # Bucket helpers (routes.buckets): where clouds are and which CDN hosts may be probed.
@@ -62,6 +67,20 @@ async def get_services(request: Request) -> ApiServices:
 
 Services = Annotated[ApiServices, Depends(get_services)]
 CurrentPrincipal = Annotated[Principal, Depends(require_principal)]
+
+
+def public_base_url(request: Request) -> str:
+    """The root of links in answers (`GET /`, the notification URL): FERRY_PUBLIC_URL, else the address and port
+    the connection came in on. Never the Host header, which the caller chooses."""
+    services: ApiServices = getattr(request.app.state, SERVICES_STATE)
+    if services.public_url:
+        return services.public_url
+    server = request.scope.get("server")
+    if not server or server[1] is None:
+        return ""  # a Unix socket: relative links
+    host, port = server
+    host = f"[{host}]" if ":" in host else host
+    return f"{request.scope.get('scheme', 'http')}://{host}:{port}"
 
 
 def ok(model: BaseModel) -> JSONResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -15,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ferry.errors import FerryError, NotFoundError, TransientError, UsageError
+from ferry.settings import HttpLimits
 
 log = logging.getLogger("ferry.api")
 
@@ -39,6 +41,8 @@ class Codes:
     UNAVAILABLE: Final = "OMS.0503"
     NO_API: Final = "APIGW.0101"
     TOO_LARGE: Final = "APIGW.0201"
+    # APIG answers every malformed or incomplete request with APIGW.0201, the code of 413 too.
+    REQUEST_TIMEOUT: Final = "APIGW.0201"
     AUTH_FAILED: Final = "APIGW.0301"
     FORBIDDEN: Final = "APIGW.0302"
 
@@ -55,7 +59,11 @@ class Messages:
     NO_API: Final = "The API does not exist or has not been published in the environment."
     NO_METHOD: Final = "The API does not exist."
     TOO_LARGE: Final = "Request entity too large."
+    REQUEST_TIMEOUT: Final = "Request timeout: the request body did not arrive in time."
     AUTH_FAILED: Final = "Incorrect IAM authentication information: verify aksk signature fail"
+    # Tells a replayer nothing new, and a client that sent the same call twice within a second what to do.
+    REPLAYED: Final = ("Incorrect IAM authentication information: this signed request was already received; "
+                       "sign it again (X-Sdk-Date moves every second)")
     FORBIDDEN: Final = "The IAM user is not authorized to access the API."
 
 
@@ -86,6 +94,10 @@ class OmsError(Exception):
     def unauthorized(cls) -> OmsError:
         # One message for every authentication failure: which check failed is of use only to an attacker.
         return cls(401, Codes.AUTH_FAILED, Messages.AUTH_FAILED)
+
+    @classmethod
+    def replayed(cls) -> OmsError:
+        return cls(401, Codes.AUTH_FAILED, Messages.REPLAYED)
 
     @classmethod
     def forbidden(cls) -> OmsError:
@@ -129,6 +141,9 @@ def _for_http_status(status: int, raw_headers: Mapping[str, str] | None) -> OmsE
         return OmsError(405, Codes.NO_API, Messages.NO_METHOD, headers=headers)
     if status == 413:
         return OmsError(413, Codes.TOO_LARGE, Messages.TOO_LARGE)
+    if status == 408:
+        # The rest of the body is never read, so the connection cannot carry another request.
+        return OmsError(408, Codes.REQUEST_TIMEOUT, Messages.REQUEST_TIMEOUT, headers={"Connection": "close"})
     if status >= 500:
         return OmsError.internal()
     return OmsError(status, Codes.INVALID_PARAMETER, Messages.INVALID_PARAMETER, headers=headers)
@@ -175,14 +190,17 @@ def install_error_handlers(app: FastAPI, validation_mapper: ValidationMapper) ->
 
 class RequestContextMiddleware:
     """Gives each request an id (echoed as X-Request-Id on every answer), tolerates one trailing slash,
-    caps the body size, and is the last resort that turns any escaped exception into an OMS 500.
+    caps the body size and the time it may take to arrive (so authentication, which reads the body to check
+    its signature, and every route stop waiting for a slow client whatever server runs the app), and is the
+    last resort that turns any escaped exception into an OMS 500.
 
     Every answer also carries `Server-Timing: app;dur=<ms>`, the time from the request reaching the
     application to its answer starting, so a slow call can be told apart from a slow network or client."""
 
-    def __init__(self, app: ASGIApp, max_body: int = DEFAULT_MAX_BODY) -> None:
+    def __init__(self, app: ASGIApp, max_body: int = DEFAULT_MAX_BODY, limits: HttpLimits | None = None) -> None:
         self.app = app
         self.max_body = max_body
+        self.limits = limits or HttpLimits()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -214,11 +232,22 @@ class RequestContextMiddleware:
             await error_response(OmsError(413, Codes.TOO_LARGE, Messages.TOO_LARGE), request_id)(scope, receive, send)
             return
         received = 0
+        body_done = False
+        loop = asyncio.get_running_loop()
+        body_deadline = loop.time() + self.limits.body_deadline(declared if declared is not None else self.max_body)
 
         async def capped_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:
+                # Past the body, receive() only waits for a disconnect, for as long as the answer takes.
+                return await receive()
+            try:
+                async with asyncio.timeout_at(body_deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise StarletteHTTPException(408) from None
             if message["type"] == "http.request":
+                body_done = not message.get("more_body", False)
                 received += len(message.get("body", b""))
                 if received > self.max_body:
                     # An HTTPException, because FastAPI turns any other error raised while it reads

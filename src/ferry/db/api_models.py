@@ -18,7 +18,10 @@ api_credentials = Table(
     Column("revoked_at", Float, nullable=True),
 )
 
-# X-Auth-Token tokens, kept only as their SHA-256: the table never holds a usable token.
+# X-Auth-Token tokens, kept only as their SHA-256: the table never holds a usable token. Its id (what
+# `ferry tokens list` shows and `revoke` takes) is the first 16 hex digits of that hash. A token lives as long
+# as the access key it was issued under; tokens from before keys were recorded (access_key NULL) as long as
+# their project has an active key.
 api_tokens = Table(
     "api_tokens",
     metadata,
@@ -27,6 +30,17 @@ api_tokens = Table(
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
     Column("revoked_at", Float, nullable=True),
+    Column("access_key", String(64), nullable=True),
+)
+
+# Signatures of accepted signed write requests, kept until their X-Sdk-Date leaves the 15-minute window, so
+# that a captured request cannot be replayed within it; in the database so that every server sharing it (and a
+# restarted one) refuses the replay.
+api_seen_signatures = Table(
+    "api_seen_signatures",
+    metadata,
+    Column("signature", String(64), primary_key=True),
+    Column("expires_at", Float, nullable=False, index=True),
 )
 
 # update_privacy_agreement_record: when each project last accepted the agreement.

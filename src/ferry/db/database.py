@@ -9,7 +9,7 @@ from sqlalchemy import Column, Engine, MetaData, String, Table, create_engine, e
 from sqlalchemy.exc import DBAPIError
 
 from ferry.db.heads import MIGRATIONS, heads
-from ferry.db.sqlconn import SQLITE_PRAGMAS
+from ferry.db.sqlconn import SQLITE_PRAGMAS, private_sqlite_file
 
 
 def _tune_sqlite(dbapi_conn: Any, _record: Any) -> None:
@@ -25,7 +25,8 @@ def open_database(url: str) -> Engine:
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     engine = create_engine(url, future=True, pool_pre_ping=True)
     if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
-        Path(str(engine.url.database)).parent.mkdir(parents=True, exist_ok=True)
+        Path(str(engine.url.database)).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_sqlite_file(str(engine.url.database))
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _tune_sqlite)
     upgrade(engine)

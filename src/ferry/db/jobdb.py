@@ -8,7 +8,7 @@ from pathlib import Path
 from ferry.db import schema_sqlite
 from ferry.db.heads import heads
 from ferry.db.repo import JobRepo
-from ferry.db.sqlconn import SqliteConn
+from ferry.db.sqlconn import SqliteConn, private_sqlite_file
 
 
 def open_job_repo(url: str) -> JobRepo:
@@ -34,7 +34,8 @@ def _sqlite_file(url: str) -> str | None:
 def open_sqlite(path: str) -> SqliteConn:
     """The SQLite file at `path`, created from the checked-in DDL when new or empty, upgraded by Alembic when
     its schema is older."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_sqlite_file(path)
     conn = SqliteConn(path)
     if _create_or_current(conn):
         return conn

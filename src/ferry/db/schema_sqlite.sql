@@ -10,12 +10,21 @@ CREATE TABLE api_credentials (
 
 CREATE INDEX ix_api_credentials_project_id ON api_credentials (project_id);
 
+CREATE TABLE api_seen_signatures (
+	signature VARCHAR(64) NOT NULL, 
+	expires_at FLOAT NOT NULL, 
+	CONSTRAINT pk_api_seen_signatures PRIMARY KEY (signature)
+);
+
+CREATE INDEX ix_api_seen_signatures_expires_at ON api_seen_signatures (expires_at);
+
 CREATE TABLE api_tokens (
 	token_hash VARCHAR(64) NOT NULL, 
 	project_id VARCHAR(32) NOT NULL, 
 	created_at FLOAT NOT NULL, 
 	expires_at FLOAT NOT NULL, 
 	revoked_at FLOAT, 
+	access_key VARCHAR(64), 
 	CONSTRAINT pk_api_tokens PRIMARY KEY (token_hash)
 );
 

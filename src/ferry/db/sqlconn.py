@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ferry.settings import make_private
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
@@ -21,6 +26,19 @@ SQLITE_PRAGMAS = (
     "PRAGMA foreign_keys=ON",
     "PRAGMA busy_timeout=30000",
 )
+
+
+
+def private_sqlite_file(path: str) -> None:
+    """Create the database file 0600 when it is new (SQLite gives its -wal and -shm files the permissions of the
+    database file), or take group and other permissions off an existing one and its companions."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        for name in (path, f"{path}-wal", f"{path}-shm", f"{path}-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                make_private(Path(name))
+
 
 Params = Mapping[str, Any]
 Row = tuple[Any, ...]

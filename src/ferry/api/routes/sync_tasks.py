@@ -25,7 +25,7 @@ from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
-from ferry.api.deps import CurrentPrincipal, Services, json_body, ok
+from ferry.api.deps import CurrentPrincipal, Services, json_body, ok, public_base_url
 from ferry.api.errors import Codes, Messages, OmsError
 from ferry.api.routes.buckets import helper_answer
 from ferry.api.schemas import (
@@ -287,7 +287,7 @@ def notification_token(
     sync_task_id: SyncTaskId, request: Request, principal: CurrentPrincipal, ctx: Sync
 ) -> JSONResponse:
     token = sync.issue_notification_token(ctx, principal.project_id, sync_task_id)
-    url = str(request.base_url).rstrip("/") + NOTIFICATION_PATH.format(sync_task_id=sync_task_id)
+    url = public_base_url(request) + NOTIFICATION_PATH.format(sync_task_id=sync_task_id)
     # The one answer that carries a secret, by design: the caller asked for it, and it exists nowhere else.
     return JSONResponse({"token": token, "url": url})
 

@@ -7,7 +7,7 @@ from typing import Final
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
-from ferry.api.deps import ok
+from ferry.api.deps import ok, public_base_url
 from ferry.api.errors import Codes, Messages, OmsError
 from ferry.api.schemas import Link, ListApiVersionsResponse, ShowApiInfoResponse, Version, VersionStatus
 
@@ -18,7 +18,7 @@ VERSIONS: Final[tuple[tuple[str, VersionStatus, str], ...]] = (("v2", VersionSta
 
 
 def api_versions(base_url: str) -> list[Version]:
-    """The versions this server speaks, with links rooted at the URL the caller used."""
+    """The versions this server speaks, with links rooted at `base_url`."""
     root = base_url.rstrip("/")
     return [
         Version(id=vid, links=[Link(href=f"{root}/{vid}/", rel="self")], status=status, updated=updated)
@@ -28,12 +28,12 @@ def api_versions(base_url: str) -> list[Version]:
 
 @router.get("/", response_model=ListApiVersionsResponse, summary="list_api_versions")
 def list_api_versions(request: Request) -> JSONResponse:
-    return ok(ListApiVersionsResponse(versions=api_versions(str(request.base_url))))
+    return ok(ListApiVersionsResponse(versions=api_versions(public_base_url(request))))
 
 
 @router.get("/{version}", response_model=ShowApiInfoResponse, summary="show_api_info")
 def show_api_info(version: str, request: Request) -> JSONResponse:
-    for item in api_versions(str(request.base_url)):
+    for item in api_versions(public_base_url(request)):
         if item.id == version:
             return ok(ShowApiInfoResponse.model_validate(item.model_dump()))
     # An unknown version is an unknown API, which the gateway answers with APIGW.0101.
