@@ -28,6 +28,7 @@ from live_server import Tenant, build_services, oms_client, serve, stop
 from sdk_signing import signed_sdk_request
 
 from ferry.api.app import create_app
+from ferry.service.smn import shown_record_path, template_values
 
 pytestmark = pytest.mark.timeout(180)
 FERRY = [sys.executable, "-m", "ferry.cli"]
@@ -312,11 +313,19 @@ def test_the_data_directory_and_its_files_are_private(served: Served, finished: 
 
 
 def test_the_failed_list_key_is_not_a_server_path(served: Served, finished: Any) -> None:
+    """No answer names where the server keeps its data: a run without failures has no failed list to name, and
+    a list a stored row names by its server path (as older versions stored it) is shown relative to records/."""
     shown = served.client().show_task(ShowTaskRequest(task_id=finished.id))
-    key = shown.failed_object_record.list_file_key
-    assert key and not key.startswith("/") and str(served.data) not in key
-    assert key.endswith(f"{finished.id}/failed.jsonl")
-    assert (served.data / "records" / key).is_file()
+    assert shown.failed_object_record.list_file_key is None
+    raw = json.dumps(shown.to_dict(), default=str)
+    assert str(served.data) not in raw
+    stored = str(served.data / "records" / served.project / str(finished.id) / "failed.jsonl")
+    assert shown_record_path(stored) == f"{served.project}/{finished.id}/failed.jsonl"
+    assert shown_record_path("oms/task/t/failed_object_lists/1.failed_list.txt").startswith("oms/task/")
+    # SMN messages name the lists the same way.
+    message = template_values(name="t", succeeded=True, started_at=None, seconds=1, bytes_done=1, src_bucket="s",
+                              dst_bucket="d", records={"success": stored.replace("failed", "success")})
+    assert message["Success_object_list_path"] == f"{served.project}/{finished.id}/success.jsonl"
 
 
 def _signed(served: Served, method: str, path: str, *, host: str | None = None,

@@ -9,7 +9,7 @@ import pytest
 import requests
 from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException
 from huaweicloudsdkoms.v2 import CreateSyncEventsRequest, SyncObjectReq
-from live_server import Tenant
+from live_server import Tenant, next_second
 from sync_live import SyncLive, env, s3_event, signed, sync_live
 
 from ferry.runner.sync import SyncSettings
@@ -68,7 +68,9 @@ def test_pending_events_are_capped_per_task(limited: SyncLive, bucket_factory: B
 def test_pending_events_are_capped_per_project(limited: SyncLive, bucket_factory: BucketFactory) -> None:
     live = limited
     src, dst = bucket_factory(live.src), bucket_factory(live.dst)
-    first, second = live.create_task(src, dst), live.create_task(src, dst)
+    first = live.create_task(src, dst)
+    next_second()  # the same signed create twice within a second would be a replay
+    second = live.create_task(src, dst)
     for prefix in ("a", "b"):
         _events(live, first, _keys(prefix, 10))
     _events(live, second, _keys("c", 10))

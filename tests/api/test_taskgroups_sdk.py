@@ -38,7 +38,7 @@ from huaweicloudsdkoms.v2 import (
     UpdateBandwidthPolicyReq,
     UpdateTaskGroupRequest,
 )
-from live_server import ShiftedClock, Tenant, build_services, oms_client, serve, stop
+from live_server import ShiftedClock, Tenant, build_services, next_second, oms_client, serve, stop
 
 from ferry.api.app import create_app
 from ferry.api.schemas import CreateTaskGroupReq as GroupReq
@@ -281,6 +281,7 @@ def test_group_stop_update_start(env: Env) -> None:
     assert all(t.bandwidth_policy[0].max_bandwidth == 200 * 1024**2 for t in tasks if t.status != 5)
     fails(lambda: env.client.start_task_group(StartTaskGroupRequest(gid, StartTaskGroupReq(
         dst_ak=env.dst.access_key, dst_sk=env.dst.secret_key))), 400, "OMS.0001")
+    next_second()  # the start refused above, signed again: the same signed write twice would be a replay
     env.client.start_task_group(StartTaskGroupRequest(gid, StartTaskGroupReq(**keys_of(env))))
     g = wait_for(env, gid, {6})
     for key, body in objects.items():
@@ -464,8 +465,9 @@ def test_group_creation_quota(env: Env) -> None:
         client = oms_client(running.url, fresh.ak, fresh.sk, fresh.project_id)
         src = env.src.create_bucket(f"group-src-quota-{env.tag}")  # empty: each group fails with TRF.0012
         dst = env.dst.create_bucket(f"group-dst-quota-{env.tag}")
-        made = [client.create_task_group(group_req(env, src, dst)).group_id for _ in range(2)]
-        err = fails(lambda: client.create_task_group(group_req(env, src, dst)), 400, "OMS.0077")
+        # Each create is its own request (a description apiece): the same signed write twice would be a replay.
+        made = [client.create_task_group(group_req(env, src, dst, description=f"g{i}")).group_id for i in range(2)]
+        err = fails(lambda: client.create_task_group(group_req(env, src, dst, description="g2")), 400, "OMS.0077")
         assert "task groups" in err.error_msg and "24 hours" in err.error_msg
         for gid in made:
             deadline = time.monotonic() + WAIT
@@ -474,7 +476,7 @@ def test_group_creation_quota(env: Env) -> None:
                 time.sleep(0.2)
             client.delete_task_group(DeleteTaskGroupRequest(group_id=gid))
         # Deleting groups does not give the day's quota back.
-        fails(lambda: client.create_task_group(group_req(env, src, dst)), 400, "OMS.0077")
+        fails(lambda: client.create_task_group(group_req(env, src, dst, description="g3")), 400, "OMS.0077")
     finally:
         stop(running)
     none_waiting = dataclasses.replace(env.gctx, limits=TaskLimits(created_per_day=100, waiting=0))

@@ -21,6 +21,7 @@ import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -202,6 +203,16 @@ def _size(n: int) -> str:
     return f"{value:.2f} {units[unit]}" if unit else f"{n} B"
 
 
+def shown_record_path(path: str | None) -> str | None:
+    """An object list's path as a caller sees it: relative to the records area (`<project>/<task>/failed.jsonl`
+    under `$FERRY_DATA_DIR/records`), never where the server keeps its data. Keys that are not server paths
+    (a destination-bucket key) are shown as they are."""
+    if not path or not PurePosixPath(path).is_absolute():
+        return path
+    parts = PurePosixPath(path).parts
+    return "/".join(parts[-3:]) if len(parts) >= 4 and parts[-4] == "records" else parts[-1]
+
+
 def template_values(*, name: str, succeeded: bool, started_at: float | None, seconds: float, bytes_done: int,
                     src_bucket: str | None, dst_bucket: str, list_file: dict[str, Any] | None = None,
                     records: dict[str, Any] | None = None) -> dict[str, str]:
@@ -221,7 +232,7 @@ def template_values(*, name: str, succeeded: bool, started_at: float | None, sec
         "Destination_Bucket": dst_bucket,
         "List_File_Bucket": str(listing.get("obs_bucket") or ""),
         "List_File_Key": str(listing.get("list_file_key") or ""),
-        "Success_object_list_path": str(records.get("success") or ""),
-        "Skip_object_list_path": str(records.get("skip") or ""),
-        "Failed_object_list_path": str(records.get("failed") or ""),
+        "Success_object_list_path": shown_record_path(records.get("success")) or "",
+        "Skip_object_list_path": shown_record_path(records.get("skip")) or "",
+        "Failed_object_list_path": shown_record_path(records.get("failed")) or "",
     }

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Final, Protocol
 
 from sqlalchemy import Engine
@@ -309,16 +309,6 @@ def _ms(seconds: float | None) -> int | None:
     return None if seconds is None else int(seconds * 1000)
 
 
-def _shown_record_path(path: str | None) -> str | None:
-    """An object list's path as a caller sees it: relative to the records area (`<project>/<task>/failed.jsonl`
-    under `$FERRY_DATA_DIR/records`), never where the server keeps its data. Keys that are not server paths
-    (a destination-bucket key) are shown as they are."""
-    if not path or not PurePosixPath(path).is_absolute():
-        return path
-    parts = PurePosixPath(path).parts
-    return "/".join(parts[-3:]) if len(parts) >= 4 and parts[-4] == "records" else parts[-1]
-
-
 def task_resp(row: TaskRow, now: float | None = None) -> s.TaskResp:
     """The OMS view of a stored task: no secret, ms timestamps, `migrate_since` in ms (0 when unset)."""
     now = time.time() if now is None else now
@@ -330,7 +320,7 @@ def task_resp(row: TaskRow, now: float | None = None) -> s.TaskResp:
     if opts.get("enable_failed_object_recording"):
         failed_record = s.FailedObjectRecordDto(
             result=row.fail_num > 0 and row.status == FAILED,
-            list_file_key=_shown_record_path(records.get("failed")),
+            list_file_key=smn.shown_record_path(records.get("failed")),
             error_code=records.get("failed_error"),
         )
     smn_info = smn_resp(opts.get("smn_config"), row.smn_result) if row.status in (FAILED, SUCCEEDED) else None
