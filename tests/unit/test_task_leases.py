@@ -161,6 +161,7 @@ def test_runner_retries_unexpected_failures_then_fails(tmp_path: Path, monkeypat
 
     monkeypatch.setattr(runner, "_run", broken)
     seen: list[int] = []
+    retrying_reasons: list[tuple[str | None, str | None]] = []
 
     async def drive() -> None:
         loop = asyncio.create_task(runner.run())
@@ -169,6 +170,8 @@ def test_runner_retries_unexpected_failures_then_fails(tmp_path: Path, monkeypat
             row = await asyncio.to_thread(repo.get, task_id)
             assert row is not None
             seen.append(row.status)
+            if row.status == RETRYING:
+                retrying_reasons.append((row.error_code, row.error_msg))
             if row.status == FAILED:
                 break
             await asyncio.sleep(0.02)
@@ -179,6 +182,10 @@ def test_runner_retries_unexpected_failures_then_fails(tmp_path: Path, monkeypat
     row = repo.get(task_id)
     assert row is not None and row.status == FAILED and row.error_code == "TRF.0001" and row.attempts == 2
     assert RETRYING in seen and row.lease_owner is None
+    # While it waits to retry (status 6) the task says why and when, and its end names the cause too.
+    code, message = retrying_reasons[0]
+    assert code == "TRF.0001" and message and message.startswith("Retrying in 0.1 s (attempt 2 of 2)"), message
+    assert "RuntimeError" in message and "RuntimeError" in (row.error_msg or "")
     eng.dispose()
 
 

@@ -555,12 +555,17 @@ class LocalRunner:
         else:
             log.error("task %d: run failed", row.id, exc_info=result)
         values = {**progress_values(row, counters, 0), **base, "attempts": attempts}
+        # A FerryError's message is written for users (keys redacted); anything else is a bug, named by its type.
+        cause = result.message if isinstance(result, FerryError) else f"internal error ({type(result).__name__})"
         if attempts >= self.settings.retry_attempts:
-            values.update(error_code="TRF.0001", error_msg="System error. Restart the task.",
-                          finished_at=time.time(), secrets=None)
+            values.update(error_code="TRF.0001", error_msg=f"System error after {attempts} attempts: {cause}. "
+                          "Restart the task.", finished_at=time.time(), secrets=None)
             self._release(fresh, started, FAILED, values)
         else:
-            values["retry_at"] = time.time() + self.settings.retry_delay * 2 ** (attempts - 1)
+            delay = self.settings.retry_delay * 2 ** (attempts - 1)
+            # Status 6 says why it waits and when it tries again, not only the server log.
+            values.update(retry_at=time.time() + delay, error_code="TRF.0001", error_msg=(
+                f"Retrying in {delay:g} s (attempt {attempts + 1} of {self.settings.retry_attempts}) after: {cause}"))
             self._release(fresh, started, RETRYING, values)
 
     async def _write_records(self, row: TaskRow, failed: int) -> dict[str, Any] | None:
