@@ -506,7 +506,7 @@ class CountingBackend(BackendWrapper):
 async def counted_rerun(bench: Bench, dst_bucket: str) -> dict[str, int]:
     """The rerun in-process, through run_migration with the CLI's backend stack and a counting layer."""
     from ferry.db.database import open_database
-    from ferry.db.repo import JobRepo
+    from ferry.db.job_repo import JobRepo
     from ferry.engine.pipeline import TransferOptions
     from ferry.service.transfers import run_migration
     from ferry.storage.registry import open_backend

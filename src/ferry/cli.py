@@ -19,7 +19,7 @@ from ferry import __version__
 from ferry.errors import AccessError, FatalError, FerryError, UsageError
 
 if TYPE_CHECKING:
-    from ferry.db.repo import JobRepo
+    from ferry.db.job_repo import JobRepo
     from ferry.storage.base import Backend
 
 _T = TypeVar("_T")
@@ -293,7 +293,7 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ferry.runner.local import RunnerSettings
+    from ferry.runner.migration import RunnerSettings
     from ferry.serve import serve
     from ferry.settings import data_dir, database_url
 

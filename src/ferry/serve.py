@@ -22,7 +22,7 @@ from ferry.api.app import create_app
 from ferry.api.deps import ApiServices
 from ferry.db.database import open_database
 from ferry.runner.groups import GroupRunner
-from ferry.runner.local import LocalRunner, RunnerSettings
+from ferry.runner.migration import LocalRunner, RunnerSettings
 from ferry.runner.sync import SyncBackground
 from ferry.service import credentials
 from ferry.service.credentials import DbCredentialStore

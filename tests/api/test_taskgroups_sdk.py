@@ -44,7 +44,7 @@ from ferry.api.app import create_app
 from ferry.api.schemas import CreateTaskGroupReq as GroupReq
 from ferry.db.database import open_database
 from ferry.runner.groups import GroupRunner, GroupRunnerSettings, _Splitter
-from ferry.runner.local import LocalRunner, RunnerSettings
+from ferry.runner.migration import LocalRunner, RunnerSettings
 from ferry.sandbox import SeaweedServer
 from ferry.service.groups import GroupContext, SplitSettings, create_task_group
 from ferry.service.secrets import SecretBox

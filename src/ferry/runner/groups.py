@@ -48,7 +48,7 @@ from ferry.db.group_repo import (
 from ferry.db.task_repo import owner_id
 from ferry.errors import FatalError, FerryError, NotFoundError
 from ferry.objects import ObjectMeta
-from ferry.runner.local import failure_for, open_store
+from ferry.runner.migration import failure_for, open_store
 from ferry.service import endpoints, smn, tasks
 from ferry.service.groups import (
     LIST_DIR,

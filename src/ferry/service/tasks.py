@@ -2,7 +2,7 @@
 
 Plain functions over a TaskContext, called by the API routes, the CLI and tests alike. The OMS request and
 response models of `ferry.api.schemas` are their vocabulary (pure pydantic data). What runs a task is the
-runner (`ferry.runner.local`): these functions only change rows and wake it.
+runner (`ferry.runner.migration`): these functions only change rows and wake it.
 
 Status transitions: create -> 1 waiting; runner claims -> 2 running -> 5 succeeded | 4 failed (with a reason)
 | 6 retrying (an unexpected error; retried with backoff); stop: 2 -> 7 pausing -> 3 paused (the runner
@@ -36,11 +36,11 @@ from ferry.db.task_repo import (
     TaskRow,
 )
 from ferry.errors import FerryError, UsageError
-from ferry.runner.local import records_dir
+from ferry.runner.migration import records_dir
 from ferry.service import endpoints, smn
 from ferry.service.secrets import Secret, SecretBox
-from ferry.storage.http import host_port
 from ferry.storage.profiles import get_profile
+from ferry.storage.url_source import host_port
 
 DAY: Final = 24 * 3600
 PRIORITIES: Final = {s.TaskPriority.HIGH: 3, s.TaskPriority.MEDIUM: 2, s.TaskPriority.LOW: 1}

@@ -23,7 +23,7 @@ from ferry.storage.base import Backend
 from ferry.storage.wrappers import unwrap
 
 if TYPE_CHECKING:
-    from ferry.db.repo import JobRepo
+    from ferry.db.job_repo import JobRepo
 
 
 @dataclass(frozen=True, slots=True)

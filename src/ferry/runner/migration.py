@@ -28,7 +28,7 @@ from urllib.parse import unquote
 from sqlalchemy import Engine
 
 from ferry.aio import wait_event
-from ferry.db.repo import JobRepo, ObjectResult, Tally
+from ferry.db.job_repo import JobRepo, ObjectResult, Tally
 from ferry.db.task_repo import (
     FAILED,
     PAUSED,
@@ -48,10 +48,10 @@ from ferry.errors import AccessError, FatalError, FerryError, NotFoundError, Sou
 from ferry.runner import failed_lists
 from ferry.service import smn
 from ferry.storage.base import Backend, LineTooLong, ListOrder, ranged_lines
-from ferry.storage.http import UrlSource, parse_url_line
 from ferry.storage.profiles import get_profile
 from ferry.storage.s3 import S3Backend
 from ferry.storage.selection import SelectedBackend, normalise
+from ferry.storage.url_source import UrlSource, parse_url_line
 from ferry.storage.wrappers import BandwidthLimiter, RetryingBackend, ThrottledBackend
 
 if TYPE_CHECKING:
@@ -197,7 +197,7 @@ async def read_list_keys(store: Backend, key: str) -> list[str]:
 
 
 async def read_url_entries(store: Backend, key: str) -> list[tuple[str, str]]:
-    """`(key, url)` pairs of a URL-list file (see storage.http.parse_url_line), sorted by key."""
+    """`(key, url)` pairs of a URL-list file (see storage.url_source.parse_url_line), sorted by key."""
     entries: dict[str, str] = {}
     async for number, line in list_file_lines(store, key, "URL list file"):
         try:
