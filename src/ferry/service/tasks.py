@@ -37,8 +37,8 @@ from ferry.db.task_repo import (
 )
 from ferry.errors import FerryError, UsageError
 from ferry.runner.migration import records_dir
+from ferry.secrets import Secret, SecretBox
 from ferry.service import endpoints, smn
-from ferry.service.secrets import Secret, SecretBox
 from ferry.storage.profiles import get_profile
 from ferry.storage.url_source import host_port
 
