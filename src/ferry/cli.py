@@ -201,7 +201,7 @@ async def _migrate(args: argparse.Namespace) -> int:
 async def _migrate_run(args: argparse.Namespace) -> int:
     from ferry.db.deferred import DeferredRepo
     from ferry.engine.compare import ConsistencyCheck, OverwriteMode
-    from ferry.settings import data_dir, database_url
+    from ferry.settings import data_dir, database_url, reports_dir
     from ferry.storage.wrappers import RetryingBackend
 
     if args.concurrency < 1 or args.concurrency > 1024:
@@ -254,7 +254,7 @@ async def _migrate_run(args: argparse.Namespace) -> int:
         "storage_class": args.storage_class, "migrate_since": since,
     }
     try:
-        summary = await run_migration(src, dst, cast("JobRepo", repo), opts, report_dir=base / "reports",
+        summary = await run_migration(src, dst, cast("JobRepo", repo), opts, report_dir=reports_dir(base),
                                       spec=spec, counters=counters, fresh=fresh, lock_dir=base)
     finally:
         if bar is not None:

@@ -27,3 +27,13 @@ def database_url(state_dir: Path | None = None) -> str:
     base = state_dir if state_dir is not None else data_dir()
     base.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{base / 'ferry.db'}"
+
+
+def records_dir(data_dir: Path, project_id: str, task_id: int) -> Path:
+    """Where the service writes a task's failed/success/skip object lists."""
+    return data_dir / "records" / project_id / str(task_id)
+
+
+def reports_dir(state_dir: Path) -> Path:
+    """Where `ferry migrate` (and the demo) write the failed-object report of a job."""
+    return state_dir / "reports"
