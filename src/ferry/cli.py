@@ -249,13 +249,9 @@ async def _migrate_run(args: argparse.Namespace) -> int:
     if sys.stderr.isatty() and not args.no_progress:
         bar = TerminalProgress(counters, sys.stderr)
         bar.start()
-    spec = {
-        "overwrite": overwrite.value, "consistency": consistency.value, "metadata": args.metadata,
-        "storage_class": args.storage_class, "migrate_since": since,
-    }
     try:
         summary = await run_migration(src, dst, cast("JobRepo", repo), opts, report_dir=reports_dir(base),
-                                      spec=spec, counters=counters, fresh=fresh, lock_dir=base)
+                                      counters=counters, fresh=fresh, lock_dir=base)
     finally:
         if bar is not None:
             await bar.stop()
@@ -263,9 +259,7 @@ async def _migrate_run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary.as_dict()))
     else:
-        verb = "resumed and finished" if summary.resumed else "finished"
-        print(f"{verb} job {summary.job_id}: {summary.total} objects, {summary.success} copied, "
-              f"{summary.skipped} skipped, {summary.failed} failed, {summary.bytes} bytes in {summary.elapsed}s")
+        print(summary.describe())
         if summary.report:
             print(f"failed objects: {summary.report}")
     if summary.total == 0 and not summary.error:
