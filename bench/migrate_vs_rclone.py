@@ -506,7 +506,7 @@ class CountingBackend(BackendWrapper):
 async def counted_rerun(bench: Bench, dst_bucket: str) -> dict[str, int]:
     """The rerun in-process, through run_migration with the CLI's backend stack and a counting layer."""
     from ferry.db.database import open_database
-    from ferry.db.repo import JobRepo
+    from ferry.db.job_repo import JobRepo
     from ferry.engine.pipeline import TransferOptions
     from ferry.service.transfers import run_migration
     from ferry.storage.registry import open_backend
@@ -522,11 +522,9 @@ async def counted_rerun(bench: Bench, dst_bucket: str) -> dict[str, int]:
     state = bench.work / "state-counted-rerun"
     repo = JobRepo(open_database(f"sqlite:///{state / 'ferry.db'}"))
     opts = TransferOptions()
-    spec = {"overwrite": opts.overwrite.value, "consistency": opts.copy.consistency.value, "metadata": False,
-            "storage_class": None, "migrate_since": None}
     req_src, req_dst = bench.src.request_counts(), bench.dst.request_counts()
     try:
-        summary = await run_migration(src, dst, repo, opts, report_dir=state / "reports", spec=spec)
+        summary = await run_migration(src, dst, repo, opts, report_dir=state / "reports")
     finally:
         await asyncio.gather(src.close(), dst.close(), return_exceptions=True)
     out = dict(counts)

@@ -19,7 +19,7 @@ from ferry import __version__
 from ferry.errors import AccessError, FatalError, FerryError, UsageError
 
 if TYPE_CHECKING:
-    from ferry.db.repo import JobRepo
+    from ferry.db.job_repo import JobRepo
     from ferry.storage.base import Backend
 
 _T = TypeVar("_T")
@@ -209,7 +209,7 @@ async def _migrate(args: argparse.Namespace) -> int:
 async def _migrate_run(args: argparse.Namespace) -> int:
     from ferry.db.deferred import DeferredRepo
     from ferry.engine.compare import ConsistencyCheck, OverwriteMode
-    from ferry.settings import data_dir, database_url
+    from ferry.settings import data_dir, database_url, reports_dir
     from ferry.storage.wrappers import RetryingBackend
 
     if args.concurrency < 1 or args.concurrency > 1024:
@@ -257,13 +257,9 @@ async def _migrate_run(args: argparse.Namespace) -> int:
     if sys.stderr.isatty() and not args.no_progress:
         bar = TerminalProgress(counters, sys.stderr)
         bar.start()
-    spec = {
-        "overwrite": overwrite.value, "consistency": consistency.value, "metadata": args.metadata,
-        "storage_class": args.storage_class, "migrate_since": since,
-    }
     try:
-        summary = await run_migration(src, dst, cast("JobRepo", repo), opts, report_dir=base / "reports",
-                                      spec=spec, counters=counters, fresh=fresh, lock_dir=base)
+        summary = await run_migration(src, dst, cast("JobRepo", repo), opts, report_dir=reports_dir(base),
+                                      counters=counters, fresh=fresh, lock_dir=base)
     finally:
         if bar is not None:
             await bar.stop()
@@ -271,9 +267,7 @@ async def _migrate_run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary.as_dict()))
     else:
-        verb = "resumed and finished" if summary.resumed else "finished"
-        print(f"{verb} job {summary.job_id}: {summary.total} objects, {summary.success} copied, "
-              f"{summary.skipped} skipped, {summary.failed} failed, {summary.bytes} bytes in {summary.elapsed}s")
+        print(summary.describe())
         if summary.report:
             print(f"failed objects: {summary.report}")
     if summary.total == 0 and not summary.error:
@@ -301,7 +295,7 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ferry.runner.local import RunnerSettings
+    from ferry.runner.migration import RunnerSettings
     from ferry.serve import serve
     from ferry.settings import data_dir, database_url
 
@@ -317,8 +311,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _tenancy(args: argparse.Namespace) -> int:
     from ferry.db.database import open_database
+    from ferry.secrets import SecretBox
     from ferry.service import credentials
-    from ferry.service.secrets import SecretBox
     from ferry.settings import data_dir, database_url
 
     if getattr(args, "project_id", None) is not None:

@@ -11,10 +11,15 @@ import signal
 import sys
 import tempfile
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ferry.errors import FatalError
 from ferry.objects import ObjectMeta
 from ferry.sandbox import SandboxError, SeaweedServer
+
+if TYPE_CHECKING:
+    from ferry.storage.base import Backend
 
 # Keys that break careless tools, mixed into the sample data.
 EDGE_KEYS = [
@@ -23,11 +28,15 @@ EDGE_KEYS = [
 ]
 
 
-async def _populate(endpoint: str, ak: str, sk: str, bucket: str, objects: int) -> None:
+def _bucket(server: SeaweedServer, bucket: str) -> Backend:
     from ferry.storage.registry import open_backend
 
-    src = open_backend(f"s3://{bucket}", endpoint=endpoint, region="us-east-1", access_key=ak, secret_key=sk,
-                       profile="seaweedfs")
+    return open_backend(f"s3://{bucket}", endpoint=server.endpoint, region="us-east-1",
+                        access_key=server.access_key, secret_key=server.secret_key, profile="seaweedfs")
+
+
+async def _populate(server: SeaweedServer, bucket: str, objects: int) -> None:
+    src = _bucket(server, bucket)
     sem = asyncio.Semaphore(32)
 
     async def put(key: str, data: bytes) -> None:
@@ -41,33 +50,53 @@ async def _populate(endpoint: str, ak: str, sk: str, bucket: str, objects: int) 
     await src.close()
 
 
+async def _migrate(a: SeaweedServer, b: SeaweedServer, state: Path, as_json: bool) -> int:
+    """`ferry migrate s3://source s3://destination` between the two servers, with its defaults and through the
+    service call it makes; 0 when every object made it."""
+    from ferry.db.jobdb import open_job_repo
+    from ferry.engine.pipeline import TransferOptions
+    from ferry.engine.progress import Counters, TerminalProgress
+    from ferry.service.transfers import run_migration
+    from ferry.settings import database_url, reports_dir
+    from ferry.storage.wrappers import RetryingBackend
+
+    src, dst = RetryingBackend(_bucket(a, "source")), RetryingBackend(_bucket(b, "destination"))
+    counters = Counters()
+    bar = TerminalProgress(counters, sys.stderr) if sys.stderr.isatty() else None
+    if bar is not None:
+        bar.start()
+    try:
+        repo = await asyncio.to_thread(open_job_repo, database_url(state))
+        summary = await run_migration(src, dst, repo, TransferOptions(), report_dir=reports_dir(state),
+                                      counters=counters, lock_dir=state)
+    finally:
+        if bar is not None:
+            await bar.stop()
+        await asyncio.gather(src.close(), dst.close(), return_exceptions=True)
+    if as_json:
+        print(json.dumps(summary.as_dict()), flush=True)
+    else:
+        print(summary.describe() + (f"\nfailed objects: {summary.report}" if summary.report else ""), flush=True)
+    return 0 if summary.failed == 0 and not summary.error else 1
+
+
 def run_demo(objects: int = 2000, as_json: bool = False) -> int:
     """Start two servers, fill the source, migrate with the progress bar, then re-run (nothing to copy)."""
-    from ferry.cli import main
-
     print("starting two sandbox S3 servers (SeaweedFS)...", file=sys.stderr)
-    with SeaweedServer() as a, SeaweedServer() as b, tempfile.TemporaryDirectory(prefix="ferry-demo-") as state:
+    with SeaweedServer() as a, SeaweedServer() as b, tempfile.TemporaryDirectory(prefix="ferry-demo-") as tmp:
+        state = Path(tmp)
         a.create_bucket("source")
         b.create_bucket("destination")
         print(f"writing {objects} small objects, {len(EDGE_KEYS)} edge-case keys and 2 x 40 MiB objects "
               f"to {a.endpoint}/source ...", file=sys.stderr)
-        asyncio.run(_populate(a.endpoint, a.access_key, a.secret_key, "source", objects))
-        env = {"FERRY_SRC_AK": a.access_key, "FERRY_SRC_SK": a.secret_key,
-               "FERRY_DST_AK": b.access_key, "FERRY_DST_SK": b.secret_key}
-        os.environ.update(env)
-        argv = ["migrate", "s3://source", "s3://destination", "--src-endpoint", a.endpoint,
-                "--dst-endpoint", b.endpoint, "--src-profile", "seaweedfs", "--dst-profile", "seaweedfs",
-                "--state-dir", state]
+        asyncio.run(_populate(a, "source", objects))
         print(f"migrating to {b.endpoint}/destination ...", file=sys.stderr)
-        code = main([*argv, "--json"] if as_json else argv)
+        code = asyncio.run(_migrate(a, b, state, as_json))
         if code != 0:
             return code
         print("running the same migration again: everything is verified in place, nothing is copied...",
               file=sys.stderr)
-        code = main([*argv, "--json"] if as_json else argv)
-        if as_json:
-            sys.stdout.flush()
-        return code
+        return asyncio.run(_migrate(a, b, state, as_json))
 
 
 def run_sandbox(buckets: Sequence[str], data_dir: str | None = None) -> int:

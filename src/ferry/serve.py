@@ -21,16 +21,17 @@ from sqlalchemy import Engine
 
 from ferry.api.app import create_app
 from ferry.api.deps import ApiServices
+from ferry.api.http_edge import QuerySecretFilter, protocol_class
 from ferry.db.database import open_database
-from ferry.http_edge import QuerySecretFilter, protocol_class
 from ferry.runner.groups import GroupRunner
-from ferry.runner.local import LocalRunner, RunnerSettings
+from ferry.runner.migration import LocalRunner, RunnerSettings
 from ferry.runner.sync import SyncBackground
+from ferry.secrets import SecretBox
 from ferry.service import credentials
 from ferry.service.credentials import DbCredentialStore
 from ferry.service.endpoints import load_overrides
-from ferry.service.groups import GroupContext
-from ferry.service.secrets import SecretBox
+from ferry.service.groups import GroupContext, runner_ports
+from ferry.service.smn import publish_end
 from ferry.service.sync import SyncContext, SyncProcess, build_sync_runtime
 from ferry.service.tasks import TaskContext, TaskLimits
 from ferry.settings import HttpLimits, make_private, public_url
@@ -97,7 +98,7 @@ def build(
     load_overrides()  # a malformed FERRY_ENDPOINT_OVERRIDES is refused now, not by the first task that needs it
     engine = open_database(database_url)
     box = SecretBox.load(data_dir)
-    runner = LocalRunner(engine, box, data_dir, runner_settings) if run_tasks else None
+    runner = LocalRunner(engine, box, data_dir, runner_settings, publish_end=publish_end) if run_tasks else None
     ctx = TaskContext(engine=engine, box=box, data_dir=data_dir, limits=limits or TaskLimits())
     if runner is not None:
         ctx = dataclasses.replace(ctx, notify=runner.notify)
@@ -106,7 +107,7 @@ def build(
         if run_tasks else (SyncContext(engine, box), None)
     )
     group_ctx = GroupContext(tasks=ctx)
-    group_runner = GroupRunner(group_ctx) if run_tasks else None
+    group_runner = GroupRunner(runner_ports(group_ctx)) if run_tasks else None
     if group_runner is not None:
         group_ctx = dataclasses.replace(group_ctx, notify=group_runner.notify)
     services = ApiServices(

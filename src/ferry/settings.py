@@ -105,3 +105,13 @@ def _number(name: str, default: float, low: float, high: float) -> float:
     if not low <= value <= high:
         raise UsageError(f"{name} must be a number from {low:g} to {high:g}, not {raw!r}")
     return value
+
+
+def records_dir(data_dir: Path, project_id: str, task_id: int) -> Path:
+    """Where the service writes a task's failed/success/skip object lists."""
+    return data_dir / "records" / project_id / str(task_id)
+
+
+def reports_dir(state_dir: Path) -> Path:
+    """Where `ferry migrate` (and the demo) write the failed-object report of a job."""
+    return state_dir / "reports"

@@ -20,7 +20,7 @@ from huaweicloudsdkoms.v2 import (
 )
 from live_server import oms_client, serve, stop
 
-from ferry.runner.local import RunnerSettings
+from ferry.runner.migration import RunnerSettings
 from ferry.serve import Service, build
 from ferry.service.credentials import create_credential
 from ferry.service.tasks import TaskLimits

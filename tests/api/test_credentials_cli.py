@@ -230,8 +230,8 @@ def store_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any
 
 def test_the_credential_store_on_each_database(store_engine: Any, tmp_path: Path) -> None:
     """Token lookup (key and project rules) and the replay store, on SQLite and PostgreSQL alike."""
+    from ferry.secrets import SecretBox
     from ferry.service import credentials
-    from ferry.service.secrets import SecretBox
 
     box = SecretBox.load(tmp_path)
     store = credentials.DbCredentialStore(store_engine, box)

@@ -43,11 +43,12 @@ from live_server import ShiftedClock, Tenant, build_services, next_second, oms_c
 from ferry.api.app import create_app
 from ferry.api.schemas import CreateTaskGroupReq as GroupReq
 from ferry.db.database import open_database
-from ferry.runner.groups import GroupRunner, GroupRunnerSettings, _Splitter
-from ferry.runner.local import LocalRunner, RunnerSettings
+from ferry.runner.groups import GroupRunner, GroupRunnerSettings, SplitSettings, _Splitter
+from ferry.runner.migration import LocalRunner, RunnerSettings
 from ferry.sandbox import SeaweedServer
-from ferry.service.groups import GroupContext, SplitSettings, create_task_group
-from ferry.service.secrets import SecretBox
+from ferry.secrets import SecretBox
+from ferry.service.groups import GroupContext, create_task_group, runner_ports
+from ferry.service.smn import publish_end
 from ferry.service.tasks import TaskContext, TaskError, TaskLimits
 from pgdb import pg_database
 
@@ -92,13 +93,15 @@ def env(seaweed_a: SeaweedServer, seaweed_b: SeaweedServer, tmp_path_factory: py
     engine = open_database(url)
     box = SecretBox.load(data_dir)
     runner = LocalRunner(engine, box, data_dir, RunnerSettings(max_tasks=3, concurrency=8, poll_interval=0.2,
-                                                               progress_interval=0.25, retry_delay=0.5))
+                                                               progress_interval=0.25, retry_delay=0.5),
+                         publish_end=publish_end)
     # Lower-case keys, as load_overrides() produces them from FERRY_ENDPOINT_OVERRIDES.
     overrides = {f"{SRC_CLOUD}/{SRC_REGION}".lower(): seaweed_a.endpoint,
                  f"huaweicloud/{DST_REGION}": seaweed_b.endpoint, "urlsource/files": files_url}
     tasks = TaskContext(engine=engine, box=box, data_dir=data_dir, overrides=overrides, notify=runner.notify)
     gctx = GroupContext(tasks=tasks, split=SplitSettings(objects_per_task=PER_TASK))
-    grunner = GroupRunner(gctx, GroupRunnerSettings(poll_interval=0.2, heartbeat_interval=0.5, retry_delay=0.5))
+    grunner = GroupRunner(runner_ports(gctx),
+                          GroupRunnerSettings(poll_interval=0.2, heartbeat_interval=0.5, retry_delay=0.5))
     gctx = dataclasses.replace(gctx, notify=grunner.notify)
     tenant, other = Tenant(), Tenant()
     services = dataclasses.replace(build_services([tenant, other], ShiftedClock(), []), tasks=tasks, groups=gctx)

@@ -55,9 +55,9 @@ from sqlalchemy import select
 
 from ferry.api.schemas import CreateTaskReq
 from ferry.db.api_models import migration_tasks
-from ferry.runner.local import records_dir
 from ferry.service import tasks as task_service
 from ferry.service.tasks import TaskContext, TaskError, TaskLimits
+from ferry.settings import records_dir
 from pgdb import pg_database
 
 pytestmark = pytest.mark.timeout(300)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from ferry.objects import ObjectMeta
-from ferry.runner.local import read_list_keys, read_url_entries
+from ferry.runner.migration import read_list_keys, read_url_entries
 from ferry.sandbox import SeaweedServer
 from ferry.storage.profiles import get_profile
 from ferry.storage.s3 import S3Backend

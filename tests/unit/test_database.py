@@ -14,8 +14,8 @@ from sqlalchemy import Engine, create_engine, inspect, text
 
 from ferry.db import database, schema_sqlite
 from ferry.db.heads import MIGRATIONS, heads
+from ferry.db.job_repo import JobRepo
 from ferry.db.jobdb import open_sqlite
-from ferry.db.repo import JobRepo
 from pgdb import pg_database
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from ferry.db.database import open_database
+from ferry.db.job_repo import JobRepo, ObjectResult, PartRow, Tally, UploadRow
 from ferry.db.jobdb import open_sqlite
-from ferry.db.repo import JobRepo, ObjectResult, PartRow, Tally, UploadRow
 from ferry.db.sqlconn import EngineConn, SqliteConn, to_pyformat
 from pgdb import pg_database
 

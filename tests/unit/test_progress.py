@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ferry.db.database import open_database
-from ferry.db.repo import JobRepo
+from ferry.db.job_repo import JobRepo
 from ferry.engine.compare import ConsistencyCheck
 from ferry.engine.copier import CopyOptions
 from ferry.engine.pipeline import TransferOptions

@@ -19,8 +19,9 @@ from ferry.db.api_models import migration_tasks
 from ferry.db.database import open_database
 from ferry.db.task_repo import FAILED, PAUSED, PAUSING, RETRYING, RUNNING, WAITING, TaskRepo, owner_is_dead
 from ferry.engine.bandwidth import limit_at, parse_policy
-from ferry.runner.local import LocalRunner, RunnerSettings, TaskFailure, read_list_keys
-from ferry.service.secrets import SecretBox
+from ferry.runner.migration import LocalRunner, RunnerSettings, TaskFailure, read_list_keys
+from ferry.secrets import SecretBox
+from ferry.service.smn import publish_end
 from ferry.storage.memory import MemoryBackend, MemoryStore
 from ferry.storage.selection import SelectedBackend, normalise
 from pgdb import pg_database
@@ -154,7 +155,8 @@ def test_runner_retries_unexpected_failures_then_fails(tmp_path: Path, monkeypat
     box = SecretBox(os.urandom(32))
     task_id = _task(repo)
     runner = LocalRunner(eng, box, tmp_path, RunnerSettings(poll_interval=0.05, progress_interval=0.05,
-                                                            retry_attempts=2, retry_delay=0.1))
+                                                            retry_attempts=2, retry_delay=0.1),
+                         publish_end=publish_end)
 
     async def broken(*_args: Any) -> Any:
         raise RuntimeError("boom")
@@ -203,7 +205,8 @@ def test_tasks_waiting_too_long_fail_with_trf_0003(engine: Engine, tmp_path: Pat
                      .values(lease_owner="h/1/a", lease_expires=time.time() + 60))
     # No slot to run anything: the runner's only work is to notice the stale task.
     runner = LocalRunner(engine, SecretBox(os.urandom(32)), tmp_path,
-                         RunnerSettings(max_tasks=0, poll_interval=0.05, max_wait=1800, expiry_interval=0.05))
+                         RunnerSettings(max_tasks=0, poll_interval=0.05, max_wait=1800, expiry_interval=0.05),
+                         publish_end=publish_end)
 
     async def drive() -> None:
         loop = asyncio.create_task(runner.run())

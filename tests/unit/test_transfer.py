@@ -16,7 +16,7 @@ import pytest
 
 from ferry.db.database import open_database
 from ferry.db.deferred import DeferredRepo
-from ferry.db.repo import JobRepo
+from ferry.db.job_repo import JobRepo
 from ferry.engine.checksums import crc64
 from ferry.engine.compare import ConsistencyCheck, OverwriteMode
 from ferry.engine.copier import CopyOptions

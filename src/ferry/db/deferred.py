@@ -8,7 +8,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ferry.db.repo import JobRepo
+    from ferry.db.job_repo import JobRepo
 
 
 class DeferredRepo:

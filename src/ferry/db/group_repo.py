@@ -13,7 +13,7 @@ from sqlalchemy import Engine, and_, func, insert, or_, select, update
 
 from ferry.db.api_models import migration_tasks as mt
 from ferry.db.group_models import task_groups as g
-from ferry.db.task_repo import owner_is_dead
+from ferry.db.task_repo import FAILED, PAUSED, PAUSING, RETRYING, RUNNING, WAITING, owner_is_dead
 
 # GROUP_STATUS (§1.7)
 (G_WAITING, G_EXECUTING, G_MONITORING, G_PAUSED, G_CREATE_FAILED, G_MIGRATE_FAILED, G_COMPLETED, G_PAUSING,
@@ -76,6 +76,24 @@ class TaskStats:
 
     def count(self, *statuses: int) -> int:
         return sum(self.by_status.get(s, 0) for s in statuses)
+
+
+_ACTIVE_TASKS: Final = (WAITING, RUNNING, RETRYING, PAUSING)
+
+
+def effective_status(row: GroupRow, stats: TaskStats) -> int:
+    """The status a client sees: the stored one, with what only the tasks know rolled up into it (the API shows
+    it; the group runner persists it)."""
+    stored = row.status
+    if stored == G_PAUSING:
+        busy = row.lease_owner is not None or stats.count(RUNNING, PAUSING, WAITING, RETRYING) > 0
+        return G_PAUSING if busy else G_PAUSED
+    if stored in (G_MONITORING, G_MIGRATE_FAILED, G_COMPLETED):
+        if stats.count(*_ACTIVE_TASKS) or stats.count(PAUSED) or stats.tasks == 0:
+            # A task paused on its own, or restarted on its own, keeps the group watching.
+            return G_MONITORING
+        return G_MIGRATE_FAILED if stats.count(FAILED) else G_COMPLETED
+    return stored
 
 
 def _encode(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ferry.db import schema_sqlite
 from ferry.db.heads import heads
-from ferry.db.repo import JobRepo
+from ferry.db.job_repo import JobRepo
 from ferry.db.sqlconn import SqliteConn, private_sqlite_file
 
 

@@ -29,7 +29,7 @@ from ferry.storage.base import Backend, ListOrder
 from ferry.storage.wrappers import unwrap
 
 if TYPE_CHECKING:
-    from ferry.db.repo import JobRepo
+    from ferry.db.job_repo import JobRepo
 
 _T = TypeVar("_T")
 MiB = 1024 * 1024

@@ -20,17 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
+import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
 
 from ferry.aio import wait_event
-from ferry.api import schemas as s
 from ferry.db.group_repo import (
     G_COMPLETED,
     G_CREATE_FAILED,
@@ -44,31 +43,90 @@ from ferry.db.group_repo import (
     G_WAITING,
     GroupRepo,
     GroupRow,
+    effective_status,
 )
 from ferry.db.task_repo import owner_id
-from ferry.errors import FatalError, FerryError, NotFoundError
+from ferry.errors import FatalError, FerryError, NotFoundError, UsageError
 from ferry.objects import ObjectMeta
-from ferry.runner.local import failure_for, open_store
-from ferry.service import endpoints, smn, tasks
-from ferry.service.groups import (
-    LIST_DIR,
-    GroupContext,
-    chunk_task_request,
-    effective_status,
-    list_file_key,
-    seal,
-    stop_group_tasks,
-    task_name,
-)
-from ferry.service.tasks import TaskCodes, TaskError
+from ferry.runner.migration import failure_for, open_store
+from ferry.runner.notices import EndNotifier, RunEnd
 from ferry.storage.base import Backend, ListOrder, ranged_lines
 from ferry.storage.profiles import get_profile
 from ferry.storage.selection import normalise
 from ferry.storage.wrappers import RetryingBackend
 
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from ferry.secrets import SecretBox
+
 log = logging.getLogger("ferry.runner.groups")
 
+LIST_DIR: Final = "oms/taskgroup"
 MAX_LIST_FILE: Final = 100 * 1024 * 1024
+_MiB: Final = 1024 * 1024
+# The group task types (as stored) whose split reads a list file rather than the source listing.
+_LIST_FILE_TYPES: Final = frozenset({"LIST", "URL_LIST"})
+
+
+def list_file_key(group_id: str, chunk: int) -> str:
+    """Where chunk `chunk` of a group's split lives in the destination bucket."""
+    return f"{LIST_DIR}/{group_id}/part_{chunk:06d}.txt"
+
+
+def task_name(group_id: str, chunk: int) -> str:
+    """The name of the task of chunk `chunk`; fixed width, so a re-run split recognises tasks it created."""
+    return f"group_{group_id[:8]}_part_{chunk:06d}"
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    """How the source is cut into tasks: a task is closed at `objects_per_task` objects or `bytes_per_task`
+    bytes, whichever comes first (and before its list file outgrows `list_file_bytes`, well under the 100 MB
+    list-file limit). 100,000 objects keep a task's own bookkeeping small and its list file near 10 MB; 500 GiB
+    keeps one task of huge objects to a few hours at OMS's bandwidth cap."""
+
+    objects_per_task: int = 100_000
+    bytes_per_task: int = 500 * 1024**3
+    list_file_bytes: int = 32 * _MiB
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> SplitSettings:
+        """The defaults, or the operator's FERRY_GROUP_TASK_OBJECTS / FERRY_GROUP_TASK_BYTES (positive ints)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, int] = {}
+        for name, attr in (("FERRY_GROUP_TASK_OBJECTS", "objects_per_task"), ("FERRY_GROUP_TASK_BYTES",
+                                                                               "bytes_per_task")):
+            raw = env.get(name, "").strip()
+            if not raw:
+                continue
+            if not raw.isdigit() or int(raw) < 1:
+                raise UsageError(f"{name} must be a positive whole number")
+            values[attr] = int(raw)
+        return cls(**values)
+
+
+class TaskQuotaFull(Exception):
+    """The project's task quota is full: the split keeps its checkpoint and creates the chunk's task later."""
+
+
+@dataclass(frozen=True)
+class GroupPorts:
+    """What the group runner needs from the layers above it, as values and callables wired in one place
+    (`ferry.service.groups.runner_ports`): the runner imports no service and no API model."""
+
+    engine: Engine
+    box: SecretBox  # opens and seals the keys a group stores
+    split: SplitSettings
+    # (cloud type, region) of a source -> its endpoint spec as tasks store it ({"endpoint", "profile",
+    # "from_override"}); FerryError when there is none.
+    source_endpoint: Callable[[str, str], dict[str, Any]]
+    destination_endpoint: Callable[[str], dict[str, Any]]  # the same for a destination region (OMS writes to OBS)
+    # (group, its keys, chunk, task name): create the list task of a chunk; TaskQuotaFull, or a FerryError why not.
+    create_task: Callable[[GroupRow, dict[str, str], int, str], None]
+    stop_tasks: Callable[[str, str], None]  # (project id, group id): ask every unfinished task to pause
+    wake_tasks: Callable[[], None]  # the task runner's doorbell
+    publish_end: EndNotifier
 
 
 @dataclass(frozen=True)
@@ -97,10 +155,6 @@ class _Stop(Exception):
     """The group left status 1 (paused or deleted) or the lease was lost: stop splitting, keep the checkpoint."""
 
 
-class _Backoff(Exception):
-    """The task quota is full: keep the checkpoint and come back later."""
-
-
 @dataclass
 class _Chunk:
     """The chunk being filled: list-file lines and what they add up to."""
@@ -114,10 +168,10 @@ class _Chunk:
 class GroupRunner:
     """Runs task-group splits and settles group statuses in this process (see the module docstring)."""
 
-    def __init__(self, ctx: GroupContext, settings: GroupRunnerSettings | None = None) -> None:
-        self.ctx = ctx
+    def __init__(self, ports: GroupPorts, settings: GroupRunnerSettings | None = None) -> None:
+        self.ports = ports
         self.settings = settings or GroupRunnerSettings()
-        self.repo = GroupRepo(ctx.tasks.engine)
+        self.repo = GroupRepo(ports.engine)
         self.owner = owner_id()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -228,7 +282,7 @@ class GroupRunner:
             elif row.status == G_PAUSING:
                 if row.lease_owner is None:
                     # Tasks created by a split that was still running when the stop came are paused now.
-                    await asyncio.to_thread(stop_group_tasks, self.ctx, row.project_id, row.id)
+                    await asyncio.to_thread(self.ports.stop_tasks, row.project_id, row.id)
                 if derived == G_PAUSED:
                     await asyncio.to_thread(self.repo.transition, row.id, (G_PAUSING,), {
                         "status": G_PAUSED, "secrets": self._cleanup_keys(row)})
@@ -257,16 +311,13 @@ class GroupRunner:
         finished = (G_COMPLETED, G_MIGRATE_FAILED, G_CREATE_FAILED)
         if row is None or not config or row.status not in finished or row.smn_result is not None:
             return
-        succeeded = row.status == G_COMPLETED
-        outcome = smn.Outcome(False)
-        if smn.due(config, succeeded):
-            end = row.finished_at or time.time()
-            outcome = smn.notify(config, smn.template_values(
-                name=row.id, succeeded=succeeded, started_at=row.started_at,
-                seconds=end - row.started_at if row.started_at else 0.0, bytes_done=complete_size,
-                src_bucket=row.src_spec.get("bucket"), dst_bucket=row.dst_spec["bucket"],
-                list_file=row.src_spec.get("list_file")), project_id=row.project_id)
-        self.repo.transition(group_id, (row.status,), {"smn_result": outcome.to_json()})
+        end = row.finished_at or time.time()
+        outcome = self.ports.publish_end(RunEnd(
+            project_id=row.project_id, config=config, succeeded=row.status == G_COMPLETED, name=row.id,
+            started_at=row.started_at, seconds=end - row.started_at if row.started_at else 0.0,
+            bytes_done=complete_size, src_bucket=row.src_spec.get("bucket"), dst_bucket=row.dst_spec["bucket"],
+            list_file=row.src_spec.get("list_file")))
+        self.repo.transition(group_id, (row.status,), {"smn_result": outcome})
 
     def _stats(self, rows: list[GroupRow]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -303,30 +354,29 @@ class GroupRunner:
         keys = self._keys(row)
         if keys is None or not keys.get("dst_ak") or not keys.get("dst_sk"):
             return None
-        return seal(self.ctx, {"dst_ak": keys["dst_ak"], "dst_sk": keys["dst_sk"]})
+        return self.ports.box.seal({"dst_ak": keys["dst_ak"], "dst_sk": keys["dst_sk"]})
 
     def _keys(self, row: GroupRow) -> dict[str, str] | None:
         if not row.secrets:
             return None
         try:
-            data = json.loads(self.ctx.tasks.box.decrypt(row.secrets))
+            return self.ports.box.unseal(row.secrets)
         except FerryError:
             return None
-        return {k: str(v) for k, v in data.items()}
 
-    def _endpoint_spec(self, cloud: str, region: str) -> dict[str, Any]:
-        overrides = self.ctx.tasks.overrides
-        table = {k.lower(): v for k, v in overrides.items()} if overrides is not None else None
+    def _endpoint_spec(self, cloud: str | None, region: str) -> dict[str, Any]:
+        """The endpoint of a source's `cloud` (None: of the destination) in `region`, as tasks store it."""
         try:
-            ep = endpoints.resolve(cloud, region, table)
+            if cloud is None:
+                return self.ports.destination_endpoint(region)
+            return self.ports.source_endpoint(cloud, region)
         except FerryError as exc:
-            raise SplitFailure("TRF.0001", f"the endpoint of {cloud}/{region} is not available: {exc.message}") \
-                from None
-        return {"endpoint": ep.url, "profile": ep.profile, "from_override": ep.from_override}
+            where = f"{cloud}/{region}" if cloud is not None else f"the destination region {region}"
+            raise SplitFailure("TRF.0001", f"the endpoint of {where} is not available: {exc.message}") from None
 
     def _dst_store(self, row: GroupRow, keys: dict[str, str]) -> Backend:
         dst = row.dst_spec
-        spec = self._endpoint_spec(s.CloudType.HUAWEICLOUD.value, dst["region"])
+        spec = self._endpoint_spec(None, dst["region"])
         return RetryingBackend(open_store(spec, dst["region"], dst["bucket"], "", keys["dst_ak"], keys["dst_sk"], None))
 
     async def _split_guarded(self, row: GroupRow) -> None:
@@ -375,7 +425,7 @@ class GroupRunner:
             await asyncio.to_thread(self.repo.release, row.id, self.owner, {})
             log.info("task group %s: split stopped at chunk %d", row.id, splitter.chunk)
             return
-        except _Backoff:
+        except TaskQuotaFull:
             await asyncio.to_thread(self.repo.release, row.id, self.owner, {
                 "retry_at": time.time() + self.settings.quota_backoff})
             log.info("task group %s: task quota full; the split goes on later", row.id)
@@ -387,7 +437,7 @@ class GroupRunner:
             return
         state = {**splitter.state, "done": True}
         await asyncio.to_thread(self._finish_split, row, state)
-        self.ctx.tasks.notify()
+        self.ports.wake_tasks()
         log.info("task group %s: split into %d tasks", row.id, splitter.chunk)
 
     def _finish_split(self, row: GroupRow, state: dict[str, Any]) -> None:
@@ -413,7 +463,7 @@ class _Splitter:
         self.row = row
         self.keys = keys
         self.dst = dst
-        self.split = runner.ctx.split
+        self.split = runner.ports.split
         self.state: dict[str, Any] = dict(row.split_state)
         self.chunk = int(self.state.get("chunk", 0))
         self.objects = row.objects
@@ -421,7 +471,7 @@ class _Splitter:
         self.last_beat = time.monotonic()
 
     async def run(self) -> None:
-        if self.row.task_type in (s.GroupTaskType.LIST.value, s.GroupTaskType.URL_LIST.value):
+        if self.row.task_type in _LIST_FILE_TYPES:
             await self._split_list_file()
         else:
             await self._split_listing()
@@ -474,7 +524,7 @@ class _Splitter:
     async def _split_list_file(self) -> None:
         list_file = self.row.src_spec["list_file"]
         dst = self.row.dst_spec
-        spec = self.runner._endpoint_spec(s.CloudType.HUAWEICLOUD.value, dst["region"])
+        spec = self.runner._endpoint_spec(None, dst["region"])
         store = RetryingBackend(open_store(spec, dst["region"], list_file["obs_bucket"], "", self.keys["dst_ak"],
                                            self.keys["dst_sk"], None))
         key = list_file["list_file_key"]
@@ -547,19 +597,16 @@ class _Splitter:
         self.state = {**self.state, **position, "chunk": self.chunk, "attempts": 0}
         await self._heartbeat({"split_state": self.state, "objects": self.objects, "bytes": self.bytes,
                                "task_count": self.chunk})
-        self.runner.ctx.tasks.notify()
+        self.runner.ports.wake_tasks()
 
     def _create_task(self) -> None:
-        row, ctx = self.row, self.runner.ctx
+        row = self.row
         name = task_name(row.id, self.chunk)
         if self.runner.repo.task_named(row.project_id, row.id, name) is not None:
             return  # created before a crash; its chunk was written again, identically
         try:
-            tasks.create_task(ctx.tasks, row.project_id, chunk_task_request(row, self.keys, self.chunk),
-                              group_id=row.id, group_type=s.GroupType.GROUP_TASK, name=name)
-        except TaskError as exc:
-            if exc.oms_code == TaskCodes.QUOTA:
-                raise _Backoff() from None
+            self.runner.ports.create_task(row, self.keys, self.chunk, name)
+        except FerryError as exc:
             raise SplitFailure("TRF.0001", f"A task of the group could not be created: {exc.message}") from None
 
 

@@ -64,7 +64,7 @@ from ferry.errors import (
 )
 from ferry.objects import ObjectInfo
 from ferry.runner import failed_lists
-from ferry.runner.local import TaskFailure, failure_for
+from ferry.runner.migration import TaskFailure, failure_for
 from ferry.storage.base import Backend
 from ferry.storage.wrappers import RetryingBackend
 

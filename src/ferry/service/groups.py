@@ -20,11 +20,9 @@ The runner persists what the roll-up shows (5, 6, 3) within a poll; reads never 
 
 from __future__ import annotations
 
-import json
-import os
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -42,45 +40,17 @@ from ferry.db.group_repo import (
     GroupRepo,
     GroupRow,
     TaskStats,
+    effective_status,
 )
 from ferry.db.task_repo import FAILED, PAUSED, PAUSING, RETRYING, RUNNING, SUCCEEDED, WAITING
 from ferry.errors import UsageError
-from ferry.service import endpoints, tasks
-from ferry.service.secrets import Secret
+from ferry.runner.groups import GroupPorts, SplitSettings, TaskQuotaFull, list_file_key
+from ferry.secrets import Secret
+from ferry.service import endpoints, smn, tasks
 from ferry.service.tasks import TaskCodes, TaskContext, TaskError, TaskLimits, check_smn, smn_resp
 from ferry.storage.profiles import get_profile
 
-LIST_DIR: Final = "oms/taskgroup"
 GROUP_NOT_FOUND: Final = "OMS.1009"
-_ACTIVE_TASKS: Final = (WAITING, RUNNING, RETRYING, PAUSING)
-_MiB: Final = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class SplitSettings:
-    """How the source is cut into tasks: a task is closed at `objects_per_task` objects or `bytes_per_task`
-    bytes, whichever comes first (and before its list file outgrows `list_file_bytes`, well under the 100 MB
-    list-file limit). 100,000 objects keep a task's own bookkeeping small and its list file near 10 MB; 500 GiB
-    keeps one task of huge objects to a few hours at OMS's bandwidth cap."""
-
-    objects_per_task: int = 100_000
-    bytes_per_task: int = 500 * 1024**3
-    list_file_bytes: int = 32 * _MiB
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> SplitSettings:
-        """The defaults, or the operator's FERRY_GROUP_TASK_OBJECTS / FERRY_GROUP_TASK_BYTES (positive ints)."""
-        env = os.environ if environ is None else environ
-        values: dict[str, int] = {}
-        for name, attr in (("FERRY_GROUP_TASK_OBJECTS", "objects_per_task"), ("FERRY_GROUP_TASK_BYTES",
-                                                                               "bytes_per_task")):
-            raw = env.get(name, "").strip()
-            if not raw:
-                continue
-            if not raw.isdigit() or int(raw) < 1:
-                raise UsageError(f"{name} must be a positive whole number")
-            values[attr] = int(raw)
-        return cls(**values)
 
 
 def _noop() -> None:
@@ -110,16 +80,6 @@ def _not_found() -> TaskError:
     return TaskError(404, GROUP_NOT_FOUND, "No resources found. Enter a valid task group ID.")
 
 
-def list_file_key(group_id: str, chunk: int) -> str:
-    """Where chunk `chunk` of a group's split lives in the destination bucket."""
-    return f"{LIST_DIR}/{group_id}/part_{chunk:06d}.txt"
-
-
-def task_name(group_id: str, chunk: int) -> str:
-    """The name of the task of chunk `chunk`; fixed width, so a re-run split recognises tasks it created."""
-    return f"group_{group_id[:8]}_part_{chunk:06d}"
-
-
 # -- create --------------------------------------------------------------------------------------------------
 
 
@@ -132,10 +92,14 @@ def _unsupported(req: s.CreateTaskGroupReq) -> str | None:
     return None
 
 
-def _resolve(ctx: GroupContext, cloud: str, region: str, *, destination: bool) -> endpoints.Endpoint:
+def _endpoint(ctx: GroupContext, cloud: str, region: str) -> endpoints.Endpoint:
     table = {k.lower(): v for k, v in ctx.tasks.overrides.items()} if ctx.tasks.overrides is not None else None
+    return endpoints.resolve(cloud, region, table)
+
+
+def _resolve(ctx: GroupContext, cloud: str, region: str, *, destination: bool) -> endpoints.Endpoint:
     try:
-        return endpoints.resolve(cloud, region, table)
+        return _endpoint(ctx, cloud, region)
     except UsageError as exc:
         if destination:
             raise TaskError(400, TaskCodes.REGION_NOT_SUPPORTED,
@@ -148,12 +112,6 @@ def _check_bucket(profile: str, bucket: str, where: str) -> None:
         get_profile(profile).check_bucket(bucket)
     except UsageError as exc:
         raise TaskError.invalid(f"{where}: {exc.message}") from None
-
-
-def seal(ctx: GroupContext, values: dict[str, Any]) -> str:
-    """One SecretBox token of the non-empty key fields (Secret values revealed only into the cipher)."""
-    clear = {k: (v.reveal() if isinstance(v, Secret) else v) for k, v in values.items() if v}
-    return ctx.tasks.box.encrypt(json.dumps(clear))
 
 
 def create_task_group(ctx: GroupContext, project_id: str, req: s.CreateTaskGroupReq) -> s.CreateTaskGroupResponse:
@@ -196,7 +154,7 @@ def create_task_group(ctx: GroupContext, project_id: str, req: s.CreateTaskGroup
             "smn_config": req.smn_config.model_dump(mode="json", exclude_none=True) if req.smn_config else None,
         },
         "bandwidth_policy": [p.model_dump() for p in req.bandwidth_policy or []],
-        "secrets": seal(ctx, {"src_ak": src.ak, "src_sk": src.sk, "dst_ak": dst.ak, "dst_sk": dst.sk}),
+        "secrets": ctx.tasks.box.seal({"src_ak": src.ak, "src_sk": src.sk, "dst_ak": dst.ak, "dst_sk": dst.sk}),
         "split_state": {"index": 0, "after": None, "skip": 0, "chunk": 0, "done": False},
         "objects": 0, "bytes": 0, "task_count": 0, "created_at": now, "updated_at": now,
     })
@@ -230,21 +188,40 @@ def chunk_task_request(row: GroupRow, keys: dict[str, str], chunk: int) -> s.Cre
     })
 
 
+def create_chunk_task(ctx: GroupContext, row: GroupRow, keys: dict[str, str], chunk: int, name: str) -> None:
+    """The group runner's `create_task`: the task of one chunk, as a client's CreateTaskReq would make it (the
+    same checks and quota); TaskQuotaFull when the project's task quota is full."""
+    try:
+        tasks.create_task(ctx.tasks, row.project_id, chunk_task_request(row, keys, chunk), group_id=row.id,
+                          group_type=s.GroupType.GROUP_TASK, name=name)
+    except TaskError as exc:
+        if exc.oms_code == TaskCodes.QUOTA:
+            raise TaskQuotaFull() from None
+        raise
+
+
+def _endpoint_spec(ctx: GroupContext, cloud: str, region: str) -> dict[str, Any]:
+    ep = _endpoint(ctx, cloud, region)
+    return {"endpoint": ep.url, "profile": ep.profile, "from_override": ep.from_override}
+
+
+def runner_ports(ctx: GroupContext) -> GroupPorts:
+    """What the group runner calls back into: this module's task creation and stops, endpoint resolution, the
+    task runner's doorbell and SMN (the one place the runner is wired to the services)."""
+    return GroupPorts(
+        engine=ctx.tasks.engine,
+        box=ctx.tasks.box,
+        split=ctx.split,
+        source_endpoint=lambda cloud, region: _endpoint_spec(ctx, cloud, region),
+        destination_endpoint=lambda region: _endpoint_spec(ctx, s.CloudType.HUAWEICLOUD.value, region),
+        create_task=lambda row, keys, chunk, name: create_chunk_task(ctx, row, keys, chunk, name),
+        stop_tasks=lambda project_id, group_id: stop_group_tasks(ctx, project_id, group_id),
+        wake_tasks=ctx.tasks.notify,
+        publish_end=smn.publish_end,
+    )
+
+
 # -- read ----------------------------------------------------------------------------------------------------
-
-
-def effective_status(row: GroupRow, stats: TaskStats) -> int:
-    """The status a client sees: the stored one, with what only the tasks know rolled up into it."""
-    stored = row.status
-    if stored == G_PAUSING:
-        busy = row.lease_owner is not None or stats.count(RUNNING, PAUSING, WAITING, RETRYING) > 0
-        return G_PAUSING if busy else G_PAUSED
-    if stored in (G_MONITORING, G_MIGRATE_FAILED, G_COMPLETED):
-        if stats.count(*_ACTIVE_TASKS) or stats.count(PAUSED) or stats.tasks == 0:
-            # A task paused on its own, or restarted on its own, keeps the group watching.
-            return G_MONITORING
-        return G_MIGRATE_FAILED if stats.count(FAILED) else G_COMPLETED
-    return stored
 
 
 def _ms(seconds: float | None) -> int | None:
@@ -412,7 +389,7 @@ def start_task_group(ctx: GroupContext, project_id: str, group_id: str, req: s.S
         raise _conflict("Only a paused task group can be started.")
     next_status = G_MONITORING if row.split_state.get("done") else G_EXECUTING
     if not ctx.repo.transition(group_id, (G_PAUSED, G_PAUSING), {
-            "status": next_status, "secrets": seal(ctx, keys), "retry_at": None, "smn_result": None},
+            "status": next_status, "secrets": ctx.tasks.box.seal(keys), "retry_at": None, "smn_result": None},
             project_id=project_id):
         raise _conflict("The task group status changed meanwhile; show it and retry.")
     _restart_tasks(ctx, project_id, group_id, (PAUSED,), _start_req(keys))
@@ -428,7 +405,7 @@ def retry_task_group(ctx: GroupContext, project_id: str, group_id: str, req: s.R
     status = effective_status(row, _stats(ctx, row))
     if status == G_CREATE_FAILED:
         if not ctx.repo.transition(group_id, (G_CREATE_FAILED,), {
-                "status": G_EXECUTING, "secrets": seal(ctx, keys), "error_code": None, "error_msg": None,
+                "status": G_EXECUTING, "secrets": ctx.tasks.box.seal(keys), "error_code": None, "error_msg": None,
                 "retry_at": None, "finished_at": None, "smn_result": None}, project_id=project_id):
             raise _conflict("The task group status changed meanwhile; show it and retry.")
         ctx.notify()
@@ -436,7 +413,7 @@ def retry_task_group(ctx: GroupContext, project_id: str, group_id: str, req: s.R
     if status != G_MIGRATE_FAILED:
         raise _conflict("Only a failed task group can be retried.")
     if not ctx.repo.transition(group_id, (G_MONITORING, G_MIGRATE_FAILED), {
-            "status": G_MONITORING, "secrets": seal(ctx, keys), "finished_at": None, "smn_result": None},
+            "status": G_MONITORING, "secrets": ctx.tasks.box.seal(keys), "finished_at": None, "smn_result": None},
             project_id=project_id):
         raise _conflict("The task group status changed meanwhile; show it and retry.")
     _restart_tasks(ctx, project_id, group_id, (FAILED,), _start_req(keys, req.migrate_failed_object))

@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from ferry.errors import UsageError
+from ferry.runner.notices import RunEnd
 from ferry.sdk_hmac import signed_headers
 from ferry.service.endpoints import is_public_host, load_overrides
 
@@ -182,6 +183,18 @@ def notify(config: dict[str, Any], values: dict[str, str], *, project_id: str, s
     except (OSError, ValueError) as exc:
         log.warning("SMN publish to topic %s failed: %s", topic.name, type(exc).__name__)
         return Outcome(False, UNREACHABLE)
+
+
+def publish_end(end: RunEnd) -> dict[str, Any]:
+    """The runners' notifier: publish the message of a finished task or group if its trigger conditions ask for
+    it; the outcome as the runner stores it (`smn_result`)."""
+    outcome = Outcome(False)
+    if due(end.config, end.succeeded):
+        values = template_values(name=end.name, succeeded=end.succeeded, started_at=end.started_at,
+                                 seconds=end.seconds, bytes_done=end.bytes_done, src_bucket=end.src_bucket,
+                                 dst_bucket=end.dst_bucket, list_file=end.list_file, records=end.records)
+        outcome = notify(end.config, values, project_id=end.project_id)
+    return outcome.to_json()
 
 
 def _error_code(exc: urllib.error.HTTPError) -> str:

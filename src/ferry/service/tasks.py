@@ -2,7 +2,7 @@
 
 Plain functions over a TaskContext, called by the API routes, the CLI and tests alike. The OMS request and
 response models of `ferry.api.schemas` are their vocabulary (pure pydantic data). What runs a task is the
-runner (`ferry.runner.local`): these functions only change rows and wake it.
+runner (`ferry.runner.migration`): these functions only change rows and wake it.
 
 Status transitions: create -> 1 waiting; runner claims -> 2 running -> 5 succeeded | 4 failed (with a reason)
 | 6 retrying (an unexpected error; retried with backoff); stop: 2 -> 7 pausing -> 3 paused (the runner
@@ -11,7 +11,6 @@ finishes the pause), 1/6 -> 3 at once; start: 3/4 -> 1 with the keys re-supplied
 
 from __future__ import annotations
 
-import json
 import secrets as pysecrets
 import shutil
 import time
@@ -36,11 +35,11 @@ from ferry.db.task_repo import (
     TaskRow,
 )
 from ferry.errors import FerryError, UsageError
-from ferry.runner.local import records_dir
+from ferry.secrets import SecretBox
 from ferry.service import endpoints, smn
-from ferry.service.secrets import Secret, SecretBox
-from ferry.storage.http import host_port
+from ferry.settings import records_dir
 from ferry.storage.profiles import get_profile
+from ferry.storage.url_source import host_port
 
 DAY: Final = 24 * 3600
 PRIORITIES: Final = {s.TaskPriority.HIGH: 3, s.TaskPriority.MEDIUM: 2, s.TaskPriority.LOW: 1}
@@ -184,11 +183,6 @@ def check_restart_kms(stored: str | None, crypto_type: s.CryptoType, kms_key_id:
                                 "its destination encryption (create a new task to change it)")
 
 
-def _secrets_blob(box: SecretBox, values: Mapping[str, Any]) -> str:
-    clear = {k: (v.reveal() if isinstance(v, Secret) else v) for k, v in values.items() if v}
-    return box.encrypt(json.dumps(clear))
-
-
 def _task_name(now: float) -> str:
     return f"task_{datetime.fromtimestamp(now).strftime('%Y%m%d%H%M%S')}_{pysecrets.token_hex(2)}"
 
@@ -295,7 +289,7 @@ def create_task(
         "description": req.description or "", "task_type": req.task_type.value, "status": WAITING,
         "priority": priority, "src_spec": src_spec, "dst_spec": dst_spec, "options": options,
         "bandwidth_policy": [p.model_dump() for p in req.bandwidth_policy or []],
-        "secrets": _secrets_blob(ctx.box, secret_values), "job_id": None, "run_mode": "full",
+        "secrets": ctx.box.seal(secret_values), "job_id": None, "run_mode": "full",
         "created_at": now, "updated_at": now, "elapsed": 0.0,
     })
     ctx.notify()
@@ -409,7 +403,7 @@ def start_task(ctx: TaskContext, project_id: str, task_id: int, req: s.StartTask
         mode = "resume"
     else:
         mode = "full"
-    blob = _secrets_blob(ctx.box, {
+    blob = ctx.box.seal({
         "src_ak": req.src_ak, "src_sk": req.src_sk, "src_security_token": req.src_security_token,
         "dst_ak": req.dst_ak, "dst_sk": req.dst_sk, "dst_security_token": req.dst_security_token,
     })

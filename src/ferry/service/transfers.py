@@ -23,7 +23,7 @@ from ferry.storage.base import Backend
 from ferry.storage.wrappers import unwrap
 
 if TYPE_CHECKING:
-    from ferry.db.repo import JobRepo
+    from ferry.db.job_repo import JobRepo
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +44,19 @@ class Summary:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def describe(self) -> str:
+        """The one-line account a person reads (`ferry migrate` without --json, the demo)."""
+        verb = "resumed and finished" if self.resumed else "finished"
+        return (f"{verb} job {self.job_id}: {self.total} objects, {self.success} copied, {self.skipped} skipped, "
+                f"{self.failed} failed, {self.bytes} bytes in {self.elapsed}s")
+
+
+def job_spec(opts: TransferOptions) -> dict[str, Any]:
+    """The options that make two runs "the same transfer" (with the stores; see `fingerprint`)."""
+    return {"overwrite": opts.overwrite.value, "consistency": opts.copy.consistency.value,
+            "metadata": opts.copy.metadata, "storage_class": opts.copy.storage_class,
+            "migrate_since": opts.migrate_since}
 
 
 def fingerprint(src: Backend, dst: Backend, extra: dict[str, Any]) -> str:
@@ -123,12 +136,13 @@ async def run_migration(
     opts: TransferOptions,
     *,
     report_dir: Path,
-    spec: dict[str, Any],
+    spec: dict[str, Any] | None = None,
     counters: Counters | None = None,
     fresh: bool = False,
     lock_dir: Path | None = None,
 ) -> Summary:
-    """Create or resume the job for this src/dst/options and run it to the end.
+    """Create or resume the job for this src/dst/options (`spec`, by default `job_spec(opts)`) and run it to
+    the end.
 
     `fresh` says the database holds no job at all (a new state directory): then nothing can be resumed,
     and the job's row is created while the transfer already runs (the database may still be opening).
@@ -137,6 +151,7 @@ async def run_migration(
     resumable (status stopped/failed with everything finished recorded); an AccessError (with its side named)
     is raised, since nothing but fixing keys, permissions or the bucket helps; others end in `Summary.error`.
     """
+    spec = job_spec(opts) if spec is None else spec
     fp = fingerprint(src, dst, spec)
     with job_lock(lock_dir, fp) if lock_dir is not None else contextlib.nullcontext():
         return await _run_locked(src, dst, repo, opts, fp, report_dir, spec, counters, fresh)

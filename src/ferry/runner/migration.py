@@ -28,7 +28,7 @@ from urllib.parse import unquote
 from sqlalchemy import Engine
 
 from ferry.aio import wait_event
-from ferry.db.repo import JobRepo, ObjectResult, Tally
+from ferry.db.job_repo import JobRepo, ObjectResult, Tally
 from ferry.db.task_repo import (
     FAILED,
     PAUSED,
@@ -46,16 +46,17 @@ from ferry.engine.pipeline import Transfer, TransferOptions
 from ferry.engine.progress import Counters
 from ferry.errors import AccessError, FatalError, FerryError, NotFoundError, SourceChangedError
 from ferry.runner import failed_lists
-from ferry.service import smn
+from ferry.runner.notices import EndNotifier, RunEnd
+from ferry.settings import records_dir
 from ferry.storage.base import Backend, LineTooLong, ListOrder, ranged_lines
-from ferry.storage.http import UrlSource, parse_url_line
 from ferry.storage.profiles import get_profile
 from ferry.storage.s3 import S3Backend
 from ferry.storage.selection import SelectedBackend, normalise
+from ferry.storage.url_source import UrlSource, parse_url_line
 from ferry.storage.wrappers import BandwidthLimiter, RetryingBackend, ThrottledBackend
 
 if TYPE_CHECKING:
-    from ferry.service.secrets import SecretBox
+    from ferry.secrets import SecretBox
 
 log = logging.getLogger("ferry.runner")
 
@@ -197,7 +198,7 @@ async def read_list_keys(store: Backend, key: str) -> list[str]:
 
 
 async def read_url_entries(store: Backend, key: str) -> list[tuple[str, str]]:
-    """`(key, url)` pairs of a URL-list file (see storage.http.parse_url_line), sorted by key."""
+    """`(key, url)` pairs of a URL-list file (see storage.url_source.parse_url_line), sorted by key."""
     entries: dict[str, str] = {}
     async for number, line in list_file_lines(store, key, "URL list file"):
         try:
@@ -230,11 +231,6 @@ def transfer_options(row: TaskRow, settings: RunnerSettings) -> TransferOptions:
         concurrency=settings.concurrency,
         memory_limit=settings.memory_limit,
     )
-
-
-def records_dir(data_dir: Path, project_id: str, task_id: int) -> Path:
-    """Where a task's failed/success/skip object lists are written."""
-    return data_dir / "records" / project_id / str(task_id)
 
 
 def write_records(jobs: JobRepo, job_id: str, directory: Path, dst_prefix: str = "") -> dict[str, Any]:
@@ -302,13 +298,14 @@ def _tally_values(t: Tally) -> dict[str, Any]:
 class LocalRunner:
     """Runs migration tasks in this process (see the module docstring)."""
 
-    def __init__(self, engine: Engine, box: SecretBox, data_dir: Path,
-                 settings: RunnerSettings | None = None) -> None:
+    def __init__(self, engine: Engine, box: SecretBox, data_dir: Path, settings: RunnerSettings | None = None, *,
+                 publish_end: EndNotifier) -> None:
         self.settings = settings or RunnerSettings()
         self.tasks = TaskRepo(engine)
         self.jobs = JobRepo(engine)
         self.box = box
         self.data_dir = data_dir
+        self.publish_end = publish_end
         self.owner = owner_id()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -498,15 +495,12 @@ class LocalRunner:
         config = row.options.get("smn_config") if row is not None else None
         if row is None or not config or row.status not in (SUCCEEDED, FAILED) or row.smn_result is not None:
             return
-        succeeded = row.status == SUCCEEDED
-        outcome = smn.Outcome(False)
-        if smn.due(config, succeeded):
-            outcome = smn.notify(config, smn.template_values(
-                name=row.name, succeeded=succeeded, started_at=row.started_at, seconds=row.elapsed,
-                bytes_done=row.complete_size, src_bucket=row.src_spec.get("bucket"),
-                dst_bucket=row.dst_spec["bucket"], list_file=row.src_spec.get("list_file"), records=row.records),
-                project_id=row.project_id)
-        self.tasks.transition(task_id, None, (row.status,), {"smn_result": outcome.to_json()})
+        outcome = self.publish_end(RunEnd(
+            project_id=row.project_id, config=config, succeeded=row.status == SUCCEEDED, name=row.name,
+            started_at=row.started_at, seconds=row.elapsed, bytes_done=row.complete_size,
+            src_bucket=row.src_spec.get("bucket"), dst_bucket=row.dst_spec["bucket"],
+            list_file=row.src_spec.get("list_file"), records=row.records))
+        self.tasks.transition(task_id, None, (row.status,), {"smn_result": outcome})
 
     def _settle_status(self, row: TaskRow, counters: Counters, started: float, outcome: str,
                        result: RunResult | BaseException) -> None:
@@ -613,11 +607,10 @@ class LocalRunner:
         if not row.secrets:
             raise TaskFailure("TRF.0001", "The task has no credentials; start it again with its keys.")
         try:
-            data = json.loads(self.box.decrypt(row.secrets))
+            return self.box.unseal(row.secrets)
         except FerryError:
             raise TaskFailure("TRF.0001", "The stored credentials cannot be decrypted; start the task again "
                                           "with its keys.") from None
-        return {k: str(v) for k, v in data.items()}
 
     async def _run(self, row: TaskRow, counters: Counters, limiter: BandwidthLimiter) -> RunResult:
         keys = self._credentials(row)

@@ -7,6 +7,7 @@ import binascii
 import contextlib
 import hashlib
 import hmac
+import json
 import os
 import stat
 import tempfile
@@ -266,6 +267,15 @@ class SecretBox:
 
     def decrypt_secret(self, token: str) -> Secret:
         return Secret(self.decrypt(token))
+
+    def seal(self, values: Mapping[str, str | Secret | None]) -> str:
+        """One token of the non-empty fields of `values` (a task's keys); Secret values are revealed only into the
+        cipher."""
+        return self.encrypt(json.dumps({k: reveal(v) for k, v in values.items() if v}))
+
+    def unseal(self, token: str) -> dict[str, str]:
+        """The fields of a token made by `seal`."""
+        return {k: str(v) for k, v in json.loads(self.decrypt(token)).items()}
 
 
 _default_lock = threading.Lock()
