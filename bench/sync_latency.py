@@ -71,7 +71,7 @@ def _builtin_server(port: int, state: Path) -> None:
     from ferry.api.auth import InMemoryCredentialStore
     from ferry.api.deps import ApiServices
     from ferry.db.database import open_database
-    from ferry.service.secrets import SecretBox
+    from ferry.secrets import SecretBox
     from ferry.service.sync import build_sync_service
 
     store = InMemoryCredentialStore()

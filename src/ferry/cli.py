@@ -309,8 +309,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _tenancy(args: argparse.Namespace) -> int:
     from ferry.db.database import open_database
+    from ferry.secrets import SecretBox
     from ferry.service import credentials
-    from ferry.service.secrets import SecretBox
     from ferry.settings import data_dir, database_url
 
     if getattr(args, "project_id", None) is not None:

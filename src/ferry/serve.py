@@ -24,11 +24,11 @@ from ferry.db.database import open_database
 from ferry.runner.groups import GroupRunner
 from ferry.runner.local import LocalRunner, RunnerSettings
 from ferry.runner.sync import SyncBackground
+from ferry.secrets import SecretBox
 from ferry.service import credentials
 from ferry.service.credentials import DbCredentialStore
 from ferry.service.endpoints import load_overrides
 from ferry.service.groups import GroupContext
-from ferry.service.secrets import SecretBox
 from ferry.service.sync import SyncContext, SyncProcess, build_sync_runtime
 from ferry.service.tasks import TaskContext, TaskLimits
 

@@ -21,7 +21,7 @@ from ferry.api.app import create_app
 from ferry.db.database import open_database
 from ferry.runner.sync import SyncBackground, SyncSettings
 from ferry.sandbox import SeaweedServer
-from ferry.service.secrets import SecretBox
+from ferry.secrets import SecretBox
 from ferry.service.sync import SyncContext, build_sync_service
 
 SRC_REGION = "us-east-1"  # AWS/us-east-1 -> the source SeaweedFS

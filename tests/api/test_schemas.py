@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from ferry.api import schemas as s
 from ferry.api.errors import OmsError
-from ferry.service.secrets import Secret
+from ferry.secrets import Secret
 
 DST = {"ak": "DAK", "sk": "DSK", "bucket": "dstb", "region": "cn-north-4"}
 SRC = {"cloud_type": "Aliyun", "region": "cn-hangzhou", "ak": "SAK", "sk": "SSK", "bucket": "srcb"}

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from ferry.service import secrets
-from ferry.service.secrets import (
+from ferry import secrets
+from ferry.secrets import (
     ENV_VAR,
     KEY_FILE_NAME,
     MASK,

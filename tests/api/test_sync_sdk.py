@@ -597,7 +597,7 @@ def test_a_source_bucket_gone_stops_the_task_at_reconciliation(sync_server: Sync
 
 
 def test_keys_that_stop_working_stop_the_task(sync_server: SyncLive, bucket_factory: BucketFactory) -> None:
-    from ferry.service.secrets import Secret
+    from ferry.secrets import Secret
     from ferry.service.sync import SyncCredentials
 
     live = sync_server

@@ -46,8 +46,8 @@ from ferry.db.database import open_database
 from ferry.runner.groups import GroupRunner, GroupRunnerSettings, _Splitter
 from ferry.runner.local import LocalRunner, RunnerSettings
 from ferry.sandbox import SeaweedServer
+from ferry.secrets import SecretBox
 from ferry.service.groups import GroupContext, SplitSettings, create_task_group
-from ferry.service.secrets import SecretBox
 from ferry.service.tasks import TaskContext, TaskError, TaskLimits
 from pgdb import pg_database
 

@@ -323,7 +323,7 @@ async def test_event_committer_commits_concurrent_requests_and_isolates_bad_ones
     import threading
 
     from ferry.errors import NotFoundError
-    from ferry.service.secrets import SecretBox
+    from ferry.secrets import SecretBox
     from ferry.service.sync import SyncContext, TaskStateError, create_sync_events
 
     wakes: list[float] = []
@@ -356,7 +356,7 @@ async def test_event_committer_commits_concurrent_requests_and_isolates_bad_ones
 
 
 async def test_event_committer_thread_ends_when_idle_and_comes_back(tmp_path: Path) -> None:
-    from ferry.service.secrets import SecretBox
+    from ferry.secrets import SecretBox
     from ferry.service.sync import SyncContext, create_sync_events
 
     engine = open_database(f"sqlite:///{tmp_path / 'idle.db'}")

@@ -20,7 +20,7 @@ from ferry.db.database import open_database
 from ferry.db.task_repo import FAILED, PAUSED, PAUSING, RETRYING, RUNNING, WAITING, TaskRepo, owner_is_dead
 from ferry.engine.bandwidth import limit_at, parse_policy
 from ferry.runner.local import LocalRunner, RunnerSettings, TaskFailure, read_list_keys
-from ferry.service.secrets import SecretBox
+from ferry.secrets import SecretBox
 from ferry.storage.memory import MemoryBackend, MemoryStore
 from ferry.storage.selection import SelectedBackend, normalise
 from pgdb import pg_database

@@ -22,7 +22,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from ferry.api.errors import Codes, Messages, OmsError
-from ferry.service.secrets import Secret
+from ferry.secrets import Secret
 from ferry.storage.registry import as_folder
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ from ferry.storage.selection import SelectedBackend, normalise
 from ferry.storage.wrappers import BandwidthLimiter, RetryingBackend, ThrottledBackend
 
 if TYPE_CHECKING:
-    from ferry.service.secrets import SecretBox
+    from ferry.secrets import SecretBox
 
 log = logging.getLogger("ferry.runner")
 

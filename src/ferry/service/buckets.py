@@ -20,9 +20,9 @@ from urllib.parse import unquote, urlsplit
 
 from ferry.errors import FerryError, NotFoundError, SourceChangedError, TransientError, UsageError
 from ferry.objects import ObjectInfo
+from ferry.secrets import Secret
 from ferry.service import endpoints
 from ferry.service.cdn import CdnClient, CdnDomainError, etags_match, load_allowed_hosts, parse_domain, same_cloud
-from ferry.service.secrets import Secret
 from ferry.storage.profiles import get_profile
 from ferry.storage.s3 import S3Backend, failure_detail, list_buckets
 

@@ -16,7 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from ferry.db.api_models import api_credentials, api_tokens, privacy_agreements
 from ferry.errors import UsageError
-from ferry.service.secrets import SecretBox, SecretDecryptError
+from ferry.secrets import SecretBox, SecretDecryptError
 
 PROJECT_ID: Final = re.compile(r"^[0-9a-f]{32}$")
 DEFAULT_TOKEN_TTL: Final = 24 * 3600  # IAM tokens are valid for 24 hours too

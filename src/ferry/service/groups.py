@@ -45,8 +45,8 @@ from ferry.db.group_repo import (
 )
 from ferry.db.task_repo import FAILED, PAUSED, PAUSING, RETRYING, RUNNING, SUCCEEDED, WAITING
 from ferry.errors import UsageError
+from ferry.secrets import Secret
 from ferry.service import endpoints, tasks
-from ferry.service.secrets import Secret
 from ferry.service.tasks import TaskCodes, TaskContext, TaskError, TaskLimits, check_smn, smn_resp
 from ferry.storage.profiles import get_profile
 

@@ -39,11 +39,11 @@ from ferry.db.sync_repo import (
 )
 from ferry.errors import NotFoundError, UsageError
 from ferry.runner.sync import SyncBackground, SyncSettings, SyncWaker, SyncWorkers
+from ferry.secrets import Secret, SecretBox, reveal
 from ferry.service import buckets
 from ferry.service.buckets import CloudAccess, HelperSettings
 from ferry.service.endpoints import resolve, resolve_known
 from ferry.service.quotas import EventLimits, RateLimitedError, RateLimiter
-from ferry.service.secrets import Secret, SecretBox, reveal
 from ferry.storage.base import Backend, ListOrder
 from ferry.storage.profiles import get_profile
 

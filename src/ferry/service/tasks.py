@@ -37,8 +37,8 @@ from ferry.db.task_repo import (
 )
 from ferry.errors import FerryError, UsageError
 from ferry.runner.local import records_dir
+from ferry.secrets import Secret, SecretBox
 from ferry.service import endpoints, smn
-from ferry.service.secrets import Secret, SecretBox
 from ferry.storage.http import host_port
 from ferry.storage.profiles import get_profile
 
