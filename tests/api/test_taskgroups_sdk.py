@@ -41,8 +41,8 @@ from huaweicloudsdkoms.v2 import (
 from live_server import ShiftedClock, Tenant, build_services, oms_client, serve, stop
 
 from ferry.api.app import create_app
-from ferry.api.schemas import CreateTaskGroupReq as GroupReq
 from ferry.db.database import open_database
+from ferry.oms import CreateTaskGroupReq as GroupReq
 from ferry.runner.groups import GroupRunner, GroupRunnerSettings, _Splitter
 from ferry.runner.local import LocalRunner, RunnerSettings
 from ferry.sandbox import SeaweedServer

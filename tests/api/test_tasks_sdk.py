@@ -53,8 +53,8 @@ from huaweicloudsdkoms.v2 import (
 from live_server import oms_client
 from sqlalchemy import select
 
-from ferry.api.schemas import CreateTaskReq
 from ferry.db.api_models import migration_tasks
+from ferry.oms import CreateTaskReq
 from ferry.runner.local import records_dir
 from ferry.service import tasks as task_service
 from ferry.service.tasks import TaskContext, TaskError, TaskLimits

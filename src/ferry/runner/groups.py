@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote
 
+from ferry import oms as s
 from ferry.aio import wait_event
-from ferry.api import schemas as s
 from ferry.db.group_repo import (
     G_COMPLETED,
     G_CREATE_FAILED,

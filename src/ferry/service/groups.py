@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ferry.api import schemas as s
+from ferry import oms as s
 from ferry.db.group_repo import (
     G_COMPLETED,
     G_CREATE_FAILED,

@@ -23,7 +23,7 @@ from typing import Any, Final, Protocol
 
 from sqlalchemy import Engine
 
-from ferry.api import schemas as s
+from ferry import oms as s
 from ferry.db.task_repo import (
     FAILED,
     PAUSED,

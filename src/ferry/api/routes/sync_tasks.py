@@ -26,9 +26,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
 from ferry.api.deps import CurrentPrincipal, Services, json_body, ok
-from ferry.api.errors import Codes, Messages, OmsError
 from ferry.api.routes.buckets import helper_answer
-from ferry.api.schemas import (
+from ferry.db.sync_repo import QueueFullError, SyncTaskRow, SyncTaskSpec
+from ferry.errors import NotFoundError
+from ferry.oms import (
+    Codes,
     CreateSyncTaskReq,
     CreateSyncTaskResponse,
     CryptoType,
@@ -38,6 +40,8 @@ from ferry.api.schemas import (
     ListSyncTasksResponse,
     ListSyncTaskStatisticQuery,
     ListSyncTaskStatisticResponse,
+    Messages,
+    OmsError,
     RequestModel,
     ResponseModel,
     ShowSyncTaskQuery,
@@ -50,8 +54,6 @@ from ferry.api.schemas import (
     SyncTaskId,
     SyncTaskInfo,
 )
-from ferry.db.sync_repo import QueueFullError, SyncTaskRow, SyncTaskSpec
-from ferry.errors import NotFoundError
 from ferry.service import sync
 from ferry.service.buckets import HelperError
 from ferry.service.quotas import RateLimitedError
