@@ -367,6 +367,15 @@ def test_group_request_errors(env: Env) -> None:
     wait_for(env, gid, {6})
 
 
+def test_group_refuses_a_region_as_a_task_does(env: Env) -> None:
+    """Groups and tasks resolve their endpoints alike: an unknown destination region is OMS.0060 at creation,
+    not a task creation failure once the split runs."""
+    dst = env.dst.create_bucket(f"group-dst-region-{env.tag}")
+    req = group_req(env, "src-bucket", dst)
+    req.body.dst_node.region = "cn-nowhere-1"
+    fails(lambda: env.client.create_task_group(req), 400, "OMS.0060")
+
+
 def test_split_crashing_mid_way_resumes_without_twin_tasks(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     src = env.src.create_bucket(f"group-src-crash-{env.tag}")
     dst = env.dst.create_bucket(f"group-dst-crash-{env.tag}")

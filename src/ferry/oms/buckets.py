@@ -27,13 +27,19 @@ from ferry.oms.common import (
 )
 
 
-class ListBucketsReq(RequestModel):
+class CloudAccessReq(RequestModel):
+    """The cloud and the caller's keys, as the bucket helpers take them."""
+
     cloud_type: HelperCloud
     ak: AccessKey | None = None
     sk: SecretKey | None = None
     json_auth_file: JsonAuthFile | None = None
     connection_string: ConnectionString | None = None
     app_id: AppId | None = None
+
+
+class ListBucketsReq(CloudAccessReq):
+    """show_bucket_list: the keys are all it needs."""
 
 
 class ShowBucketListResponse(RootModel[list[str]]):
@@ -71,13 +77,7 @@ class ShowBucketObjectsResponse(ResponseModel):
     records: list[ShowBucketRecord] | None = None
 
 
-class ShowBucketRegionReq(RequestModel):
-    cloud_type: HelperCloud
-    ak: AccessKey | None = None
-    sk: SecretKey | None = None
-    json_auth_file: JsonAuthFile | None = None
-    connection_string: ConnectionString | None = None
-    app_id: AppId | None = None
+class ShowBucketRegionReq(CloudAccessReq):
     bucket_name: Bucket
 
 
@@ -87,13 +87,7 @@ class ShowBucketRegionResponse(ResponseModel):
     support: bool | None = None
 
 
-class CheckPrefixReq(RequestModel):
-    cloud_type: HelperCloud
-    ak: AccessKey | None = None
-    sk: SecretKey | None = None
-    json_auth_file: JsonAuthFile | None = None
-    connection_string: ConnectionString | None = None
-    app_id: AppId | None = None
+class CheckPrefixReq(CloudAccessReq):
     bucket_name: Bucket
     file_name: Annotated[str, StringConstraints(max_length=1024)]
     data_center: Region

@@ -343,6 +343,25 @@ class FailedObjectRecordDto(ResponseModel):
     error_code: str | None = None
 
 
+class RestartReq(RequestModel):
+    """The encryption settings re-supplied, with the keys, when a task, a task group or a sync task starts again."""
+
+    src_crypto_type: CryptoType = CryptoType.DEFAULT
+    src_kms_key_id: KmsKeyId | None = None
+    dst_crypto_type: CryptoType = CryptoType.DEFAULT
+    dst_kms_key_id: KmsKeyId | None = None
+    source_cdn_authentication_key: CdnAuthKey | None = None
+    source_cdn_crypto_type: CryptoType | None = None
+    source_cdn_kms_key_id: KmsKeyId | None = None
+
+    @model_validator(mode="after")
+    def _kms(self) -> Self:
+        require_kms(self.src_crypto_type, self.src_kms_key_id, "src_")
+        require_kms(self.dst_crypto_type, self.dst_kms_key_id, "dst_")
+        require_kms(self.source_cdn_crypto_type, self.source_cdn_kms_key_id, "source_cdn_")
+        return self
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Migration tasks and task groups (§1.2, §1.3): the nodes and the rules both requests share
 # ---------------------------------------------------------------------------------------------------------------
@@ -389,6 +408,21 @@ class DestinationNode(RequestModel):
     kms_key_id: KmsKeyId | None = None
 
 
+class SrcNodeResp(ResponseModel):
+    bucket: str | None = None
+    cloud_type: CloudType | None = None
+    region: str | None = None
+    app_id: str | None = None
+    object_key: list[str] | None = None
+    list_file: ListFile | None = None
+
+
+class DstNodeResp(ResponseModel):
+    bucket: str | None = None
+    region: str | None = None
+    save_prefix: str | None = None
+
+
 class MigrationReq(RequestModel):
     """The body create_task and create_task_group share, and the rules that tie its fields together."""
 
@@ -409,12 +443,17 @@ class MigrationReq(RequestModel):
     consistency_check: ConsistencyCheck = ConsistencyCheck.SIZE_LAST_MODIFIED
     enable_requester_pays: bool | None = None
 
+    @property
+    def url_list(self) -> bool:
+        """A URL-list request: its source is the list file's URLs, not a bucket."""
+        return self.task_type is type(self.task_type)("url_list")
+
     @model_validator(mode="after")
     def _combinations(self) -> Self:
         src = self.src_node
         kinds = type(self.task_type)
         url_list, listed = kinds("url_list"), kinds("list")
-        if self.task_type is url_list:
+        if self.url_list:
             if "cloud_type" not in src.model_fields_set:
                 src.cloud_type = CloudType.URLSOURCE
             if src.cloud_type is not CloudType.URLSOURCE:

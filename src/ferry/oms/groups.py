@@ -3,27 +3,23 @@
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Self
 
-from pydantic import field_serializer, model_validator
+from pydantic import field_serializer
 
 from ferry.oms.common import (
     AccessKey,
     BandwidthPolicyDto,
-    CdnAuthKey,
     CloudType,
     ConnectionString,
     ConsistencyCheck,
     Count,
-    CryptoType,
     DestinationNode,
+    DstNodeResp,
     EpochMillis,
     ErrorReasonResp,
     FailedObjectRecordDto,
     HelperCloud,
     JsonAuthFile,
-    KmsKeyId,
-    ListFile,
     MigrationReq,
     ObsSystem,
     OmsEnum,
@@ -32,12 +28,13 @@ from ferry.oms.common import (
     PageOffset,
     RequestModel,
     ResponseModel,
+    RestartReq,
     SecretKey,
     SmnInfo,
     SourceCdnResp,
     SourceNode,
+    SrcNodeResp,
     StoragePolicy,
-    require_kms,
 )
 
 
@@ -78,26 +75,15 @@ class CreateTaskGroupResponse(ResponseModel):
     group_id: str | None = None
 
 
-class _Upper(ResponseModel):
-    @field_serializer("cloud_type", check_fields=False)
+class TaskGroupSrcNodeResp(SrcNodeResp):
+    @field_serializer("cloud_type")
     def _upper(self, value: CloudType | None) -> str | None:
         # Group responses spell clouds in upper case (ALIYUN, HUAWEICLOUD, URLSOURCE, …), §1.3.
         return value.value.upper() if value is not None else None
 
 
-class TaskGroupSrcNodeResp(_Upper):
-    bucket: str | None = None
-    cloud_type: CloudType | None = None
-    region: str | None = None
-    app_id: str | None = None
-    object_key: list[str] | None = None
-    list_file: ListFile | None = None
-
-
-class TaskGroupDstNodeResp(ResponseModel):
-    bucket: str | None = None
-    region: str | None = None
-    save_prefix: str | None = None
+class TaskGroupDstNodeResp(DstNodeResp):
+    """A task group's destination, as a task's."""
 
 
 class TaskGroupResp(ResponseModel):
@@ -155,27 +141,13 @@ class ListTaskGroupQuery(RequestModel):
     status: GroupStatus | None = None
 
 
-class _RestartCredentials(RequestModel):
+class _RestartCredentials(RestartReq):
     """Credentials re-supplied when a paused or failed group runs again."""
 
     src_ak: AccessKey | None = None
     src_sk: SecretKey | None = None
-    src_crypto_type: CryptoType = CryptoType.DEFAULT
-    src_kms_key_id: KmsKeyId | None = None
     connection_string: ConnectionString | None = None
     json_auth_file: JsonAuthFile | None = None
-    dst_crypto_type: CryptoType = CryptoType.DEFAULT
-    dst_kms_key_id: KmsKeyId | None = None
-    source_cdn_authentication_key: CdnAuthKey | None = None
-    source_cdn_crypto_type: CryptoType | None = None
-    source_cdn_kms_key_id: KmsKeyId | None = None
-
-    @model_validator(mode="after")
-    def _kms(self) -> Self:
-        require_kms(self.src_crypto_type, self.src_kms_key_id, "src_")
-        require_kms(self.dst_crypto_type, self.dst_kms_key_id, "dst_")
-        require_kms(self.source_cdn_crypto_type, self.source_cdn_kms_key_id, "source_cdn_")
-        return self
 
 
 class StartTaskGroupReq(_RestartCredentials):

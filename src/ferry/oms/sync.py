@@ -11,7 +11,6 @@ from ferry.oms.common import (
     AccessKey,
     AppId,
     Bucket,
-    CdnAuthKey,
     CloudType,
     ConsistencyCheck,
     Count,
@@ -26,6 +25,7 @@ from ferry.oms.common import (
     Region,
     RequestModel,
     ResponseModel,
+    RestartReq,
     SecretKey,
     SourceCdnReq,
     SourceCdnResp,
@@ -140,25 +140,11 @@ class ShowSyncTaskQuery(RequestModel):
     query_time: EpochMillis
 
 
-class StartSyncTaskReq(RequestModel):
+class StartSyncTaskReq(RestartReq):
     src_ak: AccessKey
     src_sk: SecretKey
-    src_crypto_type: CryptoType = CryptoType.DEFAULT
-    src_kms_key_id: KmsKeyId | None = None
     dst_ak: AccessKey
     dst_sk: SecretKey
-    dst_crypto_type: CryptoType = CryptoType.DEFAULT
-    dst_kms_key_id: KmsKeyId | None = None
-    source_cdn_authentication_key: CdnAuthKey | None = None
-    source_cdn_crypto_type: CryptoType | None = None
-    source_cdn_kms_key_id: KmsKeyId | None = None
-
-    @model_validator(mode="after")
-    def _kms(self) -> Self:
-        require_kms(self.src_crypto_type, self.src_kms_key_id, "src_")
-        require_kms(self.dst_crypto_type, self.dst_kms_key_id, "dst_")
-        require_kms(self.source_cdn_crypto_type, self.source_cdn_kms_key_id, "source_cdn_")
-        return self
 
 
 class SyncObjectReq(RequestModel):

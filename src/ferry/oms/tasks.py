@@ -11,20 +11,16 @@ from ferry.oms.common import (
     AccessKey,
     BandwidthPolicies,
     BandwidthPolicyDto,
-    CdnAuthKey,
-    CloudType,
     ConnectionString,
     ConsistencyCheck,
     Count,
-    CryptoType,
     DestinationNode,
+    DstNodeResp,
     EpochMillis,
     ErrorReasonResp,
     FailedObjectRecordDto,
     GroupId,
     JsonAuthFile,
-    KmsKeyId,
-    ListFile,
     MigrationReq,
     ObsSystem,
     OmsEnum,
@@ -33,17 +29,18 @@ from ferry.oms.common import (
     PageOffset,
     RequestModel,
     ResponseModel,
+    RestartReq,
     SecretKey,
     SecurityToken,
     SmnInfo,
     SourceCdnResp,
     SourceNode,
+    SrcNodeResp,
     StoragePolicy,
     TaskDescription,
     TaskId,
     TaskPriority,
     combination,
-    require_kms,
 )
 
 
@@ -94,45 +91,16 @@ class CreateTaskResponse(ResponseModel):
     task_name: str | None = None
 
 
-class StartTaskReq(RequestModel):
+class StartTaskReq(RestartReq):
     src_ak: AccessKey | None = None
     src_sk: SecretKey | None = None
     connection_string: ConnectionString | None = None
-    src_crypto_type: CryptoType = CryptoType.DEFAULT
-    src_kms_key_id: KmsKeyId | None = None
     json_auth_file: JsonAuthFile | None = None
     src_security_token: SecurityToken | None = None
     dst_ak: AccessKey
     dst_sk: SecretKey
-    dst_crypto_type: CryptoType = CryptoType.DEFAULT
-    dst_kms_key_id: KmsKeyId | None = None
     dst_security_token: SecurityToken | None = None
-    source_cdn_authentication_key: CdnAuthKey | None = None
-    source_cdn_crypto_type: CryptoType | None = None
-    source_cdn_kms_key_id: KmsKeyId | None = None
     migrate_failed_object: bool = False
-
-    @model_validator(mode="after")
-    def _kms(self) -> Self:
-        require_kms(self.src_crypto_type, self.src_kms_key_id, "src_")
-        require_kms(self.dst_crypto_type, self.dst_kms_key_id, "dst_")
-        require_kms(self.source_cdn_crypto_type, self.source_cdn_kms_key_id, "source_cdn_")
-        return self
-
-
-class SrcNodeResp(ResponseModel):
-    bucket: str | None = None
-    cloud_type: CloudType | None = None
-    region: str | None = None
-    app_id: str | None = None
-    object_key: list[str] | None = None
-    list_file: ListFile | None = None
-
-
-class DstNodeResp(ResponseModel):
-    bucket: str | None = None
-    region: str | None = None
-    save_prefix: str | None = None
 
 
 class TaskResp(ResponseModel):

@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 from urllib.parse import quote
 
 from ferry import oms as s
@@ -60,15 +60,13 @@ from ferry.service.groups import (
     stop_group_tasks,
     task_name,
 )
-from ferry.service.tasks import TaskCodes, TaskError
+from ferry.service.tasks import TaskError
 from ferry.storage.base import Backend, ListOrder, ranged_lines
 from ferry.storage.profiles import get_profile
 from ferry.storage.selection import normalise
 from ferry.storage.wrappers import RetryingBackend
 
 log = logging.getLogger("ferry.runner.groups")
-
-MAX_LIST_FILE: Final = 100 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -483,7 +481,7 @@ class _Splitter:
                 info = await store.head(key)
             except NotFoundError:
                 raise SplitFailure("TRF.0013", "The object list file does not exist.") from None
-            if info.size > MAX_LIST_FILE:
+            if info.size > s.LIST_FILE_MAX_BYTES:
                 raise SplitFailure("TRF.0014", "The object list file is larger than 100 MB.")
             start = int(self.state.get("offset", 0))
             consumed = start  # bytes of the file up to the end of the last line taken
@@ -558,7 +556,7 @@ class _Splitter:
             tasks.create_task(ctx.tasks, row.project_id, chunk_task_request(row, self.keys, self.chunk),
                               group_id=row.id, group_type=s.GroupType.GROUP_TASK, name=name)
         except TaskError as exc:
-            if exc.oms_code == TaskCodes.QUOTA:
+            if exc.oms_code == s.Codes.QUOTA:
                 raise _Backoff() from None
             raise SplitFailure("TRF.0001", f"A task of the group could not be created: {exc.message}") from None
 

@@ -20,7 +20,6 @@ The runner persists what the roll-up shows (5, 6, 3) within a poll; reads never 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import uuid
@@ -45,13 +44,13 @@ from ferry.db.group_repo import (
 )
 from ferry.db.task_repo import FAILED, PAUSED, PAUSING, RETRYING, RUNNING, SUCCEEDED, WAITING
 from ferry.errors import UsageError
+from ferry.oms import Codes, Messages
 from ferry.secrets import Secret
-from ferry.service import endpoints, tasks
-from ferry.service.tasks import TaskCodes, TaskContext, TaskError, TaskLimits, check_smn, smn_resp
+from ferry.service import tasks
+from ferry.service.tasks import TaskContext, TaskError, TaskLimits, check_smn, smn_resp
 from ferry.storage.profiles import get_profile
 
 LIST_DIR: Final = "oms/taskgroup"
-GROUP_NOT_FOUND: Final = "OMS.1009"
 _ACTIVE_TASKS: Final = (WAITING, RUNNING, RETRYING, PAUSING)
 _MiB: Final = 1024 * 1024
 
@@ -107,7 +106,7 @@ class GroupContext:
 
 def _not_found() -> TaskError:
     # One answer for "no such group" and "another project's group".
-    return TaskError(404, GROUP_NOT_FOUND, "No resources found. Enter a valid task group ID.")
+    return TaskError(404, Codes.NOT_FOUND, f"{Messages.NOT_FOUND} Enter a valid task group ID.")
 
 
 def list_file_key(group_id: str, chunk: int) -> str:
@@ -123,56 +122,27 @@ def task_name(group_id: str, chunk: int) -> str:
 # -- create --------------------------------------------------------------------------------------------------
 
 
-def _unsupported(req: s.CreateTaskGroupReq) -> str | None:
-    src = req.src_node
-    if req.task_type is not s.GroupTaskType.URL_LIST and src.cloud_type.value.lower() not in endpoints.CLOUD_PROFILES:
-        return f"source cloud {src.cloud_type.value} is not supported by this server yet"
-    if req.source_cdn is not None:
-        return "source_cdn (fetching through a CDN domain) is not supported by this server yet"
-    return None
-
-
-def _resolve(ctx: GroupContext, cloud: str, region: str, *, destination: bool) -> endpoints.Endpoint:
-    table = {k.lower(): v for k, v in ctx.tasks.overrides.items()} if ctx.tasks.overrides is not None else None
-    try:
-        return endpoints.resolve(cloud, region, table)
-    except UsageError as exc:
-        if destination:
-            raise TaskError(400, TaskCodes.REGION_NOT_SUPPORTED,
-                            "Migration to the current region is not supported.") from None
-        raise TaskError.invalid(exc.message) from None
-
-
-def _check_bucket(profile: str, bucket: str, where: str) -> None:
-    try:
-        get_profile(profile).check_bucket(bucket)
-    except UsageError as exc:
-        raise TaskError.invalid(f"{where}: {exc.message}") from None
-
-
 def seal(ctx: GroupContext, values: dict[str, Any]) -> str:
-    """One SecretBox token of the non-empty key fields (Secret values revealed only into the cipher)."""
-    clear = {k: (v.reveal() if isinstance(v, Secret) else v) for k, v in values.items() if v}
-    return ctx.tasks.box.encrypt(json.dumps(clear))
+    """One SecretBox token of the non-empty key fields."""
+    return tasks.seal_secrets(ctx.tasks.box, values)
 
 
 def create_task_group(ctx: GroupContext, project_id: str, req: s.CreateTaskGroupReq) -> s.CreateTaskGroupResponse:
     """Persist a group (waiting) and wake the group runner, which splits it into tasks."""
-    reason = _unsupported(req)
+    reason = tasks.unsupported(req)
     if reason:
         raise TaskError.invalid(reason)
     check_smn(req.smn_config, project_id)
     src, dst = req.src_node, req.dst_node
-    dst_ep = _resolve(ctx, s.CloudType.HUAWEICLOUD.value, dst.region, destination=True)
-    _check_bucket(dst_ep.profile, dst.bucket, "dst_node.bucket")
-    url_list = req.task_type is s.GroupTaskType.URL_LIST
-    if not url_list:
+    dst_ep = tasks.resolve_endpoint(ctx.tasks, s.CloudType.HUAWEICLOUD.value, dst.region, destination=True)
+    tasks.check_bucket(dst_ep.profile, dst.bucket, "dst_node.bucket")
+    if not req.url_list:
         assert src.region is not None and src.bucket is not None  # CreateTaskGroupReq checked bucket sources
-        src_ep = _resolve(ctx, src.cloud_type.value, src.region, destination=False)
-        _check_bucket(src_ep.profile, get_profile(src_ep.profile).bucket_name(src.bucket, src.app_id),
-                      "src_node.bucket")
+        src_ep = tasks.resolve_endpoint(ctx.tasks, src.cloud_type.value, src.region, destination=False)
+        tasks.check_bucket(src_ep.profile, get_profile(src_ep.profile).bucket_name(src.bucket, src.app_id),
+                           "src_node.bucket")
     if src.list_file is not None:
-        _check_bucket(dst_ep.profile, src.list_file.obs_bucket, "src_node.list_file.obs_bucket")
+        tasks.check_bucket(dst_ep.profile, src.list_file.obs_bucket, "src_node.list_file.obs_bucket")
     now = time.time()
     tasks.check_quota(ctx.repo, ctx.limits, project_id, now, waiting_status=G_WAITING, what="task groups")
     group_id = str(uuid.uuid4())
@@ -184,17 +154,7 @@ def create_task_group(ctx: GroupContext, project_id: str, req: s.CreateTaskGroup
                      "list_file": src.list_file.model_dump(exclude_none=True) if src.list_file else None},
         "dst_spec": {"bucket": dst.bucket, "region": dst.region, "save_prefix": dst.save_prefix or "",
                      "kms_key_id": tasks.dst_kms_key(dst.crypto_type, dst.kms_key_id)},
-        "options": {
-            "enable_metadata_migration": req.enable_metadata_migration,
-            "enable_restore": req.enable_restore,
-            "enable_failed_object_recording": req.enable_failed_object_recording,
-            "object_overwrite_mode": req.object_overwrite_mode.value,
-            "dst_storage_policy": req.dst_storage_policy.value,
-            "consistency_check": req.consistency_check.value,
-            "enable_requester_pays": req.enable_requester_pays,
-            "migrate_since": req.migrate_since,
-            "smn_config": req.smn_config.model_dump(mode="json", exclude_none=True) if req.smn_config else None,
-        },
+        "options": tasks.migration_options(req),
         "bandwidth_policy": [p.model_dump() for p in req.bandwidth_policy or []],
         "secrets": seal(ctx, {"src_ak": src.ak, "src_sk": src.sk, "dst_ak": dst.ak, "dst_sk": dst.sk}),
         "split_state": {"index": 0, "after": None, "skip": 0, "chunk": 0, "done": False},

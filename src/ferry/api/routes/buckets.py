@@ -91,7 +91,7 @@ async def check_prefix(body: CheckPrefixReq, services: Services) -> JSONResponse
 async def show_cdn_info(body: ShowCdnInfoReq, services: Services) -> JSONResponse:
     access = CloudAccess(body.cloud_type.value, body.ak, body.sk, body.app_id)
     cdn = body.source_cdn
-    source = CdnSource(cdn.domain, cdn.protocol.value, cdn.authentication_type.value, cdn.authentication_key)
+    source = CdnSource(cdn.domain, cdn.protocol, cdn.authentication_type, cdn.authentication_key)
     report = await _answer(buckets.show_cdn_info(
         access, body.region, body.bucket, source, body.prefix.keys if body.prefix else None,
         services.bucket_helpers,
