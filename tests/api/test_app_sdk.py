@@ -22,10 +22,10 @@ from pydantic import BaseModel
 from sdk_signing import SdkSigningAuth
 from starlette.responses import JSONResponse
 
-from ferry.api import clouds
+from ferry import oms
 from ferry.api.deps import CurrentPrincipal, ok
-from ferry.api.schemas import CreateSyncTaskReq, CreateSyncTaskResponse, EmptyResponse
 from ferry.errors import FatalError, NotFoundError, UsageError
+from ferry.oms import CreateSyncTaskReq, CreateSyncTaskResponse, EmptyResponse
 
 AUTH_FAILED = {
     "error_code": "APIGW.0301",
@@ -58,10 +58,10 @@ def test_show_api_info(client: object) -> None:
 
 def test_show_cloud_type(client: object) -> None:
     src = client.show_cloud_type(ShowCloudTypeRequest(type="src"))  # type: ignore[attr-defined]
-    assert src.body == [c.value for c in clouds.SOURCE_CLOUDS]
+    assert src.body == [c.value for c in oms.SOURCE_CLOUDS]
     assert "URLSource" in src.body and "Google" in src.body
     dst = client.show_cloud_type(ShowCloudTypeRequest(type="dst"))  # type: ignore[attr-defined]
-    assert dst.body == [c.value for c in clouds.DESTINATION_CLOUDS]
+    assert dst.body == [c.value for c in oms.DESTINATION_CLOUDS]
     with pytest.raises(ClientRequestException) as info:
         client.show_cloud_type(ShowCloudTypeRequest(type="sideways"))  # type: ignore[attr-defined]
     assert_oms_error(info.value, 400, "OMS.0001")
@@ -71,7 +71,7 @@ def test_show_cloud_type(client: object) -> None:
 def test_show_region_info(client: object) -> None:
     resp = client.show_region_info(ShowRegionInfoRequest())  # type: ignore[attr-defined]
     by_cloud = {item.service_name: item.region_list for item in resp.body}
-    assert set(by_cloud) == {c.value for c, _ in clouds.region_table()}
+    assert set(by_cloud) == {c.value for c, _ in oms.region_table()}
     huawei = {r.value: r for r in by_cloud["HuaweiCloud"]}
     assert "cn-north-4" in huawei and huawei["cn-north-4"].cloud_type == "HuaweiCloud"
     assert huawei["cn-north-4"].description

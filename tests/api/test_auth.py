@@ -20,7 +20,7 @@ from ferry.api.auth import (
     canonical_uri,
     parse_authorization,
 )
-from ferry.api.errors import OmsError
+from ferry.oms import OmsError
 from ferry.sdk_hmac import signed_headers
 
 PROJECT = "0123456789abcdef0123456789abcdef"

@@ -21,7 +21,7 @@ from sdk_signing import SdkSigningAuth
 from starlette.responses import JSONResponse
 
 from ferry.api.deps import ok
-from ferry.api.schemas import (
+from ferry.oms import (
     BatchUpdateTasksReq,
     CreateSyncTaskReq,
     CreateTaskGroupReq,

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from ferry.api import schemas as s
-from ferry.api.errors import OmsError
+from ferry import oms as s
+from ferry.oms import OmsError
 from ferry.secrets import Secret
 
 DST = {"ak": "DAK", "sk": "DSK", "bucket": "dstb", "region": "cn-north-4"}

@@ -26,7 +26,7 @@ from huaweicloudsdkoms.v2 import (
 from live_server import next_second
 
 from ferry.api.auth import IncomingRequest, InMemoryCredentialStore, RequestVerifier
-from ferry.api.errors import OmsError
+from ferry.oms import OmsError
 from ferry.sandbox import SeaweedServer
 
 pytestmark = pytest.mark.timeout(300)

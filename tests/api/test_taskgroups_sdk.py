@@ -41,8 +41,8 @@ from huaweicloudsdkoms.v2 import (
 from live_server import ShiftedClock, Tenant, build_services, next_second, oms_client, serve, stop
 
 from ferry.api.app import create_app
-from ferry.api.schemas import CreateTaskGroupReq as GroupReq
 from ferry.db.database import open_database
+from ferry.oms import CreateTaskGroupReq as GroupReq
 from ferry.runner.groups import GroupRunner, GroupRunnerSettings, SplitSettings, _Splitter
 from ferry.runner.migration import LocalRunner, RunnerSettings
 from ferry.sandbox import SeaweedServer
@@ -369,6 +369,15 @@ def test_group_request_errors(env: Env) -> None:
     fails(lambda: env.other.delete_task_group(DeleteTaskGroupRequest(group_id=gid)), 404, "OMS.1009")
     assert gid not in [x.group_id for x in env.other.list_task_group(ListTaskGroupRequest()).taskgroups]
     wait_for(env, gid, {6})
+
+
+def test_group_refuses_a_region_as_a_task_does(env: Env) -> None:
+    """Groups and tasks resolve their endpoints alike: an unknown destination region is OMS.0060 at creation,
+    not a task creation failure once the split runs."""
+    dst = env.dst.create_bucket(f"group-dst-region-{env.tag}")
+    req = group_req(env, "src-bucket", dst)
+    req.body.dst_node.region = "cn-nowhere-1"
+    fails(lambda: env.client.create_task_group(req), 400, "OMS.0060")
 
 
 def test_split_crashing_mid_way_resumes_without_twin_tasks(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:

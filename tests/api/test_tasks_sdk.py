@@ -53,8 +53,8 @@ from huaweicloudsdkoms.v2 import (
 from live_server import next_second, oms_client
 from sqlalchemy import select
 
-from ferry.api.schemas import CreateTaskReq
 from ferry.db.api_models import migration_tasks
+from ferry.oms import CreateTaskReq
 from ferry.service import tasks as task_service
 from ferry.service.tasks import TaskContext, TaskError, TaskLimits
 from ferry.settings import records_dir

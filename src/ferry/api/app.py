@@ -12,7 +12,7 @@ from ferry.api.auth import VERIFIER_STATE, RequestVerifier, require_principal
 from ferry.api.deps import SERVICES_STATE, ApiServices
 from ferry.api.errors import RequestContextMiddleware, install_error_handlers
 from ferry.api.routes import buckets, helpers, misc, sync_tasks, taskgroups, tasks, versions
-from ferry.api.schemas import oms_error_for_validation
+from ferry.oms import oms_error_for_validation
 
 PROJECT_PREFIX: Final = "/v2/{project_id}"
 

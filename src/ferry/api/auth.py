@@ -17,8 +17,8 @@ from fastapi import Path, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Scope
 
-from ferry.api.errors import OmsError
 from ferry.errors import TransientError
+from ferry.oms import OmsError
 from ferry.sdk_hmac import ALGORITHM, DATE_FORMAT, EMPTY_SHA256, canonical_query, canonical_uri, sign, string_to_sign
 
 MAX_SKEW: Final = timedelta(minutes=15)

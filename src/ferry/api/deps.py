@@ -13,8 +13,8 @@ from pydantic import BaseModel
 from starlette.responses import JSONResponse
 
 from ferry.api.auth import CredentialStore, Principal, require_principal
-from ferry.api.errors import DEFAULT_MAX_BODY, OmsError
-from ferry.api.schemas import dump
+from ferry.api.errors import DEFAULT_MAX_BODY
+from ferry.oms import OmsError, dump
 from ferry.service.buckets import HelperSettings
 from ferry.settings import HttpLimits
 

@@ -1,4 +1,4 @@
-"""OMS-shaped errors: OmsError, request ids, and handlers so every failure is a JSON error body."""
+"""OMS-shaped answers: request ids, and handlers so every failure is a JSON error body (the codes: ferry.oms)."""
 
 from __future__ import annotations
 
@@ -16,96 +16,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ferry.errors import FerryError, NotFoundError, TransientError, UsageError
+from ferry.oms import Codes, Messages, OmsError
 from ferry.settings import HttpLimits
 
 log = logging.getLogger("ferry.api")
 
 REQUEST_ID_HEADER: Final = "X-Request-Id"
 _SCOPE_KEY: Final = "ferry.request_id"
-# Huawei documents error_msg as at most 1024 characters; longer ones are cut rather than rejected by clients.
-MAX_MESSAGE: Final = 1024
 # Enough for a JSON request of this API (the largest documented field is a 16 KiB security token).
 DEFAULT_MAX_BODY: Final = 1024 * 1024
-
-
-class Codes:
-    """Error codes used by the edge; OMS.* from the OMS error table, APIGW.* from the API gateway table."""
-
-    INVALID_PARAMETER: Final = "OMS.0001"
-    INVALID_TASK_ID: Final = "OMS.0054"
-    INVALID_TASK_FORMAT: Final = "OMS.0061"
-    DESCRIPTION_CHARS: Final = "OMS.0078"
-    NOT_FOUND: Final = "OMS.1009"
-    # Not in the recovered OMS table: a self-chosen code in the same family for "our fault".
-    INTERNAL: Final = "OMS.0000"
-    UNAVAILABLE: Final = "OMS.0503"
-    NO_API: Final = "APIGW.0101"
-    TOO_LARGE: Final = "APIGW.0201"
-    # APIG answers every malformed or incomplete request with APIGW.0201, the code of 413 too.
-    REQUEST_TIMEOUT: Final = "APIGW.0201"
-    AUTH_FAILED: Final = "APIGW.0301"
-    FORBIDDEN: Final = "APIGW.0302"
-
-
-class Messages:
-    """Fixed texts, so that no message is built from request data by accident."""
-
-    INVALID_PARAMETER: Final = "Invalid parameter settings. Modify the request parameters."
-    INVALID_TASK_ID: Final = "Invalid task ID. Enter a valid task ID."
-    DESCRIPTION_CHARS: Final = "The description cannot contain the following special characters: ^<>()\"'&"
-    NOT_FOUND: Final = "No resources found."
-    INTERNAL: Final = "Internal server error. Retry later; if it persists, contact the administrator."
-    UNAVAILABLE: Final = "The service is temporarily unavailable. Retry later."
-    NO_API: Final = "The API does not exist or has not been published in the environment."
-    NO_METHOD: Final = "The API does not exist."
-    TOO_LARGE: Final = "Request entity too large."
-    REQUEST_TIMEOUT: Final = "Request timeout: the request body did not arrive in time."
-    AUTH_FAILED: Final = "Incorrect IAM authentication information: verify aksk signature fail"
-    # Tells a replayer nothing new, and a client that sent the same call twice within a second what to do.
-    REPLAYED: Final = ("Incorrect IAM authentication information: this signed request was already received; "
-                       "sign it again (X-Sdk-Date moves every second)")
-    FORBIDDEN: Final = "The IAM user is not authorized to access the API."
-
-
-class OmsError(Exception):
-    """An API failure with its HTTP status and the OMS `error_code`/`error_msg` pair the SDK parses."""
-
-    def __init__(self, status: int, error_code: str, error_msg: str, *, headers: dict[str, str] | None = None) -> None:
-        super().__init__(f"{status} {error_code}: {error_msg}")
-        self.status = status
-        self.error_code = error_code
-        self.error_msg = error_msg[:MAX_MESSAGE]
-        self.headers = headers or {}
-
-    def body(self) -> dict[str, str]:
-        return {"error_code": self.error_code, "error_msg": self.error_msg}
-
-    @classmethod
-    def invalid_parameter(cls, detail: str | None = None) -> OmsError:
-        msg = Messages.INVALID_PARAMETER if not detail else f"{Messages.INVALID_PARAMETER} {detail}"
-        return cls(400, Codes.INVALID_PARAMETER, msg)
-
-    @classmethod
-    def not_found(cls, detail: str | None = None) -> OmsError:
-        msg = Messages.NOT_FOUND if not detail else f"{Messages.NOT_FOUND} {detail}"
-        return cls(404, Codes.NOT_FOUND, msg)
-
-    @classmethod
-    def unauthorized(cls) -> OmsError:
-        # One message for every authentication failure: which check failed is of use only to an attacker.
-        return cls(401, Codes.AUTH_FAILED, Messages.AUTH_FAILED)
-
-    @classmethod
-    def replayed(cls) -> OmsError:
-        return cls(401, Codes.AUTH_FAILED, Messages.REPLAYED)
-
-    @classmethod
-    def forbidden(cls) -> OmsError:
-        return cls(403, Codes.FORBIDDEN, Messages.FORBIDDEN)
-
-    @classmethod
-    def internal(cls) -> OmsError:
-        return cls(500, Codes.INTERNAL, Messages.INTERNAL)
 
 
 def request_id_of(scope_or_request: Scope | Request) -> str:

@@ -14,7 +14,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
-from ferry.api.errors import DEFAULT_MAX_BODY, Codes, Messages, OmsError, error_response
+from ferry.api.errors import DEFAULT_MAX_BODY, error_response
+from ferry.oms import Codes, Messages, OmsError
 from ferry.settings import HttpLimits
 
 log = logging.getLogger("ferry.serve")

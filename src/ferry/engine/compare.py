@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import enum
-from typing import TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from ferry.errors import UsageError
 from ferry.objects import ObjectInfo
 
 __all__ = [
+    "Choice",
     "ConsistencyCheck",
     "CopyReason",
     "OverwriteMode",
@@ -18,24 +20,39 @@ __all__ = [
 ]
 
 
-_E = TypeVar("_E", bound=enum.Enum)
+_C = TypeVar("_C", bound="Choice")
 
 
-def _parse(cls: type[_E], field: str, value: str | _E, aliases: dict[str, _E]) -> _E:
-    if isinstance(value, cls):
-        return value
-    if isinstance(value, str):
-        wanted = value.strip().lower()
-        for member in cls:
-            if str(member.value).lower() == wanted:
-                return member
-        if wanted in aliases:
-            return aliases[wanted]
-    valid = ", ".join([str(m.value) for m in cls] + list(aliases))
-    raise UsageError(f"invalid {field} {value!r}; valid values: {valid}")
+class Choice(enum.StrEnum):
+    """A setting named by its value in any letter case, or by one of its `aliases()`; it answers with the
+    documented spelling. The OMS enums (ferry.oms) are Choices too, so an API request validates into these."""
+
+    @classmethod
+    def aliases(cls) -> Mapping[str, Any]:
+        """Other spellings (lower case) of members."""
+        return {}
+
+    @classmethod
+    def _missing_(cls, value: object) -> Any:
+        if isinstance(value, str):
+            folded = value.casefold()
+            for member in cls:
+                if member.value.casefold() == folded:
+                    return member
+            return cls.aliases().get(folded)
+        return None
+
+    @classmethod
+    def parse(cls: type[_C], value: str | _C, field: str) -> _C:
+        """The member named by `value` (surrounding blanks ignored); UsageError listing the valid names."""
+        try:
+            return cls(value.strip() if isinstance(value, str) else value)
+        except ValueError:
+            valid = ", ".join([m.value for m in cls] + list(cls.aliases()))
+            raise UsageError(f"invalid {field} {value!r}; valid values: {valid}") from None
 
 
-class OverwriteMode(enum.Enum):
+class OverwriteMode(Choice):
     """`object_overwrite_mode`: what to do when the destination already has an object of the same key."""
 
     NO_OVERWRITE = "NO_OVERWRITE"
@@ -44,15 +61,14 @@ class OverwriteMode(enum.Enum):
     FULL_OVERWRITE = "FULL_OVERWRITE"
 
     @classmethod
-    def parse(cls, value: str | OverwriteMode) -> OverwriteMode:
-        """The mode named by `value` (case-insensitive); UsageError listing the valid names otherwise."""
-        return _parse(cls, "object_overwrite_mode", value, {})
+    def parse(cls, value: str | OverwriteMode, field: str = "object_overwrite_mode") -> OverwriteMode:
+        return super().parse(value, field)
 
 
 DEFAULT_OVERWRITE_MODE = OverwriteMode.SIZE_LAST_MODIFIED_COMPARISON_OVERWRITE
 
 
-class ConsistencyCheck(enum.Enum):
+class ConsistencyCheck(Choice):
     """`consistency_check`: how a finished copy is judged to match its source."""
 
     SIZE_LAST_MODIFIED = "size_last_modified"
@@ -60,9 +76,13 @@ class ConsistencyCheck(enum.Enum):
     NO_CHECK = "no_check"
 
     @classmethod
-    def parse(cls, value: str | ConsistencyCheck) -> ConsistencyCheck:
-        """The check named by `value` (case-insensitive); `transmission` (an SDK spelling) is no_check."""
-        return _parse(cls, "consistency_check", value, {"transmission": cls.NO_CHECK})
+    def aliases(cls) -> Mapping[str, ConsistencyCheck]:
+        # The SDK's CreateSyncTaskReq docstring spells no_check "transmission" (oms-api.md §1.4).
+        return {"transmission": cls.NO_CHECK}
+
+    @classmethod
+    def parse(cls, value: str | ConsistencyCheck, field: str = "consistency_check") -> ConsistencyCheck:
+        return super().parse(value, field)
 
 
 class CopyReason(enum.Enum):

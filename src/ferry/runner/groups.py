@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
 
+from ferry import oms as s
 from ferry.aio import wait_event
 from ferry.db.group_repo import (
     G_COMPLETED,
@@ -533,7 +534,7 @@ class _Splitter:
                 info = await store.head(key)
             except NotFoundError:
                 raise SplitFailure("TRF.0013", "The object list file does not exist.") from None
-            if info.size > MAX_LIST_FILE:
+            if info.size > s.LIST_FILE_MAX_BYTES:
                 raise SplitFailure("TRF.0014", "The object list file is larger than 100 MB.")
             start = int(self.state.get("offset", 0))
             consumed = start  # bytes of the file up to the end of the last line taken

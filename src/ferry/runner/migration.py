@@ -45,6 +45,7 @@ from ferry.engine.copier import CopyOptions
 from ferry.engine.pipeline import Transfer, TransferOptions
 from ferry.engine.progress import Counters
 from ferry.errors import AccessError, FatalError, FerryError, NotFoundError, SourceChangedError
+from ferry.oms import COUNT_PROGRESS, LIST_FILE_MAX_BYTES, LIST_FILE_MAX_LINE
 from ferry.runner import failed_lists
 from ferry.runner.notices import EndNotifier, RunEnd
 from ferry.settings import records_dir
@@ -61,9 +62,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("ferry.runner")
 
 MiB: Final = 1024 * 1024
-MAX_LIST_FILE: Final = 100 * MiB
-MAX_LIST_LINE: Final = 65535
-COUNT_PROGRESS: Final = frozenset({"list", "url_list"})
 
 
 @dataclass(frozen=True)
@@ -162,10 +160,10 @@ async def list_file_lines(store: Backend, key: str, what: str) -> AsyncIterator[
         raise TaskFailure("TRF.0013", f"the {what} does not exist") from None
     except FatalError as exc:
         raise TaskFailure("TRF.0013", f"the {what} cannot be read: {exc.message}") from None
-    if info.size > MAX_LIST_FILE:
+    if info.size > LIST_FILE_MAX_BYTES:
         raise TaskFailure("TRF.0014", f"the {what} is larger than 100 MB")
     number = 0
-    lines = ranged_lines(store, key, info.size, info.etag, max_line=4 * MAX_LIST_LINE + 2)
+    lines = ranged_lines(store, key, info.size, info.etag, max_line=4 * LIST_FILE_MAX_LINE + 2)
     try:
         async for raw, _ in lines:
             number += 1
@@ -176,13 +174,13 @@ async def list_file_lines(store: Backend, key: str, what: str) -> AsyncIterator[
             if number == 1:
                 line = line.removeprefix("\ufeff")
             line = line.rstrip("\r")
-            if len(line) > MAX_LIST_LINE:
-                raise TaskFailure("TRF.0018", f"line {number} of the {what} is longer than {MAX_LIST_LINE}")
+            if len(line) > LIST_FILE_MAX_LINE:
+                raise TaskFailure("TRF.0018", f"line {number} of the {what} is longer than {LIST_FILE_MAX_LINE}")
             line = line.strip()
             if line:
                 yield number, line
     except LineTooLong:
-        raise TaskFailure("TRF.0018", f"line {number + 1} of the {what} is longer than {MAX_LIST_LINE}") from None
+        raise TaskFailure("TRF.0018", f"line {number + 1} of the {what} is longer than {LIST_FILE_MAX_LINE}") from None
     except (NotFoundError, SourceChangedError):
         raise TaskFailure("TRF.0013", f"the {what} changed while it was read") from None
     finally:
@@ -221,9 +219,9 @@ def transfer_options(row: TaskRow, settings: RunnerSettings) -> TransferOptions:
         storage_class = get_profile(row.dst_spec["profile"]).vendor_class(policy)
     since = opts.get("migrate_since")
     return TransferOptions(
-        overwrite=OverwriteMode.parse(opts["object_overwrite_mode"]),
+        overwrite=OverwriteMode(opts["object_overwrite_mode"]),
         copy=CopyOptions(
-            consistency=ConsistencyCheck.parse(opts["consistency_check"]),
+            consistency=ConsistencyCheck(opts["consistency_check"]),
             metadata=bool(opts.get("enable_metadata_migration")),
             storage_class=storage_class,
         ),

@@ -208,7 +208,7 @@ class _Runtime:
         self.dst = dst
         self.budget = budget
         spec = row.spec
-        self.consistency = ConsistencyCheck.parse(spec.consistency_check)
+        self.consistency = ConsistencyCheck(spec.consistency_check)
         self.overwrite = _overwrite_mode(self.consistency)
         self.metadata = spec.enable_metadata_migration
         self.restore = spec.enable_restore

@@ -4,7 +4,7 @@ objects, find a bucket's region, check a prefix, validate a list file.
 Every failure leaves as a `HelperError` carrying the OMS error code and HTTP status the API answers with;
 messages are fixed texts (plus line numbers and field names), never credentials or store responses.
 Where the OMS reference names no code, the code mirrors the TRF task-failure code of the same meaning
-(TRF.0151 invalid source AK/SK -> OMS.0151, and so on); see `HelperCodes`.
+(TRF.0151 invalid source AK/SK -> OMS.0151, and so on); see `ferry.oms.Codes`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlsplit
 
 from ferry.errors import FerryError, NotFoundError, SourceChangedError, TransientError, UsageError
 from ferry.objects import ObjectInfo
+from ferry.oms import LIST_FILE_MAX_BYTES, LIST_FILE_MAX_LINE, MAX_KEY_BYTES, CdnAuthType, CdnProtocol, Codes
 from ferry.secrets import Secret
 from ferry.service import endpoints
 from ferry.service.cdn import CdnClient, CdnDomainError, etags_match, load_allowed_hosts, parse_domain, same_cloud
@@ -28,36 +29,12 @@ from ferry.storage.s3 import S3Backend, failure_detail, list_buckets
 
 # The OMS docs give page_size 0..100; 0 would be a page that can never advance, so 1 is the floor.
 MAX_PAGE_SIZE: Final = 100
-LIST_FILE_MAX_BYTES: Final = 100 * 1024 * 1024
-LIST_FILE_MAX_LINE: Final = 65535
-MAX_KEY_BYTES: Final = 1024
 _READ_CHUNK: Final = 1024 * 1024
 # Objects show_cdn_info samples when the request names no keys; few, since each costs two round trips.
 CDN_SAMPLE_KEYS: Final = 3
 _CDN_CONCURRENCY: Final = 8
 # Clouds whose buckets Ferry reaches through its S3 backend; the others have no backend yet.
 _NO_BUCKETS: Final = frozenset({"azure", "google", "urlsource"})
-
-
-class HelperCodes:
-    """OMS error codes of the helper operations (HTTP 400 unless stated)."""
-
-    INVALID_PARAMETER: Final = "OMS.0001"
-    SRC_AUTH: Final = "OMS.0151"  # TRF.0151: the source AK/SK is invalid
-    SRC_DENIED: Final = "OMS.0152"  # TRF.0152-0154: the source AK/SK lacks a permission
-    SRC_BUCKET: Final = "OMS.0155"  # TRF.0155: the source bucket does not exist
-    UNREACHABLE: Final = "OMS.0156"  # the cloud cannot be reached or answered something unusable
-    DST_DENIED: Final = "OMS.0051"  # TRF.0051: the destination AK/SK lacks a permission
-    DST_AUTH: Final = "OMS.0057"  # TRF.0057: the destination AK/SK is invalid
-    DST_BUCKET: Final = "OMS.0058"  # TRF.0058: the destination bucket does not exist
-    LIST_MISSING: Final = "OMS.0013"  # TRF.0013: list file missing or unreadable
-    LIST_TOO_BIG: Final = "OMS.0014"  # TRF.0014: list file must be a .txt file of at most 100 MB
-    LIST_FORMAT: Final = "OMS.0016"  # TRF.0016: bad line format
-    LIST_EMPTY: Final = "OMS.0017"  # TRF.0017: list file is empty
-    LIST_LINE_TOO_LONG: Final = "OMS.0018"  # TRF.0018: a line longer than 65535 characters
-    LIST_CONTENT_TYPE: Final = "OMS.0019"  # TRF.0019: must be text/plain without Content-Encoding
-    REGION_UNSUPPORTED: Final = "OMS.0060"  # documented: migration in this region is not supported
-    UNAVAILABLE: Final = "OMS.0503"  # HTTP 503: the cloud throttled or failed; retry later
 
 
 class HelperError(UsageError):
@@ -132,8 +109,8 @@ class CdnSource:
     """The CDN a request wants objects fetched through."""
 
     domain: str
-    protocol: str
-    authentication_type: str = "NONE"
+    protocol: CdnProtocol
+    authentication_type: CdnAuthType = CdnAuthType.NONE
     authentication_key: Secret | None = None
 
 
@@ -168,10 +145,10 @@ def _cloud(access: CloudAccess) -> str:
     cloud = access.cloud_type.strip().lower()
     if cloud in _NO_BUCKETS:
         # Safe to name: the value is one of these three cloud names, in some letter case.
-        raise HelperError(HelperCodes.INVALID_PARAMETER,
+        raise HelperError(Codes.INVALID_PARAMETER,
                           f"{access.cloud_type} buckets are not supported by this server yet.")
     if cloud not in endpoints.CLOUD_PROFILES:
-        raise HelperError(HelperCodes.INVALID_PARAMETER, "cloud_type is not a supported cloud.")
+        raise HelperError(Codes.INVALID_PARAMETER, "cloud_type is not a supported cloud.")
     return cloud
 
 
@@ -194,15 +171,15 @@ def _endpoint(cloud: str, region: str, settings: HelperSettings) -> endpoints.En
         ep = endpoints.resolve(cloud, region, settings.overrides())
     except UsageError:
         # resolve's texts quote the region as given; ours names the field only.
-        raise HelperError(HelperCodes.INVALID_PARAMETER, "The region is not valid for this cloud.") from None
+        raise HelperError(Codes.INVALID_PARAMETER, "The region is not valid for this cloud.") from None
     if not ep.from_override and not settings.public_endpoints:
-        raise HelperError(HelperCodes.REGION_UNSUPPORTED, "This region is not served by this deployment.")
+        raise HelperError(Codes.REGION_UNSUPPORTED, "This region is not served by this deployment.")
     return ep
 
 
 def _credentials(access: CloudAccess) -> tuple[str, str]:
     if not access.ak or not access.sk:
-        raise HelperError(HelperCodes.INVALID_PARAMETER, "ak and sk are required for this cloud type.")
+        raise HelperError(Codes.INVALID_PARAMETER, "ak and sk are required for this cloud type.")
     return access.ak, access.sk.reveal()
 
 
@@ -222,7 +199,7 @@ async def _open(
             security_token=access.security_token.reveal() if access.security_token else None,
         )
     except UsageError:
-        raise HelperError(HelperCodes.INVALID_PARAMETER, "The bucket name is not valid for this cloud.") from None
+        raise HelperError(Codes.INVALID_PARAMETER, "The bucket name is not valid for this cloud.") from None
     try:
         with _mapped(access):
             yield backend, ep
@@ -244,27 +221,27 @@ def helper_error(exc: FerryError, *, destination: bool = False) -> HelperError:
     if isinstance(exc, HelperError):
         return exc
     if isinstance(exc, TransientError):
-        return HelperError(HelperCodes.UNAVAILABLE, "The cloud is busy or failing. Retry later.", status=503,
+        return HelperError(Codes.UNAVAILABLE, "The cloud is busy or failing. Retry later.", status=503,
                            retry_after=exc.retry_after)
     detail = failure_detail(exc)
     side = "destination" if destination else "source"
     if detail is None:
         if isinstance(exc, UsageError):
-            return HelperError(HelperCodes.INVALID_PARAMETER, f"The {side} location is not valid.")
-        return HelperError(HelperCodes.UNREACHABLE, f"The {side} cloud cannot be reached.")
+            return HelperError(Codes.INVALID_PARAMETER, f"The {side} location is not valid.")
+        return HelperError(Codes.UNREACHABLE, f"The {side} cloud cannot be reached.")
     status, code = detail
     if code in _AUTH_CODES or status == 401:
-        return HelperError(HelperCodes.DST_AUTH if destination else HelperCodes.SRC_AUTH,
+        return HelperError(Codes.DST_AUTH if destination else Codes.SRC_AUTH,
                            f"The {side} AK/SK is invalid.")
     if code == "NoSuchBucket":
-        return HelperError(HelperCodes.DST_BUCKET if destination else HelperCodes.SRC_BUCKET,
+        return HelperError(Codes.DST_BUCKET if destination else Codes.SRC_BUCKET,
                            f"The {side} bucket does not exist.")
     if code in _REGION_CODES or status in (301, 307, 308):
-        return HelperError(HelperCodes.INVALID_PARAMETER, f"The {side} bucket is not in the given region.")
+        return HelperError(Codes.INVALID_PARAMETER, f"The {side} bucket is not in the given region.")
     if status == 403:
-        return HelperError(HelperCodes.DST_DENIED if destination else HelperCodes.SRC_DENIED,
+        return HelperError(Codes.DST_DENIED if destination else Codes.SRC_DENIED,
                            f"The {side} AK/SK has no permission for this operation.")
-    return HelperError(HelperCodes.UNREACHABLE, f"The {side} cloud answered HTTP {status}.")
+    return HelperError(Codes.UNREACHABLE, f"The {side} cloud answered HTTP {status}.")
 
 
 @contextlib.contextmanager
@@ -297,9 +274,9 @@ async def show_bucket_objects(
 ) -> ObjectPage:
     """One page of the folder view of `folder` (objects and sub-folders), after the name `behind`."""
     if not 1 <= page_size <= MAX_PAGE_SIZE:
-        raise HelperError(HelperCodes.INVALID_PARAMETER, f"page_size must be 1 to {MAX_PAGE_SIZE}.")
+        raise HelperError(Codes.INVALID_PARAMETER, f"page_size must be 1 to {MAX_PAGE_SIZE}.")
     if folder and not folder.endswith("/"):
-        raise HelperError(HelperCodes.INVALID_PARAMETER, "file_path must end with '/'.")
+        raise HelperError(Codes.INVALID_PARAMETER, "file_path must end with '/'.")
     records: list[BucketRecord] = []
     async with _open(access, region, bucket, settings) as (backend, _ep):
         token: str | None = None
@@ -356,16 +333,16 @@ async def check_prefix(
 
 
 def _cdn_query(source: CdnSource) -> str:
-    kind = source.authentication_type.upper()
-    if kind == "NONE":
+    kind = source.authentication_type
+    if kind is CdnAuthType.NONE:
         return ""
-    if kind == "AZURE_SAS_TOKEN":
+    if kind is CdnAuthType.AZURE_SAS_TOKEN:
         if not source.authentication_key:
-            raise HelperError(HelperCodes.INVALID_PARAMETER,
+            raise HelperError(Codes.INVALID_PARAMETER,
                               "source_cdn.authentication_key is required for AZURE_SAS_TOKEN.")
         return source.authentication_key.reveal().lstrip("?")
     # The URL-signing schemes of the other types are not implemented yet; say so rather than guess.
-    raise HelperError(HelperCodes.INVALID_PARAMETER,
+    raise HelperError(Codes.INVALID_PARAMETER,
                       f"source_cdn.authentication_type {kind} is not supported by this server yet.")
 
 
@@ -383,8 +360,8 @@ async def show_cdn_info(
     try:
         host, port = parse_domain(source.domain)
     except CdnDomainError as exc:
-        raise HelperError(HelperCodes.INVALID_PARAMETER, f"{exc}.") from None
-    client = CdnClient(source.protocol.lower(), host, port, query, settings.timeout)
+        raise HelperError(Codes.INVALID_PARAMETER, f"{exc}.") from None
+    client = CdnClient(source.protocol.value, host, port, query, settings.timeout)
     try:
         async with _open(access, region, bucket, settings) as (backend, _ep):
             # A listing first, also when keys are given: HEAD answers carry no error code, so a missing
@@ -395,7 +372,7 @@ async def show_cdn_info(
             try:
                 reachable = await client.connect(settings.allowed_cdn_hosts())
             except CdnDomainError as exc:
-                raise HelperError(HelperCodes.INVALID_PARAMETER, f"{exc}.") from None
+                raise HelperError(Codes.INVALID_PARAMETER, f"{exc}.") from None
             gate = asyncio.Semaphore(_CDN_CONCURRENCY)
 
             async def check(key: str) -> tuple[CdnKeyCheck, bool]:
@@ -427,21 +404,21 @@ async def check_list_file(
     The file is read in 1 MiB ranges pinned to its ETag, so memory stays bounded up to the 100 MB limit.
     """
     if not key.lower().endswith(".txt"):
-        raise HelperError(HelperCodes.LIST_TOO_BIG, "The list file must be a .txt file.")
+        raise HelperError(Codes.LIST_TOO_BIG, "The list file must be a .txt file.")
     async with _open(access, region, bucket, settings) as (backend, _ep):
         try:
             info = await _head_with_reason(backend, key)
         except NotFoundError:
-            raise HelperError(HelperCodes.LIST_MISSING, "The list file does not exist or cannot be read.") from None
+            raise HelperError(Codes.LIST_MISSING, "The list file does not exist or cannot be read.") from None
         meta = info.meta
         content_type = (meta.content_type if meta else None) or ""
         if content_type.split(";", 1)[0].strip().lower() != "text/plain" or (meta and meta.content_encoding):
-            raise HelperError(HelperCodes.LIST_CONTENT_TYPE,
+            raise HelperError(Codes.LIST_CONTENT_TYPE,
                               "The list file must have Content-Type text/plain and no Content-Encoding.")
         if info.size > LIST_FILE_MAX_BYTES:
-            raise HelperError(HelperCodes.LIST_TOO_BIG, "The list file must be at most 100 MB.")
+            raise HelperError(Codes.LIST_TOO_BIG, "The list file must be at most 100 MB.")
         if info.size == 0:
-            raise HelperError(HelperCodes.LIST_EMPTY, "The list file is empty.")
+            raise HelperError(Codes.LIST_EMPTY, "The list file is empty.")
         checker = ListFileChecker()
         offset = 0
         while offset < info.size:
@@ -449,7 +426,7 @@ async def check_list_file(
             try:
                 chunk = await backend.read(key, offset=offset, length=length, if_match=info.etag)
             except (NotFoundError, SourceChangedError):
-                raise HelperError(HelperCodes.LIST_MISSING, "The list file changed while it was read.") from None
+                raise HelperError(Codes.LIST_MISSING, "The list file changed while it was read.") from None
             if not chunk:
                 break
             checker.feed(chunk)
@@ -495,34 +472,35 @@ class ListFileChecker:
         try:
             text = self._decoder.decode(data)
         except UnicodeDecodeError:
-            raise self._fail(HelperCodes.LIST_FORMAT, "is not UTF-8 text", self._line + 1) from None
+            raise self._fail(Codes.LIST_FORMAT, "is not UTF-8 text", self._line + 1) from None
         if self._first and text:
             if text.startswith("\ufeff"):
-                raise self._fail(HelperCodes.LIST_FORMAT, "starts with a byte-order mark; save as UTF-8 without BOM", 1)
+                raise self._fail(Codes.LIST_FORMAT, "starts with a byte-order mark; save as UTF-8 without BOM", 1)
             self._first = False
         self._pending += text
         *lines, self._pending = self._pending.split("\n")
         for line in lines:
             self._check(line)
         if len(self._pending) > LIST_FILE_MAX_LINE + 1:
-            raise self._fail(HelperCodes.LIST_LINE_TOO_LONG, "is longer than 65535 characters", self._line + 1)
+            raise self._fail(Codes.LIST_LINE_TOO_LONG, f"is longer than {LIST_FILE_MAX_LINE} characters",
+                             self._line + 1)
 
     def finish(self) -> None:
         try:
             self._pending += self._decoder.decode(b"", final=True)
         except UnicodeDecodeError:
-            raise self._fail(HelperCodes.LIST_FORMAT, "is not UTF-8 text", self._line + 1) from None
+            raise self._fail(Codes.LIST_FORMAT, "is not UTF-8 text", self._line + 1) from None
         if self._pending:
             self._check(self._pending)
             self._pending = ""
         if self._entries == 0:
-            raise HelperError(HelperCodes.LIST_EMPTY, "The list file has no entries.")
+            raise HelperError(Codes.LIST_EMPTY, "The list file has no entries.")
 
     def _check(self, raw: str) -> None:
         self._line += 1
         line = raw[:-1] if raw.endswith("\r") else raw
         if len(line) > LIST_FILE_MAX_LINE:
-            raise self._fail(HelperCodes.LIST_LINE_TOO_LONG, "is longer than 65535 characters", self._line)
+            raise self._fail(Codes.LIST_LINE_TOO_LONG, f"is longer than {LIST_FILE_MAX_LINE} characters", self._line)
         if not line:
             return  # blank lines (a trailing newline above all) carry nothing
         if self._kind is None:
@@ -530,7 +508,7 @@ class ListFileChecker:
             self._kind = _url_line if "\t" in line or _URL_RE.match(line) else _object_line
         problem = self._kind(line)
         if problem:
-            raise self._fail(HelperCodes.LIST_FORMAT, problem, self._line)
+            raise self._fail(Codes.LIST_FORMAT, problem, self._line)
         self._entries += 1
 
     @staticmethod

@@ -14,8 +14,6 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from ferry.api import clouds
-from ferry.api.schemas import CloudType
 from ferry.errors import UsageError
 from ferry.storage.netguard import is_public_host as is_public_host  # the names of the table need no lookup
 from ferry.storage.profiles import get_profile
@@ -97,10 +95,7 @@ def resolve_known(cloud_type: str, region: str, overrides: dict[str, str] | None
     """`resolve`, and outside the operator's table the region must be one the cloud really has (else the
     "endpoint" would be a made-up host name, failing only later and obscurely)."""
     ep = resolve(cloud_type, region, overrides)
-    try:
-        known = {r.id for r in clouds.REGIONS.get(CloudType(cloud_type), ())}
-    except ValueError:
-        known = set()
+    known = {r.id for r in get_profile(ep.profile).regions}
     if not ep.from_override and known and region not in known:
         raise UsageError(f"{region!r} is not a region of {cloud_type}")
     return ep

@@ -24,9 +24,9 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
-from ferry.api import schemas as s
+from ferry import oms as s
 from ferry.db.group_repo import (
     G_COMPLETED,
     G_CREATE_FAILED,
@@ -43,14 +43,12 @@ from ferry.db.group_repo import (
     effective_status,
 )
 from ferry.db.task_repo import FAILED, PAUSED, PAUSING, RETRYING, RUNNING, SUCCEEDED, WAITING
-from ferry.errors import UsageError
+from ferry.oms import Codes, Messages
 from ferry.runner.groups import GroupPorts, SplitSettings, TaskQuotaFull, list_file_key
 from ferry.secrets import Secret
 from ferry.service import endpoints, smn, tasks
-from ferry.service.tasks import TaskCodes, TaskContext, TaskError, TaskLimits, check_smn, smn_resp
+from ferry.service.tasks import TaskContext, TaskError, TaskLimits, check_smn, smn_resp
 from ferry.storage.profiles import get_profile
-
-GROUP_NOT_FOUND: Final = "OMS.1009"
 
 
 def _noop() -> None:
@@ -77,19 +75,10 @@ class GroupContext:
 
 def _not_found() -> TaskError:
     # One answer for "no such group" and "another project's group".
-    return TaskError(404, GROUP_NOT_FOUND, "No resources found. Enter a valid task group ID.")
+    return TaskError(404, Codes.NOT_FOUND, f"{Messages.NOT_FOUND} Enter a valid task group ID.")
 
 
 # -- create --------------------------------------------------------------------------------------------------
-
-
-def _unsupported(req: s.CreateTaskGroupReq) -> str | None:
-    src = req.src_node
-    if req.task_type is not s.GroupTaskType.URL_LIST and src.cloud_type.value.lower() not in endpoints.CLOUD_PROFILES:
-        return f"source cloud {src.cloud_type.value} is not supported by this server yet"
-    if req.source_cdn is not None:
-        return "source_cdn (fetching through a CDN domain) is not supported by this server yet"
-    return None
 
 
 def _endpoint(ctx: GroupContext, cloud: str, region: str) -> endpoints.Endpoint:
@@ -97,40 +86,22 @@ def _endpoint(ctx: GroupContext, cloud: str, region: str) -> endpoints.Endpoint:
     return endpoints.resolve(cloud, region, table)
 
 
-def _resolve(ctx: GroupContext, cloud: str, region: str, *, destination: bool) -> endpoints.Endpoint:
-    try:
-        return _endpoint(ctx, cloud, region)
-    except UsageError as exc:
-        if destination:
-            raise TaskError(400, TaskCodes.REGION_NOT_SUPPORTED,
-                            "Migration to the current region is not supported.") from None
-        raise TaskError.invalid(exc.message) from None
-
-
-def _check_bucket(profile: str, bucket: str, where: str) -> None:
-    try:
-        get_profile(profile).check_bucket(bucket)
-    except UsageError as exc:
-        raise TaskError.invalid(f"{where}: {exc.message}") from None
-
-
 def create_task_group(ctx: GroupContext, project_id: str, req: s.CreateTaskGroupReq) -> s.CreateTaskGroupResponse:
     """Persist a group (waiting) and wake the group runner, which splits it into tasks."""
-    reason = _unsupported(req)
+    reason = tasks.unsupported(req)
     if reason:
         raise TaskError.invalid(reason)
     check_smn(req.smn_config, project_id)
     src, dst = req.src_node, req.dst_node
-    dst_ep = _resolve(ctx, s.CloudType.HUAWEICLOUD.value, dst.region, destination=True)
-    _check_bucket(dst_ep.profile, dst.bucket, "dst_node.bucket")
-    url_list = req.task_type is s.GroupTaskType.URL_LIST
-    if not url_list:
+    dst_ep = tasks.resolve_endpoint(ctx.tasks, s.CloudType.HUAWEICLOUD.value, dst.region, destination=True)
+    tasks.check_bucket(dst_ep.profile, dst.bucket, "dst_node.bucket")
+    if not req.url_list:
         assert src.region is not None and src.bucket is not None  # CreateTaskGroupReq checked bucket sources
-        src_ep = _resolve(ctx, src.cloud_type.value, src.region, destination=False)
-        _check_bucket(src_ep.profile, get_profile(src_ep.profile).bucket_name(src.bucket, src.app_id),
-                      "src_node.bucket")
+        src_ep = tasks.resolve_endpoint(ctx.tasks, src.cloud_type.value, src.region, destination=False)
+        tasks.check_bucket(src_ep.profile, get_profile(src_ep.profile).bucket_name(src.bucket, src.app_id),
+                           "src_node.bucket")
     if src.list_file is not None:
-        _check_bucket(dst_ep.profile, src.list_file.obs_bucket, "src_node.list_file.obs_bucket")
+        tasks.check_bucket(dst_ep.profile, src.list_file.obs_bucket, "src_node.list_file.obs_bucket")
     now = time.time()
     tasks.check_quota(ctx.repo, ctx.limits, project_id, now, waiting_status=G_WAITING, what="task groups")
     group_id = str(uuid.uuid4())
@@ -142,17 +113,7 @@ def create_task_group(ctx: GroupContext, project_id: str, req: s.CreateTaskGroup
                      "list_file": src.list_file.model_dump(exclude_none=True) if src.list_file else None},
         "dst_spec": {"bucket": dst.bucket, "region": dst.region, "save_prefix": dst.save_prefix or "",
                      "kms_key_id": tasks.dst_kms_key(dst.crypto_type, dst.kms_key_id)},
-        "options": {
-            "enable_metadata_migration": req.enable_metadata_migration,
-            "enable_restore": req.enable_restore,
-            "enable_failed_object_recording": req.enable_failed_object_recording,
-            "object_overwrite_mode": req.object_overwrite_mode.value,
-            "dst_storage_policy": req.dst_storage_policy.value,
-            "consistency_check": req.consistency_check.value,
-            "enable_requester_pays": req.enable_requester_pays,
-            "migrate_since": req.migrate_since,
-            "smn_config": req.smn_config.model_dump(mode="json", exclude_none=True) if req.smn_config else None,
-        },
+        "options": tasks.migration_options(req),
         "bandwidth_policy": [p.model_dump() for p in req.bandwidth_policy or []],
         "secrets": ctx.tasks.box.seal({"src_ak": src.ak, "src_sk": src.sk, "dst_ak": dst.ak, "dst_sk": dst.sk}),
         "split_state": {"index": 0, "after": None, "skip": 0, "chunk": 0, "done": False},
@@ -195,7 +156,7 @@ def create_chunk_task(ctx: GroupContext, row: GroupRow, keys: dict[str, str], ch
         tasks.create_task(ctx.tasks, row.project_id, chunk_task_request(row, keys, chunk), group_id=row.id,
                           group_type=s.GroupType.GROUP_TASK, name=name)
     except TaskError as exc:
-        if exc.oms_code == TaskCodes.QUOTA:
+        if exc.oms_code == Codes.QUOTA:
             raise TaskQuotaFull() from None
         raise
 

@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from ferry.errors import UsageError
+from ferry.oms import Codes
 from ferry.runner.notices import RunEnd
 from ferry.sdk_hmac import signed_headers
 from ferry.service.endpoints import is_public_host, load_overrides
@@ -45,7 +46,6 @@ _OPENER = urllib.request.build_opener(_NoRedirect)
 NOT_CONFIGURED = "FERRY.SMN_NOT_CONFIGURED"
 UNREACHABLE = "FERRY.SMN_UNREACHABLE"
 # OMS's code for an SMN topic it will not use; what a publish that never went out reports for a bad topic.
-INVALID_TOPIC = "OMS.0169"
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +165,7 @@ def notify(config: dict[str, Any], values: dict[str, str], *, project_id: str, s
         topic = project_topic(str(config.get("topic_urn", "")), project_id)
         base = endpoint(topic.region, overrides)
     except UsageError:
-        return Outcome(False, INVALID_TOPIC)
+        return Outcome(False, Codes.SMN_TOPIC)
     path = f"/v2/{topic.project_id}/notifications/topics/{quote(topic.urn, safe='')}/publish"
     body = json.dumps(publish_body(config, values), ensure_ascii=False).encode("utf-8")
     parts = urlsplit(base)

@@ -1,9 +1,10 @@
 """Sync tasks (OMS §1.4) as plain functions: lifecycle, durable events, statistics, bucket notifications.
 
-The API routes, the CLI and the tests all call these. Validation beyond the request schema lives here (the
-quota of 5 tasks per project, clouds and regions Ferry can reach, bucket naming rules, event keys), and so
-does everything that touches credentials: they are encrypted with the SecretBox before they reach the
-database and decrypted only by `open_task_backends`, which the sync workers are given.
+The API routes and the tests call these with values the request models (`ferry.oms`) already validated.
+What only a service can check lives here (the quota of 5 tasks per project, clouds and regions Ferry can
+reach, bucket naming rules, event keys as URL-decoded), and so does everything that touches credentials:
+they are encrypted with the SecretBox before they reach the database and decrypted only by
+`open_task_backends`, which the sync workers are given.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Final
@@ -38,6 +39,7 @@ from ferry.db.sync_repo import (
     SyncTaskSpec,
 )
 from ferry.errors import NotFoundError, UsageError
+from ferry.oms import MAX_KEY_BYTES, CryptoType, StatGranularity, SyncStatType, SyncStatus
 from ferry.runner.sync import SyncBackground, SyncSettings, SyncWaker, SyncWorkers
 from ferry.secrets import Secret, SecretBox, reveal
 from ferry.service import buckets
@@ -48,23 +50,12 @@ from ferry.storage.base import Backend, ListOrder
 from ferry.storage.profiles import get_profile
 
 MAX_SYNC_TASKS: Final = 5
-MAX_EVENT_KEYS: Final = 10
-MAX_KEY_BYTES: Final = 1024
-MAX_CREDENTIAL: Final = 100
 MAX_NOTIFICATION_RECORDS: Final = 1000
 # Statistics windows: 5-minute points up to a day, hourly beyond, and never more than the documented 1000.
 FIVE_MINUTES: Final = 300
 ONE_HOUR: Final = 3600
 DAY: Final = 86400
 MAX_POINTS: Final = 1000
-
-SYNC_CLOUDS: Final = ("AWS", "Azure", "Aliyun", "Tencent", "HuaweiCloud", "QingCloud", "KingsoftCloud",
-                      "Baidu", "Qiniu", "UCloud")
-STORAGE_POLICIES: Final = ("STANDARD", "IA", "ARCHIVE", "DEEP_ARCHIVE", "SRC_STORAGE_MAPPING")
-CONSISTENCY_CHECKS: Final = ("size_last_modified", "crc64", "no_check")
-CRYPTO_TYPES: Final = ("DEFAULT", "KMS")
-DESCRIPTION_FORBIDDEN: Final = frozenset("<>()\"'&")
-STAT_TYPES: Final = ("REQUEST", "SUCCESS", "FAILURE", "SKIP", "SIZE")
 # Epoch values below this are seconds, above it milliseconds: 1e11 ms is March 1973, 1e11 s the year 5138.
 _MS_THRESHOLD: Final = 100_000_000_000
 
@@ -109,10 +100,10 @@ class SyncCredentials:
 
 @dataclass(frozen=True, slots=True)
 class StatisticSeries:
-    """`granularity` is FIVE_MINUTES or ONE_HOUR; each series is (bucket start in epoch ms, value) points."""
+    """Each series is (bucket start in epoch ms, value) points."""
 
-    granularity: str
-    series: tuple[tuple[str, tuple[tuple[int, int], ...]], ...]
+    granularity: StatGranularity
+    series: tuple[tuple[SyncStatType, tuple[tuple[int, int], ...]], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,65 +146,23 @@ class SyncContext:
 _create_lock = threading.Lock()
 
 
-# -- validation ---------------------------------------------------------------------------------------------
-
-def _canonical(value: str, allowed: Sequence[str], field_name: str) -> str:
-    folded = value.casefold()
-    for item in allowed:
-        if item.casefold() == folded:
-            return item
-    raise UsageError(f"{field_name} must be one of: {', '.join(allowed)}")
-
+# -- checks the request models cannot make -------------------------------------------------------------------
 
 def _check_credentials(creds: SyncCredentials) -> None:
     for name, value in (("src_ak", creds.src_ak), ("src_sk", creds.src_sk), ("dst_ak", creds.dst_ak),
                         ("dst_sk", creds.dst_sk)):
         if not value:
             raise UsageError(f"{name} is required")
-        if len(value) > MAX_CREDENTIAL:
-            raise UsageError(f"{name} is too long (at most {MAX_CREDENTIAL})")
-    if creds.cdn_key is not None and len(creds.cdn_key) > 255:
-        raise UsageError("source_cdn authentication_key is too long (at most 255)")
 
 
-def validate_spec(spec: SyncTaskSpec) -> SyncTaskSpec:
-    """The spec with enums in their documented spelling; UsageError naming the first bad field."""
-    cloud = _canonical(spec.src_cloud_type, SYNC_CLOUDS, "src_cloud_type")
-    consistency = spec.consistency_check.casefold()
-    if consistency == "transmission":  # the SDK's CreateSyncTaskReq docstring spells no_check so
-        consistency = "no_check"
-    consistency = _canonical(consistency, CONSISTENCY_CHECKS, "consistency_check")
-    policy = _canonical(spec.dst_storage_policy, STORAGE_POLICIES, "dst_storage_policy")
-    src_crypto = _canonical(spec.src_crypto_type, CRYPTO_TYPES, "src_crypto_type")
-    dst_crypto = _canonical(spec.dst_crypto_type, CRYPTO_TYPES, "dst_crypto_type")
-    for name, crypto, key_id in (("src_", src_crypto, spec.src_kms_key_id), ("dst_", dst_crypto, spec.dst_kms_key_id),
-                                 ("source_cdn.", spec.cdn_crypto_type, spec.cdn_kms_key_id)):
-        if crypto == "KMS" and not key_id:
-            raise UsageError(f"{name}kms_key_id is required when {name}crypto_type is KMS")
-        if key_id is not None and len(key_id) != 36:
-            raise UsageError(f"{name}kms_key_id must be 36 characters")
-    if spec.description is not None:
-        if len(spec.description) > 255:
-            raise UsageError("description is too long (at most 255)")
-        if any(ch in DESCRIPTION_FORBIDDEN for ch in spec.description):
-            raise UsageError("description must not contain any of <>()\"'&")
-    for name, value, limit in (("src_region", spec.src_region, 100), ("dst_region", spec.dst_region, 100),
-                               ("src_bucket", spec.src_bucket, 1024), ("dst_bucket", spec.dst_bucket, 1024),
-                               ("app_id", spec.app_id or "", 100)):
-        if len(value) > limit:
-            raise UsageError(f"{name} is too long (at most {limit})")
-    if not spec.src_bucket or not spec.dst_bucket or not spec.src_region or not spec.dst_region:
-        raise UsageError("src_region, src_bucket, dst_region and dst_bucket are required")
-    out = replace(spec, src_cloud_type=cloud, consistency_check=consistency, dst_storage_policy=policy,
-                  src_crypto_type=src_crypto, dst_crypto_type=dst_crypto)
-    # Ferry must be able to reach both buckets: resolving now turns an unsupported cloud or a region with no
-    # endpoint into a clear error at creation instead of failures later.
-    for cloud_type, region, bucket, app_id in ((out.src_cloud_type, out.src_region, out.src_bucket, out.app_id),
-                                               (out.dst_cloud_type, out.dst_region, out.dst_bucket, None)):
+def check_reachable(spec: SyncTaskSpec) -> None:
+    """Ferry must be able to reach both buckets: resolving now turns an unsupported cloud or a region with no
+    endpoint into a clear error at creation instead of failures later."""
+    for cloud_type, region, bucket, app_id in ((spec.src_cloud_type, spec.src_region, spec.src_bucket, spec.app_id),
+                                               (spec.dst_cloud_type, spec.dst_region, spec.dst_bucket, None)):
         endpoint = resolve_known(cloud_type, region)
         profile = get_profile(endpoint.profile)
         profile.check_bucket(profile.bucket_name(bucket, app_id))
-    return out
 
 
 def decode_event_key(raw: str, where: str, *, plus_is_space: bool = False) -> str:
@@ -285,7 +234,7 @@ def _insert_task(ctx: SyncContext, project_id: str, spec: SyncTaskSpec, creds: S
 async def create_sync_task(ctx: SyncContext, project_id: str, spec: SyncTaskSpec, creds: SyncCredentials) -> str:
     """Create a task in SYNCHRONIZING once its keys and buckets proved to work; its first reconciliation
     (the initial full copy) starts at once."""
-    spec = validate_spec(spec)
+    check_reachable(spec)
     _check_credentials(creds)
     # A full project is told so before the stores are asked (the insert checks the quota again, atomically).
     await asyncio.to_thread(_check_room, ctx, project_id)
@@ -294,13 +243,9 @@ async def create_sync_task(ctx: SyncContext, project_id: str, spec: SyncTaskSpec
 
 
 def list_sync_tasks(
-    ctx: SyncContext, project_id: str, *, limit: int = 10, offset: int = 0, status: str | None = None
+    ctx: SyncContext, project_id: str, *, limit: int = 10, offset: int = 0, status: SyncStatus | None = None
 ) -> tuple[list[SyncTaskRow], int]:
-    if not 1 <= limit <= 100 or not 0 <= offset <= 10000:
-        raise UsageError("limit must be 1..100 and offset 0..10000")
-    if status is not None:
-        status = _canonical(status, (SYNCHRONIZING, STOPPED), "status")
-    return ctx.repo.list_tasks(project_id, status, limit, offset)
+    return ctx.repo.list_tasks(project_id, None if status is None else status.value, limit, offset)
 
 
 def month_window(epoch_seconds: float) -> tuple[int, int]:
@@ -327,7 +272,7 @@ def stop_sync_task(ctx: SyncContext, project_id: str, task_id: str) -> None:
 
 def dst_kms_key(spec: SyncTaskSpec) -> str | None:
     """The KMS key every destination write is encrypted under (SSE-KMS), or None for the bucket's default."""
-    return spec.dst_kms_key_id if spec.dst_crypto_type == "KMS" else None
+    return spec.dst_kms_key_id if spec.dst_crypto_type == CryptoType.KMS else None
 
 
 async def start_sync_task(ctx: SyncContext, project_id: str, task_id: str, creds: SyncCredentials,
@@ -371,18 +316,10 @@ def _accept(ctx: SyncContext, row: SyncTaskRow, keys: Sequence[str]) -> None:
         ctx.wake()
 
 
-def _event_keys(object_keys: Sequence[str]) -> list[str]:
-    if not object_keys:
-        raise UsageError("object_keys must list at least one key")
-    if len(object_keys) > MAX_EVENT_KEYS:
-        raise UsageError(f"object_keys lists {len(object_keys)} keys; at most {MAX_EVENT_KEYS} per call")
-    return [decode_event_key(k, f"object_keys[{i}]") for i, k in enumerate(object_keys)]
-
-
 async def create_sync_events(ctx: SyncContext, project_id: str, task_id: str, object_keys: Sequence[str]) -> int:
-    """Accept 1–10 URL-encoded keys; they are on disk (committed by the context's EventCommitter) before this
-    returns. Returns how many were accepted."""
-    keys = _event_keys(object_keys)
+    """Accept URL-encoded keys (1–10, as SyncObjectReq checked); they are on disk (committed by the context's
+    EventCommitter) before this returns. Returns how many were accepted."""
+    keys = [decode_event_key(k, f"object_keys[{i}]") for i, k in enumerate(object_keys)]
     await ctx.committer.submit(project_id, task_id, keys)
     return len(keys)
 
@@ -492,26 +429,23 @@ def list_key_problems(
 ) -> tuple[list[KeyProblem], int]:
     """Keys that failed: still being retried with backoff, or given up — each with its last reason."""
     _task(ctx, project_id, task_id)
-    if not 1 <= limit <= 1000 or offset < 0:
-        raise UsageError("limit must be 1..1000 and offset at least 0")
     return ctx.repo.problems(project_id, task_id, limit, offset)
 
 
 # -- statistics ---------------------------------------------------------------------------------------------
 
-def _stat_value(totals: StatTotals, kind: str) -> int:
+def _stat_value(totals: StatTotals, kind: SyncStatType) -> int:
     return int(getattr(totals, kind.lower()))
 
 
 def list_sync_task_statistic(
-    ctx: SyncContext, project_id: str, task_id: str, data_types: Sequence[str], start_time: int, end_time: int
+    ctx: SyncContext, project_id: str, task_id: str, data_types: Sequence[SyncStatType], start_time: int,
+    end_time: int,
 ) -> StatisticSeries:
     """Zero-filled series, one per requested type in request order: FIVE_MINUTES points for windows up to a
     day, ONE_HOUR beyond; at most 1000 points (about 41 days)."""
     _task(ctx, project_id, task_id)
-    kinds = list(dict.fromkeys(_canonical(t, STAT_TYPES, "data_type") for t in data_types))
-    if not kinds:
-        raise UsageError("data_type must name at least one of REQUEST, SUCCESS, FAILURE, SKIP, SIZE")
+    kinds = list(dict.fromkeys(data_types))
     start, end = to_epoch_seconds(start_time), to_epoch_seconds(end_time)
     if end < start:
         raise UsageError("end_time must not be earlier than start_time")
@@ -521,17 +455,17 @@ def list_sync_task_statistic(
     points = (last - first) // step + 1
     if points > MAX_POINTS:
         raise UsageError(f"the window needs {points} points; at most {MAX_POINTS} (about 41 days)")
-    sums: dict[int, dict[str, int]] = {}
+    sums: dict[int, dict[SyncStatType, int]] = {}
     for bucket_start, totals in ctx.repo.stat_buckets(task_id, first, last + step):
-        slot = sums.setdefault(bucket_start // step * step, dict.fromkeys(STAT_TYPES, 0))
-        for kind in STAT_TYPES:
+        slot = sums.setdefault(bucket_start // step * step, dict.fromkeys(SyncStatType, 0))
+        for kind in SyncStatType:
             slot[kind] += _stat_value(totals, kind)
-    empty = dict.fromkeys(STAT_TYPES, 0)
+    empty = dict.fromkeys(SyncStatType, 0)
     series = tuple(
         (kind, tuple((t * 1000, sums.get(t, empty)[kind]) for t in range(first, last + step, step)))
         for kind in kinds
     )
-    return StatisticSeries("FIVE_MINUTES" if step == FIVE_MINUTES else "ONE_HOUR", series)
+    return StatisticSeries(StatGranularity.FIVE_MINUTES if step == FIVE_MINUTES else StatGranularity.ONE_HOUR, series)
 
 
 assert STAT_BUCKET_SECONDS == FIVE_MINUTES, "statistics buckets must be the FIVE_MINUTES granularity"

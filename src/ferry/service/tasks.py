@@ -1,7 +1,7 @@
 """Migration tasks (OMS §1.2, §1.6): create, list, show, start, stop, delete, bandwidth and batch updates.
 
 Plain functions over a TaskContext, called by the API routes, the CLI and tests alike. The OMS request and
-response models of `ferry.api.schemas` are their vocabulary (pure pydantic data). What runs a task is the
+response models of `ferry.oms` are their vocabulary (pure pydantic data). What runs a task is the
 runner (`ferry.runner.migration`): these functions only change rows and wake it.
 
 Status transitions: create -> 1 waiting; runner claims -> 2 running -> 5 succeeded | 4 failed (with a reason)
@@ -22,7 +22,7 @@ from typing import Any, Final, Protocol
 
 from sqlalchemy import Engine
 
-from ferry.api import schemas as s
+from ferry import oms as s
 from ferry.db.task_repo import (
     FAILED,
     PAUSED,
@@ -35,6 +35,7 @@ from ferry.db.task_repo import (
     TaskRow,
 )
 from ferry.errors import FerryError, UsageError
+from ferry.oms import Codes, Messages
 from ferry.secrets import SecretBox
 from ferry.service import endpoints, smn
 from ferry.settings import records_dir
@@ -46,21 +47,6 @@ PRIORITIES: Final = {s.TaskPriority.HIGH: 3, s.TaskPriority.MEDIUM: 2, s.TaskPri
 PRIORITY_NAMES: Final = {v: k for k, v in PRIORITIES.items()}
 DELETABLE: Final = (WAITING, PAUSED, FAILED, SUCCEEDED)
 STARTABLE: Final = (PAUSED, FAILED)
-# Task types whose progress counts objects rather than bytes (OMS FAQ: list tasks progress by count).
-COUNT_PROGRESS: Final = frozenset({"list", "url_list"})
-
-
-class TaskCodes:
-    """OMS codes of task errors. OMS.0054 and OMS.0060 are from Huawei's table; OMS.0077 is the row just
-    before OMS.0078 there ("you created more tasks than the limit"); OMS.0070 mirrors the legacy S3M.0070
-    ("the task status does not allow this") — self-chosen, since v2's code for it was not recoverable."""
-
-    INVALID_PARAMETER: Final = "OMS.0001"
-    INVALID_TASK_ID: Final = "OMS.0054"
-    REGION_NOT_SUPPORTED: Final = "OMS.0060"
-    STATUS_CONFLICT: Final = "OMS.0070"
-    QUOTA: Final = "OMS.0077"
-    SMN_TOPIC: Final = "OMS.0169"
 
 
 class TaskError(FerryError):
@@ -75,16 +61,16 @@ class TaskError(FerryError):
 
     @classmethod
     def invalid(cls, message: str) -> TaskError:
-        return cls(400, TaskCodes.INVALID_PARAMETER, f"Invalid parameter settings. {message}")
+        return cls(400, Codes.INVALID_PARAMETER, f"Invalid parameter settings. {message}")
 
     @classmethod
     def not_found(cls) -> TaskError:
         # One answer for "no such task" and "another project's task": ids reveal nothing across projects.
-        return cls(404, TaskCodes.INVALID_TASK_ID, "Invalid task ID. Enter a valid task ID.")
+        return cls(404, Codes.INVALID_TASK_ID, Messages.INVALID_TASK_ID)
 
     @classmethod
     def conflict(cls, message: str) -> TaskError:
-        return cls(409, TaskCodes.STATUS_CONFLICT, message)
+        return cls(409, Codes.STATUS_CONFLICT, message)
 
 
 @dataclass(frozen=True)
@@ -131,16 +117,14 @@ class TaskContext:
 
 # -- create ------------------------------------------------------------------------------------------------
 
-_SUPPORTED_SOURCES: Final = frozenset(endpoints.CLOUD_PROFILES)
-
-
-def _resolve(ctx: TaskContext, cloud: str, region: str, *, destination: bool) -> endpoints.Endpoint:
-    table = dict(ctx.overrides) if ctx.overrides is not None else None
+def resolve_endpoint(ctx: TaskContext, cloud: str, region: str, *, destination: bool) -> endpoints.Endpoint:
+    """Where a task or group reads or writes; OMS.0060 for a destination region Ferry cannot reach."""
+    table = {k.lower(): v for k, v in ctx.overrides.items()} if ctx.overrides is not None else None
     try:
         return endpoints.resolve_known(cloud, region, table)
     except UsageError as exc:
         if destination:
-            raise TaskError(400, TaskCodes.REGION_NOT_SUPPORTED,
+            raise TaskError(400, Codes.REGION_UNSUPPORTED,
                             "Migration to the current region is not supported.") from None
         raise TaskError.invalid(exc.message) from None
 
@@ -149,17 +133,18 @@ def _endpoint_spec(ep: endpoints.Endpoint) -> dict[str, Any]:
     return {"endpoint": ep.url, "profile": ep.profile, "from_override": ep.from_override}
 
 
-def _check_bucket(profile: str, bucket: str, where: str) -> None:
+def check_bucket(profile: str, bucket: str, where: str) -> None:
+    """Refuse (OMS.0001) a bucket name the cloud does not allow; `where` names the request field."""
     try:
         get_profile(profile).check_bucket(bucket)
     except UsageError as exc:
         raise TaskError.invalid(f"{where}: {exc.message}") from None
 
 
-def _unsupported(req: s.CreateTaskReq) -> str | None:
-    """Why Ferry cannot run this otherwise valid request yet, or None."""
+def unsupported(req: s.MigrationReq) -> str | None:
+    """Why Ferry cannot run this otherwise valid task or group request yet, or None."""
     src = req.src_node
-    if req.task_type is not s.TaskType.URL_LIST and src.cloud_type.value.lower() not in _SUPPORTED_SOURCES:
+    if not req.url_list and src.cloud_type.value.lower() not in endpoints.CLOUD_PROFILES:
         return f"source cloud {src.cloud_type.value} is not supported by this server yet"
     if req.source_cdn is not None:
         return "source_cdn (fetching through a CDN domain) is not supported by this server yet"
@@ -191,11 +176,11 @@ def check_quota(counts: QuotaCounts, limits: TaskLimits, project_id: str, now: f
                 what: str = "tasks") -> None:
     """Refuse (OMS.0077) one more of `what` when the project created its day's worth or has too many waiting."""
     if counts.count_created_since(project_id, now - DAY) >= limits.created_per_day:
-        raise TaskError(400, TaskCodes.QUOTA,
+        raise TaskError(400, Codes.QUOTA,
                         f"The number of {what} you created exceeds the limit ({limits.created_per_day} in 24 "
                         "hours). Retry later or contact technical support.")
     if counts.count_status(project_id, waiting_status) >= limits.waiting:
-        raise TaskError(400, TaskCodes.QUOTA,
+        raise TaskError(400, Codes.QUOTA,
                         f"The number of waiting {what} exceeds the limit ({limits.waiting}). Wait for them "
                         "to start or delete some, then retry.")
 
@@ -214,7 +199,7 @@ def check_smn(config: s.SmnConfig | None, project_id: str) -> None:
     try:
         smn.project_topic(config.topic_urn, project_id)
     except UsageError as exc:
-        raise TaskError(400, TaskCodes.SMN_TOPIC, f"The SMN topic is invalid: {exc.message}") from None
+        raise TaskError(400, Codes.SMN_TOPIC, f"The SMN topic is invalid: {exc.message}") from None
 
 
 def smn_resp(config: dict[str, Any] | None, result: dict[str, Any] | None) -> s.SmnInfo | None:
@@ -224,6 +209,21 @@ def smn_resp(config: dict[str, Any] | None, result: dict[str, Any] | None) -> s.
     outcome = smn.Outcome.from_json(result) or smn.Outcome(False)  # None: finished, publish not done yet
     return s.SmnInfo(notify_result=outcome.sent, notify_error_message=outcome.error,
                      topic_name=smn.topic_name(config))
+
+
+def migration_options(req: s.MigrationReq) -> dict[str, Any]:
+    """The stored options of a task or a task group: what both requests carry besides nodes and policies."""
+    return {
+        "enable_metadata_migration": req.enable_metadata_migration,
+        "enable_restore": req.enable_restore,
+        "enable_failed_object_recording": req.enable_failed_object_recording,
+        "object_overwrite_mode": req.object_overwrite_mode.value,
+        "dst_storage_policy": req.dst_storage_policy.value,
+        "consistency_check": req.consistency_check.value,
+        "enable_requester_pays": req.enable_requester_pays,
+        "migrate_since": req.migrate_since,
+        "smn_config": req.smn_config.model_dump(mode="json", exclude_none=True) if req.smn_config else None,
+    }
 
 
 def create_task(
@@ -236,46 +236,35 @@ def create_task(
     name: str | None = None,
 ) -> s.CreateTaskResponse:
     """Persist a task (waiting) and wake the runner; task groups pass their `group_id`/`group_type`."""
-    reason = _unsupported(req)
+    reason = unsupported(req)
     if reason:
         raise TaskError.invalid(reason)
     check_smn(req.smn_config, project_id)
     src, dst = req.src_node, req.dst_node
-    dst_ep = _resolve(ctx, s.CloudType.HUAWEICLOUD.value, dst.region, destination=True)
-    _check_bucket(dst_ep.profile, dst.bucket, "dst_node.bucket")
+    dst_ep = resolve_endpoint(ctx, s.CloudType.HUAWEICLOUD.value, dst.region, destination=True)
+    check_bucket(dst_ep.profile, dst.bucket, "dst_node.bucket")
     src_spec: dict[str, Any] = {
         "cloud_type": src.cloud_type.value, "region": src.region, "bucket": src.bucket, "app_id": src.app_id,
         "object_key": list(src.object_key) if src.object_key is not None else None,
         "list_file": src.list_file.model_dump(exclude_none=True) if src.list_file else None,
     }
-    if req.task_type is s.TaskType.URL_LIST:
+    if req.url_list:
         # URLs of the list may point at non-public addresses only where the operator allowed it.
         table = dict(ctx.overrides) if ctx.overrides is not None else endpoints.load_overrides()
         src_spec["allowed_hosts"] = sorted({host_port(url) for key, url in table.items()
                                             if key.lower().startswith("urlsource/")})
     else:
         assert src.region is not None and src.bucket is not None  # CreateTaskReq checked bucket sources
-        src_ep = _resolve(ctx, src.cloud_type.value, src.region, destination=False)
+        src_ep = resolve_endpoint(ctx, src.cloud_type.value, src.region, destination=False)
         src_bucket = get_profile(src_ep.profile).bucket_name(src.bucket, src.app_id)
-        _check_bucket(src_ep.profile, src_bucket, "src_node.bucket")
+        check_bucket(src_ep.profile, src_bucket, "src_node.bucket")
         src_spec.update(real_bucket=src_bucket, **_endpoint_spec(src_ep))
     if src.list_file is not None:
         # OMS keeps list files in an OBS bucket of the destination region, read with the destination keys.
-        _check_bucket(dst_ep.profile, src.list_file.obs_bucket, "src_node.list_file.obs_bucket")
+        check_bucket(dst_ep.profile, src.list_file.obs_bucket, "src_node.list_file.obs_bucket")
         src_spec["list_endpoint"] = _endpoint_spec(dst_ep)
     dst_spec = {"bucket": dst.bucket, "region": dst.region, "save_prefix": dst.save_prefix or "",
                 "kms_key_id": dst_kms_key(dst.crypto_type, dst.kms_key_id), **_endpoint_spec(dst_ep)}
-    options = {
-        "enable_metadata_migration": req.enable_metadata_migration,
-        "enable_restore": req.enable_restore,
-        "enable_failed_object_recording": req.enable_failed_object_recording,
-        "object_overwrite_mode": req.object_overwrite_mode.value,
-        "dst_storage_policy": req.dst_storage_policy.value,
-        "consistency_check": req.consistency_check.value,
-        "enable_requester_pays": req.enable_requester_pays,
-        "migrate_since": req.migrate_since,
-        "smn_config": req.smn_config.model_dump(mode="json", exclude_none=True) if req.smn_config else None,
-    }
     secret_values = {
         "src_ak": src.ak, "src_sk": src.sk, "src_security_token": src.security_token,
         "dst_ak": dst.ak, "dst_sk": dst.sk, "dst_security_token": dst.security_token,
@@ -287,7 +276,7 @@ def create_task(
     task_id = ctx.repo.insert({
         "project_id": project_id, "group_id": group_id, "group_type": group_type.value, "name": task_name,
         "description": req.description or "", "task_type": req.task_type.value, "status": WAITING,
-        "priority": priority, "src_spec": src_spec, "dst_spec": dst_spec, "options": options,
+        "priority": priority, "src_spec": src_spec, "dst_spec": dst_spec, "options": migration_options(req),
         "bandwidth_policy": [p.model_dump() for p in req.bandwidth_policy or []],
         "secrets": ctx.box.seal(secret_values), "job_id": None, "run_mode": "full",
         "created_at": now, "updated_at": now, "elapsed": 0.0,
@@ -470,7 +459,7 @@ def batch_update_tasks(ctx: TaskContext, project_id: str, req: s.BatchUpdateTask
         assert req.group_id is not None
         ids = repo.ids_in_group(project_id, req.group_id)
         if not ids:
-            raise TaskError(404, "OMS.1009", "No resources found. The task group has no tasks.")
+            raise TaskError(404, Codes.NOT_FOUND, f"{Messages.NOT_FOUND} The task group has no tasks.")
     unfinished = (WAITING, RUNNING, PAUSED, FAILED, RETRYING, PAUSING)
     repo.update_many(ids, project_id, unfinished, {"bandwidth_policy": _policy_json(req.bandwidth_policy)})
     if req.task_priority is not None:

@@ -19,6 +19,14 @@ ARCHIVE_CLASSES = frozenset({"ARCHIVE", "DEEP_ARCHIVE"})  # canonical classes th
 
 
 @dataclass(frozen=True, slots=True)
+class CloudRegion:
+    """One region of a cloud: its id as that cloud spells it, and a human description."""
+
+    id: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
 class Profile:
     """One provider's S3 dialect. Loaded from `profiles.json`; nothing here is provider code.
 
@@ -31,6 +39,9 @@ class Profile:
       every object has one (not only those uploaded with it).
     - `to_vendor`: canonical class (STANDARD/IA/ARCHIVE/DEEP_ARCHIVE) -> the name to send;
       `from_vendor`: any name the provider reports (upper-cased) -> canonical.
+    - `regions`: the cloud's regions, as the API lists them and accepts them without an endpoint override:
+      for Huawei Cloud the OmsRegion ids the OMS SDK knows (oms-api.md §0), for the others their public
+      region ids as their own SDKs spell them. Clouds without an S3 profile list theirs in `other_clouds`.
     - `bucket_pattern`/`bucket_hint`: the provider's bucket naming rule (Tencent: `name-APPID`).
     - `sse_header`/`sse_kms_value`/`sse_kms_key_header`: how a write asks for server-side encryption with a
       KMS key (and how the response confirms it).
@@ -73,6 +84,7 @@ class Profile:
     bucket_pattern: str
     bucket_hint: str
     aliases: tuple[str, ...] = field(default=())
+    regions: tuple[CloudRegion, ...] = field(default=())
 
     def endpoint(self, region: str | None = None) -> str:
         """`scheme://host` for `region` (the profile's default region when None)."""
@@ -171,12 +183,23 @@ def _build(name: str, raw: Mapping[str, Any], defaults: Mapping[str, Any]) -> Pr
         bucket_pattern=merged["bucket_pattern"],
         bucket_hint=merged["bucket_hint"],
         aliases=tuple(a.lower() for a in merged["aliases"]),
+        regions=_regions(merged),
     )
+
+
+def _regions(raw: Mapping[str, Any]) -> tuple[CloudRegion, ...]:
+    return tuple(CloudRegion(region_id, description) for region_id, description in raw.get("regions", ()))
+
+
+@cache
+def _data() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(resources.files("ferry.storage").joinpath("profiles.json").read_text("utf-8"))
+    return data
 
 
 @cache
 def _table() -> tuple[dict[str, Profile], dict[str, str]]:
-    data = json.loads(resources.files("ferry.storage").joinpath("profiles.json").read_text("utf-8"))
+    data = _data()
     profiles = {name: _build(name, raw, data["defaults"]) for name, raw in data["profiles"].items()}
     lookup: dict[str, str] = {}
     for name, prof in profiles.items():
@@ -204,3 +227,15 @@ def get_profile(name: str) -> Profile:
 def profile_names() -> list[str]:
     """Canonical names of every profile."""
     return sorted(_table()[0])
+
+
+@cache
+def cloud_regions(name: str) -> tuple[CloudRegion, ...]:
+    """The regions of a cloud named like `get_profile` takes it, or of a cloud with no S3 profile yet
+    (Azure, Google); empty for a name that is neither."""
+    profiles, lookup = _table()
+    key = lookup.get(_norm(name))
+    if key is not None:
+        return profiles[key].regions
+    other = {_norm(n): raw for n, raw in _data()["other_clouds"].items() if isinstance(raw, dict)}
+    return _regions(other.get(_norm(name), {}))

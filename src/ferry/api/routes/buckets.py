@@ -8,10 +8,8 @@ from typing import TypeVar
 from fastapi import APIRouter
 from starlette.responses import JSONResponse
 
-from ferry.api.clouds import REGIONS
 from ferry.api.deps import Services, ok
-from ferry.api.errors import OmsError
-from ferry.api.schemas import (
+from ferry.oms import (
     CheckedKey,
     CheckPrefixReq,
     CheckPrefixResponse,
@@ -19,6 +17,7 @@ from ferry.api.schemas import (
     CloudType,
     EmptyResponse,
     ListBucketsReq,
+    OmsError,
     ShowBucketListResponse,
     ShowBucketObjectsResponse,
     ShowBucketRecord,
@@ -27,6 +26,7 @@ from ferry.api.schemas import (
     ShowBucketReq,
     ShowCdnInfoReq,
     ShowCdnInfoResponse,
+    regions,
 )
 from ferry.service import buckets
 from ferry.service.buckets import CdnSource, CloudAccess, HelperError
@@ -74,8 +74,7 @@ async def show_bucket_objects(body: ShowBucketReq, services: Services) -> JSONRe
 async def show_bucket_region(body: ShowBucketRegionReq, services: Services) -> JSONResponse:
     access = CloudAccess(body.cloud_type.value, body.ak, body.sk, body.app_id)
     found = await _answer(buckets.show_bucket_region(access, body.bucket_name, services.bucket_helpers))
-    cloud = CloudType.HUAWEICLOUD if body.cloud_type is CloudType.HEC else body.cloud_type
-    names = {r.id: r.description for r in REGIONS.get(cloud, ())}
+    names = {r.id: r.description for r in regions(body.cloud_type)}
     return ok(ShowBucketRegionResponse(id=found.region, name=names.get(found.region, found.region),
                                        support=found.supported))
 
@@ -92,7 +91,7 @@ async def check_prefix(body: CheckPrefixReq, services: Services) -> JSONResponse
 async def show_cdn_info(body: ShowCdnInfoReq, services: Services) -> JSONResponse:
     access = CloudAccess(body.cloud_type.value, body.ak, body.sk, body.app_id)
     cdn = body.source_cdn
-    source = CdnSource(cdn.domain, cdn.protocol.value, cdn.authentication_type.value, cdn.authentication_key)
+    source = CdnSource(cdn.domain, cdn.protocol, cdn.authentication_type, cdn.authentication_key)
     report = await _answer(buckets.show_cdn_info(
         access, body.region, body.bucket, source, body.prefix.keys if body.prefix else None,
         services.bucket_helpers,

@@ -7,14 +7,15 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from starlette.responses import JSONResponse
 
-from ferry.api import clouds
 from ferry.api.deps import ok
-from ferry.api.schemas import (
+from ferry.oms import (
     RegionInfo,
     ShowCloudTypeQuery,
     ShowCloudTypeResponse,
     ShowRegionInfoResp,
     ShowRegionInfoResponse,
+    cloud_types,
+    region_table,
 )
 
 router = APIRouter()
@@ -22,7 +23,7 @@ router = APIRouter()
 
 @router.get("/objectstorage/cloud-type", response_model=ShowCloudTypeResponse, summary="show_cloud_type")
 def show_cloud_type(query: Annotated[ShowCloudTypeQuery, Query()]) -> JSONResponse:
-    return ok(ShowCloudTypeResponse(list(clouds.cloud_types(query.type))))
+    return ok(ShowCloudTypeResponse(list(cloud_types(query.type))))
 
 
 @router.get("/objectstorage/data-center", response_model=ShowRegionInfoResponse, summary="show_region_info")
@@ -32,6 +33,6 @@ def show_region_info() -> JSONResponse:
             service_name=cloud.value,
             region_list=[RegionInfo(cloud_type=cloud.value, value=r.id, description=r.description) for r in regions],
         )
-        for cloud, regions in clouds.region_table()
+        for cloud, regions in region_table()
     ]
     return ok(ShowRegionInfoResponse(table))

@@ -7,7 +7,7 @@ from starlette.responses import JSONResponse
 
 from ferry.api.deps import CurrentPrincipal, Services, ok
 from ferry.api.routes.tasks import call, task_context
-from ferry.api.schemas import BatchUpdateTasksReq, EmptyResponse, TaskId, UpdateBandwidthPolicyReq
+from ferry.oms import BatchUpdateTasksReq, EmptyResponse, TaskId, UpdateBandwidthPolicyReq
 from ferry.service import tasks
 
 router = APIRouter()

@@ -26,9 +26,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
 from ferry.api.deps import CurrentPrincipal, Services, json_body, ok, public_base_url
-from ferry.api.errors import Codes, Messages, OmsError
 from ferry.api.routes.buckets import helper_answer
-from ferry.api.schemas import (
+from ferry.db.sync_repo import QueueFullError, SyncTaskRow, SyncTaskSpec
+from ferry.errors import NotFoundError
+from ferry.oms import (
+    Codes,
     CreateSyncTaskReq,
     CreateSyncTaskResponse,
     CryptoType,
@@ -38,6 +40,8 @@ from ferry.api.schemas import (
     ListSyncTasksResponse,
     ListSyncTaskStatisticQuery,
     ListSyncTaskStatisticResponse,
+    Messages,
+    OmsError,
     RequestModel,
     ResponseModel,
     ShowSyncTaskQuery,
@@ -50,8 +54,6 @@ from ferry.api.schemas import (
     SyncTaskId,
     SyncTaskInfo,
 )
-from ferry.db.sync_repo import QueueFullError, SyncTaskRow, SyncTaskSpec
-from ferry.errors import NotFoundError
 from ferry.service import sync
 from ferry.service.buckets import HelperError
 from ferry.service.quotas import RateLimitedError
@@ -60,12 +62,8 @@ router = APIRouter()
 # Mounted outside /v2/{project_id}: authenticated by the per-task notification token, not by a signature.
 public_router = APIRouter()
 
-# Not in the recovered OMS error table; the row before OMS.0078 is "the number of tasks you created exceeds
-# the limit", so the quota error takes that slot.
-QUOTA_CODE: Final = "OMS.0077"
-QUOTA_MESSAGE: Final = "The number of sync tasks exceeds the limit (5 per project). Delete one first."
-# Huawei's API gateway answers 429 APIG.0308 "The throttling threshold has been reached"; in our APIGW family.
-THROTTLED_CODE: Final = "APIGW.0308"
+QUOTA_MESSAGE: Final = (f"The number of sync tasks exceeds the limit ({sync.MAX_SYNC_TASKS} per project). "
+                         "Delete one first.")
 # How soon a notifier whose queue is full should try again: about what workers need to make room.
 QUEUE_FULL_RETRY: Final = 30
 NOTIFICATION_PATH: Final = "/v2/sync-notifications/{sync_task_id}"
@@ -136,7 +134,7 @@ async def create_sync_task(body: CreateSyncTaskReq, principal: CurrentPrincipal,
     try:
         task_id = await sync.create_sync_task(ctx, principal.project_id, spec, creds)
     except sync.QuotaExceededError:
-        raise OmsError(400, QUOTA_CODE, QUOTA_MESSAGE) from None
+        raise OmsError(400, Codes.QUOTA, QUOTA_MESSAGE) from None
     except HelperError as exc:
         raise helper_answer(exc) from None
     return ok(CreateSyncTaskResponse(sync_task_id=task_id))
@@ -148,7 +146,7 @@ def list_sync_tasks(
 ) -> JSONResponse:
     rows, count = sync.list_sync_tasks(
         ctx, principal.project_id, limit=query.limit, offset=query.offset,
-        status=query.status.value if query.status else None,
+        status=query.status,
     )
     return ok(ListSyncTasksResponse(tasks=[_info(r) for r in rows], count=count))
 
@@ -201,7 +199,7 @@ async def create_sync_events(
         await sync.create_sync_events(ctx, principal.project_id, sync_task_id, body.object_keys)
     except QueueFullError as exc:
         # A quota answer as OMS gives one (400 and the quota row's code): the SDK loses a 429's body.
-        raise OmsError(400, QUOTA_CODE, f"The pending sync events exceed the limit: {exc.message}.") from None
+        raise OmsError(400, Codes.QUOTA, f"The pending sync events exceed the limit: {exc.message}.") from None
     return ok(EmptyResponse())
 
 
@@ -212,7 +210,7 @@ def list_sync_task_statistic(
     ctx: Sync,
 ) -> JSONResponse:
     result = sync.list_sync_task_statistic(
-        ctx, principal.project_id, sync_task_id, [t.value for t in query.data_type], query.start_time,
+        ctx, principal.project_id, sync_task_id, query.data_type, query.start_time,
         query.end_time,
     )
     datas = [
@@ -267,10 +265,10 @@ async def _notification(call: Callable[..., sync.NotificationResult], *args: Any
     try:
         return _notified(await run_in_threadpool(call, *args))
     except QueueFullError as exc:
-        raise OmsError(429, QUOTA_CODE, f"The pending sync events exceed the limit: {exc.message}.",
+        raise OmsError(429, Codes.QUOTA, f"The pending sync events exceed the limit: {exc.message}.",
                        headers={"Retry-After": str(QUEUE_FULL_RETRY)}) from None
     except RateLimitedError as exc:
-        raise OmsError(429, THROTTLED_CODE, f"The throttling threshold has been reached: {exc.message}.",
+        raise OmsError(429, Codes.THROTTLED, f"The throttling threshold has been reached: {exc.message}.",
                        headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))}) from None
 
 

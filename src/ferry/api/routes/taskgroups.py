@@ -8,15 +8,17 @@ from fastapi import APIRouter, Query
 from starlette.responses import JSONResponse
 
 from ferry.api.deps import CurrentPrincipal, Services, ok
-from ferry.api.errors import Codes, Messages, OmsError
 from ferry.api.routes.tasks import call
-from ferry.api.schemas import (
+from ferry.oms import (
+    Codes,
     CreateTaskGroupReq,
     CreateTaskGroupResponse,
     EmptyResponse,
     GroupId,
     ListTaskGroupQuery,
     ListTaskGroupResponse,
+    Messages,
+    OmsError,
     RetryTaskGroupReq,
     ShowTaskGroupResponse,
     StartTaskGroupReq,

@@ -10,13 +10,15 @@ from fastapi import APIRouter, Query
 from starlette.responses import JSONResponse
 
 from ferry.api.deps import CurrentPrincipal, Services, ok
-from ferry.api.errors import Codes, Messages, OmsError
-from ferry.api.schemas import (
+from ferry.oms import (
+    Codes,
     CreateTaskReq,
     CreateTaskResponse,
     EmptyResponse,
     ListTasksQuery,
     ListTasksResponse,
+    Messages,
+    OmsError,
     ShowTaskResponse,
     StartTaskReq,
     TaskId,

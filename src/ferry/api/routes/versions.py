@@ -8,8 +8,16 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
 from ferry.api.deps import ok, public_base_url
-from ferry.api.errors import Codes, Messages, OmsError
-from ferry.api.schemas import Link, ListApiVersionsResponse, ShowApiInfoResponse, Version, VersionStatus
+from ferry.oms import (
+    Codes,
+    Link,
+    ListApiVersionsResponse,
+    Messages,
+    OmsError,
+    ShowApiInfoResponse,
+    Version,
+    VersionStatus,
+)
 
 router = APIRouter()
 
