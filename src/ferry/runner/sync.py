@@ -837,14 +837,6 @@ def _etags_differ(src: ObjectInfo, dst: ObjectInfo | None) -> bool:
     return bool(_MD5_ETAG.match(a) and _MD5_ETAG.match(b) and a != b)
 
 
-async def run_sync_workers(
-    engine: Engine, opener: BackendOpener, stop: asyncio.Event, *, settings: SyncSettings | None = None,
-    waker: SyncWaker | None = None,
-) -> None:
-    """Process every sync task's events and reconciliations until `stop` is set."""
-    await SyncWorkers(engine, opener, settings, waker=waker).run(stop)
-
-
 class SyncBackground:
     """The sync workers running in a thread of their own (their own event loop), as `ferry serve` uses them."""
 
@@ -888,14 +880,3 @@ class SyncBackground:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(stop.set)
         self._thread.join(timeout)
-
-
-def start_background(
-    engine: Engine, opener: BackendOpener, *, settings: SyncSettings | None = None, waker: SyncWaker | None = None,
-) -> SyncBackground:
-    """Start the sync workers in a background thread; `stop()` the handle on shutdown.
-
-    Pass the same `waker` to the API's SyncContext (as `wake=waker.notify`) so accepted events start at once.
-    """
-    workers = SyncWorkers(engine, opener, settings or SyncSettings.from_env(), waker=waker)
-    return SyncBackground(workers).start()

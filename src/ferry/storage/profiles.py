@@ -199,8 +199,3 @@ def get_profile(name: str) -> Profile:
     if key is None:
         raise UsageError(f"unknown S3 provider {name!r}; known: {', '.join(sorted(profiles))}")
     return profiles[key]
-
-
-def profile_names() -> list[str]:
-    """Canonical names of every profile."""
-    return sorted(_table()[0])
