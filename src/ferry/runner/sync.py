@@ -65,6 +65,7 @@ from ferry.errors import (
 from ferry.objects import ObjectInfo
 from ferry.runner import failed_lists
 from ferry.runner.local import TaskFailure, failure_for
+from ferry.runner.loop_thread import LoopThread
 from ferry.storage.base import Backend
 from ferry.storage.wrappers import RetryingBackend
 
@@ -837,46 +838,27 @@ def _etags_differ(src: ObjectInfo, dst: ObjectInfo | None) -> bool:
     return bool(_MD5_ETAG.match(a) and _MD5_ETAG.match(b) and a != b)
 
 
-class SyncBackground:
-    """The sync workers running in a thread of their own (their own event loop), as `ferry serve` uses them."""
+class SyncBackground(LoopThread):
+    """The sync workers running in a thread of their own (their own event loop), as `ferry serve` uses them.
+
+    Stopping does not cancel them: they finish in-flight keys and record them, and `stop()` waits for that.
+    """
+
+    thread_name = "ferry-sync"
 
     def __init__(self, workers: SyncWorkers) -> None:
+        super().__init__()
         self.workers = workers
         self.waker = workers.waker
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, name="ferry-sync", daemon=True)
 
-    def _main(self) -> None:
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            self._ready.set()
-            await self.workers.run(self._stop)
+    def notify(self) -> None:
+        self.waker.notify()
 
-        try:
-            asyncio.run(main())
-        except BaseException as exc:
-            self._error = exc
-            log.exception("sync workers stopped with an error")
-        finally:
-            self._ready.set()
+    async def run(self) -> None:
+        self._stop = stop = asyncio.Event()
+        await self.workers.run(stop)
 
-    def start(self) -> SyncBackground:
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Ask the workers to finish in-flight keys and record them, and wait for that."""
-        loop, stop = self._loop, self._stop
-        if loop is not None and stop is not None:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(stop.set)
-        self._thread.join(timeout)
+    def _request_stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
