@@ -112,8 +112,3 @@ class AccessError(FatalError):
 
 class ListingOrderError(FatalError):
     code = "FERRY.0501"
-
-
-def is_retryable(exc: BaseException) -> bool:
-    """True for failures worth another attempt (transient, or a source that changed under us)."""
-    return isinstance(exc, TransientError | SourceChangedError)

@@ -1,4 +1,4 @@
-"""Secrets at rest: AES-GCM under a master key (FERRY_MASTER_KEY or a 0600 key file), plus redaction."""
+"""Secrets at rest: AES-GCM under a master key (FERRY_MASTER_KEY or a 0600 key file), and a masking Secret type."""
 
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ import os
 import stat
 import tempfile
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn, final
-from urllib.parse import quote
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -121,24 +120,6 @@ class Secret:
 def reveal(value: str | Secret) -> str:
     """The clear text of a value that may or may not be wrapped."""
     return value.reveal() if isinstance(value, Secret) else value
-
-
-def redact(text: str, secrets: Iterable[str | Secret | None]) -> str:
-    """Replace every occurrence of each secret (raw or percent-encoded) in `text` with a mask."""
-    needles: set[str] = set()
-    for item in secrets:
-        if item is None:
-            continue
-        raw = reveal(item)
-        if not raw:
-            continue
-        needles.add(raw)
-        # Secrets also leak through URLs and query strings, where they appear percent-encoded.
-        needles.add(quote(raw, safe=""))
-    # Longest first, so a secret that contains another is masked whole.
-    for needle in sorted(needles, key=len, reverse=True):
-        text = text.replace(needle, MASK)
-    return text
 
 
 def parse_master_key(raw: str) -> bytes:
@@ -264,9 +245,6 @@ class SecretBox:
             return self._aead.decrypt(nonce, sealed, _AAD).decode("utf-8")
         except (InvalidTag, UnicodeDecodeError):
             raise SecretDecryptError("secret token failed authentication (corrupted or tampered)") from None
-
-    def decrypt_secret(self, token: str) -> Secret:
-        return Secret(self.decrypt(token))
 
     def seal(self, values: Mapping[str, str | Secret | None]) -> str:
         """One token of the non-empty fields of `values` (a task's keys); Secret values are revealed only into the

@@ -22,7 +22,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ferry.storage import splice
-from ferry.storage.http1 import Http1Pool, HttpConnectError, HttpError, HttpTimeout, StreamBody, pass_splice
+from ferry.storage.http1 import (
+    Http1Pool,
+    HttpConnectError,
+    HttpError,
+    HttpTimeout,
+    StreamBody,
+    pass_splice,
+    split_url,
+)
 
 # Every test on both loops: the CLI runs on uvloop, the API server on asyncio's own.
 pytestmark = pytest.mark.both_loops
@@ -350,8 +358,8 @@ async def test_connections_are_bounded_by_the_limit(serve: Callable[[Handler], A
         await p.request("GET", "/k", "h", {})
 
 
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key, as PEM files."""
+def _self_signed(tmp: Path, dns_name: str | None = None) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (or for `dns_name`) and its key, as PEM files."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ferry test")])
     now = dt.datetime.now(dt.UTC)
@@ -359,8 +367,9 @@ def _self_signed(tmp: Path) -> tuple[Path, Path]:
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                       critical=False)
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName(dns_name)] if dns_name else [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
@@ -370,6 +379,53 @@ def _self_signed(tmp: Path) -> tuple[Path, Path]:
                                            serialization.NoEncryption()))
     return cert_path, key_path
 
+
+async def test_a_pool_connects_only_to_the_given_addresses_in_the_hosts_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The name does not resolve anywhere: the pool must reach the server by the checked address alone, and
+    # still say the name to TLS (SNI, certificate check) and in Host.
+    name = "cdn.pinned.invalid"
+    cert, key = _self_signed(tmp_path, name)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    sni: list[str | None] = []
+    server_ctx.sni_callback = lambda _sock, server_name, _ctx: sni.append(server_name)  # type: ignore[assignment, misc]
+    hosts: list[str] = []
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (request := await _read_request(reader)) is not None:
+            hosts.append(request.headers["host"])
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    lookup = loop.getaddrinfo
+
+    async def numeric_only(host: str, *args: object, **kwargs: object) -> object:
+        assert host != name, "the pinned name was looked up"
+        return await lookup(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "getaddrinfo", numeric_only)
+    trust = ssl.create_default_context(cafile=cert)
+    url = split_url(f"https://{name.upper()}:{port}/a b/ü?q=1 2")
+    assert (url.host, url.port, url.host_header, url.target) == (
+        name, port, f"{name}:{port}", "/a%20b/%C3%BC?q=1%202")
+    try:
+        # 127.0.0.2 is loopback too but nobody listens there: refused, the next address is tried.
+        pinned = Http1Pool("https", url.host, url.port, ssl_context=trust, addresses=("127.0.0.2", "127.0.0.1"))
+        assert (await pinned.request("GET", url.target, url.host_header, {})).body == b"ok"
+        await pinned.close()
+        assert hosts == [f"{name}:{port}"] and sni == [name]
+        monkeypatch.undo()
+        unpinned = Http1Pool("https", url.host, url.port, ssl_context=trust)
+        with pytest.raises(HttpConnectError):
+            await unpinned.request("GET", url.target, url.host_header, {})  # looked up: no such name
+        await unpinned.close()
+    finally:
+        server.close()
 
 async def test_https_verifies_the_certificate(tmp_path: Path) -> None:
     cert, key = _self_signed(tmp_path)

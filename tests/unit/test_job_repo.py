@@ -69,7 +69,7 @@ def test_jobs_are_created_found_and_updated(repo: JobRepo) -> None:
     repo.set_status("job-1", "stopped")
     assert _job_column(repo, "job-1", "error") is None and repo.find_resumable("fp") == repo.get("job-1")
 
-    repo.set_watermark("job-1", "k/050%")
+    repo.record("job-1", [], watermark="k/050%")
     got = repo.get("job-1")
     assert got is not None and got.watermark == "k/050%"
 

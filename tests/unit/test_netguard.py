@@ -10,10 +10,9 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-import aiohttp
 import pytest
 
-from ferry.storage import netguard
+from ferry.storage.http1 import Http1Pool
 from ferry.storage.netguard import HostLookupError, PinnedResolver, UnsafeHost, is_public_address, is_public_host
 
 
@@ -81,25 +80,21 @@ async def test_names_are_resolved_and_every_address_checked() -> None:
         with pytest.raises(UnsafeHost):
             await resolver.pin(name, 80)
     public = await resolver.pin("8.8.8.8", 53)  # a literal: no lookup goes out
-    assert [(r["host"], r["port"]) for r in public.addresses] == [("8.8.8.8", 53)]
+    assert [(r.host, r.port) for r in public.addresses] == [("8.8.8.8", 53)] and public.hosts == ("8.8.8.8",)
 
 
 async def test_the_operator_may_trust_a_host_which_is_then_pinned(monkeypatch: pytest.MonkeyPatch) -> None:
     resolver = PinnedResolver()
     pinned = await resolver.pin("LocalHost", 8080, trusted=True)
-    assert {r["host"] for r in pinned.addresses} <= {"127.0.0.1", "::1"}
+    assert {r.host for r in pinned.addresses} <= {"127.0.0.1", "::1"}
 
     async def no_second_lookup(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the pinned host was looked up again")
 
     monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", no_second_lookup)
-    again = await resolver.resolve("localhost", 8080, socket.AF_UNSPEC)
-    assert again == list(pinned.addresses)
     assert await resolver.pin("localhost", 8080, trusted=True) == pinned
-    with pytest.raises(OSError):
-        await resolver.resolve("example.com", 80)  # never pinned: the connector gets no address
-    with pytest.raises(OSError):
-        await resolver.resolve("localhost", 9090)  # pinned for another port only
+    with pytest.raises(AssertionError):
+        await resolver.pin("localhost", 9090, trusted=True)  # pinned for another port only: a lookup of its own
 
 
 async def test_a_failed_lookup_of_a_trusted_host_is_not_a_refusal() -> None:
@@ -128,12 +123,16 @@ def local_http() -> Iterator[int]:
         server.server_close()
 
 
-async def test_a_session_connects_only_to_pinned_addresses(local_http: int) -> None:
-    resolver = PinnedResolver()
-    await resolver.pin("localhost", local_http, trusted=True)
-    async with aiohttp.ClientSession(connector=netguard.pinned_connector(resolver), trust_env=False) as session:
-        async with session.get(f"http://localhost:{local_http}/") as resp:
-            assert await resp.read() == b"hello"
-        with pytest.raises(aiohttp.ClientConnectorError):
-            # Not pinned: the connector has no address for it, and does no lookup of its own.
-            await session.get(f"http://{_loopback_name() or 'not-pinned.invalid'}:{local_http}/")
+async def test_a_pool_connects_only_to_pinned_addresses(local_http: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    pinned = await PinnedResolver().pin("localhost", local_http, trusted=True)
+
+    async def no_lookup(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the pool looked the host up again")
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", no_lookup)
+    # The server listens on 127.0.0.1 only: a pinned ::1 (if localhost has it) is refused, the next tried.
+    pool = Http1Pool("http", "localhost", local_http, addresses=pinned.hosts)
+    try:
+        assert (await pool.request("GET", "/", f"localhost:{local_http}", {})).body == b"hello"
+    finally:
+        await pool.close()

@@ -86,10 +86,6 @@ class JobRepo:
         with self.db.begin() as tx:
             tx.execute(f"UPDATE jobs SET {assignments} WHERE id = :job_id", {**values, "job_id": job_id})
 
-    def set_watermark(self, job_id: str, watermark: str) -> None:
-        with self.db.begin() as tx:
-            tx.execute(_WATERMARK, {"job_id": job_id, "watermark": watermark})
-
     def record(self, job_id: str, results: Sequence[ObjectResult], watermark: str | None = None) -> None:
         """Write a batch of results (and the new listing watermark) in one transaction."""
         now = time.time()

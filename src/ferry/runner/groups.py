@@ -19,10 +19,8 @@ last line taken as the checkpoint.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -49,6 +47,7 @@ from ferry.db.group_repo import (
 from ferry.db.task_repo import owner_id
 from ferry.errors import FatalError, FerryError, NotFoundError, UsageError
 from ferry.objects import ObjectMeta
+from ferry.runner.loop_thread import LoopThread
 from ferry.runner.migration import failure_for, open_store
 from ferry.runner.notices import EndNotifier, RunEnd
 from ferry.storage.base import Backend, ListOrder, ranged_lines
@@ -166,72 +165,27 @@ class _Chunk:
     text_bytes: int = 0
 
 
-class GroupRunner:
+class GroupRunner(LoopThread):
     """Runs task-group splits and settles group statuses in this process (see the module docstring)."""
 
+    thread_name = "ferry-groups"
+
     def __init__(self, ports: GroupPorts, settings: GroupRunnerSettings | None = None) -> None:
+        super().__init__()
         self.ports = ports
         self.settings = settings or GroupRunnerSettings()
         self.repo = GroupRepo(ports.engine)
         self.owner = owner_id()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
-        self._main: asyncio.Task[None] | None = None
-        self._active: dict[str, asyncio.Task[None]] = {}
-        self._ready = threading.Event()
 
     def __repr__(self) -> str:
         return f"GroupRunner(owner={self.owner!r})"
 
-    # -- control, from any thread ------------------------------------------------------------------------
-
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._thread = threading.Thread(target=self._thread_main, name="ferry-groups", daemon=True)
-        self._thread.start()
-        self._ready.wait(10)
-
-    def notify(self) -> None:
-        """Wake the runner (a group was created, started, stopped, retried or deleted)."""
-        loop, wake = self._loop, self._wake
-        if loop is not None and wake is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(wake.set)
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Cancel every split (each keeps its checkpoint and is resumed by the next runner) and end the thread."""
-        loop, main = self._loop, self._main
-        if loop is not None and main is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(main.cancel)
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _thread_main(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._run_main())
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
-    async def _run_main(self) -> None:
-        self._wake = asyncio.Event()
-        self._main = asyncio.current_task()
-        self._ready.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.run()
-
-    # -- the loop ----------------------------------------------------------------------------------------
+    # start(), notify() (a group was created, started, stopped, retried or deleted) and stop() come from
+    # LoopThread; stopping cancels every split, and each keeps its checkpoint for the next runner.
 
     async def run(self) -> None:
         """Claim splits and settle groups until cancelled; on cancellation every split is released."""
-        wake = self._wake or asyncio.Event()
-        self._wake = wake
+        wake = self._wake_event()
         try:
             while True:
                 wake.clear()
@@ -244,27 +198,14 @@ class GroupRunner:
                         log.exception("claiming task groups failed")
                         claimed = []
                     for row in claimed:
-                        run = asyncio.create_task(self._split_guarded(row), name=f"group-{row.id}")
-                        self._active[row.id] = run
-                        run.add_done_callback(self._finished_callback(row.id))
+                        self._spawn(row.id, self._split_guarded(row), f"group-{row.id}")
                 try:
                     await self.settle()
                 except Exception:
                     log.exception("settling task groups failed")
                 await wait_event(wake, self.settings.poll_interval)
         finally:
-            runs = list(self._active.values())
-            for run in runs:
-                run.cancel()
-            await asyncio.gather(*runs, return_exceptions=True)
-
-    def _finished_callback(self, group_id: str) -> Callable[[asyncio.Task[None]], None]:
-        def done(_run: asyncio.Task[None]) -> None:
-            self._active.pop(group_id, None)
-            if self._wake is not None:
-                self._wake.set()
-
-        return done
+            await self._cancel_active()
 
     # -- settling statuses ---------------------------------------------------------------------------------
 

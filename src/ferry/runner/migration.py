@@ -12,13 +12,11 @@ it finished, the job keeps its checkpoint, and the next start resumes it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -47,6 +45,7 @@ from ferry.engine.progress import Counters
 from ferry.errors import AccessError, FatalError, FerryError, NotFoundError, SourceChangedError
 from ferry.oms import COUNT_PROGRESS, LIST_FILE_MAX_BYTES, LIST_FILE_MAX_LINE
 from ferry.runner import failed_lists
+from ferry.runner.loop_thread import LoopThread
 from ferry.runner.notices import EndNotifier, RunEnd
 from ferry.settings import records_dir
 from ferry.storage.base import Backend, LineTooLong, ListOrder, ranged_lines
@@ -293,11 +292,14 @@ def _tally_values(t: Tally) -> dict[str, Any]:
     }
 
 
-class LocalRunner:
+class LocalRunner(LoopThread):
     """Runs migration tasks in this process (see the module docstring)."""
+
+    thread_name = "ferry-runner"
 
     def __init__(self, engine: Engine, box: SecretBox, data_dir: Path, settings: RunnerSettings | None = None, *,
                  publish_end: EndNotifier) -> None:
+        super().__init__()
         self.settings = settings or RunnerSettings()
         self.tasks = TaskRepo(engine)
         self.jobs = JobRepo(engine)
@@ -305,64 +307,16 @@ class LocalRunner:
         self.data_dir = data_dir
         self.publish_end = publish_end
         self.owner = owner_id()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
-        self._main: asyncio.Task[None] | None = None
-        self._active: dict[int, asyncio.Task[None]] = {}
-        self._ready = threading.Event()
 
     def __repr__(self) -> str:
         return f"LocalRunner(owner={self.owner!r})"
 
-    # -- control, from any thread ------------------------------------------------------------------------
-
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._thread = threading.Thread(target=self._thread_main, name="ferry-runner", daemon=True)
-        self._thread.start()
-        self._ready.wait(10)
-
-    def notify(self) -> None:
-        """Wake the runner (a task was created, started or stopped)."""
-        loop, wake = self._loop, self._wake
-        if loop is not None and wake is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(wake.set)
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Cancel every run (each leaves its task resumable and unleased) and end the thread."""
-        loop, main = self._loop, self._main
-        if loop is not None and main is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(main.cancel)
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _thread_main(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._run_main())
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
-    async def _run_main(self) -> None:
-        self._wake = asyncio.Event()
-        self._main = asyncio.current_task()
-        self._ready.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.run()
-
-    # -- the loop ----------------------------------------------------------------------------------------
+    # start(), notify() (a task was created, started or stopped) and stop() come from LoopThread; stopping
+    # cancels every run, and each leaves its task resumable and unleased.
 
     async def run(self) -> None:
         """Claim and run tasks until cancelled; on cancellation every run is stopped and released."""
-        wake = self._wake or asyncio.Event()
-        self._wake = wake
+        wake = self._wake_event()
         next_expiry = 0.0
         try:
             while True:
@@ -379,15 +333,10 @@ class LocalRunner:
                         log.exception("claiming tasks failed")
                         claimed = []
                     for row in claimed:
-                        run = asyncio.create_task(self._execute(row), name=f"task-{row.id}")
-                        self._active[row.id] = run
-                        run.add_done_callback(self._finished_callback(row.id))
+                        self._spawn(row.id, self._execute(row), f"task-{row.id}")
                 await wait_event(wake, self.settings.poll_interval)
         finally:
-            runs = list(self._active.values())
-            for run in runs:
-                run.cancel()
-            await asyncio.gather(*runs, return_exceptions=True)
+            await self._cancel_active()
 
     async def _expire_waiting(self) -> None:
         now = time.time()
@@ -401,14 +350,6 @@ class LocalRunner:
         for task_id in ids:
             log.info("task %d: failed TRF.0003 (waited longer than %.0f s)", task_id, self.settings.max_wait)
             await asyncio.to_thread(self._notify, task_id)
-
-    def _finished_callback(self, task_id: int) -> Callable[[asyncio.Task[None]], None]:
-        def done(_run: asyncio.Task[None]) -> None:
-            self._active.pop(task_id, None)
-            if self._wake is not None:
-                self._wake.set()  # a slot is free
-
-        return done
 
     async def _execute(self, row: TaskRow) -> None:
         s = self.settings

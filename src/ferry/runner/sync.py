@@ -64,6 +64,7 @@ from ferry.errors import (
 )
 from ferry.objects import ObjectInfo
 from ferry.runner import failed_lists
+from ferry.runner.loop_thread import LoopThread
 from ferry.runner.migration import TaskFailure, failure_for
 from ferry.storage.base import Backend
 from ferry.storage.wrappers import RetryingBackend
@@ -837,65 +838,27 @@ def _etags_differ(src: ObjectInfo, dst: ObjectInfo | None) -> bool:
     return bool(_MD5_ETAG.match(a) and _MD5_ETAG.match(b) and a != b)
 
 
-async def run_sync_workers(
-    engine: Engine, opener: BackendOpener, stop: asyncio.Event, *, settings: SyncSettings | None = None,
-    waker: SyncWaker | None = None,
-) -> None:
-    """Process every sync task's events and reconciliations until `stop` is set."""
-    await SyncWorkers(engine, opener, settings, waker=waker).run(stop)
+class SyncBackground(LoopThread):
+    """The sync workers running in a thread of their own (their own event loop), as `ferry serve` uses them.
 
+    Stopping does not cancel them: they finish in-flight keys and record them, and `stop()` waits for that.
+    """
 
-class SyncBackground:
-    """The sync workers running in a thread of their own (their own event loop), as `ferry serve` uses them."""
+    thread_name = "ferry-sync"
 
     def __init__(self, workers: SyncWorkers) -> None:
+        super().__init__()
         self.workers = workers
         self.waker = workers.waker
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, name="ferry-sync", daemon=True)
 
-    def _main(self) -> None:
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            self._ready.set()
-            await self.workers.run(self._stop)
+    def notify(self) -> None:
+        self.waker.notify()
 
-        try:
-            asyncio.run(main())
-        except BaseException as exc:
-            self._error = exc
-            log.exception("sync workers stopped with an error")
-        finally:
-            self._ready.set()
+    async def run(self) -> None:
+        self._stop = stop = asyncio.Event()
+        await self.workers.run(stop)
 
-    def start(self) -> SyncBackground:
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Ask the workers to finish in-flight keys and record them, and wait for that."""
-        loop, stop = self._loop, self._stop
-        if loop is not None and stop is not None:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(stop.set)
-        self._thread.join(timeout)
-
-
-def start_background(
-    engine: Engine, opener: BackendOpener, *, settings: SyncSettings | None = None, waker: SyncWaker | None = None,
-) -> SyncBackground:
-    """Start the sync workers in a background thread; `stop()` the handle on shutdown.
-
-    Pass the same `waker` to the API's SyncContext (as `wake=waker.notify`) so accepted events start at once.
-    """
-    workers = SyncWorkers(engine, opener, settings or SyncSettings.from_env(), waker=waker)
-    return SyncBackground(workers).start()
+    def _request_stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()

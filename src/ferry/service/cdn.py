@@ -1,26 +1,25 @@
 """Probing objects through a CDN domain (show_cdn_info) without letting a caller reach internal hosts.
 
 A caller names the CDN domain, so it is an SSRF vector: the domain is resolved once, every address must
-be public, and the HTTP client connects only to those pinned addresses (`storage.netguard`: no second lookup
-that DNS rebinding could turn to 127.0.0.1), never follows redirects and ignores proxy settings. A domain that
-does not resolve is refused with the same answer as an internal one, so the answers tell nothing about
-internal names. The operator may allow non-public CDN hosts (a CDN inside a private network, or a test
-server) with `FERRY_CDN_ALLOWED_HOSTS`: a comma-separated list of `host` or `host:port` entries, e.g.
-`FERRY_CDN_ALLOWED_HOSTS=127.0.0.1:8080,cdn.corp.internal`.
+be public, and the HTTP client (`storage.http1`) connects only to those pinned addresses (`storage.netguard`:
+no second lookup that DNS rebinding could turn to 127.0.0.1), never follows redirects and ignores proxy
+settings. A domain that does not resolve is refused with the same answer as an internal one, so the answers
+tell nothing about internal names. The operator may allow non-public CDN hosts (a CDN inside a private
+network, or a test server) with `FERRY_CDN_ALLOWED_HOSTS`: a comma-separated list of `host` or `host:port`
+entries, e.g. `FERRY_CDN_ALLOWED_HOSTS=127.0.0.1:8080,cdn.corp.internal`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import quote, urlsplit
 
-import aiohttp
-import yarl
-
-from ferry.storage.netguard import REFUSED, HostLookupError, PinnedResolver, UnsafeHost, pinned_connector
+from ferry.storage.http1 import Http1Pool, HttpError, HttpResponse, split_url
+from ferry.storage.netguard import REFUSED, HostLookupError, PinnedResolver, UnsafeHost
 
 ALLOWED_HOSTS_ENV: Final = "FERRY_CDN_ALLOWED_HOSTS"
 _BAD_DOMAIN_CHARS: Final = frozenset("/\\@?#%")
@@ -95,7 +94,7 @@ class CdnClient:
         self._host = host
         self._port = port or (443 if protocol == "https" else 80)
         self._timeout = timeout
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: Http1Pool | None = None
         self.names: tuple[str, ...] = (host,)
 
     async def connect(self, allowed: frozenset[str]) -> bool:
@@ -106,48 +105,50 @@ class CdnClient:
         for both, so that it does not tell whether an internal name exists.
         """
         trusted = self._host in allowed or f"{self._host}:{self._port}" in allowed
-        resolver = PinnedResolver()
-        # The host string the connector will ask for (yarl lower-cases and IDNA-encodes it).
-        host = yarl.URL(self._base).raw_host or self._host
         try:
-            pinned = await resolver.pin(host, self._port, trusted=trusted)
-        except UnsafeHost:
+            origin = split_url(self._base)
+            pinned = await PinnedResolver().pin(origin.host, origin.port, trusted=trusted)
+        except (UnsafeHost, UnicodeError):
             raise CdnDomainError(f"source_cdn.domain is {REFUSED} (an operator can allow a private CDN host)"
                                  ) from None
         except HostLookupError:
             return False
         if pinned.canonical:
             self.names = (self._host, pinned.canonical)
-        self._session = aiohttp.ClientSession(
-            connector=pinned_connector(resolver, limit=8), trust_env=False, auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            timeout=aiohttp.ClientTimeout(total=self._timeout, sock_connect=min(10.0, self._timeout)),
-            headers={"User-Agent": "ferry-cdn-check"},
-        )
+        self._pool = Http1Pool(origin.scheme, origin.host, origin.port, limit=8, addresses=pinned.hosts,
+                               connect_timeout=min(10.0, self._timeout), read_timeout=self._timeout,
+                               user_agent="ferry-cdn-check")
         return True
 
     def url(self, key: str) -> str:
         return f"{self._base}/{quote(key, safe='/~')}" + (f"?{self._query}" if self._query else "")
 
     async def probe(self, key: str) -> Probe:
-        if self._session is None:
+        if self._pool is None:
             return Probe(False, None)
-        url = self.url(key)
         try:
-            async with self._session.head(url, allow_redirects=False) as resp:
-                status, etag = resp.status, resp.headers.get("ETag")
-            if status in (405, 501):
+            resp = await self._ask(self._pool, "HEAD", key)
+            if resp.status in (405, 501):
                 # Some CDNs refuse HEAD; one byte of a GET proves the same.
-                async with self._session.get(url, allow_redirects=False, headers={"Range": "bytes=0-0"}) as resp:
-                    status, etag = resp.status, resp.headers.get("ETag")
-        except (aiohttp.ClientError, TimeoutError, OSError):
+                resp = await self._ask(self._pool, "GET", key)
+        except (HttpError, TimeoutError, OSError, ValueError):
             return Probe(False, None)
-        return Probe(status in (200, 206), etag)
+        return Probe(resp.status in (200, 206), resp.headers.get("ETag"))
+
+    async def _ask(self, pool: Http1Pool, method: str, key: str) -> HttpResponse:
+        url = split_url(self.url(key))
+        async with asyncio.timeout(self._timeout):
+            if method == "HEAD":
+                return await pool.request("HEAD", url.target, url.host_header, {})
+            # The body is never read: a CDN that ignores the range must not send us the whole object.
+            answer = await pool.stream("GET", url.target, url.host_header, {"Range": "bytes=0-0"})
+            await answer.body.aclose()
+            return HttpResponse(answer.status, answer.headers, b"")
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
 
 def etags_match(a: str | None, b: str | None) -> bool:

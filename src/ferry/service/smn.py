@@ -13,13 +13,12 @@ stored before that check existed cannot publish across projects either.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
 import os
 import re
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -30,19 +29,11 @@ from ferry.oms import Codes
 from ferry.runner.notices import RunEnd
 from ferry.sdk_hmac import signed_headers
 from ferry.service.endpoints import is_public_host, load_overrides
+from ferry.storage.http1 import Http1Pool, HttpError, HttpResponse, Url, split_url
 
 log = logging.getLogger(__name__)
 
 _URN = re.compile(r"^urn:smn:([a-z0-9][a-z0-9-]{0,63}):([0-9a-f]{32}):([A-Za-z0-9][A-Za-z0-9_-]{0,255})$")
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    # A redirect could lead the publish (and its signature) to an address the endpoint table never allowed.
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-_OPENER = urllib.request.build_opener(_NoRedirect)
 NOT_CONFIGURED = "FERRY.SMN_NOT_CONFIGURED"
 UNREACHABLE = "FERRY.SMN_UNREACHABLE"
 # OMS's code for an SMN topic it will not use; what a publish that never went out reports for a bad topic.
@@ -168,21 +159,21 @@ def notify(config: dict[str, Any], values: dict[str, str], *, project_id: str, s
         return Outcome(False, Codes.SMN_TOPIC)
     path = f"/v2/{topic.project_id}/notifications/topics/{quote(topic.urn, safe='')}/publish"
     body = json.dumps(publish_body(config, values), ensure_ascii=False).encode("utf-8")
-    parts = urlsplit(base)
-    headers = signed_headers(settings.access_key, settings.secret_key, "POST", parts.netloc, path, "", body, {
-        "content-type": "application/json;charset=utf-8", "x-project-id": topic.project_id})
-    request = urllib.request.Request(base.rstrip("/") + path, data=body, method="POST", headers=headers)
     try:
-        with _OPENER.open(request, timeout=settings.timeout) as resp:
-            resp.read()
-        return Outcome(True)
-    except urllib.error.HTTPError as exc:
-        code = _error_code(exc)
-        log.warning("SMN publish to topic %s refused: HTTP %d %s", topic.name, exc.code, code)
-        return Outcome(False, code)
-    except (OSError, ValueError) as exc:
+        url = split_url(base.rstrip("/") + path)
+        # Blocking, as the runners call it from a worker thread: one short-lived loop and connection.
+        resp = asyncio.run(_publish(url, path, body, topic.project_id, settings.access_key, settings.secret_key,
+                                    settings.timeout))
+    except (HttpError, OSError, ValueError) as exc:
         log.warning("SMN publish to topic %s failed: %s", topic.name, type(exc).__name__)
         return Outcome(False, UNREACHABLE)
+    if 200 <= resp.status < 300:
+        return Outcome(True)
+    # A redirect is not followed: it could lead the publish (and its signature) where the endpoint table
+    # never allowed.
+    code = _error_code(resp)
+    log.warning("SMN publish to topic %s refused: HTTP %d %s", topic.name, resp.status, code)
+    return Outcome(False, code)
 
 
 def publish_end(end: RunEnd) -> dict[str, Any]:
@@ -197,15 +188,27 @@ def publish_end(end: RunEnd) -> dict[str, Any]:
     return outcome.to_json()
 
 
-def _error_code(exc: urllib.error.HTTPError) -> str:
+async def _publish(url: Url, path: str, body: bytes, project_id: str, access_key: str, secret_key: str,
+                   timeout: float) -> HttpResponse:
+    headers = signed_headers(access_key, secret_key, "POST", url.host_header, path, "", body, {
+        "content-type": "application/json;charset=utf-8", "x-project-id": project_id})
+    del headers["host"]  # the pool sends it
+    pool = Http1Pool(url.scheme, url.host, url.port, limit=1, connect_timeout=timeout, read_timeout=timeout)
     try:
-        data = json.loads(exc.read(4096) or b"{}")
-    except (OSError, ValueError):
+        return await pool.request("POST", url.target, url.host_header, headers, body)
+    finally:
+        await pool.close()
+
+
+def _error_code(resp: HttpResponse) -> str:
+    try:
+        data = json.loads(resp.body[:4096] or b"{}")
+    except ValueError:
         data = {}
     code = data.get("error_code") if isinstance(data, dict) else None
     if isinstance(code, str) and re.fullmatch(r"[A-Za-z0-9._-]{1,32}", code):
         return code
-    return f"FERRY.SMN_HTTP_{exc.code}"
+    return f"FERRY.SMN_HTTP_{resp.status}"
 
 
 def _size(n: int) -> str:

@@ -656,10 +656,6 @@ class SyncProcess:
             with contextlib.suppress(OSError):
                 sock.sendto(b"", addr)
 
-    @property
-    def alive(self) -> bool:
-        return self._proc is not None and self._proc.is_alive()
-
     def stop(self, timeout: float = 30.0) -> None:
         proc = self._proc
         if proc is not None and proc.is_alive():

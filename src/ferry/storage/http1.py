@@ -1,4 +1,4 @@
-"""Lean HTTP/1.1 client for the S3 backend: a keep-alive connection pool, bodies whole or streamed.
+"""Lean HTTP/1.1 client, Ferry's one HTTP client: a keep-alive connection pool, bodies whole or streamed.
 
 Why not aiohttp here: copying small objects is CPU-bound on the copier's one event loop, and aiohttp's
 general-purpose request machinery (request and response objects, stream readers, tracing, cookie and
@@ -11,6 +11,11 @@ This module does exactly that, on an asyncio.Protocol, and frames responses as R
 A streamed answer over plain TCP can also be moved straight into a streamed request over plain TCP inside
 the kernel (`splice_source`, `storage/splice.py`), when whoever sits between them passes its bytes through
 untouched.
+
+The other outbound calls (URL-list sources, CDN probes, SMN publishes) use it too: it follows no redirect,
+reads no proxy setting, keeps no cookie and decompresses nothing, which is what a client reaching hosts a
+caller chose needs; and it can connect to addresses checked beforehand (`addresses`, see
+`storage/netguard.py`) while the host's name still goes in Host, SNI and the certificate check.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ import re
 import socket
 import ssl
 import weakref
-from collections.abc import AsyncGenerator, Callable, Mapping
-from typing import NamedTuple, cast
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from typing import Final, NamedTuple, cast
+from urllib.parse import quote, urlsplit
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -44,6 +50,41 @@ _DIGITS = re.compile(r"[0-9]{1,18}")
 _CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,15}")
 _UNTIL_CLOSE = -1
 _CHUNKED = -2
+
+
+# What may stay as it is in a request target: RFC 3986's reserved and unreserved characters and existing
+# %-escapes; anything else (a space, non-ASCII text, a line break) is percent-encoded as a browser would.
+_TARGET_SAFE: Final = "!#$%&'()*+,/:;=?@[]~"
+
+
+class Url(NamedTuple):
+    """An http(s) URL as a pool and a request need it."""
+
+    scheme: str
+    host: str  # lower-case and IDNA-encoded: what is looked up, and the name given to TLS
+    port: int
+    host_header: str  # the Host header: the host, bracketed if IPv6, with the port unless it is the default
+    target: str  # the path and query, percent-encoded where RFC 3986 requires it
+
+
+def split_url(url: str) -> Url:
+    """ValueError for a scheme other than http(s), no host, or a port that is not a number from 1 to 65535;
+    UnicodeError for a host name IDNA cannot encode."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not an http(s) URL with a host")
+    port = parts.port  # ValueError when out of range or not a number
+    if port == 0:
+        raise ValueError("port 0")
+    default = 443 if parts.scheme == "https" else 80
+    host = parts.hostname
+    if not host.isascii():
+        host = host.encode("idna").decode("ascii")
+    shown = f"[{host}]" if ":" in host else host
+    target = quote(parts.path or "/", safe=_TARGET_SAFE)
+    if parts.query:
+        target += "?" + quote(parts.query, safe=_TARGET_SAFE)
+    return Url(parts.scheme, host, port or default, shown if port in (None, default) else f"{shown}:{port}", target)
 
 
 class HttpResponse(NamedTuple):
@@ -730,17 +771,21 @@ class Http1Pool:
     `request` sends one request and returns the whole answer; `stream` hands a body over as it arrives.
     A request on a reused connection that the server closed before answering (it timed the idle
     connection out) is sent again on a new connection, when its method is idempotent.
+
+    With `addresses` (numeric hosts, checked beforehand) the pool connects only to those, in order until one
+    answers, and never looks `host` up; `host` still names the server to TLS (SNI, certificate check).
     """
 
     def __init__(
         self, scheme: str, host: str, port: int, *, limit: int = 256, connect_timeout: float = 10.0,
         read_timeout: float = 120.0, keepalive: float = 10.0, user_agent: str = "ferry",
-        ssl_context: ssl.SSLContext | None = None,
+        ssl_context: ssl.SSLContext | None = None, addresses: Sequence[str] = (),
     ) -> None:
         if scheme not in ("http", "https"):
             raise ValueError(f"unsupported scheme {scheme!r}")
         self._host = host
         self._port = port
+        self._addresses = tuple(addresses)
         self._ssl: ssl.SSLContext | None = None
         if scheme == "https":
             self._ssl = ssl_context or ssl.create_default_context()
@@ -851,11 +896,27 @@ class Http1Pool:
             if not conn.closed and now - conn.last_used < self._keepalive:
                 return conn
             conn.abort()
+        if not self._addresses:
+            return await self._connect(loop, self._host, 0)
+        failure: HttpError | None = None
+        for address in self._addresses:
+            try:
+                return await self._connect(loop, address, socket.AI_NUMERICHOST)
+            except HttpConnectError as e:
+                if e.certificate:
+                    raise
+                failure = e
+            except HttpTimeout as e:
+                failure = e
+        assert failure is not None
+        raise failure
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop, address: str, flags: int) -> _Connection:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: _Connection(loop, self._read_timeout, self._ssl is None), self._host, self._port,
-                    ssl=self._ssl,
+                    lambda: _Connection(loop, self._read_timeout, self._ssl is None), address, self._port,
+                    ssl=self._ssl, flags=flags,
                     server_hostname=self._host if self._ssl is not None else None,
                 )
         except TimeoutError:

@@ -92,10 +92,6 @@ class MemoryStore:
         with self.lock:
             self._buckets.setdefault(name, _Bucket())
 
-    def delete_bucket(self, name: str) -> None:
-        with self.lock:
-            self._buckets.pop(name, None)
-
     def bucket_names(self) -> builtins.list[str]:
         with self.lock:
             return sorted(self._buckets)

@@ -1,8 +1,9 @@
 """Connections to hosts a caller chose (URL-list sources, CDN domains): resolved once, every address public, pinned.
 
 A name is looked up once; every address it resolves to must be public (`is_public_address`), or the host is
-refused; the HTTP client then connects only to those checked addresses (`PinnedResolver` as its resolver), so a
-second lookup that DNS rebinding could point at 127.0.0.1 never happens. A host the operator trusts is pinned
+refused; the HTTP client then connects only to those checked addresses (`Http1Pool(addresses=...)`, with the
+name kept for Host, SNI and the certificate check), so a second lookup that DNS rebinding could point at
+127.0.0.1 never happens. A host the operator trusts is pinned
 the same way but not checked. Every refusal reads the same, whether the name is local, resolves to an internal
 address or does not resolve at all, so a caller cannot use the answers to map internal DNS names.
 """
@@ -13,14 +14,10 @@ import asyncio
 import ipaddress
 import socket
 from dataclasses import dataclass
-from typing import Final
-
-import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
+from typing import Final, NamedTuple
 
 REFUSED: Final = "not a public address, or does not resolve"
 _LOCAL_SUFFIXES: Final = (".localhost", ".local", ".internal")
-_NUMERIC_FLAGS: Final = socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
 _NAT64: Final = ipaddress.IPv6Network("64:ff9b::/96")
 _V4_COMPATIBLE: Final = ipaddress.IPv6Network("::/96")
 _V4_TRANSLATED: Final = ipaddress.IPv6Network("::ffff:0:0:0/96")
@@ -79,17 +76,30 @@ def is_public_host(host: str) -> bool:
     return is_public_address(ip)
 
 
+class Address(NamedTuple):
+    """One checked address of a host: what a connection is made to, by number."""
+
+    host: str
+    port: int
+    family: int
+
+
 @dataclass(frozen=True)
 class Pinned:
     """The checked addresses of one host and port, and the canonical name the lookup reported."""
 
-    addresses: tuple[ResolveResult, ...]
+    addresses: tuple[Address, ...]
     canonical: str | None
 
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """The addresses as numeric hosts, in the order the lookup gave them (`Http1Pool(addresses=...)`)."""
+        return tuple(dict.fromkeys(a.host for a in self.addresses))
 
-class PinnedResolver(AbstractResolver):
-    """aiohttp's resolver for a client that may connect only to pinned hosts: `pin` looks a host up once and
-    checks it; `resolve` (the connector's lookup) answers only with those addresses."""
+
+class PinnedResolver:
+    """The lookups of a client that may connect only to pinned hosts: `pin` looks a host up once, checks it
+    and remembers the answer (or the refusal); the client then connects to those addresses by number."""
 
     def __init__(self) -> None:
         self._pinned: dict[tuple[str, int], Pinned] = {}
@@ -133,33 +143,16 @@ class PinnedResolver(AbstractResolver):
             if trusted:
                 raise HostLookupError(f"{host}: not a valid host name") from None
             raise UnsafeHost() from None
-        results: list[ResolveResult] = []
+        results: list[Address] = []
         canonical = None
-        for family, _type, proto, canon, address in infos:
+        for family, _type, _proto, canon, address in infos:
             ip = str(address[0])
             if not trusted and not is_public_host(ip):
                 raise UnsafeHost()
             canonical = canon or canonical
-            results.append(ResolveResult(hostname=host, host=ip, port=int(address[1]), family=family,
-                                         proto=proto, flags=_NUMERIC_FLAGS))
+            results.append(Address(ip, int(address[1]), family))
         if not results:
             if trusted:
                 raise HostLookupError(f"{host}: the name has no address")
             raise UnsafeHost()
         return Pinned(tuple(results), canonical)
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        found = self._pinned.get((host.lower(), port))
-        if found is None:
-            raise OSError(f"{host}:{port} was not checked before connecting")
-        return [r for r in found.addresses if family in (socket.AF_UNSPEC, r["family"])]
-
-    async def close(self) -> None:
-        return None
-
-
-def pinned_connector(resolver: PinnedResolver, limit: int = 100) -> aiohttp.TCPConnector:
-    """A connector that reaches hosts only through `resolver`'s pinned addresses (no DNS cache of its own)."""
-    return aiohttp.TCPConnector(resolver=resolver, use_dns_cache=False, limit=limit)

@@ -224,11 +224,6 @@ def get_profile(name: str) -> Profile:
     return profiles[key]
 
 
-def profile_names() -> list[str]:
-    """Canonical names of every profile."""
-    return sorted(_table()[0])
-
-
 @cache
 def cloud_regions(name: str) -> tuple[CloudRegion, ...]:
     """The regions of a cloud named like `get_profile` takes it, or of a cloud with no S3 profile yet

@@ -156,11 +156,9 @@ class S3Backend:
         if self.profile.addressing == "virtual" and _virtual_host_ok(parts.hostname, bucket, parts.scheme):
             self._netloc = f"{bucket}.{parts.netloc}"
             self._bucket_path = ""
-            self.virtual_hosted = True
         else:
             self._netloc = parts.netloc
             self._bucket_path = "/" + quote_path(bucket)
-            self.virtual_hosted = False
         self._hostname = parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._sign_payload = sign_payload

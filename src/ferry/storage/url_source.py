@@ -5,6 +5,7 @@ reported, as OMS documents), and a URL whose host is a local name, or resolves t
 non-public address, is refused unless the operator allowed that `host:port` (FERRY_ENDPOINT_OVERRIDES entries
 `URLSource/<name>`), so a URL list cannot make Ferry probe internal services. Each host is resolved once and the
 connection pinned to the checked addresses (`storage.netguard`), so DNS rebinding cannot turn it inward later.
+The client is `storage.http1` (one keep-alive pool per origin), as for every outbound call.
 """
 
 from __future__ import annotations
@@ -16,9 +17,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection,
 from typing import Final, NoReturn
 from urllib.parse import unquote, urlsplit
 
-import aiohttp
-import yarl
-
 from ferry.errors import (
     FatalError,
     FerryError,
@@ -29,11 +27,13 @@ from ferry.errors import (
 )
 from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult
 from ferry.storage.base import Backend, Capabilities, ListOrder, ranged_pieces
-from ferry.storage.netguard import REFUSED, HostLookupError, PinnedResolver, UnsafeHost, pinned_connector
+from ferry.storage.http1 import Http1Pool, HttpError, HttpTimeout, split_url
+from ferry.storage.netguard import REFUSED, HostLookupError, PinnedResolver, UnsafeHost
 
 _CAPS: Final = Capabilities(list_order=ListOrder.LEXICOGRAPHIC, copy_group=None, multipart=False,
                             etag_is_md5=False)
 _LOOKAHEAD: Final = 32
+_CONNECTIONS: Final = 100  # per origin
 
 
 def host_port(url: str) -> str:
@@ -82,8 +82,9 @@ class UrlSource:
         self._urls = dict(entries)
         self._keys = sorted(self._urls)
         self._allowed = {h.lower() for h in allowed_hosts}
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
-        self._session: aiohttp.ClientSession | None = None
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._pools: dict[tuple[str, str, int], Http1Pool] = {}
         self._resolver = PinnedResolver()
         # Objects a listing had to leave out, with the reason (unreachable, refused address, no length...).
         self.failed: dict[str, str] = {}
@@ -99,55 +100,48 @@ class UrlSource:
     def __repr__(self) -> str:
         return f"UrlSource({len(self._keys)} URLs)"
 
-    def _session_for(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=pinned_connector(self._resolver), timeout=self._timeout, auto_decompress=False,
-                cookie_jar=aiohttp.DummyCookieJar(),
-                trust_env=False, headers={"User-Agent": "ferry"},
-            )
-        return self._session
-
-    async def _url(self, key: str) -> tuple[yarl.URL, str]:
-        """The URL of `key`, its host checked and pinned, and `host:port` for messages."""
+    async def _url(self, key: str) -> tuple[Http1Pool, str, str, str]:
+        """The pool to fetch `key` through (its host checked, connections pinned to the checked addresses),
+        the Host header, the request target, and `host:port` for messages."""
         url = self._urls.get(key)
         if url is None:
             raise NotFoundError(f"{key}: not in the URL list", key=key)
         try:
-            explicit = urlsplit(url).port
-        except ValueError:
-            explicit = 0
-        if explicit == 0:
-            raise PermanentError(f"{key}: the URL's port is not a number from 1 to 65535", key=key)
+            scheme, host, port, header, target = split_url(url)
+        except UnicodeError:  # a ValueError too: before it
+            raise PermanentError(f"{key}: the URL's host is {REFUSED}, and is not allowed by the operator",
+                                 key=key) from None
+        except ValueError:  # parse_url_line let only http(s) URLs with a host in
+            raise PermanentError(f"{key}: the URL's port is not a number from 1 to 65535", key=key) from None
         where = host_port(url)
-        target = yarl.URL(url, encoded=True)
-        host, port = target.raw_host, target.port
-        if not host or not port:
-            raise PermanentError(f"{key}: the URL has no host", key=key)
         try:
-            # The same host string the connector will ask the resolver for.
-            await self._resolver.pin(host, port, trusted=where in self._allowed)
+            pinned = await self._resolver.pin(host, port, trusted=where in self._allowed)
         except UnsafeHost:
             raise PermanentError(f"{key}: the URL's host is {REFUSED}, and is not allowed by the operator",
                                  key=key) from None
         except HostLookupError as exc:
             raise TransientError(f"{key}: {exc}", key=key) from None
-        return target, where
+        pool = self._pools.get((scheme, host, port))
+        if pool is None:
+            pool = self._pools[(scheme, host, port)] = Http1Pool(
+                scheme, host, port, limit=_CONNECTIONS, connect_timeout=self._connect_timeout,
+                read_timeout=self._read_timeout, addresses=pinned.hosts)
+        return pool, header, target, where
 
     async def _request(self, method: str, key: str, headers: Mapping[str, str] | None = None,
                        ok: tuple[int, ...] = (200,)) -> tuple[int, Mapping[str, str], bytes]:
-        target, where = await self._url(key)
+        pool, host, target, where = await self._url(key)
         where = f"{method} {where} ({key})"
         failure: FerryError
         try:
-            async with self._session_for().request(method, target, headers=headers or {},
-                                                   allow_redirects=False) as resp:
-                body = await resp.read()
-                status, got = resp.status, dict(resp.headers)
-        except (TimeoutError, aiohttp.ServerTimeoutError):
+            resp = await pool.request(method, target, host, headers or {})
+            status, got, body = resp.status, dict(resp.headers), resp.body
+        except HttpTimeout:
             failure = TransientError(f"{where}: timed out", key=key)
-        except aiohttp.ClientError as exc:
-            failure = TransientError(f"{where}: {type(exc).__name__}", key=key)
+        except HttpError as exc:
+            failure = TransientError(f"{where}: {exc}", key=key)
+        except ValueError:
+            raise PermanentError(f"{where}: a header value holds a line break", key=key) from None
         else:
             if status in ok:
                 return status, got, body
@@ -270,9 +264,9 @@ class UrlSource:
         return None
 
     async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None and not session.closed:
-            await session.close()
+        pools, self._pools = self._pools, {}
+        for pool in pools.values():
+            await pool.close()
 
 
 def _conforms(source: UrlSource) -> Backend:
