@@ -63,10 +63,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("ferry.runner.groups")
 
 LIST_DIR: Final = "oms/taskgroup"
-MAX_LIST_FILE: Final = 100 * 1024 * 1024
 _MiB: Final = 1024 * 1024
 # The group task types (as stored) whose split reads a list file rather than the source listing.
-_LIST_FILE_TYPES: Final = frozenset({"LIST", "URL_LIST"})
+_LIST_FILE_TYPES: Final = frozenset({s.GroupTaskType.LIST.value, s.GroupTaskType.URL_LIST.value})
 
 
 def list_file_key(group_id: str, chunk: int) -> str:
