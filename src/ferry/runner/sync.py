@@ -2,8 +2,9 @@
 
 Two kinds of work run side by side in one event loop:
 - events: claim due rows from `sync_events` under a lease, and for each key HEAD both sides, decide with the
-  task's consistency rule, copy with the engine's Copier, verify, and record the outcome with the statistics
-  in one batched transaction. Failures are retried with exponential backoff and listed with their reason.
+  task's consistency rule, copy and verify with the engine's VerifiedCopier (as migration tasks do), and record
+  the outcome with the statistics in one batched transaction. Failures are retried with exponential backoff
+  and listed with their reason.
 - failed lists: the keys a task gave up on are written into its destination bucket, at
   `failed_lists.sync_list_key` (JSON lines of key, reason, attempts, failed_at), within a few seconds of a
   key failing or recovering and after every reconciliation; the list is removed once nothing has failed.
@@ -50,18 +51,11 @@ from sqlalchemy import Engine
 from ferry.aio import wait_event
 from ferry.db.sync_repo import ClaimedEvent, EventOutcome, SyncRepo, SyncTaskRow
 from ferry.engine.budget import MemoryBudget
-from ferry.engine.compare import ConsistencyCheck, CopyReason, OverwriteMode, SkipReason, check_consistency, decide
-from ferry.engine.copier import Copier, CopyOptions
+from ferry.engine.compare import ConsistencyCheck, CopyReason, OverwriteMode, SkipReason, decide
+from ferry.engine.copier import CopyOptions
 from ferry.engine.planner import Copy, Fail, Planner
-from ferry.errors import (
-    ArchivedObjectError,
-    FatalError,
-    FerryError,
-    NotFoundError,
-    SourceChangedError,
-    UsageError,
-    VerificationError,
-)
+from ferry.engine.verified_copy import VerifiedCopier
+from ferry.errors import ArchivedObjectError, FatalError, FerryError, NotFoundError, UsageError
 from ferry.objects import ObjectInfo
 from ferry.runner import failed_lists
 from ferry.runner.local import TaskFailure, failure_for
@@ -73,7 +67,6 @@ log = logging.getLogger("ferry.sync")
 MiB: Final = 1024 * 1024
 BackendOpener = Callable[[SyncTaskRow], tuple[Backend, Backend]]
 _MD5_ETAG: Final = re.compile(r"^[0-9a-f]{32}$")
-_SOURCE_CHANGE_ATTEMPTS: Final = 3
 _RESTORE_DAYS: Final = 1
 _REASON_MAX: Final = 1024
 _PROBE_SECONDS: Final = 5.0
@@ -186,12 +179,6 @@ def _set_all(events: tuple[asyncio.Event, ...]) -> None:
         event.set()
 
 
-def _storage_class(policy: str, source_class: str | None) -> str | None:
-    """The class to write, or None for the store's default (STANDARD everywhere)."""
-    wanted = (source_class or "STANDARD").upper() if policy == "SRC_STORAGE_MAPPING" else policy.upper()
-    return None if wanted == "STANDARD" else wanted
-
-
 def _overwrite_mode(consistency: ConsistencyCheck) -> OverwriteMode:
     # The task's consistency rule decides both "does this key need copying" and "did the copy succeed".
     if consistency is ConsistencyCheck.CRC64:
@@ -200,33 +187,25 @@ def _overwrite_mode(consistency: ConsistencyCheck) -> OverwriteMode:
 
 
 class _Runtime:
-    """One task generation's live state: its backends and a Copier per destination storage class."""
+    """One task generation's live state: its backends and the routine that copies and verifies its keys."""
 
     def __init__(self, row: SyncTaskRow, src: Backend, dst: Backend, budget: MemoryBudget) -> None:
+        """Raises UsageError when the destination has no class of the task's dst_storage_policy."""
         self.row = row
         self.src = src
         self.dst = dst
-        self.budget = budget
         spec = row.spec
-        self.consistency = ConsistencyCheck.parse(spec.consistency_check)
-        self.overwrite = _overwrite_mode(self.consistency)
-        self.metadata = spec.enable_metadata_migration
+        consistency = ConsistencyCheck.parse(spec.consistency_check)
+        self.overwrite = _overwrite_mode(consistency)
         self.restore = spec.enable_restore
-        self.policy = spec.dst_storage_policy
-        self._copiers: dict[str | None, Copier] = {}
+        opts = CopyOptions(consistency=consistency, metadata=spec.enable_metadata_migration,
+                           storage_class=spec.dst_storage_policy)
+        self.copier = VerifiedCopier(src, dst, opts, budget)
         self.users = 0
         self.retired = False
         # The last check of whether the task as a whole works (see SyncWorkers._task_failure), and when.
         self.probe: asyncio.Future[TaskFailure | None] | None = None
         self.probed_at = 0.0
-
-    def copier(self, source_class: str | None) -> Copier:
-        storage_class = _storage_class(self.policy, source_class)
-        copier = self._copiers.get(storage_class)
-        if copier is None:
-            opts = CopyOptions(consistency=self.consistency, metadata=self.metadata, storage_class=storage_class)
-            copier = self._copiers[storage_class] = Copier(self.src, self.dst, opts, self.budget)
-        return copier
 
     async def close(self) -> None:
         for backend in (self.src, self.dst):
@@ -391,7 +370,7 @@ class SyncWorkers:
 
         return forget
 
-    def _runtime(self, task_id: str) -> _Runtime | None:
+    async def _runtime(self, task_id: str) -> _Runtime | None:
         rt = self._runtimes.get(task_id)
         if rt is not None:
             return rt
@@ -409,12 +388,20 @@ class SyncWorkers:
         src = RetryingBackend(src, attempts=3, base_delay=0.1, max_delay=2.0)
         dst = RetryingBackend(dst, attempts=3, base_delay=0.1, max_delay=2.0)
         assert self._budget is not None
-        rt = self._runtimes[task_id] = _Runtime(row, src, dst, self._budget)
+        try:
+            rt = _Runtime(row, src, dst, self._budget)
+        except UsageError as exc:
+            # A storage policy the destination cannot honour: the keys wait (with backoff) for a fix.
+            log.warning("sync %s: %s", task_id, _reason(exc))
+            self._open_errors[task_id] = _reason(exc)
+            await asyncio.gather(src.close(), dst.close(), return_exceptions=True)
+            return None
+        self._runtimes[task_id] = rt
         return rt
 
     @contextlib.asynccontextmanager
     async def _using(self, task_id: str):  # type: ignore[no-untyped-def]
-        rt = self._runtime(task_id)
+        rt = await self._runtime(task_id)
         if rt is not None:
             rt.users += 1
         try:
@@ -536,43 +523,27 @@ class SyncWorkers:
             return None
 
     async def _copy_verified(self, rt: _Runtime, src_info: ObjectInfo) -> _Done:
-        key = src_info.key
-        for _ in range(_SOURCE_CHANGE_ATTEMPTS):
-            try:
-                out = await rt.copier(src_info.storage_class).copy(src_info)
-                # A written MD5 ETag equal to the source's proves identical bytes (hence equal size and CRC64);
-                # anything else is checked against the destination's own HEAD.
-                if rt.consistency is not ConsistencyCheck.NO_CHECK and not _same_md5(src_info.etag, out.etag):
-                    written = await rt.dst.head(key)
-                    problem = check_consistency(rt.consistency, src_info, written)
-                    if problem is not None:
-                        raise VerificationError(problem, key=key)
-                return _Done("success", out.size)
-            except SourceChangedError:
-                try:
-                    src_info = await rt.src.head(key)
-                except NotFoundError:
-                    raise _GiveUp("the source object was deleted during the copy") from None
-                except FerryError as exc:
-                    raise _Retry(_reason(exc)) from None
-            except ArchivedObjectError as exc:
-                if not rt.restore:
-                    raise _GiveUp(f"the source object is archived and enable_restore is off ({exc.message})") from None
-                with contextlib.suppress(FerryError):
-                    # Asking again is harmless (stores answer "already in progress"); it covers a lost request.
-                    await rt.src.restore(key, _RESTORE_DAYS)
-                # Restores take minutes to hours: wait without using up attempts.
-                raise _Retry("archived: restore requested, waiting for it to finish",
-                             delay=self.settings.restore_poll_seconds, counts=False) from None
-            except NotFoundError:
-                raise _GiveUp("the source object does not exist") from None
-            except UsageError as exc:
-                raise _GiveUp(_reason(exc)) from None
-            except FatalError as exc:
-                raise await self._fatal(rt, exc) from None
-            except FerryError as exc:
-                raise _Retry(_reason(exc)) from None
-        raise _Retry("the source kept changing during the copy")
+        try:
+            out = await rt.copier.copy(src_info)
+        except ArchivedObjectError as exc:
+            if not rt.restore:
+                raise _GiveUp(f"the source object is archived and enable_restore is off ({exc.message})") from None
+            with contextlib.suppress(FerryError):
+                # Asking again is harmless (stores answer "already in progress"); it covers a lost request.
+                await rt.src.restore(src_info.key, _RESTORE_DAYS)
+            # Restores take minutes to hours: wait without using up attempts.
+            raise _Retry("archived: restore requested, waiting for it to finish",
+                         delay=self.settings.restore_poll_seconds, counts=False) from None
+        except NotFoundError:
+            raise _GiveUp("the source object does not exist") from None  # before the copy or during it
+        except UsageError as exc:
+            raise _GiveUp(_reason(exc)) from None
+        except FatalError as exc:
+            raise await self._fatal(rt, exc) from None
+        except FerryError as exc:
+            # The source kept changing, the write failed verification, a store kept failing: later, again.
+            raise _Retry(_reason(exc)) from None
+        return _Done("success", out.size)
 
     # -- failures of the task as a whole -----------------------------------------------------------------------
     async def _fatal(self, rt: _Runtime, exc: FatalError) -> _GiveUp | _Retry:
@@ -824,10 +795,6 @@ class SyncWorkers:
             count += len(page)
             after = page[-1].key
         return fh.tell(), count
-
-
-def _same_md5(a: str | None, b: str | None) -> bool:
-    return bool(a and b and _MD5_ETAG.match(a.lower()) and a.lower() == b.lower())
 
 
 def _etags_differ(src: ObjectInfo, dst: ObjectInfo | None) -> bool:
