@@ -10,7 +10,8 @@ Two kinds of work run side by side in one event loop:
   key failing or recovering and after every reconciliation; the list is removed once nothing has failed.
 - reconciliation: every `reconcile_seconds` per task (at once for a new or restarted task, which is therefore
   its initial full copy) the streaming Planner merges the two listings and whatever events missed is copied.
-  Source deletions are propagated only when the deployment enables it, and never more than a cap per run.
+  Source deletions are propagated only when the deployment enables it, and never more than a cap per run; the
+  same pass over the listings names the destination keys without a source.
 
 Deployment settings (environment): FERRY_SYNC_RECONCILE_SECONDS (300), FERRY_SYNC_PROPAGATE_DELETES (off),
 FERRY_SYNC_DELETE_CAP (1000), FERRY_SYNC_CONCURRENCY (32), FERRY_SYNC_RECONCILE_CONCURRENCY (16),
@@ -42,7 +43,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Final
 
@@ -53,7 +54,7 @@ from ferry.db.sync_repo import ClaimedEvent, EventOutcome, SyncRepo, SyncTaskRow
 from ferry.engine.budget import MemoryBudget
 from ferry.engine.compare import ConsistencyCheck, CopyReason, OverwriteMode, SkipReason, decide
 from ferry.engine.copier import CopyOptions
-from ferry.engine.planner import Copy, Fail, Planner
+from ferry.engine.planner import Action, Copy, DstOnly, Fail, Planner
 from ferry.engine.verified_copy import VerifiedCopier
 from ferry.errors import ArchivedObjectError, FatalError, FerryError, NotFoundError, UsageError
 from ferry.objects import ObjectInfo
@@ -644,9 +645,9 @@ class SyncWorkers:
                 if rt is None:
                     return
                 try:
-                    copied, failed = await self._reconcile_copies(rt)
-                    if self.settings.propagate_deletes:
-                        deleted, error = await self._reconcile_deletes(rt)
+                    copied, failed, orphans = await self._reconcile_copies(rt)
+                    if orphans is not None:
+                        deleted, error = await self._reconcile_deletes(rt, orphans)
                 except FatalError:
                     # A listing refused: the task as a whole may have stopped working (keys, bucket).
                     failure = await self._task_failure(rt)
@@ -676,11 +677,18 @@ class SyncWorkers:
                 log.info("sync %s: reconciled in %.1fs: %d copied, %d failed, %d deleted%s", row.id,
                          time.monotonic() - started, copied, failed, deleted, f" ({error})" if error else "")
 
-    async def _reconcile_copies(self, rt: _Runtime) -> tuple[int, int]:
+    async def _reconcile_copies(self, rt: _Runtime) -> tuple[int, int, list[str] | None]:
+        """Copy what differs; with deletes propagated, the same pass also collects the destination keys that have
+        no source (up to one past the cap: enough to know there are too many). Returns copied, failed, those keys
+        (None when deletes are not propagated)."""
+        propagate, cap = self.settings.propagate_deletes, self.settings.delete_cap
+        own_list = failed_lists.sync_list_key(rt.row.id)
+        orphans: list[str] | None = [] if propagate else None
         planner = Planner(
             rt.src.list(), rt.src.capabilities.list_order, rt.dst.list(), rt.dst.capabilities.list_order,
             overwrite_mode=rt.overwrite, max_key_bytes=rt.dst.capabilities.max_key_bytes,
         )
+        plan: AsyncIterator[Action | DstOnly] = planner.march() if propagate else aiter(planner)
         queue: asyncio.Queue[ObjectInfo | None] = asyncio.Queue(maxsize=self.settings.reconcile_concurrency * 2)
         counts = {"success": 0, "failed": 0}
 
@@ -696,12 +704,15 @@ class SyncWorkers:
 
         workers = [asyncio.create_task(worker()) for _ in range(self.settings.reconcile_concurrency)]
         try:
-            async for action in planner:
+            async for action in plan:
                 if isinstance(action, Copy):
                     await queue.put(action.src)
                 elif isinstance(action, Fail):
                     self._record(EventOutcome(rt.row.id, action.src.key, None, "failed", reason=action.reason))
                     counts["failed"] += 1
+                elif (isinstance(action, DstOnly) and orphans is not None and len(orphans) <= cap
+                      and action.dst.key != own_list):
+                    orphans.append(action.dst.key)
             for _ in workers:
                 await queue.put(None)
             await asyncio.gather(*workers)
@@ -710,34 +721,19 @@ class SyncWorkers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             await planner.aclose()
-        return counts["success"], counts["failed"]
+        return counts["success"], counts["failed"], orphans
 
-    async def _reconcile_deletes(self, rt: _Runtime) -> tuple[int, str | None]:
+    async def _reconcile_deletes(self, rt: _Runtime, orphans: list[str]) -> tuple[int, str | None]:
         """Delete destination objects whose source is gone — all of them or, above the cap, none."""
         cap = self.settings.delete_cap
-        # The planner with the roles swapped: a "copy because missing" is a destination key with no source.
-        planner = Planner(
-            rt.dst.list(), rt.dst.capabilities.list_order, rt.src.list(), rt.src.capabilities.list_order,
-            overwrite_mode=OverwriteMode.NO_OVERWRITE,
-        )
-        doomed: list[str] = []
-        own_list = failed_lists.sync_list_key(rt.row.id)
-        try:
-            async for action in planner:
-                if isinstance(action, Copy) and action.reason is CopyReason.MISSING and action.src.key != own_list:
-                    doomed.append(action.src.key)
-                    if len(doomed) > cap:
-                        break
-        finally:
-            await planner.aclose()
-        if len(doomed) > cap:
+        if len(orphans) > cap:
             # A mass disappearance is more likely a mistake (wrong bucket, emptied by accident) than intent.
             msg = (f"more than {cap} destination objects have no source; none deleted "
                    "(raise FERRY_SYNC_DELETE_CAP if this is intended)")
             log.warning("sync %s: %s", rt.row.id, msg)
             return 0, msg
         deleted = 0
-        for key in doomed:
+        for key in orphans:
             try:
                 await rt.src.head(key)
                 continue  # it came back (or the listing missed it): keep the copy
