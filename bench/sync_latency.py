@@ -7,8 +7,8 @@ Starts two SeaweedFS servers and a Ferry server in its own process (`ferry serve
 a minimal API+sync-workers process, for checkouts without `ferry serve`), creates a sync task, then for each
 event: PUTs a fresh object to the source bucket and posts its key with create_sync_events (signed
 SDK-HMAC-SHA256 requests over one keep-alive connection pool, as the SDK would). A watcher lists the
-destination every 20 ms and timestamps each key when it appears with the right size (the worker only records
-success after its own verification HEAD, so "appeared" is within a few ms of "verified").
+destination every 20 ms and timestamps each key when it appears with the right size (the worker verifies a
+small object by the PUT's own answer, its ETag against the MD5 of the bytes sent, so "appeared" is "verified").
 
 With FERRY_BENCH_NO_WORKERS=1 and `--server builtin` the workers are not started: the API alone is measured.
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ferry.engine.compare import CopyReason, OverwriteMode, SkipReason
-from ferry.engine.planner import Action, Copy, Fail, Planner, Skip
+from ferry.engine.planner import Action, Copy, DstOnly, Fail, Planner, Skip
 from ferry.errors import FatalError, ListingOrderError
 from ferry.objects import ObjectInfo
 from ferry.storage.base import ListOrder
@@ -175,6 +175,64 @@ def test_one_right_action_per_source_key(
     assert stats.skipped_by_reason[SkipReason.ALREADY_DONE] == len(finished)
     assert stats.source.listed == len(src_list)
     assert stats.source.duplicates == len(src_list) - len(src_first)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    keys=st.lists(KEY, unique=True, max_size=40),
+    data=st.data(),
+    src_how=st.sampled_from(ORDERS),
+    dst_how=st.sampled_from(ORDERS),
+    mode=st.sampled_from(list(OverwriteMode)),
+    run_size=st.sampled_from([1, 3, 100_000]),
+    use_async=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_one_pass_also_names_the_destination_only_keys(
+    keys: list[str], data: st.DataObject, src_how: str, dst_how: str, mode: OverwriteMode, run_size: int,
+    use_async: bool, seed: int,
+) -> None:
+    """march(): the plan's own actions, plus one DstOnly per destination key with no source twin, all in one
+    ascending key order (rclone's march: SrcOnly / DstOnly / Match), whatever the two listings' orders."""
+    rnd = random.Random(seed)
+    src_records: list[ObjectInfo] = []
+    dst_records: list[ObjectInfo] = []
+    for key in keys:
+        where = data.draw(st.sampled_from(["src", "dst", "both"]))
+        for side, out in (("src", src_records), ("dst", dst_records)):
+            if where in (side, "both"):
+                for _ in range(data.draw(st.sampled_from([1, 1, 2]))):
+                    size, mtime, crc = data.draw(RECORD)
+                    out.append(o(key, size, float(mtime), crc))
+    src_list, src_order = arrange(src_records, src_how, rnd)
+    dst_list, dst_order = arrange(dst_records, dst_how, rnd)
+    src_first, dst_first = first_of_each(src_list), first_of_each(dst_list)
+    wrap: Any = agen if use_async else list
+
+    async def march() -> tuple[list[Action | DstOnly], Planner]:
+        planner = Planner(wrap(src_list), src_order, wrap(dst_list), dst_order, overwrite_mode=mode,
+                          run_size=run_size, fan_in=2)
+        return [a async for a in planner.march()], planner
+
+    items, planner = asyncio.run(march())
+    plain, _ = run_plan(wrap(src_list), src_order, wrap(dst_list), dst_order, overwrite_mode=mode,
+                        run_size=run_size, fan_in=2)
+    named = [a.dst.key if isinstance(a, DstOnly) else a.src.key for a in items]
+    assert named == sorted(src_first.keys() | dst_first.keys())  # each key once, ascending
+    assert [a for a in items if not isinstance(a, DstOnly)] == plain
+    only = [a for a in items if isinstance(a, DstOnly)]
+    assert only == [DstOnly(dst_first[k]) for k in sorted(dst_first.keys() - src_first.keys())]
+    assert planner.stats.destination_only == len(only)
+    assert planner.stats.destination.listed == len(dst_list)
+
+
+def test_march_checks_the_destination_order_too() -> None:
+    async def march() -> None:
+        async for _ in Planner([o("a")], L, [o("a"), o("c"), o("b")], L).march():
+            pass
+
+    with pytest.raises(ListingOrderError, match="destination listing"):
+        asyncio.run(march())
 
 
 # --- orders of real stores -------------------------------------------------------------------------------

@@ -231,6 +231,31 @@ async def test_reconciliation_copies_and_deletes_only_under_the_cap(engine: Engi
     assert row is not None and row.last_error is None
 
 
+async def test_reconciliation_copies_and_deletes_from_one_listing_of_each_bucket(engine: Engine) -> None:
+    """One pass of the planner says what to copy and what has no source any more: each bucket is listed once."""
+    repo = SyncRepo(engine)
+    task_id = _task(repo, reconciled=False)
+    src, dst = _stores()
+    await _put(src, "new", b"n")
+    await _put(src, "same", b"s")
+    await _put(dst, "same", b"s")
+    await _put(dst, "orphan", b"o")
+
+    class Listed(BackendWrapper):
+        lists = 0
+
+        async def list(self, prefix: str = "", start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
+            self.lists += 1
+            async for info in self.inner.list(prefix, start_after):
+                yield info
+
+    listed_src, listed_dst = Listed(src), Listed(dst)
+    async with running(engine, lambda _row: (listed_src, listed_dst), replace(FAST, propagate_deletes=True)):
+        await _until(lambda: (row := repo.get_task(task_id)) is not None and row.reconciled_at is not None)
+    assert sorted([o.key async for o in dst.list()]) == ["new", "same"]
+    assert (listed_src.lists, listed_dst.lists) == (1, 1)
+
+
 async def test_given_up_keys_are_listed_in_the_destination_and_spared_by_deletes(engine: Engine) -> None:
     repo = SyncRepo(engine)
     task_id = _task(repo)

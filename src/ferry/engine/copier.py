@@ -2,7 +2,9 @@
 streamed from one GET into one PUT, and multipart above a threshold.
 
 Every path pins the source by ETag (If-Match) so an object that changes mid-copy is detected, verifies what
-it wrote according to the consistency check, and removes a destination object that failed verification.
+it wrote according to the consistency check as far as the write's own answer allows, and removes a destination
+object that failed verification. Whether that answer proved the write is `CopyOutcome.verified`: where it did
+not, engine.verified_copy (the routine every caller uses) looks at the written object.
 Multipart uploads are checkpointed part by part so a restarted job continues them instead of starting at 0 %.
 Progress is reported as bytes move: each part once uploaded, a streamed object piece by piece (in steps of a few
 MiB from the thread of a kernel move), and small or server-side copies whole by the caller.
@@ -17,7 +19,7 @@ import hashlib
 import re
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Final, Protocol, TypeVar
 
 import fastcrc
 
@@ -31,11 +33,13 @@ from ferry.errors import (
     PermanentError,
     SourceChangedError,
     TransientError,
+    UsageError,
     VerificationError,
 )
 from ferry.objects import ObjectInfo, ObjectMeta, PartInfo
 from ferry.storage.base import Backend
 from ferry.storage.http1 import pass_splice
+from ferry.storage.profiles import CANONICAL_CLASSES
 
 MiB = 1024 * 1024
 _MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
@@ -62,7 +66,7 @@ class _Unwatched:
         pass
 
 
-_UNWATCHED = _Unwatched()
+UNWATCHED = _Unwatched()
 
 
 class UploadCheckpoints(Protocol):
@@ -75,10 +79,15 @@ class UploadCheckpoints(Protocol):
     async def drop(self, key: str) -> None: ...
 
 
+KEEP_SOURCE_CLASS: Final = "SRC_STORAGE_MAPPING"
+
+
 @dataclass(frozen=True, slots=True)
 class CopyOptions:
     consistency: ConsistencyCheck = ConsistencyCheck.SIZE_LAST_MODIFIED
     metadata: bool = False
+    # A task's dst_storage_policy or `--storage-class`: a canonical class or one of the store's own names,
+    # KEEP_SOURCE_CLASS for each source object's own class, None or STANDARD for the store's default.
     storage_class: str | None = None
     # Objects from `stream_threshold` up to `multipart_threshold` are streamed from one GET into one PUT,
     # so memory holds a few MiB of each rather than the object. One PUT beat parallel 16 MiB parts on
@@ -95,6 +104,33 @@ class CopyOutcome:
     size: int
     etag: str | None
     method: str  # put, stream, multipart, server
+    # The write's own answer proved the destination holds the source's bytes: an ETag equal to the MD5 of the
+    # bytes sent (or to the composite of the parts sent, or to the source's after a server-side copy), or a
+    # Content-MD5 or CRC32C the store checked. False says nothing was learnt about what was written.
+    verified: bool = False
+
+
+class StorageClassRule:
+    """The storage class each write asks for, resolved once per task from CopyOptions.storage_class against
+    what the destination offers: a fixed class, None for the store's default (STANDARD is every bucket's
+    default, so nothing is sent for it), or with KEEP_SOURCE_CLASS each source object's class where the
+    destination has that class (else its default: a class it lacks cannot be kept, and nothing is lost)."""
+
+    __slots__ = ("_fixed", "_keep", "_offered")
+
+    def __init__(self, wanted: str | None, dst: Backend) -> None:
+        upper = (wanted or "STANDARD").upper()
+        self._offered = dst.capabilities.storage_classes
+        self._keep = upper == KEEP_SOURCE_CLASS
+        self._fixed = None if upper in ("STANDARD", KEEP_SOURCE_CLASS) else wanted
+        if self._fixed is not None and upper in CANONICAL_CLASSES and self._offered and upper not in self._offered:
+            raise UsageError(f"{dst.name} has no {upper} storage class")
+
+    def __call__(self, obj: ObjectInfo) -> str | None:
+        if not self._keep:
+            return self._fixed
+        wanted = (obj.storage_class or "STANDARD").upper()
+        return wanted if wanted != "STANDARD" and wanted in self._offered else None
 
 
 def choose_part_size(size: int, preferred: int, min_part: int, max_part: int, max_parts: int) -> int:
@@ -169,6 +205,7 @@ class Copier:
         self.opts = opts
         self.budget = budget
         self.checkpoints = checkpoints
+        self.storage_class = StorageClassRule(opts.storage_class, dst)
         group = src.capabilities.copy_group
         self.server_side = bool(opts.server_side and group is not None and group == dst.capabilities.copy_group)
         caps = dst.capabilities
@@ -182,7 +219,7 @@ class Copier:
             return ObjectMeta()
         return meta if self.opts.metadata else meta.content_type_only()
 
-    async def copy(self, obj: ObjectInfo, progress: Progress = _UNWATCHED) -> CopyOutcome:
+    async def copy(self, obj: ObjectInfo, progress: Progress = UNWATCHED) -> CopyOutcome:
         """Copy `obj` (as listed), reporting the bytes of parts and streams to `progress` as they move;
         raises a PermanentError subclass when it cannot be copied."""
         if self.server_side and obj.size <= self.dst.capabilities.max_part_size:
@@ -193,7 +230,8 @@ class Copier:
             return await self._copy_stream(obj, progress)
         return await self._copy_small(obj)
 
-    async def _discard(self, key: str) -> None:
+    async def discard(self, key: str) -> None:
+        """Remove what was written at `key` (it failed verification), whatever stands in the way."""
         with contextlib.suppress(Exception):
             await self.dst.delete(key)
 
@@ -201,14 +239,10 @@ class Copier:
         # Server-side copy keeps all source metadata (COPY directive): nothing leaves the store, and keeping
         # more metadata than asked for never loses anything.
         result = await self.dst.copy_from(
-            self.src, obj.key, obj.key, None, if_match=obj.etag, storage_class=self.opts.storage_class
+            self.src, obj.key, obj.key, None, if_match=obj.etag, storage_class=self.storage_class(obj)
         )
-        if self._verify and not (result.etag and obj.etag and result.etag == obj.etag):
-            got = await self.dst.head(obj.key)
-            if got.size != obj.size:
-                await self._discard(obj.key)
-                raise VerificationError(f"server-side copy wrote {got.size} bytes, source has {obj.size}")
-        return CopyOutcome(obj.size, result.etag, "server")
+        # A new ETag (a multipart source copied whole, an encrypting store) proves nothing either way.
+        return CopyOutcome(obj.size, result.etag, "server", bool(result.etag and result.etag == obj.etag))
 
     async def _copy_small(self, obj: ObjectInfo) -> CopyOutcome:
         async with self.budget.hold(obj.size):
@@ -226,13 +260,14 @@ class Copier:
                         raise TransientError("CRC64 of the bytes read differs from the source's CRC64")
                     crc = computed
             result = await self.dst.put(
-                obj.key, data, self._meta(info.meta), storage_class=self.opts.storage_class, crc64=crc
+                obj.key, data, self._meta(info.meta), storage_class=self.storage_class(obj), crc64=crc
             )
         etag = result.etag
-        if md5 is not None and self._etag_md5 and etag and _MD5_HEX.match(etag) and etag != md5:
-            await self._discard(obj.key)
+        told = md5 is not None and self._etag_md5 and etag is not None and _MD5_HEX.match(etag) is not None
+        if told and etag != md5:
+            await self.discard(obj.key)
             raise VerificationError("destination ETag does not match the MD5 of the bytes sent")
-        return CopyOutcome(obj.size, result.etag, "put")
+        return CopyOutcome(obj.size, result.etag, "put", told)
 
     async def _copy_stream(self, obj: ObjectInfo, progress: Progress) -> CopyOutcome:
         # What one stream holds at most: the answer being read (paused at 2 MiB behind) and the socket
@@ -278,19 +313,21 @@ class Copier:
             return self._hashed(info, first.pop() if first else None, sums, progress)
 
         result = await self.dst.put_stream(key, size, body, self._meta(info.meta), crc64=info.crc64,
-                                           storage_class=self.opts.storage_class, content_md5=content_md5,
+                                           storage_class=self.storage_class(info), content_md5=content_md5,
                                            trailing_crc32c=by_trailer)
         got = result.etag
         if by_trailer and not result.crc32c_verified:
-            await self._discard(key)
+            await self.discard(key)
             raise VerificationError("the destination did not confirm the CRC32C of the bytes sent")
         expected = content_md5 or (sums.md5.hexdigest() if sums.md5 is not None else None)
-        if expected is not None and self._etag_md5 and got and _MD5_HEX.match(got) and got != expected:
-            await self._discard(key)
+        told = expected is not None and self._etag_md5 and got is not None and _MD5_HEX.match(got) is not None
+        if told and got != expected:
+            await self.discard(key)
             raise VerificationError("destination ETag does not match the MD5 of the bytes sent")
         if sums.crc is not None:
             await self._check_crc(info, sums.crc.value)
-        return CopyOutcome(size, got, "stream")
+        # A Content-MD5 is checked by the store itself (a mismatch keeps nothing); so is a confirmed trailer.
+        return CopyOutcome(size, got, "stream", content_md5 is not None or by_trailer or told)
 
     async def _hashed(self, info: ObjectInfo, pieces: AsyncGenerator[bytes, None] | None,
                       sums: _StreamSums, progress: Progress) -> AsyncGenerator[bytes, None]:
@@ -317,13 +354,13 @@ class Copier:
     async def _check_crc(self, info: ObjectInfo, crc: int) -> None:
         """Compare the CRC-64 of the bytes copied with the source's, or store it where the source had none."""
         if info.crc64 is not None and crc != info.crc64:
-            await self._discard(info.key)
+            await self.discard(info.key)
             raise VerificationError("CRC64 of the copied bytes differs from the source's CRC64")
         if info.crc64 is None and info.size <= self.dst.capabilities.max_part_size:
             # The CRC is known only now; a metadata-replacing copy onto itself stores it so later CRC64
             # comparisons need no read. (Above the single-copy limit it stays in the job db.)
             await self.dst.copy_from(self.dst, info.key, info.key, self._meta(info.meta),
-                                     storage_class=self.opts.storage_class, crc64=crc)
+                                     storage_class=self.storage_class(info), crc64=crc)
 
     async def _copy_multipart(self, obj: ObjectInfo, progress: Progress) -> CopyOutcome:
         info = await self.src.head(obj.key)
@@ -352,7 +389,7 @@ class Copier:
                 await self._abandon(obj.key, ck.upload_id)
         if upload_id is None:
             upload_id = await self.dst.create_multipart(
-                obj.key, self._meta(info.meta), storage_class=self.opts.storage_class, crc64=info.crc64
+                obj.key, self._meta(info.meta), storage_class=self.storage_class(info), crc64=info.crc64
             )
             if self.checkpoints:
                 await self.checkpoints.save(UploadRow(obj.key, upload_id, etag, size, part_size))
@@ -372,19 +409,21 @@ class Copier:
         )
         if self.checkpoints:
             await self.checkpoints.drop(obj.key)
+        told = False
         if self._verify:
             md5s = [r.md5 for r in rows]
             got = result.etag
-            if (self._etag_md5 and got and all(md5s) and "-" in got
-                    and got != composite_etag([m for m in md5s if m])):
-                await self._discard(obj.key)
+            told = bool(self._etag_md5 and got and all(md5s) and "-" in got)
+            if told and got != composite_etag([m for m in md5s if m]):
+                await self.discard(obj.key)
                 raise VerificationError("destination multipart ETag does not match the parts sent")
             if self._crc and all(r.crc64 is not None for r in rows):
                 whole = rows[0].crc64 or 0
                 for r in rows[1:]:
                     whole = crc64_combine(whole, r.crc64 or 0, r.size)
                 await self._check_crc(info, whole)
-        return CopyOutcome(size, result.etag, "multipart")
+        # Parts the store checked by CRC32C carry no MD5: the whole is then looked at by the caller.
+        return CopyOutcome(size, result.etag, "multipart", told)
 
     async def _part(self, key: str, upload_id: str, n: int, part_size: int, size: int,
                     etag: str | None, progress: Progress) -> PartRow:

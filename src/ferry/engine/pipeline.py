@@ -19,11 +19,11 @@ from ferry.db.records import ObjectResult, PartRow, Tally, UploadRow
 from ferry.engine.budget import MemoryBudget
 from ferry.engine.checksums import Crc64
 from ferry.engine.compare import CopyReason, OverwriteMode, SkipReason, decide
-from ferry.engine.copier import Copier, CopyOptions
-from ferry.engine.pathlocks import PathLocks
+from ferry.engine.copier import CopyOptions
 from ferry.engine.planner import Action, Fail, Planner, Skip
 from ferry.engine.progress import Counters, ObjectProgress
-from ferry.errors import AccessError, NotFoundError, PermanentError, SourceChangedError, TransientError
+from ferry.engine.verified_copy import VerifiedCopier
+from ferry.errors import AccessError, NotFoundError, PermanentError, TransientError
 from ferry.objects import ObjectInfo
 from ferry.storage.base import Backend, ListOrder
 from ferry.storage.wrappers import unwrap
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 _T = TypeVar("_T")
 MiB = 1024 * 1024
-_SOURCE_CHANGE_ATTEMPTS = 3
 # How far completions may run ahead of the oldest unfinished action before dispatch waits; it bounds the
 # memory the watermark bookkeeping needs when one huge object is slow.
 _WATERMARK_WINDOW = 50_000
@@ -192,9 +191,8 @@ class Transfer:
         self.counters = counters or Counters()
         self.budget = MemoryBudget(opts.memory_limit)
         self.ready = ready
-        self.copier = Copier(src, dst, opts.copy, self.budget, RepoCheckpoints(repo, job_id, ready))
+        self.copier = VerifiedCopier(src, dst, opts.copy, self.budget, RepoCheckpoints(repo, job_id, ready))
         self.recorder = Recorder(repo, job_id, ready=ready)
-        self.paths = PathLocks()
 
     async def _crc_decide(self, src: ObjectInfo) -> CopyReason | SkipReason:
         # Listings carry no CRC64, so ask both stores (HEAD). When only the destination knows its CRC64 (Ferry
@@ -219,21 +217,11 @@ class Transfer:
     async def _copy(self, obj: ObjectInfo) -> ObjectResult:
         moving = ObjectProgress(self.counters)
         try:
-            for _ in range(_SOURCE_CHANGE_ATTEMPTS):
-                try:
-                    async with self.paths.hold(obj.key):
-                        out = await self.copier.copy(obj, moving)
-                    moving.finish(out.size)
-                    return ObjectResult(obj.key, "success", out.size, out.etag)
-                except SourceChangedError:
-                    moving.restart()
-                    try:
-                        obj = await self.src.head(obj.key)
-                    except NotFoundError:
-                        return ObjectResult(obj.key, "failed", obj.size, obj.etag, "source deleted during copy")
-                except (PermanentError, TransientError) as exc:
-                    return ObjectResult(obj.key, "failed", obj.size, obj.etag, exc.message)
-            return ObjectResult(obj.key, "failed", obj.size, obj.etag, "source kept changing during copy")
+            out = await self.copier.copy(obj, moving)
+            moving.finish(out.size)
+            return ObjectResult(obj.key, "success", out.size, out.etag)
+        except (PermanentError, TransientError) as exc:
+            return ObjectResult(obj.key, "failed", obj.size, obj.etag, exc.message)
         finally:
             moving.close()  # failed or cancelled: what it moved no longer counts
 

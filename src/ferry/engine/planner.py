@@ -1,4 +1,5 @@
-"""Streaming planner: merges source and destination listings into one copy/skip/fail action per source key.
+"""Streaming planner: merges source and destination listings into one copy/skip/fail action per source key, and
+on request (`march`) one DstOnly per destination key with no source twin, in the same single pass.
 
 Both listings are brought into ascending key order and merged like a sorted join, so memory does not grow
 with the bucket. Python compares `str` by code point, and UTF-8 was designed so that byte order equals code
@@ -11,7 +12,9 @@ about two runs (both sides sort at once) plus `fan_in` small read buffers per si
 
 Guarantees: exactly one action per distinct source key, yielded in ascending key order (so "every key up to
 here is planned" is a valid checkpoint); when a listing repeats a key the first record wins; destination
-objects with no source twin produce no action and are never touched.
+objects with no source twin produce no action and are never touched, unless `march()` is asked for them (sync
+reconciliation propagating deletes): then each comes as one DstOnly, in its place in the same ascending order,
+as rclone's march names SrcOnly / DstOnly / Match from one walk of both listings.
 """
 
 from __future__ import annotations
@@ -29,14 +32,14 @@ import threading
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter, itemgetter
-from typing import Any
+from typing import Any, cast
 
 from ferry.engine.compare import DEFAULT_OVERWRITE_MODE, CopyReason, OverwriteMode, SkipReason, decide
 from ferry.errors import FatalError, ListingOrderError
 from ferry.objects import ObjectInfo
 from ferry.storage.base import ListOrder
 
-__all__ = ["Action", "Copy", "Fail", "Listing", "PlanStats", "Planner", "SideStats", "Skip"]
+__all__ = ["Action", "Copy", "DstOnly", "Fail", "Listing", "PlanStats", "Planner", "SideStats", "Skip"]
 
 Listing = AsyncIterable[ObjectInfo] | Iterable[ObjectInfo]
 KeyStream = AsyncIterable[str] | Iterable[str]
@@ -70,6 +73,13 @@ class Fail:
 Action = Copy | Skip | Fail
 
 
+@dataclass(frozen=True, slots=True)
+class DstOnly:
+    """`dst` has no source twin (only `Planner.march` says so)."""
+
+    dst: ObjectInfo
+
+
 @dataclass(slots=True)
 class SideStats:
     """Counters of one listing, live while the plan runs."""
@@ -90,6 +100,7 @@ class PlanStats:
     skips: int = 0
     skip_bytes: int = 0
     failures: int = 0
+    destination_only: int = 0  # DstOnly yielded (by march only)
     copied_by_reason: dict[CopyReason, int] = field(default_factory=lambda: dict.fromkeys(CopyReason, 0))
     skipped_by_reason: dict[SkipReason, int] = field(default_factory=lambda: dict.fromkeys(SkipReason, 0))
 
@@ -313,7 +324,8 @@ class _Cursor:
 
 
 class Planner:
-    """Plans a migration from two listings: `async for action in Planner(...)`, with `stats` live meanwhile.
+    """Plans a migration from two listings: `async for action in Planner(...)` (or `planner.march()` to hear of
+    destination-only keys as well), with `stats` live meanwhile.
 
     `finished` is an ascending stream of keys already completed earlier in this run (from the resume
     database); those sources are skipped as ALREADY_DONE. `max_key_bytes` (the destination's limit) turns
@@ -350,11 +362,19 @@ class Planner:
         self._run_size = run_size
         self._fan_in = fan_in
         self._spill = _SpillDir(spill_dir)
-        self._actions: AsyncGenerator[Action, None] | None = None
+        self._actions: AsyncGenerator[Action | DstOnly, None] | None = None
 
     def __aiter__(self) -> AsyncIterator[Action]:
+        # Without destination_only the walk yields source actions alone.
+        return cast("AsyncIterator[Action]", self._walk(destination_only=False))
+
+    def march(self) -> AsyncIterator[Action | DstOnly]:
+        """The same plan with a DstOnly for each destination key that has no source twin, in key order."""
+        return self._walk(destination_only=True)
+
+    def _walk(self, destination_only: bool) -> AsyncIterator[Action | DstOnly]:
         if self._actions is None:
-            self._actions = self._plan()
+            self._actions = self._plan(destination_only)
         return self._actions
 
     async def aclose(self) -> None:
@@ -370,7 +390,7 @@ class Planner:
         ordered, release = await sorter.sort(listing)
         return _Cursor(ordered, what, stats, count_listed=False, close=release)
 
-    async def _plan(self) -> AsyncGenerator[Action, None]:
+    async def _plan(self, destination_only: bool) -> AsyncGenerator[Action | DstOnly, None]:
         stats = self.stats
         cursors: list[_Cursor] = []
         try:
@@ -408,8 +428,13 @@ class Planner:
             while (s := await src.anext_object() if src_async else src.next_object()) is not None:
                 key = s.key
                 while d is not None and d.key < key:
+                    if destination_only:
+                        stats.destination_only += 1
+                        yield DstOnly(d)
                     d = await dst.anext_object() if dst_async else dst.next_object()
                 twin = d if d is not None and d.key == key else None
+                if twin is not None and destination_only:
+                    d = await dst.anext_object() if dst_async else dst.next_object()  # past it: it has a source
                 while f is not None and f < key:
                     f = await fin.next_key()  # type: ignore[union-attr]
                 action: Action
@@ -434,11 +459,14 @@ class Planner:
                 if not n & 0xFFF:
                     # Plain-list or spilled inputs never suspend; let the loop breathe every 4k keys.
                     await asyncio.sleep(0)
-            if dst.promised_order:
+            if dst.promised_order or destination_only:
                 # A backwards step after the last source key would have hidden a twin, turning a skip into a
                 # copy (an overwrite under NO_OVERWRITE). Reading the promised-sorted destination to its end is
                 # the only way to be sure it kept its promise; the tail is usually short.
                 while d is not None:
+                    if destination_only:
+                        stats.destination_only += 1
+                        yield DstOnly(d)
                     d = await dst.anext_object() if dst_async else dst.next_object()
         finally:
             try:

@@ -210,19 +210,13 @@ async def read_url_entries(store: Backend, key: str) -> list[tuple[str, str]]:
 
 def transfer_options(row: TaskRow, settings: RunnerSettings) -> TransferOptions:
     opts = row.options
-    policy = opts.get("dst_storage_policy", "STANDARD")
-    storage_class = None
-    # STANDARD is every bucket's default, so no header is sent for it; SRC_STORAGE_MAPPING would need the class
-    # per object, which listings do not carry yet, so it also writes the destination's default class.
-    if policy not in ("STANDARD", "SRC_STORAGE_MAPPING"):
-        storage_class = get_profile(row.dst_spec["profile"]).vendor_class(policy)
     since = opts.get("migrate_since")
     return TransferOptions(
         overwrite=OverwriteMode(opts["object_overwrite_mode"]),
         copy=CopyOptions(
             consistency=ConsistencyCheck(opts["consistency_check"]),
             metadata=bool(opts.get("enable_metadata_migration")),
-            storage_class=storage_class,
+            storage_class=opts.get("dst_storage_policy"),  # resolved against the destination by the engine
         ),
         migrate_since=float(since) if since else None,
         concurrency=settings.concurrency,

@@ -2,14 +2,16 @@
 
 Two kinds of work run side by side in one event loop:
 - events: claim due rows from `sync_events` under a lease, and for each key HEAD both sides, decide with the
-  task's consistency rule, copy with the engine's Copier, verify, and record the outcome with the statistics
-  in one batched transaction. Failures are retried with exponential backoff and listed with their reason.
+  task's consistency rule, copy and verify with the engine's VerifiedCopier (as migration tasks do), and record
+  the outcome with the statistics in one batched transaction. Failures are retried with exponential backoff
+  and listed with their reason.
 - failed lists: the keys a task gave up on are written into its destination bucket, at
   `failed_lists.sync_list_key` (JSON lines of key, reason, attempts, failed_at), within a few seconds of a
   key failing or recovering and after every reconciliation; the list is removed once nothing has failed.
 - reconciliation: every `reconcile_seconds` per task (at once for a new or restarted task, which is therefore
   its initial full copy) the streaming Planner merges the two listings and whatever events missed is copied.
-  Source deletions are propagated only when the deployment enables it, and never more than a cap per run.
+  Source deletions are propagated only when the deployment enables it, and never more than a cap per run; the
+  same pass over the listings names the destination keys without a source.
 
 Deployment settings (environment): FERRY_SYNC_RECONCILE_SECONDS (300), FERRY_SYNC_PROPAGATE_DELETES (off),
 FERRY_SYNC_DELETE_CAP (1000), FERRY_SYNC_CONCURRENCY (32), FERRY_SYNC_RECONCILE_CONCURRENCY (16),
@@ -41,7 +43,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Final
 
@@ -50,18 +52,11 @@ from sqlalchemy import Engine
 from ferry.aio import wait_event
 from ferry.db.sync_repo import ClaimedEvent, EventOutcome, SyncRepo, SyncTaskRow
 from ferry.engine.budget import MemoryBudget
-from ferry.engine.compare import ConsistencyCheck, CopyReason, OverwriteMode, SkipReason, check_consistency, decide
-from ferry.engine.copier import Copier, CopyOptions
-from ferry.engine.planner import Copy, Fail, Planner
-from ferry.errors import (
-    ArchivedObjectError,
-    FatalError,
-    FerryError,
-    NotFoundError,
-    SourceChangedError,
-    UsageError,
-    VerificationError,
-)
+from ferry.engine.compare import ConsistencyCheck, CopyReason, OverwriteMode, SkipReason, decide
+from ferry.engine.copier import CopyOptions
+from ferry.engine.planner import Action, Copy, DstOnly, Fail, Planner
+from ferry.engine.verified_copy import VerifiedCopier
+from ferry.errors import ArchivedObjectError, FatalError, FerryError, NotFoundError, UsageError
 from ferry.objects import ObjectInfo
 from ferry.runner import failed_lists
 from ferry.runner.loop_thread import LoopThread
@@ -74,7 +69,6 @@ log = logging.getLogger("ferry.sync")
 MiB: Final = 1024 * 1024
 BackendOpener = Callable[[SyncTaskRow], tuple[Backend, Backend]]
 _MD5_ETAG: Final = re.compile(r"^[0-9a-f]{32}$")
-_SOURCE_CHANGE_ATTEMPTS: Final = 3
 _RESTORE_DAYS: Final = 1
 _REASON_MAX: Final = 1024
 _PROBE_SECONDS: Final = 5.0
@@ -187,12 +181,6 @@ def _set_all(events: tuple[asyncio.Event, ...]) -> None:
         event.set()
 
 
-def _storage_class(policy: str, source_class: str | None) -> str | None:
-    """The class to write, or None for the store's default (STANDARD everywhere)."""
-    wanted = (source_class or "STANDARD").upper() if policy == "SRC_STORAGE_MAPPING" else policy.upper()
-    return None if wanted == "STANDARD" else wanted
-
-
 def _overwrite_mode(consistency: ConsistencyCheck) -> OverwriteMode:
     # The task's consistency rule decides both "does this key need copying" and "did the copy succeed".
     if consistency is ConsistencyCheck.CRC64:
@@ -201,33 +189,25 @@ def _overwrite_mode(consistency: ConsistencyCheck) -> OverwriteMode:
 
 
 class _Runtime:
-    """One task generation's live state: its backends and a Copier per destination storage class."""
+    """One task generation's live state: its backends and the routine that copies and verifies its keys."""
 
     def __init__(self, row: SyncTaskRow, src: Backend, dst: Backend, budget: MemoryBudget) -> None:
+        """Raises UsageError when the destination has no class of the task's dst_storage_policy."""
         self.row = row
         self.src = src
         self.dst = dst
-        self.budget = budget
         spec = row.spec
-        self.consistency = ConsistencyCheck(spec.consistency_check)
-        self.overwrite = _overwrite_mode(self.consistency)
-        self.metadata = spec.enable_metadata_migration
+        consistency = ConsistencyCheck(spec.consistency_check)
+        self.overwrite = _overwrite_mode(consistency)
         self.restore = spec.enable_restore
-        self.policy = spec.dst_storage_policy
-        self._copiers: dict[str | None, Copier] = {}
+        opts = CopyOptions(consistency=consistency, metadata=spec.enable_metadata_migration,
+                           storage_class=spec.dst_storage_policy)
+        self.copier = VerifiedCopier(src, dst, opts, budget)
         self.users = 0
         self.retired = False
         # The last check of whether the task as a whole works (see SyncWorkers._task_failure), and when.
         self.probe: asyncio.Future[TaskFailure | None] | None = None
         self.probed_at = 0.0
-
-    def copier(self, source_class: str | None) -> Copier:
-        storage_class = _storage_class(self.policy, source_class)
-        copier = self._copiers.get(storage_class)
-        if copier is None:
-            opts = CopyOptions(consistency=self.consistency, metadata=self.metadata, storage_class=storage_class)
-            copier = self._copiers[storage_class] = Copier(self.src, self.dst, opts, self.budget)
-        return copier
 
     async def close(self) -> None:
         for backend in (self.src, self.dst):
@@ -392,7 +372,7 @@ class SyncWorkers:
 
         return forget
 
-    def _runtime(self, task_id: str) -> _Runtime | None:
+    async def _runtime(self, task_id: str) -> _Runtime | None:
         rt = self._runtimes.get(task_id)
         if rt is not None:
             return rt
@@ -410,12 +390,20 @@ class SyncWorkers:
         src = RetryingBackend(src, attempts=3, base_delay=0.1, max_delay=2.0)
         dst = RetryingBackend(dst, attempts=3, base_delay=0.1, max_delay=2.0)
         assert self._budget is not None
-        rt = self._runtimes[task_id] = _Runtime(row, src, dst, self._budget)
+        try:
+            rt = _Runtime(row, src, dst, self._budget)
+        except UsageError as exc:
+            # A storage policy the destination cannot honour: the keys wait (with backoff) for a fix.
+            log.warning("sync %s: %s", task_id, _reason(exc))
+            self._open_errors[task_id] = _reason(exc)
+            await asyncio.gather(src.close(), dst.close(), return_exceptions=True)
+            return None
+        self._runtimes[task_id] = rt
         return rt
 
     @contextlib.asynccontextmanager
     async def _using(self, task_id: str):  # type: ignore[no-untyped-def]
-        rt = self._runtime(task_id)
+        rt = await self._runtime(task_id)
         if rt is not None:
             rt.users += 1
         try:
@@ -537,43 +525,27 @@ class SyncWorkers:
             return None
 
     async def _copy_verified(self, rt: _Runtime, src_info: ObjectInfo) -> _Done:
-        key = src_info.key
-        for _ in range(_SOURCE_CHANGE_ATTEMPTS):
-            try:
-                out = await rt.copier(src_info.storage_class).copy(src_info)
-                # A written MD5 ETag equal to the source's proves identical bytes (hence equal size and CRC64);
-                # anything else is checked against the destination's own HEAD.
-                if rt.consistency is not ConsistencyCheck.NO_CHECK and not _same_md5(src_info.etag, out.etag):
-                    written = await rt.dst.head(key)
-                    problem = check_consistency(rt.consistency, src_info, written)
-                    if problem is not None:
-                        raise VerificationError(problem, key=key)
-                return _Done("success", out.size)
-            except SourceChangedError:
-                try:
-                    src_info = await rt.src.head(key)
-                except NotFoundError:
-                    raise _GiveUp("the source object was deleted during the copy") from None
-                except FerryError as exc:
-                    raise _Retry(_reason(exc)) from None
-            except ArchivedObjectError as exc:
-                if not rt.restore:
-                    raise _GiveUp(f"the source object is archived and enable_restore is off ({exc.message})") from None
-                with contextlib.suppress(FerryError):
-                    # Asking again is harmless (stores answer "already in progress"); it covers a lost request.
-                    await rt.src.restore(key, _RESTORE_DAYS)
-                # Restores take minutes to hours: wait without using up attempts.
-                raise _Retry("archived: restore requested, waiting for it to finish",
-                             delay=self.settings.restore_poll_seconds, counts=False) from None
-            except NotFoundError:
-                raise _GiveUp("the source object does not exist") from None
-            except UsageError as exc:
-                raise _GiveUp(_reason(exc)) from None
-            except FatalError as exc:
-                raise await self._fatal(rt, exc) from None
-            except FerryError as exc:
-                raise _Retry(_reason(exc)) from None
-        raise _Retry("the source kept changing during the copy")
+        try:
+            out = await rt.copier.copy(src_info)
+        except ArchivedObjectError as exc:
+            if not rt.restore:
+                raise _GiveUp(f"the source object is archived and enable_restore is off ({exc.message})") from None
+            with contextlib.suppress(FerryError):
+                # Asking again is harmless (stores answer "already in progress"); it covers a lost request.
+                await rt.src.restore(src_info.key, _RESTORE_DAYS)
+            # Restores take minutes to hours: wait without using up attempts.
+            raise _Retry("archived: restore requested, waiting for it to finish",
+                         delay=self.settings.restore_poll_seconds, counts=False) from None
+        except NotFoundError:
+            raise _GiveUp("the source object does not exist") from None  # before the copy or during it
+        except UsageError as exc:
+            raise _GiveUp(_reason(exc)) from None
+        except FatalError as exc:
+            raise await self._fatal(rt, exc) from None
+        except FerryError as exc:
+            # The source kept changing, the write failed verification, a store kept failing: later, again.
+            raise _Retry(_reason(exc)) from None
+        return _Done("success", out.size)
 
     # -- failures of the task as a whole -----------------------------------------------------------------------
     async def _fatal(self, rt: _Runtime, exc: FatalError) -> _GiveUp | _Retry:
@@ -674,9 +646,9 @@ class SyncWorkers:
                 if rt is None:
                     return
                 try:
-                    copied, failed = await self._reconcile_copies(rt)
-                    if self.settings.propagate_deletes:
-                        deleted, error = await self._reconcile_deletes(rt)
+                    copied, failed, orphans = await self._reconcile_copies(rt)
+                    if orphans is not None:
+                        deleted, error = await self._reconcile_deletes(rt, orphans)
                 except FatalError:
                     # A listing refused: the task as a whole may have stopped working (keys, bucket).
                     failure = await self._task_failure(rt)
@@ -706,11 +678,18 @@ class SyncWorkers:
                 log.info("sync %s: reconciled in %.1fs: %d copied, %d failed, %d deleted%s", row.id,
                          time.monotonic() - started, copied, failed, deleted, f" ({error})" if error else "")
 
-    async def _reconcile_copies(self, rt: _Runtime) -> tuple[int, int]:
+    async def _reconcile_copies(self, rt: _Runtime) -> tuple[int, int, list[str] | None]:
+        """Copy what differs; with deletes propagated, the same pass also collects the destination keys that have
+        no source (up to one past the cap: enough to know there are too many). Returns copied, failed, those keys
+        (None when deletes are not propagated)."""
+        propagate, cap = self.settings.propagate_deletes, self.settings.delete_cap
+        own_list = failed_lists.sync_list_key(rt.row.id)
+        orphans: list[str] | None = [] if propagate else None
         planner = Planner(
             rt.src.list(), rt.src.capabilities.list_order, rt.dst.list(), rt.dst.capabilities.list_order,
             overwrite_mode=rt.overwrite, max_key_bytes=rt.dst.capabilities.max_key_bytes,
         )
+        plan: AsyncIterator[Action | DstOnly] = planner.march() if propagate else aiter(planner)
         queue: asyncio.Queue[ObjectInfo | None] = asyncio.Queue(maxsize=self.settings.reconcile_concurrency * 2)
         counts = {"success": 0, "failed": 0}
 
@@ -726,12 +705,15 @@ class SyncWorkers:
 
         workers = [asyncio.create_task(worker()) for _ in range(self.settings.reconcile_concurrency)]
         try:
-            async for action in planner:
+            async for action in plan:
                 if isinstance(action, Copy):
                     await queue.put(action.src)
                 elif isinstance(action, Fail):
                     self._record(EventOutcome(rt.row.id, action.src.key, None, "failed", reason=action.reason))
                     counts["failed"] += 1
+                elif (isinstance(action, DstOnly) and orphans is not None and len(orphans) <= cap
+                      and action.dst.key != own_list):
+                    orphans.append(action.dst.key)
             for _ in workers:
                 await queue.put(None)
             await asyncio.gather(*workers)
@@ -740,34 +722,19 @@ class SyncWorkers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             await planner.aclose()
-        return counts["success"], counts["failed"]
+        return counts["success"], counts["failed"], orphans
 
-    async def _reconcile_deletes(self, rt: _Runtime) -> tuple[int, str | None]:
+    async def _reconcile_deletes(self, rt: _Runtime, orphans: list[str]) -> tuple[int, str | None]:
         """Delete destination objects whose source is gone — all of them or, above the cap, none."""
         cap = self.settings.delete_cap
-        # The planner with the roles swapped: a "copy because missing" is a destination key with no source.
-        planner = Planner(
-            rt.dst.list(), rt.dst.capabilities.list_order, rt.src.list(), rt.src.capabilities.list_order,
-            overwrite_mode=OverwriteMode.NO_OVERWRITE,
-        )
-        doomed: list[str] = []
-        own_list = failed_lists.sync_list_key(rt.row.id)
-        try:
-            async for action in planner:
-                if isinstance(action, Copy) and action.reason is CopyReason.MISSING and action.src.key != own_list:
-                    doomed.append(action.src.key)
-                    if len(doomed) > cap:
-                        break
-        finally:
-            await planner.aclose()
-        if len(doomed) > cap:
+        if len(orphans) > cap:
             # A mass disappearance is more likely a mistake (wrong bucket, emptied by accident) than intent.
             msg = (f"more than {cap} destination objects have no source; none deleted "
                    "(raise FERRY_SYNC_DELETE_CAP if this is intended)")
             log.warning("sync %s: %s", rt.row.id, msg)
             return 0, msg
         deleted = 0
-        for key in doomed:
+        for key in orphans:
             try:
                 await rt.src.head(key)
                 continue  # it came back (or the listing missed it): keep the copy
@@ -825,10 +792,6 @@ class SyncWorkers:
             count += len(page)
             after = page[-1].key
         return fh.tell(), count
-
-
-def _same_md5(a: str | None, b: str | None) -> bool:
-    return bool(a and b and _MD5_ETAG.match(a.lower()) and a.lower() == b.lower())
 
 
 def _etags_differ(src: ObjectInfo, dst: ObjectInfo | None) -> bool:
