@@ -14,14 +14,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from ferry.db.repo import JobRepo
-from ferry.runner.local import RunnerSettings, transfer_options
 from sqlalchemy import Engine
 
 from ferry.db.database import open_database
+from ferry.db.job_repo import JobRepo
 from ferry.db.sync_models import sync_tasks
 from ferry.db.sync_repo import SyncRepo, SyncTaskRow, SyncTaskSpec
 from ferry.objects import ObjectInfo, ObjectMeta, PutResult
+from ferry.runner.migration import RunnerSettings, transfer_options
 from ferry.runner.sync import SyncSettings, SyncWorkers
 from ferry.service.transfers import run_migration
 from ferry.storage.base import Backend
