@@ -61,7 +61,7 @@ from ferry.objects import ObjectInfo
 from ferry.runner import failed_lists
 from ferry.runner.loop_thread import LoopThread
 from ferry.runner.migration import TaskFailure, failure_for
-from ferry.storage.base import Backend
+from ferry.storage.base import Backend, first_listed
 from ferry.storage.wrappers import RetryingBackend
 
 log = logging.getLogger("ferry.sync")
@@ -240,17 +240,6 @@ class _GiveUp(Exception):
 def _reason(exc: BaseException) -> str:
     text = exc.message if isinstance(exc, FerryError) else f"{type(exc).__name__}: {exc}"
     return text[:_REASON_MAX]
-
-
-async def _list_one(backend: Backend) -> None:
-    """List the first object of the bucket (or none): proof that the keys work and the bucket is there."""
-    listing = backend.list()
-    try:
-        await anext(listing, None)
-    finally:
-        aclose = getattr(listing, "aclose", None)
-        if aclose is not None:
-            await aclose()
 
 
 class SyncWorkers:
@@ -569,7 +558,7 @@ class SyncWorkers:
     async def _probe(rt: _Runtime) -> TaskFailure | None:
         for side, backend in (("source", rt.src), ("destination", rt.dst)):
             try:
-                await _list_one(backend)
+                await first_listed(backend)
             except FatalError as exc:
                 failure = failure_for(side, exc)
                 if failure.code != _NO_TASK_CAUSE:
