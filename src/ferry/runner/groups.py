@@ -48,7 +48,7 @@ from ferry.db.task_repo import owner_id
 from ferry.errors import FatalError, FerryError, NotFoundError, UsageError
 from ferry.objects import ObjectMeta
 from ferry.runner.loop_thread import LoopThread
-from ferry.runner.migration import failure_for, open_store
+from ferry.runner.migration import TaskFailure, failure_for, open_store
 from ferry.runner.notices import EndNotifier, RunEnd
 from ferry.storage.base import Backend, ListOrder, listing, ranged_lines
 from ferry.storage.profiles import get_profile
@@ -141,13 +141,8 @@ class GroupRunnerSettings:
     retry_attempts: int = 3
 
 
-class SplitFailure(Exception):
-    """The split cannot go on: a TRF code and a message for `error_reason` (never holding a secret)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class SplitFailure(TaskFailure):
+    """The split cannot go on: a TRF code and a message for the group's `error_reason` (never a secret)."""
 
 
 class _Stop(Exception):
