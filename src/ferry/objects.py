@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 EMPTY_META: Mapping[str, str] = {}
@@ -51,6 +52,12 @@ _MD5_HEX = re.compile(r"[0-9a-fA-F]{32}")
 def md5_of_etag(etag: str | None) -> str | None:
     """`etag` as a lowercase MD5 hex when it has that form (a multipart ETag, `<hex>-<n>`, does not)."""
     return etag.lower() if etag is not None and _MD5_HEX.fullmatch(etag) else None
+
+
+def composite_etag(md5s: Sequence[str]) -> str:
+    """The S3 multipart ETag of parts with these MD5s (hex): the MD5 of their digests, `-` and the part count."""
+    joined = b"".join(bytes.fromhex(m) for m in md5s)
+    return f"{hashlib.md5(joined, usedforsecurity=False).hexdigest()}-{len(md5s)}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ import contextlib
 import functools
 import hashlib
 import re
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Final, Protocol, TypeVar
 
@@ -36,7 +36,7 @@ from ferry.errors import (
     UsageError,
     VerificationError,
 )
-from ferry.objects import ObjectInfo, ObjectMeta, PartInfo
+from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, composite_etag
 from ferry.storage.base import Backend
 from ferry.storage.http1 import pass_splice
 from ferry.storage.profiles import CANONICAL_CLASSES
@@ -186,11 +186,6 @@ class _StreamSums:
             self.md5.update(data)
         if self.crc is not None:
             self.crc.update(data)
-
-
-def composite_etag(md5s: Sequence[str]) -> str:
-    joined = b"".join(bytes.fromhex(m) for m in md5s)
-    return f"{hashlib.md5(joined, usedforsecurity=False).hexdigest()}-{len(md5s)}"
 
 
 class Copier:

@@ -37,7 +37,7 @@ from typing import Any, cast
 from ferry.engine.compare import DEFAULT_OVERWRITE_MODE, CopyReason, OverwriteMode, SkipReason, decide
 from ferry.errors import FatalError, ListingOrderError
 from ferry.objects import ObjectInfo
-from ferry.storage.base import ListOrder
+from ferry.storage.base import ListOrder, close_listing
 
 __all__ = ["Action", "Copy", "DstOnly", "Fail", "Listing", "PlanStats", "Planner", "SideStats", "Skip"]
 
@@ -318,9 +318,7 @@ class _Cursor:
             self._close()
         # Stopping a backend's listing early (the destination past the last source key) must still release
         # its HTTP response.
-        close = getattr(self._it, "aclose", None)
-        if close is not None:
-            await close()
+        await close_listing(self._it)
 
 
 class Planner:

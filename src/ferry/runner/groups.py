@@ -22,7 +22,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
@@ -48,9 +48,9 @@ from ferry.db.task_repo import owner_id
 from ferry.errors import FatalError, FerryError, NotFoundError, UsageError
 from ferry.objects import ObjectMeta
 from ferry.runner.loop_thread import LoopThread
-from ferry.runner.migration import failure_for, open_store
+from ferry.runner.migration import TaskFailure, failure_for, open_store
 from ferry.runner.notices import EndNotifier, RunEnd
-from ferry.storage.base import Backend, ListOrder, ranged_lines
+from ferry.storage.base import Backend, ListOrder, listing, ranged_lines
 from ferry.storage.profiles import get_profile
 from ferry.storage.selection import normalise
 from ferry.storage.wrappers import RetryingBackend
@@ -141,13 +141,8 @@ class GroupRunnerSettings:
     retry_attempts: int = 3
 
 
-class SplitFailure(Exception):
-    """The split cannot go on: a TRF code and a message for `error_reason` (never holding a secret)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class SplitFailure(TaskFailure):
+    """The split cannot go on: a TRF code and a message for the group's `error_reason` (never a secret)."""
 
 
 class _Stop(Exception):
@@ -436,7 +431,7 @@ class _Splitter:
                 after = self.state.get("after") if by_key else None
                 skip = 0 if by_key else int(self.state.get("skip", 0))
                 taken = skip
-                async for info in _listing(store, prefixes[index], after):
+                async for info in listing(store, prefixes[index], after):
                     if skip:
                         skip -= 1
                         continue
@@ -554,14 +549,3 @@ class _Splitter:
 def _split_failure(side: str, exc: FatalError) -> SplitFailure:
     failure = failure_for(side, exc)
     return SplitFailure(failure.code, failure.message)
-
-
-async def _listing(store: Backend, prefix: str, after: str | None) -> AsyncIterator[Any]:
-    iterator = store.list(prefix, after)
-    try:
-        async for info in iterator:
-            yield info
-    finally:
-        aclose = getattr(iterator, "aclose", None)
-        if aclose is not None:
-            await aclose()

@@ -48,7 +48,7 @@ from ferry.runner import failed_lists
 from ferry.runner.loop_thread import LoopThread
 from ferry.runner.notices import EndNotifier, RunEnd
 from ferry.settings import records_dir
-from ferry.storage.base import Backend, LineTooLong, ListOrder, ranged_lines
+from ferry.storage.base import Backend, LineTooLong, ListOrder, first_listed, ranged_lines
 from ferry.storage.profiles import get_profile
 from ferry.storage.s3 import S3Backend
 from ferry.storage.selection import SelectedBackend, normalise
@@ -613,14 +613,7 @@ class LocalRunner(LoopThread):
     @staticmethod
     async def _preflight(store: Backend, side: str) -> None:
         try:
-            iterator = store.list()
-            try:
-                async for _ in iterator:
-                    break
-            finally:
-                aclose = getattr(iterator, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+            await first_listed(store)
         except FatalError as exc:
             raise failure_for(side, exc) from None
 

@@ -61,7 +61,7 @@ from ferry.objects import ObjectInfo
 from ferry.runner import failed_lists
 from ferry.runner.loop_thread import LoopThread
 from ferry.runner.migration import TaskFailure, failure_for
-from ferry.storage.base import Backend
+from ferry.storage.base import Backend, first_listed
 from ferry.storage.wrappers import RetryingBackend
 
 log = logging.getLogger("ferry.sync")
@@ -240,17 +240,6 @@ class _GiveUp(Exception):
 def _reason(exc: BaseException) -> str:
     text = exc.message if isinstance(exc, FerryError) else f"{type(exc).__name__}: {exc}"
     return text[:_REASON_MAX]
-
-
-async def _list_one(backend: Backend) -> None:
-    """List the first object of the bucket (or none): proof that the keys work and the bucket is there."""
-    listing = backend.list()
-    try:
-        await anext(listing, None)
-    finally:
-        aclose = getattr(listing, "aclose", None)
-        if aclose is not None:
-            await aclose()
 
 
 class SyncWorkers:
@@ -499,14 +488,8 @@ class SyncWorkers:
                 src_info, dst_info = await asyncio.gather(rt.src.head(key), self._head_or_none(rt.dst, key))
             else:
                 src_info, dst_info = listed, None  # the planner already decided that it must be copied
-        except NotFoundError:
-            raise _GiveUp("the source object does not exist") from None
-        except UsageError as exc:
-            raise _GiveUp(_reason(exc)) from None
-        except FatalError as exc:
-            raise await self._fatal(rt, exc) from None
         except FerryError as exc:
-            raise _Retry(_reason(exc)) from None
+            raise await self._failed(rt, exc) from None
         if listed is None:
             decision = decide(src_info, dst_info, rt.overwrite)
             if isinstance(decision, SkipReason) and _etags_differ(src_info, dst_info):
@@ -536,16 +519,20 @@ class SyncWorkers:
             # Restores take minutes to hours: wait without using up attempts.
             raise _Retry("archived: restore requested, waiting for it to finish",
                          delay=self.settings.restore_poll_seconds, counts=False) from None
-        except NotFoundError:
-            raise _GiveUp("the source object does not exist") from None  # before the copy or during it
-        except UsageError as exc:
-            raise _GiveUp(_reason(exc)) from None
-        except FatalError as exc:
-            raise await self._fatal(rt, exc) from None
         except FerryError as exc:
-            # The source kept changing, the write failed verification, a store kept failing: later, again.
-            raise _Retry(_reason(exc)) from None
+            raise await self._failed(rt, exc) from None
         return _Done("success", out.size)
+
+    async def _failed(self, rt: _Runtime, exc: FerryError) -> _GiveUp | _Retry:
+        """What becomes of a key whose HEAD or copy failed with `exc`."""
+        if isinstance(exc, NotFoundError):
+            return _GiveUp("the source object does not exist")  # before the copy or during it
+        if isinstance(exc, UsageError):
+            return _GiveUp(_reason(exc))
+        if isinstance(exc, FatalError):
+            return await self._fatal(rt, exc)
+        # The source kept changing, the write failed verification, a store kept failing: later, again.
+        return _Retry(_reason(exc))
 
     # -- failures of the task as a whole -----------------------------------------------------------------------
     async def _fatal(self, rt: _Runtime, exc: FatalError) -> _GiveUp | _Retry:
@@ -571,7 +558,7 @@ class SyncWorkers:
     async def _probe(rt: _Runtime) -> TaskFailure | None:
         for side, backend in (("source", rt.src), ("destination", rt.dst)):
             try:
-                await _list_one(backend)
+                await first_listed(backend)
             except FatalError as exc:
                 failure = failure_for(side, exc)
                 if failure.code != _NO_TASK_CAUSE:

@@ -6,7 +6,7 @@ import builtins
 import enum
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ferry.errors import TransientError
 from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult
@@ -146,6 +146,32 @@ class Backend(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+async def close_listing(iterator: AsyncIterator[Any]) -> None:
+    """Close a listing left before its end, so the store's HTTP response is released now, not at GC."""
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+async def listing(backend: Backend, prefix: str = "", start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
+    """`backend.list(...)`, closed when the consumer stops early."""
+    iterator = backend.list(prefix, start_after)
+    try:
+        async for info in iterator:
+            yield info
+    finally:
+        await close_listing(iterator)
+
+
+async def first_listed(backend: Backend) -> ObjectInfo | None:
+    """The first object of the listing, or None: proof that the keys work and the bucket is there."""
+    iterator = backend.list()
+    try:
+        return await anext(aiter(iterator), None)
+    finally:
+        await close_listing(iterator)
 
 
 class LineTooLong(ValueError):

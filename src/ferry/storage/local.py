@@ -78,9 +78,9 @@ from ferry.errors import (
     SourceChangedError,
     TransientError,
 )
-from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult, md5_of_etag
-from ferry.storage.base import Backend, Capabilities, ListOrder
-from ferry.storage.profiles import CANONICAL_CLASSES
+from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult, composite_etag, md5_of_etag
+from ferry.storage.base import Backend
+from ferry.storage.inproc import InProcessBackend, check_part, check_parts, check_range
 from ferry.storage.wrappers import unwrap
 
 log = logging.getLogger(__name__)
@@ -339,7 +339,7 @@ def _os_error(exc: OSError, op: str, key: str | None) -> Exception:
     return TransientError(what, key=key)
 
 
-class LocalBackend:
+class LocalBackend(InProcessBackend):
     """A directory as a bucket (optionally under a key prefix); see the module docstring for the layout."""
 
     def __init__(
@@ -351,33 +351,17 @@ class LocalBackend:
         fsync: bool = True,
         min_part_size: int = 5 * 1024 * 1024,
     ) -> None:
+        # Any two local backends of one host can copy between themselves without the engine's help.
+        super().__init__(
+            prefix, copy_group=f"local:{socket.gethostname()}", min_part_size=min_part_size, mtime_precision=1e-3
+        )
         self._root = os.path.abspath(os.fspath(root))
-        self._prefix = prefix
         self._create = create
         self._fsync = fsync
-        self._capabilities = Capabilities(
-            list_order=ListOrder.LEXICOGRAPHIC,
-            # Any two local backends of one host can copy between themselves without the engine's help.
-            copy_group=f"local:{socket.gethostname()}",
-            min_part_size=min_part_size,
-            etag_is_md5=True,
-            crc64=False,
-            mtime_precision=1e-3,
-            storage_classes=frozenset(CANONICAL_CLASSES),
-            restore=False,
-        )
 
     @property
     def root(self) -> Path:
         return Path(self._root)
-
-    @property
-    def prefix(self) -> str:
-        return self._prefix
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return self._capabilities
 
     @property
     def name(self) -> str:
@@ -387,20 +371,6 @@ class LocalBackend:
         return f"LocalBackend({self._root!r}, prefix={self._prefix!r})"
 
     # -- helpers (all blocking; called in worker threads) -------------------------------------------------
-    def _full_key(self, key: str) -> str:
-        if not key:
-            raise PermanentError("an object key must not be empty", key=key)
-        full = self._prefix + key
-        try:
-            size = len(full.encode("utf-8"))
-        except UnicodeEncodeError:
-            raise PermanentError("an object key must be valid UTF-8", key=key) from None
-        if size > self._capabilities.max_key_bytes:
-            raise PermanentError(
-                f"key is {size} bytes with the prefix; the limit is {self._capabilities.max_key_bytes}", key=key
-            )
-        return full
-
     def _data_path(self, key: str) -> tuple[str, str]:
         full = self._full_key(key)
         path = os.path.join(self._root, key_to_relpath(full))
@@ -599,8 +569,7 @@ class LocalBackend:
     async def read(
         self, key: str, *, offset: int = 0, length: int | None = None, if_match: str | None = None
     ) -> bytes:
-        if offset < 0 or (length is not None and length < 0):
-            raise PermanentError(f"invalid range offset={offset} length={length}", key=key)
+        check_range(key, offset, length)
         data: bytes = await self._run("read", key, self._read_sync, key, offset, length, if_match)
         return data
 
@@ -856,11 +825,7 @@ class LocalBackend:
     async def upload_part(
         self, key: str, upload_id: str, part_number: int, data: bytes, *, crc32c: int | None = None
     ) -> PartInfo:
-        caps = self._capabilities
-        if not 1 <= part_number <= caps.max_parts:
-            raise PermanentError(f"part number {part_number} is outside 1..{caps.max_parts}", key=key)
-        if len(data) > caps.max_part_size:
-            raise PermanentError(f"part of {len(data)} bytes exceeds {caps.max_part_size}", key=key)
+        check_part(key, part_number, len(data), self._capabilities)
         part: PartInfo = await self._run(
             "upload_part", key, self._upload_part_sync, key, upload_id, part_number, data
         )
@@ -883,21 +848,11 @@ class LocalBackend:
         folder, doc = self._upload(key, upload_id)
         with _key_locks(folder, path):
             stored = self._parts(folder)
-            chosen: builtins.list[tuple[str, str]] = []
-            previous = 0
-            for index, part in enumerate(parts):
-                if part.part_number <= previous:
-                    raise PermanentError("parts must be listed in ascending part-number order", key=key)
-                previous = part.part_number
-                found = stored.get(part.part_number)
-                if found is None or found[1] != part.etag.strip('"'):
-                    raise PermanentError(f"part {part.part_number} was not uploaded with that ETag", key=key)
-                if index < len(parts) - 1 and found[2] < self._capabilities.min_part_size:
-                    raise PermanentError(
-                        f"part {part.part_number} is {found[2]} bytes, below the minimum "
-                        f"{self._capabilities.min_part_size} for all parts but the last", key=key,
-                    )
-                chosen.append((os.path.join(folder, found[0]), found[1]))
+            check_parts(
+                key, parts, {n: PartInfo(n, md5, size) for n, (_, md5, size) in stored.items()},
+                self._capabilities.min_part_size,
+            )
+            chosen = [(os.path.join(folder, stored[p.part_number][0]), stored[p.part_number][1]) for p in parts]
 
             def write(out: BinaryIO) -> None:
                 for part_path, _ in chosen:
@@ -905,11 +860,8 @@ class LocalBackend:
                         shutil.copyfileobj(src, out, _COPY_CHUNK)
 
             tmp = self._write_temp(os.path.dirname(path), write)
-            digest = hashlib.md5(usedforsecurity=False)
-            for _, md5 in chosen:
-                digest.update(bytes.fromhex(md5))
             result = self._commit(
-                full, path, tmp, etag=f"{digest.hexdigest()}-{len(chosen)}", meta=_meta_from_json(doc.get("meta")),
+                full, path, tmp, etag=composite_etag([md5 for _, md5 in chosen]), meta=_meta_from_json(doc.get("meta")),
                 storage_class=doc.get("storage_class") if isinstance(doc.get("storage_class"), str) else None,
                 crc64=doc.get("crc64") if isinstance(doc.get("crc64"), int) else None,
             )

@@ -20,9 +20,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from ferry.errors import DigestMismatchError, FatalError, NotFoundError, PermanentError, SourceChangedError
-from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult, md5_of_etag
-from ferry.storage.base import Backend, Capabilities, ListOrder
-from ferry.storage.profiles import CANONICAL_CLASSES
+from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult, composite_etag, md5_of_etag
+from ferry.storage.base import Backend
+from ferry.storage.inproc import InProcessBackend, check_part, check_parts, check_range
 from ferry.storage.wrappers import unwrap
 
 __all__ = ["MemoryBackend", "MemoryStore"]
@@ -33,13 +33,6 @@ _PIECE = 1024 * 1024  # read_stream's pieces
 
 def _md5_hex(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
-
-
-def _composite_etag(part_etags: Sequence[str]) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    for etag in part_etags:
-        digest.update(bytes.fromhex(etag))
-    return f"{digest.hexdigest()}-{len(part_etags)}"
 
 
 def _own_meta(meta: ObjectMeta) -> ObjectMeta:
@@ -103,7 +96,7 @@ class MemoryStore:
             raise FatalError(f"bucket {name!r} does not exist in memory store {self.name}") from None
 
 
-class MemoryBackend:
+class MemoryBackend(InProcessBackend):
     """One bucket (optionally under a key prefix) of a MemoryStore."""
 
     def __init__(
@@ -116,20 +109,10 @@ class MemoryBackend:
         min_part_size: int = 5 * 1024 * 1024,
     ) -> None:
         self._store = store if store is not None else MemoryStore()
+        super().__init__(prefix, copy_group=self._store.copy_group, min_part_size=min_part_size, mtime_precision=1e-6)
         self._bucket_name = bucket
-        self._prefix = prefix
         if create_bucket:
             self._store.create_bucket(bucket)
-        self._capabilities = Capabilities(
-            list_order=ListOrder.LEXICOGRAPHIC,
-            copy_group=self._store.copy_group,
-            min_part_size=min_part_size,
-            etag_is_md5=True,
-            crc64=False,
-            mtime_precision=1e-6,
-            storage_classes=frozenset(CANONICAL_CLASSES),
-            restore=False,
-        )
 
     @property
     def store(self) -> MemoryStore:
@@ -140,32 +123,10 @@ class MemoryBackend:
         return self._bucket_name
 
     @property
-    def prefix(self) -> str:
-        return self._prefix
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return self._capabilities
-
-    @property
     def name(self) -> str:
         return f"mem://{self._bucket_name}/{self._prefix}"
 
     # -- helpers ------------------------------------------------------------------------------------------
-    def _full_key(self, key: str) -> str:
-        if not key:
-            raise PermanentError("an object key must not be empty", key=key)
-        full = self._prefix + key
-        try:
-            size = len(full.encode("utf-8"))
-        except UnicodeEncodeError:
-            raise PermanentError("an object key must be valid UTF-8", key=key) from None
-        if size > self._capabilities.max_key_bytes:
-            raise PermanentError(
-                f"key is {size} bytes with the prefix; the limit is {self._capabilities.max_key_bytes}", key=key
-            )
-        return full
-
     def _get(self, key: str) -> _Object:
         full = self._full_key(key)
         with self._store.lock:
@@ -230,8 +191,7 @@ class MemoryBackend:
     async def read(
         self, key: str, *, offset: int = 0, length: int | None = None, if_match: str | None = None
     ) -> bytes:
-        if offset < 0 or (length is not None and length < 0):
-            raise PermanentError(f"invalid range offset={offset} length={length}", key=key)
+        check_range(key, offset, length)
         obj = self._get(key)
         self._check_if_match(key, obj, if_match)
         end = len(obj.data) if length is None else offset + length
@@ -300,11 +260,7 @@ class MemoryBackend:
     async def upload_part(
         self, key: str, upload_id: str, part_number: int, data: bytes, *, crc32c: int | None = None
     ) -> PartInfo:
-        caps = self._capabilities
-        if not 1 <= part_number <= caps.max_parts:
-            raise PermanentError(f"part number {part_number} is outside 1..{caps.max_parts}", key=key)
-        if len(data) > caps.max_part_size:
-            raise PermanentError(f"part of {len(data)} bytes exceeds {caps.max_part_size}", key=key)
+        check_part(key, part_number, len(data), self._capabilities)
         body = bytes(data)
         etag = _md5_hex(body)
         with self._store.lock:
@@ -321,25 +277,12 @@ class MemoryBackend:
             raise PermanentError("completing a multipart upload needs at least one part", key=key)
         with self._store.lock:
             upload = self._upload(key, upload_id)
-            chunks: builtins.list[bytes] = []
-            etags: builtins.list[str] = []
-            previous = 0
-            for index, part in enumerate(parts):
-                if part.part_number <= previous:
-                    raise PermanentError("parts must be listed in ascending part-number order", key=key)
-                previous = part.part_number
-                stored = upload.parts.get(part.part_number)
-                if stored is None or stored[1] != part.etag.strip('"'):
-                    raise PermanentError(f"part {part.part_number} was not uploaded with that ETag", key=key)
-                if index < len(parts) - 1 and len(stored[0]) < self._capabilities.min_part_size:
-                    raise PermanentError(
-                        f"part {part.part_number} is {len(stored[0])} bytes, below the minimum "
-                        f"{self._capabilities.min_part_size} for all parts but the last", key=key,
-                    )
-                chunks.append(stored[0])
-                etags.append(stored[1])
+            stored = {n: PartInfo(n, etag, len(body)) for n, (body, etag) in upload.parts.items()}
+            check_parts(key, parts, stored, self._capabilities.min_part_size)
+            chunks = [upload.parts[part.part_number][0] for part in parts]
+            etags = [upload.parts[part.part_number][1] for part in parts]
             obj = _Object(
-                b"".join(chunks), _composite_etag(etags), time.time(), upload.meta, upload.storage_class,
+                b"".join(chunks), composite_etag(etags), time.time(), upload.meta, upload.storage_class,
                 upload.crc64,
             )
             self._store_object(upload.key, obj)

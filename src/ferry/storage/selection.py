@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterable
 
 from ferry.errors import NotFoundError
 from ferry.objects import ObjectInfo
-from ferry.storage.base import Backend
+from ferry.storage.base import Backend, listing
 from ferry.storage.wrappers import BackendWrapper
 
 
@@ -58,14 +58,8 @@ class SelectedBackend(BackendWrapper):
                     continue
                 async for obj in self._drain(batch):
                     yield obj
-                iterator = self.inner.list(max(text, prefix, key=len), start_after)
-                try:
-                    async for obj in iterator:
-                        yield obj
-                finally:
-                    aclose = getattr(iterator, "aclose", None)
-                    if aclose is not None:
-                        await aclose()
+                async for obj in listing(self.inner, max(text, prefix, key=len), start_after):
+                    yield obj
             elif text.startswith(prefix) and (start_after is None or text > start_after):
                 batch.append(text)
                 if len(batch) >= self.lookahead:

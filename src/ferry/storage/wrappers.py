@@ -18,7 +18,7 @@ from typing import TypeVar
 from ferry.aio import wait_event
 from ferry.errors import DigestMismatchError, TransientError
 from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult
-from ferry.storage.base import Backend, Capabilities
+from ferry.storage.base import Backend, Capabilities, close_listing
 
 __all__ = ["BackendWrapper", "BandwidthLimiter", "RetryingBackend", "ThrottledBackend", "unwrap"]
 
@@ -32,12 +32,6 @@ def unwrap(backend: Backend) -> Backend:
     while isinstance(backend, BackendWrapper):
         backend = backend.inner
     return backend
-
-
-async def _close_iterator(iterator: AsyncIterator[ObjectInfo]) -> None:
-    aclose = getattr(iterator, "aclose", None)
-    if aclose is not None:
-        await aclose()
 
 
 class BackendWrapper:
@@ -63,7 +57,7 @@ class BackendWrapper:
             async for info in iterator:
                 yield info
         finally:
-            await _close_iterator(iterator)
+            await close_listing(iterator)
 
     async def head(self, key: str) -> ObjectInfo:
         return await self.inner.head(key)
@@ -207,7 +201,7 @@ class RetryingBackend(BackendWrapper):
                 failures += 1
                 await self._backoff("list", prefix, failures, exc)
             finally:
-                await _close_iterator(iterator)
+                await close_listing(iterator)
 
     async def head(self, key: str) -> ObjectInfo:
         return await self._call("head", key, lambda: self.inner.head(key))

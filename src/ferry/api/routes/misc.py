@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from starlette.responses import JSONResponse
 
 from ferry.api.deps import CurrentPrincipal, Services, ok
-from ferry.api.routes.tasks import call, task_context
+from ferry.api.routes.tasks import done, task_context
 from ferry.oms import BatchUpdateTasksReq, EmptyResponse, TaskId, UpdateBandwidthPolicyReq
 from ferry.service import tasks
 
@@ -23,12 +23,10 @@ def update_privacy_agreement_record(principal: CurrentPrincipal, services: Servi
 def update_bandwidth_policy(task_id: TaskId, body: UpdateBandwidthPolicyReq, principal: CurrentPrincipal,
                             services: Services) -> JSONResponse:
     ctx = task_context(services)
-    call(lambda: tasks.update_bandwidth_policy(ctx, principal.project_id, task_id, body))
-    return ok(EmptyResponse())
+    return done(lambda: tasks.update_bandwidth_policy(ctx, principal.project_id, task_id, body))
 
 
 @router.post("/tasks/batch-update", response_model=EmptyResponse, summary="batch_update_tasks")
 def batch_update_tasks(body: BatchUpdateTasksReq, principal: CurrentPrincipal, services: Services) -> JSONResponse:
     ctx = task_context(services)
-    call(lambda: tasks.batch_update_tasks(ctx, principal.project_id, body))
-    return ok(EmptyResponse())
+    return done(lambda: tasks.batch_update_tasks(ctx, principal.project_id, body))

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from starlette.responses import JSONResponse
 
 from ferry.api.deps import CurrentPrincipal, Services, ok
-from ferry.api.routes.tasks import call
+from ferry.api.routes.tasks import call, done
 from ferry.oms import (
     Codes,
     CreateTaskGroupReq,
@@ -60,35 +60,30 @@ def show_task_group(group_id: GroupId, principal: CurrentPrincipal, services: Se
 def start_task_group(group_id: GroupId, body: StartTaskGroupReq, principal: CurrentPrincipal,
                      services: Services) -> JSONResponse:
     ctx = group_context(services)
-    call(lambda: groups.start_task_group(ctx, principal.project_id, group_id, body))
-    return ok(EmptyResponse())
+    return done(lambda: groups.start_task_group(ctx, principal.project_id, group_id, body))
 
 
 @router.put("/taskgroups/{group_id}/stop", response_model=EmptyResponse, summary="stop_task_group")
 def stop_task_group(group_id: GroupId, principal: CurrentPrincipal, services: Services) -> JSONResponse:
     ctx = group_context(services)
-    call(lambda: groups.stop_task_group(ctx, principal.project_id, group_id))
-    return ok(EmptyResponse())
+    return done(lambda: groups.stop_task_group(ctx, principal.project_id, group_id))
 
 
 @router.put("/taskgroups/{group_id}/retry", response_model=EmptyResponse, summary="retry_task_group")
 def retry_task_group(group_id: GroupId, body: RetryTaskGroupReq, principal: CurrentPrincipal,
                      services: Services) -> JSONResponse:
     ctx = group_context(services)
-    call(lambda: groups.retry_task_group(ctx, principal.project_id, group_id, body))
-    return ok(EmptyResponse())
+    return done(lambda: groups.retry_task_group(ctx, principal.project_id, group_id, body))
 
 
 @router.put("/taskgroups/{group_id}/update", response_model=EmptyResponse, summary="update_task_group")
 def update_task_group(group_id: GroupId, body: UpdateBandwidthPolicyReq, principal: CurrentPrincipal,
                       services: Services) -> JSONResponse:
     ctx = group_context(services)
-    call(lambda: groups.update_task_group(ctx, principal.project_id, group_id, body))
-    return ok(EmptyResponse())
+    return done(lambda: groups.update_task_group(ctx, principal.project_id, group_id, body))
 
 
 @router.delete("/taskgroups/{group_id}", response_model=EmptyResponse, summary="delete_task_group")
 def delete_task_group(group_id: GroupId, principal: CurrentPrincipal, services: Services) -> JSONResponse:
     ctx = group_context(services)
-    call(lambda: groups.delete_task_group(ctx, principal.project_id, group_id))
-    return ok(EmptyResponse())
+    return done(lambda: groups.delete_task_group(ctx, principal.project_id, group_id))

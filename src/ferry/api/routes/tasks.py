@@ -51,6 +51,12 @@ def call(fn: Callable[[], T]) -> T:
         return fn()
 
 
+def done(fn: Callable[[], object]) -> JSONResponse:
+    """Run a task operation whose answer is an empty body."""
+    call(fn)
+    return ok(EmptyResponse())
+
+
 @router.post("/tasks", response_model=CreateTaskResponse, summary="create_task")
 def create_task(body: CreateTaskReq, principal: CurrentPrincipal, services: Services) -> JSONResponse:
     ctx = task_context(services)
@@ -73,19 +79,16 @@ def show_task(task_id: TaskId, principal: CurrentPrincipal, services: Services) 
 @router.post("/tasks/{task_id}/start", response_model=EmptyResponse, summary="start_task")
 def start_task(task_id: TaskId, body: StartTaskReq, principal: CurrentPrincipal, services: Services) -> JSONResponse:
     ctx = task_context(services)
-    call(lambda: tasks.start_task(ctx, principal.project_id, task_id, body))
-    return ok(EmptyResponse())
+    return done(lambda: tasks.start_task(ctx, principal.project_id, task_id, body))
 
 
 @router.post("/tasks/{task_id}/stop", response_model=EmptyResponse, summary="stop_task")
 def stop_task(task_id: TaskId, principal: CurrentPrincipal, services: Services) -> JSONResponse:
     ctx = task_context(services)
-    call(lambda: tasks.stop_task(ctx, principal.project_id, task_id))
-    return ok(EmptyResponse())
+    return done(lambda: tasks.stop_task(ctx, principal.project_id, task_id))
 
 
 @router.delete("/tasks/{task_id}", response_model=EmptyResponse, summary="delete_task")
 def delete_task(task_id: TaskId, principal: CurrentPrincipal, services: Services) -> JSONResponse:
     ctx = task_context(services)
-    call(lambda: tasks.delete_task(ctx, principal.project_id, task_id))
-    return ok(EmptyResponse())
+    return done(lambda: tasks.delete_task(ctx, principal.project_id, task_id))
