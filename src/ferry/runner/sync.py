@@ -232,9 +232,10 @@ class _Retry(Exception):
 
 
 class _GiveUp(Exception):
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, stop: TaskFailure | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.stop = stop  # the task as a whole failed: stop it once this key's outcome is on disk
 
 
 def _reason(exc: BaseException) -> str:
@@ -261,6 +262,7 @@ class SyncWorkers:
         self._inflight: set[asyncio.Task[None]] = set()
         self._reconciling: dict[str, asyncio.Task[None]] = {}
         self._outcomes: list[EventOutcome] = []
+        self._stops: dict[str, tuple[_Runtime, TaskFailure]] = {}  # tasks to stop once their outcomes are flushed
         self._flush_lock = asyncio.Lock()
         self._budget: MemoryBudget | None = None
         self._wake: asyncio.Event | None = None
@@ -455,6 +457,7 @@ class SyncWorkers:
                 return
             outcome = await self._attempt(rt, ev.task_id, ev.key, None, ev.attempts)
             self._record(dataclasses.replace(outcome, version=ev.version))
+            await self._stop_if_failed(ev.task_id)
 
     async def _attempt(
         self, rt: _Runtime | None, task_id: str, key: str, listed: ObjectInfo | None, attempts: int
@@ -469,6 +472,8 @@ class SyncWorkers:
             return EventOutcome(task_id, key, None, done.outcome, size=done.size)  # type: ignore[arg-type]
         except _GiveUp as exc:
             log.info("sync %s: %r failed: %s", task_id, key, exc.reason)
+            if exc.stop is not None and rt is not None:
+                self._stops[task_id] = (rt, exc.stop)
             return EventOutcome(task_id, key, None, "failed", reason=exc.reason)
         except _Retry as exc:
             tries = attempts + 1
@@ -542,8 +547,15 @@ class SyncWorkers:
         failure = await self._task_failure(rt)
         if failure is None:
             return _Retry(_reason(exc))
-        await self._stop_failed(rt, failure)
-        return _GiveUp(f"the sync task stopped: {failure.code} {failure.message}"[:_REASON_MAX])
+        return _GiveUp(f"the sync task stopped: {failure.code} {failure.message}"[:_REASON_MAX], stop=failure)
+
+    async def _stop_if_failed(self, task_id: str) -> None:
+        """Stop a task that a key found failing as a whole, after that key's outcome is on disk: a task shown
+        stopped already counts the key that stopped it."""
+        pending = self._stops.pop(task_id, None)
+        if pending is not None:
+            await self._flush()
+            await self._stop_failed(*pending)
 
     async def _task_failure(self, rt: _Runtime) -> TaskFailure | None:
         """Whether the task's keys and buckets work, by listing one object on each side; one check at a time
@@ -689,6 +701,7 @@ class SyncWorkers:
                     counts["failed"] += 1
                 if out.outcome != "release":
                     self._record(out)
+                await self._stop_if_failed(rt.row.id)
 
         workers = [asyncio.create_task(worker()) for _ in range(self.settings.reconcile_concurrency)]
         try:
