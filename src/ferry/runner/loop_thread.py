@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import logging
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine, Hashable
 from typing import Any, Self
 
 log = logging.getLogger("ferry.runner")
 
 
-class LoopThread:
+class LoopThread(ABC):
     """Runs `run()` on an event loop in a daemon thread of its own, so its work never stalls the API's loop.
 
     `start()`, `notify()` and `stop()` may be called from any thread, in any order, any number of times: stop
@@ -31,8 +32,9 @@ class LoopThread:
         self._ready = threading.Event()
         self._active: dict[Hashable, asyncio.Task[None]] = {}
 
+    @abstractmethod
     async def run(self) -> None:
-        raise NotImplementedError
+        """The runner's main loop, until cancelled."""
 
     # -- control, from any thread ------------------------------------------------------------------------
 
