@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -123,3 +124,23 @@ def oms_client(url: str, ak: str, sk: str, project_id: str) -> OmsClient:
     # The SDK logs every request at INFO through its own handlers; keep test output readable.
     logging.getLogger("HttpClient").setLevel(logging.WARNING)
     return OmsClient.new_builder().with_credentials(BasicCredentials(ak, sk, project_id)).with_endpoints([url]).build()
+
+
+def unused_port() -> int:
+    """A port free on 127.0.0.1 now, for a server started as a separate process."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """Wait until the `ferry serve` process `proc` accepts connections on `port`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "ferry serve exited during startup"
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("ferry serve did not start listening")

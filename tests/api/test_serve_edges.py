@@ -24,7 +24,7 @@ import pytest
 import requests
 from ferry_service import fill, overrides, prefix_task, wait_task
 from huaweicloudsdkoms.v2 import CreateSyncTaskReq, CreateSyncTaskRequest, ListTasksRequest, ShowTaskRequest
-from live_server import Tenant, build_services, oms_client, serve, stop
+from live_server import Tenant, build_services, oms_client, serve, stop, unused_port, wait_listening
 from sdk_signing import signed_sdk_request
 
 from ferry.api.app import create_app
@@ -55,24 +55,6 @@ class Served:
         return self.log.read_text(errors="replace")
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "ferry serve exited during startup"
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("ferry serve did not start listening")
-
-
 @pytest.fixture(scope="module")
 def served(seaweed_a: Any, seaweed_b: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     home = tmp_path_factory.mktemp("serve-edges")
@@ -91,12 +73,12 @@ def served(seaweed_a: Any, seaweed_b: Any, tmp_path_factory: pytest.TempPathFact
     # What an older Ferry left behind: a world-readable data directory and database.
     data.chmod(0o755)
     (data / "ferry.db").chmod(0o644)
-    port = _port()
+    port = unused_port()
     log = home / "serve.log"
     with log.open("wb") as fh:
         proc = subprocess.Popen([*FERRY, "serve", "--port", str(port)], env=env, stdout=fh, stderr=subprocess.STDOUT)
     try:
-        _wait_listening(port, proc)
+        wait_listening(port, proc)
         yield Served(f"http://127.0.0.1:{port}", port, data, log, env, project, cred["access_key"],
                      cred["secret_key"])
     finally:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -22,31 +21,13 @@ from huaweicloudsdkoms.v2 import (
     UpdateBandwidthPolicyReq,
     UpdateBandwidthPolicyRequest,
 )
-from live_server import oms_client
+from live_server import oms_client, unused_port, wait_listening
 
 pytestmark = pytest.mark.timeout(240)
 FERRY = [sys.executable, "-m", "ferry.cli"]
 N = 300
 SIZE = 24 * 1024
 MiB = 1024 * 1024
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "ferry serve exited during startup"
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("ferry serve did not start listening")
 
 
 def _finished(db: Path) -> dict[str, float]:
@@ -69,14 +50,14 @@ def test_kill_9_mid_task_then_restart_finishes_everything(seaweed_a: Any, seawee
     made = subprocess.run([*FERRY, "credentials", "create", "--project-id", project], env=env,
                           capture_output=True, text=True, check=True)
     cred = json.loads(made.stdout)
-    port = _port()
+    port = unused_port()
     logs = [tmp_path / "serve-1.log", tmp_path / "serve-2.log"]
 
     def start(log: Path) -> subprocess.Popen[bytes]:
         with log.open("wb") as fh:
             proc = subprocess.Popen([*FERRY, "serve", "--port", str(port)], env=env, stdout=fh,
                                     stderr=subprocess.STDOUT)
-        _wait_listening(port, proc)
+        wait_listening(port, proc)
         return proc
 
     first = start(logs[0])

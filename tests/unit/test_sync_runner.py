@@ -8,11 +8,12 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import sync_workers
 from sqlalchemy import Engine
 
 from ferry.db.database import open_database
@@ -113,17 +114,9 @@ def _task(repo: SyncRepo, spec: SyncTaskSpec = SPEC, reconciled: bool = True) ->
     return task_id
 
 
-@asynccontextmanager
-async def running(engine: Engine, opener: Callable[[SyncTaskRow], tuple[Backend, Backend]],
-                  settings: SyncSettings = FAST) -> AsyncIterator[SyncWorkers]:
-    workers = SyncWorkers(engine, opener, settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(workers.run(stop))
-    try:
-        yield workers
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
+def running(engine: Engine, opener: Callable[[SyncTaskRow], tuple[Backend, Backend]],
+            settings: SyncSettings = FAST) -> AbstractAsyncContextManager[SyncWorkers]:
+    return sync_workers.running(engine, opener, settings)
 
 
 async def _until(check: Callable[[], bool], timeout: float = 30.0) -> None:

@@ -7,22 +7,22 @@ import dataclasses
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine
+from sync_workers import running
 
 from ferry.db.database import open_database
 from ferry.db.job_repo import JobRepo
 from ferry.db.sync_models import sync_tasks
-from ferry.db.sync_repo import SyncRepo, SyncTaskRow, SyncTaskSpec
+from ferry.db.sync_repo import SyncRepo, SyncTaskSpec
 from ferry.objects import ObjectInfo, ObjectMeta, PutResult
 from ferry.runner.migration import RunnerSettings, transfer_options
-from ferry.runner.sync import SyncSettings, SyncWorkers
+from ferry.runner.sync import SyncSettings
 from ferry.service.transfers import run_migration
 from ferry.storage.base import Backend
 from ferry.storage.memory import MemoryBackend, MemoryStore
@@ -107,19 +107,6 @@ def _sync_task(repo: SyncRepo, check: str, policy: str = "STANDARD", reconciled:
     return task_id
 
 
-@asynccontextmanager
-async def _running(engine: Engine, opener: Callable[[SyncTaskRow], tuple[Backend, Backend]],
-                   settings: SyncSettings = SETTINGS) -> AsyncIterator[SyncWorkers]:
-    workers = SyncWorkers(engine, opener, settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(workers.run(stop))
-    try:
-        yield workers
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-
-
 async def _until(check: Callable[[], bool], timeout: float = 30.0) -> None:
     async with asyncio.timeout(timeout):
         while not check():
@@ -163,11 +150,11 @@ async def test_a_sync_task_and_a_migration_task_verify_the_same_way(
     reconciling = _sync_task(repo, check)
     reconcile_dst = Store(MemoryBackend(MemoryStore(), "dst"), misreport=misreport)
     src = await _source()
-    async with _running(engine, lambda _row: (src, reconcile_dst)):
+    async with running(engine, lambda _row: (src, reconcile_dst), SETTINGS):
         await _until(_reconciled(repo, reconciling))
     evented = _sync_task(repo, check, reconciled=True)
     event_dst = Store(MemoryBackend(MemoryStore(), "dst"), misreport=misreport)
-    async with _running(engine, lambda _row: (src, event_dst)):
+    async with running(engine, lambda _row: (src, event_dst), SETTINGS):
         repo.enqueue(evented, ["k"], time.time())
         await _until(lambda: sum(_outcome(repo, evented)[:2]) == 1)
 
@@ -204,7 +191,7 @@ async def test_a_sync_task_and_a_migration_task_write_the_same_storage_class(
     task_id = _sync_task(repo, "size_last_modified", policy)
     sync_dst = MemoryBackend(MemoryStore(), "dst")
     src = await _source("k", source_class)
-    async with _running(engine, lambda _row: (src, sync_dst)):
+    async with running(engine, lambda _row: (src, sync_dst), SETTINGS):
         await _until(_reconciled(repo, task_id))
     assert _outcome(repo, task_id) == (1, 0, None)
     assert (await migration_dst.head("k")).storage_class == (await sync_dst.head("k")).storage_class == written
