@@ -33,7 +33,10 @@ class ObjectInfo:
     `mtime` is seconds since the epoch (float); `etag` is as the store returns it, without quotes;
     `crc64` is the CRC-64/ECMA (XZ) value when the store reports one or Ferry stored one; `meta` is only
     filled by HEAD, never by a listing, and so is `md5`: the content's MD5 (lowercase hex) when the store
-    vouches that the ETag is one (a single-part upload not encrypted under a KMS or customer key).
+    vouches that the ETag is one (a single-part upload not encrypted under a KMS or customer key), or
+    reports the content's MD5 itself (Azure Content-MD5, the md5 of GCS `x-goog-hash`); `crc32c` is the
+    content's CRC32C (Castagnoli) when the store reports one (GCS `x-goog-hash`, `x-amz-checksum-crc32c` of a
+    whole-object checksum).
     """
 
     key: str
@@ -44,6 +47,7 @@ class ObjectInfo:
     crc64: int | None = None
     meta: ObjectMeta | None = None
     md5: str | None = None
+    crc32c: int | None = None
 
 
 _MD5_HEX = re.compile(r"[0-9a-fA-F]{32}")
