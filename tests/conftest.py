@@ -1,4 +1,5 @@
-"""Shared fixtures: real local S3 servers (two SeaweedFS, a lazy moto), fresh bucket names per test, kernel moves."""
+"""Shared fixtures: real local S3 servers (two SeaweedFS, a lazy moto), fresh bucket names per test, kernel moves,
+fault-injection proxies in front of them."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from typing import Any
 import pytest
 import uvloop
 
+from faultproxy import FaultProxy
 from ferry.sandbox import MotoServer, S3Server, SeaweedServer
 from ferry.storage import splice
 
 BucketFactory = Callable[[S3Server], str]
+FaultProxyFactory = Callable[[S3Server | str], FaultProxy]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -82,3 +85,19 @@ def moves(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(splice, "move", counted)
     return made
+
+
+@pytest.fixture
+def fault_proxy() -> Iterator[FaultProxyFactory]:
+    """`fault_proxy(server or endpoint)` starts a FaultProxy (tests/faultproxy.py) in front of it; all stop at
+    teardown."""
+    started: list[FaultProxy] = []
+
+    def make(upstream: S3Server | str) -> FaultProxy:
+        proxy = FaultProxy(upstream if isinstance(upstream, str) else upstream.endpoint).start()
+        started.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in started:
+        proxy.stop()

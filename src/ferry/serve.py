@@ -85,7 +85,6 @@ def build(
     run_tasks: bool = True,
     runner_settings: RunnerSettings | None = None,
     limits: TaskLimits | None = None,
-    expose_openapi: bool = False,
     sync_workers: str = "thread",
     http_limits: HttpLimits | None = None,
     public_url: str | None = None,
@@ -119,7 +118,7 @@ def build(
         http_limits=http_limits or HttpLimits(),
         public_url=public_url,
     )
-    app = create_app(services, expose_openapi=expose_openapi)
+    app = create_app(services)
     return Service(engine, box, data_dir, services, app, runner, sync=sync_runtime, groups=group_runner)
 
 

@@ -63,8 +63,7 @@ class _Started:
 
 def start_service(data_dir: Path, db_url: str, *, run_tasks: bool = True, limits: TaskLimits | None = None,
                   runner: RunnerSettings = FAST_RUNNER) -> _Started:
-    service = build(data_dir, db_url, run_tasks=run_tasks, runner_settings=runner, limits=limits,
-                    expose_openapi=True)
+    service = build(data_dir, db_url, run_tasks=run_tasks, runner_settings=runner, limits=limits)
     tenants = []
     for _ in range(2):
         made = create_credential(service.engine, service.box, uuid.uuid4().hex)

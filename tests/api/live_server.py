@@ -102,7 +102,6 @@ def start_live(extra_routers: Sequence[APIRouter] = ()) -> tuple[LiveServer, _Ru
         build_services([tenant, other], clock, records),
         # Test routers come first so a probe route wins over a real route on the same path.
         routers=(*extra_routers, *PROJECT_ROUTERS),
-        expose_openapi=True,
     )
     running = serve(app)
     return LiveServer(running.url, tenant, other, clock, records, app), running

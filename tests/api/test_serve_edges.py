@@ -23,7 +23,13 @@ from typing import Any
 import pytest
 import requests
 from ferry_service import fill, overrides, prefix_task, wait_task
-from huaweicloudsdkoms.v2 import CreateSyncTaskReq, CreateSyncTaskRequest, ListTasksRequest, ShowTaskRequest
+from huaweicloudsdkoms.v2 import (
+    CreateSyncTaskReq,
+    CreateSyncTaskRequest,
+    ListTasksRequest,
+    OmsClient,
+    ShowTaskRequest,
+)
 from live_server import Tenant, build_services, oms_client, serve, stop, unused_port, wait_listening
 from sdk_signing import signed_sdk_request
 
@@ -326,6 +332,18 @@ def test_a_replayed_signed_write_is_refused(served: Served) -> None:
     # Reads may be repeated: they change nothing.
     url, headers = _signed(served, "GET", "/v2/{project_id}/tasks")
     assert [requests.get(url, headers=headers, timeout=10).status_code for _ in range(2)] == [200, 200]
+
+
+def test_the_openapi_document_is_served_without_keys(served: Served) -> None:
+    r = requests.get(served.url + "/openapi.json", timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/json" and len(r.headers["x-request-id"]) == 32
+    summaries = {op.get("summary") for ops in r.json()["paths"].values() for op in ops.values()}
+    # Every operation of the official SDK (each has an `_invoker`), plus Ferry's own, marked `ferry: ...`.
+    sdk_operations = {name.removesuffix("_invoker") for name in dir(OmsClient) if name.endswith("_invoker")}
+    assert len(sdk_operations) == 35 and sdk_operations <= summaries
+    assert {s for s in summaries - sdk_operations if not s.startswith("ferry: ")} == set()
+    assert served.sk not in r.text and served.project not in r.text
 
 
 def test_links_ignore_a_forged_host(served: Served, seaweed_a: Any, seaweed_b: Any) -> None:

@@ -15,6 +15,7 @@ from ferry.api.routes import buckets, helpers, misc, sync_tasks, taskgroups, tas
 from ferry.oms import oms_error_for_validation
 
 PROJECT_PREFIX: Final = "/v2/{project_id}"
+OPENAPI_URL: Final = "/openapi.json"
 
 # Route modules mounted under /v2/{project_id}, every route authenticated. A new area (tasks, taskgroups,
 # sync-tasks, the bucket helpers that talk to source clouds, bandwidth/batch updates) is a module in
@@ -35,15 +36,19 @@ def create_app(
     *,
     routers: Sequence[APIRouter] = PROJECT_ROUTERS,
     public_routers: Sequence[APIRouter] = PUBLIC_ROUTERS,
-    expose_openapi: bool = False,
 ) -> FastAPI:
-    """Build the OMS v2 API over `services`; `routers` are the authenticated /v2/{project_id} route modules."""
+    """Build the OMS v2 API over `services`; `routers` are the authenticated /v2/{project_id} route modules.
+
+    Its OpenAPI document is served at OPENAPI_URL without authentication, like `GET /`: it describes only what
+    Huawei's public API reference already does (no secret, no project, no task), and OMS clients, code
+    generators and fuzzers need it before they hold any key. The interactive docs stay off: they load their
+    script from a public CDN, which a self-hosted server must not make its users' browsers do."""
     app = FastAPI(
         title="Ferry OMS v2 API",
         version="2",
         docs_url=None,
         redoc_url=None,
-        openapi_url="/openapi.json" if expose_openapi else None,
+        openapi_url=OPENAPI_URL,
         # The SDK never follows redirects, so trailing slashes are absorbed by the middleware instead.
         redirect_slashes=False,
     )
