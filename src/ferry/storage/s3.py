@@ -522,29 +522,29 @@ class S3Backend:
     async def part_sizes(self, key: str, *, if_match: str | None = None) -> builtins.list[int] | None:
         """HEAD of part 1 gives the part count and the first part's length. Up to `_PART_HEADS` parts each
         part is asked; more are taken as equal parts (what every SDK uploads) once the last part's length
-        confirms it (a layout guessed wrong fails the check and the object, never passes it)."""
-        first = await self._part_head(key, 1, if_match)
+        confirms it (a layout guessed wrong fails the check and the object, never passes it). `if_match` is
+        not sent: moto answers a part's HEAD with the part's ETag, and the reads the layout serves are pinned
+        to the object's own."""
+        first = await self._part_head(key, 1)
         if first is None or first[1] is None or first[1] < 1:
             return None
         size, count, total = first[0], first[1], first[2]
         if count == 1:
             return [size]
         if count <= _PART_HEADS:
-            rest = await asyncio.gather(*(self._part_head(key, n, if_match) for n in range(2, count + 1)))
+            rest = await asyncio.gather(*(self._part_head(key, n) for n in range(2, count + 1)))
             lengths = [r[0] for r in rest if r is not None]
             return [size, *lengths] if len(lengths) == count - 1 else None
-        last = await self._part_head(key, count, if_match)
+        last = await self._part_head(key, count)
         if total is None or last is None or last[0] != total - size * (count - 1) or not 0 < last[0] <= size:
             return None
         return [size] * (count - 1) + [last[0]]
 
-    async def _part_head(self, key: str, n: int, if_match: str | None) -> tuple[int, int | None, int | None] | None:
+    async def _part_head(self, key: str, n: int) -> tuple[int, int | None, int | None] | None:
         """Part `n`'s length, the part count and the object's size, as a HEAD with `partNumber` reports them;
         None when the store does not answer that question."""
-        headers = {"If-Match": _quote_etag(if_match)} if if_match else {}
         try:
-            resp = await self._send("HEAD", "head", key, query=[("partNumber", str(n))], headers=headers,
-                                    ok=(200, 206))
+            resp = await self._send("HEAD", "head", key, query=[("partNumber", str(n))], ok=(200, 206))
         except (NotFoundError, SourceChangedError):
             raise
         except PermanentError:
