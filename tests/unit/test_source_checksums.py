@@ -208,6 +208,13 @@ async def test_a_source_without_a_checksum_is_counted_as_verified_by_size_only(t
         assert (await dst.read_object(key))[1] == body
 
 
+async def test_under_no_check_nothing_counts_as_verified(tmp_path: Path) -> None:
+    bodies = {"k": os.urandom(PATHS["small"])}
+    s = await _migrate(Vouching(await _source("size", bodies), "size"), MemoryBackend(MemoryStore(), "dst"),
+                       tmp_path, _opts(ConsistencyCheck.NO_CHECK))
+    assert (s.success, s.size_only) == (1, 0)
+
+
 @pytest.mark.parametrize("path", list(PATHS))
 async def test_reread_catches_damage_a_size_only_source_cannot(tmp_path: Path, path: str) -> None:
     """Without a checksum, damage on the way is seen only by reading again: then the damaged copy is removed

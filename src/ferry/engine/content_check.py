@@ -22,7 +22,8 @@ import fastcrc
 from ferry.engine.checksums import Crc64
 from ferry.objects import ObjectInfo, composite_etag
 
-__all__ = ["ContentSums", "SourceChecksum", "multipart_count", "source_checksum"]
+__all__ = ["CRC32", "CRC32C", "CRC64", "MD5", "MULTIPART", "SHA1", "SHA256", "SIZE", "UNCHECKED", "ContentSums",
+           "SourceChecksum", "multipart_count", "source_checksum"]
 
 _MULTIPART_ETAG: Final = re.compile(r"^([0-9a-fA-F]{32})-([1-9][0-9]{0,4})$")
 
@@ -34,6 +35,7 @@ MULTIPART: Final = "multipart ETag"
 CRC32C: Final = "CRC32C"
 CRC32: Final = "CRC32"
 SIZE: Final = "size"
+UNCHECKED: Final = "unchecked"  # no_check: nothing is verified, not even counted as verified by size
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +178,7 @@ class ContentSums:
         """Why the `size` bytes fed do not match the source's checksum, or None when they do."""
         if self.size != size:
             return f"{self.size} bytes were read of the source's {size}"
-        if self.check.size_only:
+        if self.check.kind in (SIZE, UNCHECKED):
             return None
         got = self.computed()
         if got != self.check.value:

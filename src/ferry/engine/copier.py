@@ -27,7 +27,17 @@ from ferry.db.records import PartRow, UploadRow
 from ferry.engine.budget import MemoryBudget
 from ferry.engine.checksums import Crc64, crc64_combine
 from ferry.engine.compare import ConsistencyCheck
-from ferry.engine.content_check import SIZE, ContentSums, SourceChecksum, multipart_count, source_checksum
+from ferry.engine.content_check import (
+    CRC32,
+    CRC32C,
+    MD5,
+    SIZE,
+    UNCHECKED,
+    ContentSums,
+    SourceChecksum,
+    multipart_count,
+    source_checksum,
+)
 from ferry.errors import (
     DamagedReadError,
     DigestMismatchError,
@@ -154,7 +164,7 @@ def _digest(data: bytes, crc: bool) -> tuple[str, int | None]:
     return md5, _crc64(data) if crc else None
 
 
-_NOTHING: Final = SourceChecksum(SIZE)
+_NOTHING: Final = SourceChecksum(UNCHECKED)
 
 
 def _crc64(data: bytes) -> int:
@@ -218,7 +228,7 @@ class Copier:
         if not self._verify:
             return _NOTHING
         check = source_checksum(info)
-        if check.kind in (SIZE, "CRC32C", "CRC32") and multipart_count(info) is not None:
+        if check.kind in (SIZE, CRC32C, CRC32) and multipart_count(info) is not None:
             # Only a multipart ETag is better: its part layout costs a HEAD or a few.
             sizes = await self.src.part_sizes(info.key, if_match=info.etag)
             if sizes is not None:
@@ -281,7 +291,7 @@ class Copier:
                 check = await self.source_check(info)
                 # Where the source vouches that its ETag is the content's MD5, the destination checks the
                 # bytes against it (Content-MD5) as they arrive: end to end, and nothing to hash here.
-                trusted = check.value if check.kind == "MD5" else None
+                trusted = check.value if check.kind == MD5 else None
                 try:
                     return await self._stream_once(info, check, trusted, pieces, progress)
                 except DigestMismatchError:
