@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "CRC64_COMPARISON_OVERWRITE | FULL_OVERWRITE")
     m.add_argument("--consistency-check", default="size_last_modified",
                    help="size_last_modified (default) | crc64 | no_check")
+    m.add_argument("--reread-size-only", action="store_true",
+                   help="read objects whose source gives no checksum (checked by their size only) again from "
+                        "both stores after the copy, and compare")
     m.add_argument("--metadata", action="store_true",
                    help="also migrate Cache-Control, Content-Disposition, Content-Encoding, Content-Language, "
                         "Expires and user metadata (Content-Type is always migrated)")
@@ -247,6 +250,7 @@ async def _migrate_run(args: argparse.Namespace) -> int:
         copy=CopyOptions(
             consistency=consistency, metadata=args.metadata, storage_class=args.storage_class,
             multipart_threshold=max(args.multipart_threshold, 5) * mib, part_size=args.part_size * mib,
+            reread_size_only=args.reread_size_only,
         ),
         migrate_since=since,
         concurrency=args.concurrency,

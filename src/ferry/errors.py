@@ -3,7 +3,8 @@
     FerryError
     ├── UsageError                 bad input from a user (CLI exit 2, API 400)
     ├── TransientError             retry with backoff: throttling, 5xx, resets, timeouts
-    │   └── DigestMismatchError    the store refused bytes that did not match the checksum sent with them
+    │   ├── DigestMismatchError    the store refused bytes that did not match the checksum sent with them
+    │   └── DamagedReadError       the bytes read do not match the source's own checksum (read again)
     ├── PermanentError             this object fails with a reason; the run goes on
     │   ├── NotFoundError          the object (or upload) does not exist
     │   ├── SourceChangedError     If-Match failed: the source changed mid-copy (retried by the engine)
@@ -51,6 +52,12 @@ class DigestMismatchError(TransientError):
     """The store refused a write whose bytes did not match the Content-MD5 (or other checksum) sent with
     it, and kept nothing. Damage on the way heals on another try; a checksum that was wrong to begin with
     does not, so a caller that took it on trust tries again with its own."""
+
+
+class DamagedReadError(TransientError):
+    """The bytes read from a source do not match a checksum the source itself vouches for (its MD5 ETag, a
+    multipart ETag, a CRC64 or x-amz-checksum header): damaged on the way. Nothing of them is kept; the
+    copy reads the object again from its first byte, and fails the object after a few such reads."""
 
 
 class PermanentError(FerryError):

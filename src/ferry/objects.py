@@ -36,7 +36,7 @@ class ObjectInfo:
     vouches that the ETag is one (a single-part upload not encrypted under a KMS or customer key), or
     reports the content's MD5 itself (Azure Content-MD5, the md5 of GCS `x-goog-hash`); `crc32c` is the
     content's CRC32C (Castagnoli) when the store reports one (GCS `x-goog-hash`, `x-amz-checksum-crc32c` of a
-    whole-object checksum).
+    whole-object checksum); `sha256`, `sha1` (hex) and `crc32` are whole-object `x-amz-checksum-*` values.
     """
 
     key: str
@@ -48,6 +48,9 @@ class ObjectInfo:
     meta: ObjectMeta | None = None
     md5: str | None = None
     crc32c: int | None = None
+    sha256: str | None = None
+    sha1: str | None = None
+    crc32: int | None = None
 
 
 _MD5_HEX = re.compile(r"[0-9a-fA-F]{32}")

@@ -81,6 +81,8 @@ migration_tasks = Table(
     Column("success_num", BigInteger, nullable=False, default=0),
     Column("skip_num", BigInteger, nullable=False, default=0),
     Column("fail_num", BigInteger, nullable=False, default=0),
+    # Of success_num: objects verified by their size only, their source having given no checksum.
+    Column("size_only_num", BigInteger, nullable=False, default=0),
     Column("complete_size", BigInteger, nullable=False, default=0),
     Column("real_size", BigInteger, nullable=False, default=0),
     Column("speed", BigInteger, nullable=False, default=0),

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ferry.db.records import JobRow, ObjectResult, PartRow, Tally, UploadRow
+from ferry.db.records import SIZE_ONLY, JobRow, ObjectResult, PartRow, Tally, UploadRow
 from ferry.db.sqlconn import EngineConn, SqlConn
 
 if TYPE_CHECKING:
@@ -135,8 +135,10 @@ class JobRepo:
                " GROUP BY status")
         with self.db.begin() as tx:
             got = {status: (int(n), int(size)) for status, n, size in tx.execute(sql, {"job_id": job_id})}
+            size_only = tx.execute("SELECT COUNT(*) FROM job_objects WHERE job_id = :job_id AND status = 'success'"
+                                   " AND reason = :reason", {"job_id": job_id, "reason": SIZE_ONLY})[0][0]
         s, k, f = got.get("success", (0, 0)), got.get("skipped", (0, 0)), got.get("failed", (0, 0))
-        return Tally(s[0], k[0], f[0], s[1], k[1], f[1])
+        return Tally(s[0], k[0], f[0], s[1], k[1], f[1], int(size_only))
 
     # Multipart checkpoints -------------------------------------------------------------------------------
 

@@ -14,13 +14,17 @@ class JobRow:
     watermark: str | None
 
 
+# The reason recorded with a success whose source gave no checksum of its content: checked by its size only.
+SIZE_ONLY = "verified by size only"
+
+
 @dataclass(frozen=True, slots=True)
 class ObjectResult:
     key: str
     status: str  # success, skipped, failed
     size: int
     etag: str | None = None
-    reason: str | None = None
+    reason: str | None = None  # why it failed or was skipped; SIZE_ONLY on a success checked by size only
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,3 +53,4 @@ class Tally:
     success_bytes: int = 0
     skipped_bytes: int = 0
     failed_bytes: int = 0
+    size_only: int = 0  # successes verified by their size only (SIZE_ONLY)

@@ -171,6 +171,7 @@ CREATE TABLE migration_tasks (
 	success_num BIGINT NOT NULL, 
 	skip_num BIGINT NOT NULL, 
 	fail_num BIGINT NOT NULL, 
+	size_only_num BIGINT NOT NULL, 
 	complete_size BIGINT NOT NULL, 
 	real_size BIGINT NOT NULL, 
 	speed BIGINT NOT NULL, 

@@ -50,6 +50,7 @@ class TaskRow:
     success_num: int
     skip_num: int
     fail_num: int
+    size_only_num: int
     complete_size: int
     real_size: int
     speed: int

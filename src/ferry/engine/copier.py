@@ -17,7 +17,7 @@ import contextlib
 import functools
 import hashlib
 import re
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, Protocol, TypeVar
 
@@ -27,7 +27,19 @@ from ferry.db.records import PartRow, UploadRow
 from ferry.engine.budget import MemoryBudget
 from ferry.engine.checksums import Crc64, crc64_combine
 from ferry.engine.compare import ConsistencyCheck
+from ferry.engine.content_check import (
+    CRC32,
+    CRC32C,
+    MD5,
+    SIZE,
+    UNCHECKED,
+    ContentSums,
+    SourceChecksum,
+    multipart_count,
+    source_checksum,
+)
 from ferry.errors import (
+    DamagedReadError,
     DigestMismatchError,
     NotFoundError,
     PermanentError,
@@ -97,6 +109,9 @@ class CopyOptions:
     part_size: int = 16 * MiB
     stream_threshold: int = 16 * MiB
     server_side: bool = True
+    # Objects whose source gives no checksum of their content (checked by their size only) are read again
+    # from the source and the destination after the copy, and compared.
+    reread_size_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +123,8 @@ class CopyOutcome:
     # bytes sent (or to the composite of the parts sent, or to the source's after a server-side copy), or a
     # Content-MD5 or CRC32C the store checked. False says nothing was learnt about what was written.
     verified: bool = False
+    # The source gave no checksum of its content, so what was read was checked by its size only.
+    size_only: bool = False
 
 
 class StorageClassRule:
@@ -147,6 +164,9 @@ def _digest(data: bytes, crc: bool) -> tuple[str, int | None]:
     return md5, _crc64(data) if crc else None
 
 
+_NOTHING: Final = SourceChecksum(UNCHECKED)
+
+
 def _crc64(data: bytes) -> int:
     c = Crc64()
     c.update(data)
@@ -163,29 +183,6 @@ async def _off_loop(fn: Callable[[bytes], _T], data: bytes, thread_min: int = _T
 
 async def _digest_async(data: bytes, crc: bool) -> tuple[str, int | None]:
     return await _off_loop(functools.partial(_digest, crc=crc), data)
-
-
-class _StreamSums:
-    """The MD5 and CRC-64 of a streamed object, computed chunk by chunk as it is sent."""
-
-    def __init__(self, md5: bool, crc: bool) -> None:
-        self._want_md5 = md5
-        self._want_crc = crc
-        self.reset()
-
-    def reset(self) -> None:
-        self.md5 = hashlib.md5(usedforsecurity=False) if self._want_md5 else None
-        self.crc = Crc64() if self._want_crc else None
-
-    @property
-    def active(self) -> bool:
-        return self._want_md5 or self._want_crc
-
-    def update(self, data: bytes) -> None:
-        if self.md5 is not None:
-            self.md5.update(data)
-        if self.crc is not None:
-            self.crc.update(data)
 
 
 class Copier:
@@ -225,6 +222,19 @@ class Copier:
             return await self._copy_stream(obj, progress)
         return await self._copy_small(obj)
 
+    async def source_check(self, info: ObjectInfo) -> SourceChecksum:
+        """What the bytes read of `info` (as the GET or HEAD that started the copy saw it) must match: the
+        strongest checksum the source gave, a size alone under no_check or where it gave none."""
+        if not self._verify:
+            return _NOTHING
+        check = source_checksum(info)
+        if check.kind in (SIZE, CRC32C, CRC32) and multipart_count(info) is not None:
+            # Only a multipart ETag is better: its part layout costs a HEAD or a few.
+            sizes = await self.src.part_sizes(info.key, if_match=info.etag)
+            if sizes is not None:
+                check = source_checksum(info, sizes)
+        return check
+
     async def discard(self, key: str) -> None:
         """Remove what was written at `key` (it failed verification), whatever stands in the way."""
         with contextlib.suppress(Exception):
@@ -248,12 +258,18 @@ class Copier:
                 raise SourceChangedError("source size changed since it was listed", key=obj.key)
             md5: str | None = None
             crc = info.crc64
-            if self._verify or self._crc:
-                md5, computed = await _digest_async(data, self._crc)
-                if computed is not None:
-                    if info.crc64 is not None and info.crc64 != computed:
-                        raise TransientError("CRC64 of the bytes read differs from the source's CRC64")
-                    crc = computed
+            check = _NOTHING
+            if self._verify:
+                # Checked before anything is written: damaged bytes never reach the destination.
+                check = await self.source_check(info)
+                sums = ContentSums(check, md5=True, crc64=self._crc)
+                await _off_loop(sums.update, data)
+                problem = sums.problem(obj.size)
+                if problem is not None:
+                    raise DamagedReadError(problem, key=obj.key)
+                md5 = sums.md5
+                if crc is None and not check.size_only:
+                    crc = sums.crc64  # only a CRC of bytes the source's own checksum vouched for is stored
             result = await self.dst.put(
                 obj.key, data, self._meta(info.meta), storage_class=self.storage_class(obj), crc64=crc
             )
@@ -262,7 +278,7 @@ class Copier:
         if told and etag != md5:
             await self.discard(obj.key)
             raise VerificationError("destination ETag does not match the MD5 of the bytes sent")
-        return CopyOutcome(obj.size, result.etag, "put", told)
+        return CopyOutcome(obj.size, result.etag, "put", told, check.size_only)
 
     async def _copy_stream(self, obj: ObjectInfo, progress: Progress) -> CopyOutcome:
         # What one stream holds at most: the answer being read (paused at 2 MiB behind) and the socket
@@ -272,36 +288,39 @@ class Copier:
             async with contextlib.aclosing(pieces):
                 if info.size != obj.size:
                     raise SourceChangedError("source size changed since it was listed", key=obj.key)
+                check = await self.source_check(info)
                 # Where the source vouches that its ETag is the content's MD5, the destination checks the
                 # bytes against it (Content-MD5) as they arrive: end to end, and nothing to hash here.
-                trusted = info.md5 if self._verify else None
+                trusted = check.value if check.kind == MD5 else None
                 try:
-                    return await self._stream_once(info, trusted, pieces, progress)
+                    return await self._stream_once(info, check, trusted, pieces, progress)
                 except DigestMismatchError:
                     if trusted is None:
                         raise
-            # Refused against the source's ETag: the bytes were damaged on the way, or that ETag is no MD5
-            # after all (a store that encrypts without saying so). Once more, checked another way whatever
-            # the consistency check: something already went wrong once.
-            return await self._stream_once(info, None, None, progress, thorough=self._verify)
+        # Refused against the source's MD5: damaged on the way (or that ETag is no MD5 after all, which no
+        # number of reads can tell apart: the object then fails after them, never lands unverified).
+        raise DamagedReadError("the destination refused the bytes read against the source's MD5, sent as "
+                               "their Content-MD5", key=obj.key)
 
-    async def _stream_once(self, info: ObjectInfo, content_md5: str | None,
-                           opened: AsyncGenerator[bytes, None] | None, progress: Progress, *,
-                           thorough: bool = False) -> CopyOutcome:
+    async def _stream_once(self, info: ObjectInfo, check: SourceChecksum, content_md5: str | None,
+                           opened: AsyncGenerator[bytes, None] | None, progress: Progress) -> CopyOutcome:
         """One streamed PUT of `info`, fed by `opened` (a read already under way) on its first attempt and by a
-        new read on any retry; `thorough` checks the content even where that costs a pass over it."""
+        new read on any retry. Without a Content-MD5 for the destination to check, the bytes are checked
+        against the source's `check` as they pass, the last piece held back until they are: damaged bytes
+        fail the PUT short of its length, so the store keeps nothing."""
         key, size = info.key, info.size
-        # Without a Content-MD5 the bytes can be checked only at the price of a pass over all of them: the
-        # store's (a trailing CRC32C; SeaweedFS also hashes such a body with SHA-256) or ours (MD5). That
-        # is paid under the CRC64 check, which asks for content checking; size_last_modified checks the size.
-        check_content = content_md5 is None and (thorough or self._crc)
+        # The upload leg, without a Content-MD5, can be checked only at the price of a pass over all the
+        # bytes: the store's (a trailing CRC32C; SeaweedFS also hashes such a body with SHA-256) or ours
+        # (MD5). That is paid under the CRC64 check; size_last_modified trusts TCP for that leg.
+        check_content = content_md5 is None and self._crc
         by_trailer = check_content and self.dst.capabilities.trailing_crc32c
-        sums = _StreamSums(md5=check_content and self._etag_md5 and not by_trailer, crc=self._crc)
+        sums = ContentSums(_NOTHING if content_md5 is not None else check,
+                           md5=check_content and self._etag_md5 and not by_trailer, crc64=self._crc)
         first = [opened] if opened is not None else []
 
         def body() -> AsyncGenerator[bytes, None]:
             progress.restart()  # each attempt sends the body from its first byte
-            if first and not sums.active:
+            if first and not sums.hashing:
                 # Nothing to see in the bytes: the read under way goes through untouched, so a store whose
                 # connection allows it moves it socket to socket in the kernel (storage/splice.py).
                 return _counted(first.pop(), progress)
@@ -314,44 +333,54 @@ class Copier:
         if by_trailer and not result.crc32c_verified:
             await self.discard(key)
             raise VerificationError("the destination did not confirm the CRC32C of the bytes sent")
-        expected = content_md5 or (sums.md5.hexdigest() if sums.md5 is not None else None)
+        expected = content_md5 or sums.md5
         told = expected is not None and self._etag_md5 and got is not None and _MD5_HEX.match(got) is not None
         if told and got != expected:
             await self.discard(key)
             raise VerificationError("destination ETag does not match the MD5 of the bytes sent")
-        if sums.crc is not None:
-            await self._check_crc(info, sums.crc.value)
+        if sums.crc64 is not None:
+            await self._check_crc(info, sums.crc64, vouched=not check.size_only)
         # A Content-MD5 is checked by the store itself (a mismatch keeps nothing); so is a confirmed trailer.
-        return CopyOutcome(size, got, "stream", content_md5 is not None or by_trailer or told)
+        return CopyOutcome(size, got, "stream", content_md5 is not None or by_trailer or told, check.size_only)
 
     async def _hashed(self, info: ObjectInfo, pieces: AsyncGenerator[bytes, None] | None,
-                      sums: _StreamSums, progress: Progress) -> AsyncGenerator[bytes, None]:
-        """The source's bytes (from `pieces`, else a new read pinned to the ETag), hashed as they pass."""
+                      sums: ContentSums, progress: Progress) -> AsyncGenerator[bytes, None]:
+        """The source's bytes (from `pieces`, else a new read pinned to the ETag), hashed as they pass; the
+        last piece goes only once all of them match the source's checksum (DamagedReadError if not)."""
         sums.reset()  # a retried PUT reads (and hashes) from the start again
         if pieces is None:
             again, pieces = await self.src.read_stream(info.key, if_match=info.etag)
             if again.size != info.size:
                 await pieces.aclose()
                 raise SourceChangedError("source size changed since it was listed", key=info.key)
+        held: bytes | None = None
         async with contextlib.aclosing(pieces):
             async for piece in pieces:
                 progress.add(len(piece))
-                if not sums.active:
-                    yield piece
-                    continue
-                # Hashed in a thread (the hashes let go of the GIL) while the piece is being sent.
-                hashing = asyncio.ensure_future(_off_loop(sums.update, piece, _THREAD_STREAM_HASH_MIN))
-                try:
-                    yield piece
-                finally:
-                    await hashing
+                if held is not None:
+                    # Hashed in a thread (the hashes let go of the GIL) while the piece is being sent.
+                    hashing = asyncio.ensure_future(_off_loop(sums.update, held, _THREAD_STREAM_HASH_MIN))
+                    try:
+                        yield held
+                    finally:
+                        await hashing
+                held = piece
+        if held is not None:
+            await _off_loop(sums.update, held, _THREAD_STREAM_HASH_MIN)
+        problem = sums.problem(info.size)
+        if problem is not None:
+            raise DamagedReadError(problem, key=info.key)
+        if held is not None:
+            yield held
 
-    async def _check_crc(self, info: ObjectInfo, crc: int) -> None:
-        """Compare the CRC-64 of the bytes copied with the source's, or store it where the source had none."""
+    async def _check_crc(self, info: ObjectInfo, crc: int, *, vouched: bool) -> None:
+        """Compare the CRC-64 of the bytes copied with the source's, or store it where the source had none
+        and the bytes were `vouched` for by another checksum of the source's (else it could be the CRC of
+        damaged bytes, stored as the truth)."""
         if info.crc64 is not None and crc != info.crc64:
             await self.discard(info.key)
             raise VerificationError("CRC64 of the copied bytes differs from the source's CRC64")
-        if info.crc64 is None and info.size <= self.dst.capabilities.max_part_size:
+        if info.crc64 is None and vouched and info.size <= self.dst.capabilities.max_part_size:
             # The CRC is known only now; a metadata-replacing copy onto itself stores it so later CRC64
             # comparisons need no read. (Above the single-copy limit it stays in the job db.)
             await self.dst.copy_from(self.dst, info.key, info.key, self._meta(info.meta),
@@ -390,14 +419,26 @@ class Copier:
                 await self.checkpoints.save(UploadRow(obj.key, upload_id, etag, size, part_size))
         nparts = max(1, -(-size // part_size))
         progress.add(sum(p.size for p in done.values()))
+        check = await self.source_check(info)
+        sums = ContentSums(check)
+        # The parts travel concurrently, but the source's checksum is over its bytes in order (along its own
+        # part boundaries for a multipart ETag, whatever part size this copy uses): each part's bytes join
+        # the sums in turn, in a thread, while the part uploads. Parts done before a restart are read again
+        # for this alone.
+        ordered = _InOrder(sums) if sums.hashing else None
         try:
-            fresh = await asyncio.gather(
-                *(self._part(obj.key, upload_id, n, part_size, size, etag, progress)
-                  for n in range(1, nparts + 1) if n not in done)
-            )
+            fresh = [row for row in await _together(*(
+                self._rehash(obj.key, n, part_size, size, etag, ordered) if n in done
+                else self._part(obj.key, upload_id, n, part_size, size, etag, progress, ordered)
+                for n in range(1, nparts + 1) if n not in done or ordered is not None)) if row is not None]
         except PermanentError:
             await self._abandon(obj.key, upload_id)
             raise
+        problem = sums.problem(size) if ordered is not None else None
+        if problem is not None:
+            # Damaged on the way in: never completed, so nothing of it lands; read again from the start.
+            await self._abandon(obj.key, upload_id)
+            raise DamagedReadError(problem, key=obj.key)
         rows = sorted([*done.values(), *fresh], key=lambda r: r.part_number)
         result = await self.dst.complete_multipart(
             obj.key, upload_id, [PartInfo(r.part_number, r.etag, r.size) for r in rows]
@@ -416,37 +457,38 @@ class Copier:
                 whole = rows[0].crc64 or 0
                 for r in rows[1:]:
                     whole = crc64_combine(whole, r.crc64 or 0, r.size)
-                await self._check_crc(info, whole)
+                await self._check_crc(info, whole, vouched=not check.size_only)
         # Parts the store checked by CRC32C carry no MD5: the whole is then looked at by the caller.
-        return CopyOutcome(size, result.etag, "multipart", told)
+        return CopyOutcome(size, result.etag, "multipart", told, check.size_only)
+
+    async def _rehash(self, key: str, n: int, part_size: int, size: int, etag: str | None,
+                      ordered: _InOrder | None) -> None:
+        """Read part `n` (uploaded before a restart) again, only for the source's checksum."""
+        offset = (n - 1) * part_size
+        length = min(part_size, size - offset)
+        async with self.budget.hold(length):
+            data = await self.src.read(key, offset=offset, length=length, if_match=etag)
+            if ordered is not None:
+                await ordered.feed(offset, data)
 
     async def _part(self, key: str, upload_id: str, n: int, part_size: int, size: int,
-                    etag: str | None, progress: Progress) -> PartRow:
+                    etag: str | None, progress: Progress, ordered: _InOrder | None) -> PartRow:
         offset = (n - 1) * part_size
         length = min(part_size, size - offset)
         async with self.budget.hold(length):
             data = await self.src.read(key, offset=offset, length=length, if_match=etag)
             if len(data) != length:
                 raise TransientError(f"short read of part {n}: {len(data)} of {length} bytes")
-            md5: str | None
-            crc: int | None
-            if self._part_crc32c:
-                # The store checks the part against a CRC32C (about 20x cheaper than MD5 here); only if it
-                # did not confirm that is the part hashed to compare with its ETag.
-                crc32c = await _off_loop(fastcrc.crc32.iscsi, data, _THREAD_CRC32C_MIN)
-                part = await self.dst.upload_part(key, upload_id, n, data, crc32c=crc32c)
-                if part.crc32c_verified:
-                    md5, crc = None, (await _off_loop(_crc64, data) if self._crc else None)
-                else:
-                    md5, crc = await _digest_async(data, self._crc)
-            else:
-                # Hashing (in a thread for large parts) overlaps the upload: the check needs both, not one
-                # after the other.
-                hashing = asyncio.ensure_future(_digest_async(data, self._crc))
-                try:
-                    part = await self.dst.upload_part(key, upload_id, n, data)
-                finally:
-                    md5, crc = await hashing
+            feeding = asyncio.ensure_future(ordered.feed(offset, data)) if ordered is not None else None
+            try:
+                part, md5, crc = await self._send_part(key, upload_id, n, data)
+            except BaseException:
+                if feeding is not None:
+                    feeding.cancel()
+                    await asyncio.gather(feeding, return_exceptions=True)
+                raise
+            if feeding is not None:
+                await feeding
             progress.add(length)
             del data
         if md5 is not None and self._verify and self._etag_md5 and _MD5_HEX.match(part.etag) and part.etag != md5:
@@ -456,11 +498,66 @@ class Copier:
             await self.checkpoints.save_part(key, row)
         return row
 
+    async def _send_part(self, key: str, upload_id: str, n: int,
+                         data: bytes) -> tuple[PartInfo, str | None, int | None]:
+        """Upload part `n`: its answer, and the MD5 and CRC-64 of its bytes where they were computed."""
+        md5: str | None
+        crc: int | None
+        if self._part_crc32c:
+            # The store checks the part against a CRC32C (about 20x cheaper than MD5 here); only if it
+            # did not confirm that is the part hashed to compare with its ETag.
+            crc32c = await _off_loop(fastcrc.crc32.iscsi, data, _THREAD_CRC32C_MIN)
+            part = await self.dst.upload_part(key, upload_id, n, data, crc32c=crc32c)
+            if part.crc32c_verified:
+                md5, crc = None, (await _off_loop(_crc64, data) if self._crc else None)
+            else:
+                md5, crc = await _digest_async(data, self._crc)
+        else:
+            # Hashing (in a thread for large parts) overlaps the upload: the check needs both, not one
+            # after the other.
+            hashing = asyncio.ensure_future(_digest_async(data, self._crc))
+            try:
+                part = await self.dst.upload_part(key, upload_id, n, data)
+            finally:
+                md5, crc = await hashing
+        return part, md5, crc
+
     async def _abandon(self, key: str, upload_id: str) -> None:
         with contextlib.suppress(Exception):
             await self.dst.abort_multipart(key, upload_id)
         if self.checkpoints:
             await self.checkpoints.drop(key)
+
+
+class _InOrder:
+    """Feeds pieces of one object to its ContentSums in byte order, whatever order they are read in."""
+
+    def __init__(self, sums: ContentSums) -> None:
+        self.sums = sums
+        self._at = 0
+        self._turn = asyncio.Condition()
+
+    async def feed(self, offset: int, data: bytes) -> None:
+        """Wait until every byte before `offset` is in, then add `data` (in a thread when it is big)."""
+        async with self._turn:
+            await self._turn.wait_for(lambda: self._at == offset)
+        await _off_loop(self.sums.update, data)
+        async with self._turn:
+            self._at += len(data)
+            self._turn.notify_all()
+
+
+async def _together(*steps: Awaitable[_T]) -> list[_T]:
+    """All of `steps` at once; when one fails, the others are cancelled (and awaited) before it is raised,
+    so none is left running, holding memory or waiting for its turn."""
+    jobs = [asyncio.ensure_future(step) for step in steps]
+    try:
+        return await asyncio.gather(*jobs)
+    except BaseException:
+        for job in jobs:
+            job.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
+        raise
 
 
 def _counted(pieces: AsyncGenerator[bytes, None], progress: Progress) -> AsyncGenerator[bytes, None]:

@@ -15,7 +15,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, TypeVar
 
 from ferry.aio import wait_event
-from ferry.db.records import ObjectResult, PartRow, Tally, UploadRow
+from ferry.db.records import SIZE_ONLY, ObjectResult, PartRow, Tally, UploadRow
 from ferry.engine.budget import MemoryBudget
 from ferry.engine.checksums import Crc64
 from ferry.engine.compare import CopyReason, OverwriteMode, SkipReason, decide
@@ -219,7 +219,7 @@ class Transfer:
         try:
             out = await self.copier.copy(obj, moving)
             moving.finish(out.size)
-            return ObjectResult(obj.key, "success", out.size, out.etag)
+            return ObjectResult(obj.key, "success", out.size, out.etag, SIZE_ONLY if out.size_only else None)
         except (PermanentError, TransientError) as exc:
             return ObjectResult(obj.key, "failed", obj.size, obj.etag, exc.message)
         finally:
@@ -241,6 +241,7 @@ class Transfer:
         result = await self._copy(src)
         if result.status == "success":
             self.counters.success += 1
+            self.counters.size_only += result.reason == SIZE_ONLY
         else:
             self.counters.failed += 1
         return result
@@ -249,7 +250,7 @@ class Transfer:
         """Run to completion; a FatalError propagates after everything finished so far is recorded (an
         AccessError with its `side` named)."""
         c = self.counters
-        c.success, c.skipped, c.failed = prior.success, prior.skipped, prior.failed
+        c.success, c.skipped, c.failed, c.size_only = prior.success, prior.skipped, prior.failed, prior.size_only
         c.bytes_copied, c.bytes_skipped = prior.success_bytes, prior.skipped_bytes
         c.listed = prior.success + prior.skipped + prior.failed
         c.listed_bytes = prior.success_bytes + prior.skipped_bytes + prior.failed_bytes

@@ -24,6 +24,7 @@ class Counters:
     success: int = 0
     skipped: int = 0
     failed: int = 0
+    size_only: int = 0  # of `success`: verified by their size only (the source gave no checksum)
     # Bytes of copied objects, and of objects being copied as their bytes move (see ObjectProgress): what a
     # failed or restarted attempt had moved is taken back out, so once a run ends this is the bytes of the
     # objects it copied.

@@ -442,6 +442,9 @@ class MigrationReq(RequestModel):
     dst_storage_policy: StoragePolicy = StoragePolicy.STANDARD
     consistency_check: ConsistencyCheck = ConsistencyCheck.SIZE_LAST_MODIFIED
     enable_requester_pays: bool | None = None
+    # A Ferry extension: objects whose source gives no checksum of their content (checked by their size only)
+    # are read again from the source and the destination after the copy, and compared.
+    ferry_reread_size_only: bool = False
 
     @property
     def url_list(self) -> bool:

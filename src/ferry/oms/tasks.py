@@ -143,6 +143,10 @@ class TaskResp(ResponseModel):
     enable_requester_pays: bool | None = None
     obs_system: ObsSystem | None = None
     task_priority: TaskPriority | None = None
+    # Ferry extensions: of successful_num, the objects verified by their size only (their source gave no
+    # checksum of its content), and whether such objects are read again from both stores and compared.
+    ferry_size_only_num: Count | None = None
+    ferry_reread_size_only: bool | None = None
 
 
 ShowTaskResponse = TaskResp

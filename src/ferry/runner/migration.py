@@ -27,6 +27,7 @@ from sqlalchemy import Engine
 
 from ferry.aio import wait_event
 from ferry.db.job_repo import JobRepo, ObjectResult, Tally
+from ferry.db.records import SIZE_ONLY
 from ferry.db.task_repo import (
     FAILED,
     PAUSED,
@@ -209,6 +210,7 @@ def transfer_options(row: TaskRow, settings: RunnerSettings) -> TransferOptions:
             consistency=ConsistencyCheck(opts["consistency_check"]),
             metadata=bool(opts.get("enable_metadata_migration")),
             storage_class=opts.get("dst_storage_policy"),  # resolved against the destination by the engine
+            reread_size_only=bool(opts.get("ferry_reread_size_only")),
         ),
         migrate_since=float(since) if since else None,
         concurrency=settings.concurrency,
@@ -229,6 +231,8 @@ def write_records(jobs: JobRepo, job_id: str, directory: Path, dst_prefix: str =
                     entry: dict[str, Any] = {"key": r.key, "dst_key": dst_prefix + r.key, "size": r.size}
                     if r.reason and status != "success":
                         entry["reason"] = r.reason
+                    elif r.reason == SIZE_ONLY:
+                        entry["verified"] = "size only"  # the source gave no checksum to check the bytes by
                     fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
             out[name] = str(path)
         except OSError as exc:
@@ -264,7 +268,8 @@ def progress_values(row: TaskRow, c: Counters, speed: int) -> dict[str, Any]:
         left = 0 if remaining == 0 else (int(remaining / speed * 1000) if speed > 0 else None)
     return {
         "total_num": c.listed, "total_size": c.listed_bytes, "success_num": c.success, "skip_num": c.skipped,
-        "fail_num": c.failed, "complete_size": complete, "real_size": c.bytes_copied, "speed": speed,
+        "fail_num": c.failed, "size_only_num": c.size_only, "complete_size": complete,
+        "real_size": c.bytes_copied, "speed": speed,
         "progress": min(max(progress, 0.0), 1.0), "left_time": left, "is_query_over": int(c.listing_done),
     }
 
@@ -273,7 +278,7 @@ def _tally_values(t: Tally) -> dict[str, Any]:
     return {
         "total_num": t.success + t.skipped + t.failed,
         "total_size": t.success_bytes + t.skipped_bytes + t.failed_bytes,
-        "success_num": t.success, "skip_num": t.skipped, "fail_num": t.failed,
+        "success_num": t.success, "skip_num": t.skipped, "fail_num": t.failed, "size_only_num": t.size_only,
         "complete_size": t.success_bytes + t.skipped_bytes, "real_size": t.success_bytes,
     }
 

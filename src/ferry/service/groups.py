@@ -146,6 +146,7 @@ def chunk_task_request(row: GroupRow, keys: dict[str, str], chunk: int) -> s.Cre
         "dst_storage_policy": opts["dst_storage_policy"],
         "consistency_check": opts["consistency_check"],
         "enable_requester_pays": opts.get("enable_requester_pays"),
+        "ferry_reread_size_only": bool(opts.get("ferry_reread_size_only")),
     })
 
 

@@ -221,6 +221,7 @@ def migration_options(req: s.MigrationReq) -> dict[str, Any]:
         "dst_storage_policy": req.dst_storage_policy.value,
         "consistency_check": req.consistency_check.value,
         "enable_requester_pays": req.enable_requester_pays,
+        "ferry_reread_size_only": req.ferry_reread_size_only,
         "migrate_since": req.migrate_since,
         "smn_config": req.smn_config.model_dump(mode="json", exclude_none=True) if req.smn_config else None,
     }
@@ -351,6 +352,8 @@ def task_resp(row: TaskRow, now: float | None = None) -> s.TaskResp:
         enable_requester_pays=opts.get("enable_requester_pays"),
         obs_system=s.ObsSystem.BUCKET,
         task_priority=PRIORITY_NAMES.get(row.priority, s.TaskPriority.MEDIUM),
+        ferry_size_only_num=row.size_only_num,
+        ferry_reread_size_only=bool(opts.get("ferry_reread_size_only")),
     )
 
 

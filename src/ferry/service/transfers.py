@@ -41,6 +41,7 @@ class Summary:
     elapsed: float
     report: str | None
     error: str | None = None
+    size_only: int = 0  # of `success`: verified by their size only (their source gave no checksum)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -48,7 +49,8 @@ class Summary:
     def describe(self) -> str:
         """The one-line account a person reads (`ferry migrate` without --json, the demo)."""
         verb = "resumed and finished" if self.resumed else "finished"
-        return (f"{verb} job {self.job_id}: {self.total} objects, {self.success} copied, {self.skipped} skipped, "
+        copied = f"{self.success} copied" + (f" ({self.size_only} verified by size only)" if self.size_only else "")
+        return (f"{verb} job {self.job_id}: {self.total} objects, {copied}, {self.skipped} skipped, "
                 f"{self.failed} failed, {self.bytes} bytes in {self.elapsed}s")
 
 
@@ -211,4 +213,5 @@ async def _run_locked(src: Backend, dst: Backend, repo: JobRepo, opts: TransferO
         total=tally.success + tally.skipped + tally.failed,
         success=tally.success, skipped=tally.skipped, failed=tally.failed, bytes=tally.success_bytes,
         elapsed=round(time.monotonic() - started, 3), report=str(report) if report else None, error=error,
+        size_only=tally.size_only,
     )

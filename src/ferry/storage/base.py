@@ -79,6 +79,11 @@ class Backend(Protocol):
         small-object hot path needs no HEAD; SourceChangedError when `if_match` fails."""
         ...
 
+    async def part_sizes(self, key: str, *, if_match: str | None = None) -> builtins.list[int] | None:
+        """The sizes of the parts `key` was uploaded in, in order, when it was a multipart upload and the store
+        can tell (S3: HEAD with `partNumber`); None otherwise. What a multipart ETag is checked with."""
+        ...
+
     async def read_stream(
         self, key: str, *, if_match: str | None = None
     ) -> tuple[ObjectInfo, AsyncGenerator[bytes, None]]:

@@ -593,6 +593,9 @@ class LocalBackend(InProcessBackend):
             raise
         return self._info(key, st, side, fresh, with_meta=True), f
 
+    async def part_sizes(self, key: str, *, if_match: str | None = None) -> builtins.list[int] | None:
+        return None  # a multipart upload's layout is not kept once it is one file
+
     async def read_stream(
         self, key: str, *, if_match: str | None = None
     ) -> tuple[ObjectInfo, AsyncGenerator[bytes, None]]:

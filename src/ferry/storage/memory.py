@@ -48,6 +48,7 @@ class _Object:
     meta: ObjectMeta
     storage_class: str | None
     crc64: int | None
+    parts: tuple[int, ...] = ()  # the part sizes of a multipart upload
 
 
 @dataclass(slots=True)
@@ -202,6 +203,11 @@ class MemoryBackend(InProcessBackend):
         self._check_if_match(key, obj, if_match)
         return self._info(key, obj, with_meta=True), obj.data
 
+    async def part_sizes(self, key: str, *, if_match: str | None = None) -> builtins.list[int] | None:
+        obj = self._get(key)
+        self._check_if_match(key, obj, if_match)
+        return list(obj.parts) if obj.parts else None
+
     async def read_stream(
         self, key: str, *, if_match: str | None = None
     ) -> tuple[ObjectInfo, AsyncGenerator[bytes, None]]:
@@ -283,7 +289,7 @@ class MemoryBackend(InProcessBackend):
             etags = [upload.parts[part.part_number][1] for part in parts]
             obj = _Object(
                 b"".join(chunks), composite_etag(etags), time.time(), upload.meta, upload.storage_class,
-                upload.crc64,
+                upload.crc64, tuple(len(c) for c in chunks),
             )
             self._store_object(upload.key, obj)
             del self._store._uploads[upload_id]

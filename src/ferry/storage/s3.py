@@ -17,7 +17,7 @@ import ipaddress
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple
 from urllib.parse import unquote_plus, urlsplit
 
 import fastcrc
@@ -72,6 +72,10 @@ _WRITE_OPS = frozenset({"put", "create multipart", "upload part", "complete mult
 
 
 _CRC32C_HEADER = "x-amz-checksum-crc32c"
+# Asks a store for the whole-object checksums it keeps (x-amz-checksum-*); others ignore the header.
+_CHECKSUM_MODE: Final = {"x-amz-checksum-mode": "ENABLED"}
+_CHECKSUMS: Final = ("crc32c", "crc32", "sha256", "sha1")
+_PART_HEADS: Final = 16  # up to this many parts, each part's length is asked
 _STREAMING_TRAILER = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
 class _Crc32cTrailer:
     """An aws-chunked body of one frame: the data, then a zero frame and the data's CRC32C as the
@@ -512,8 +516,45 @@ class S3Backend:
 
     # -- reads ------------------------------------------------------------------------------------
     async def head(self, key: str) -> ObjectInfo:
-        resp = await self._send("HEAD", "head", key)
+        resp = await self._send("HEAD", "head", key, headers=_CHECKSUM_MODE)
         return self._info_from_headers(key, resp.headers, None)
+
+    async def part_sizes(self, key: str, *, if_match: str | None = None) -> builtins.list[int] | None:
+        """HEAD of part 1 gives the part count and the first part's length. Up to `_PART_HEADS` parts each
+        part is asked; more are taken as equal parts (what every SDK uploads) once the last part's length
+        confirms it (a layout guessed wrong fails the check and the object, never passes it). `if_match` is
+        not sent: moto answers a part's HEAD with the part's ETag, and the reads the layout serves are pinned
+        to the object's own."""
+        first = await self._part_head(key, 1)
+        if first is None or first[1] is None or first[1] < 1:
+            return None
+        size, count, total = first[0], first[1], first[2]
+        if count == 1:
+            return [size]
+        if count <= _PART_HEADS:
+            rest = await asyncio.gather(*(self._part_head(key, n) for n in range(2, count + 1)))
+            lengths = [r[0] for r in rest if r is not None]
+            return [size, *lengths] if len(lengths) == count - 1 else None
+        last = await self._part_head(key, count)
+        if total is None or last is None or last[0] != total - size * (count - 1) or not 0 < last[0] <= size:
+            return None
+        return [size] * (count - 1) + [last[0]]
+
+    async def _part_head(self, key: str, n: int) -> tuple[int, int | None, int | None] | None:
+        """Part `n`'s length, the part count and the object's size, as a HEAD with `partNumber` reports them;
+        None when the store does not answer that question."""
+        try:
+            resp = await self._send("HEAD", "head", key, query=[("partNumber", str(n))], ok=(200, 206))
+        except (NotFoundError, SourceChangedError):
+            raise
+        except PermanentError:
+            return None  # a store that refuses partNumber (or an object it does not see as parts)
+        count = resp.headers.get("x-amz-mp-parts-count")
+        length = _parse_int(resp.headers.get("Content-Length") or "")
+        whole = (resp.headers.get("Content-Range") or "").rpartition("/")[2]
+        if count is None or length is None:
+            return None
+        return length, _parse_int(count), _parse_int(whole) if whole and whole != "*" else None
 
     async def read(
         self, key: str, *, offset: int = 0, length: int | None = None, if_match: str | None = None
@@ -533,14 +574,14 @@ class S3Backend:
         return resp.body
 
     async def read_object(self, key: str, *, if_match: str | None = None) -> tuple[ObjectInfo, bytes]:
-        headers = {"If-Match": _quote_etag(if_match)} if if_match else {}
+        headers = {**_CHECKSUM_MODE, "If-Match": _quote_etag(if_match)} if if_match else _CHECKSUM_MODE
         resp = await self._send("GET", "read", key, headers=headers)
         return self._info_from_headers(key, resp.headers, len(resp.body)), resp.body
 
     async def read_stream(
         self, key: str, *, if_match: str | None = None
     ) -> tuple[ObjectInfo, AsyncGenerator[bytes, None]]:
-        headers = {"If-Match": _quote_etag(if_match)} if if_match else {}
+        headers = {**_CHECKSUM_MODE, "If-Match": _quote_etag(if_match)} if if_match else _CHECKSUM_MODE
         got, pieces = await self._send_stream("GET", "read", key, headers=headers)
         return self._info_from_headers(key, got, None), pieces
 
@@ -577,6 +618,11 @@ class S3Backend:
         sse = h.get(self.profile.sse_header, "").lower()
         customer_key = self.profile.sse_header + "-customer-algorithm" in h
         md5 = md5_of_etag(etag) if self.profile.etag_is_md5 and sse in ("", "aes256") and not customer_key else None
+        # Flexible checksums, asked for with x-amz-checksum-mode; a COMPOSITE one (of the parts' checksums,
+        # "<value>-<n>") is no checksum of the content.
+        whole = h.get("x-amz-checksum-type", "FULL_OBJECT").upper() == "FULL_OBJECT"
+        sums = {name: raw for name in _CHECKSUMS if (v := h.get("x-amz-checksum-" + name)) and whole
+                and (raw := _b64(v)) is not None}
         return ObjectInfo(
             key=key,
             size=size if size is not None else int(h.get("content-length") or 0),
@@ -586,6 +632,10 @@ class S3Backend:
             crc64=crc64,
             meta=meta,
             md5=md5,
+            crc32c=int.from_bytes(sums["crc32c"], "big") if len(sums.get("crc32c", b"")) == 4 else None,
+            crc32=int.from_bytes(sums["crc32"], "big") if len(sums.get("crc32", b"")) == 4 else None,
+            sha256=sums["sha256"].hex() if len(sums.get("sha256", b"")) == 32 else None,
+            sha1=sums["sha1"].hex() if len(sums.get("sha1", b"")) == 20 else None,
         )
 
     # -- writes -----------------------------------------------------------------------------------
@@ -873,6 +923,13 @@ def _retry_after(h: Mapping[str, str]) -> float | None:
     except ValueError:
         when = email.utils.parsedate_tz(v)
         return max(0.0, email.utils.mktime_tz(when) - dt.datetime.now(dt.UTC).timestamp()) if when else None
+
+
+def _b64(v: str) -> bytes | None:
+    try:
+        return base64.b64decode(v.strip(), validate=True)
+    except ValueError:
+        return None
 
 
 def _parse_int(v: str) -> int | None:

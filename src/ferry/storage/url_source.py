@@ -11,6 +11,7 @@ The client is `storage.http1` (one keep-alive pool per origin), as for every out
 from __future__ import annotations
 
 import asyncio
+import base64
 import builtins
 import email.utils
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Mapping, Sequence
@@ -25,7 +26,7 @@ from ferry.errors import (
     SourceChangedError,
     TransientError,
 )
-from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult
+from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult, md5_of_etag
 from ferry.storage.base import Backend, Capabilities, ListOrder, ranged_pieces
 from ferry.storage.http1 import Http1Pool, HttpError, HttpTimeout, split_url
 from ferry.storage.netguard import REFUSED, HostLookupError, PinnedResolver, UnsafeHost
@@ -72,6 +73,17 @@ def _etag(value: str | None) -> str | None:
     if not value or value.startswith("W/"):
         return None
     return value.strip('"')
+
+
+def _content_md5(value: str | None) -> str | None:
+    """The hex of a Content-MD5 header (base64 of the 16 bytes), None when absent or malformed."""
+    if not value:
+        return None
+    try:
+        raw = base64.b64decode(value.strip(), validate=True)
+    except ValueError:
+        return None
+    return raw.hex() if len(raw) == 16 else None
 
 
 class UrlSource:
@@ -169,7 +181,9 @@ class UrlSource:
             content_disposition=h.get("content-disposition"), content_encoding=h.get("content-encoding"),
             content_language=h.get("content-language"), expires=h.get("expires"),
         )
-        return ObjectInfo(key, size, _mtime(h.get("last-modified")), _etag(h.get("etag")), meta=meta)
+        etag = _etag(h.get("etag"))
+        return ObjectInfo(key, size, _mtime(h.get("last-modified")), etag, meta=meta,
+                          md5=_content_md5(h.get("content-md5")) or md5_of_etag(etag))
 
     # -- reading ---------------------------------------------------------------------------------------------
 
@@ -212,6 +226,9 @@ class UrlSource:
         if if_match is not None and info.etag != if_match.strip('"'):
             raise SourceChangedError(f"{key}: the ETag is now {info.etag}, expected {if_match}", key=key)
         return info, ranged_pieces(self, key, info.size, info.etag)
+
+    async def part_sizes(self, key: str, *, if_match: str | None = None) -> builtins.list[int] | None:
+        return None  # an HTTP server does not say how the object was uploaded
 
     async def read_object(self, key: str, *, if_match: str | None = None) -> tuple[ObjectInfo, bytes]:
         headers = {"If-Match": f'"{if_match}"'} if if_match else {}

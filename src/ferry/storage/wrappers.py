@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from typing import TypeVar
 
 from ferry.aio import wait_event
-from ferry.errors import DigestMismatchError, TransientError
+from ferry.errors import DamagedReadError, DigestMismatchError, TransientError
 from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult
 from ferry.storage.base import Backend, Capabilities, close_listing
 
@@ -69,6 +69,9 @@ class BackendWrapper:
 
     async def read_object(self, key: str, *, if_match: str | None = None) -> tuple[ObjectInfo, bytes]:
         return await self.inner.read_object(key, if_match=if_match)
+
+    async def part_sizes(self, key: str, *, if_match: str | None = None) -> builtins.list[int] | None:
+        return await self.inner.part_sizes(key, if_match=if_match)
 
     async def read_stream(
         self, key: str, *, if_match: str | None = None
@@ -216,6 +219,9 @@ class RetryingBackend(BackendWrapper):
     async def read_object(self, key: str, *, if_match: str | None = None) -> tuple[ObjectInfo, bytes]:
         return await self._call("read", key, lambda: self.inner.read_object(key, if_match=if_match))
 
+    async def part_sizes(self, key: str, *, if_match: str | None = None) -> builtins.list[int] | None:
+        return await self._call("head", key, lambda: self.inner.part_sizes(key, if_match=if_match))
+
     async def read_stream(
         self, key: str, *, if_match: str | None = None
     ) -> tuple[ObjectInfo, AsyncGenerator[bytes, None]]:
@@ -236,12 +242,13 @@ class RetryingBackend(BackendWrapper):
         trailing_crc32c: bool = False,
     ) -> PutResult:
         # A refused Content-MD5 is handed straight back: the caller may have taken it on trust (a source's
-        # ETag), and sending the same bytes with it again would be refused again.
+        # ETag), and sending the same bytes with it again would be refused again. So are bytes read that do
+        # not match the source's checksum: the copier reads again, and counts those reads.
         return await self._call(
             "put", key,
             lambda: self.inner.put_stream(key, size, body, meta, storage_class=storage_class, crc64=crc64,
                                           content_md5=content_md5, trailing_crc32c=trailing_crc32c),
-            final=(DigestMismatchError,) if content_md5 is not None else (),
+            final=(DigestMismatchError, DamagedReadError) if content_md5 is not None else (DamagedReadError,),
         )
 
     async def create_multipart(

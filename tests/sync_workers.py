@@ -1,4 +1,4 @@
-"""Sync workers run on the test's own event loop, for the unit tests that drive them."""
+"""Sync workers run on the test's own event loop, for the tests that drive them."""
 
 from __future__ import annotations
 
