@@ -9,7 +9,12 @@ allowance multiplicatively; other answers grow it back additively, up to the con
   1/window above it;
 - a request rate, unset until the store first throttles: then 0.9 x the rate the store accepted over the last
   seconds (or half the current rate when it accepted nothing), grown every second without throttling by a tenth
-  of the highest rate the store ever accepted, and dropped again once it no longer binds. A fast store answers even a
+  of the highest rate the store ever accepted (doubled every second while below the last rate the store took),
+  and dropped again once it no longer binds.
+
+A store that refuses everything for a while (a 503 storm) drives both down to one request at a time, one a
+second, probing; the thresholds stay where the store last took requests, so once it does again Ferry is back near
+its former speed within seconds. A fast store answers even a
   single request at a time quicker than its rate limit allows, so the window alone could not stop a store that
   caps requests per second from refusing; the rate is what makes Ferry settle near that cap;
 - a Retry-After holds back every request to the endpoint until it has passed (at most `max_pause`).
@@ -67,9 +72,10 @@ class EndpointPressure:
         self._ssthresh = float(ceiling)
         self.rate: float | None = None  # requests/s; None: no rate limit
         self._rate_step = 0.0
+        self._rate_ssthresh = 0.0
         self._peak = 0.0  # the highest accepted rate measured: how fast recovery may climb back
         self._tokens = 0.0
-        self._stamp = clock()
+        self._stamp = self._born = clock()
         self._grown_at = self._stamp
         self.in_flight = 0
         self._paused_until = 0.0
@@ -172,7 +178,8 @@ class EndpointPressure:
     def _accepted_rate(self, now: float) -> float:
         while self._accepted and now - self._accepted[0] > _MEASURE_SPAN:
             self._accepted.popleft()
-        return len(self._accepted) / _MEASURE_SPAN
+        # Over the span, or since the first request when that is shorter (the start of a run).
+        return len(self._accepted) / max(min(_MEASURE_SPAN, now - self._born), 0.05)
 
     def _decrease(self, now: float, retry_after: float | None) -> None:
         self.throttled += 1
@@ -180,24 +187,28 @@ class EndpointPressure:
             self._paused_until = max(self._paused_until, now + min(retry_after, self.max_pause))
         if now - self._last_decrease >= self.cooldown:
             self._last_decrease = now
-            self._ssthresh = max(1.0, self.window / 2)
-            self.window = self._ssthresh
             accepted = self._accepted_rate(now)
             self._peak = max(self._peak, accepted)
             old = self.rate
-            # Nothing got through lately: halve what was tried.
-            rate = 0.9 * accepted if accepted else old / 2 if old is not None else 10 * _RATE_FLOOR
-            self.rate = max(_RATE_FLOOR, min(rate, old) if old is not None else rate)
-            self._rate_step = max(_RATE_FLOOR, self._peak / 10)
+            if accepted:
+                # The store takes this much: just below it is where to be, and where slow start ends.
+                self._ssthresh = max(1.0, self.window / 2)
+                self.rate = max(_RATE_FLOOR, min(0.9 * accepted, old if old is not None else math.inf))
+                self._rate_ssthresh = self.rate
+            else:
+                # Nothing got through lately (the store is down or refusing everything): halve what was tried,
+                # but keep the thresholds, so Ferry climbs back fast once the store recovers.
+                self.rate = max(_RATE_FLOOR, old / 2 if old is not None else 10 * _RATE_FLOOR)
+            self.window = max(1.0, self.window / 2)
+            self._rate_step = max(_RATE_FLOOR, self._peak / 10, (old or 0.0) / 10)
             self._tokens = min(self._tokens, 1.0)
             self._grown_at = now
             self._backing_off = True
         if now - self._last_log >= self.log_every:
             self._last_log = now
             log.warning(
-                "%s is throttling requests (%d answers asking to slow down in the last %s): backing off to %d in "
-                "flight, %s", self.name, self.throttled - self._throttled_logged,
-                "moment" if math.isinf(self.log_every) else f"{self.log_every:g} s", max(1, int(self.window)),
+                "%s is throttling requests (%d answers asking to slow down since the last report): backing off to %d "
+                "in flight, %s", self.name, self.throttled - self._throttled_logged, max(1, int(self.window)),
                 f"{self.rate:.1f} requests/s" if self.rate is not None else "no rate limit",
             )
             self._throttled_logged = self.throttled
@@ -215,7 +226,11 @@ class EndpointPressure:
                                                                    else 1.0 / self.window))
         if self.rate is not None and now - self._last_decrease >= self.cooldown:
             self._refill(now)
-            self.rate += self._rate_step * (now - self._grown_at)
+            dt = now - self._grown_at
+            if self.rate < self._rate_ssthresh:  # slow start: doubling every second
+                self.rate = min(self._rate_ssthresh, self.rate * 2.0 ** dt)
+            else:
+                self.rate += self._rate_step * dt
             # Well above what was accepted lately, the rate no longer binds: Ferry is not being held back.
             if self.rate > 4 * max(self._accepted_rate(now), 1.0) and now - self._last_decrease > 4 * _MEASURE_SPAN:
                 self.rate = None
