@@ -18,8 +18,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))
 
-from cli_helpers import Run, ferry_env, migrate_argv, run_ferry, s3_client  # noqa: E402
-from faultproxy import Blackhole, FaultProxy, RateCap, Reset, Stall, Status  # noqa: E402
+from cli_helpers import Run, ferry_env, migrate_argv, run_ferry, s3_client
+
+from faultproxy import Blackhole, FaultProxy, RateCap, Reset, Stall, Status
 
 MiB = 1024 * 1024
 

@@ -7,14 +7,13 @@ import logging
 import time
 
 import pytest
+from test_wrappers import Flaky, Sleeps
 
 from ferry.errors import FerryError, TransientError
 from ferry.objects import ObjectMeta
 from ferry.storage.memory import MemoryBackend, MemoryStore
 from ferry.storage.pressure import EndpointPressure, is_throttle, pressure_for
 from ferry.storage.wrappers import RetryingBackend, object_budget
-
-from test_wrappers import Flaky, Sleeps
 
 META = ObjectMeta()
 
