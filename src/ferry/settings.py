@@ -94,6 +94,31 @@ class HttpLimits:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class StoreTimeouts:
+    """How long Ferry waits on a store before a request counts as failed (and is retried), from FERRY_* variables.
+
+    A stall is no byte either way (request body out, answer in) for `stall` seconds, at any point of a request:
+    a source that stops sending mid-body, a destination that takes a body and never answers. An endpoint that
+    answered before and then cannot be connected to (its name no longer resolves, connections are refused) is
+    tried again for `unreachable` seconds before the run stops on it; one never reached stops it at once."""
+
+    connect: float = 10.0  # FERRY_CONNECT_TIMEOUT
+    stall: float = 120.0  # FERRY_STALL_TIMEOUT
+    unreachable: float = 60.0  # FERRY_UNREACHABLE_SECONDS
+    throttle: float = 900.0  # FERRY_THROTTLE_SECONDS: how long one request is retried while the store throttles
+
+    @classmethod
+    def from_env(cls) -> StoreTimeouts:
+        d = cls()
+        return cls(
+            connect=_number("FERRY_CONNECT_TIMEOUT", d.connect, 0.01, 3600),
+            stall=_number("FERRY_STALL_TIMEOUT", d.stall, 0.01, 86400),
+            unreachable=_number("FERRY_UNREACHABLE_SECONDS", d.unreachable, 0, 86400),
+            throttle=_number("FERRY_THROTTLE_SECONDS", d.throttle, 0, 7 * 86400),
+        )
+
+
 def _number(name: str, default: float, low: float, high: float) -> float:
     raw = os.environ.get(name, "").strip()
     if not raw:

@@ -26,7 +26,7 @@ from ferry.engine.verified_copy import VerifiedCopier
 from ferry.errors import AccessError, NotFoundError, PermanentError, TransientError
 from ferry.objects import ObjectInfo
 from ferry.storage.base import Backend, ListOrder
-from ferry.storage.wrappers import unwrap
+from ferry.storage.wrappers import object_budget, unwrap
 
 if TYPE_CHECKING:
     from ferry.db.job_repo import JobRepo
@@ -217,7 +217,8 @@ class Transfer:
     async def _copy(self, obj: ObjectInfo) -> ObjectResult:
         moving = ObjectProgress(self.counters)
         try:
-            out = await self.copier.copy(obj, moving)
+            with object_budget():
+                out = await self.copier.copy(obj, moving)
             moving.finish(out.size)
             return ObjectResult(obj.key, "success", out.size, out.etag, SIZE_ONLY if out.size_only else None)
         except (PermanentError, TransientError) as exc:

@@ -62,7 +62,8 @@ from ferry.runner import failed_lists
 from ferry.runner.loop_thread import LoopThread
 from ferry.runner.migration import TaskFailure, failure_for
 from ferry.storage.base import Backend, first_listed
-from ferry.storage.wrappers import RetryingBackend
+from ferry.storage.pressure import is_throttle
+from ferry.storage.wrappers import RetryingBackend, object_budget
 
 log = logging.getLogger("ferry.sync")
 
@@ -378,8 +379,9 @@ class SyncWorkers:
             self._open_errors[task_id] = _reason(exc)
             return None
         # Short in-call retries smooth over a hiccup; the queue's own backoff handles anything longer.
-        src = RetryingBackend(src, attempts=3, base_delay=0.1, max_delay=2.0)
-        dst = RetryingBackend(dst, attempts=3, base_delay=0.1, max_delay=2.0)
+        # Throttling is waited out in the call for a minute, then by the queue (without using up attempts).
+        src = RetryingBackend(src, attempts=3, base_delay=0.1, max_delay=2.0, throttle_patience=60.0)
+        dst = RetryingBackend(dst, attempts=3, base_delay=0.1, max_delay=2.0, throttle_patience=60.0)
         assert self._budget is not None
         try:
             rt = _Runtime(row, src, dst, self._budget)
@@ -468,7 +470,8 @@ class SyncWorkers:
             if rt is None:
                 why = self._open_errors.get(task_id, "unknown error")
                 raise _Retry(f"the task's stores could not be opened: {why}")
-            done = await self._sync_key(rt, key, listed)
+            with object_budget():
+                done = await self._sync_key(rt, key, listed)
             return EventOutcome(task_id, key, None, done.outcome, size=done.size)  # type: ignore[arg-type]
         except _GiveUp as exc:
             log.info("sync %s: %r failed: %s", task_id, key, exc.reason)
@@ -536,8 +539,9 @@ class SyncWorkers:
             return _GiveUp(_reason(exc))
         if isinstance(exc, FatalError):
             return await self._fatal(rt, exc)
-        # The source kept changing, the write failed verification, a store kept failing: later, again.
-        return _Retry(_reason(exc))
+        # The source kept changing, the write failed verification, a store kept failing: later, again. A store
+        # that is only throttling uses up no attempt: the key waits its turn.
+        return _Retry(_reason(exc), counts=not is_throttle(exc))
 
     # -- failures of the task as a whole -----------------------------------------------------------------------
     async def _fatal(self, rt: _Runtime, exc: FatalError) -> _GiveUp | _Retry:

@@ -14,6 +14,7 @@ import email.utils
 import functools
 import hashlib
 import ipaddress
+import logging
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -37,6 +38,7 @@ from ferry.errors import (
     VerificationError,
 )
 from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult, md5_of_etag
+from ferry.settings import StoreTimeouts
 from ferry.storage.base import Backend, Capabilities
 from ferry.storage.http1 import (
     Body,
@@ -48,8 +50,11 @@ from ferry.storage.http1 import (
     StreamBody,
     pass_splice,
 )
+from ferry.storage.pressure import THROTTLE_CODES, EndpointPressure, pressure_for
 from ferry.storage.profiles import Profile, get_profile
 from ferry.storage.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, SigV4Signer, canonical_query, quote_path, wire_path
+
+log = logging.getLogger(__name__)
 
 CRC64_META = "ferry-crc64"  # user-metadata key under which Ferry stores the CRC-64/ECMA it computed
 _META_PREFIX = "x-amz-meta-"
@@ -132,8 +137,8 @@ class S3Backend:
         profile: Profile | str = "s3",
         *,
         max_connections: int = 256,
-        connect_timeout: float = 10.0,
-        read_timeout: float = 120.0,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
         sign_payload: bool = False,
         security_token: str | None = None,
         sse_kms_key_id: str | None = None,
@@ -167,8 +172,10 @@ class S3Backend:
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._sign_payload = sign_payload
         self._max_connections = max_connections
-        self._connect_timeout = connect_timeout
-        self._read_timeout = read_timeout
+        timeouts = StoreTimeouts.from_env()
+        self._connect_timeout = connect_timeout if connect_timeout is not None else timeouts.connect
+        self._read_timeout = read_timeout if read_timeout is not None else timeouts.stall
+        self._unreachable_seconds = timeouts.unreachable
         self._scheme = parts.scheme
         self._pool: Http1Pool | None = None
         self._pool_loop: asyncio.AbstractEventLoop | None = None
@@ -219,37 +226,73 @@ class S3Backend:
     ) -> HttpResponse:
         """Sign and send one request; raise the mapped ferry error unless the status is in `ok`."""
         target, signed = self._signed(method, key, query, headers, data, path, payload_hash)
+        pressure = self._pressure()
         failure: FerryError
-        try:
-            result = await self._get_pool().request(method, target, self._netloc, signed, data)
-        except (HttpError, ValueError) as e:
-            failure = self._failure(op, key, e)
-        else:
-            if result.status not in ok:
-                raise self._error(op, key, result)
-            return result
-        # Raised outside the except blocks so no SDK exception (which may quote request headers) stays
-        # attached as __context__.
-        raise failure
+        while True:
+            try:
+                async with pressure.slot():
+                    result = await self._get_pool().request(method, target, self._netloc, signed, data)
+                    _report(pressure, result)
+            except (HttpError, ValueError) as e:
+                if await self._reconnect(pressure, e):
+                    continue
+                failure = self._failure(op, key, e)
+            else:
+                if result.status not in ok:
+                    raise self._error(op, key, result)
+                return result
+            # Raised outside the except blocks so no SDK exception (which may quote request headers) stays
+            # attached as __context__.
+            raise failure
 
     async def _send_stream(
         self, method: str, op: str, key: str, *, headers: Mapping[str, str] | None = None,
     ) -> tuple[CIMultiDictProxy[str], AsyncGenerator[bytes, None]]:
         """Like `_send`, but a successful answer's body comes as it arrives (see `Http1Pool.stream`)."""
         target, signed = self._signed(method, key, (), headers, None, None, None)
+        pressure = self._pressure()
         failure: FerryError
-        try:
-            result = await self._get_pool().stream(method, target, self._netloc, signed)
-            if result.status != 200:
-                whole = HttpResponse(result.status, result.headers, b"".join([p async for p in result.body]))
-                raise self._error(op, key, whole)
-        except (HttpError, ValueError) as e:
-            failure = self._failure(op, key, e)
-        else:
-            pieces = self._pieces(op, key, result.body)
-            pass_splice(pieces, result.body)  # errors mapped, bytes untouched
-            return result.headers, pieces
-        raise failure
+        while True:
+            try:
+                # The slot is held until the answer's head is in, not while its body is read: the reader may be
+                # writing it to this very endpoint, and would wait for a slot of its own.
+                async with pressure.slot():
+                    result = await self._get_pool().stream(method, target, self._netloc, signed)
+                    if result.status != 200:
+                        whole = HttpResponse(result.status, result.headers,
+                                             b"".join([p async for p in result.body]))
+                        _report(pressure, whole)
+                        raise self._error(op, key, whole)
+                    pressure.answered()
+            except (HttpError, ValueError) as e:
+                if await self._reconnect(pressure, e):
+                    continue
+                failure = self._failure(op, key, e)
+            else:
+                pieces = self._pieces(op, key, result.body)
+                pass_splice(pieces, result.body)  # errors mapped, bytes untouched
+                return result.headers, pieces
+            raise failure
+
+    def _pressure(self) -> EndpointPressure:
+        return pressure_for(self.endpoint, self._max_connections)
+
+    async def _reconnect(self, pressure: EndpointPressure, exc: Exception) -> bool:
+        """After a failed connect: whether to try again, having waited a moment. An endpoint that answered
+        before is given `unreachable_seconds` to come back (a DNS or routing blip must not stop a long run); one
+        never reached, or a rejected certificate, fails at once."""
+        if not isinstance(exc, HttpConnectError) or exc.certificate or not pressure.reached:
+            return False
+        now = asyncio.get_running_loop().time()
+        since = pressure.unreachable_since
+        if since is None:
+            since = pressure.unreachable_since = now
+            log.warning("cannot connect to %s:%s (%s): trying again for %g s", self._hostname, self._port,
+                        exc.reason, self._unreachable_seconds)
+        if now - since >= self._unreachable_seconds:
+            return False
+        await asyncio.sleep(min(1.0, self._unreachable_seconds - (now - since)))
+        return True
 
     async def _pieces(self, op: str, key: str, body: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
         failure: FerryError | None = None
@@ -912,6 +955,21 @@ def _quote_etag(etag: str) -> str:
 def _etag(h: Mapping[str, str]) -> str | None:
     v = h.get("ETag")
     return v.strip('"') if v else None
+
+
+def _report(pressure: EndpointPressure, resp: HttpResponse) -> None:
+    """Tell the endpoint's allowance how it answered: throttling shrinks it, anything below 500 grows it."""
+    status = resp.status
+    if status < 400:
+        pressure.answered()
+        return
+    m = _CODE_RE.search(resp.body)
+    code = m.group(1).decode("ascii", "replace") if m else None
+    retry_after = _retry_after(resp.headers)
+    if status in (429, 503) or code in THROTTLE_CODES or retry_after is not None:
+        pressure.answered(throttled=True, retry_after=retry_after)
+    elif status < 500:
+        pressure.answered()
 
 
 def _retry_after(h: Mapping[str, str]) -> float | None:

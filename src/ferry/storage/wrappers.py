@@ -9,18 +9,22 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import contextvars
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import TypeVar
 
 from ferry.aio import wait_event
 from ferry.errors import DamagedReadError, DigestMismatchError, TransientError
 from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult
+from ferry.settings import StoreTimeouts
 from ferry.storage.base import Backend, Capabilities, close_listing
+from ferry.storage.pressure import is_throttle
 
-__all__ = ["BackendWrapper", "BandwidthLimiter", "RetryingBackend", "ThrottledBackend", "unwrap"]
+__all__ = ["BackendWrapper", "BandwidthLimiter", "ObjectBudget", "RetryingBackend", "ThrottledBackend", "object_budget",
+           "unwrap"]
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +134,53 @@ class BackendWrapper:
         await self.inner.close()
 
 
+class ObjectBudget:
+    """How many failed attempts one object may spend over all its requests (a multipart copy makes many), so a
+    bad object fails with its reason in bounded time instead of retrying each part in turn. Throttling answers
+    are not counted: they say the store is busy, not that the object is bad."""
+
+    __slots__ = ("failures", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.failures = 0
+
+
+_OBJECT_BUDGET: contextvars.ContextVar[ObjectBudget | None] = contextvars.ContextVar("ferry_object_budget",
+                                                                                       default=None)
+
+
+@contextlib.contextmanager
+def object_budget(limit: int = 12) -> Iterator[ObjectBudget]:
+    """Every RetryingBackend call made within (and in tasks started within) charges its failures to one budget."""
+    budget = ObjectBudget(limit)
+    token = _OBJECT_BUDGET.set(budget)
+    try:
+        yield budget
+    finally:
+        _OBJECT_BUDGET.reset(token)
+
+
+class _Tries:
+    """One call's retry state: failures counted, and since when the store has been throttling it."""
+
+    __slots__ = ("failures", "throttled", "throttled_since")
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.throttled = 0
+        self.throttled_since: float | None = None
+
+
 class RetryingBackend(BackendWrapper):
     """Retries TransientError with exponential backoff and full jitter; everything else passes through.
 
     Attempt `n` (1-based) that fails waits `uniform(0, min(max_delay, base_delay * 2**(n-1)))`, or at least the
-    error's `retry_after` (capped at `max_retry_after`); after `attempts` tries the last error is raised.
+    error's `retry_after` (capped at `max_retry_after`); after `attempts` tries the last error is raised, its
+    message saying how many were made. Throttling answers (storage/pressure.py: 429, 503 SlowDown, Retry-After)
+    are not counted as attempts: such a request is tried again, waiting under its endpoint's allowance, for up to
+    `throttle_patience` seconds (FERRY_THROTTLE_SECONDS), so no object fails because the store is merely slow.
+    Within `object_budget()`, failures also count against the object's budget, shared by all its calls.
     A listing that fails midway resumes with `start_after` = the last key it yielded, so nothing is yielded
     twice; its attempt budget is renewed whenever it makes progress, so a long listing survives sporadic errors.
     """
@@ -147,8 +193,10 @@ class RetryingBackend(BackendWrapper):
         base_delay: float = 0.2,
         max_delay: float = 20.0,
         max_retry_after: float = 300.0,
+        throttle_patience: float | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
@@ -157,8 +205,11 @@ class RetryingBackend(BackendWrapper):
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.max_retry_after = max_retry_after
+        self.throttle_patience = StoreTimeouts.from_env().throttle if throttle_patience is None \
+            else throttle_patience
         self._sleep = sleep
         self._jitter = jitter
+        self._clock = clock
 
     def delay(self, failures: int, exc: TransientError) -> float:
         """How long to wait after the `failures`-th consecutive failure."""
@@ -168,41 +219,62 @@ class RetryingBackend(BackendWrapper):
             wait = max(wait, min(exc.retry_after, self.max_retry_after))
         return wait
 
-    async def _backoff(self, op: str, key: str | None, failures: int, exc: TransientError) -> None:
-        if failures >= self.attempts:
-            log.warning("%s %s on %s: giving up after %d attempts: %s", op, key or "", self.name, failures, exc)
+    async def _backoff(self, op: str, key: str | None, tries: _Tries, exc: TransientError) -> None:
+        if is_throttle(exc):
+            now = self._clock()
+            if tries.throttled_since is None:
+                tries.throttled_since = now
+            tries.throttled += 1
+            if now - tries.throttled_since < self.throttle_patience:
+                # Logged per endpoint by its allowance (storage/pressure.py), not per request.
+                wait = self.delay(tries.throttled, exc)
+                log.debug("%s %s on %s: throttled (%s); retrying in %.2fs", op, key or "", self.name, exc, wait)
+                await self._sleep(wait)
+                return
+            _gave_up(exc, f"throttled for {self.throttle_patience:g} s")
+            log.warning("%s %s on %s: %s", op, key or "", self.name, exc)
             raise exc
-        wait = self.delay(failures, exc)
-        log.info("%s %s on %s: attempt %d failed (%s); retrying in %.2fs", op, key or "", self.name,
-                 failures, exc, wait)
-        await self._sleep(wait)
+        tries.failures += 1
+        budget = _OBJECT_BUDGET.get()
+        if budget is not None:
+            budget.failures += 1
+        if tries.failures >= self.attempts:
+            _gave_up(exc, f"gave up after {tries.failures} attempts")
+        elif budget is not None and budget.failures >= budget.limit:
+            _gave_up(exc, f"gave up: the object's {budget.limit} failed attempts are spent")
+        else:
+            wait = self.delay(tries.failures, exc)
+            log.info("%s %s on %s: attempt %d failed (%s); retrying in %.2fs", op, key or "", self.name,
+                     tries.failures, exc, wait)
+            await self._sleep(wait)
+            return
+        log.warning("%s %s on %s: %s", op, key or "", self.name, exc)
+        raise exc
 
     async def _call(self, op: str, key: str | None, fn: Callable[[], Awaitable[T]],
                     final: tuple[type[TransientError], ...] = ()) -> T:
-        failures = 0
+        tries = _Tries()
         while True:
             try:
                 return await fn()
             except TransientError as exc:
                 if isinstance(exc, final):
                     raise
-                failures += 1
-                await self._backoff(op, key, failures, exc)
+                await self._backoff(op, key, tries, exc)
 
     async def list(self, prefix: str = "", start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
         last = start_after
-        failures = 0
+        tries = _Tries()
         while True:
             iterator = self.inner.list(prefix, last)
             try:
                 async for info in iterator:
                     yield info
                     last = info.key
-                    failures = 0
+                    tries = _Tries()
                 return
             except TransientError as exc:
-                failures += 1
-                await self._backoff("list", prefix, failures, exc)
+                await self._backoff("list", prefix, tries, exc)
             finally:
                 await close_listing(iterator)
 
@@ -419,6 +491,12 @@ class ThrottledBackend(BackendWrapper):
     ) -> PartInfo:
         await self.limiter.acquire(len(data))
         return await self.inner.upload_part(key, upload_id, part_number, data, crc32c=crc32c)
+
+
+def _gave_up(exc: TransientError, why: str) -> None:
+    """Say in the error's own message (the object's failure reason) that and why retrying stopped."""
+    exc.message = f"{exc.message} ({why})"
+    exc.args = (exc.message,)
 
 
 def _conforms(wrapper: BackendWrapper) -> Backend:
