@@ -523,3 +523,21 @@ async def test_dot_segment_keys_fail_alone_where_the_store_refuses_them(
         assert "a '.' or '..' segment" in info.value.message and info.value.key == key
     await b.put("fine..name/.x", b"ok", ObjectMeta())  # dots inside a segment are plain characters
     assert {o.key for o in await _collect(b)} == {"fine..name/.x"}
+
+
+_5M = 5 * 1024 * 1024
+
+
+@pytest.mark.parametrize("layout", [[300_000], [_5M, _5M + 1, 7], [_5M] * 17 + [5]], ids=["one", "three", "many"])
+async def test_part_sizes_of_a_multipart_upload(seaweed_a: SeaweedServer, bucket_factory: Any,
+                                                make_backend: MakeBackend, layout: list[int]) -> None:
+    """A HEAD with partNumber gives each part's length: every part is asked up to 16 parts, beyond that equal
+    parts are confirmed by the last one's length."""
+    b = make_backend(seaweed_a, bucket_factory(seaweed_a))
+    block = os.urandom(_5M + 1)
+    upload = await b.create_multipart("k", ObjectMeta())
+    parts = [await b.upload_part("k", upload, n, block[:size]) for n, size in enumerate(layout, 1)]
+    await b.complete_multipart("k", upload, parts)
+    assert await b.part_sizes("k") == layout
+    await b.put("single", block[:1000], ObjectMeta())
+    assert await b.part_sizes("single") in (None, [1000])  # SeaweedFS calls a single PUT one part

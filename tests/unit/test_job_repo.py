@@ -10,6 +10,7 @@ import pytest
 from ferry.db.database import open_database
 from ferry.db.job_repo import JobRepo, ObjectResult, PartRow, Tally, UploadRow
 from ferry.db.jobdb import open_sqlite
+from ferry.db.records import SIZE_ONLY
 from ferry.db.sqlconn import EngineConn, SqliteConn, to_pyformat
 from pgdb import pg_database
 
@@ -108,6 +109,12 @@ def test_results_page_in_byte_order_and_upsert(repo: JobRepo) -> None:
     assert "é" not in list(repo.iter_finished_keys("j"))
     assert repo.tally("j").failed == 2 and repo.tally("other") == Tally(1, 0, 0, 1, 0, 0)
     assert repo.tally("none") == Tally(0, 0, 0, 0, 0, 0)
+    # Successes checked by their size only are counted apart (and still count as successes).
+    repo.record("j", [ObjectResult("f0", "success", 3, None, SIZE_ONLY), ObjectResult("é", "success", 5, None,
+                                                                                      SIZE_ONLY)])
+    assert (repo.tally("j").size_only, repo.tally("j").failed, repo.tally("other").size_only) == (2, 0, 0)
+    repo.record("j", [ObjectResult("é", "failed", 5, None, "r")])
+    assert repo.tally("j").size_only == 1
     repo.record("j", [])  # nothing to write, not even a watermark
     got = repo.get("j")
     assert got is not None and got.watermark == "n"

@@ -321,3 +321,16 @@ def test_url_source_content_md5_is_read_from_base64() -> None:
     digest = hashlib.md5(b"x").digest()
     assert _content_md5(base64.b64encode(digest).decode()) == digest.hex()
     assert _content_md5("not base64!") is None and _content_md5(None) is None
+
+
+def test_the_success_list_marks_objects_verified_by_size_only(tmp_path: Path) -> None:
+    from ferry.db.records import SIZE_ONLY, ObjectResult
+    from ferry.runner.migration import write_records
+
+    repo = JobRepo(open_database(f"sqlite:///{tmp_path / 'state.db'}"))
+    repo.create("fp", "{}", job_id="j")
+    repo.record("j", [ObjectResult("a", "success", 1, None, None), ObjectResult("b", "success", 2, None, SIZE_ONLY)])
+    paths = write_records(repo, "j", tmp_path / "lists", "to/")
+    lines = [json.loads(line) for line in Path(paths["success"]).read_text().splitlines()]
+    assert lines == [{"key": "a", "dst_key": "to/a", "size": 1},
+                     {"key": "b", "dst_key": "to/b", "size": 2, "verified": "size only"}]

@@ -1,10 +1,14 @@
 """The one per-object copy routine: server-side when allowed; else small objects read whole, larger ones
 streamed from one GET into one PUT, and multipart above a threshold.
 
-Every path pins the source by ETag (If-Match) so an object that changes mid-copy is detected, verifies what
-it wrote according to the consistency check as far as the write's own answer allows, and removes a destination
-object that failed verification. Whether that answer proved the write is `CopyOutcome.verified`: where it did
-not, engine.verified_copy (the routine every caller uses) looks at the written object.
+Every path pins the source by ETag (If-Match) so an object that changes mid-copy is detected, checks what it
+READ against the strongest checksum the source gave (engine.content_check) before the write can land (a small
+object before its PUT, a stream before its last piece, a multipart upload before it is completed; a mismatch is
+a DamagedReadError, and nothing of it is kept), verifies what it wrote according to the consistency check as far
+as the write's own answer allows, and removes a destination object that failed verification. Whether that
+answer proved the write is `CopyOutcome.verified`: where it did not, engine.verified_copy (the routine every
+caller uses) looks at the written object; `CopyOutcome.size_only` says the source gave no checksum to check
+the read by.
 Multipart uploads are checkpointed part by part so a restarted job continues them instead of starting at 0 %.
 Progress is reported as bytes move: each part once uploaded, a streamed object piece by piece (in steps of a few
 MiB from the thread of a kernel move), and small or server-side copies whole by the caller.

@@ -632,7 +632,7 @@ class LocalRunner(LoopThread):
         prior = await asyncio.to_thread(jobs.tally, job_id)
         if mode != "resume":
             # Failed objects are planned again in this run and counted afresh.
-            prior = Tally(prior.success, prior.skipped, 0, prior.success_bytes, prior.skipped_bytes, 0)
+            prior = dataclasses.replace(prior, failed=0, failed_bytes=0)
         await asyncio.to_thread(jobs.set_status, job_id, "running")
         transfer = Transfer(source, target, jobs, job_id, transfer_options(row, self.settings), counters)
         await transfer.run(resume_after, prior)
