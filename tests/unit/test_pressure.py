@@ -87,7 +87,7 @@ async def test_the_window_grows_back_to_the_ceiling_and_says_so(caplog: pytest.L
 async def test_the_rate_is_set_from_what_the_store_accepted_then_climbs() -> None:
     clock = Clock()
     p = EndpointPressure("s3://store", ceiling=64, clock=clock)
-    for _ in range(200):  # 100 requests/s accepted for two seconds
+    for _ in range(300):  # 100 requests/s accepted for three seconds
         clock.now += 0.01
         p.answered()
     p.answered(throttled=True)
@@ -97,6 +97,19 @@ async def test_the_rate_is_set_from_what_the_store_accepted_then_climbs() -> Non
         clock.now += 0.01
         p.answered()
     assert p.rate is not None and first < p.rate <= first + 10
+
+
+async def test_refusals_of_a_first_burst_do_not_pin_the_rate_low() -> None:
+    clock = Clock()
+    p = EndpointPressure("s3://store", ceiling=64, clock=clock)
+    clock.now += 0.05
+    p.answered()  # the refusals of the first burst come back before most of the answers the store took
+    p.answered(throttled=True)
+    assert p.rate is not None and p.rate < 50
+    for _ in range(300):  # the store takes 100/s: the rate doubles every second up to the next refusal
+        clock.now += 0.01
+        p.answered()
+    assert p.rate > 100
 
 
 async def test_a_rate_spaces_requests_out() -> None:

@@ -71,8 +71,7 @@ class EndpointPressure:
         self.window = float(ceiling)
         self._ssthresh = float(ceiling)
         self.rate: float | None = None  # requests/s; None: no rate limit
-        self._rate_step = 0.0
-        self._rate_ssthresh = 0.0
+        self._rate_ssthresh = math.inf  # below it the rate doubles every second; above, it grows by a step
         self._peak = 0.0  # the highest accepted rate measured: how fast recovery may climb back
         self._tokens = 0.0
         self._stamp = self._born = clock()
@@ -194,13 +193,15 @@ class EndpointPressure:
                 # The store takes this much: just below it is where to be, and where slow start ends.
                 self._ssthresh = max(1.0, self.window / 2)
                 self.rate = max(_RATE_FLOOR, min(0.9 * accepted, old if old is not None else math.inf))
-                self._rate_ssthresh = self.rate
+                if now - self._born >= _MEASURE_SPAN:
+                    # Measured over the whole span, not the first moments of a run (where the refusals of its
+                    # first burst come back before the answers the store took): a rate to climb back to.
+                    self._rate_ssthresh = self.rate
             else:
                 # Nothing got through lately (the store is down or refusing everything): halve what was tried,
                 # but keep the thresholds, so Ferry climbs back fast once the store recovers.
                 self.rate = max(_RATE_FLOOR, old / 2 if old is not None else 10 * _RATE_FLOOR)
             self.window = max(1.0, self.window / 2)
-            self._rate_step = max(_RATE_FLOOR, self._peak / 10, (old or 0.0) / 10)
             self._tokens = min(self._tokens, 1.0)
             self._grown_at = now
             self._backing_off = True
@@ -230,7 +231,7 @@ class EndpointPressure:
             if self.rate < self._rate_ssthresh:  # slow start: doubling every second
                 self.rate = min(self._rate_ssthresh, self.rate * 2.0 ** dt)
             else:
-                self.rate += self._rate_step * dt
+                self.rate += max(_RATE_FLOOR, self._peak / 10) * dt
             # Well above what was accepted lately, the rate no longer binds: Ferry is not being held back.
             if self.rate > 4 * max(self._accepted_rate(now), 1.0) and now - self._last_decrease > 4 * _MEASURE_SPAN:
                 self.rate = None
