@@ -197,3 +197,42 @@ async def test_an_objects_budget_is_shared_by_all_its_requests() -> None:
         with pytest.raises(TransientError):
             await backend.upload_part("big", upload, 3, b"x")
         assert budget.failures == 5
+
+
+async def test_a_url_source_backs_off_on_429_and_honours_retry_after() -> None:
+    import http.server
+    import threading
+
+    answers = [429, 429, 200]
+    seen: list[float] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(time.monotonic())
+            status = answers.pop(0) if answers else 200
+            body = b"payload" if status == 200 else b"busy"
+            self.send_response(status)
+            if status == 429:
+                self.send_header("Retry-After", "1")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        from ferry.storage.url_source import UrlSource
+
+        where = f"127.0.0.1:{server.server_address[1]}"
+        source = UrlSource([("k", f"http://{where}/k")], allowed_hosts=[where])
+        backend = RetryingBackend(source, attempts=1)  # throttling uses up no attempt
+        assert await backend.read("k") == b"payload"
+        assert len(seen) == 3 and seen[2] - seen[0] >= 1.9  # waited at least the Retry-After each time
+        assert pressure_for(f"http://{where}").throttled == 2
+        await backend.close()
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -29,16 +29,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import email.utils
 import logging
 import math
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Final
 
 from ferry.errors import FerryError
 
-__all__ = ["THROTTLE_CODES", "EndpointPressure", "is_throttle", "pressure_for"]
+__all__ = ["THROTTLE_CODES", "EndpointPressure", "is_throttle", "pressure_for", "retry_after_seconds"]
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,14 @@ class EndpointPressure:
             self._increase(now)
         self._pump()
 
+    def answered_status(self, status: int, code: str | None = None, retry_after: float | None = None) -> None:
+        """Report an answer by its HTTP status (and S3 error code, Retry-After): a throttling one shrinks the
+        allowance, anything else below 500 grows it, and other server errors say nothing about load."""
+        if status in (429, 503) or code in THROTTLE_CODES or retry_after is not None:
+            self.answered(throttled=True, retry_after=retry_after)
+        elif status < 500:
+            self.answered()
+
     def _accepted_rate(self, now: float) -> float:
         while self._accepted and now - self._accepted[0] > _MEASURE_SPAN:
             self._accepted.popleft()
@@ -257,6 +266,18 @@ class _Slot:
 
 _REGISTRY: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, EndpointPressure]] = \
     weakref.WeakKeyDictionary()
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """The Retry-After header in seconds from now (given as seconds or as an HTTP date), None when absent."""
+    v = headers.get("Retry-After")
+    if not v:
+        return None
+    try:
+        return max(0.0, float(v))
+    except ValueError:
+        when = email.utils.parsedate_tz(v)
+        return max(0.0, email.utils.mktime_tz(when) - time.time()) if when else None
 
 
 def pressure_for(endpoint: str, ceiling: int = 256) -> EndpointPressure:
