@@ -199,6 +199,17 @@ async def test_an_objects_budget_is_shared_by_all_its_requests() -> None:
         assert budget.failures == 5
 
 
+async def test_successes_give_failed_attempts_back_so_sporadic_failures_never_add_up() -> None:
+    flaky = Flaky(MemoryBackend(MemoryStore(), "b", min_part_size=1))
+    upload = await flaky.create_multipart("huge", META)
+    backend = RetryingBackend(flaky, attempts=5, sleep=Sleeps())
+    with object_budget(3) as budget:
+        for n in range(1, 41):  # every part fails once, then goes: 40 failures on a budget of 3
+            flaky.fail("upload_part", TransientError("reset"))
+            await backend.upload_part("huge", upload, n, b"x")
+        assert budget.failures == 0
+
+
 async def test_a_url_source_backs_off_on_429_and_honours_retry_after() -> None:
     import http.server
     import threading
