@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import email.utils
 import logging
 import math
@@ -131,7 +132,8 @@ class EndpointPressure:
             if fut.done() and not fut.cancelled():
                 self.release()  # granted just as we were cancelled: give it back
             else:
-                self._waiters.remove(fut)
+                with contextlib.suppress(ValueError):  # already dropped by _pump as cancelled
+                    self._waiters.remove(fut)
                 self._pump()
             raise
 
