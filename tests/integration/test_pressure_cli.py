@@ -212,3 +212,20 @@ def test_a_reset_at_any_point_of_a_multipart_upload_is_retried(stores: dict[str,
     got = s3_client(stores["dst"]).get_object(Bucket=stores["db"], Key="big")["Body"].read()
     assert hashlib.md5(got).digest() == hashlib.md5(big).digest()
     assert elapsed < 60
+
+
+@pytest.mark.parametrize("size", [17 * MiB, 11 * MiB], ids=["streamed", "multipart"])
+def test_a_large_object_whose_source_stalls_mid_body_is_read_again(stores: dict[str, Any], tmp_path: Path,
+                                                                   size: int) -> None:
+    big = os.urandom(size)
+    s3_client(stores["src"]).put_object(Bucket=stores["sb"], Key="big", Body=big)
+    rule = stores["proxy"].add(Stall(after=2 * MiB), method="GET", key="^big$", first=1)
+    extra = ("--part-size", "5", "--multipart-threshold", "5") if size < 16 * MiB else ()
+    # 3 s, not 1: SeaweedFS on a loaded machine can take over a second to answer a 17 MiB PUT after its last
+    # byte, and that wait counts as a stall too (it is how a destination that never answers is caught).
+    run, elapsed = _migrate(stores, tmp_path, *extra, env={"FERRY_STALL_TIMEOUT": "3"})
+    assert run.code == 0, run.stderr
+    assert rule.fired == 1 and run.summary["failed"] == 0
+    got = s3_client(stores["dst"]).get_object(Bucket=stores["db"], Key="big")["Body"].read()
+    assert hashlib.md5(got).digest() == hashlib.md5(big).digest()
+    assert elapsed < 60

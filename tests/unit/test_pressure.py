@@ -87,7 +87,7 @@ async def test_the_window_grows_back_to_the_ceiling_and_says_so(caplog: pytest.L
 async def test_the_rate_is_set_from_what_the_store_accepted_then_climbs() -> None:
     clock = Clock()
     p = EndpointPressure("s3://store", ceiling=64, clock=clock)
-    for _ in range(200):  # 100 requests/s accepted for two seconds
+    for _ in range(300):  # 100 requests/s accepted for three seconds
         clock.now += 0.01
         p.answered()
     p.answered(throttled=True)
@@ -97,6 +97,19 @@ async def test_the_rate_is_set_from_what_the_store_accepted_then_climbs() -> Non
         clock.now += 0.01
         p.answered()
     assert p.rate is not None and first < p.rate <= first + 10
+
+
+async def test_refusals_of_a_first_burst_do_not_pin_the_rate_low() -> None:
+    clock = Clock()
+    p = EndpointPressure("s3://store", ceiling=64, clock=clock)
+    clock.now += 0.05
+    p.answered()  # the refusals of the first burst come back before most of the answers the store took
+    p.answered(throttled=True)
+    assert p.rate is not None and p.rate < 50
+    for _ in range(300):  # the store takes 100/s: the rate doubles every second up to the next refusal
+        clock.now += 0.01
+        p.answered()
+    assert p.rate > 100
 
 
 async def test_a_rate_spaces_requests_out() -> None:
@@ -184,3 +197,53 @@ async def test_an_objects_budget_is_shared_by_all_its_requests() -> None:
         with pytest.raises(TransientError):
             await backend.upload_part("big", upload, 3, b"x")
         assert budget.failures == 5
+
+
+async def test_successes_give_failed_attempts_back_so_sporadic_failures_never_add_up() -> None:
+    flaky = Flaky(MemoryBackend(MemoryStore(), "b", min_part_size=1))
+    upload = await flaky.create_multipart("huge", META)
+    backend = RetryingBackend(flaky, attempts=5, sleep=Sleeps())
+    with object_budget(3) as budget:
+        for n in range(1, 41):  # every part fails once, then goes: 40 failures on a budget of 3
+            flaky.fail("upload_part", TransientError("reset"))
+            await backend.upload_part("huge", upload, n, b"x")
+        assert budget.failures == 0
+
+
+async def test_a_url_source_backs_off_on_429_and_honours_retry_after() -> None:
+    import http.server
+    import threading
+
+    answers = [429, 429, 200]
+    seen: list[float] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(time.monotonic())
+            status = answers.pop(0) if answers else 200
+            body = b"payload" if status == 200 else b"busy"
+            self.send_response(status)
+            if status == 429:
+                self.send_header("Retry-After", "1")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        from ferry.storage.url_source import UrlSource
+
+        where = f"127.0.0.1:{server.server_address[1]}"
+        source = UrlSource([("k", f"http://{where}/k")], allowed_hosts=[where])
+        backend = RetryingBackend(source, attempts=1)  # throttling uses up no attempt
+        assert await backend.read("k") == b"payload"
+        assert len(seen) == 3 and seen[2] - seen[0] >= 1.9  # waited at least the Retry-After each time
+        assert pressure_for(f"http://{where}").throttled == 2
+        await backend.close()
+    finally:
+        server.shutdown()
+        server.server_close()

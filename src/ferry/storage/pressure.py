@@ -29,16 +29,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import email.utils
 import logging
 import math
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Final
 
 from ferry.errors import FerryError
 
-__all__ = ["THROTTLE_CODES", "EndpointPressure", "is_throttle", "pressure_for"]
+__all__ = ["THROTTLE_CODES", "EndpointPressure", "is_throttle", "pressure_for", "retry_after_seconds"]
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +73,7 @@ class EndpointPressure:
         self.window = float(ceiling)
         self._ssthresh = float(ceiling)
         self.rate: float | None = None  # requests/s; None: no rate limit
-        self._rate_step = 0.0
-        self._rate_ssthresh = 0.0
+        self._rate_ssthresh = math.inf  # below it the rate doubles every second; above, it grows by a step
         self._peak = 0.0  # the highest accepted rate measured: how fast recovery may climb back
         self._tokens = 0.0
         self._stamp = self._born = clock()
@@ -131,7 +132,8 @@ class EndpointPressure:
             if fut.done() and not fut.cancelled():
                 self.release()  # granted just as we were cancelled: give it back
             else:
-                self._waiters.remove(fut)
+                with contextlib.suppress(ValueError):  # already dropped by _pump as cancelled
+                    self._waiters.remove(fut)
                 self._pump()
             raise
 
@@ -175,6 +177,14 @@ class EndpointPressure:
             self._increase(now)
         self._pump()
 
+    def answered_status(self, status: int, code: str | None = None, retry_after: float | None = None) -> None:
+        """Report an answer by its HTTP status (and S3 error code, Retry-After): a throttling one shrinks the
+        allowance, anything else below 500 grows it, and other server errors say nothing about load."""
+        if status in (429, 503) or code in THROTTLE_CODES or retry_after is not None:
+            self.answered(throttled=True, retry_after=retry_after)
+        elif status < 500:
+            self.answered()
+
     def _accepted_rate(self, now: float) -> float:
         while self._accepted and now - self._accepted[0] > _MEASURE_SPAN:
             self._accepted.popleft()
@@ -194,13 +204,15 @@ class EndpointPressure:
                 # The store takes this much: just below it is where to be, and where slow start ends.
                 self._ssthresh = max(1.0, self.window / 2)
                 self.rate = max(_RATE_FLOOR, min(0.9 * accepted, old if old is not None else math.inf))
-                self._rate_ssthresh = self.rate
+                if now - self._born >= _MEASURE_SPAN:
+                    # Measured over the whole span, not the first moments of a run (where the refusals of its
+                    # first burst come back before the answers the store took): a rate to climb back to.
+                    self._rate_ssthresh = self.rate
             else:
                 # Nothing got through lately (the store is down or refusing everything): halve what was tried,
                 # but keep the thresholds, so Ferry climbs back fast once the store recovers.
                 self.rate = max(_RATE_FLOOR, old / 2 if old is not None else 10 * _RATE_FLOOR)
             self.window = max(1.0, self.window / 2)
-            self._rate_step = max(_RATE_FLOOR, self._peak / 10, (old or 0.0) / 10)
             self._tokens = min(self._tokens, 1.0)
             self._grown_at = now
             self._backing_off = True
@@ -230,7 +242,7 @@ class EndpointPressure:
             if self.rate < self._rate_ssthresh:  # slow start: doubling every second
                 self.rate = min(self._rate_ssthresh, self.rate * 2.0 ** dt)
             else:
-                self.rate += self._rate_step * dt
+                self.rate += max(_RATE_FLOOR, self._peak / 10) * dt
             # Well above what was accepted lately, the rate no longer binds: Ferry is not being held back.
             if self.rate > 4 * max(self._accepted_rate(now), 1.0) and now - self._last_decrease > 4 * _MEASURE_SPAN:
                 self.rate = None
@@ -256,6 +268,18 @@ class _Slot:
 
 _REGISTRY: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, EndpointPressure]] = \
     weakref.WeakKeyDictionary()
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """The Retry-After header in seconds from now (given as seconds or as an HTTP date), None when absent."""
+    v = headers.get("Retry-After")
+    if not v:
+        return None
+    try:
+        return max(0.0, float(v))
+    except ValueError:
+        when = email.utils.parsedate_tz(v)
+        return max(0.0, email.utils.mktime_tz(when) - time.time()) if when else None
 
 
 def pressure_for(endpoint: str, ceiling: int = 256) -> EndpointPressure:

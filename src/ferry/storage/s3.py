@@ -50,7 +50,7 @@ from ferry.storage.http1 import (
     StreamBody,
     pass_splice,
 )
-from ferry.storage.pressure import THROTTLE_CODES, EndpointPressure, pressure_for
+from ferry.storage.pressure import EndpointPressure, pressure_for, retry_after_seconds
 from ferry.storage.profiles import Profile, get_profile
 from ferry.storage.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, SigV4Signer, canonical_query, quote_path, wire_path
 
@@ -373,7 +373,7 @@ class S3Backend:
             # trailing one); damage on the way heals on another try.
             return DigestMismatchError(msg, key=key)
         if status in (429, 500, 502, 503, 504) or code in _TRANSIENT_CODES:
-            return TransientError(msg, key=key, retry_after=_retry_after(resp.headers))
+            return TransientError(msg, key=key, retry_after=retry_after_seconds(resp.headers))
         if code == "InvalidObjectState":
             return ArchivedObjectError(msg + " (archived; restore it first)", key=key)
         if code in _ACCESS_CODES or (status in (401, 403) and code not in _FATAL_CODES):
@@ -958,29 +958,13 @@ def _etag(h: Mapping[str, str]) -> str | None:
 
 
 def _report(pressure: EndpointPressure, resp: HttpResponse) -> None:
-    """Tell the endpoint's allowance how it answered: throttling shrinks it, anything below 500 grows it."""
-    status = resp.status
-    if status < 400:
+    """Tell the endpoint's allowance how it answered (the S3 error code is read only from an error answer)."""
+    if resp.status < 400:
         pressure.answered()
         return
     m = _CODE_RE.search(resp.body)
-    code = m.group(1).decode("ascii", "replace") if m else None
-    retry_after = _retry_after(resp.headers)
-    if status in (429, 503) or code in THROTTLE_CODES or retry_after is not None:
-        pressure.answered(throttled=True, retry_after=retry_after)
-    elif status < 500:
-        pressure.answered()
-
-
-def _retry_after(h: Mapping[str, str]) -> float | None:
-    v = h.get("Retry-After")
-    if not v:
-        return None
-    try:
-        return max(0.0, float(v))
-    except ValueError:
-        when = email.utils.parsedate_tz(v)
-        return max(0.0, email.utils.mktime_tz(when) - dt.datetime.now(dt.UTC).timestamp()) if when else None
+    pressure.answered_status(resp.status, m.group(1).decode("ascii", "replace") if m else None,
+                             retry_after_seconds(resp.headers))
 
 
 def _b64(v: str) -> bytes | None:

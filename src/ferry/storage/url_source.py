@@ -27,9 +27,11 @@ from ferry.errors import (
     TransientError,
 )
 from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult, md5_of_etag
+from ferry.settings import StoreTimeouts
 from ferry.storage.base import Backend, Capabilities, ListOrder, ranged_pieces
 from ferry.storage.http1 import Http1Pool, HttpError, HttpTimeout, split_url
 from ferry.storage.netguard import REFUSED, HostLookupError, PinnedResolver, UnsafeHost
+from ferry.storage.pressure import EndpointPressure, pressure_for, retry_after_seconds
 
 _CAPS: Final = Capabilities(list_order=ListOrder.LEXICOGRAPHIC, copy_group=None, multipart=False,
                             etag_is_md5=False)
@@ -90,12 +92,13 @@ class UrlSource:
     """The objects of a URL list as a read-only store whose listing is sorted by key."""
 
     def __init__(self, entries: Sequence[tuple[str, str]], *, allowed_hosts: Collection[str] = (),
-                 connect_timeout: float = 10.0, read_timeout: float = 120.0) -> None:
+                 connect_timeout: float | None = None, read_timeout: float | None = None) -> None:
         self._urls = dict(entries)
         self._keys = sorted(self._urls)
         self._allowed = {h.lower() for h in allowed_hosts}
-        self._connect_timeout = connect_timeout
-        self._read_timeout = read_timeout
+        timeouts = StoreTimeouts.from_env()
+        self._connect_timeout = connect_timeout if connect_timeout is not None else timeouts.connect
+        self._read_timeout = read_timeout if read_timeout is not None else timeouts.stall
         self._pools: dict[tuple[str, str, int], Http1Pool] = {}
         self._resolver = PinnedResolver()
         # Objects a listing had to leave out, with the reason (unreachable, refused address, no length...).
@@ -112,9 +115,9 @@ class UrlSource:
     def __repr__(self) -> str:
         return f"UrlSource({len(self._keys)} URLs)"
 
-    async def _url(self, key: str) -> tuple[Http1Pool, str, str, str]:
+    async def _url(self, key: str) -> tuple[Http1Pool, str, str, str, EndpointPressure]:
         """The pool to fetch `key` through (its host checked, connections pinned to the checked addresses),
-        the Host header, the request target, and `host:port` for messages."""
+        the Host header, the request target, `host:port` for messages, and the endpoint's allowance."""
         url = self._urls.get(key)
         if url is None:
             raise NotFoundError(f"{key}: not in the URL list", key=key)
@@ -138,15 +141,18 @@ class UrlSource:
             pool = self._pools[(scheme, host, port)] = Http1Pool(
                 scheme, host, port, limit=_CONNECTIONS, connect_timeout=self._connect_timeout,
                 read_timeout=self._read_timeout, addresses=pinned.hosts)
-        return pool, header, target, where
+        return pool, header, target, where, pressure_for(f"{scheme}://{header}", _CONNECTIONS)
 
     async def _request(self, method: str, key: str, headers: Mapping[str, str] | None = None,
                        ok: tuple[int, ...] = (200,)) -> tuple[int, Mapping[str, str], bytes]:
-        pool, host, target, where = await self._url(key)
+        pool, host, target, where, pressure = await self._url(key)
         where = f"{method} {where} ({key})"
         failure: FerryError
         try:
-            resp = await pool.request(method, target, host, headers or {})
+            async with pressure.slot():
+                resp = await pool.request(method, target, host, headers or {})
+                retry_after = retry_after_seconds(resp.headers) if resp.status >= 400 else None
+                pressure.answered_status(resp.status, retry_after=retry_after)
             status, got, body = resp.status, dict(resp.headers), resp.body
         except HttpTimeout:
             failure = TransientError(f"{where}: timed out", key=key)
@@ -163,7 +169,9 @@ class UrlSource:
             if status == 412:
                 raise SourceChangedError(msg, key=key)
             if status in (408, 429) or status >= 500:
-                raise TransientError(msg, key=key)
+                busy = TransientError(msg, key=key, retry_after=retry_after)
+                busy.http_status = status
+                raise busy
             if 300 <= status < 400:
                 raise PermanentError(msg + " (redirects are not followed)", key=key)
             raise PermanentError(msg, key=key)

@@ -136,8 +136,9 @@ class BackendWrapper:
 
 class ObjectBudget:
     """How many failed attempts one object may spend over all its requests (a multipart copy makes many), so a
-    bad object fails with its reason in bounded time instead of retrying each part in turn. Throttling answers
-    are not counted: they say the store is busy, not that the object is bad."""
+    bad object fails with its reason in bounded time instead of retrying each part in turn. Each request that
+    succeeds gives one back, so the sporadic failures of a huge object's thousands of parts never add up to its
+    end. Throttling answers are not counted: they say the store is busy, not that the object is bad."""
 
     __slots__ = ("failures", "limit")
 
@@ -256,11 +257,16 @@ class RetryingBackend(BackendWrapper):
         tries = _Tries()
         while True:
             try:
-                return await fn()
+                result = await fn()
             except TransientError as exc:
                 if isinstance(exc, final):
                     raise
                 await self._backoff(op, key, tries, exc)
+            else:
+                budget = _OBJECT_BUDGET.get()
+                if budget is not None and budget.failures:
+                    budget.failures -= 1
+                return result
 
     async def list(self, prefix: str = "", start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
         last = start_after
