@@ -247,15 +247,12 @@ class GcsBackend:
 
     def _error(self, op: str, key: str | None, status: int, body: bytes, headers: Mapping[str, str]) -> FerryError:
         """The taxonomy's error for an answer; the message has the store's own text, never a token or a key."""
-        message, reason = "", None
+        message = ""
         try:
             doc = json.loads(body)
             err = doc.get("error") if isinstance(doc, dict) else None
             if isinstance(err, dict):
                 message = str(err.get("message") or "")
-                errors = err.get("errors")
-                if isinstance(errors, list) and errors and isinstance(errors[0], dict):
-                    reason = errors[0].get("reason")
         except ValueError:
             message = body[:200].decode("utf-8", "replace") if body and not body.lstrip().startswith(b"<") else ""
         message = " ".join(message.split())[:200]
@@ -268,10 +265,13 @@ class GcsBackend:
             retry = _int(headers.get("retry-after"))
             return TransientError(msg, key=key, retry_after=float(retry) if retry is not None else None)
         if status == 404 and (key is None or ("bucket" in lowered and "object" not in lowered)):
-            return AccessError(msg, key=key, s3_code="NoSuchBucket", writing=op in _WRITE_OPS, origin=self)
+            return AccessError(f"{msg} NoSuchBucket", key=key, s3_code="NoSuchBucket", writing=op in _WRITE_OPS,
+                               origin=self, credentials="json_auth_file")
         if status in (401, 403):
-            code = "InvalidToken" if status == 401 else (reason if isinstance(reason, str) else "AccessDenied")
-            return AccessError(msg, key=key, s3_code=code, writing=op in _WRITE_OPS, origin=self)
+            # A 401 comes after a freshly fetched token was refused too: the account is not (any more) valid.
+            code = "InvalidAccessKeyId" if status == 401 else "AccessDenied"
+            return AccessError(f"{msg} {code}", key=key, s3_code=code, writing=op in _WRITE_OPS, origin=self,
+                               credentials="json_auth_file")
         if status == 404:
             return NotFoundError(msg, key=key)
         if status == 412:

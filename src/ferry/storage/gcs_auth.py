@@ -169,7 +169,8 @@ class TokenSource:
             msg += f" ({' '.join(text.split())[:200]})"
         if resp.status in (429,) or resp.status >= 500:
             raise TransientError(msg)
-        raise AccessError(msg + " (check the service-account key given as json_auth_file)", s3_code=code)
+        # Google's "invalid_grant": a deleted or disabled key, a wrong account, or a clock far off.
+        raise AccessError(msg, s3_code="InvalidAccessKeyId", credentials="json_auth_file")
 
     async def close(self) -> None:
         if self._pool is not None:
