@@ -1,4 +1,5 @@
-"""Open a Backend from a URL-ish spec: `s3://bucket/prefix`, `file:///path` or a plain path, `mem://bucket/prefix`.
+"""Open a Backend from a URL-ish spec: `s3://bucket/prefix`, `gs://bucket/prefix` (Google Cloud Storage),
+`file:///path` or a plain path, `mem://bucket/prefix`.
 
 The part after `bucket/` is a folder, as `aws s3 sync` and rclone read it: `s3://backup/all` and
 `s3://backup/all/` both mean `all/` (keys are written as `all/<key>`, never glued on as `all<key>`), and a
@@ -51,7 +52,7 @@ def reset_memory_stores() -> None:
 
 @dataclass(frozen=True, slots=True)
 class BackendSpec:
-    """A parsed spec: `scheme` is `s3`, `file` or `mem`; `path` is set for `file` only."""
+    """A parsed spec: `scheme` is `s3`, `gs`, `file` or `mem`; `path` is set for `file` only."""
 
     scheme: str
     bucket: str = ""
@@ -119,10 +120,11 @@ def parse_spec(spec: str) -> BackendSpec:
                 "or give the directory without file://"
             )
         return BackendSpec("file", path=rest)
-    if scheme == "s3":
-        bucket, prefix = _bucket_and_prefix("s3", rest, spec)
-        return BackendSpec("s3", bucket, prefix)
-    raise UsageError(f"unsupported location {spec!r}: use s3://bucket/prefix, file:///path, a path, or mem://bucket")
+    if scheme in ("s3", "gs"):
+        bucket, prefix = _bucket_and_prefix(scheme, rest, spec)
+        return BackendSpec(scheme, bucket, prefix)
+    raise UsageError(f"unsupported location {spec!r}: use s3://bucket/prefix, gs://bucket/prefix, file:///path, "
+                     "a path, or mem://bucket")
 
 
 def _open_memory(parsed: BackendSpec) -> MemoryBackend:
@@ -141,6 +143,34 @@ def _open_local(path: str, spec: str) -> LocalBackend:
     return LocalBackend(path, create=True)
 
 
+def _open_google(parsed: BackendSpec, spec: str, endpoint: str | None, json_auth_file: str | None) -> Backend:
+    from ferry.storage.base import ListOrder
+    from ferry.storage.gcs import DEFAULT_ENDPOINT, GcsBackend
+    from ferry.storage.gcs_auth import ServiceAccount, TokenSource
+    from ferry.storage.profiles import get_profile
+
+    profile = get_profile("google")
+    profile.check_bucket(parsed.bucket)
+    if endpoint is not None and not re.match(r"https?://[^/\s]+", endpoint):
+        raise UsageError(f"endpoint {endpoint!r} must look like http://host:port or https://host")
+    if not json_auth_file:
+        raise UsageError(f"{spec!r} needs a service-account key file")
+    try:
+        with open(os.path.expanduser(json_auth_file), encoding="utf-8") as fh:
+            text = fh.read(1024 * 1024)
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or "it is not UTF-8 text"
+        raise UsageError(f"cannot read the key file {json_auth_file}: {why}") from None
+    account = ServiceAccount.parse(text, where=f"the key file {json_auth_file}")
+    if endpoint is not None:
+        # Some other server speaking Google's API (an emulator): its listing order is not vouched for.
+        profile = profile.replace(list_order=ListOrder.UNORDERED)
+    # The operator gave this key file, so its token_uri is trusted wherever it points.
+    endpoint = endpoint or DEFAULT_ENDPOINT
+    return GcsBackend(parsed.bucket, parsed.prefix, tokens=TokenSource(account), endpoint=endpoint, profile=profile,
+                      copy_group=f"gcs:{endpoint}:{account.client_email}")
+
+
 def open_backend(
     spec: str,
     *,
@@ -149,13 +179,17 @@ def open_backend(
     access_key: str | None = None,
     secret_key: str | None = None,
     profile: str | None = None,
+    json_auth_file: str | None = None,
 ) -> Backend:
-    """The backend a spec names. `endpoint`, `region`, keys and `profile` apply to `s3://` only."""
+    """The backend a spec names. `endpoint`, `region`, keys and `profile` apply to `s3://`; `endpoint` and
+    `json_auth_file` (the path of a service-account key file) to `gs://`."""
     parsed = parse_spec(spec)
     if parsed.scheme == "mem":
         return _open_memory(parsed)
     if parsed.scheme == "file":
         return _open_local(parsed.path, spec)
+    if parsed.scheme == "gs":
+        return _open_google(parsed, spec, endpoint, json_auth_file)
     # The profile knows the provider's bucket rule (Tencent's name-APPID); without one, the S3 rule applies.
     from ferry.storage.profiles import get_profile
 
