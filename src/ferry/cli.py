@@ -171,7 +171,7 @@ def _open_side(args: argparse.Namespace, side: str, url: str):  # type: ignore[n
             raise UsageError(f"{url} needs a service-account key file: set FERRY_{side.upper()}_JSON_AUTH_FILE "
                              f"(or --{side}-json-auth-file, or GOOGLE_APPLICATION_CREDENTIALS)")
         return open_backend(url, endpoint=endpoint, region=getattr(args, f"{side}_region"), access_key=access_key,
-                            secret_key=secret_key, profile=profile, json_auth_file=key_file)
+                            secret_key=secret_key, profile=profile, json_auth_file=key_file, source=side == "src")
     except UsageError as exc:
         raise UsageError(f"{label}: {exc.message}") from None
 

@@ -6,6 +6,10 @@ The part after `bucket/` is a folder, as `aws s3 sync` and rclone read it: `s3:/
 source `s3://photos/docs` lists `docs/` only (not `docs2/`), its keys relative to it. The prefix is taken
 verbatim (no percent-decoding: keys may contain `%`, `?` or `#`). `mem://` buckets live in process-wide
 MemoryStores, so two specs naming one bucket see the same objects and can copy server-side.
+
+A directory is written in Ferry's own layout (storage/local.py). Read as a source, a directory Ferry wrote
+(it carries the layout's marker) is read in that layout, and any other directory as the plain tree of files it
+is (storage/tree.py), keys being the files' relative paths.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from ferry.storage.base import Backend
 if TYPE_CHECKING:
     from ferry.storage.local import LocalBackend
     from ferry.storage.memory import MemoryBackend, MemoryStore
+    from ferry.storage.tree import TreeBackend
 
 __all__ = ["BackendSpec", "as_folder", "memory_store", "open_backend", "parse_spec", "reset_memory_stores"]
 
@@ -134,11 +139,16 @@ def _open_memory(parsed: BackendSpec) -> MemoryBackend:
     return MemoryBackend(memory_store(), parsed.bucket, parsed.prefix)
 
 
-def _open_local(path: str, spec: str) -> LocalBackend:
-    from ferry.storage.local import LocalBackend
+def _open_local(path: str, spec: str, source: bool) -> LocalBackend | TreeBackend:
+    from ferry.storage.local import LocalBackend, is_ferry_layout
 
     if os.path.exists(path) and not os.path.isdir(path):
         raise UsageError(f"{spec!r} is a file; a local location must be a directory")
+    if source and os.path.isdir(path) and not is_ferry_layout(path):
+        from ferry.storage.tree import TreeBackend
+
+        # The files a user has: each regular file an object, keyed by its relative path.
+        return TreeBackend(path)
     # Writes create the directory; reads of a missing one fail (see LocalBackend._check_root).
     return LocalBackend(path, create=True)
 
@@ -180,14 +190,16 @@ def open_backend(
     secret_key: str | None = None,
     profile: str | None = None,
     json_auth_file: str | None = None,
+    source: bool = False,
 ) -> Backend:
     """The backend a spec names. `endpoint`, `region`, keys and `profile` apply to `s3://`; `endpoint` and
-    `json_auth_file` (the path of a service-account key file) to `gs://`."""
+    `json_auth_file` (the path of a service-account key file) to `gs://`. A directory read as a `source` is a
+    plain tree of files unless Ferry wrote it in its own layout (`local.is_ferry_layout`)."""
     parsed = parse_spec(spec)
     if parsed.scheme == "mem":
         return _open_memory(parsed)
     if parsed.scheme == "file":
-        return _open_local(parsed.path, spec)
+        return _open_local(parsed.path, spec, source)
     if parsed.scheme == "gs":
         return _open_google(parsed, spec, endpoint, json_auth_file)
     # The profile knows the provider's bucket rule (Tencent's name-APPID); without one, the S3 rule applies.
