@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,18 @@ import pytest
 from ferry_service import FerryService, listing, s3_client, start_service, wait_task
 from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException
 from huaweicloudsdkoms.v2 import (
+    CreateTaskGroupReq,
+    CreateTaskGroupRequest,
     CreateTaskReq,
     CreateTaskRequest,
     DstNodeReq,
+    ShowTaskGroupRequest,
     ShowTaskRequest,
     SrcNodeReq,
     StartTaskReq,
     StartTaskRequest,
+    TaskGroupDstNode,
+    TaskGroupSrcNode,
 )
 
 from gcs_servers import Account, FakeGcs
@@ -137,3 +143,26 @@ def test_a_key_google_refuses_fails_the_task_naming_json_auth_file(
         json_auth_file=account.json(fake.token_uri), dst_ak=seaweed_b.access_key, dst_sk=seaweed_b.secret_key)))
     task, _ = wait_task(client, created.id, lambda t: t.status in (4, 5), timeout=120)
     assert task.status == 5, task.error_reason
+
+
+def test_a_task_group_splits_a_google_bucket_and_completes(
+    svc: FerryService, fake: FakeGcs, account: Account, seaweed_b: Any, bucket_factory: Any
+) -> None:
+    bodies = {f"grouped/{i:02d}.txt": f"body {i}".encode() for i in range(30)}
+    for key, body in bodies.items():
+        fake.put(BUCKET, key, body)
+    db = bucket_factory(seaweed_b)
+    client = svc.client()
+    gid = client.create_task_group(CreateTaskGroupRequest(CreateTaskGroupReq(
+        src_node=TaskGroupSrcNode(cloud_type="Google", region="us", json_auth_file=account.json(fake.token_uri),
+                                  bucket=BUCKET, object_key=["grouped/"]),
+        dst_node=TaskGroupDstNode(ak=seaweed_b.access_key, sk=seaweed_b.secret_key, region=DST_REGION, bucket=db),
+    ))).group_id
+    deadline = time.monotonic() + 120
+    while (group := client.show_task_group(ShowTaskGroupRequest(group_id=gid))).status not in (3, 4, 5, 6):
+        assert time.monotonic() < deadline, group.status
+        time.sleep(0.2)
+    assert group.status == 6, (group.status, group.error_reason)  # 6: completed
+    assert (group.total_num, group.success_num, group.fail_num) == (len(bodies), len(bodies), 0)
+    got = {k: v[0] for k, v in listing(seaweed_b, db).items() if not k.startswith("oms/")}
+    assert got == {k: len(v) for k, v in bodies.items()}
