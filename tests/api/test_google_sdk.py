@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -73,8 +74,10 @@ def google_task(key_file: str, dst: Any, dbucket: str, prefix: str = "") -> Crea
 
 
 def test_a_google_bucket_migrates_with_a_service_account_key(
-    svc: FerryService, fake: FakeGcs, account: Account, seaweed_b: Any, bucket_factory: Any
+    svc: FerryService, fake: FakeGcs, account: Account, seaweed_b: Any, bucket_factory: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     bodies = {f"album/{i:03d}.jpg": os.urandom(4096 + i) for i in range(120)}
     bodies["album/big.bin"] = os.urandom(9 * 1024 * 1024)  # streamed, past the multipart threshold
     bodies["album/empty"] = b""
@@ -104,7 +107,14 @@ def test_a_google_bucket_migrates_with_a_service_account_key(
     assert 1 <= fake.token_requests <= 2
     # The key never comes back.
     shown = client.show_task(ShowTaskRequest(task_id=created.id)).raw_content
-    assert b"PRIVATE KEY" not in shown and account.pem()[40:80].encode() not in shown
+    key_body = account.pem().splitlines()[5]  # a line of the key's base64
+    assert b"PRIVATE KEY" not in shown and key_body.encode() not in shown
+    # Nor does the key, or a token made with it, reach a log line or a file of the data directory in plaintext.
+    assert key_body not in caplog.text and "ya29." not in caplog.text and "BEGIN PRIVATE" not in caplog.text
+    for path in svc.service.data_dir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert key_body.encode() not in data and b"BEGIN PRIVATE KEY" not in data, path
 
 
 def test_a_malformed_key_file_is_refused_with_an_oms_error(svc: FerryService, seaweed_b: Any, account: Account,
