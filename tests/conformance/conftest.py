@@ -108,10 +108,10 @@ def _gcs_factory(request: pytest.FixtureRequest) -> BackendFactory:
 
     def build(other: bool, sub: str) -> Backend:
         bucket = S3_BUCKETS[1] if other else S3_BUCKETS[0]
-        # The emulator serves one connection at a time with a listen backlog of 5: a burst of connects waits
-        # on SYN retries for seconds, so the connect timeout is generous here.
+        # The emulator serves one request at a time, closing each connection, with a listen backlog of 5: more
+        # connects at once than that wait on SYN retries for seconds, so few are made and they may wait long.
         return GcsBackend(bucket, f"{base}{sub}", tokens=None, endpoint=server.endpoint, profile=profile,
-                          copy_group=f"gcs:{server.endpoint}", connect_timeout=60.0)
+                          copy_group=f"gcs:{server.endpoint}", connect_timeout=60.0, max_connections=4)
 
     return BackendFactory("gcs", build, GCS_EMULATOR_QUIRKS)
 

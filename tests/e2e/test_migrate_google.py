@@ -40,7 +40,7 @@ def key_file(tmp_path: Path, account: Account, token_server: FakeGcs) -> Path:
 
 def _fill(endpoint: str, bucket: str, bodies: dict[str, bytes]) -> None:
     async def go() -> None:
-        gcs = GcsBackend(bucket, tokens=None, endpoint=endpoint, connect_timeout=60.0)
+        gcs = GcsBackend(bucket, tokens=None, endpoint=endpoint, connect_timeout=60.0, max_connections=4)
         try:
             for key, body in bodies.items():
                 await gcs.put(key, body, ObjectMeta(content_type="image/png", user={"origin": "gcs"}))
@@ -52,13 +52,16 @@ def _fill(endpoint: str, bucket: str, bodies: dict[str, bytes]) -> None:
 
 def _read(endpoint: str, bucket: str, keys: list[str]) -> dict[str, bytes]:
     async def go() -> dict[str, bytes]:
-        gcs = GcsBackend(bucket, tokens=None, endpoint=endpoint, connect_timeout=60.0)
+        gcs = GcsBackend(bucket, tokens=None, endpoint=endpoint, connect_timeout=60.0, max_connections=4)
         try:
             return {key: await gcs.read(key) for key in keys}
         finally:
             await gcs.close()
 
     return asyncio.run(go())
+
+
+# The emulator serves one request at a time with a listen backlog of 5: a few objects in flight, not 64.
 
 
 def test_a_google_prefix_migrates_to_s3_with_a_key_file(
@@ -74,7 +77,7 @@ def test_a_google_prefix_migrates_to_s3_with_a_key_file(
     env["FERRY_SRC_JSON_AUTH_FILE"] = str(key_file)
     argv = [*FERRY, "migrate", f"gs://{bucket}/photos", f"s3://{db}", "--src-endpoint", gcs_emulator.endpoint,
             "--dst-endpoint", seaweed_b.endpoint, "--state-dir", str(tmp_path / "state"), "--json",
-            "--metadata", "--multipart-threshold", "5", "--part-size", "5"]
+            "--metadata", "--multipart-threshold", "5", "--part-size", "5", "--concurrency", "4"]
     run = run_ferry(argv, env)
     assert run.code == 0, run.stderr
     assert (run.summary["success"], run.summary["failed"]) == (len(bodies), 0)
@@ -100,7 +103,7 @@ def test_s3_migrates_into_a_google_bucket(
     bucket = gcs_emulator.create_bucket("cli-destination")
     argv = [*FERRY, "migrate", f"s3://{sb}", f"gs://{bucket}/in", "--src-endpoint", seaweed_a.endpoint,
             "--dst-endpoint", gcs_emulator.endpoint, "--dst-json-auth-file", str(key_file),
-            "--state-dir", str(tmp_path / "state"), "--json", "--multipart-threshold", "5"]
+            "--state-dir", str(tmp_path / "state"), "--json", "--multipart-threshold", "5", "--concurrency", "4"]
     run = run_ferry(argv, ferry_env(seaweed_a, seaweed_a))
     assert run.code == 0, run.stderr
     assert _read(gcs_emulator.endpoint, bucket, [f"in/{k}" for k in bodies]) == {f"in/{k}": v

@@ -147,7 +147,8 @@ class GcsBackend:
 
     def __init__(self, bucket: str, prefix: str = "", *, tokens: TokenSource | None,
                  endpoint: str | None = None, profile: Profile | None = None, copy_group: str | None = None,
-                 connect_timeout: float = 10.0, read_timeout: float = 120.0) -> None:
+                 connect_timeout: float = 10.0, read_timeout: float = 120.0,
+                 max_connections: int = _CONNECTIONS) -> None:
         self.bucket = bucket
         self.prefix = prefix
         self.profile = profile or get_profile("google")
@@ -156,8 +157,8 @@ class GcsBackend:
         self._origin = (url.scheme, url.host, url.port)
         self._host = url.host_header
         self._base = url.target.rstrip("/")
-        self._pool = Http1Pool(url.scheme, url.host, url.port, limit=_CONNECTIONS, connect_timeout=connect_timeout,
-                               read_timeout=read_timeout)
+        self._pool = Http1Pool(url.scheme, url.host, url.port, limit=max_connections,
+                               connect_timeout=connect_timeout, read_timeout=read_timeout)
         caps = self.profile.capabilities(copy_group)
         self._caps = Capabilities(
             list_order=caps.list_order, copy_group=copy_group, multipart=False, max_object_size=5 * 1024 ** 4,
