@@ -32,7 +32,7 @@ import json
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 from urllib.parse import quote, urlencode, urlsplit
 
 from ferry.errors import (
@@ -52,6 +52,9 @@ from ferry.storage.gcs_auth import ServiceAccount, TokenSource
 from ferry.storage.http1 import Body, Http1Pool, HttpError, HttpResponse, HttpTimeout, StreamBody, split_url
 from ferry.storage.profiles import Profile, get_profile
 from ferry.storage.wrappers import unwrap
+
+if TYPE_CHECKING:
+    from ferry.storage.stores import StoreAt, StoreKeys
 
 __all__ = ["DEFAULT_ENDPOINT", "GcsBackend", "open_at", "parse_goog_hash"]
 
@@ -618,7 +621,7 @@ def token_hosts(at_endpoint: str | None, from_override: bool) -> Callable[[str, 
     return allowed
 
 
-def open_at(at: Any, keys: Any) -> GcsBackend:
+def open_at(at: StoreAt, keys: StoreKeys) -> GcsBackend:
     """The seam's opener (storage/stores.py): a Google bucket from a StoreAt and StoreKeys."""
     from ferry.storage.stores import store_profile
 
