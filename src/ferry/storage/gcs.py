@@ -627,7 +627,8 @@ def open_at(at: StoreAt, keys: StoreKeys) -> GcsBackend:
 
     if not keys.json_auth:
         raise UsageError("Google Cloud Storage needs a service-account key file (json_auth_file)")
-    account = ServiceAccount.parse(keys.json_auth)
+    # Checked when the task was created (or started) with it; a stored key is not validated again at every run.
+    account = ServiceAccount.parse(keys.json_auth, validate=False)
     tokens = TokenSource(account, allowed=token_hosts(at.endpoint, at.from_override))
     endpoint = at.endpoint or DEFAULT_ENDPOINT
     return GcsBackend(at.bucket, at.prefix, tokens=tokens, endpoint=endpoint, profile=store_profile(at),
