@@ -57,6 +57,18 @@ def moto() -> Iterator[MotoServer]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def gcs_emulator() -> Iterator[Any]:
+    """The PyPI `gcp-storage-emulator` (Google Cloud Storage JSON API), started only by tests that ask for it."""
+    from gcs_servers import GcsEmulator
+
+    server = GcsEmulator().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def bucket_factory(request: pytest.FixtureRequest) -> BucketFactory:
     """`bucket_factory(server)` creates a bucket no other test uses on `server` and returns its name."""

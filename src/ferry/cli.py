@@ -41,6 +41,9 @@ def _add_side(p: argparse.ArgumentParser, side: str, label: str) -> None:
     p.add_argument(f"--{side}-sk", metavar="SK", help=f"{label} secret key (or FERRY_{side.upper()}_SK)")
     p.add_argument(f"--{side}-region", metavar="R", help=f"{label} region")
     p.add_argument(f"--{side}-profile", metavar="NAME", help=f"{label} cloud profile (aws, aliyun, seaweedfs, ...)")
+    p.add_argument(f"--{side}-json-auth-file", metavar="PATH",
+                   help=f"{label} Google service-account key file, for gs:// (or FERRY_{side.upper()}_JSON_AUTH_FILE, "
+                        "else GOOGLE_APPLICATION_CREDENTIALS)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,9 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Copy a bucket (or prefix) to another, verified and resumable. A PREFIX is a folder, as in "
                     "`aws s3 sync` and rclone, with or without its trailing /: `ferry migrate s3://photos/docs "
                     "s3://backup/all` copies docs/x to all/x (and leaves docs2/x out).")
-    m.add_argument("source", help="s3://BUCKET[/PREFIX], a local directory, or mem://BUCKET[/PREFIX]; "
+    m.add_argument("source", help="s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX], a local directory, or "
+                                  "mem://BUCKET[/PREFIX]; "
                                   "keys are taken relative to PREFIX/")
-    m.add_argument("destination", help="s3://BUCKET[/PREFIX], a local directory, or mem://BUCKET[/PREFIX]; "
+    m.add_argument("destination", help="s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX], a local directory, or "
+                                       "mem://BUCKET[/PREFIX]; "
                                        "keys are written under PREFIX/")
     _add_side(m, "src", "source")
     _add_side(m, "dst", "destination")
@@ -164,8 +169,12 @@ def _open_side(args: argparse.Namespace, side: str, url: str):  # type: ignore[n
             if endpoint is None and get_profile(profile or "s3").endpoint_template is None:
                 raise UsageError(f"{url} needs an endpoint: give --{side}-endpoint URL (or --{side}-profile "
                                  "with a cloud whose endpoints Ferry knows)")
+        key_file = _secret(args, side, "json_auth_file") or os.environ.get("GOOGLE_APPLICATION_CREDENTIALS") or None
+        if parse_spec(url).scheme == "gs" and not key_file:
+            raise UsageError(f"{url} needs a service-account key file: set FERRY_{side.upper()}_JSON_AUTH_FILE "
+                             f"(or --{side}-json-auth-file, or GOOGLE_APPLICATION_CREDENTIALS)")
         return open_backend(url, endpoint=endpoint, region=getattr(args, f"{side}_region"), access_key=access_key,
-                            secret_key=secret_key, profile=profile)
+                            secret_key=secret_key, profile=profile, json_auth_file=key_file, source=side == "src")
     except UsageError as exc:
         raise UsageError(f"{label}: {exc.message}") from None
 

@@ -93,15 +93,19 @@ class AccessError(FatalError):
     code = "FERRY.0403"
 
     def __init__(self, message: str, *, key: str | None = None, s3_code: str | None = None, writing: bool = False,
-                 origin: object | None = None) -> None:
+                 origin: object | None = None, credentials: str | None = None) -> None:
         super().__init__(message, key=key)
         self.s3_code = s3_code
         self.writing = writing
         self.origin = origin
         self.side: str | None = None
+        # The setting that holds this store's credentials when it is not an AK/SK pair (`json_auth_file`).
+        self.credentials = credentials
 
     def fix(self, ak: str, sk: str) -> str:
         """What the user must change, naming the settings `ak` and `sk` that hold this side's keys."""
+        if self.credentials:
+            ak = sk = self.credentials
         side = self.side or "store"
         if self.s3_code == "InvalidAccessKeyId":
             return f"the {side} does not know that access key: check {ak}"

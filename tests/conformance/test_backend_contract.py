@@ -112,6 +112,12 @@ def md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
+def needs_multipart(backend: Backend) -> None:
+    """Skip a multipart test on a store without part uploads (the engine then streams every object)."""
+    if not backend.capabilities.multipart:
+        pytest.skip("the store has no part uploads")
+
+
 # -- single objects -------------------------------------------------------------------------------------------
 async def test_put_head_read_round_trip(backend: Backend) -> None:
     data = b"hello, ferry\n" * 100
@@ -400,7 +406,9 @@ async def test_put_stream_round_trip(backend: Backend) -> None:
     meta = ObjectMeta(content_type="text/x-streamed")
     result = await backend.put_stream("streamed", len(data), chunked(data, 700_000), meta, crc64=crc64(data),
                                       content_md5=md5)
-    assert result.etag is not None and result.etag.strip('"') == md5
+    assert result.etag is not None
+    if backend.capabilities.etag_is_md5:
+        assert result.etag.strip('"') == md5
     info = await backend.head("streamed")
     assert (info.size, info.crc64, info.md5, info.meta and info.meta.content_type) == (
         len(data), crc64(data), md5, "text/x-streamed")
@@ -410,7 +418,8 @@ async def test_put_stream_round_trip(backend: Backend) -> None:
     assert again.crc32c_verified is backend.capabilities.trailing_crc32c
     assert await backend.read("again") == data
     plain = await backend.put_stream("plain", len(data), chunked(data, 1_000_000), PLAIN)
-    assert not plain.crc32c_verified and plain.etag is not None and plain.etag.strip('"') == md5
+    assert not plain.crc32c_verified and plain.etag is not None
+    assert plain.etag.strip('"') == md5 or not backend.capabilities.etag_is_md5
     assert await backend.read("plain") == data
     await backend.put_stream("empty", 0, chunked(b"", 1), PLAIN)
     assert (await backend.head("empty")).size == 0
@@ -465,6 +474,7 @@ async def test_put_stream_with_a_bad_body_keeps_nothing(backend: Backend, case: 
 
 # -- multipart ------------------------------------------------------------------------------------------------
 async def test_multipart_upload(backend: Backend) -> None:
+    needs_multipart(backend)
     size = backend.capabilities.min_part_size
     one, two = os.urandom(size), os.urandom(size)
     whole_crc = crc64(one + two)
@@ -497,6 +507,7 @@ async def test_multipart_upload(backend: Backend) -> None:
 
 
 async def test_multipart_part_reupload_replaces_it(backend: Backend) -> None:
+    needs_multipart(backend)
     size = backend.capabilities.min_part_size
     upload = await backend.create_multipart("re", PLAIN)
     await backend.upload_part("re", upload, 1, b"\0" * size)
@@ -509,6 +520,7 @@ async def test_multipart_part_reupload_replaces_it(backend: Backend) -> None:
 async def test_part_crc32c_is_verified_where_the_store_can(backend: Backend) -> None:
     """A store that can (`part_crc32c`) confirms a good CRC32C and refuses a part whose bytes do not match
     it, keeping nothing; any other accepts the part and says it checked nothing."""
+    needs_multipart(backend)
     size = backend.capabilities.min_part_size
     data = os.urandom(size)
     can = backend.capabilities.part_crc32c
@@ -531,6 +543,7 @@ async def test_list_parts_after_reupload_lists_each_part_once(
     request: pytest.FixtureRequest, backend_factory: BackendFactory, backend: Backend
 ) -> None:
     expect_quirk(request, backend_factory, "part-reupload-listing")
+    needs_multipart(backend)
     size = backend.capabilities.min_part_size
     upload = await backend.create_multipart("re", PLAIN)
     try:
@@ -546,6 +559,7 @@ async def test_list_parts_after_reupload_lists_each_part_once(
 
 
 async def test_multipart_abort(backend: Backend) -> None:
+    needs_multipart(backend)
     upload = await backend.create_multipart("aborted", PLAIN)
     await backend.upload_part("aborted", upload, 1, b"x" * 1000)
     assert len(await backend.list_parts("aborted", upload)) == 1
@@ -575,15 +589,22 @@ async def test_copy_from_within_copy_group(backend_factory: BackendFactory, back
     if backend.capabilities.etag_is_md5:
         assert info.etag == md5(data)
 
-    # Given meta replaces it; copying within one bucket works too.
+    with pytest.raises(NotFoundError):
+        await other.copy_from(backend, "src/missing", "dst/none", None)
+    assert_listing(other, await listed(other), {"dst/obj"})
+
+
+async def test_copy_from_with_meta_replaces_it(
+    request: pytest.FixtureRequest, backend_factory: BackendFactory, backend: Backend
+) -> None:
+    expect_quirk(request, backend_factory, "copy-replace-meta")
+    data = os.urandom(5000)
+    await backend.put("src/obj", data, FULL_META, crc64=crc64(data))
+    # Given meta replaces the source's; copying within one bucket works too.
     await backend.copy_from(backend, "src/obj", "src/copy", ObjectMeta(content_type="text/x-new"))
     copied = await backend.head("src/copy")
     assert copied.meta is not None and copied.meta.content_type == "text/x-new"
     assert await backend.read("src/copy") == data
-
-    with pytest.raises(NotFoundError):
-        await other.copy_from(backend, "src/missing", "dst/none", None)
-    assert_listing(other, await listed(other), {"dst/obj"})
 
 
 async def test_copy_from_with_wrong_if_match_is_source_changed(

@@ -114,7 +114,7 @@ def failure_for(side: str, exc: FatalError) -> TaskFailure:
         keys = "src" if side == "source" else "dst"
         reason = f"{reason}; {exc.fix(f'{keys}_ak', f'{keys}_sk')}"[:1024]
     for marker, (src_code, dst_code) in _CODES.items():
-        if marker in exc.message:
+        if marker in exc.message or (isinstance(exc, AccessError) and exc.s3_code == marker):
             return TaskFailure(src_code if side == "source" else dst_code, reason)
     if "HTTP 403" in exc.message:
         return TaskFailure("TRF.0152" if side == "source" else "TRF.0051", reason)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import enum
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -151,6 +151,16 @@ class Backend(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def take(iterator: Iterator[ObjectInfo], count: int) -> builtins.list[ObjectInfo]:
+    """Up to `count` items of a blocking listing walk: one thread hop per batch, not per object."""
+    out: builtins.list[ObjectInfo] = []
+    for item in iterator:
+        out.append(item)
+        if len(out) >= count:
+            break
+    return out
 
 
 async def close_listing(iterator: AsyncIterator[Any]) -> None:

@@ -79,14 +79,14 @@ from ferry.errors import (
     TransientError,
 )
 from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult, composite_etag, md5_of_etag
-from ferry.storage.base import Backend
+from ferry.storage.base import Backend, take
 from ferry.storage.inproc import InProcessBackend, check_part, check_parts, check_range
 from ferry.storage.wrappers import unwrap
 
 log = logging.getLogger(__name__)
 _warned: set[str] = set()  # directories whose foreign entries were named already (a listing runs more than once)
 
-__all__ = ["FRAGMENT_CHARS", "LocalBackend", "fragments", "key_to_relpath", "relpath_to_key"]
+__all__ = ["FRAGMENT_CHARS", "LocalBackend", "fragments", "is_ferry_layout", "key_to_relpath", "relpath_to_key"]
 
 FRAGMENT_CHARS = 60
 LEAF, DIR, CONT = 0, 1, 2  # also the tie-break order when a leaf and a CONT share a fragment
@@ -95,6 +95,7 @@ CONT_MARK = "%+"
 SIDECAR_SUFFIX = ".meta.json"
 INTERNAL_DIR = ".%ferry"
 TMP_PREFIX = ".%tmp-"
+LAYOUT_MARKER = INTERNAL_DIR + "/layout"  # written with the first object: this directory is in our layout
 _LIST_BATCH = 256
 _COPY_CHUNK = 1024 * 1024
 _PATH_MAX = 4000  # a little under Linux's 4096, leaving room for temp names
@@ -221,6 +222,23 @@ def relpath_to_key(relpath: str) -> str | None:
     return key if key and key_to_relpath(key) == relpath else None
 
 
+def is_ferry_layout(root: str | os.PathLike[str]) -> bool:
+    """Whether the directory `root` holds objects in this layout rather than a plain tree of files: it has the
+    marker, or (written before the marker was) our internal directory, an encoded directory or a sidecar at the
+    top. A directory with none of them, an empty one too, reads as a plain tree (storage/tree.py)."""
+    try:
+        with os.scandir(root) as entries:
+            for entry in entries:
+                name = entry.name
+                if name == INTERNAL_DIR or (name.startswith(".") and name.endswith(SIDECAR_SUFFIX)):
+                    return True
+                if name.endswith(("%2F", CONT_MARK)) and entry.is_dir(follow_symlinks=False):
+                    return True
+    except OSError:
+        return False
+    return False
+
+
 # -- on-disk records --------------------------------------------------------------------------------------
 def _sidecar_path(data_path: str) -> str:
     head, tail = os.path.split(data_path)
@@ -271,15 +289,6 @@ def _read_sidecar(data_path: str, st: os.stat_result | None) -> tuple[_Sidecar, 
     )
     fresh = st is not None and doc.get("size") == st.st_size and mtime_ns == st.st_mtime_ns
     return side, fresh
-
-
-def _take(iterator: Iterator[ObjectInfo], count: int) -> builtins.list[ObjectInfo]:
-    out: builtins.list[ObjectInfo] = []
-    for item in iterator:
-        out.append(item)
-        if len(out) >= count:
-            break
-    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,6 +367,7 @@ class LocalBackend(InProcessBackend):
         self._root = os.path.abspath(os.fspath(root))
         self._create = create
         self._fsync = fsync
+        self._marked = False
 
     @property
     def root(self) -> Path:
@@ -380,12 +390,27 @@ class LocalBackend(InProcessBackend):
 
     def _check_root(self, *, write: bool = False) -> None:
         if os.path.isdir(self._root):
+            if write:
+                self._mark()
             return
         # Only a write creates the directory: listing a mistyped source path must fail, not find it empty.
         if write and self._create:
             os.makedirs(self._root, exist_ok=True)
+            self._mark()
             return
         raise FatalError(f"{self.name}: the directory does not exist")
+
+    def _mark(self) -> None:
+        """Leave the layout marker once, so that a later `ferry migrate` from here reads this layout and not a
+        plain tree (storage/registry.py)."""
+        if self._marked:
+            return
+        marker = os.path.join(self._root, LAYOUT_MARKER)
+        if not os.path.exists(marker):
+            os.makedirs(os.path.dirname(marker), exist_ok=True)
+            with open(marker, "w", encoding="ascii") as f:
+                f.write("ferry local layout 1\n")
+        self._marked = True
 
     def _missing(self, key: str) -> NotFoundError:
         self._check_root()
@@ -541,7 +566,7 @@ class LocalBackend(InProcessBackend):
         try:
             while True:
                 # One thread hop per batch, not per object: the walk is many tiny blocking calls.
-                batch: builtins.list[ObjectInfo] = await self._run("list", prefix, _take, walker, _LIST_BATCH)
+                batch: builtins.list[ObjectInfo] = await self._run("list", prefix, take, walker, _LIST_BATCH)
                 for info in batch:
                     yield info
                 if len(batch) < _LIST_BATCH:

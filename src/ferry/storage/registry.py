@@ -1,10 +1,15 @@
-"""Open a Backend from a URL-ish spec: `s3://bucket/prefix`, `file:///path` or a plain path, `mem://bucket/prefix`.
+"""Open a Backend from a URL-ish spec: `s3://bucket/prefix`, `gs://bucket/prefix` (Google Cloud Storage),
+`file:///path` or a plain path, `mem://bucket/prefix`.
 
 The part after `bucket/` is a folder, as `aws s3 sync` and rclone read it: `s3://backup/all` and
 `s3://backup/all/` both mean `all/` (keys are written as `all/<key>`, never glued on as `all<key>`), and a
 source `s3://photos/docs` lists `docs/` only (not `docs2/`), its keys relative to it. The prefix is taken
 verbatim (no percent-decoding: keys may contain `%`, `?` or `#`). `mem://` buckets live in process-wide
 MemoryStores, so two specs naming one bucket see the same objects and can copy server-side.
+
+A directory is written in Ferry's own layout (storage/local.py). Read as a source, a directory Ferry wrote
+(it carries the layout's marker) is read in that layout, and any other directory as the plain tree of files it
+is (storage/tree.py), keys being the files' relative paths.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from ferry.storage.base import Backend
 if TYPE_CHECKING:
     from ferry.storage.local import LocalBackend
     from ferry.storage.memory import MemoryBackend, MemoryStore
+    from ferry.storage.tree import TreeBackend
 
 __all__ = ["BackendSpec", "as_folder", "memory_store", "open_backend", "parse_spec", "reset_memory_stores"]
 
@@ -51,7 +57,7 @@ def reset_memory_stores() -> None:
 
 @dataclass(frozen=True, slots=True)
 class BackendSpec:
-    """A parsed spec: `scheme` is `s3`, `file` or `mem`; `path` is set for `file` only."""
+    """A parsed spec: `scheme` is `s3`, `gs`, `file` or `mem`; `path` is set for `file` only."""
 
     scheme: str
     bucket: str = ""
@@ -119,10 +125,11 @@ def parse_spec(spec: str) -> BackendSpec:
                 "or give the directory without file://"
             )
         return BackendSpec("file", path=rest)
-    if scheme == "s3":
-        bucket, prefix = _bucket_and_prefix("s3", rest, spec)
-        return BackendSpec("s3", bucket, prefix)
-    raise UsageError(f"unsupported location {spec!r}: use s3://bucket/prefix, file:///path, a path, or mem://bucket")
+    if scheme in ("s3", "gs"):
+        bucket, prefix = _bucket_and_prefix(scheme, rest, spec)
+        return BackendSpec(scheme, bucket, prefix)
+    raise UsageError(f"unsupported location {spec!r}: use s3://bucket/prefix, gs://bucket/prefix, file:///path, "
+                     "a path, or mem://bucket")
 
 
 def _open_memory(parsed: BackendSpec) -> MemoryBackend:
@@ -132,13 +139,46 @@ def _open_memory(parsed: BackendSpec) -> MemoryBackend:
     return MemoryBackend(memory_store(), parsed.bucket, parsed.prefix)
 
 
-def _open_local(path: str, spec: str) -> LocalBackend:
-    from ferry.storage.local import LocalBackend
+def _open_local(path: str, spec: str, source: bool) -> LocalBackend | TreeBackend:
+    from ferry.storage.local import LocalBackend, is_ferry_layout
 
     if os.path.exists(path) and not os.path.isdir(path):
         raise UsageError(f"{spec!r} is a file; a local location must be a directory")
+    if source and os.path.isdir(path) and not is_ferry_layout(path):
+        from ferry.storage.tree import TreeBackend
+
+        # The files a user has: each regular file an object, keyed by its relative path.
+        return TreeBackend(path)
     # Writes create the directory; reads of a missing one fail (see LocalBackend._check_root).
     return LocalBackend(path, create=True)
+
+
+def _open_google(parsed: BackendSpec, spec: str, endpoint: str | None, json_auth_file: str | None) -> Backend:
+    from ferry.storage.base import ListOrder
+    from ferry.storage.gcs import DEFAULT_ENDPOINT, GcsBackend
+    from ferry.storage.gcs_auth import ServiceAccount, TokenSource
+    from ferry.storage.profiles import get_profile
+
+    profile = get_profile("google")
+    profile.check_bucket(parsed.bucket)
+    if endpoint is not None and not re.match(r"https?://[^/\s]+", endpoint):
+        raise UsageError(f"endpoint {endpoint!r} must look like http://host:port or https://host")
+    if not json_auth_file:
+        raise UsageError(f"{spec!r} needs a service-account key file")
+    try:
+        with open(os.path.expanduser(json_auth_file), encoding="utf-8") as fh:
+            text = fh.read(1024 * 1024)
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or "it is not UTF-8 text"
+        raise UsageError(f"cannot read the key file {json_auth_file}: {why}") from None
+    account = ServiceAccount.parse(text, where=f"the key file {json_auth_file}")
+    if endpoint is not None:
+        # Some other server speaking Google's API (an emulator): its listing order is not vouched for.
+        profile = profile.replace(list_order=ListOrder.UNORDERED)
+    # The operator gave this key file, so its token_uri is trusted wherever it points.
+    endpoint = endpoint or DEFAULT_ENDPOINT
+    return GcsBackend(parsed.bucket, parsed.prefix, tokens=TokenSource(account), endpoint=endpoint, profile=profile,
+                      copy_group=f"gcs:{endpoint}:{account.client_email}")
 
 
 def open_backend(
@@ -149,13 +189,19 @@ def open_backend(
     access_key: str | None = None,
     secret_key: str | None = None,
     profile: str | None = None,
+    json_auth_file: str | None = None,
+    source: bool = False,
 ) -> Backend:
-    """The backend a spec names. `endpoint`, `region`, keys and `profile` apply to `s3://` only."""
+    """The backend a spec names. `endpoint`, `region`, keys and `profile` apply to `s3://`; `endpoint` and
+    `json_auth_file` (the path of a service-account key file) to `gs://`. A directory read as a `source` is a
+    plain tree of files unless Ferry wrote it in its own layout (`local.is_ferry_layout`)."""
     parsed = parse_spec(spec)
     if parsed.scheme == "mem":
         return _open_memory(parsed)
     if parsed.scheme == "file":
-        return _open_local(parsed.path, spec)
+        return _open_local(parsed.path, spec, source)
+    if parsed.scheme == "gs":
+        return _open_google(parsed, spec, endpoint, json_auth_file)
     # The profile knows the provider's bucket rule (Tencent's name-APPID); without one, the S3 rule applies.
     from ferry.storage.profiles import get_profile
 
