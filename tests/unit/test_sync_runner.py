@@ -13,9 +13,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import sync_workers
 from sqlalchemy import Engine
 
+import sync_workers
 from ferry.db.database import open_database
 from ferry.db.sync_models import sync_tasks
 from ferry.db.sync_repo import EventOutcome, SyncRepo, SyncTaskRow, SyncTaskSpec

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine
-from sync_workers import running
 
 from ferry.db.database import open_database
 from ferry.db.job_repo import JobRepo
@@ -27,6 +26,7 @@ from ferry.service.transfers import run_migration
 from ferry.storage.base import Backend
 from ferry.storage.memory import MemoryBackend, MemoryStore
 from ferry.storage.wrappers import BackendWrapper
+from sync_workers import running
 
 CHECKS = ["size_last_modified", "crc64", "no_check"]
 # One attempt per key: the calls counted are those of one copy, not of retries.

@@ -414,6 +414,9 @@ class GcsBackend:
                                      key=info.key)
         return info
 
+    async def part_sizes(self, key: str, *, if_match: str | None = None) -> builtins.list[int] | None:
+        return None  # a composite object's components are not its upload's parts; its CRC32C checks it
+
     async def read_stream(self, key: str, *, if_match: str | None = None
                           ) -> tuple[ObjectInfo, AsyncGenerator[bytes, None]]:
         if_match = self._check_generation(key, if_match)

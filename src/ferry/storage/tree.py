@@ -229,6 +229,9 @@ class TreeBackend:
         found: tuple[ObjectInfo, bytes] = await self._io(key, self._read_object_sync, key, if_match)
         return found
 
+    async def part_sizes(self, key: str, *, if_match: str | None = None) -> builtins.list[int] | None:
+        return None  # a plain file was never a multipart upload
+
     async def read_stream(self, key: str, *, if_match: str | None = None
                           ) -> tuple[ObjectInfo, AsyncGenerator[bytes, None]]:
         info, f = await asyncio.to_thread(self._open, key, if_match)
