@@ -136,7 +136,7 @@ class JobRepo:
         with self.db.begin() as tx:
             got = {status: (int(n), int(size)) for status, n, size in tx.execute(sql, {"job_id": job_id})}
         s, k, f = got.get("success", (0, 0)), got.get("skipped", (0, 0)), got.get("failed", (0, 0))
-        return Tally(s[0], k[0], f[0], s[1], k[1], f[1])
+        return Tally(s[0], k[0], f[0], s[1], k[1], f[1], got.get("restore", (0, 0))[0])
 
     # Multipart checkpoints -------------------------------------------------------------------------------
 

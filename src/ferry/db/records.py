@@ -17,7 +17,7 @@ class JobRow:
 @dataclass(frozen=True, slots=True)
 class ObjectResult:
     key: str
-    status: str  # success, skipped, failed
+    status: str  # success, skipped, failed; restore: waiting for its restore (engine/restores.py)
     size: int
     etag: str | None = None
     reason: str | None = None
@@ -49,3 +49,4 @@ class Tally:
     success_bytes: int = 0
     skipped_bytes: int = 0
     failed_bytes: int = 0
+    restoring: int = 0  # objects waiting for a restore (not finished)

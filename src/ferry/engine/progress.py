@@ -29,6 +29,7 @@ class Counters:
     # objects it copied.
     bytes_copied: int = 0
     bytes_skipped: int = 0
+    restoring: int = 0  # archived objects waiting for their restore (counted in `listed`, not yet finished)
     started: float = field(default_factory=time.monotonic)
 
     @property

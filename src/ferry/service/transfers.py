@@ -41,6 +41,7 @@ class Summary:
     elapsed: float
     report: str | None
     error: str | None = None
+    restoring: int = 0  # archived objects still waiting for their restore (a run stopped before they came back)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -48,8 +49,9 @@ class Summary:
     def describe(self) -> str:
         """The one-line account a person reads (`ferry migrate` without --json, the demo)."""
         verb = "resumed and finished" if self.resumed else "finished"
+        waiting = f", {self.restoring} waiting for a restore" if self.restoring else ""
         return (f"{verb} job {self.job_id}: {self.total} objects, {self.success} copied, {self.skipped} skipped, "
-                f"{self.failed} failed, {self.bytes} bytes in {self.elapsed}s")
+                f"{self.failed} failed{waiting}, {self.bytes} bytes in {self.elapsed}s")
 
 
 def job_spec(opts: TransferOptions) -> dict[str, Any]:
@@ -208,7 +210,8 @@ async def _run_locked(src: Backend, dst: Backend, repo: JobRepo, opts: TransferO
                                      key_prefix(dst))
     return Summary(
         job_id=job_id, resumed=resumed, status=status,
-        total=tally.success + tally.skipped + tally.failed,
+        total=tally.success + tally.skipped + tally.failed + tally.restoring,
         success=tally.success, skipped=tally.skipped, failed=tally.failed, bytes=tally.success_bytes,
         elapsed=round(time.monotonic() - started, 3), report=str(report) if report else None, error=error,
+        restoring=tally.restoring,
     )
