@@ -52,6 +52,7 @@ class TaskRow:
     fail_num: int
     complete_size: int
     real_size: int
+    restoring_num: int
     speed: int
     left_time: int | None
     progress: float
