@@ -94,5 +94,6 @@ def test_a_task_group_passes_enable_restore_to_its_tasks(svc: FerryService, moto
              "the task group")
     group = client.show_task_group(ShowTaskGroupRequest(group_id=group_id))
     assert (group.status, group.success_num) == (6, 5)  # 6: completed
+    assert json.loads(group.raw_content)["restoring_num"] == 0
     for key, body in cold.items():
         assert s3_client(seaweed_a).get_object(Bucket=dst, Key=key)["Body"].read() == body

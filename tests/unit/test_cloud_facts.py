@@ -108,3 +108,32 @@ def test_cloud_type_list_and_region_list_answer_from_the_same_data() -> None:
             assert regions == get_profile(profile).regions, cloud
             for r in regions:
                 assert resolve_known(cloud.value, r.id, {}).region == r.id
+
+
+class _Dst:
+    """Just what StorageClassRule reads of a destination: its profile's capabilities."""
+
+    def __init__(self, cloud: str) -> None:
+        self.capabilities = get_profile(cloud).capabilities()
+        self.name = cloud
+
+
+@pytest.mark.parametrize("src_cloud", sorted(FACTS))
+def test_src_storage_mapping_carries_every_vendor_class_to_every_vendor(src_cloud: str) -> None:
+    """SRC_STORAGE_MAPPING: a source's own class name -> canonical -> the destination's name for it, or its
+    default class when it has no such class (nothing is refused, nothing mislabelled)."""
+    from ferry.engine.copier import KEEP_SOURCE_CLASS, StorageClassRule
+    from ferry.objects import ObjectInfo
+
+    src = get_profile(src_cloud)
+    for dst_cloud in sorted(FACTS):
+        dst = get_profile(dst_cloud)
+        rule = StorageClassRule(KEEP_SOURCE_CLASS, _Dst(dst_cloud))  # type: ignore[arg-type]
+        for vendor_name in src.from_vendor:
+            canonical = src.canonical_class(vendor_name)
+            assert canonical in ("STANDARD", "IA", "ARCHIVE", "DEEP_ARCHIVE"), (src_cloud, vendor_name)
+            chosen = rule(ObjectInfo("k", 1, 0.0, storage_class=canonical))
+            if canonical == "STANDARD" or canonical not in dst.to_vendor:
+                assert chosen is None, (src_cloud, vendor_name, dst_cloud)
+            else:
+                assert chosen == canonical and dst.canonical_class(dst.vendor_class(chosen)) == canonical
