@@ -201,3 +201,26 @@ async def test_a_restarted_job_without_enable_restore_fails_what_waited(tmp_path
 def _jobs(repo: JobRepo) -> list[str]:
     with repo.db.begin() as tx:
         return [r[0] for r in tx.execute("SELECT id FROM jobs")]
+
+
+async def test_many_archived_objects_are_copied_with_bounded_concurrency(tmp_path: Path) -> None:
+    src, dst, bodies = await _stores(cold=300, hot=0)
+
+    class Gauged(Archive):
+        now = peak = 0
+
+        async def read_object(self, key: str, **kw: Any) -> tuple[ObjectInfo, bytes]:
+            self._check(key)
+            Gauged.now += 1
+            Gauged.peak = max(Gauged.peak, Gauged.now)
+            try:
+                await asyncio.sleep(0.001)
+                return await self.inner.read_object(key, **kw)
+            finally:
+                Gauged.now -= 1
+
+    archive = Gauged(src, polls=1)
+    opts = dataclasses.replace(_opts(), concurrency=4)
+    summary = await asyncio.wait_for(_migrate(archive, dst, tmp_path, opts), 120)
+    assert (summary.success, summary.failed) == (300, 0) and await _copied(dst) == bodies
+    assert 1 <= Gauged.peak <= 4 and set(archive.requests.values()) == {1}

@@ -204,7 +204,8 @@ class Transfer:
         self.recorder = Recorder(repo, job_id, ready=ready)
         self.restores: RestoreWaiter | None = None
         if opts.restore is not None and src.capabilities.restore:
-            self.restores = RestoreWaiter(src, opts.restore, self.counters, self._copy, self.recorder.add)
+            self.restores = RestoreWaiter(src, opts.restore, self.counters, self._copy, self.recorder.add,
+                                          copies=opts.concurrency)
 
     async def _crc_decide(self, src: ObjectInfo) -> CopyReason | SkipReason:
         # Listings carry no CRC64, so ask both stores (HEAD). When only the destination knows its CRC64 (Ferry

@@ -14,6 +14,8 @@ also covers a restored copy that expired before it was copied. The job ends when
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -59,33 +61,46 @@ class RestoreWaiter:
     """The archived objects of one running job (see the module docstring).
 
     `copy(info)` copies one object and returns its result, raising ArchivedObjectError when the store still
-    refuses the read; `record(result)` hands a final result to the job's recorder.
+    refuses the read; `record(result)` hands a final result to the job's recorder. At most `copies` restored
+    objects are copied at once. Looks are due in a heap, so a job with a million archived objects costs
+    O(log n) per look, not a scan per wake-up.
     """
 
     def __init__(self, src: Backend, policy: RestorePolicy, counters: Counters,
-                 copy: Callable[[ObjectInfo], Awaitable[ObjectResult]], record: Callable[[ObjectResult], None]) -> None:
+                 copy: Callable[[ObjectInfo], Awaitable[ObjectResult]], record: Callable[[ObjectResult], None],
+                 *, copies: int = 64) -> None:
         self.src = src
         self.policy = policy
         self.counters = counters
         self.copy = copy
         self.record = record
         self._waiting: dict[str, _Waiting] = {}
+        self._due: list[tuple[float, int, str]] = []  # heap of (due, tie-break, key); stale entries skipped
+        self._order = itertools.count()
         self._wake = asyncio.Event()
         self._closed = False
         self._copies: set[asyncio.Task[None]] = set()
+        self._copy_gate = asyncio.Semaphore(copies)
+        self._max_copies = copies * 4  # copy tasks started (most waiting for the gate) before looks pause
         self._failure: BaseException | None = None
 
     @property
     def waiting(self) -> int:
         return len(self._waiting)
 
+    def _schedule(self, w: _Waiting, due: float) -> None:
+        w.due = due
+        if due != math.inf:
+            heapq.heappush(self._due, (due, next(self._order), w.obj.key))
+        self._wake.set()
+
     def add(self, obj: ObjectInfo, *, refused: bool = False) -> ObjectResult:
         """Take an archived object (`refused`: a read said so): the `restore` row to record for it now; its
         final result is recorded when it is copied."""
         if obj.key not in self._waiting:
-            self._waiting[obj.key] = _Waiting(obj, time.monotonic(), requested=False, refused=refused)
+            w = self._waiting[obj.key] = _Waiting(obj, 0.0, requested=False, refused=refused)
             self.counters.restoring += 1
-            self._wake.set()
+            self._schedule(w, time.monotonic())
         else:  # listed again after a restart that found its row: it is counted once
             self.counters.listed -= 1
             self.counters.listed_bytes -= obj.size
@@ -97,16 +112,25 @@ class RestoreWaiter:
         for row in rows:
             if row.key not in self._waiting:
                 info = ObjectInfo(row.key, row.size, 0.0, row.etag)
-                self._waiting[row.key] = _Waiting(info, now, requested=True, refused=True)
+                w = self._waiting[row.key] = _Waiting(info, 0.0, requested=True, refused=True)
                 self.counters.restoring += 1
                 self.counters.listed += 1
                 self.counters.listed_bytes += row.size
-        self._wake.set()
+                self._schedule(w, now)
 
     def close(self) -> None:
         """No more objects will come: `run` returns once every waiting one is finished."""
         self._closed = True
         self._wake.set()
+
+    def _take_due(self, now: float, limit: int) -> list[_Waiting]:
+        batch: list[_Waiting] = []
+        while self._due and self._due[0][0] <= now and len(batch) < limit:
+            due, _, key = heapq.heappop(self._due)
+            w = self._waiting.get(key)
+            if w is not None and w.due == due:
+                batch.append(w)
+        return batch
 
     async def run(self) -> None:
         """Look at each waiting object when it is due, until closed and none waits; a FatalError of a store
@@ -117,13 +141,16 @@ class RestoreWaiter:
                 if self._failure is not None:
                     raise self._failure
                 self._wake.clear()
-                now = time.monotonic()
-                due = [w for w in self._waiting.values() if w.due <= now]
-                if due:
-                    await asyncio.gather(*(self._look(w, gate) for w in due))
+                if len(self._copies) >= self._max_copies:
+                    await asyncio.wait(self._copies, return_when=asyncio.FIRST_COMPLETED)
                     continue
-                dues = [w.due for w in self._waiting.values() if w.due != math.inf]
-                await wait_event(self._wake, max(min(dues) - now, 0.0) if dues else self.policy.poll_seconds)
+                now = time.monotonic()
+                batch = self._take_due(now, self.policy.concurrency * 8)
+                if batch:
+                    await asyncio.gather(*(self._look(w, gate) for w in batch))
+                    continue
+                timeout = max(self._due[0][0] - now, 0.0) if self._due else self.policy.poll_seconds
+                await wait_event(self._wake, timeout)
             await asyncio.gather(*self._copies)
         finally:
             for task in self._copies:
@@ -147,27 +174,28 @@ class RestoreWaiter:
                                           "the source object was deleted while it waited for its restore"))
                 return
             except TransientError:
-                w.due = time.monotonic() + self.policy.poll_seconds  # the store is busy: look again later
+                self._schedule(w, time.monotonic() + self.policy.poll_seconds)  # the store is busy: look later
                 return
             except PermanentError as exc:
                 self._finish(ObjectResult(key, "failed", w.obj.size, w.obj.etag, f"restore: {exc.message}"))
                 return
         if info.restore is Restore.ONGOING or (info.restore is None and archived and asked):
-            w.due = time.monotonic() + self.policy.poll_seconds
+            self._schedule(w, time.monotonic() + self.policy.poll_seconds)
             return
         # Restored, or a store that says nothing of restores (asked a poll ago at least): the copy tells.
-        w.due = math.inf
+        w.due = math.inf  # looked at no more while it is copied
         task = asyncio.create_task(self._copy(w, info))
         self._copies.add(task)
         task.add_done_callback(self._copies.discard)
 
     async def _copy(self, w: _Waiting, info: ObjectInfo) -> None:
         try:
-            result = await self.copy(info)
+            async with self._copy_gate:
+                result = await self.copy(info)
         except ArchivedObjectError:
             # Not readable yet (a store with no restore status), or its restored copy expired: ask, wait again.
             w.requested, w.refused = False, True
-            w.due = time.monotonic() + self.policy.poll_seconds
+            self._schedule(w, time.monotonic() + self.policy.poll_seconds)
             return
         except Exception as exc:  # a FatalError: `run` raises it
             self._failure = exc
