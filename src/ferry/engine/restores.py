@@ -31,8 +31,8 @@ from ferry.storage.base import Backend
 from ferry.storage.profiles import ARCHIVE_CLASSES
 
 RESTORE: Final = "restore"  # job_objects status of an object that waits for its restore
-NOT_RESTORED: Final = ("the source object is archived and not restored; start the task with enable_restore to "
-                       "restore and copy it")
+NOT_RESTORED: Final = ("the source object is archived and not restored; with enable_restore (ferry migrate "
+                       "--restore) it is restored first, then copied")
 
 
 def archived_reason(exc: ArchivedObjectError) -> str:
