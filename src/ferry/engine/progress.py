@@ -111,8 +111,9 @@ class TerminalProgress:
         done_bytes = c.bytes_copied + c.bytes_skipped
         total = c.listed_bytes if c.listing_done else None
         objects = f"{c.finished:,}/{c.listed:,}{'' if c.listing_done else '+'} objects"
-        if c.failed:
-            objects += f" ({c.failed:,} failed)"
+        notes = [f"{n:,} {what}" for n, what in ((c.failed, "failed"), (c.restoring, "waiting for a restore")) if n]
+        if notes:
+            objects += f" ({', '.join(notes)})"
         self.bar.update(
             self._task, completed=done_bytes, total=total, objects=objects,
             description="copying" if c.listing_done else "listing+copying",
