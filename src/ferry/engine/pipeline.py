@@ -276,10 +276,10 @@ class Transfer:
         c.bytes_copied, c.bytes_skipped = prior.success_bytes, prior.skipped_bytes
         c.listed = prior.success + prior.skipped + prior.failed
         c.listed_bytes = prior.success_bytes + prior.skipped_bytes + prior.failed_bytes
+        waiting = await self._waiting_restores()
         queue: asyncio.Queue[tuple[int, Action] | None] = asyncio.Queue(maxsize=self.opts.concurrency * 2)
         recorder_task = asyncio.create_task(self.recorder.run())
         workers = [asyncio.create_task(self._worker(queue)) for _ in range(self.opts.concurrency)]
-        waiting = await self._waiting_restores()
 
         async def feed() -> None:
             await self._dispatch(queue, resume_after)
