@@ -76,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also migrate Cache-Control, Content-Disposition, Content-Encoding, Content-Language, "
                         "Expires and user metadata (Content-Type is always migrated)")
     m.add_argument("--storage-class", metavar="CLASS", help="storage class of the written objects")
+    m.add_argument("--restore", action="store_true",
+                   help="restore archived source objects (the vendor's own call) and copy them as they come back; "
+                        "without it they fail at once")
+    m.add_argument("--restore-days", type=int, default=1, metavar="N",
+                   help="days a restored copy stays readable (default 1)")
+    m.add_argument("--restore-poll", type=float, default=600.0, metavar="SECONDS",
+                   help="how often a restore under way is looked at (default 600)")
     m.add_argument("--migrate-since", metavar="TIME",
                    help="only objects modified at or after TIME (epoch seconds or ISO 8601)")
     m.add_argument("--concurrency", type=int, default=64, metavar="N", help="objects in flight (default 64)")
@@ -226,6 +233,8 @@ async def _migrate_run(args: argparse.Namespace) -> int:
 
     if args.concurrency < 1 or args.concurrency > 1024:
         raise UsageError("--concurrency must be between 1 and 1024")
+    if not 1 <= args.restore_days <= 365 or not 0 < args.restore_poll <= 86400:
+        raise UsageError("--restore-days must be between 1 and 365 and --restore-poll between 0 and 86400 seconds")
     if args.part_size < 5 or args.part_size > 5120:
         raise UsageError("--part-size must be between 5 and 5120 MiB")
     if args.memory_limit < 16:
@@ -245,6 +254,7 @@ async def _migrate_run(args: argparse.Namespace) -> int:
     from ferry.engine.copier import CopyOptions
     from ferry.engine.pipeline import TransferOptions
     from ferry.engine.progress import Counters, TerminalProgress
+    from ferry.engine.restores import RestorePolicy
     from ferry.service.transfers import run_migration
 
     # No job database yet means nothing to resume: the data can start moving while it is opened (over sqlite3
@@ -264,6 +274,7 @@ async def _migrate_run(args: argparse.Namespace) -> int:
         migrate_since=since,
         concurrency=args.concurrency,
         memory_limit=args.memory_limit * mib,
+        restore=RestorePolicy(args.restore_days, args.restore_poll) if args.restore else None,
     )
     counters = Counters()
     bar = None
@@ -309,6 +320,7 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from ferry.runner.migration import RunnerSettings
+    from ferry.runner.sync import env_number
     from ferry.serve import serve
     from ferry.settings import data_dir, database_url
 
@@ -319,7 +331,9 @@ def _serve(args: argparse.Namespace) -> int:
     if not os.environ.get("FERRY_LOG_LEVEL"):
         logging.getLogger().setLevel(logging.INFO)
     base = data_dir()
-    return serve(base, database_url(), args.host, args.port, RunnerSettings(max_tasks=args.max_tasks))
+    poll = env_number(os.environ, "FERRY_RESTORE_POLL_SECONDS", RunnerSettings.restore_poll_seconds)
+    return serve(base, database_url(), args.host, args.port,
+                 RunnerSettings(max_tasks=args.max_tasks, restore_poll_seconds=poll))
 
 
 def _tenancy(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
@@ -26,6 +27,13 @@ class ObjectMeta:
         return ObjectMeta(content_type=self.content_type)
 
 
+class Restore(enum.Enum):
+    """How a restore of an archived object stands, as the store's HEAD reports it."""
+
+    ONGOING = "ongoing"  # requested and not finished: the object cannot be read yet
+    DONE = "done"  # a restored copy can be read (until it expires)
+
+
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:
     """One object as a listing or HEAD reports it.
@@ -37,6 +45,8 @@ class ObjectInfo:
     reports the content's MD5 itself (Azure Content-MD5, the md5 of GCS `x-goog-hash`); `crc32c` is the
     content's CRC32C (Castagnoli) when the store reports one (GCS `x-goog-hash`, `x-amz-checksum-crc32c` of a
     whole-object checksum); `sha256`, `sha1` (hex) and `crc32` are whole-object `x-amz-checksum-*` values.
+    `restore` is how a restore of an archived object stands, from HEAD (`x-amz-restore` and the vendors' like
+    it); None when the store reports none (never restored, expired, or not archived).
     """
 
     key: str
@@ -51,6 +61,7 @@ class ObjectInfo:
     sha256: str | None = None
     sha1: str | None = None
     crc32: int | None = None
+    restore: Restore | None = None
 
 
 _MD5_HEX = re.compile(r"[0-9a-fA-F]{32}")

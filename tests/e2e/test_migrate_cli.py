@@ -270,7 +270,12 @@ def test_failed_objects_exit_1_with_report(moto: Any, seaweed_b: Any, bucket_fac
     assert (s["total"], s["success"], s["failed"]) == (2, 1, 1)
     lines = [json.loads(x) for x in Path(s["report"]).read_text().splitlines()]
     assert [x["key"] for x in lines] == ["cold.txt"]
-    assert lines[0]["reason"]
+    assert "archived" in lines[0]["reason"] and "--restore" in lines[0]["reason"]
+    # With --restore the archived object is restored (moto restores at once), then copied.
+    run = run_ferry([*migrate_argv(moto, sb, seaweed_b, db, tmp_path), "--restore"], ferry_env(moto, seaweed_b))
+    assert run.code == 0, run.stderr
+    assert (run.summary["success"], run.summary["skipped"], run.summary["restoring"]) == (1, 1, 0)
+    assert s3_client(seaweed_b).get_object(Bucket=db, Key="cold.txt")["Body"].read() == b"archived"
 
 
 def test_storage_class_of_written_objects(seaweed_a: Any, moto: Any, bucket_factory: Any, tmp_path: Path) -> None:

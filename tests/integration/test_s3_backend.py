@@ -23,7 +23,7 @@ from ferry.errors import (
     SourceChangedError,
     UsageError,
 )
-from ferry.objects import ObjectInfo, ObjectMeta
+from ferry.objects import ObjectInfo, ObjectMeta, Restore
 from ferry.sandbox import MotoServer, S3Server, SeaweedServer, release_ports, reserve_ports
 from ferry.storage.base import Backend, ListOrder
 from ferry.storage.profiles import Profile, get_profile
@@ -320,6 +320,7 @@ async def test_storage_classes_and_restore_on_moto(moto: MotoServer, bucket_fact
     classes = {o.key: o.storage_class for o in await _collect(b)}
     assert classes == {"ia": "IA", "cold": "ARCHIVE", "hot": "STANDARD"}
     assert (await b.head("cold")).storage_class == "ARCHIVE"
+    assert (await b.head("cold")).restore is None  # never asked for
     with pytest.raises(ArchivedObjectError):
         await b.read("cold")
     with pytest.raises(ArchivedObjectError):
@@ -328,6 +329,7 @@ async def test_storage_classes_and_restore_on_moto(moto: MotoServer, bucket_fact
     await b.restore("cold", days=1)  # already restoring or restored: not an error
     await b.restore("hot", days=1)  # not archived: nothing to do
     assert await b.read("cold") == b"cold"  # moto restores at once
+    assert (await b.head("cold")).restore is Restore.DONE  # x-amz-restore: ongoing-request="false", expiry...
 
 
 def _kms_key(server: S3Server) -> str:

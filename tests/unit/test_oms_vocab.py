@@ -126,7 +126,7 @@ def test_a_region_added_to_a_profile_is_accepted(monkeypatch: pytest.MonkeyPatch
         endpoints.resolve_known("Qiniu", "z9", {})
     grown = qiniu.replace(regions=(*qiniu.regions, dataclasses.replace(qiniu.regions[0], id="z9")))
     monkeypatch.setattr(endpoints, "get_profile", lambda name: grown if name == "qiniu" else get_profile(name))
-    assert endpoints.resolve_known("Qiniu", "z9", {}).url == "https://s3-z9.qiniucs.com"
+    assert endpoints.resolve_known("Qiniu", "z9", {}).url == "https://s3.z9.qiniucs.com"
 
 
 def test_the_vocabulary_imports_no_layer_above_the_engine() -> None:

@@ -175,3 +175,12 @@ def test_the_bar_is_not_drawn_full_while_the_total_is_unknown() -> None:
     counters.listing_done, counters.bytes_copied = True, 150 * MiB
     halfway = _bar_line(counters)
     assert "50%" in halfway and 15 <= halfway.count("━") <= 25, halfway
+
+
+def test_the_bar_names_failed_objects_and_those_waiting_for_a_restore() -> None:
+    out = io.StringIO()
+    progress = TerminalProgress(Counters(listed=9, success=4, failed=1, restoring=3, listing_done=True), out)
+    progress.console.width = 200
+    progress._refresh()
+    progress.console.print(progress.bar.get_renderable())
+    assert "5/9 objects (1 failed, 3 waiting for a restore)" in out.getvalue()

@@ -20,7 +20,7 @@ from ferry.db.database import open_database
 from ferry.db.sync_models import sync_tasks
 from ferry.db.sync_repo import EventOutcome, SyncRepo, SyncTaskRow, SyncTaskSpec
 from ferry.errors import ArchivedObjectError, TransientError
-from ferry.objects import ObjectInfo, ObjectMeta
+from ferry.objects import ObjectInfo, ObjectMeta, Restore
 from ferry.runner.sync import SyncSettings, SyncWorkers
 from ferry.storage.base import Backend
 from ferry.storage.memory import MemoryBackend, MemoryStore
@@ -78,21 +78,37 @@ class Flaky(BackendWrapper):
 
 
 class Archive(BackendWrapper):
-    """Keys starting with `cold/` are archived until restored."""
+    """Keys starting with `cold/` are archived until restored; a restore takes `polls` HEADs, which say it is
+    under way meanwhile (as `x-amz-restore: ongoing-request="true"`)."""
 
-    def __init__(self, inner: Backend) -> None:
+    def __init__(self, inner: Backend, polls: int = 0) -> None:
         super().__init__(inner)
-        self.restored: set[str] = set()
+        self.polls = polls
+        self.asked: dict[str, int] = {}  # key -> HEADs seen since its restore was asked for
         self.restore_calls = 0
+        self.refused = 0
+
+    def _restored(self, key: str) -> bool:
+        return key in self.asked and self.asked[key] >= self.polls
+
+    async def head(self, key: str) -> ObjectInfo:
+        info = await self.inner.head(key)
+        if not key.startswith("cold/"):
+            return info
+        if key in self.asked:
+            self.asked[key] += 1
+        state = None if key not in self.asked else Restore.DONE if self._restored(key) else Restore.ONGOING
+        return replace(info, storage_class="ARCHIVE", restore=state)
 
     async def read_object(self, key: str, *, if_match: str | None = None) -> tuple[ObjectInfo, bytes]:
-        if key.startswith("cold/") and key not in self.restored:
+        if key.startswith("cold/") and not self._restored(key):
+            self.refused += 1
             raise ArchivedObjectError("object is in ARCHIVE and not restored", key=key)
         return await self.inner.read_object(key, if_match=if_match)
 
     async def restore(self, key: str, days: int) -> None:
         self.restore_calls += 1
-        self.restored.add(key)
+        self.asked.setdefault(key, 0)
 
 
 def _stores() -> tuple[MemoryBackend, MemoryBackend]:
@@ -184,6 +200,20 @@ async def test_archived_sources_restore_or_fail(engine: Engine) -> None:
     (problem,), _ = repo.problems("project", without, 10, 0)
     assert "enable_restore is off" in (problem.reason or "") and problem.state == "failed"
     assert archive.restore_calls == 1 and (await dst.read_object("cold/a"))[1] == b"frozen"
+
+
+async def test_a_restore_under_way_is_waited_for_without_asking_or_reading_again(engine: Engine) -> None:
+    repo = SyncRepo(engine)
+    task_id = _task(repo, replace(SPEC, enable_restore=True))
+    src, dst = _stores()
+    archive = Archive(src, polls=4)
+    await _put(src, "cold/b", b"thawed")
+    async with running(engine, lambda _row: (archive, dst)):
+        repo.enqueue(task_id, ["cold/b"], time.time())
+        await _until(lambda: repo.stat_totals(task_id, 0, 2e10).success == 1)
+    # One refused read before the restore was asked for; then the HEADs said "under way" until it was done.
+    assert (archive.restore_calls, archive.refused) == (1, 1)
+    assert (await dst.read_object("cold/b"))[1] == b"thawed"
 
 
 async def test_reconciliation_copies_and_deletes_only_under_the_cap(engine: Engine) -> None:

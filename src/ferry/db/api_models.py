@@ -85,6 +85,8 @@ migration_tasks = Table(
     Column("size_only_num", BigInteger, nullable=False, default=0),
     Column("complete_size", BigInteger, nullable=False, default=0),
     Column("real_size", BigInteger, nullable=False, default=0),
+    # Archived objects waiting for their restore (enable_restore); a Ferry extension of the OMS counters.
+    Column("restoring_num", BigInteger, nullable=False, default=0, server_default="0"),
     Column("speed", BigInteger, nullable=False, default=0),
     Column("left_time", BigInteger, nullable=True),  # ms; unknown until the listing is complete
     Column("progress", Float, nullable=False, default=0.0),

@@ -69,6 +69,7 @@ class TaskStats:
     fail_num: int = 0
     complete_size: int = 0
     speed: int = 0
+    restoring_num: int = 0  # objects waiting for a restore (enable_restore)
 
     @property
     def tasks(self) -> int:
@@ -162,18 +163,20 @@ class GroupRepo:
             return out
         q = (
             select(mt.c.group_id, mt.c.status, func.count(), func.sum(mt.c.success_num), func.sum(mt.c.skip_num),
-                   func.sum(mt.c.fail_num), func.sum(mt.c.complete_size), func.sum(mt.c.speed))
+                   func.sum(mt.c.fail_num), func.sum(mt.c.complete_size), func.sum(mt.c.speed),
+                   func.sum(mt.c.restoring_num))
             .where(mt.c.project_id == project_id, mt.c.group_id.in_(ids), mt.c.deleted_at.is_(None))
             .group_by(mt.c.group_id, mt.c.status)
         )
         with self.engine.connect() as conn:
-            for gid, status, n, ok, skip, fail, size, speed in conn.execute(q):
+            for gid, status, n, ok, skip, fail, size, speed, restoring in conn.execute(q):
                 st = out[gid]
                 st.by_status[int(status)] = int(n)
                 st.success_num += int(ok or 0)
                 st.skip_num += int(skip or 0)
                 st.fail_num += int(fail or 0)
                 st.complete_size += int(size or 0)
+                st.restoring_num += int(restoring or 0)
                 if int(status) == 2:
                     st.speed += int(speed or 0)
         return out

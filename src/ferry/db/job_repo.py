@@ -131,14 +131,19 @@ class JobRepo:
             last = rows[-1].key
 
     def tally(self, job_id: str) -> Tally:
-        sql = ("SELECT status, COUNT(*), COALESCE(SUM(size), 0) FROM job_objects WHERE job_id = :job_id"
-               " GROUP BY status")
+        # One pass over the job's rows: successes checked by their size only are counted apart as well.
+        sql = ("SELECT status, CASE WHEN reason = :reason THEN 1 ELSE 0 END, COUNT(*), COALESCE(SUM(size), 0)"
+               " FROM job_objects WHERE job_id = :job_id GROUP BY 1, 2")
+        got: dict[str, tuple[int, int]] = {}
+        size_only = 0
         with self.db.begin() as tx:
-            got = {status: (int(n), int(size)) for status, n, size in tx.execute(sql, {"job_id": job_id})}
-            size_only = tx.execute("SELECT COUNT(*) FROM job_objects WHERE job_id = :job_id AND status = 'success'"
-                                   " AND reason = :reason", {"job_id": job_id, "reason": SIZE_ONLY})[0][0]
+            for status, by_size, n, size in tx.execute(sql, {"job_id": job_id, "reason": SIZE_ONLY}):
+                was = got.get(status, (0, 0))
+                got[status] = (was[0] + int(n), was[1] + int(size))
+                if status == "success" and by_size:
+                    size_only += int(n)
         s, k, f = got.get("success", (0, 0)), got.get("skipped", (0, 0)), got.get("failed", (0, 0))
-        return Tally(s[0], k[0], f[0], s[1], k[1], f[1], int(size_only))
+        return Tally(s[0], k[0], f[0], s[1], k[1], f[1], size_only, got.get("restore", (0, 0))[0])
 
     # Multipart checkpoints -------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ SIZE_ONLY = "verified by size only"
 @dataclass(frozen=True, slots=True)
 class ObjectResult:
     key: str
-    status: str  # success, skipped, failed
+    status: str  # success, skipped, failed; restore: waiting for its restore (engine/restores.py)
     size: int
     etag: str | None = None
     reason: str | None = None  # why it failed or was skipped; SIZE_ONLY on a success checked by size only
@@ -54,3 +54,4 @@ class Tally:
     skipped_bytes: int = 0
     failed_bytes: int = 0
     size_only: int = 0  # successes verified by their size only (SIZE_ONLY)
+    restoring: int = 0  # objects waiting for a restore (not finished)

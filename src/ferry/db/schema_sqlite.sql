@@ -174,6 +174,7 @@ CREATE TABLE migration_tasks (
 	size_only_num BIGINT NOT NULL, 
 	complete_size BIGINT NOT NULL, 
 	real_size BIGINT NOT NULL, 
+	restoring_num BIGINT DEFAULT '0' NOT NULL, 
 	speed BIGINT NOT NULL, 
 	left_time BIGINT, 
 	progress FLOAT NOT NULL, 

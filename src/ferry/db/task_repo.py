@@ -53,6 +53,7 @@ class TaskRow:
     size_only_num: int
     complete_size: int
     real_size: int
+    restoring_num: int
     speed: int
     left_time: int | None
     progress: float

@@ -22,10 +22,12 @@ from ferry.engine.compare import CopyReason, OverwriteMode, SkipReason, decide
 from ferry.engine.copier import CopyOptions
 from ferry.engine.planner import Action, Fail, Planner, Skip
 from ferry.engine.progress import Counters, ObjectProgress
+from ferry.engine.restores import NOT_RESTORED, RESTORE, RestorePolicy, RestoreWaiter, archived_reason
 from ferry.engine.verified_copy import VerifiedCopier
-from ferry.errors import AccessError, NotFoundError, PermanentError, TransientError
+from ferry.errors import AccessError, ArchivedObjectError, NotFoundError, PermanentError, TransientError
 from ferry.objects import ObjectInfo
 from ferry.storage.base import Backend, ListOrder
+from ferry.storage.profiles import ARCHIVE_CLASSES
 from ferry.storage.wrappers import object_budget, unwrap
 
 if TYPE_CHECKING:
@@ -45,6 +47,7 @@ class TransferOptions:
     migrate_since: float | None = None
     concurrency: int = 64
     memory_limit: int = 96 * MiB
+    restore: RestorePolicy | None = None  # enable_restore: archived objects are restored, then copied
 
 
 class RepoCheckpoints:
@@ -99,6 +102,12 @@ class Recorder:
         self._advanced = asyncio.Event()
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
+
+    def add(self, result: ObjectResult) -> None:
+        """A result outside the listing's sequence (an object copied once its restore came back)."""
+        self._pending.append(result)
+        if len(self._pending) >= self.batch:
+            self._wake.set()
 
     def complete(self, seq: int, key: str, result: ObjectResult | None) -> None:
         if result is not None:
@@ -193,6 +202,10 @@ class Transfer:
         self.ready = ready
         self.copier = VerifiedCopier(src, dst, opts.copy, self.budget, RepoCheckpoints(repo, job_id, ready))
         self.recorder = Recorder(repo, job_id, ready=ready)
+        self.restores: RestoreWaiter | None = None
+        if opts.restore is not None and src.capabilities.restore:
+            self.restores = RestoreWaiter(src, opts.restore, self.counters, self._copy, self.recorder.add,
+                                          copies=opts.concurrency)
 
     async def _crc_decide(self, src: ObjectInfo) -> CopyReason | SkipReason:
         # Listings carry no CRC64, so ask both stores (HEAD). When only the destination knows its CRC64 (Ferry
@@ -221,6 +234,10 @@ class Transfer:
                 out = await self.copier.copy(obj, moving)
             moving.finish(out.size)
             return ObjectResult(obj.key, "success", out.size, out.etag, SIZE_ONLY if out.size_only else None)
+        except ArchivedObjectError as exc:
+            if self.restores is not None:
+                raise  # restored first, then copied
+            return ObjectResult(obj.key, "failed", obj.size, obj.etag, archived_reason(exc))
         except (PermanentError, TransientError) as exc:
             return ObjectResult(obj.key, "failed", obj.size, obj.etag, exc.message)
         finally:
@@ -239,7 +256,13 @@ class Transfer:
             self.counters.skipped += 1
             self.counters.bytes_skipped += src.size
             return ObjectResult(src.key, "skipped", src.size, src.etag, reason.value)
-        result = await self._copy(src)
+        if self.restores is not None and src.storage_class in ARCHIVE_CLASSES:
+            return self.restores.add(src)
+        try:
+            result = await self._copy(src)
+        except ArchivedObjectError:
+            assert self.restores is not None
+            return self.restores.add(src, refused=True)
         if result.status == "success":
             self.counters.success += 1
             self.counters.size_only += result.reason == SIZE_ONLY
@@ -255,6 +278,7 @@ class Transfer:
         c.bytes_copied, c.bytes_skipped = prior.success_bytes, prior.skipped_bytes
         c.listed = prior.success + prior.skipped + prior.failed
         c.listed_bytes = prior.success_bytes + prior.skipped_bytes + prior.failed_bytes
+        waiting = await self._waiting_restores()
         queue: asyncio.Queue[tuple[int, Action] | None] = asyncio.Queue(maxsize=self.opts.concurrency * 2)
         recorder_task = asyncio.create_task(self.recorder.run())
         workers = [asyncio.create_task(self._worker(queue)) for _ in range(self.opts.concurrency)]
@@ -263,8 +287,21 @@ class Transfer:
             await self._dispatch(queue, resume_after)
             for _ in workers:
                 await queue.put(None)
+            if self.restores is not None:
+                await asyncio.wait(workers)  # a worker's failure is raised by the wait below
+                self.restores.close()
 
         tasks: set[asyncio.Task[None]] = {asyncio.create_task(feed()), *workers}
+        if self.restores is not None:
+            self.restores.resume(waiting)
+            tasks.add(asyncio.create_task(self.restores.run()))
+        elif waiting:
+            # An earlier run of the job waited for these restores; this one does not restore.
+            c.listed += len(waiting)
+            c.listed_bytes += sum(r.size for r in waiting)
+            c.failed += len(waiting)
+            for r in waiting:
+                self.recorder.add(ObjectResult(r.key, "failed", r.size, r.etag, NOT_RESTORED))
         try:
             pending = tasks
             while pending:
@@ -282,6 +319,12 @@ class Transfer:
             self.recorder.stop()
             # Shielded: even if this run is being cancelled, the last results must reach the database.
             await asyncio.shield(recorder_task)
+
+    async def _waiting_restores(self) -> list[ObjectResult]:
+        """The objects an earlier run of this job left waiting for a restore (none for a new job)."""
+        if self.ready is not None:
+            return []
+        return await asyncio.to_thread(lambda: list(self.repo.iter_results(self.job_id, RESTORE)))
 
     async def _dispatch(self, queue: asyncio.Queue[tuple[int, Action] | None], resume_after: str | None) -> None:
         planner = Planner(

@@ -30,6 +30,7 @@ class Counters:
     # objects it copied.
     bytes_copied: int = 0
     bytes_skipped: int = 0
+    restoring: int = 0  # archived objects waiting for their restore (counted in `listed`, not yet finished)
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -111,8 +112,9 @@ class TerminalProgress:
         done_bytes = c.bytes_copied + c.bytes_skipped
         total = c.listed_bytes if c.listing_done else None
         objects = f"{c.finished:,}/{c.listed:,}{'' if c.listing_done else '+'} objects"
-        if c.failed:
-            objects += f" ({c.failed:,} failed)"
+        notes = [f"{n:,} {what}" for n, what in ((c.failed, "failed"), (c.restoring, "waiting for a restore")) if n]
+        if notes:
+            objects += f" ({', '.join(notes)})"
         self.bar.update(
             self._task, completed=done_bytes, total=total, objects=objects,
             description="copying" if c.listing_done else "listing+copying",

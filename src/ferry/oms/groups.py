@@ -116,6 +116,8 @@ class TaskGroupResp(ResponseModel):
     success_num: Count | None = None
     fail_num: Count | None = None
     skip_num: Count | None = None
+    # Ferry's extension: objects of the group's tasks waiting for a restore (enable_restore).
+    restoring_num: Count | None = None
     total_size: Count | None = None
     create_complete_size: Count | None = None
     complete_size: Count | None = None

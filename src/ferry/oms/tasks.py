@@ -123,6 +123,8 @@ class TaskResp(ResponseModel):
     name: str | None = None
     progress: Annotated[float, Field(ge=0, le=1)] | None = None
     real_size: Count | None = None
+    # Ferry's extension: objects waiting for the restore of an archived source object (enable_restore).
+    restoring_num: Count | None = None
     skipped_num: Count | None = None
     src_node: SrcNodeResp | None = None
     start_time: EpochMillis | None = None

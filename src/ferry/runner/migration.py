@@ -43,6 +43,7 @@ from ferry.engine.compare import ConsistencyCheck, OverwriteMode
 from ferry.engine.copier import CopyOptions
 from ferry.engine.pipeline import Transfer, TransferOptions
 from ferry.engine.progress import Counters
+from ferry.engine.restores import RestorePolicy
 from ferry.errors import AccessError, FatalError, FerryError, NotFoundError, SourceChangedError
 from ferry.oms import COUNT_PROGRESS, LIST_FILE_MAX_BYTES, LIST_FILE_MAX_LINE
 from ferry.runner import failed_lists
@@ -78,6 +79,10 @@ class RunnerSettings:
     speed_window: float = 5.0
     max_wait: float = 30 * 86400.0  # OMS fails (TRF.0003) and wipes the keys of tasks waiting longer than this
     expiry_interval: float = 60.0
+    # enable_restore: how often an archived object's restore is looked at (FERRY_RESTORE_POLL_SECONDS), and
+    # how many days the restored copy stays readable.
+    restore_poll_seconds: float = 600.0
+    restore_days: int = 1
 
 
 class TaskFailure(Exception):
@@ -215,6 +220,8 @@ def transfer_options(row: TaskRow, settings: RunnerSettings) -> TransferOptions:
         migrate_since=float(since) if since else None,
         concurrency=settings.concurrency,
         memory_limit=settings.memory_limit,
+        restore=RestorePolicy(settings.restore_days, settings.restore_poll_seconds)
+        if opts.get("enable_restore") else None,
     )
 
 
@@ -269,7 +276,7 @@ def progress_values(row: TaskRow, c: Counters, speed: int) -> dict[str, Any]:
     return {
         "total_num": c.listed, "total_size": c.listed_bytes, "success_num": c.success, "skip_num": c.skipped,
         "fail_num": c.failed, "size_only_num": c.size_only, "complete_size": complete,
-        "real_size": c.bytes_copied, "speed": speed,
+        "real_size": c.bytes_copied, "speed": speed, "restoring_num": c.restoring,
         "progress": min(max(progress, 0.0), 1.0), "left_time": left, "is_query_over": int(c.listing_done),
     }
 
@@ -280,6 +287,7 @@ def _tally_values(t: Tally) -> dict[str, Any]:
         "total_size": t.success_bytes + t.skipped_bytes + t.failed_bytes,
         "success_num": t.success, "skip_num": t.skipped, "fail_num": t.failed, "size_only_num": t.size_only,
         "complete_size": t.success_bytes + t.skipped_bytes, "real_size": t.success_bytes,
+        "restoring_num": t.restoring,
     }
 
 

@@ -57,7 +57,7 @@ from ferry.engine.copier import CopyOptions
 from ferry.engine.planner import Action, Copy, DstOnly, Fail, Planner
 from ferry.engine.verified_copy import VerifiedCopier
 from ferry.errors import ArchivedObjectError, FatalError, FerryError, NotFoundError, UsageError
-from ferry.objects import ObjectInfo
+from ferry.objects import ObjectInfo, Restore
 from ferry.runner import failed_lists
 from ferry.runner.loop_thread import LoopThread
 from ferry.runner.migration import TaskFailure, failure_for
@@ -516,6 +516,10 @@ class SyncWorkers:
             return None
 
     async def _copy_verified(self, rt: _Runtime, src_info: ObjectInfo) -> _Done:
+        if rt.restore and src_info.restore is Restore.ONGOING:
+            # The HEAD says its restore is under way: no read to be refused, no request to repeat.
+            raise _Retry("archived: its restore is under way", delay=self.settings.restore_poll_seconds,
+                         counts=False)
         try:
             out = await rt.copier.copy(src_info)
         except ArchivedObjectError as exc:

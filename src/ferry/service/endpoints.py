@@ -83,6 +83,7 @@ def resolve(cloud_type: str, region: str, overrides: dict[str, str] | None = Non
     if url is not None:
         return Endpoint(url, profile, region, True)
     prof = get_profile(profile)
+    region = prof.region_id(region)  # a native or older spelling (Qiniu's z0, KS3's BEIJING) -> the id
     url = prof.endpoint(region)
     if not url.startswith(("http://", "https://")):
         url = f"{prof.scheme}://{url}"
@@ -97,6 +98,6 @@ def resolve_known(cloud_type: str, region: str, overrides: dict[str, str] | None
     "endpoint" would be a made-up host name, failing only later and obscurely)."""
     ep = resolve(cloud_type, region, overrides)
     known = {r.id for r in get_profile(ep.profile).regions}
-    if not ep.from_override and known and region not in known:
+    if not ep.from_override and known and ep.region not in known:
         raise UsageError(f"{region!r} is not a region of {cloud_type}")
     return ep

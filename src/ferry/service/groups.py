@@ -240,6 +240,7 @@ def group_resp(row: GroupRow, stats: TaskStats, now: float | None = None) -> s.T
         success_num=stats.success_num,
         fail_num=stats.fail_num,
         skip_num=stats.skip_num,
+        restoring_num=stats.restoring_num,
         total_size=row.bytes,
         create_complete_size=row.bytes,
         complete_size=stats.complete_size,

@@ -363,6 +363,7 @@ def task_resp(row: TaskRow, now: float | None = None) -> s.TaskResp:
         name=row.name,
         progress=1.0 if row.status == SUCCEEDED else min(max(row.progress, 0.0), 1.0),
         real_size=row.real_size,
+        restoring_num=row.restoring_num,
         skipped_num=row.skip_num,
         src_node=s.SrcNodeResp(bucket=src.get("bucket"), cloud_type=s.CloudType(src["cloud_type"]),
                                region=src.get("region"), app_id=src.get("app_id"), object_key=src.get("object_key"),

@@ -42,6 +42,7 @@ class Summary:
     report: str | None
     error: str | None = None
     size_only: int = 0  # of `success`: verified by their size only (their source gave no checksum)
+    restoring: int = 0  # archived objects still waiting for their restore (a run stopped before they came back)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,8 +51,9 @@ class Summary:
         """The one-line account a person reads (`ferry migrate` without --json, the demo)."""
         verb = "resumed and finished" if self.resumed else "finished"
         copied = f"{self.success} copied" + (f" ({self.size_only} verified by size only)" if self.size_only else "")
+        waiting = f", {self.restoring} waiting for a restore" if self.restoring else ""
         return (f"{verb} job {self.job_id}: {self.total} objects, {copied}, {self.skipped} skipped, "
-                f"{self.failed} failed, {self.bytes} bytes in {self.elapsed}s")
+                f"{self.failed} failed{waiting}, {self.bytes} bytes in {self.elapsed}s")
 
 
 def job_spec(opts: TransferOptions) -> dict[str, Any]:
@@ -210,8 +212,9 @@ async def _run_locked(src: Backend, dst: Backend, repo: JobRepo, opts: TransferO
                                      key_prefix(dst))
     return Summary(
         job_id=job_id, resumed=resumed, status=status,
-        total=tally.success + tally.skipped + tally.failed,
+        total=tally.success + tally.skipped + tally.failed + tally.restoring,
         success=tally.success, skipped=tally.skipped, failed=tally.failed, bytes=tally.success_bytes,
         elapsed=round(time.monotonic() - started, 3), report=str(report) if report else None, error=error,
         size_only=tally.size_only,
+        restoring=tally.restoring,
     )

@@ -38,7 +38,7 @@ class Capabilities:
     crc64: bool = False  # the store reports a CRC-64/ECMA of its own (OSS, COS, OBS)
     mtime_precision: float = 1.0  # seconds
     storage_classes: frozenset[str] = field(default_factory=frozenset)
-    restore: bool = False
+    restore: bool = False  # objects may be archived: `restore` and `ObjectInfo.restore` mean something here
     max_key_bytes: int = 1024
     part_crc32c: bool = False  # upload_part can have the store verify a CRC32C (S3 flexible checksums)
     trailing_crc32c: bool = False  # put_stream has the store verify a CRC32C of the bytes sent after them
@@ -65,7 +65,9 @@ class Backend(Protocol):
         ...
 
     async def head(self, key: str) -> ObjectInfo:
-        """The object with its `meta` filled; raises NotFoundError."""
+        """The object with its `meta` filled; raises NotFoundError. A store with archive classes also says how
+        a restore of the object stands (`ObjectInfo.restore`: ONGOING, DONE, or None when it reports none):
+        this HEAD is how a restore is watched (engine/restores.py)."""
         ...
 
     async def read(
@@ -147,7 +149,11 @@ class Backend(Protocol):
     async def delete(self, key: str) -> None: ...
 
     async def restore(self, key: str, days: int) -> None:
-        """Ask an archive store to restore `key`; a no-op where nothing is archived."""
+        """Ask an archive store to restore `key` for `days` with the vendor's own call (S3 `?restore`, Baidu's
+        `x-bce-restore-*` headers, Qiniu's `restoreAr`, Azure's Set Blob Tier); asking again while a restore is
+        under way, or for an object that is not archived, is not an error. A no-op where nothing is archived
+        (`capabilities.restore` False). Reading an archived object that is not restored raises
+        ArchivedObjectError; `head` tells when the restore is done."""
         ...
 
     async def close(self) -> None: ...

@@ -45,6 +45,13 @@ class Profile:
     - `bucket_pattern`/`bucket_hint`: the provider's bucket naming rule (Tencent: `name-APPID`).
     - `sse_header`/`sse_kms_value`/`sse_kms_key_header`: how a write asks for server-side encryption with a
       KMS key (and how the response confirms it).
+    - `restore_call`: how an archived object is restored (storage/restore_calls.py): `s3` (POST ?restore with
+      a RestoreRequest XML body), `bce` (POST ?restore, the days and tier in `x-bce-restore-*` headers, no
+      body), `qiniu` (the native `restoreAr` call, Qiniu MAC-signed, at `restore_hosts[region]`); None when
+      the cloud has no archive to restore from. `restore_status_headers`: HEAD headers saying how a restore
+      stands (`ongoing-request="true"`), first found wins.
+    - `region_aliases`: other spellings of a region id (a cloud's native zone ids, older names) -> the id.
+    - `http_regions`: regions whose endpoint answers plain HTTP only (Baidu fwh, hkg).
     - `backend`: which code talks to the cloud (storage/stores.py); "s3" unless the cloud speaks something else.
     - `part_crc32c`: UploadPart verifies an `x-amz-checksum-crc32c` header and echoes it (seen on the store
       itself, not assumed: some stores refuse part checksums an upload was not created with).
@@ -73,6 +80,8 @@ class Profile:
     to_vendor: Mapping[str, str]
     from_vendor: Mapping[str, str]
     restore: bool
+    restore_call: str | None
+    restore_status_headers: tuple[str, ...]
     part_crc32c: bool
     trailing_crc32c: bool
     min_part_size: int
@@ -89,13 +98,30 @@ class Profile:
     # use the profile for what is data all the same (regions, bucket rule, storage-class names).
     backend: str = "s3"
     regions: tuple[CloudRegion, ...] = field(default=())
+    region_aliases: Mapping[str, str] = field(default_factory=dict)
+    http_regions: frozenset[str] = field(default=frozenset())
+    restore_hosts: Mapping[str, str] = field(default_factory=dict)
+
+    def region_id(self, region: str | None) -> str:
+        """The cloud's own id of `region` (an alias resolved; the default region when None)."""
+        if not region:
+            return self.default_region
+        return self.region_aliases.get(region, self.region_aliases.get(region.lower(), region))
 
     def endpoint(self, region: str | None = None) -> str:
         """`scheme://host` for `region` (the profile's default region when None)."""
         if self.endpoint_template is None:
             raise UsageError(f"{self.title} needs an explicit endpoint")
-        host = self.endpoint_template.format(region=region or self.default_region)
-        return f"{self.scheme}://{host}"
+        region = self.region_id(region)
+        host = self.endpoint_template.format(region=region)
+        return f"{'http' if region in self.http_regions else self.scheme}://{host}"
+
+    def restore_host(self, region: str | None) -> str:
+        """`scheme://host` of the native restore API of `region` (Qiniu's rs host), `*` being the fallback."""
+        host = self.restore_hosts.get(self.region_id(region)) or self.restore_hosts.get("*")
+        if host is None:
+            raise UsageError(f"{self.title} has no restore API host for region {region!r}")
+        return host if "://" in host else f"https://{host}"
 
     def vendor_class(self, canonical: str) -> str:
         """The storage-class name to send for a canonical class; other names pass through unchanged.
@@ -175,6 +201,8 @@ def _build(name: str, raw: Mapping[str, Any], defaults: Mapping[str, Any]) -> Pr
         to_vendor={k.upper(): v for k, v in merged["to_vendor"].items()},
         from_vendor={k.upper(): v for k, v in merged["from_vendor"].items()},
         restore=bool(merged["restore"]),
+        restore_call=merged.get("restore_call", "s3") if merged["restore"] else None,
+        restore_status_headers=tuple(h.lower() for h in merged["restore_status_headers"]),
         part_crc32c=bool(merged["part_crc32c"]),
         trailing_crc32c=bool(merged["trailing_crc32c"]),
         min_part_size=int(merged["min_part_size"]),
@@ -189,6 +217,10 @@ def _build(name: str, raw: Mapping[str, Any], defaults: Mapping[str, Any]) -> Pr
         aliases=tuple(a.lower() for a in merged["aliases"]),
         backend=merged.get("backend", "s3"),
         regions=_regions(merged),
+        region_aliases={**{k.lower(): v for k, v in merged.get("region_aliases", {}).items()},
+                        **merged.get("region_aliases", {})},
+        http_regions=frozenset(merged.get("http_regions", ())),
+        restore_hosts=dict(merged.get("restore_hosts", {})),
     )
 
 
