@@ -23,7 +23,8 @@ from ferry.objects import ObjectInfo
 from ferry.oms import LIST_FILE_MAX_BYTES, LIST_FILE_MAX_LINE, MAX_KEY_BYTES, CdnAuthType, CdnProtocol, Codes
 from ferry.secrets import Secret
 from ferry.service import endpoints
-from ferry.service.cdn import CdnClient, CdnDomainError, etags_match, load_allowed_hosts, parse_domain, same_cloud
+from ferry.service.cdn import CdnClient, etags_match, same_cloud
+from ferry.storage.cdn_source import CdnDomainError, load_allowed_hosts, parse_domain
 from ferry.storage.profiles import get_profile
 from ferry.storage.s3 import S3Backend, failure_detail, list_buckets
 
