@@ -213,3 +213,29 @@ def test_a_signature_moved_to_another_path_is_refused(
         with pytest.raises(urllib.error.HTTPError) as caught:
             urllib.request.urlopen(moved)
         assert caught.value.code == (401 if kind.startswith("QINIU") else 403)
+
+
+@pytest.mark.parametrize("kind", ["ALIYUN_OSS_C", "TENCENT_COS_D", "QINIU_PRIVATE_AUTHENTICATION",
+                                  "KSYUN_PRIVATE_AUTHENTICATION"])
+async def test_show_cdn_info_signs_its_probes(kind: str, origin: tuple[SeaweedServer, str, dict[str, bytes]]) -> None:
+    from ferry.oms import CdnAuthType, CdnProtocol
+    from ferry.secrets import Secret
+    from ferry.service.buckets import CdnSource, CloudAccess, HelperSettings, show_cdn_info
+
+    seaweed, bucket, _ = origin
+    with _server(kind, seaweed, bucket) as server:
+        settings = HelperSettings(endpoint_overrides={"Aliyun/cn-hangzhou": seaweed.endpoint},
+                                  cdn_allowed_hosts=frozenset({server.domain}), public_endpoints=False, timeout=10)
+        access = CloudAccess("Aliyun", seaweed.access_key, Secret(seaweed.secret_key))
+
+        async def probe(key: str) -> Any:
+            source = CdnSource(server.domain, CdnProtocol.HTTP, CdnAuthType(kind), Secret(key))
+            return await show_cdn_info(access, "cn-hangzhou", bucket, source, ["plain.txt", "big/streamed.bin"],
+                                       settings)
+
+        good = await probe("cdnkey0123456789abcd")
+        assert good.download_available and all(c.exists and c.etag_matching for c in good.checked)
+        assert server.refusals == []
+        if kind.startswith(("ALIYUN", "TENCENT")):
+            bad = await probe("not-the-cdn-key")
+            assert not bad.download_available and len(server.refusals) == 2

@@ -12,10 +12,9 @@ entries, e.g. `FERRY_CDN_ALLOWED_HOSTS=127.0.0.1:8080,cdn.corp.internal`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import quote
 
 from ferry.storage.cdn_source import CdnDomainError
 from ferry.storage.http1 import Http1Pool, HttpError, HttpResponse, split_url
@@ -60,9 +59,10 @@ class Probe:
 class CdnClient:
     """HEAD (or a 1-byte GET where HEAD is refused) of objects through one CDN domain."""
 
-    def __init__(self, protocol: str, host: str, port: int | None, query: str, timeout: float) -> None:
+    def __init__(self, protocol: str, host: str, port: int | None, sign: Callable[[str], str], timeout: float) -> None:
+        """`sign(key)` is the request target (path and query) that fetches `key`, signed when it is called."""
         self._base = f"{protocol}://{f'[{host}]' if ':' in host else host}" + (f":{port}" if port else "")
-        self._query = query
+        self._sign = sign
         self._host = host
         self._port = port or (443 if protocol == "https" else 80)
         self._timeout = timeout
@@ -93,7 +93,7 @@ class CdnClient:
         return True
 
     def url(self, key: str) -> str:
-        return f"{self._base}/{quote(key, safe='/~')}" + (f"?{self._query}" if self._query else "")
+        return self._base + self._sign(key)
 
     async def probe(self, key: str) -> Probe:
         if self._pool is None:

@@ -91,6 +91,7 @@ def create_task_group(ctx: GroupContext, project_id: str, req: s.CreateTaskGroup
     reason = tasks.unsupported(req)
     if reason:
         raise TaskError.invalid(reason)
+    cdn = tasks.source_cdn_spec(req)
     check_smn(req.smn_config, project_id)
     src, dst = req.src_node, req.dst_node
     dst_ep = tasks.resolve_endpoint(ctx.tasks, s.CloudType.HUAWEICLOUD.value, dst.region, destination=True)
@@ -110,12 +111,14 @@ def create_task_group(ctx: GroupContext, project_id: str, req: s.CreateTaskGroup
         "task_type": req.task_type.value,
         "src_spec": {"cloud_type": src.cloud_type.value, "region": src.region, "bucket": src.bucket,
                      "app_id": src.app_id, "object_key": list(src.object_key) if src.object_key is not None else None,
-                     "list_file": src.list_file.model_dump(exclude_none=True) if src.list_file else None},
+                     "list_file": src.list_file.model_dump(exclude_none=True) if src.list_file else None,
+                     "cdn": cdn},
         "dst_spec": {"bucket": dst.bucket, "region": dst.region, "save_prefix": dst.save_prefix or "",
                      "kms_key_id": tasks.dst_kms_key(dst.crypto_type, dst.kms_key_id)},
         "options": tasks.migration_options(req),
         "bandwidth_policy": [p.model_dump() for p in req.bandwidth_policy or []],
-        "secrets": ctx.tasks.box.seal({"src_ak": src.ak, "src_sk": src.sk, "dst_ak": dst.ak, "dst_sk": dst.sk}),
+        "secrets": ctx.tasks.box.seal({"src_ak": src.ak, "src_sk": src.sk, "dst_ak": dst.ak, "dst_sk": dst.sk,
+                                       "cdn_key": req.source_cdn.authentication_key if req.source_cdn else None}),
         "split_state": {"index": 0, "after": None, "skip": 0, "chunk": 0, "done": False},
         "objects": 0, "bytes": 0, "task_count": 0, "created_at": now, "updated_at": now,
     })
@@ -146,6 +149,7 @@ def chunk_task_request(row: GroupRow, keys: dict[str, str], chunk: int) -> s.Cre
         "dst_storage_policy": opts["dst_storage_policy"],
         "consistency_check": opts["consistency_check"],
         "enable_requester_pays": opts.get("enable_requester_pays"),
+        "source_cdn": {**src["cdn"], "authentication_key": keys.get("cdn_key")} if src.get("cdn") else None,
     })
 
 
@@ -220,6 +224,7 @@ def group_resp(row: GroupRow, stats: TaskStats, now: float | None = None) -> s.T
         task_type=s.GroupTaskType(row.task_type),
         bandwidth_policy=[s.BandwidthPolicyDto.model_validate(p) for p in row.bandwidth_policy],
         smn_config=smn_info,
+        source_cdn=tasks.source_cdn_resp(src.get("cdn")),
         migrate_since=int(since) * 1000 if since else 0,
         migrate_speed=stats.speed,
         total_time=int(max(0.0, end - row.started_at) * 1000) if row.started_at else 0,
@@ -318,18 +323,20 @@ def stop_group_tasks(ctx: GroupContext, project_id: str, group_id: str) -> None:
 
 
 def _keys(row: GroupRow, src_ak: str | None, src_sk: Secret | None, dst_ak: str | None,
-          dst_sk: Secret | None) -> dict[str, Any]:
+          dst_sk: Secret | None, cdn_key: Secret | None = None) -> dict[str, Any]:
     # URL sources need no source keys (their list file is read with the destination's).
     if not (src_ak and src_sk) and row.task_type != s.GroupTaskType.URL_LIST.value:
         raise TaskError.invalid("src_ak and src_sk are required for this task group.")
     if not (dst_ak and dst_sk):
         raise TaskError.invalid("dst_ak and dst_sk are required for this task group.")
-    return {"src_ak": src_ak, "src_sk": src_sk, "dst_ak": dst_ak, "dst_sk": dst_sk}
+    return {"src_ak": src_ak, "src_sk": src_sk, "dst_ak": dst_ak, "dst_sk": dst_sk,
+            "cdn_key": tasks.restart_cdn_key(row.src_spec.get("cdn"), cdn_key)}
 
 
 def _start_req(keys: dict[str, Any], migrate_failed_object: bool = False) -> s.StartTaskReq:
     return s.StartTaskReq(src_ak=keys.get("src_ak"), src_sk=keys.get("src_sk"), dst_ak=keys["dst_ak"],
-                          dst_sk=keys["dst_sk"], migrate_failed_object=migrate_failed_object)
+                          dst_sk=keys["dst_sk"], migrate_failed_object=migrate_failed_object,
+                          source_cdn_authentication_key=keys.get("cdn_key"))
 
 
 def _restart_tasks(ctx: GroupContext, project_id: str, group_id: str, statuses: tuple[int, ...],
@@ -345,7 +352,7 @@ def start_task_group(ctx: GroupContext, project_id: str, group_id: str, req: s.S
     """Resume a paused group with re-supplied keys: an unfinished split goes on, paused tasks start again."""
     row = _get(ctx, project_id, group_id)
     tasks.check_restart_kms(row.dst_spec.get("kms_key_id"), req.dst_crypto_type, req.dst_kms_key_id)
-    keys = _keys(row, req.src_ak, req.src_sk, req.dst_ak, req.dst_sk)
+    keys = _keys(row, req.src_ak, req.src_sk, req.dst_ak, req.dst_sk, req.source_cdn_authentication_key)
     if effective_status(row, _stats(ctx, row)) != G_PAUSED:
         raise _conflict("Only a paused task group can be started.")
     next_status = G_MONITORING if row.split_state.get("done") else G_EXECUTING
@@ -362,7 +369,7 @@ def retry_task_group(ctx: GroupContext, project_id: str, group_id: str, req: s.R
     failed task, fully (finished objects are skipped) or, with migrate_failed_object, just its failed objects."""
     row = _get(ctx, project_id, group_id)
     tasks.check_restart_kms(row.dst_spec.get("kms_key_id"), req.dst_crypto_type, req.dst_kms_key_id)
-    keys = _keys(row, req.src_ak, req.src_sk, req.dst_ak, req.dst_sk)
+    keys = _keys(row, req.src_ak, req.src_sk, req.dst_ak, req.dst_sk, req.source_cdn_authentication_key)
     status = effective_status(row, _stats(ctx, row))
     if status == G_CREATE_FAILED:
         if not ctx.repo.transition(group_id, (G_CREATE_FAILED,), {

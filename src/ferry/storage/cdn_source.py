@@ -90,6 +90,22 @@ class CdnSite:
     ttl: int = DEFAULT_TTL
 
 
+def site_of(stored: Mapping[str, str], key: str | None, ak: str | None, sk: str | None, bucket: str) -> CdnSite:
+    """The CdnSite of a task's stored `source_cdn` (domain, protocol, authentication_type), with the
+    authentication key and the source bucket's AK/SK and name from its sealed keys."""
+    return CdnSite(stored["protocol"], stored["domain"], stored.get("authentication_type") or "NONE",
+                   CdnCredentials(key=key, ak=ak, sk=sk, bucket=bucket))
+
+
+def open_through_cdn(inner: Backend, stored: Mapping[str, str] | None, key: str | None, ak: str | None,
+                     sk: str | None, bucket: str) -> Backend:
+    """`inner` (a task's source bucket), its bytes fetched through the task's CDN when it has one; the
+    operator's FERRY_CDN_ALLOWED_HOSTS is read now, so a running server follows its configuration."""
+    if not stored:
+        return inner
+    return CdnBackend(inner, site_of(stored, key, ak, sk, bucket), allowed_hosts=load_allowed_hosts())
+
+
 class _Verifier:
     """Size, MD5 and CRC64 of the bytes served, against the bucket's HEAD of the same object."""
 
