@@ -100,7 +100,7 @@ async def _migrate(src: Any, seaweed_b: SeaweedServer, dst_bucket: str, tmp_path
 def _source(kind: str, server: CdnTestServer, seaweed: SeaweedServer, bucket: str, **kw: Any) -> CdnBackend:
     inner = S3Backend(seaweed.endpoint, seaweed.region, seaweed.access_key, seaweed.secret_key, bucket)
     site = _site(kind, server, seaweed, bucket, kw.pop("key", None))
-    return CdnBackend(inner, site, allowed_hosts=ALLOWED, **kw)
+    return CdnBackend(inner, site, allowed_hosts=kw.pop("allowed_hosts", ALLOWED), **kw)
 
 
 @pytest.mark.parametrize("kind", sorted(AUTH_TYPES))
@@ -239,3 +239,22 @@ async def test_show_cdn_info_signs_its_probes(kind: str, origin: tuple[SeaweedSe
         if kind.startswith(("ALIYUN", "TENCENT")):
             bad = await probe("not-the-cdn-key")
             assert not bad.download_available and len(server.refusals) == 2
+
+
+async def test_a_private_cdn_host_is_refused_unless_the_operator_allows_it(
+    origin: tuple[SeaweedServer, str, dict[str, bytes]],
+) -> None:
+    from ferry.errors import FatalError, NotFoundError
+
+    seaweed, bucket, bodies = origin
+    with _server("NONE", seaweed, bucket) as server:
+        refused = _source("NONE", server, seaweed, bucket, allowed_hosts=frozenset())
+        with pytest.raises(FatalError, match="not a public address"):
+            await refused.read_object("plain.txt")
+        await refused.close()
+        allowed = _source("NONE", server, seaweed, bucket, allowed_hosts=frozenset({server.domain}))
+        assert (await allowed.read_object("plain.txt"))[1] == bodies["plain.txt"]
+        with pytest.raises(NotFoundError):
+            await allowed.read_object("no-such-object")
+        assert allowed.capabilities.copy_group is None  # never a server-side copy around the CDN
+        await allowed.close()

@@ -45,6 +45,7 @@ ALLOWED_HOSTS_ENV: Final = "FERRY_CDN_ALLOWED_HOSTS"
 _BAD_DOMAIN_CHARS: Final = frozenset("/\\@?#%")
 _CONNECTIONS: Final = 64
 _REMEMBERED_SIZES: Final = 4096  # above the objects a task copies at once
+_THREAD_HASH_MIN: Final = 1024 * 1024  # a batch worth a thread hop
 _REFUSED_HINT: Final = ("check source_cdn.authentication_type and authentication_key (the source AK/SK for Qiniu "
                         "and Kingsoft), the clock, and the CDN's hotlink protection")
 
@@ -121,6 +122,10 @@ class _Verifier:
             self._md5.update(data)
         if self._crc is not None:
             self._crc = _fastcrc64.xz(data, self._crc)
+
+    def update_all(self, pieces: list[bytes]) -> None:
+        for piece in pieces:
+            self.update(piece)
 
     def check(self) -> None:
         info = self.info
@@ -249,7 +254,10 @@ class CdnBackend(BackendWrapper):
         info = await self._described(key, if_match)
         _, _, body = await self._get(key, {}, (200,))
         check = _Verifier(info)
-        check.update(body)
+        if len(body) >= _THREAD_HASH_MIN:
+            await asyncio.to_thread(check.update, body)
+        else:
+            check.update(body)
         check.check()
         return info, body
 
@@ -292,18 +300,35 @@ def _range_total(value: str | None) -> int | None:
 
 async def _checked(pieces: AsyncGenerator[bytes, None], check: _Verifier) -> AsyncGenerator[bytes, None]:
     """`pieces`, each held back until the next arrives, so the last one is handed on only after the whole
-    answer matched the bucket: a mismatch then fails the write short of its size, and nothing is kept."""
+    answer matched the bucket: a mismatch then fails the write short of its size, and nothing is kept.
+
+    The hashing runs in a thread, a batch of pieces at a time (MD5 and CRC64 let go of the GIL), while the loop
+    moves other bytes; batches are hashed one after the other, in order."""
     held: bytes | None = None
+    batch: list[bytes] = []
+    batched = 0
+    hashing: asyncio.Future[None] | None = None
     try:
         async for piece in pieces:
-            check.update(piece)
+            batch.append(piece)
+            batched += len(piece)
+            if batched >= _THREAD_HASH_MIN:
+                if hashing is not None:
+                    await hashing
+                hashing = asyncio.ensure_future(asyncio.to_thread(check.update_all, batch))
+                batch, batched = [], 0
             if held is not None:
                 yield held
             held = piece
+        if hashing is not None:
+            await hashing
+        check.update_all(batch)
         check.check()
         if held is not None:
             yield held
     finally:
+        if hashing is not None and not hashing.done():
+            await asyncio.gather(hashing, return_exceptions=True)
         await pieces.aclose()
 
 
