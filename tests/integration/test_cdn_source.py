@@ -242,7 +242,7 @@ async def test_show_cdn_info_signs_its_probes(kind: str, origin: tuple[SeaweedSe
 
 
 async def test_a_private_cdn_host_is_refused_unless_the_operator_allows_it(
-    origin: tuple[SeaweedServer, str, dict[str, bytes]],
+    origin: tuple[SeaweedServer, str, dict[str, bytes]], seaweed_b: SeaweedServer, tmp_path: Path,
 ) -> None:
     from ferry.errors import FatalError, NotFoundError
 
@@ -251,7 +251,11 @@ async def test_a_private_cdn_host_is_refused_unless_the_operator_allows_it(
         refused = _source("NONE", server, seaweed, bucket, allowed_hosts=frozenset())
         with pytest.raises(FatalError, match="not a public address"):
             await refused.read_object("plain.txt")
+        # A migration refuses it before any work (the preflight lists one object), naming the domain.
+        with pytest.raises(FatalError, match=r"source_cdn\.domain is not a public address"):
+            await _migrate(refused, seaweed_b, seaweed_b.create_bucket(f"cdn-dst-{os.urandom(4).hex()}"), tmp_path)
         await refused.close()
+        assert server.requests == []
         allowed = _source("NONE", server, seaweed, bucket, allowed_hosts=frozenset({server.domain}))
         assert (await allowed.read_object("plain.txt"))[1] == bodies["plain.txt"]
         with pytest.raises(NotFoundError):

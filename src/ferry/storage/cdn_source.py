@@ -19,7 +19,7 @@ import dataclasses
 import hashlib
 import os
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, TypeVar
 from urllib.parse import urlsplit
@@ -236,6 +236,13 @@ class CdnBackend(BackendWrapper):
         raise _refusal(where, key, status)
 
     # -- reading: the bucket describes, the CDN serves ----------------------------------------------------------
+
+    async def list(self, prefix: str = "", start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
+        # The domain is checked before anything is listed: a task's preflight (one listed object) then
+        # refuses a domain the operator did not allow, as the source's failure, before any work.
+        await self._connect()
+        async for info in super().list(prefix, start_after):
+            yield info
 
     async def head(self, key: str) -> ObjectInfo:
         info = await self.inner.head(key)
