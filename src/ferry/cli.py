@@ -63,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
                                        "mem://BUCKET[/PREFIX]; "
                                        "keys are written under PREFIX/")
     _add_side(m, "src", "source")
+    m.add_argument("--src-cdn-domain", metavar="HOST[:PORT]",
+                   help="fetch the source's bytes through this CDN domain (listed through the bucket API, checked "
+                        "against it); FERRY_CDN_ALLOWED_HOSTS allows a private host")
+    m.add_argument("--src-cdn-protocol", choices=("http", "https"), default="https", help="default https")
+    m.add_argument("--src-cdn-auth", metavar="TYPE", default="NONE",
+                   help="the CDN's URL signing: NONE, ALIYUN_OSS_A/B/C, TENCENT_COS_A/B/C/D, "
+                        "QINIU_PRIVATE_AUTHENTICATION, KSYUN_PRIVATE_AUTHENTICATION (with the source keys) or "
+                        "AZURE_SAS_TOKEN; the key or SAS token from FERRY_SRC_CDN_KEY")
     _add_side(m, "dst", "destination")
     m.add_argument("--overwrite", default="SIZE_LAST_MODIFIED_COMPARISON_OVERWRITE",
                    help="NO_OVERWRITE | SIZE_LAST_MODIFIED_COMPARISON_OVERWRITE (default) | "
@@ -186,6 +194,34 @@ def _open_side(args: argparse.Namespace, side: str, url: str):  # type: ignore[n
         raise UsageError(f"{label}: {exc.message}") from None
 
 
+def _through_cdn(args: argparse.Namespace, source: Backend) -> Backend:
+    """The source, its bytes fetched through `--src-cdn-domain` when one is given."""
+    from ferry.storage.cdn_signing import AUTH_TYPES, KEYED_TYPES, CdnCredentials
+    from ferry.storage.cdn_source import CdnBackend, CdnDomainError, CdnSite, load_allowed_hosts, parse_domain
+    from ferry.storage.registry import parse_spec
+
+    if args.src_cdn_domain is None:
+        if args.src_cdn_auth != "NONE":
+            raise UsageError("--src-cdn-auth needs --src-cdn-domain")
+        return source
+    kind = args.src_cdn_auth.upper()
+    spec = parse_spec(args.source)
+    if spec.scheme != "s3":
+        raise UsageError("--src-cdn-domain needs an s3:// source: its bucket lists the objects")
+    if kind not in AUTH_TYPES:
+        raise UsageError(f"--src-cdn-auth {args.src_cdn_auth!r} is not one of {', '.join(sorted(AUTH_TYPES))}")
+    key = os.environ.get("FERRY_SRC_CDN_KEY") or None
+    if kind in KEYED_TYPES and not key:
+        raise UsageError(f"--src-cdn-auth {kind} signs with a key: set FERRY_SRC_CDN_KEY")
+    try:
+        parse_domain(args.src_cdn_domain)
+    except CdnDomainError as exc:
+        raise UsageError(f"--src-cdn-domain: {exc}") from None
+    creds = CdnCredentials(key=key, ak=_secret(args, "src", "ak"), sk=_secret(args, "src", "sk"), bucket=spec.bucket)
+    site = CdnSite(args.src_cdn_protocol, args.src_cdn_domain.strip(), kind, creds)
+    return CdnBackend(source, site, allowed_hosts=load_allowed_hosts(), key_prefix=spec.prefix)
+
+
 def _choice(flag: str, parse: Callable[[str], _T], raw: str, valid: Iterable[enum.Enum]) -> _T:
     try:
         return parse(raw)
@@ -242,7 +278,7 @@ async def _migrate_run(args: argparse.Namespace) -> int:
     overwrite = _choice("--overwrite", OverwriteMode.parse, args.overwrite, OverwriteMode)
     consistency = _choice("--consistency-check", ConsistencyCheck.parse, args.consistency_check, ConsistencyCheck)
     since = _parse_since(args.migrate_since)
-    src = RetryingBackend(_open_side(args, "src", args.source))
+    src = RetryingBackend(_through_cdn(args, _open_side(args, "src", args.source)))
     dst = RetryingBackend(_open_side(args, "dst", args.destination))
     if args.storage_class is not None:
         _check_storage_class(args, dst)

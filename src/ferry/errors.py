@@ -10,6 +10,7 @@
     │   ├── SourceChangedError     If-Match failed: the source changed mid-copy (retried by the engine)
     │   ├── ArchivedObjectError    the object is archived and not restored
     │   └── VerificationError      the written object does not match the source
+    │       └── CdnMismatchError   the CDN served other bytes than the source bucket holds (never retried)
     └── FatalError                 the whole run stops: bad credentials, missing bucket, unreachable endpoint
         ├── AccessError            the store refused the keys, a permission or the bucket: no retry or re-run
         │                          helps until the user fixes them (a task fails, `ferry migrate` exits 2)
@@ -78,6 +79,18 @@ class ArchivedObjectError(PermanentError):
 
 class VerificationError(PermanentError):
     code = "FERRY.0460"
+
+
+class CdnMismatchError(VerificationError):
+    """What a CDN served differs (size or checksum) from the object the source bucket lists: OMS's per-object
+    reason COMPARE_SRC_AND_CDN_FAILURE, which starts the message. A stale CDN cache stays stale, so a retry
+    would only fetch the same wrong bytes."""
+
+    code = "FERRY.0461"
+    reason = "COMPARE_SRC_AND_CDN_FAILURE"
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(f"{self.reason}: {message}", key=key)
 
 
 class FatalError(FerryError):

@@ -338,8 +338,12 @@ def _resolves_to_loopback(name: str) -> bool:
 
 
 def test_show_cdn_info_errors(env: Env, folder_bucket: str) -> None:
+    # A type signed with authentication_key needs one (OMS.1032); a refusal never echoes a given key.
+    for kind in ("ALIYUN_OSS_C", "TENCENT_COS_D", "AZURE_SAS_TOKEN"):
+        fails(lambda k=kind: cdn_info(env, folder_bucket, ["a"], authentication_type=k), 400, "OMS.1032")
     fails(lambda: cdn_info(env, folder_bucket, ["a"], authentication_type="TENCENT_COS_A",
-                           authentication_key="cdn-key-secret"), 400, "OMS.0001", "cdn-key-secret")
+                           authentication_key="cdn-key-secret", domain="cdn.example.com/x"), 400, "OMS.0001",
+          "cdn-key-secret")
     fails(lambda: cdn_info(env, folder_bucket, ["a"], authentication_type="NOT_A_TYPE"), 400, "OMS.0001")
     fails(lambda: cdn_info(env, folder_bucket, ["a"], protocol="ftp"), 400, "OMS.0001")
     fails(lambda: cdn_info(env, folder_bucket, ["k"] * 101), 400, "OMS.0001")

@@ -31,6 +31,7 @@ class Codes:
     DESCRIPTION_CHARS: Final = "OMS.0078"
     SMN_TOPIC: Final = "OMS.0169"
     NOT_FOUND: Final = "OMS.1009"
+    CDN_KEY: Final = "OMS.1032"  # documented: "CDN authentication key required" (for the chosen type)
     # The bucket helpers (§1.5), HTTP 400.
     SRC_AUTH: Final = "OMS.0151"  # TRF.0151: the source AK/SK is invalid
     SRC_DENIED: Final = "OMS.0152"  # TRF.0152-0154: the source AK/SK lacks a permission

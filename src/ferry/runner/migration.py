@@ -51,6 +51,7 @@ from ferry.runner.loop_thread import LoopThread
 from ferry.runner.notices import EndNotifier, RunEnd
 from ferry.settings import records_dir
 from ferry.storage.base import Backend, LineTooLong, first_listed, ranged_lines
+from ferry.storage.cdn_source import open_through_cdn
 from ferry.storage.selection import SelectedBackend, normalise
 from ferry.storage.stores import StoreAt, StoreKeys, open_at
 from ferry.storage.url_source import UrlSource, parse_url_line
@@ -581,8 +582,10 @@ class LocalRunner(LoopThread):
                 src_items: list[tuple[str, bool]] = [("", True)]
                 dst_items = normalise((), (k for k, _ in entries))
             else:
-                raw_src = open_store(src_spec, src_spec["region"], src_spec["real_bucket"], "",
-                                     StoreKeys.of(keys, "src"))
+                raw_src = open_through_cdn(
+                    open_store(src_spec, src_spec["region"], src_spec["real_bucket"], "", StoreKeys.of(keys, "src")),
+                    src_spec.get("cdn"), keys.get("cdn_key"), keys.get("src_ak"), keys.get("src_sk"),
+                    src_spec["real_bucket"])
                 stores.append(raw_src)
                 src_items = normalise((), failed) if failed is not None else task_items(row, list_keys)
                 dst_items = src_items

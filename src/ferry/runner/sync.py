@@ -56,7 +56,7 @@ from ferry.engine.compare import ConsistencyCheck, CopyReason, OverwriteMode, Sk
 from ferry.engine.copier import CopyOptions
 from ferry.engine.planner import Action, Copy, DstOnly, Fail, Planner
 from ferry.engine.verified_copy import VerifiedCopier
-from ferry.errors import ArchivedObjectError, FatalError, FerryError, NotFoundError, UsageError
+from ferry.errors import ArchivedObjectError, CdnMismatchError, FatalError, FerryError, NotFoundError, UsageError
 from ferry.objects import ObjectInfo, Restore
 from ferry.runner import failed_lists
 from ferry.runner.loop_thread import LoopThread
@@ -539,7 +539,9 @@ class SyncWorkers:
         """What becomes of a key whose HEAD or copy failed with `exc`."""
         if isinstance(exc, NotFoundError):
             return _GiveUp("the source object does not exist")  # before the copy or during it
-        if isinstance(exc, UsageError):
+        if isinstance(exc, UsageError | CdnMismatchError):
+            # A CDN serving other bytes than the bucket is OMS's per-object failure; the next reconciliation
+            # (or a restart) tries the key again, checked again.
             return _GiveUp(_reason(exc))
         if isinstance(exc, FatalError):
             return await self._fatal(rt, exc)

@@ -23,7 +23,9 @@ from ferry.objects import ObjectInfo
 from ferry.oms import LIST_FILE_MAX_BYTES, LIST_FILE_MAX_LINE, MAX_KEY_BYTES, CdnAuthType, CdnProtocol, Codes
 from ferry.secrets import Secret
 from ferry.service import endpoints
-from ferry.service.cdn import CdnClient, CdnDomainError, etags_match, load_allowed_hosts, parse_domain, same_cloud
+from ferry.service.cdn import CdnClient, etags_match, same_cloud
+from ferry.storage.cdn_signing import KEYED_TYPES, CdnCredentials, sign_url
+from ferry.storage.cdn_source import CdnDomainError, load_allowed_hosts, parse_domain
 from ferry.storage.profiles import get_profile
 from ferry.storage.s3 import S3Backend, failure_detail, list_buckets
 
@@ -332,18 +334,28 @@ async def check_prefix(
     return bool(page.objects or page.prefixes)
 
 
-def _cdn_query(source: CdnSource) -> str:
-    kind = source.authentication_type
-    if kind is CdnAuthType.NONE:
-        return ""
-    if kind is CdnAuthType.AZURE_SAS_TOKEN:
-        if not source.authentication_key:
-            raise HelperError(Codes.INVALID_PARAMETER,
-                              "source_cdn.authentication_key is required for AZURE_SAS_TOKEN.")
-        return source.authentication_key.reveal().lstrip("?")
-    # The URL-signing schemes of the other types are not implemented yet; say so rather than guess.
-    raise HelperError(Codes.INVALID_PARAMETER,
-                      f"source_cdn.authentication_type {kind} is not supported by this server yet.")
+def check_source_cdn(source: CdnSource) -> None:
+    """Refuse what a `source_cdn` cannot work with: no authentication_key for a type signed with one
+    (OMS.1032: Alibaba and Tencent types, Azure's SAS), or a domain that is not `host[:port]` (OMS.0001).
+    Qiniu and Kingsoft sign with the source AK/SK, which bucket sources always have."""
+    kind = source.authentication_type.value
+    if kind in KEYED_TYPES and not (source.authentication_key and source.authentication_key.reveal().strip()):
+        raise HelperError(Codes.CDN_KEY, f"source_cdn.authentication_key is required for {kind}.")
+    try:
+        parse_domain(source.domain)
+    except CdnDomainError as exc:
+        raise HelperError(Codes.INVALID_PARAMETER, f"{exc}.") from None
+
+
+def _cdn_signer(source: CdnSource, access: CloudAccess, bucket: str) -> Callable[[str], str]:
+    creds = CdnCredentials(key=source.authentication_key.reveal() if source.authentication_key else None,
+                           ak=access.ak, sk=access.sk.reveal() if access.sk else None, bucket=bucket)
+
+    def sign(key: str) -> str:
+        return sign_url(source.authentication_type.value, source.protocol.value, source.domain.strip(), key,
+                        creds).target
+
+    return sign
 
 
 async def show_cdn_info(
@@ -356,44 +368,47 @@ async def show_cdn_info(
     when at least one checked key exists at the source and every existing one came back with a 2xx.
     """
     cloud = _cloud(access)
-    query = _cdn_query(source)
-    try:
-        host, port = parse_domain(source.domain)
-    except CdnDomainError as exc:
-        raise HelperError(Codes.INVALID_PARAMETER, f"{exc}.") from None
-    client = CdnClient(source.protocol.value, host, port, query, settings.timeout)
-    try:
-        async with _open(access, region, bucket, settings) as (backend, _ep):
-            # A listing first, also when keys are given: HEAD answers carry no error code, so a missing
-            # bucket or a bad key would otherwise look like missing objects.
-            page = await backend.list_page("", max_keys=CDN_SAMPLE_KEYS * 4)
-            if not keys:
-                keys = [o.key for o in page.objects if not o.key.endswith("/")][:CDN_SAMPLE_KEYS]
-            try:
-                reachable = await client.connect(settings.allowed_cdn_hosts())
-            except CdnDomainError as exc:
-                raise HelperError(Codes.INVALID_PARAMETER, f"{exc}.") from None
-            gate = asyncio.Semaphore(_CDN_CONCURRENCY)
-
-            async def check(key: str) -> tuple[CdnKeyCheck, bool]:
-                async with gate:
-                    try:
-                        info = await backend.head(key)
-                    except NotFoundError:
-                        return CdnKeyCheck(key, False, False), False
-                    probe = await client.probe(key) if reachable else None
-                ok = probe is not None and probe.ok
-                return CdnKeyCheck(key, True, ok and etags_match(info.etag, probe.etag if probe else None)), ok
-
-            results = await asyncio.gather(*(check(k) for k in dict.fromkeys(keys)))
-    finally:
-        await client.close()
+    check_source_cdn(source)
+    host, port = parse_domain(source.domain)
+    async with _open(access, region, bucket, settings) as (backend, _ep):
+        client = CdnClient(source.protocol.value, host, port, _cdn_signer(source, access, backend.bucket),
+                           settings.timeout)
+        try:
+            results = await _check_keys(backend, client, keys, settings)
+        finally:
+            await client.close()
     existing = [ok for chk, ok in results if chk.exists]
     return CdnReport(
         same_cloud=same_cloud(cloud, client.names),
         download_available=bool(existing) and all(existing),
         checked=[chk for chk, _ok in results],
     )
+
+
+async def _check_keys(backend: S3Backend, client: CdnClient, keys: list[str] | None,
+                      settings: HelperSettings) -> list[tuple[CdnKeyCheck, bool]]:
+    # A listing first, also when keys are given: HEAD answers carry no error code, so a missing
+    # bucket or a bad key would otherwise look like missing objects.
+    page = await backend.list_page("", max_keys=CDN_SAMPLE_KEYS * 4)
+    if not keys:
+        keys = [o.key for o in page.objects if not o.key.endswith("/")][:CDN_SAMPLE_KEYS]
+    try:
+        reachable = await client.connect(settings.allowed_cdn_hosts())
+    except CdnDomainError as exc:
+        raise HelperError(Codes.INVALID_PARAMETER, f"{exc}.") from None
+    gate = asyncio.Semaphore(_CDN_CONCURRENCY)
+
+    async def check(key: str) -> tuple[CdnKeyCheck, bool]:
+        async with gate:
+            try:
+                info = await backend.head(key)
+            except NotFoundError:
+                return CdnKeyCheck(key, False, False), False
+            probe = await client.probe(key) if reachable else None
+        ok = probe is not None and probe.ok
+        return CdnKeyCheck(key, True, ok and etags_match(info.etag, probe.etag if probe else None)), ok
+
+    return list(await asyncio.gather(*(check(k) for k in dict.fromkeys(keys))))
 
 
 async def check_list_file(

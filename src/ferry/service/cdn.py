@@ -12,17 +12,13 @@ entries, e.g. `FERRY_CDN_ALLOWED_HOSTS=127.0.0.1:8080,cdn.corp.internal`.
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import quote, urlsplit
 
+from ferry.storage.cdn_source import CdnDomainError
 from ferry.storage.http1 import Http1Pool, HttpError, HttpResponse, split_url
 from ferry.storage.netguard import REFUSED, HostLookupError, PinnedResolver, UnsafeHost
-
-ALLOWED_HOSTS_ENV: Final = "FERRY_CDN_ALLOWED_HOSTS"
-_BAD_DOMAIN_CHARS: Final = frozenset("/\\@?#%")
 
 # Domain suffixes each cloud's CDN (and its object-storage website endpoints) hands out; a custom domain
 # is recognised through its CNAME target. Clouds keyed by their lower-cased OMS cloud type.
@@ -39,31 +35,6 @@ CDN_SUFFIXES: Final[Mapping[str, tuple[str, ...]]] = {
     "qingcloud": ("qingstor.com", "qingcloud.com"),
     "azure": ("azureedge.net", "azurefd.net", "windows.net"),
 }
-
-
-class CdnDomainError(ValueError):
-    """The domain is malformed, or resolves to an address the operator did not allow."""
-
-
-def load_allowed_hosts(raw: str | None = None) -> frozenset[str]:
-    """The operator's allow-list of non-public CDN hosts (lower-cased `host` or `host:port` entries)."""
-    text = os.environ.get(ALLOWED_HOSTS_ENV, "") if raw is None else raw
-    return frozenset(part.strip().lower() for part in text.split(",") if part.strip())
-
-
-def parse_domain(domain: str) -> tuple[str, int | None]:
-    """Host and optional port of a CDN domain given as `host` or `host:port` (no scheme, path or user)."""
-    text = domain.strip()
-    if not text or any(ch.isspace() or ch in _BAD_DOMAIN_CHARS for ch in text):
-        raise CdnDomainError("source_cdn.domain must be a host name, optionally with :port")
-    try:
-        parts = urlsplit(f"//{text}")
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        raise CdnDomainError("source_cdn.domain has an invalid port") from None
-    if not host:
-        raise CdnDomainError("source_cdn.domain must be a host name, optionally with :port")
-    return host, port
 
 
 def same_cloud(cloud: str, names: tuple[str, ...]) -> bool:
@@ -88,9 +59,10 @@ class Probe:
 class CdnClient:
     """HEAD (or a 1-byte GET where HEAD is refused) of objects through one CDN domain."""
 
-    def __init__(self, protocol: str, host: str, port: int | None, query: str, timeout: float) -> None:
+    def __init__(self, protocol: str, host: str, port: int | None, sign: Callable[[str], str], timeout: float) -> None:
+        """`sign(key)` is the request target (path and query) that fetches `key`, signed when it is called."""
         self._base = f"{protocol}://{f'[{host}]' if ':' in host else host}" + (f":{port}" if port else "")
-        self._query = query
+        self._sign = sign
         self._host = host
         self._port = port or (443 if protocol == "https" else 80)
         self._timeout = timeout
@@ -121,7 +93,7 @@ class CdnClient:
         return True
 
     def url(self, key: str) -> str:
-        return f"{self._base}/{quote(key, safe='/~')}" + (f"?{self._query}" if self._query else "")
+        return self._base + self._sign(key)
 
     async def probe(self, key: str) -> Probe:
         if self._pool is None:

@@ -90,6 +90,7 @@ def create_task_group(ctx: GroupContext, project_id: str, req: s.CreateTaskGroup
     reason = tasks.unsupported(req)
     if reason:
         raise TaskError.invalid(reason)
+    cdn = tasks.source_cdn_spec(req)
     check_smn(req.smn_config, project_id)
     src, dst = req.src_node, req.dst_node
     dst_ep = tasks.resolve_endpoint(ctx.tasks, s.CloudType.HUAWEICLOUD.value, dst.region, destination=True)
@@ -110,13 +111,15 @@ def create_task_group(ctx: GroupContext, project_id: str, req: s.CreateTaskGroup
         "task_type": req.task_type.value,
         "src_spec": {"cloud_type": src.cloud_type.value, "region": src.region, "bucket": src.bucket,
                      "app_id": src.app_id, "object_key": list(src.object_key) if src.object_key is not None else None,
-                     "list_file": src.list_file.model_dump(exclude_none=True) if src.list_file else None},
+                     "list_file": src.list_file.model_dump(exclude_none=True) if src.list_file else None,
+                     "cdn": cdn},
         "dst_spec": {"bucket": dst.bucket, "region": dst.region, "save_prefix": dst.save_prefix or "",
                      "kms_key_id": tasks.dst_kms_key(dst.crypto_type, dst.kms_key_id)},
         "options": tasks.migration_options(req),
         "bandwidth_policy": [p.model_dump() for p in req.bandwidth_policy or []],
         "secrets": ctx.tasks.box.seal({"src_ak": src.ak, "src_sk": src.sk, "src_json_auth": src.json_auth_file,
-                                        "dst_ak": dst.ak, "dst_sk": dst.sk}),
+                                        "dst_ak": dst.ak, "dst_sk": dst.sk,
+                                        "cdn_key": req.source_cdn.authentication_key if req.source_cdn else None}),
         "split_state": {"index": 0, "after": None, "skip": 0, "chunk": 0, "done": False},
         "objects": 0, "bytes": 0, "task_count": 0, "created_at": now, "updated_at": now,
     })
@@ -149,6 +152,7 @@ def chunk_task_request(row: GroupRow, keys: dict[str, str], chunk: int) -> s.Cre
         "consistency_check": opts["consistency_check"],
         "enable_requester_pays": opts.get("enable_requester_pays"),
         "ferry_reread_size_only": bool(opts.get("ferry_reread_size_only")),
+        "source_cdn": {**src["cdn"], "authentication_key": keys.get("cdn_key")} if src.get("cdn") else None,
     })
 
 
@@ -223,6 +227,7 @@ def group_resp(row: GroupRow, stats: TaskStats, now: float | None = None) -> s.T
         task_type=s.GroupTaskType(row.task_type),
         bandwidth_policy=[s.BandwidthPolicyDto.model_validate(p) for p in row.bandwidth_policy],
         smn_config=smn_info,
+        source_cdn=tasks.source_cdn_resp(src.get("cdn")),
         migrate_since=int(since) * 1000 if since else 0,
         migrate_speed=stats.speed,
         total_time=int(max(0.0, end - row.started_at) * 1000) if row.started_at else 0,
@@ -322,19 +327,16 @@ def stop_group_tasks(ctx: GroupContext, project_id: str, group_id: str) -> None:
 
 
 def _keys(row: GroupRow, req: s.StartTaskGroupReq | s.RetryTaskGroupReq) -> dict[str, Any]:
-    # URL sources need no source keys (their list file is read with the destination's).
-    if row.task_type != s.GroupTaskType.URL_LIST.value:
-        tasks.check_source_keys(row.src_spec["cloud_type"], req.src_ak, req.src_sk, req.json_auth_file, "")
-    if not (req.dst_ak and req.dst_sk):
-        raise TaskError.invalid("dst_ak and dst_sk are required for this task group.")
     return {"src_ak": req.src_ak, "src_sk": req.src_sk, "src_json_auth": req.json_auth_file, "dst_ak": req.dst_ak,
-            "dst_sk": req.dst_sk}
+            "dst_sk": req.dst_sk,
+            "cdn_key": tasks.restart_cdn_key(row.src_spec.get("cdn"), req.source_cdn_authentication_key)}
 
 
 def _start_req(keys: dict[str, Any], migrate_failed_object: bool = False) -> s.StartTaskReq:
     return s.StartTaskReq(src_ak=keys.get("src_ak"), src_sk=keys.get("src_sk"),
                           json_auth_file=keys.get("src_json_auth"), dst_ak=keys["dst_ak"], dst_sk=keys["dst_sk"],
-                          migrate_failed_object=migrate_failed_object)
+                          migrate_failed_object=migrate_failed_object,
+                          source_cdn_authentication_key=keys.get("cdn_key"))
 
 
 def _restart_tasks(ctx: GroupContext, project_id: str, group_id: str, statuses: tuple[int, ...],

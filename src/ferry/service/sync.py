@@ -39,7 +39,7 @@ from ferry.db.sync_repo import (
     SyncTaskSpec,
 )
 from ferry.errors import NotFoundError, UsageError
-from ferry.oms import MAX_KEY_BYTES, CryptoType, StatGranularity, SyncStatType, SyncStatus
+from ferry.oms import MAX_KEY_BYTES, CdnAuthType, CdnProtocol, CryptoType, StatGranularity, SyncStatType, SyncStatus
 from ferry.runner.sync import SyncBackground, SyncSettings, SyncWaker, SyncWorkers
 from ferry.secrets import Secret, SecretBox, reveal
 from ferry.service import buckets
@@ -47,6 +47,7 @@ from ferry.service.buckets import CloudAccess, HelperSettings
 from ferry.service.endpoints import resolve, resolve_known
 from ferry.service.quotas import EventLimits, RateLimitedError, RateLimiter
 from ferry.storage.base import Backend
+from ferry.storage.cdn_source import open_through_cdn
 from ferry.storage.profiles import get_profile
 from ferry.storage.stores import StoreAt, StoreKeys, open_at
 
@@ -156,6 +157,15 @@ def _check_credentials(creds: SyncCredentials) -> None:
             raise UsageError(f"{name} is required")
 
 
+def _check_cdn(spec: SyncTaskSpec, creds: SyncCredentials) -> None:
+    """A `source_cdn` as create_task checks it: OMS.1032 (HelperError) when its type signs with a key and
+    none is given, at creation and at every start (the key is re-supplied with the others)."""
+    if spec.cdn_domain and spec.cdn_protocol:
+        buckets.check_source_cdn(buckets.CdnSource(spec.cdn_domain, CdnProtocol(spec.cdn_protocol),
+                                                   CdnAuthType(spec.cdn_authentication_type or "NONE"),
+                                                   creds.cdn_key))
+
+
 def check_reachable(spec: SyncTaskSpec) -> None:
     """Ferry must be able to reach both buckets: resolving now turns an unsupported cloud or a region with no
     endpoint into a clear error at creation instead of failures later."""
@@ -237,6 +247,7 @@ async def create_sync_task(ctx: SyncContext, project_id: str, spec: SyncTaskSpec
     (the initial full copy) starts at once."""
     check_reachable(spec)
     _check_credentials(creds)
+    _check_cdn(spec, creds)
     # A full project is told so before the stores are asked (the insert checks the quota again, atomically).
     await asyncio.to_thread(_check_room, ctx, project_id)
     await check_access(ctx, spec, creds)
@@ -285,6 +296,7 @@ async def start_sync_task(ctx: SyncContext, project_id: str, task_id: str, creds
     re-supplies keys, not encryption, so one task never writes under two KMS keys."""
     row = await asyncio.to_thread(_task, ctx, project_id, task_id)
     _check_credentials(creds)
+    _check_cdn(row.spec, creds)
     if dst_kms_key_id is not None and dst_kms_key_id != dst_kms_key(row.spec):
         raise UsageError("dst_kms_key_id differs from the KMS key the sync task was created with; a task keeps "
                          "its destination encryption (create a new task to change it)")
@@ -576,6 +588,7 @@ def open_task_backends(box: SecretBox, row: SyncTaskRow) -> tuple[Backend, Backe
     creds = SyncCredentials.unseal(box, row.secrets)
     spec = row.spec
     out: list[Backend] = []
+    names: list[str] = []
     for cloud, region, bucket, app_id, keys, kms_key in (
         (spec.src_cloud_type, spec.src_region, spec.src_bucket, spec.app_id,
          StoreKeys(creds.src_ak, reveal(creds.src_sk)), None),
@@ -584,9 +597,15 @@ def open_task_backends(box: SecretBox, row: SyncTaskRow) -> tuple[Backend, Backe
     ):
         endpoint = resolve(cloud, region)
         name = get_profile(endpoint.profile).bucket_name(bucket, app_id)
+        names.append(name)
         at = StoreAt(endpoint.profile, endpoint.url, region, name, "", endpoint.from_override, kms_key)
         out.append(open_at(at, keys))
-    return out[0], out[1]
+    cdn = {"domain": spec.cdn_domain, "protocol": spec.cdn_protocol,
+           "authentication_type": spec.cdn_authentication_type or "NONE"} \
+        if spec.cdn_domain and spec.cdn_protocol else None
+    src = open_through_cdn(out[0], cdn, reveal(creds.cdn_key) if creds.cdn_key else None, creds.src_ak,
+                           reveal(creds.src_sk), names[0])
+    return src, out[1]
 
 
 def build_sync_service(

@@ -40,7 +40,9 @@ from ferry.errors import FerryError, UsageError
 from ferry.oms import Codes, Messages
 from ferry.secrets import Secret, SecretBox, reveal
 from ferry.service import endpoints, smn
+from ferry.service.buckets import CdnSource, HelperError, check_source_cdn
 from ferry.settings import records_dir
+from ferry.storage.cdn_signing import KEYED_TYPES
 from ferry.storage.gcs_auth import ServiceAccount
 from ferry.storage.profiles import get_profile
 from ferry.storage.url_source import host_port
@@ -149,8 +151,6 @@ def unsupported(req: s.MigrationReq) -> str | None:
     src = req.src_node
     if not req.url_list and src.cloud_type.value.lower() not in endpoints.CLOUD_PROFILES:
         return f"source cloud {src.cloud_type.value} is not supported by this server yet"
-    if req.source_cdn is not None:
-        return "source_cdn (fetching through a CDN domain) is not supported by this server yet"
     return None
 
 
@@ -179,6 +179,36 @@ def check_source_keys(cloud_type: str, ak: str | None, sk: Secret | None, json_a
             _VALIDATED_KEYS.add(digest)
     elif not (ak and sk):
         raise TaskError.invalid(f"{where}ak and {where}sk are required for this source.")
+
+
+def source_cdn_spec(req: s.MigrationReq) -> dict[str, str] | None:
+    """The stored (non-secret) part of a request's `source_cdn`, checked: OMS.1032 when its type signs with an
+    authentication_key and none is given; a URL list has no bucket to check the CDN's bytes against."""
+    cdn = req.source_cdn
+    if cdn is None:
+        return None
+    if req.url_list:
+        raise TaskError.invalid("source_cdn needs a bucket source, not a URL list")
+    try:
+        check_source_cdn(CdnSource(cdn.domain, cdn.protocol, cdn.authentication_type, cdn.authentication_key))
+    except HelperError as exc:
+        raise TaskError(400, exc.oms_code, exc.message) from None
+    return {"domain": cdn.domain.strip(), "protocol": cdn.protocol.value,
+            "authentication_type": cdn.authentication_type.value}
+
+
+def restart_cdn_key(cdn: dict[str, str] | None, key: Secret | None) -> Secret | None:
+    """The CDN key a restart re-supplies (stored keys are dropped when a task pauses): OMS.1032 when the
+    task's type signs with one and the request gives none."""
+    if cdn and cdn.get("authentication_type") in KEYED_TYPES and not (key and key.reveal().strip()):
+        raise TaskError(400, Codes.CDN_KEY, "source_cdn_authentication_key is required to start this task "
+                                            f"({cdn['authentication_type']}).")
+    return key if cdn else None
+
+
+def source_cdn_resp(cdn: dict[str, str] | None) -> s.SourceCdnResp | None:
+    """What the API shows of a stored `source_cdn`: never its key."""
+    return s.SourceCdnResp.model_validate(cdn) if cdn else None
 
 
 def dst_kms_key(crypto_type: s.CryptoType, kms_key_id: str | None) -> str | None:
@@ -270,6 +300,7 @@ def create_task(
     reason = unsupported(req)
     if reason:
         raise TaskError.invalid(reason)
+    cdn = source_cdn_spec(req)
     check_smn(req.smn_config, project_id)
     src, dst = req.src_node, req.dst_node
     dst_ep = resolve_endpoint(ctx, s.CloudType.HUAWEICLOUD.value, dst.region, destination=True)
@@ -278,6 +309,7 @@ def create_task(
         "cloud_type": src.cloud_type.value, "region": src.region, "bucket": src.bucket, "app_id": src.app_id,
         "object_key": list(src.object_key) if src.object_key is not None else None,
         "list_file": src.list_file.model_dump(exclude_none=True) if src.list_file else None,
+        "cdn": cdn,
     }
     if req.url_list:
         # URLs of the list may point at non-public addresses only where the operator allowed it.
@@ -301,6 +333,7 @@ def create_task(
         "src_ak": src.ak, "src_sk": src.sk, "src_security_token": src.security_token,
         "src_json_auth": src.json_auth_file,
         "dst_ak": dst.ak, "dst_sk": dst.sk, "dst_security_token": dst.security_token,
+        "cdn_key": req.source_cdn.authentication_key if req.source_cdn else None,
     }
     now = time.time()
     _check_quota(ctx, project_id, now)
@@ -387,6 +420,9 @@ def task_resp(row: TaskRow, now: float | None = None) -> s.TaskResp:
         task_priority=PRIORITY_NAMES.get(row.priority, s.TaskPriority.MEDIUM),
         ferry_size_only_num=row.size_only_num,
         ferry_reread_size_only=bool(opts.get("ferry_reread_size_only")),
+
+
+        source_cdn=source_cdn_resp(src.get("cdn")),
     )
 
 
@@ -422,6 +458,7 @@ def start_task(ctx: TaskContext, project_id: str, task_id: int, req: s.StartTask
     if row.task_type != s.TaskType.URL_LIST.value:
         check_source_keys(row.src_spec["cloud_type"], req.src_ak, req.src_sk, req.json_auth_file, "")
     check_restart_kms(row.dst_spec.get("kms_key_id"), req.dst_crypto_type, req.dst_kms_key_id)
+    cdn_key = restart_cdn_key(row.src_spec.get("cdn"), req.source_cdn_authentication_key)
     if req.migrate_failed_object:
         mode = "failed_only"
     elif row.status == PAUSED and row.run_mode == "resume":
@@ -432,6 +469,7 @@ def start_task(ctx: TaskContext, project_id: str, task_id: int, req: s.StartTask
         "src_ak": req.src_ak, "src_sk": req.src_sk, "src_security_token": req.src_security_token,
         "src_json_auth": req.json_auth_file,
         "dst_ak": req.dst_ak, "dst_sk": req.dst_sk, "dst_security_token": req.dst_security_token,
+        "cdn_key": cdn_key,
     })
     changed = ctx.repo.transition(task_id, project_id, (row.status,), {
         "status": WAITING, "secrets": blob, "run_mode": mode, "error_code": None, "error_msg": None,
