@@ -327,6 +327,11 @@ def stop_group_tasks(ctx: GroupContext, project_id: str, group_id: str) -> None:
 
 
 def _keys(row: GroupRow, req: s.StartTaskGroupReq | s.RetryTaskGroupReq) -> dict[str, Any]:
+    # URL sources need no source keys (their list file is read with the destination's).
+    if row.task_type != s.GroupTaskType.URL_LIST.value:
+        tasks.check_source_keys(row.src_spec["cloud_type"], req.src_ak, req.src_sk, req.json_auth_file, "")
+    if not (req.dst_ak and req.dst_sk):
+        raise TaskError.invalid("dst_ak and dst_sk are required for this task group.")
     return {"src_ak": req.src_ak, "src_sk": req.src_sk, "src_json_auth": req.json_auth_file, "dst_ak": req.dst_ak,
             "dst_sk": req.dst_sk,
             "cdn_key": tasks.restart_cdn_key(row.src_spec.get("cdn"), req.source_cdn_authentication_key)}
