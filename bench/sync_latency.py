@@ -25,42 +25,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
-import secrets
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
-from ferry.api.auth import canonical_query, canonical_uri, sign, string_to_sign
 from ferry.objects import ObjectMeta
 from ferry.sandbox import SeaweedServer
 from ferry.storage.s3 import S3Backend
-
-SRC_REGION, DST_REGION = "us-east-1", "cn-north-4"
-
+from oms_bench import DST_REGION, SRC_REGION, OmsSigner, cpu_seconds, oms, pct, start_server
 
 # -- the server under test ---------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# Events only: no reconciliation pass competes with them during the run.
+_EVENTS_ONLY = {"FERRY_SYNC_RECONCILE_SECONDS": "86400"}
+
+
+def _builtin_argv(port: int, state: Path) -> list[str]:
+    return [sys.executable, __file__, "_serve", "--port", str(port), "--state", str(state)]
 
 
 def _builtin_server(port: int, state: Path) -> None:
@@ -87,128 +77,6 @@ def _builtin_server(port: int, state: Path) -> None:
         background.stop()
 
 
-@dataclass
-class Server:
-    url: str
-    ak: str
-    sk: str
-    project_id: str
-    proc: subprocess.Popen[bytes]
-    state: Path
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        shutil.rmtree(self.state, ignore_errors=True)
-
-
-def start_server(kind: str, src: SeaweedServer, dst: SeaweedServer) -> Server:
-    state = Path(tempfile.mkdtemp(prefix="ferry-bench-sync-"))
-    port = _free_port()
-    env = {
-        **os.environ,
-        "FERRY_DATA_DIR": str(state),
-        "FERRY_DATABASE_URL": f"sqlite:///{state / 'ferry.db'}",
-        "FERRY_ENDPOINT_OVERRIDES": json.dumps({f"AWS/{SRC_REGION}": src.endpoint,
-                                                f"HuaweiCloud/{DST_REGION}": dst.endpoint}),
-        # Events only: no reconciliation pass competes with them during the run.
-        "FERRY_SYNC_RECONCILE_SECONDS": "86400",
-        "FERRY_LOG_LEVEL": "WARNING",
-    }
-    project_id = uuid.uuid4().hex
-    ferry = [sys.executable, "-m", "ferry.cli"] if kind == "serve" else []
-    if kind == "serve":
-        made = subprocess.run([*ferry, "credentials", "create", "--project-id", project_id], env=env,
-                              capture_output=True, check=True, text=True)
-        creds = json.loads(made.stdout.strip().splitlines()[-1])
-        ak, sk = creds["access_key"], creds["secret_key"]
-        argv = [*ferry, "serve", "--port", str(port)]
-    else:
-        ak, sk = "BENCH" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30)
-        env.update(FERRY_BENCH_AK=ak, FERRY_BENCH_SK=sk, FERRY_BENCH_PROJECT=project_id)
-        argv = [sys.executable, __file__, "_serve", "--port", str(port), "--state", str(state)]
-    log = open(state / "server.log", "wb")  # noqa: SIM115 - the child writes it until stop()
-    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited:\n{(state / 'server.log').read_text(errors='replace')[-3000:]}")
-        try:
-            # Ready when it answers (GET / lists the API versions), not merely when the port is bound.
-            with urllib.request.urlopen(url + "/", timeout=2) as resp:
-                if resp.status == 200:
-                    return Server(url, ak, sk, project_id, proc, state)
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("the server did not start listening")
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its threads (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-# -- signed OMS requests -----------------------------------------------------------------------------------------
-
-class OmsSigner:
-    """SDK-HMAC-SHA256 exactly as huaweicloudsdkcore signs (oms-api.md §2.3), without the SDK's threads."""
-
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.host = server.url.removeprefix("http://")
-
-    def headers(self, method: str, path: str, query: str, body: bytes) -> dict[str, str]:
-        date = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        headers = {
-            "content-type": "application/json;charset=utf-8" if body else "application/json",
-            "host": self.host,
-            "user-agent": "ferry-bench/1.0",
-            "x-project-id": self.server.project_id,
-            "x-sdk-date": date,
-        }
-        signed = sorted(headers)
-        canonical = "\n".join([
-            method, canonical_uri(path), canonical_query(query),
-            "".join(f"{name}:{headers[name]}\n" for name in signed), ";".join(signed),
-            hashlib.sha256(body).hexdigest(),
-        ])
-        signature = sign(self.server.sk, string_to_sign(date, canonical))
-        headers["authorization"] = (f"SDK-HMAC-SHA256 Access={self.server.ak}, SignedHeaders={';'.join(signed)}, "
-                                    f"Signature={signature}")
-        return headers
-
-
-def _server_ms(header: str | None) -> float | None:
-    """The `dur` of a `Server-Timing: app;dur=<ms>` header (the server's own time for the request)."""
-    for part in (header or "").split(";"):
-        if part.strip().startswith("dur="):
-            with contextlib.suppress(ValueError):
-                return float(part.strip()[4:])
-    return None
-
-
-async def oms(session: aiohttp.ClientSession, signer: OmsSigner, method: str, path: str,
-              body: Any = None, query: str = "", timings: list[float] | None = None) -> tuple[int, Any]:
-    raw = json.dumps(body).encode() if body is not None else b""
-    full = path.replace("{project_id}", signer.server.project_id)
-    url = signer.server.url + full + (f"?{query}" if query else "")
-    async with session.request(method, url, data=raw or None,
-                               headers=signer.headers(method, full, query, raw)) as resp:
-        text = await resp.read()
-        took = _server_ms(resp.headers.get("Server-Timing"))
-        if timings is not None and took is not None:
-            timings.append(took / 1000)
-        return resp.status, json.loads(text) if text else None
-
-
 # -- the run -----------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -220,18 +88,12 @@ class Tally:
     errors: list[str] = field(default_factory=list)
 
 
-def _pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
-
-
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     with SeaweedServer() as src_server, SeaweedServer() as dst_server:
         src_bucket = src_server.create_bucket(f"bench-src-{uuid.uuid4().hex[:8]}")
         dst_bucket = dst_server.create_bucket(f"bench-dst-{uuid.uuid4().hex[:8]}")
-        server = start_server(args.server, src_server, dst_server)
+        server = start_server(src_server, dst_server, env=_EVENTS_ONLY,
+                              builtin=_builtin_argv if args.server == "builtin" else None)
         src = S3Backend(src_server.endpoint, src_server.region, src_server.access_key, src_server.secret_key,
                         src_bucket)
         dst = S3Backend(dst_server.endpoint, dst_server.region, dst_server.access_key, dst_server.secret_key,
@@ -255,9 +117,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     await src.put(f"warm/{i}", b"w" * args.size, ObjectMeta())
                     await dst.put(f"warm/{i}", b"w" * args.size, ObjectMeta())
                 await asyncio.sleep(1.0)
-                cpu0, load0 = _cpu_seconds(server.proc.pid), os.getloadavg()[0]
+                cpu0, load0 = cpu_seconds(server.proc.pid), os.getloadavg()[0]
                 result = await _drive(args, session, signer, task_id, src, dst, tally)
-                cpu = _cpu_seconds(server.proc.pid) - cpu0
+                cpu = cpu_seconds(server.proc.pid) - cpu0
                 # How much CPU the server spent per event, and how busy the machine was: on a shared
                 # machine the latency figures mean little without these two.
                 result["server_cpu_ms_per_event"] = round(1000 * cpu / max(1, result["accepted"]), 2)
@@ -335,16 +197,16 @@ async def _drive(args: argparse.Namespace, session: aiohttp.ClientSession, signe
         "offered_rate": args.rate, "achieved_rate": round(len(tally.accepted) / produced_in, 1),
         "duration_s": round(produced_in, 1), "object_bytes": args.size,
         "latency_s": {
-            "p50": round(_pct(latencies, 50), 4), "p90": round(_pct(latencies, 90), 4),
-            "p99": round(_pct(latencies, 99), 4), "max": round(max(latencies, default=float("nan")), 4),
+            "p50": round(pct(latencies, 50), 4), "p90": round(pct(latencies, 90), 4),
+            "p99": round(pct(latencies, 99), 4), "max": round(max(latencies, default=float("nan")), 4),
             "mean": round(statistics.fmean(latencies), 4) if latencies else None,
         },
         "api_s": {
-            "p50": round(_pct(tally.api, 50), 4), "p99": round(_pct(tally.api, 99), 4),
+            "p50": round(pct(tally.api, 50), 4), "p99": round(pct(tally.api, 99), 4),
             "max": round(max(tally.api, default=float("nan")), 4),
         },
         "api_server_s": {
-            "p50": round(_pct(tally.api_server, 50), 4), "p99": round(_pct(tally.api_server, 99), 4),
+            "p50": round(pct(tally.api_server, 50), 4), "p99": round(pct(tally.api_server, 99), 4),
             "max": round(max(tally.api_server, default=float("nan")), 4),
         },
         "targets": {"latency_p50_s": 0.5, "latency_p99_s": 2.0, "api_p99_s": 0.05},

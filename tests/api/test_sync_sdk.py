@@ -320,6 +320,10 @@ def test_event_errors(sync_server: SyncLive, bucket_factory: BucketFactory) -> N
     assert body["count"] == 10 and len(body["objects"]) == 5
     assert {o["state"] for o in body["objects"]} == {"failed"}
     assert all(o["reason"] == "the source object does not exist" for o in body["objects"])
+    # An offset beyond what the database can count is refused, not a 500 (found by the schema fuzz).
+    resp = _signed(live, "GET", f"/v2/{{project_id}}/sync-tasks/{task_id}/failed-objects",
+                   query=[("offset", 2**63)])
+    assert resp.status_code == 400 and resp.json()["error_code"] == "OMS.0001", resp.text
 
 
 def test_failed_keys_are_listed_in_the_destination_bucket(sync_server: SyncLive, bucket_factory: BucketFactory

@@ -8,8 +8,10 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from ferry.errors import UsageError
+from ferry.oms import EPOCH_MILLIS_MAX, ShowSyncTaskQuery
 from ferry.service.sync import decode_event_key, month_window, parse_s3_notification, to_epoch_seconds
 
 
@@ -74,3 +76,13 @@ def test_times_in_seconds_or_milliseconds_and_utc_months() -> None:
         to_epoch_seconds(-1)
     assert month_window(1_700_000_000) == (1_698_796_800, 1_701_388_800)  # November 2023, UTC
     assert month_window(1_703_980_800 + 3600) == (1_701_388_800, 1_704_067_200)  # December wraps to January
+    # The last month a request may name (EpochMillis ends with year 9999): its end is no datetime any more.
+    last = EPOCH_MILLIS_MAX // 1000
+    assert month_window(last) == (last + 1 - 31 * 86_400, last + 1)
+
+
+def test_times_beyond_year_9999_are_refused_at_the_edge() -> None:
+    assert ShowSyncTaskQuery(query_time=EPOCH_MILLIS_MAX).query_time == EPOCH_MILLIS_MAX
+    for query in ({"query_time": EPOCH_MILLIS_MAX + 1}, {"query_time": 2**62}):
+        with pytest.raises(ValidationError):
+            ShowSyncTaskQuery.model_validate(query)

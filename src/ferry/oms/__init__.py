@@ -37,6 +37,7 @@ from ferry.oms.clouds import (
 from ferry.oms.common import (
     CDN_HELPER_CLOUDS,
     DESTINATION_CLOUDS,
+    EPOCH_MILLIS_MAX,
     HELPER_CLOUDS,
     INT64_MAX,
     LIST_FILE_MAX_BYTES,
@@ -186,6 +187,7 @@ __all__ = [
     "COUNT_PROGRESS",
     "DESCRIPTION_CHARS_ERROR",
     "DESTINATION_CLOUDS",
+    "EPOCH_MILLIS_MAX",
     "HELPER_CLOUDS",
     "INT64_MAX",
     "LIST_FILE_MAX_BYTES",

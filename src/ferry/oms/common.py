@@ -134,6 +134,8 @@ class SmnLanguage(OmsEnum):
 # ---------------------------------------------------------------------------------------------------------------
 
 INT64_MAX: Final = 2**63 - 1
+# 9999-12-31T23:59:59.999Z: beyond it a time is no calendar date (datetime ends there), only a fuzzer's number.
+EPOCH_MILLIS_MAX: Final = 253_402_300_799_999
 TASK_DESCRIPTION_FORBIDDEN: Final = frozenset("^<>&\"'")
 SYNC_DESCRIPTION_FORBIDDEN: Final = frozenset("<>()\"'&")
 # OMS list files (TRF.0014, TRF.0018) and object keys.
@@ -205,7 +207,7 @@ SyncCloud = Annotated[CloudType, _in_clouds(SYNC_CLOUDS)]
 HelperCloud = Annotated[CloudType, _in_clouds(HELPER_CLOUDS)]
 CdnHelperCloud = Annotated[CloudType, _in_clouds(CDN_HELPER_CLOUDS)]
 EpochSeconds = Annotated[int, Field(ge=0, le=INT64_MAX)]
-EpochMillis = Annotated[int, BeforeValidator(_epoch_ms), Field(ge=0, le=INT64_MAX)]
+EpochMillis = Annotated[int, BeforeValidator(_epoch_ms), Field(ge=0, le=EPOCH_MILLIS_MAX)]
 TaskId = Annotated[int, Field(ge=1, le=INT64_MAX)]
 GroupId = Annotated[str, StringConstraints(min_length=1, max_length=100)]
 SyncTaskId = Annotated[str, StringConstraints(min_length=1, max_length=255)]

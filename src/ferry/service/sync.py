@@ -251,9 +251,9 @@ def list_sync_tasks(
 def month_window(epoch_seconds: float) -> tuple[int, int]:
     """[start, end) epoch seconds of the UTC calendar month containing `epoch_seconds`."""
     when = datetime.fromtimestamp(epoch_seconds, UTC)
-    start = datetime(when.year, when.month, 1, tzinfo=UTC)
-    end = datetime(when.year + (when.month == 12), when.month % 12 + 1, 1, tzinfo=UTC)
-    return calendar.timegm(start.timetuple()), calendar.timegm(end.timetuple())
+    start = calendar.timegm(datetime(when.year, when.month, 1, tzinfo=UTC).timetuple())
+    # Counted in days, not as the next month's first day: after December 9999 there is no datetime.
+    return start, start + calendar.monthrange(when.year, when.month)[1] * 86_400
 
 
 def show_sync_task(ctx: SyncContext, project_id: str, task_id: str, query_time: int) -> tuple[SyncTaskRow, StatTotals]:

@@ -30,6 +30,7 @@ from ferry.api.routes.buckets import helper_answer
 from ferry.db.sync_repo import QueueFullError, SyncTaskRow, SyncTaskSpec
 from ferry.errors import NotFoundError
 from ferry.oms import (
+    INT64_MAX,
     Codes,
     CreateSyncTaskReq,
     CreateSyncTaskResponse,
@@ -252,7 +253,8 @@ class FailedObjectsResponse(ResponseModel):
 
 class FailedObjectsQuery(RequestModel):
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
-    offset: Annotated[int, Field(ge=0)] = 0
+    # Not OMS's 10,000-row PageOffset (a task may have far more failed keys), but what the database can count.
+    offset: Annotated[int, Field(ge=0, le=INT64_MAX)] = 0
 
 
 def _notified(result: sync.NotificationResult) -> JSONResponse:
