@@ -61,7 +61,7 @@ async def test_a_dns_blip_is_ridden_out(seaweed_a: SeaweedServer, bucket_factory
     fresh = _backend(seaweed_a, bucket)  # no connection of its own yet: it must look the name up
     resolver.failing = True
     read = asyncio.ensure_future(fresh.read("k"))
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(2.5)  # tried once a second meanwhile
     assert not read.done() and resolver.lookups >= 2
     resolver.failing = False
     assert await asyncio.wait_for(read, 30) == b"data"
