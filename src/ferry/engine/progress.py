@@ -30,6 +30,9 @@ class Counters:
     bytes_copied: int = 0
     bytes_skipped: int = 0
     started: float = field(default_factory=time.monotonic)
+    # Why the run is paused where it is (results cannot be recorded: a full disk, a database restarting), or
+    # None while it moves.
+    waiting_on: str | None = None
 
     @property
     def finished(self) -> int:
