@@ -163,10 +163,12 @@ def install(engine: Engine) -> StateStore:
     if store.file is not None and store.file.exists():
         guard = FileGuard(store.file)
 
-        def on_checkout(*_args: Any) -> None:
+        def check(*_args: Any) -> None:
             guard.check()
 
-        event.listen(engine, "checkout", on_checkout)
+        # Before a new connection (which would create an empty file in its place) and on every checkout.
+        event.listen(engine, "do_connect", check)
+        event.listen(engine, "checkout", check)
     return store
 
 

@@ -312,6 +312,7 @@ class LocalRunner(LoopThread):
         self.data_dir = data_dir
         self.publish_end = publish_end
         self.owner = owner_id()
+        self._fault_said: str | None = None
 
     def __repr__(self) -> str:
         return f"LocalRunner(owner={self.owner!r})"
@@ -335,11 +336,15 @@ class LocalRunner(LoopThread):
                         claimed = await asyncio.to_thread(
                             self.tasks.claim, self.owner, self.settings.lease_ttl, free, self._retry_horizon)
                     except LocalStateError as exc:
-                        log.warning("claiming tasks waits: %s", exc.message)
+                        if exc.message != self._fault_said:  # said once, not every poll
+                            (log.error if not exc.passes else log.warning)("claiming tasks waits: %s", exc.message)
+                        self._fault_said = exc.message
                         claimed = []
                     except Exception:
                         log.exception("claiming tasks failed")
                         claimed = []
+                    else:
+                        self._fault_said = None
                     for row in claimed:
                         self._spawn(row.id, self._execute(row), f"task-{row.id}")
                 await wait_event(wake, self.settings.poll_interval)
@@ -504,7 +509,8 @@ class LocalRunner(LoopThread):
             log.info("task %d: paused", row.id)
             return
         if isinstance(result, RunResult):
-            values = {**_tally_values(result.tally), "is_query_over": 1, "finished_at": time.time(), "secrets": None}
+            values = {**_tally_values(result.tally), "is_query_over": 1, "finished_at": time.time(), "secrets": None,
+                      "error_code": None, "error_msg": None}
             status = SUCCEEDED
             if not result.listed_any:
                 status = FAILED
