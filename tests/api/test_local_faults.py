@@ -8,8 +8,8 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from dataclasses import replace
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
