@@ -45,7 +45,7 @@ from ferry.db.group_repo import (
     effective_status,
 )
 from ferry.db.task_repo import owner_id
-from ferry.errors import FatalError, FerryError, NotFoundError, UsageError
+from ferry.errors import FatalError, FerryError, LocalStateError, NotFoundError, UsageError
 from ferry.objects import ObjectMeta
 from ferry.runner.loop_thread import LoopThread
 from ferry.runner.migration import TaskFailure, failure_for, open_store
@@ -188,6 +188,9 @@ class GroupRunner(LoopThread):
                     try:
                         claimed = await asyncio.to_thread(
                             self.repo.claim, self.owner, self.settings.lease_ttl, (G_WAITING, G_EXECUTING), free)
+                    except LocalStateError as exc:
+                        log.warning("claiming task groups waits: %s", exc.message)
+                        claimed = []
                     except Exception:
                         log.exception("claiming task groups failed")
                         claimed = []
@@ -195,6 +198,8 @@ class GroupRunner(LoopThread):
                         self._spawn(row.id, self._split_guarded(row), f"group-{row.id}")
                 try:
                     await self.settle()
+                except LocalStateError as exc:
+                    log.warning("settling task groups waits: %s", exc.message)
                 except Exception:
                     log.exception("settling task groups failed")
                 await wait_event(wake, self.settings.poll_interval)
