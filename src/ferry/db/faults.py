@@ -68,14 +68,14 @@ def _size(n: int) -> str:
 
 def disk_full(store: StateStore) -> LocalStateError:
     if store.file is None:
-        return LocalStateError(f"{store.label} reports its disk full: free space on the database server; the run "
-                               "goes on once it can write again", kind="disk_full")
+        return LocalStateError(f"{store.label} reports its disk full: free space on the database server",
+                               kind="disk_full")
     directory = store.file.parent
     free = _free(directory)
     have = f"{_size(free)} free" if free is not None else "free space unknown"
     return LocalStateError(
         f"the disk of the data directory {directory} is full ({have}; {store.file.name} cannot grow): free at "
-        f"least {_size(MIN_FREE)} there; the run goes on once it can write again", kind="disk_full")
+        f"least {_size(MIN_FREE)} there", kind="disk_full")
 
 
 def gone(store: StateStore) -> LocalStateError:

@@ -284,7 +284,7 @@ def progress_values(row: TaskRow, c: Counters, speed: int) -> dict[str, Any]:
         "progress": min(max(progress, 0.0), 1.0), "left_time": left, "is_query_over": int(c.listing_done),
         # A run paused in place says why in error_reason, and the error clears when it moves again.
         "error_code": LocalStateError.code if c.waiting_on else None,
-        "error_msg": f"Paused: {c.waiting_on}" if c.waiting_on else None,
+        "error_msg": f"Paused: {c.waiting_on}; the run goes on by itself once that passes" if c.waiting_on else None,
     }
 
 
