@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from ferry_service import FAST_RUNNER, fill, listing, overrides, prefix_task, start_service, wait_task
@@ -249,3 +250,51 @@ def test_sqlite_file_deleted_mid_task_stops_without_starting_over(seaweed_a: Any
         assert not path.exists()
     finally:
         started.close()
+
+
+def test_postgres_restart_under_a_sync_task_loses_no_event(seaweed_a: Any, seaweed_b: Any, bucket_factory: Any,
+                                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           pg_url: str) -> None:
+    from huaweicloudsdkoms.v2 import (
+        CreateSyncEventsRequest,
+        CreateSyncTaskReq,
+        CreateSyncTaskRequest,
+        ShowSyncTaskRequest,
+        SyncObjectReq,
+    )
+
+    monkeypatch.setenv("FERRY_ENDPOINT_OVERRIDES", json.dumps(
+        {"AWS/us-east-1": seaweed_a.endpoint, "HuaweiCloud/cn-north-4": seaweed_b.endpoint}))
+    sb, db = bucket_factory(seaweed_a), bucket_factory(seaweed_b)
+    started = start_service(tmp_path, pg_url)
+    try:
+        client = started.value.client()
+        task_id = client.create_sync_task(CreateSyncTaskRequest(body=CreateSyncTaskReq(
+            src_cloud_type="AWS", src_region="us-east-1", src_bucket=sb, src_ak=seaweed_a.access_key,
+            src_sk=seaweed_a.secret_key, dst_ak=seaweed_b.access_key, dst_sk=seaweed_b.secret_key,
+            dst_region="cn-north-4", dst_bucket=db))).sync_task_id
+
+        def month() -> tuple[int, int, int]:
+            r = client.show_sync_task(ShowSyncTaskRequest(sync_task_id=task_id, query_time=int(time.time() * 1000)))
+            return r.monthly_success_object, r.monthly_failure_object, r.monthly_skip_object
+
+        bodies = _objects(seaweed_a, sb, 60)
+        keys = [quote(k, safe="") for k in sorted(bodies)]  # events carry URL-encoded keys
+
+        def events(chosen: list[str]) -> None:
+            for i in range(0, len(chosen), 10):  # at most 10 keys a request
+                client.create_sync_events(CreateSyncEventsRequest(
+                    sync_task_id=task_id, body=SyncObjectReq(object_keys=chosen[i:i + 10])))
+
+        events(keys[:30])
+        _restart_postgres(pg_url.rsplit("/", 1)[1], closed_for=2.0)
+        events(keys[30:])
+        deadline = time.monotonic() + 90
+        while month()[0] + month()[2] < len(keys):
+            assert time.monotonic() < deadline, month()
+            time.sleep(0.2)
+        success, failed, skipped = month()
+        assert failed == 0 and success + skipped == len(keys) and success >= len(keys) - 30, month()
+    finally:
+        started.close()
+    assert {k: v[0] for k, v in listing(seaweed_b, db).items()} == {k: len(v) for k, v in bodies.items()}
