@@ -26,7 +26,7 @@ from urllib.parse import unquote
 from sqlalchemy import Engine
 
 from ferry.aio import wait_event
-from ferry.db.faults import patiently
+from ferry.db.faults import StateStore, classify, patiently
 from ferry.db.job_repo import JobRepo, ObjectResult, Tally
 from ferry.db.task_repo import (
     FAILED,
@@ -248,6 +248,9 @@ def write_records(jobs: JobRepo, job_id: str, directory: Path, dst_prefix: str =
             out[name] = str(path)
         except OSError as exc:
             out[f"{name}_error"] = f"OMS.{exc.errno or 0:04d}"[:10]
+            found = classify(exc, StateStore(f"the object list {path}", path))
+            log.warning("the object list %s was not written: %s", path,
+                        found.message if found is not None else exc.strerror)
     return out
 
 
