@@ -341,7 +341,7 @@ class GroupRunner(LoopThread):
             self._notify(row.id)
         else:
             self.repo.release(row.id, self.owner, {
-                "split_state": state, "retry_at": time.time() + self.settings.retry_delay * 2 ** (attempts - 1)})
+                "split_state": state, "retry_at": self.repo.db_time(self.settings.retry_delay * 2 ** (attempts - 1))})
 
     async def _split(self, row: GroupRow) -> None:
         now = time.time()
@@ -368,7 +368,7 @@ class GroupRunner(LoopThread):
             return
         except TaskQuotaFull:
             await asyncio.to_thread(self.repo.release, row.id, self.owner, {
-                "retry_at": time.time() + self.settings.quota_backoff})
+                "retry_at": self.repo.db_time(self.settings.quota_backoff)})
             log.info("task group %s: task quota full; the split goes on later", row.id)
             return
         finally:
