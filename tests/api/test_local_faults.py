@@ -70,20 +70,23 @@ def _restart_postgres(db_name: str, closed_for: float) -> None:
             admin.execute(f'ALTER DATABASE "{db_name}" ALLOW_CONNECTIONS true')
 
 
+@pytest.mark.parametrize("closed_for", [1.5, 7.0], ids=["brief", "past-half-the-lease"])
 def test_postgres_restart_mid_task_loses_nothing(seaweed_a: Any, seaweed_b: Any, bucket_factory: Any,
                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str,
-                                                 copies: Counter[str]) -> None:
+                                                 copies: Counter[str], closed_for: float) -> None:
+    """Brief: the run waits in place. Longer than half the lease (10 s): the run stops rather than risk its lease,
+    records what it finished once the database is back, and the task resumes (status 6, then 2)."""
     monkeypatch.setenv("FERRY_ENDPOINT_OVERRIDES", json.dumps(overrides(seaweed_a, seaweed_b)))
     sb, db = bucket_factory(seaweed_a), bucket_factory(seaweed_b)
     bodies = {f"r/{i:04d}": os.urandom(16 * 1024) for i in range(150)}
     fill(seaweed_a, sb, bodies)
-    started = start_service(tmp_path, pg_url)
+    started = start_service(tmp_path, pg_url, runner=replace(FAST_RUNNER, fault_retry_delay=1.0))
     try:
         client = started.value.client()
         policy = [BandwidthPolicyDto(start="00:00", end="00:00", max_bandwidth=MiB)]
         created = client.create_task(prefix_task(seaweed_a, sb, seaweed_b, db, bandwidth_policy=policy))
         wait_task(client, created.id, lambda t: t.successful_num >= 20)
-        _restart_postgres(pg_url.rsplit("/", 1)[1], closed_for=1.5)
+        _restart_postgres(pg_url.rsplit("/", 1)[1], closed_for=closed_for)
         done, _ = wait_task(client, created.id, lambda t: t.status in (3, 4, 5), timeout=120)
         assert done.status == 5, done.error_reason
         assert (done.successful_num, done.failed_num, done.skipped_num) == (len(bodies), 0, 0)

@@ -233,12 +233,14 @@ class TaskRepo:
 
     # -- runner side -------------------------------------------------------------------------------
 
-    def claim(self, owner: str, ttl: float, limit: int = 20, horizon: float | None = None) -> list[TaskRow]:
+    def claim(self, owner: str, ttl: float, limit: int = 20, horizon: float | None = None,
+              exclude: Collection[int] = ()) -> list[TaskRow]:
         """Take up to `limit` claimable tasks for `owner` (waiting, due retries, and active ones whose lease
         expired or whose owner died), highest priority first. Each claim is a compare-and-swap on the lease,
         so concurrent runners, here or on other hosts, never both win a task. Leases and retry times are on
         the database's clock; a retry due more than `horizon` seconds off (the longest wait ever set) was timed
-        before that clock stepped back, and is due now."""
+        before that clock stepped back, and is due now. `exclude`: tasks the caller still runs (a run whose lease
+        ran out while the database was away is not started a second time beside itself)."""
         now = time.time()
         db_now = self._now
         host = socket.gethostname()
@@ -254,6 +256,7 @@ class TaskRepo:
             due = or_(due, t.c.retry_at > db_now + horizon)
         cond = and_(
             t.c.deleted_at.is_(None),
+            t.c.id.not_in(list(exclude)),
             or_(
                 t.c.status == WAITING,
                 and_(t.c.status == RETRYING, due),

@@ -337,7 +337,8 @@ class LocalRunner(LoopThread):
                 if free > 0:
                     try:
                         claimed = await asyncio.to_thread(
-                            self.tasks.claim, self.owner, self.settings.lease_ttl, free, self._retry_horizon)
+                            self.tasks.claim, self.owner, self.settings.lease_ttl, free, self._retry_horizon,
+                            [k for k in self._active if isinstance(k, int)])
                     except LocalStateError as exc:
                         if exc.message != self._fault_said:  # said once, not every poll
                             (log.error if not exc.passes else log.warning)("claiming tasks waits: %s", exc.message)
