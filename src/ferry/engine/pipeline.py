@@ -128,6 +128,8 @@ class Recorder:
     while the process lives, and an object is only ever "done" once its row is written.
     """
 
+    final_patience = 10.0  # seconds the last write (the run ending or stopped) waits for the database
+
     def __init__(self, repo: JobRepo, job_id: str, batch: int = 2000, interval: float = 0.5,
                  ready: asyncio.Future[None] | None = None, wait: StateWait | None = None) -> None:
         self.repo = repo
@@ -191,8 +193,6 @@ class Recorder:
             self._wake.clear()
             await self._write()
         await self._write(self.final_patience)
-
-    final_patience = 10.0
 
     def stop(self) -> None:
         self._stop.set()
