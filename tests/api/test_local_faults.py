@@ -301,3 +301,18 @@ def test_postgres_restart_under_a_sync_task_loses_no_event(seaweed_a: Any, seawe
     finally:
         started.close()
     assert {k: v[0] for k, v in listing(seaweed_b, db).items()} == {k: len(v) for k, v in bodies.items()}
+
+
+def test_a_used_data_directory_without_its_database_is_said_at_start(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    from ferry.serve import build
+
+    url = f"sqlite:///{tmp_path / 'ferry.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("FERRY_MASTER_KEY", raising=False)  # the key file in the data directory marks it as used
+        build(tmp_path, url, run_tasks=False).close()
+        assert "starting on a new, empty one" not in caplog.text  # a first start is just that
+        (tmp_path / "ferry.db").unlink()
+        with caplog.at_level("WARNING", logger="ferry.serve"):
+            build(tmp_path, url, run_tasks=False).close()
+    assert f"no database at {tmp_path / 'ferry.db'}" in caplog.text and "starting on a new, empty one" in caplog.text
