@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 from ferry import __version__
-from ferry.errors import AccessError, FatalError, FerryError, UsageError
+from ferry.errors import AccessError, FatalError, FerryError, LocalStateError, UsageError
 
 if TYPE_CHECKING:
     from ferry.db.job_repo import JobRepo
@@ -264,7 +264,7 @@ async def _migrate(args: argparse.Namespace) -> int:
 async def _migrate_run(args: argparse.Namespace) -> int:
     from ferry.db.deferred import DeferredRepo
     from ferry.engine.compare import ConsistencyCheck, OverwriteMode
-    from ferry.settings import data_dir, database_url, reports_dir
+    from ferry.settings import data_dir, database_url, reports_dir, state_patience
     from ferry.storage.wrappers import RetryingBackend
 
     if args.concurrency < 1 or args.concurrency > 1024:
@@ -311,6 +311,7 @@ async def _migrate_run(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         memory_limit=args.memory_limit * mib,
         restore=RestorePolicy(args.restore_days, args.restore_poll) if args.restore else None,
+        state_patience=state_patience(),
     )
     counters = Counters()
     bar = None
@@ -497,6 +498,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FatalError as exc:
         print(f"ferry: error: {_redact(exc.message, args)}", file=sys.stderr)
         return EXIT_USAGE
+    except LocalStateError as exc:
+        # Nothing recorded is lost: the job stays resumable (unless its database itself is gone).
+        hint = "; run the same command again to resume" if exc.passes else ""
+        print(f"ferry: error: {_redact(exc.message, args)}{hint}", file=sys.stderr)
+        return EXIT_FAILED
     except FerryError as exc:
         print(f"ferry: error: {_redact(exc.message, args)}", file=sys.stderr)
         return EXIT_FAILED

@@ -11,10 +11,12 @@
     │   ├── ArchivedObjectError    the object is archived and not restored
     │   └── VerificationError      the written object does not match the source
     │       └── CdnMismatchError   the CDN served other bytes than the source bucket holds (never retried)
-    └── FatalError                 the whole run stops: bad credentials, missing bucket, unreachable endpoint
-        ├── AccessError            the store refused the keys, a permission or the bucket: no retry or re-run
-        │                          helps until the user fixes them (a task fails, `ferry migrate` exits 2)
-        └── ListingOrderError      a listing broke the order its backend promised
+    ├── FatalError                 the whole run stops: bad credentials, missing bucket, unreachable endpoint
+    │   ├── AccessError            the store refused the keys, a permission or the bucket: no retry or re-run
+    │   │                          helps until the user fixes them (a task fails, `ferry migrate` exits 2)
+    │   └── ListingOrderError      a listing broke the order its backend promised
+    └── LocalStateError            Ferry's own state store (the data directory's disk, the SQLite file,
+                                   PostgreSQL) cannot be used: the run pauses, and goes on once it can
 
 Each backend maps its SDK's exceptions to these at its edge; nothing above storage sees an SDK exception.
 Messages never carry secrets: backends build them from the operation, key and status only.
@@ -136,3 +138,20 @@ class AccessError(FatalError):
 
 class ListingOrderError(FatalError):
     code = "FERRY.0501"
+
+
+class LocalStateError(FerryError):
+    """Ferry's own state cannot be read or written: `kind` is "disk_full", "locked", "unavailable" (a database
+    restarting or unreachable) or "gone" (the SQLite file was deleted or replaced under a running process).
+    Nothing about the objects is wrong; every kind but "gone" passes once the operator fixes the machine."""
+
+    code = "FERRY.0507"
+
+    def __init__(self, message: str, *, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    @property
+    def passes(self) -> bool:
+        """Whether waiting (for space, for the lock, for the server) can end it."""
+        return self.kind != "gone"

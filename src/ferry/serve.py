@@ -26,7 +26,7 @@ from ferry.db.database import open_database
 from ferry.runner.groups import GroupRunner
 from ferry.runner.migration import LocalRunner, RunnerSettings
 from ferry.runner.sync import SyncBackground
-from ferry.secrets import SecretBox
+from ferry.secrets import KEY_FILE_NAME, SecretBox
 from ferry.service import credentials
 from ferry.service.credentials import DbCredentialStore
 from ferry.service.endpoints import load_overrides
@@ -78,6 +78,18 @@ class Service:
         self.engine.dispose()
 
 
+def _warn_if_database_vanished(data_dir: Path, database_url: str) -> None:
+    """Say so when a data directory that was used (its master key is there) has lost its SQLite file: the
+    server then starts on a new, empty database, and every task it knew is gone."""
+    if not database_url.startswith("sqlite:///"):
+        return
+    path = Path(database_url.removeprefix("sqlite:///"))
+    if not path.exists() and (data_dir / KEY_FILE_NAME).exists():
+        log.warning("no database at %s, though %s was used before (its %s is there): starting on a new, empty "
+                    "one; tasks, credentials and progress kept in the old one are not in it. Stop the server and "
+                    "restore the file to keep them.", path, data_dir, KEY_FILE_NAME)
+
+
 def build(
     data_dir: Path,
     database_url: str,
@@ -95,6 +107,7 @@ def build(
     `public_url` roots the links the API hands out (else the address each request came in on).
     """
     load_overrides()  # a malformed FERRY_ENDPOINT_OVERRIDES is refused now, not by the first task that needs it
+    _warn_if_database_vanished(data_dir, database_url)
     engine = open_database(database_url)
     box = SecretBox.load(data_dir)
     runner = LocalRunner(engine, box, data_dir, runner_settings, publish_end=publish_end) if run_tasks else None

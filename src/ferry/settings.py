@@ -132,6 +132,12 @@ def _number(name: str, default: float, low: float, high: float) -> float:
     return value
 
 
+def state_patience() -> float:
+    """How long `ferry migrate` waits, paused, for its job database to take writes again (a full disk freed, a
+    lock released, a database restarted) before it stops with that error: FERRY_STATE_PATIENCE seconds."""
+    return _number("FERRY_STATE_PATIENCE", 30.0, 0.0, 86400.0)
+
+
 def records_dir(data_dir: Path, project_id: str, task_id: int) -> Path:
     """Where the service writes a task's failed/success/skip object lists."""
     return data_dir / "records" / project_id / str(task_id)

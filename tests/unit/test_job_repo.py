@@ -155,3 +155,26 @@ def test_named_placeholders_become_pyformat() -> None:
     assert to_pyformat("SELECT 1 WHERE a = :a AND b LIKE '5%' AND c = :c_2") == (
         "SELECT 1 WHERE a = %(a)s AND b LIKE '5%%' AND c = %(c_2)s")
     assert to_pyformat("SELECT x::text") == "SELECT x::text"
+
+
+def test_a_full_disk_under_the_failed_report_says_where_and_how_much(tmp_path: Path) -> None:
+    from ferry.db.faults import MIN_FREE
+    from ferry.db.jobdb import open_job_repo
+    from ferry.db.records import ObjectResult
+    from ferry.errors import LocalStateError
+    from ferry.service.transfers import write_failed_report
+
+    repo = open_job_repo(f"sqlite:///{tmp_path / 'jobs.db'}")
+    job = repo.create("fp", "{}")
+    repo.record(job.id, [ObjectResult("k", "failed", 1, None, "boom")])
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    # /dev/full answers every write with ENOSPC, as a full disk does, and needs no privileges.
+    (reports / f"failed-{job.id}.jsonl").symlink_to("/dev/full")
+    with pytest.raises(LocalStateError) as info:
+        write_failed_report(repo, job.id, reports)
+    assert info.value.kind == "disk_full"
+    assert f"the disk of the data directory {reports} is full" in info.value.message
+    assert f"free at least {MIN_FREE // 2**20:.1f} MiB" in info.value.message

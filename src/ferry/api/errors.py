@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ferry.errors import FerryError, NotFoundError, TransientError, UsageError
+from ferry.errors import FerryError, LocalStateError, NotFoundError, TransientError, UsageError
 from ferry.oms import Codes, Messages, OmsError
 from ferry.settings import HttpLimits
 
@@ -48,6 +48,9 @@ def from_ferry_error(exc: FerryError) -> OmsError:
     if isinstance(exc, TransientError):
         headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
         return OmsError(503, Codes.UNAVAILABLE, Messages.UNAVAILABLE, headers=headers)
+    if isinstance(exc, LocalStateError):
+        # The server's own disk or database: the request may succeed once the operator fixed it.
+        return OmsError(503, Codes.UNAVAILABLE, Messages.UNAVAILABLE, headers={"Retry-After": "5"})
     return OmsError.internal()
 
 

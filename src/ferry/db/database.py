@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import Column, Engine, MetaData, String, Table, create_engine, event, inspect, text
 from sqlalchemy.exc import DBAPIError
 
+from ferry.db import faults
 from ferry.db.heads import MIGRATIONS, heads
 from ferry.db.sqlconn import SQLITE_PRAGMAS, private_sqlite_file
 
@@ -29,6 +30,7 @@ def open_database(url: str) -> Engine:
         private_sqlite_file(str(engine.url.database))
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _tune_sqlite)
+    faults.install(engine)
     upgrade(engine)
     return engine
 

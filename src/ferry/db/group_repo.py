@@ -12,6 +12,7 @@ from typing import Any, Final
 from sqlalchemy import Engine, and_, func, insert, or_, select, update
 
 from ferry.db.api_models import migration_tasks as mt
+from ferry.db.dbclock import db_epoch
 from ferry.db.group_models import task_groups as g
 from ferry.db.task_repo import FAILED, PAUSED, PAUSING, RETRYING, RUNNING, WAITING, owner_is_dead
 
@@ -199,16 +200,18 @@ class GroupRepo:
 
     def claim(self, owner: str, ttl: float, statuses: Collection[int], limit: int = 4) -> list[GroupRow]:
         """Take groups in `statuses` whose lease is free (never taken, expired, or its owner process on this
-        host died), by compare-and-swap on the lease, oldest first."""
+        host died), by compare-and-swap on the lease, oldest first. Leases and retry times are on the database's
+        clock (ferry.db.dbclock)."""
         now = time.time()
+        db_now = db_epoch(self.engine.dialect.name)
         host = socket.gethostname()
         with self.engine.connect() as conn:
             owners = [r[0] for r in conn.execute(
                 select(g.c.lease_owner).distinct()
                 .where(g.c.status.in_(list(statuses)), g.c.lease_owner.like(f"{host}/%")))]
         dead = [o for o in owners if owner_is_dead(o, host)]
-        free = or_(g.c.lease_owner.is_(None), g.c.lease_expires < now, g.c.lease_owner.in_(dead))
-        due = or_(g.c.retry_at.is_(None), g.c.retry_at <= now)
+        free = or_(g.c.lease_owner.is_(None), g.c.lease_expires < db_now, g.c.lease_owner.in_(dead))
+        due = or_(g.c.retry_at.is_(None), g.c.retry_at <= db_now)
         q = (select(g.c.id, g.c.lease_owner, g.c.lease_expires)
              .where(and_(g.c.deleted_at.is_(None), g.c.status.in_(list(statuses)), free, due))
              .order_by(g.c.created_at, g.c.id).limit(limit))
@@ -222,7 +225,7 @@ class GroupRepo:
                     .where(g.c.id == gid, g.c.status.in_(list(statuses)), g.c.deleted_at.is_(None),
                            g.c.lease_owner.is_not_distinct_from(seen_owner),
                            g.c.lease_expires.is_not_distinct_from(seen_expires))
-                    .values(lease_owner=owner, lease_expires=now + ttl, updated_at=now)
+                    .values(lease_owner=owner, lease_expires=db_now + ttl, updated_at=now)
                 )
             if result.rowcount:
                 row = self.get(gid)
@@ -236,12 +239,16 @@ class GroupRepo:
         with self.engine.begin() as conn:
             result = conn.execute(
                 update(g).where(g.c.id == group_id, g.c.lease_owner == owner, g.c.deleted_at.is_(None))
-                .values(lease_expires=now + ttl, updated_at=now, **_encode(values))
+                .values(lease_expires=db_epoch(self.engine.dialect.name) + ttl, updated_at=now, **_encode(values))
             )
             if not result.rowcount:
                 return None
             row = conn.execute(select(g).where(g.c.id == group_id)).mappings().first()
         return GroupRow.from_mapping(row) if row else None
+
+    def db_time(self, later: float = 0.0) -> Any:
+        """`later` seconds from now by the database's clock, as a value to write (`retry_at`)."""
+        return db_epoch(self.engine.dialect.name) + later
 
     def release(self, group_id: str, owner: str, values: Mapping[str, Any]) -> bool:
         with self.engine.begin() as conn:

@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ferry.db.faults import FileGuard, classify
 from ferry.settings import make_private
 
 if TYPE_CHECKING:
@@ -96,10 +97,24 @@ class SqliteConn(SqlConn):
         self._lock = threading.Lock()
         for pragma in SQLITE_PRAGMAS:
             self._conn.execute(pragma)
+        self.guard = FileGuard(path)
 
     @contextmanager
     def begin(self, immediate: bool = False) -> Iterator[Tx]:
-        """A transaction; `immediate` takes the write lock at once (for a check followed by a write)."""
+        """A transaction; `immediate` takes the write lock at once (for a check followed by a write). A full
+        disk, a lock held too long or the file deleted under it raise LocalStateError."""
+        try:
+            with self._transaction(immediate) as tx:
+                yield tx
+        except sqlite3.Error as exc:
+            found = classify(exc, self.guard.store)
+            if found is None:
+                raise
+            raise found from exc
+
+    @contextmanager
+    def _transaction(self, immediate: bool) -> Iterator[Tx]:
+        self.guard.check()
         with self._lock:
             cur = self._conn.cursor()
             cur.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")

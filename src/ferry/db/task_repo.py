@@ -13,8 +13,10 @@ from typing import Any, Final
 
 from sqlalchemy import Engine, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.elements import ColumnElement
 
 from ferry.db.api_models import migration_tasks as t
+from ferry.db.dbclock import db_epoch
 from ferry.db.models import jobs
 
 WAITING, RUNNING, PAUSED, FAILED, SUCCEEDED, RETRYING, PAUSING = 1, 2, 3, 4, 5, 6, 7
@@ -119,6 +121,11 @@ class TaskRepo:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._now = db_epoch(engine.dialect.name)
+
+    def db_time(self, later: float = 0.0) -> ColumnElement[float]:
+        """`later` seconds from now by the database's clock, as a value to write (`retry_at`)."""
+        return self._now + later
 
     # -- API side ----------------------------------------------------------------------------------
 
@@ -228,11 +235,16 @@ class TaskRepo:
 
     # -- runner side -------------------------------------------------------------------------------
 
-    def claim(self, owner: str, ttl: float, limit: int = 20) -> list[TaskRow]:
+    def claim(self, owner: str, ttl: float, limit: int = 20, horizon: float | None = None,
+              exclude: Collection[int] = ()) -> list[TaskRow]:
         """Take up to `limit` claimable tasks for `owner` (waiting, due retries, and active ones whose lease
         expired or whose owner died), highest priority first. Each claim is a compare-and-swap on the lease,
-        so concurrent runners, here or on other hosts, never both win a task."""
+        so concurrent runners, here or on other hosts, never both win a task. Leases and retry times are on
+        the database's clock; a retry due more than `horizon` seconds off (the longest wait ever set) was timed
+        before that clock stepped back, and is due now. `exclude`: tasks the caller still runs (a run whose lease
+        ran out while the database was away is not started a second time beside itself)."""
         now = time.time()
+        db_now = self._now
         host = socket.gethostname()
         with self.engine.connect() as conn:
             owners = [r[0] for r in conn.execute(
@@ -240,12 +252,16 @@ class TaskRepo:
                 .where(t.c.status.in_(ACTIVE), t.c.lease_owner.is_not(None), t.c.lease_owner.like(f"{host}/%"))
             )]
         dead = [o for o in owners if owner_is_dead(o, host)]
-        free = or_(t.c.lease_owner.is_(None), t.c.lease_expires < now, t.c.lease_owner.in_(dead))
+        free = or_(t.c.lease_owner.is_(None), t.c.lease_expires < db_now, t.c.lease_owner.in_(dead))
+        due = or_(t.c.retry_at.is_(None), t.c.retry_at <= db_now)
+        if horizon is not None:
+            due = or_(due, t.c.retry_at > db_now + horizon)
         cond = and_(
             t.c.deleted_at.is_(None),
+            t.c.id.not_in(list(exclude)),
             or_(
                 t.c.status == WAITING,
-                and_(t.c.status == RETRYING, or_(t.c.retry_at.is_(None), t.c.retry_at <= now)),
+                and_(t.c.status == RETRYING, due),
                 t.c.status.in_((RUNNING, PAUSING)),
             ),
             free,
@@ -261,7 +277,7 @@ class TaskRepo:
                 values: dict[str, Any] = {"status": PAUSED, "lease_owner": None, "lease_expires": None,
                                           "secrets": None, "speed": 0, "left_time": None}
             else:
-                values = {"status": RUNNING, "lease_owner": owner, "lease_expires": now + ttl, "retry_at": None}
+                values = {"status": RUNNING, "lease_owner": owner, "lease_expires": db_now + ttl, "retry_at": None}
             with self.engine.begin() as conn:
                 result = conn.execute(
                     update(t)
@@ -293,7 +309,7 @@ class TaskRepo:
             result = conn.execute(
                 update(t)
                 .where(t.c.id == task_id, t.c.lease_owner == owner, t.c.deleted_at.is_(None))
-                .values(lease_expires=now + ttl, updated_at=now, **_encode(values))
+                .values(lease_expires=self._now + ttl, updated_at=now, **_encode(values))
             )
             if not result.rowcount:
                 return None

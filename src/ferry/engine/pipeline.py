@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Callable, Iterator
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import TYPE_CHECKING, TypeVar
 
 from ferry.aio import wait_event
@@ -24,7 +25,14 @@ from ferry.engine.planner import Action, Fail, Planner, Skip
 from ferry.engine.progress import Counters, ObjectProgress
 from ferry.engine.restores import NOT_RESTORED, RESTORE, RestorePolicy, RestoreWaiter, archived_reason
 from ferry.engine.verified_copy import VerifiedCopier
-from ferry.errors import AccessError, ArchivedObjectError, NotFoundError, PermanentError, TransientError
+from ferry.errors import (
+    AccessError,
+    ArchivedObjectError,
+    LocalStateError,
+    NotFoundError,
+    PermanentError,
+    TransientError,
+)
 from ferry.objects import ObjectInfo
 from ferry.storage.base import Backend, ListOrder
 from ferry.storage.profiles import ARCHIVE_CLASSES
@@ -34,6 +42,7 @@ if TYPE_CHECKING:
     from ferry.db.job_repo import JobRepo
 
 _T = TypeVar("_T")
+log = logging.getLogger("ferry.engine")
 MiB = 1024 * 1024
 # How far completions may run ahead of the oldest unfinished action before dispatch waits; it bounds the
 # memory the watermark bookkeeping needs when one huge object is slow.
@@ -48,21 +57,61 @@ class TransferOptions:
     concurrency: int = 64
     memory_limit: int = 96 * MiB
     restore: RestorePolicy | None = None  # enable_restore: archived objects are restored, then copied
+    # How long the run waits, paused in place, for the job database to take writes again (space freed, a lock
+    # released, a database restarted) before it stops with that LocalStateError.
+    state_patience: float = 30.0
+
+
+class StateWait:
+    """Calls into the job database that wait out a LocalStateError that passes (see ferry.db.faults), for up to
+    `patience` seconds, saying why in `counters.waiting_on` meanwhile; then they raise it."""
+
+    def __init__(self, patience: float, counters: Counters) -> None:
+        self.patience = patience
+        self.counters = counters
+        self.healthy = asyncio.Event()  # clear while the database refuses writes: no new object starts
+        self.healthy.set()
+
+    async def call(self, fn: Callable[[], Awaitable[_T]], patience: float | None = None) -> _T:
+        deadline = time.monotonic() + (self.patience if patience is None else patience)
+        delay = 0.1
+        while True:
+            try:
+                out = await fn()
+            except LocalStateError as exc:
+                if not exc.passes or time.monotonic() + delay > deadline:
+                    raise
+                if self.counters.waiting_on is None:
+                    log.warning("the run is paused: %s", exc.message)
+                self.counters.waiting_on = exc.message
+                self.healthy.clear()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            if self.counters.waiting_on is not None:
+                log.warning("the run goes on: the job database takes writes again")
+                self.counters.waiting_on = None
+                self.healthy.set()
+            return out
 
 
 class RepoCheckpoints:
     """Multipart checkpoints kept in the job database, called off the event loop once the job's row exists
     (`ready`)."""
 
-    def __init__(self, repo: JobRepo, job_id: str, ready: asyncio.Future[None] | None = None) -> None:
+    def __init__(self, repo: JobRepo, job_id: str, ready: asyncio.Future[None] | None = None,
+                 wait: StateWait | None = None) -> None:
         self.repo = repo
         self.job_id = job_id
         self.ready = ready
+        self.wait = wait
 
     async def _call(self, fn: Callable[..., _T], *args: object) -> _T:
         if self.ready is not None:
             await asyncio.shield(self.ready)
-        return await asyncio.to_thread(fn, self.job_id, *args)
+        if self.wait is None:
+            return await asyncio.to_thread(fn, self.job_id, *args)
+        return await self.wait.call(lambda: asyncio.to_thread(fn, self.job_id, *args))
 
     async def get(self, key: str) -> UploadRow | None:
         return await self._call(self.repo.get_upload, key)
@@ -84,14 +133,19 @@ class Recorder:
     """Collects results and writes them in batches, advancing the watermark over contiguous completions.
 
     Only the recorder's own task writes, and it is stopped rather than cancelled: a write cut off by
-    cancellation would still land later from its thread, after the job's final tally was read.
+    cancellation would still land later from its thread, after the job's final tally was read. A batch the
+    database refuses (LocalStateError) is kept and written again, through `wait`; results are never dropped
+    while the process lives, and an object is only ever "done" once its row is written.
     """
 
+    final_patience = 10.0  # seconds the last write (the run ending or stopped) waits for the database
+
     def __init__(self, repo: JobRepo, job_id: str, batch: int = 2000, interval: float = 0.5,
-                 ready: asyncio.Future[None] | None = None) -> None:
+                 ready: asyncio.Future[None] | None = None, wait: StateWait | None = None) -> None:
         self.repo = repo
         self.job_id = job_id
         self.ready = ready  # the job's row exists: nothing is written before
+        self.wait = wait
         self.batch = batch
         self.interval = interval
         self._pending: list[ObjectResult] = []
@@ -133,15 +187,28 @@ class Recorder:
         if batch or watermark is not None:
             if self.ready is not None:
                 await asyncio.shield(self.ready)
-            await asyncio.to_thread(self.repo.record, self.job_id, batch, watermark)
+            try:
+                await asyncio.to_thread(self.repo.record, self.job_id, batch, watermark)
+            except BaseException:
+                # Kept for the next write (one transaction: none of it landed); the watermark still stands.
+                self._pending[:0] = batch
+                self._dirty_watermark = self._dirty_watermark or watermark is not None
+                raise
+
+    async def _write(self, patience: float | None = None) -> None:
+        if self.wait is None:
+            await self._flush()
+        else:
+            await self.wait.call(self._flush, patience)
 
     async def run(self) -> None:
-        """Write batches until stopped, then write whatever is left."""
+        """Write batches until stopped, then write whatever is left (waiting for the database at most the
+        `final_patience` then: a run being stopped does not hang on it)."""
         while not self._stop.is_set():
             await wait_event(self._wake, self.interval)
             self._wake.clear()
-            await self._flush()
-        await self._flush()
+            await self._write()
+        await self._write(self.final_patience)
 
     def stop(self) -> None:
         self._stop.set()
@@ -175,14 +242,25 @@ async def _no_keys() -> AsyncIterator[str]:
     yield
 
 
-async def _finished_keys(repo: JobRepo, job_id: str, after: str | None) -> AsyncIterator[str]:
-    gen: Iterator[str] = repo.iter_finished_keys(job_id, after=after)
+async def _finished_keys(repo: JobRepo, job_id: str, after: str | None, wait: StateWait) -> AsyncIterator[str]:
+    last = after
+
+    def page() -> list[str]:
+        keys: list[str] = []
+        for key in repo.iter_finished_keys(job_id, after=last, batch=5000):
+            keys.append(key)
+            if len(keys) == 5000:
+                break
+        return keys
+
     while True:
-        chunk = await asyncio.to_thread(lambda: list(islice(gen, 5000)))
+        # Each page is one query from the last key seen, so a database restart mid-listing costs one retry.
+        chunk = await wait.call(lambda: asyncio.to_thread(page))
         if not chunk:
             return
         for key in chunk:
             yield key
+        last = chunk[-1]
 
 
 class Transfer:
@@ -200,8 +278,10 @@ class Transfer:
         self.counters = counters or Counters()
         self.budget = MemoryBudget(opts.memory_limit)
         self.ready = ready
-        self.copier = VerifiedCopier(src, dst, opts.copy, self.budget, RepoCheckpoints(repo, job_id, ready))
-        self.recorder = Recorder(repo, job_id, ready=ready)
+        self.wait = StateWait(opts.state_patience, self.counters)
+        self.copier = VerifiedCopier(src, dst, opts.copy, self.budget,
+                                     RepoCheckpoints(repo, job_id, ready, self.wait))
+        self.recorder = Recorder(repo, job_id, ready=ready, wait=self.wait)
         self.restores: RestoreWaiter | None = None
         if opts.restore is not None and src.capabilities.restore:
             self.restores = RestoreWaiter(src, opts.restore, self.counters, self._copy, self.recorder.add,
@@ -302,10 +382,13 @@ class Transfer:
             c.failed += len(waiting)
             for r in waiting:
                 self.recorder.add(ObjectResult(r.key, "failed", r.size, r.etag, NOT_RESTORED))
+        # A recorder that gave up (the database stayed unwritable past the patience) ends the run.
+        watch = asyncio.create_task(self._recorder_failed(recorder_task))
+        tasks.add(watch)
         try:
             pending = tasks
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+            while pending - {watch}:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for t in done:
                     exc = t.exception()
                     if isinstance(exc, AccessError):
@@ -332,7 +415,8 @@ class Transfer:
             self.src.capabilities.list_order,
             _listing(self.dst, resume_after),
             self.dst.capabilities.list_order,
-            finished=_no_keys() if self.ready is not None else _finished_keys(self.repo, self.job_id, resume_after),
+            finished=(_no_keys() if self.ready is not None
+                      else _finished_keys(self.repo, self.job_id, resume_after, self.wait)),
             overwrite_mode=self.opts.overwrite,
             migrate_since=self.opts.migrate_since,
             max_key_bytes=self.dst.capabilities.max_key_bytes,
@@ -352,8 +436,17 @@ class Transfer:
             await planner.aclose()
         self.counters.listing_done = True
 
+    @staticmethod
+    async def _recorder_failed(recorder_task: asyncio.Task[None]) -> None:
+        await asyncio.wait({recorder_task})
+        exc = recorder_task.exception()
+        if exc is not None:
+            raise exc
+
     async def _worker(self, queue: asyncio.Queue[tuple[int, Action] | None]) -> None:
         while True:
+            # While results cannot be recorded, nothing new starts: what is done waits in memory, bounded.
+            await self.wait.healthy.wait()
             item = await queue.get()
             if item is None:
                 return

@@ -32,6 +32,9 @@ class Counters:
     bytes_skipped: int = 0
     restoring: int = 0  # archived objects waiting for their restore (counted in `listed`, not yet finished)
     started: float = field(default_factory=time.monotonic)
+    # Why the run is paused where it is (results cannot be recorded: a full disk, a database restarting), or
+    # None while it moves.
+    waiting_on: str | None = None
 
     @property
     def finished(self) -> int:

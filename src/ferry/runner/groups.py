@@ -45,7 +45,7 @@ from ferry.db.group_repo import (
     effective_status,
 )
 from ferry.db.task_repo import owner_id
-from ferry.errors import FatalError, FerryError, NotFoundError, UsageError
+from ferry.errors import FatalError, FerryError, LocalStateError, NotFoundError, UsageError
 from ferry.objects import ObjectMeta
 from ferry.runner.loop_thread import LoopThread
 from ferry.runner.migration import TaskFailure, failure_for, open_store
@@ -189,6 +189,9 @@ class GroupRunner(LoopThread):
                     try:
                         claimed = await asyncio.to_thread(
                             self.repo.claim, self.owner, self.settings.lease_ttl, (G_WAITING, G_EXECUTING), free)
+                    except LocalStateError as exc:
+                        log.warning("claiming task groups waits: %s", exc.message)
+                        claimed = []
                     except Exception:
                         log.exception("claiming task groups failed")
                         claimed = []
@@ -196,6 +199,8 @@ class GroupRunner(LoopThread):
                         self._spawn(row.id, self._split_guarded(row), f"group-{row.id}")
                 try:
                     await self.settle()
+                except LocalStateError as exc:
+                    log.warning("settling task groups waits: %s", exc.message)
                 except Exception:
                     log.exception("settling task groups failed")
                 await wait_event(wake, self.settings.poll_interval)
@@ -337,7 +342,7 @@ class GroupRunner(LoopThread):
             self._notify(row.id)
         else:
             self.repo.release(row.id, self.owner, {
-                "split_state": state, "retry_at": time.time() + self.settings.retry_delay * 2 ** (attempts - 1)})
+                "split_state": state, "retry_at": self.repo.db_time(self.settings.retry_delay * 2 ** (attempts - 1))})
 
     async def _split(self, row: GroupRow) -> None:
         now = time.time()
@@ -364,7 +369,7 @@ class GroupRunner(LoopThread):
             return
         except TaskQuotaFull:
             await asyncio.to_thread(self.repo.release, row.id, self.owner, {
-                "retry_at": time.time() + self.settings.quota_backoff})
+                "retry_at": self.repo.db_time(self.settings.quota_backoff)})
             log.info("task group %s: task quota full; the split goes on later", row.id)
             return
         finally:

@@ -26,6 +26,7 @@ from urllib.parse import unquote
 from sqlalchemy import Engine
 
 from ferry.aio import wait_event
+from ferry.db.faults import StateStore, classify, patiently
 from ferry.db.job_repo import JobRepo, ObjectResult, Tally
 from ferry.db.records import SIZE_ONLY
 from ferry.db.task_repo import (
@@ -44,7 +45,7 @@ from ferry.engine.copier import CopyOptions
 from ferry.engine.pipeline import Transfer, TransferOptions
 from ferry.engine.progress import Counters
 from ferry.engine.restores import RestorePolicy
-from ferry.errors import AccessError, FatalError, FerryError, NotFoundError, SourceChangedError
+from ferry.errors import AccessError, FatalError, FerryError, LocalStateError, NotFoundError, SourceChangedError
 from ferry.oms import COUNT_PROGRESS, LIST_FILE_MAX_BYTES, LIST_FILE_MAX_LINE
 from ferry.runner import failed_lists
 from ferry.runner.loop_thread import LoopThread
@@ -84,6 +85,11 @@ class RunnerSettings:
     # how many days the restored copy stays readable.
     restore_poll_seconds: float = 600.0
     restore_days: int = 1
+    # A run whose results cannot be recorded (the data directory's disk full, the database restarting or
+    # locked) pauses in place this long, then ends in status 6 and is tried again after `fault_retry_delay`;
+    # such a retry is not one of the `retry_attempts` (the task did nothing wrong).
+    state_patience: float = 300.0
+    fault_retry_delay: float = 30.0
 
 
 class TaskFailure(Exception):
@@ -223,6 +229,7 @@ def transfer_options(row: TaskRow, settings: RunnerSettings) -> TransferOptions:
         memory_limit=settings.memory_limit,
         restore=RestorePolicy(settings.restore_days, settings.restore_poll_seconds)
         if opts.get("enable_restore") else None,
+        state_patience=settings.state_patience,
     )
 
 
@@ -245,6 +252,9 @@ def write_records(jobs: JobRepo, job_id: str, directory: Path, dst_prefix: str =
             out[name] = str(path)
         except OSError as exc:
             out[f"{name}_error"] = f"OMS.{exc.errno or 0:04d}"[:10]
+            found = classify(exc, StateStore(f"the object list {path}", path))
+            log.warning("the object list %s was not written: %s", path,
+                        found.message if found is not None else exc.strerror)
     return out
 
 
@@ -256,6 +266,7 @@ class _Speed:
         self.samples: list[tuple[float, int]] = []
 
     def update(self, now: float, copied: int) -> int:
+        """`now` from a monotonic clock: a wall clock stepping back must not make a speed of it."""
         self.samples.append((now, copied))
         while len(self.samples) > 2 and now - self.samples[0][0] > self.window:
             self.samples.pop(0)
@@ -279,6 +290,9 @@ def progress_values(row: TaskRow, c: Counters, speed: int) -> dict[str, Any]:
         "fail_num": c.failed, "size_only_num": c.size_only, "complete_size": complete,
         "real_size": c.bytes_copied, "speed": speed, "restoring_num": c.restoring,
         "progress": min(max(progress, 0.0), 1.0), "left_time": left, "is_query_over": int(c.listing_done),
+        # A run paused in place says why in error_reason, and the error clears when it moves again.
+        "error_code": LocalStateError.code if c.waiting_on else None,
+        "error_msg": f"Paused: {c.waiting_on}; the run goes on by itself once that passes" if c.waiting_on else None,
     }
 
 
@@ -307,6 +321,7 @@ class LocalRunner(LoopThread):
         self.data_dir = data_dir
         self.publish_end = publish_end
         self.owner = owner_id()
+        self._fault_said: str | None = None
 
     def __repr__(self) -> str:
         return f"LocalRunner(owner={self.owner!r})"
@@ -328,15 +343,30 @@ class LocalRunner(LoopThread):
                 if free > 0:
                     try:
                         claimed = await asyncio.to_thread(
-                            self.tasks.claim, self.owner, self.settings.lease_ttl, free)
+                            self.tasks.claim, self.owner, self.settings.lease_ttl, free, self._retry_horizon,
+                            [k for k in self._active if isinstance(k, int)])
+                    except LocalStateError as exc:
+                        if exc.message != self._fault_said:  # said once, not every poll
+                            (log.error if not exc.passes else log.warning)("claiming tasks waits: %s", exc.message)
+                        self._fault_said = exc.message
+                        claimed = []
                     except Exception:
                         log.exception("claiming tasks failed")
                         claimed = []
+                    else:
+                        self._fault_said = None
                     for row in claimed:
                         self._spawn(row.id, self._execute(row), f"task-{row.id}")
                 await wait_event(wake, self.settings.poll_interval)
         finally:
             await self._cancel_active()
+
+    @property
+    def _retry_horizon(self) -> float:
+        """The longest wait the runner ever sets before a retry: a retry due further off than this was timed
+        by a clock that has since stepped back, and is due now."""
+        s = self.settings
+        return float(max(s.retry_delay * 2 ** max(s.retry_attempts - 1, 0), s.fault_retry_delay) + s.lease_ttl)
 
     async def _expire_waiting(self) -> None:
         now = time.time()
@@ -344,6 +374,9 @@ class LocalRunner(LoopThread):
             ids = await asyncio.to_thread(self.tasks.expire_waiting, now - self.settings.max_wait, {
                 "error_code": "TRF.0003", "error_msg": "Waiting for execution timed out. Start the task again.",
                 "finished_at": now, "secrets": None})
+        except LocalStateError as exc:
+            log.warning("failing long-waiting tasks waits: %s", exc.message)
+            return
         except Exception:
             log.exception("failing long-waiting tasks failed")
             return
@@ -356,24 +389,45 @@ class LocalRunner(LoopThread):
         counters = Counters()
         windows = parse_policy(row.bandwidth_policy)
         limiter = BandwidthLimiter(limit_at(windows, datetime.now()))
-        started = time.time()
+        now = time.time()
+        # Durations (elapsed, speed, the lease's renewal) are measured on the monotonic clock: the wall clock
+        # only stamps when things happened, and may step back under a run.
+        started = time.monotonic()
         speed = _Speed(s.speed_window)
-        first = {"run_started_at": started, "error_code": None, "error_msg": None, "finished_at": None,
+        first = {"run_started_at": now, "error_code": None, "error_msg": None, "finished_at": None,
                  "speed": 0, "left_time": None, "smn_result": None}
         if row.started_at is None:
-            first["started_at"] = started
-        if await asyncio.to_thread(self.tasks.heartbeat, row.id, self.owner, s.lease_ttl, first) is None:
+            first["started_at"] = now
+        try:
+            if await asyncio.to_thread(self.tasks.heartbeat, row.id, self.owner, s.lease_ttl, first) is None:
+                return
+        except LocalStateError as exc:
+            # Claimed but not started: the lease runs out and the task is claimed again once the database is back.
+            log.warning("task %d: the run waits: %s", row.id, exc.message)
             return
         log.info("task %d: run started (%s)", row.id, row.run_mode)
         run = asyncio.create_task(self._run(row, counters, limiter))
         outcome = "done"
+        fault: LocalStateError | None = None
+        renewed = time.monotonic()
         try:
             while True:
                 done, _ = await asyncio.wait({run}, timeout=s.progress_interval)
                 if done:
                     break
-                values = progress_values(row, counters, speed.update(time.time(), counters.bytes_copied))
-                fresh = await asyncio.to_thread(self.tasks.heartbeat, row.id, self.owner, s.lease_ttl, values)
+                values = progress_values(row, counters, speed.update(time.monotonic(), counters.bytes_copied))
+                try:
+                    fresh = await asyncio.to_thread(self.tasks.heartbeat, row.id, self.owner, s.lease_ttl, values)
+                except LocalStateError as exc:
+                    # The run goes on (its results wait in memory); the lease must not run out meanwhile, or
+                    # another runner could take the task while this one still copies.
+                    if not exc.passes or time.monotonic() - renewed > s.lease_ttl / 2:
+                        fault, outcome = exc, "fault"
+                        run.cancel()
+                        break
+                    log.warning("task %d: progress not written: %s", row.id, exc.message)
+                    continue
+                renewed = time.monotonic()
                 if fresh is None:
                     outcome = "lost"
                 elif fresh.status == PAUSING:
@@ -389,21 +443,34 @@ class LocalRunner(LoopThread):
             try:
                 result = await run
             except asyncio.CancelledError:
-                result = asyncio.CancelledError()
+                result = asyncio.CancelledError() if fault is None else fault
             except BaseException as exc:  # every failure becomes a task state
                 result = exc
         except asyncio.CancelledError:
             # The runner is shutting down: stop the run and leave the task to be resumed by the next runner.
             run.cancel()
             await asyncio.gather(run, return_exceptions=True)
-            await asyncio.to_thread(self._release, row, started, None, progress_values(row, counters, 0))
+            try:
+                await asyncio.to_thread(self._release, row, started, None, progress_values(row, counters, 0))
+            except LocalStateError as exc:
+                log.warning("task %d: not released (%s); it is taken up again when its lease runs out", row.id,
+                            exc.message)
             raise
         if outcome == "lost":
             log.warning("task %d: lease lost; another runner owns it now", row.id)
             return
         if isinstance(result, RunResult) and row.options.get("enable_failed_object_recording"):
-            result = dataclasses.replace(result, records=await self._write_records(row, result.tally.failed))
-        await asyncio.to_thread(self._settle, row, counters, started, outcome, result)
+            try:
+                result = dataclasses.replace(result, records=await self._write_records(row, result.tally.failed))
+            except LocalStateError as exc:
+                result = exc
+        try:
+            # A database restart just as the run ends must not lose how it ended.
+            await asyncio.to_thread(patiently, lambda: self._settle(row, counters, started, outcome, result),
+                                    s.lease_ttl / 2, what=f"task {row.id}: its end", log=log.warning)
+        except LocalStateError as exc:
+            log.error("task %d: how the run ended could not be written (%s); the task is taken up again when its "
+                      "lease runs out, and resumes where its results were recorded", row.id, exc.message)
 
     def _apply_limit(self, limiter: BandwidthLimiter, windows: list[Window]) -> None:
         wanted = limit_at(windows, datetime.now())
@@ -414,7 +481,7 @@ class LocalRunner(LoopThread):
 
     def _release(self, row: TaskRow, started: float, status: int | None, values: dict[str, Any]) -> None:
         """Write the run's final state, give up the lease, and mark the job accordingly."""
-        final = {"speed": 0, **values, "elapsed": row.elapsed + (time.time() - started)}
+        final = {"speed": 0, **values, "elapsed": row.elapsed + (time.monotonic() - started)}
         if status is not None:
             final["status"] = status
         if not self.tasks.release(row.id, self.owner, final):
@@ -452,7 +519,8 @@ class LocalRunner(LoopThread):
             log.info("task %d: paused", row.id)
             return
         if isinstance(result, RunResult):
-            values = {**_tally_values(result.tally), "is_query_over": 1, "finished_at": time.time(), "secrets": None}
+            values = {**_tally_values(result.tally), "is_query_over": 1, "finished_at": time.time(), "secrets": None,
+                      "error_code": None, "error_msg": None}
             status = SUCCEEDED
             if not result.listed_any:
                 status = FAILED
@@ -471,6 +539,16 @@ class LocalRunner(LoopThread):
             log.info("task %d: %s (%d ok, %d skipped, %d failed)", row.id,
                      "succeeded" if status == SUCCEEDED else "failed", result.tally.success, result.tally.skipped,
                      result.tally.failed)
+            return
+        if isinstance(result, LocalStateError):
+            # Ferry's own disk or database, not the task: it waits and is tried again, attempts untouched. What
+            # was recorded stays done; nothing verified is copied again.
+            delay = self.settings.fault_retry_delay
+            values = {**progress_values(row, counters, 0), **base, "error_code": result.code,
+                      "error_msg": f"Paused: {result.message}. Tried again in {delay:g} s.",
+                      "retry_at": self.tasks.db_time(delay)}
+            self._release(fresh, started, RETRYING, values)
+            log.warning("task %d: paused, tried again in %g s: %s", row.id, delay, result.message)
             return
         if isinstance(result, AccessError):
             # Keys, a permission or a bucket to fix: retrying cannot help, and the task must say so.
@@ -497,7 +575,7 @@ class LocalRunner(LoopThread):
         else:
             delay = self.settings.retry_delay * 2 ** (attempts - 1)
             # Status 6 says why it waits and when it tries again, not only the server log.
-            values.update(retry_at=time.time() + delay, error_code="TRF.0001", error_msg=(
+            values.update(retry_at=self.tasks.db_time(delay), error_code="TRF.0001", error_msg=(
                 f"Retrying in {delay:g} s (attempt {attempts + 1} of {self.settings.retry_attempts}) after: {cause}"))
             self._release(fresh, started, RETRYING, values)
 

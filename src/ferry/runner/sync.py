@@ -56,7 +56,15 @@ from ferry.engine.compare import ConsistencyCheck, CopyReason, OverwriteMode, Sk
 from ferry.engine.copier import CopyOptions
 from ferry.engine.planner import Action, Copy, DstOnly, Fail, Planner
 from ferry.engine.verified_copy import VerifiedCopier
-from ferry.errors import ArchivedObjectError, CdnMismatchError, FatalError, FerryError, NotFoundError, UsageError
+from ferry.errors import (
+    ArchivedObjectError,
+    CdnMismatchError,
+    FatalError,
+    FerryError,
+    LocalStateError,
+    NotFoundError,
+    UsageError,
+)
 from ferry.objects import ObjectInfo, Restore
 from ferry.runner import failed_lists
 from ferry.runner.loop_thread import LoopThread
@@ -66,6 +74,15 @@ from ferry.storage.pressure import is_throttle
 from ferry.storage.wrappers import RetryingBackend, object_budget
 
 log = logging.getLogger("ferry.sync")
+
+
+def _log_failure(what: str, exc: BaseException) -> None:
+    """One line for a fault of Ferry's own database (it passes, and the work is tried again); a traceback for
+    anything else."""
+    if isinstance(exc, LocalStateError):
+        log.warning("sync: %s waits: %s", what, exc.message)
+    else:
+        log.error("sync: %s failed", what, exc_info=exc)
 
 MiB: Final = 1024 * 1024
 BackendOpener = Callable[[SyncTaskRow], tuple[Backend, Backend]]
@@ -316,8 +333,8 @@ class SyncWorkers:
             self._tasks_changed.clear()
             try:
                 await self._refresh_tasks()
-            except Exception:
-                log.exception("sync: refreshing the task list failed")
+            except Exception as exc:
+                _log_failure("refreshing the task list", exc)
             # Every tasks_refresh_seconds, or soon after a notification (a task created or started starts
             # its first reconciliation within a fraction of a second), but never more than 4 times a second.
             await self._sleep_or_stop(stop, min(0.25, self.settings.tasks_refresh_seconds))
@@ -426,8 +443,8 @@ class SyncWorkers:
             self._wake.clear()
             try:
                 claimed = await asyncio.to_thread(self.repo.claim, self.owner, self.clock(), s.lease_seconds, free)
-            except Exception:
-                log.exception("sync: claiming events failed")
+            except Exception as exc:
+                _log_failure("claiming events", exc)
                 claimed = []
                 await self._sleep_or_stop(stop, s.poll_seconds)
             for ev in claimed:
@@ -438,7 +455,11 @@ class SyncWorkers:
                 continue
             timeout = s.poll_seconds
             if not claimed:
-                due = await asyncio.to_thread(self.repo.next_due)
+                try:
+                    due = await asyncio.to_thread(self.repo.next_due)
+                except Exception as exc:  # the loop must outlive a database restart
+                    _log_failure("reading the queue", exc)
+                    due = None
                 if due is not None:
                     timeout = min(timeout, max(0.0, due - self.clock()))
             waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
@@ -613,9 +634,9 @@ class SyncWorkers:
                 return
             try:
                 await asyncio.to_thread(self.repo.complete, batch, self.clock())
-            except Exception:
+            except Exception as exc:
                 # Put them back: the next flush tries again; the leases keep the keys from being re-claimed.
-                log.exception("sync: recording %d outcomes failed; will retry", len(batch))
+                _log_failure(f"recording {len(batch)} outcomes (tried again)", exc)
                 self._outcomes[:0] = batch
                 return
             for o in batch:
@@ -642,8 +663,8 @@ class SyncWorkers:
                 await asyncio.to_thread(self.repo.renew, self.owner, until)
                 for task_id in list(self._reconciling):
                     await asyncio.to_thread(self.repo.renew_reconcile, task_id, self.owner, until)
-            except Exception:
-                log.exception("sync: renewing leases failed")
+            except Exception as exc:
+                _log_failure("renewing leases", exc)
 
     # -- reconciliation --------------------------------------------------------------------------------------
     async def _reconcile(self, row: SyncTaskRow) -> None:

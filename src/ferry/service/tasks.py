@@ -363,7 +363,8 @@ def task_resp(row: TaskRow, now: float | None = None) -> s.TaskResp:
     now = time.time() if now is None else now
     src, dst, opts = row.src_spec, row.dst_spec, row.options
     running = row.status in (RUNNING, PAUSING) and row.run_started_at is not None
-    total_time = row.elapsed + (now - row.run_started_at if running and row.run_started_at else 0.0)
+    # The run under way counts from its wall-clock start; a clock stepped back since must not make it negative.
+    total_time = row.elapsed + (max(now - row.run_started_at, 0.0) if running and row.run_started_at else 0.0)
     records = row.records or {}
     failed_record = None
     if opts.get("enable_failed_object_recording"):

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ferry.db.faults import StateStore, classify
 from ferry.db.records import Tally
 from ferry.engine.pipeline import Transfer, TransferOptions, name_side
 from ferry.engine.progress import Counters
@@ -124,12 +125,20 @@ def write_failed_report(repo: JobRepo, job_id: str, report_dir: Path, src_prefix
     first = next(rows, None)
     if first is None:
         return None
-    report_dir.mkdir(parents=True, exist_ok=True)
     path = report_dir / f"failed-{job_id}.jsonl"
-    with path.open("w", encoding="utf-8") as fh:
-        for r in (first, *rows):
-            line = {"key": src_prefix + r.key, "dst_key": dst_prefix + r.key, "size": r.size, "reason": r.reason}
-            fh.write(json.dumps(line, ensure_ascii=False) + "\n")
+    try:
+        report_dir.mkdir(parents=True, exist_ok=True)
+        with path.open("w", encoding="utf-8") as fh:
+            for r in (first, *rows):
+                line = {"key": src_prefix + r.key, "dst_key": dst_prefix + r.key, "size": r.size,
+                        "reason": r.reason}
+                fh.write(json.dumps(line, ensure_ascii=False) + "\n")
+    except OSError as exc:
+        # A full disk is said as such (where, how much to free), not as an unexpected OSError.
+        found = classify(exc, StateStore(f"the report {path}", path))
+        if found is None:
+            raise
+        raise found from exc
     return path
 
 
