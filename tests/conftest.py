@@ -1,4 +1,5 @@
-"""Shared fixtures: real local S3 servers (two SeaweedFS, a lazy moto), fresh bucket names per test, kernel moves."""
+"""Shared fixtures: real local servers (two SeaweedFS, a lazy moto and Azurite), fresh bucket names per test, kernel
+moves."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from ferry.sandbox import MotoServer, S3Server, SeaweedServer
+from ferry.sandbox import AzuriteServer, MotoServer, S3Server, SeaweedServer
 from ferry.storage import splice
 
 BucketFactory = Callable[[S3Server], str]
@@ -51,6 +52,13 @@ def seaweed_b() -> Iterator[SeaweedServer]:
 def moto() -> Iterator[MotoServer]:
     """A moto S3 server (started only by tests that ask for it): archive classes, restore, AWS key order."""
     with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[AzuriteServer]:
+    """Azurite's blob service, in memory, with an account of its own (started only by tests that ask for it)."""
+    with AzuriteServer() as server:
         yield server
 
 

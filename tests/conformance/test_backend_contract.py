@@ -400,7 +400,9 @@ async def test_put_stream_round_trip(backend: Backend) -> None:
     meta = ObjectMeta(content_type="text/x-streamed")
     result = await backend.put_stream("streamed", len(data), chunked(data, 700_000), meta, crc64=crc64(data),
                                       content_md5=md5)
-    assert result.etag is not None and result.etag.strip('"') == md5
+    assert result.etag is not None
+    if backend.capabilities.etag_is_md5:
+        assert result.etag.strip('"') == md5
     info = await backend.head("streamed")
     assert (info.size, info.crc64, info.md5, info.meta and info.meta.content_type) == (
         len(data), crc64(data), md5, "text/x-streamed")
@@ -410,7 +412,9 @@ async def test_put_stream_round_trip(backend: Backend) -> None:
     assert again.crc32c_verified is backend.capabilities.trailing_crc32c
     assert await backend.read("again") == data
     plain = await backend.put_stream("plain", len(data), chunked(data, 1_000_000), PLAIN)
-    assert not plain.crc32c_verified and plain.etag is not None and plain.etag.strip('"') == md5
+    assert not plain.crc32c_verified and plain.etag is not None
+    if backend.capabilities.etag_is_md5:
+        assert plain.etag.strip('"') == md5
     assert await backend.read("plain") == data
     await backend.put_stream("empty", 0, chunked(b"", 1), PLAIN)
     assert (await backend.head("empty")).size == 0
