@@ -9,6 +9,7 @@ import hmac
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cmp_to_key
 from hashlib import sha256
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
@@ -167,7 +168,8 @@ class SharedKeySigner:
         lower = {k.lower(): v for k, v in headers.items()}
         lower["content-length"] = str(content_length) if content_length else ""
         lines = [method, *(lower.get(h, "") for h in _SIGNED_STANDARD)]
-        ms = sorted((k, " ".join(v.split())) for k, v in lower.items() if k.startswith("x-ms-"))
+        ms = sorted(((k, v.strip()) for k, v in lower.items() if k.startswith("x-ms-")),
+                    key=lambda kv: cmp_to_key(_collate)(kv[0]))
         canonical_headers = "".join(f"{k}:{v}\n" for k, v in ms)
         resource = f"/{self.account}{path}"
         grouped: dict[str, list[str]] = {}
@@ -199,3 +201,40 @@ def redact(text: str, *secrets: str | None) -> str:
         if s:
             text = text.replace(s, "***").replace(quote(s, safe=""), "***").replace(unquote(s), "***")
     return text
+
+
+# The service orders the x-ms-* headers of the string to sign by a collation, not by code point: hyphens count
+# only on a second level, `_` sorts before digits, letters ignore case (`x-ms-meta-a_1` before `x-ms-meta-a1`).
+# Weights from azure-storage-blob's _shared/authentication.py (MIT licence), printable ASCII only.
+_LV0 = dict(zip("!#$%&*+.", (0x71C, 0x71F, 0x721, 0x723, 0x725, 0x72D, 0x803, 0x733), strict=True))
+_LV0.update(zip("0123456789", (0xD03, 0xD1A, 0xD1C, 0xD1E, 0xD20, 0xD22, 0xD24, 0xD26, 0xD28, 0xD2A), strict=True))
+_LETTERS = (0xE02, 0xE09, 0xE0A, 0xE1A, 0xE21, 0xE23, 0xE25, 0xE2C, 0xE32, 0xE35, 0xE36, 0xE48, 0xE51, 0xE70, 0xE7C,
+            0xE7E, 0xE89, 0xE8A, 0xE91, 0xE99, 0xE9F, 0xEA2, 0xEA4, 0xEA6, 0xEA7, 0xEA9)
+_LV0.update(zip("abcdefghijklmnopqrstuvwxyz", _LETTERS, strict=True))
+_LV0.update(zip("ABCDEFGHIJKLMNOPQRSTUVWXYZ", _LETTERS, strict=True))
+_LV0.update({"^": 0x743, "_": 0x744, "`": 0x748, "|": 0x74C, "~": 0x750})
+_LV4 = {"'": 0x8012, "-": 0x8212}
+
+
+def _collate(lhs: str, rhs: str) -> int:
+    """-1, 0 or 1 as the service orders two header names (the SDK's `compare`, same algorithm)."""
+    tables = (_LV0, _LV4)
+    level, i, j = 0, 0, 0
+    while level < len(tables):
+        if level == len(tables) - 1 and i != j:
+            return -1 if i > j else 1
+        w1 = tables[level].get(lhs[i], 0) if i < len(lhs) else 1
+        w2 = tables[level].get(rhs[j], 0) if j < len(rhs) else 1
+        if w1 == 1 and w2 == 1:
+            i = j = 0
+            level += 1
+        elif w1 == w2:
+            i += 1
+            j += 1
+        elif w1 == 0:
+            i += 1
+        elif w2 == 0:
+            j += 1
+        else:
+            return -1 if w1 < w2 else 1
+    return 0
