@@ -53,6 +53,7 @@ from ferry.runner.notices import EndNotifier, RunEnd
 from ferry.storage.base import Backend, ListOrder, listing, ranged_lines
 from ferry.storage.profiles import get_profile
 from ferry.storage.selection import normalise
+from ferry.storage.stores import StoreKeys
 from ferry.storage.wrappers import RetryingBackend
 
 if TYPE_CHECKING:
@@ -313,7 +314,7 @@ class GroupRunner(LoopThread):
     def _dst_store(self, row: GroupRow, keys: dict[str, str]) -> Backend:
         dst = row.dst_spec
         spec = self._endpoint_spec(None, dst["region"])
-        return RetryingBackend(open_store(spec, dst["region"], dst["bucket"], "", keys["dst_ak"], keys["dst_sk"], None))
+        return RetryingBackend(open_store(spec, dst["region"], dst["bucket"], "", StoreKeys.of(keys, "dst")))
 
     async def _split_guarded(self, row: GroupRow) -> None:
         try:
@@ -421,8 +422,7 @@ class _Splitter:
         bucket = profile.bucket_name(src_spec["bucket"], src_spec.get("app_id"))
         # Resuming by key needs a byte-ordered listing; an operator-mapped store is not trusted to give one.
         by_key = profile.list_order is ListOrder.LEXICOGRAPHIC and not spec["from_override"]
-        store = RetryingBackend(open_store(spec, src_spec["region"], bucket, "", self.keys["src_ak"],
-                                           self.keys["src_sk"], None))
+        store = RetryingBackend(open_store(spec, src_spec["region"], bucket, "", StoreKeys.of(self.keys, "src")))
         prefixes = [p for p, _ in normalise(src_spec.get("object_key") or [""], ())]
         chunk = _Chunk([])
         try:
@@ -461,8 +461,8 @@ class _Splitter:
         list_file = self.row.src_spec["list_file"]
         dst = self.row.dst_spec
         spec = self.runner._endpoint_spec(None, dst["region"])
-        store = RetryingBackend(open_store(spec, dst["region"], list_file["obs_bucket"], "", self.keys["dst_ak"],
-                                           self.keys["dst_sk"], None))
+        store = RetryingBackend(open_store(spec, dst["region"], list_file["obs_bucket"], "",
+                                           StoreKeys.of(self.keys, "dst")))
         key = list_file["list_file_key"]
         try:
             try:

@@ -48,10 +48,9 @@ from ferry.runner import failed_lists
 from ferry.runner.loop_thread import LoopThread
 from ferry.runner.notices import EndNotifier, RunEnd
 from ferry.settings import records_dir
-from ferry.storage.base import Backend, LineTooLong, ListOrder, first_listed, ranged_lines
-from ferry.storage.profiles import get_profile
-from ferry.storage.s3 import S3Backend
+from ferry.storage.base import Backend, LineTooLong, first_listed, ranged_lines
 from ferry.storage.selection import SelectedBackend, normalise
+from ferry.storage.stores import StoreAt, StoreKeys, open_at
 from ferry.storage.url_source import UrlSource, parse_url_line
 from ferry.storage.wrappers import BandwidthLimiter, RetryingBackend, ThrottledBackend
 
@@ -124,19 +123,12 @@ def failure_for(side: str, exc: FatalError) -> TaskFailure:
 # -- building the stores of a task -------------------------------------------------------------------------
 
 
-def _profile(spec: dict[str, Any]) -> Any:
-    profile = get_profile(spec["profile"])
-    if spec.get("from_override"):
-        # An operator-mapped endpoint is a self-hosted store (MinIO, SeaweedFS, Ceph...) whose listing order we
-        # cannot vouch for; the planner then sorts it itself, which is correct for any store.
-        profile = profile.replace(list_order=ListOrder.UNORDERED)
-    return profile
-
-
-def open_store(spec: dict[str, Any], region: str, bucket: str, prefix: str, ak: str, sk: str,
-               token: str | None, sse_kms_key_id: str | None = None) -> S3Backend:
-    return S3Backend(spec["endpoint"], region, ak, sk, bucket, prefix, _profile(spec), security_token=token or None,
-                     sse_kms_key_id=sse_kms_key_id)
+def open_store(spec: dict[str, Any], region: str, bucket: str, prefix: str, keys: StoreKeys,
+               sse_kms_key_id: str | None = None) -> Backend:
+    """The bucket `bucket` (under `prefix`) at a task's stored endpoint `spec` (service.tasks' endpoint spec)."""
+    at = StoreAt(spec["profile"], spec["endpoint"], region, bucket, prefix, bool(spec.get("from_override")),
+                 sse_kms_key_id)
+    return open_at(at, keys)
 
 
 def task_items(row: TaskRow, list_keys: Iterable[str] | None = None) -> list[tuple[str, bool]]:
@@ -526,8 +518,8 @@ class LocalRunner(LoopThread):
         keys = self._credentials(row)
         spec = row.dst_spec
         # The bucket's root, whatever save_prefix the objects went under: where OMS writes its lists.
-        store = open_store(spec, spec["region"], spec["bucket"], "", keys["dst_ak"], keys["dst_sk"],
-                           keys.get("dst_security_token"), spec.get("kms_key_id"))
+        store = open_store(spec, spec["region"], spec["bucket"], "", StoreKeys.of(keys, "dst"),
+                           spec.get("kms_key_id"))
         try:
             with path.open("rb") as fh:
                 await failed_lists.upload(RetryingBackend(store), key, fh, path.stat().st_size)
@@ -549,8 +541,7 @@ class LocalRunner(LoopThread):
         keys = self._credentials(row)
         src_spec, dst_spec = row.src_spec, row.dst_spec
         raw_dst = open_store(dst_spec, dst_spec["region"], dst_spec["bucket"], dst_spec.get("save_prefix", ""),
-                             keys["dst_ak"], keys["dst_sk"], keys.get("dst_security_token"),
-                             dst_spec.get("kms_key_id"))
+                             StoreKeys.of(keys, "dst"), dst_spec.get("kms_key_id"))
         stores: list[Backend] = [raw_dst]
         dst: Backend = RetryingBackend(raw_dst)
         try:
@@ -560,7 +551,7 @@ class LocalRunner(LoopThread):
             if row.task_type == "url_list" or (row.task_type == "list" and failed is None):
                 list_file = src_spec["list_file"]
                 lst = open_store(src_spec["list_endpoint"], dst_spec["region"], list_file["obs_bucket"], "",
-                                 keys["dst_ak"], keys["dst_sk"], keys.get("dst_security_token"))
+                                 StoreKeys.of(keys, "dst"))
                 stores.append(lst)
                 list_store, list_key = RetryingBackend(lst), list_file["list_file_key"]
                 if row.task_type == "list":
@@ -577,8 +568,8 @@ class LocalRunner(LoopThread):
                 src_items: list[tuple[str, bool]] = [("", True)]
                 dst_items = normalise((), (k for k, _ in entries))
             else:
-                raw_src = open_store(src_spec, src_spec["region"], src_spec["real_bucket"], "", keys["src_ak"],
-                                     keys["src_sk"], keys.get("src_security_token"))
+                raw_src = open_store(src_spec, src_spec["region"], src_spec["real_bucket"], "",
+                                     StoreKeys.of(keys, "src"))
                 stores.append(raw_src)
                 src_items = normalise((), failed) if failed is not None else task_items(row, list_keys)
                 dst_items = src_items

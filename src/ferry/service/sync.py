@@ -46,8 +46,9 @@ from ferry.service import buckets
 from ferry.service.buckets import CloudAccess, HelperSettings
 from ferry.service.endpoints import resolve, resolve_known
 from ferry.service.quotas import EventLimits, RateLimitedError, RateLimiter
-from ferry.storage.base import Backend, ListOrder
+from ferry.storage.base import Backend
 from ferry.storage.profiles import get_profile
+from ferry.storage.stores import StoreAt, StoreKeys, open_at
 
 MAX_SYNC_TASKS: Final = 5
 MAX_NOTIFICATION_RECORDS: Final = 1000
@@ -571,29 +572,20 @@ def notify_sync_task(ctx: SyncContext, project_id: str, task_id: str, payload: A
 # -- what the workers are given -----------------------------------------------------------------------------
 
 def open_task_backends(box: SecretBox, row: SyncTaskRow) -> tuple[Backend, Backend]:
-    """Source and destination backends of a task, with its decrypted credentials.
-
-    An endpoint from the operator's override table may be any S3-compatible store, so its listing order is
-    not vouched for: it is treated as unordered (the planner sorts it) rather than trusted to match the
-    cloud's.
-    """
-    from ferry.storage.s3 import S3Backend
-
+    """Source and destination backends of a task, with its decrypted credentials."""
     creds = SyncCredentials.unseal(box, row.secrets)
     spec = row.spec
     out: list[Backend] = []
-    for cloud, region, bucket, app_id, ak, sk, kms_key in (
-        (spec.src_cloud_type, spec.src_region, spec.src_bucket, spec.app_id, creds.src_ak, creds.src_sk, None),
-        (spec.dst_cloud_type, spec.dst_region, spec.dst_bucket, None, creds.dst_ak, creds.dst_sk, dst_kms_key(spec)),
+    for cloud, region, bucket, app_id, keys, kms_key in (
+        (spec.src_cloud_type, spec.src_region, spec.src_bucket, spec.app_id,
+         StoreKeys(creds.src_ak, reveal(creds.src_sk)), None),
+        (spec.dst_cloud_type, spec.dst_region, spec.dst_bucket, None,
+         StoreKeys(creds.dst_ak, reveal(creds.dst_sk)), dst_kms_key(spec)),
     ):
         endpoint = resolve(cloud, region)
-        profile = get_profile(endpoint.profile)
-        if endpoint.from_override:
-            profile = profile.replace(list_order=ListOrder.UNORDERED)
-        out.append(S3Backend(
-            endpoint=endpoint.url, region=region, access_key=ak, secret_key=reveal(sk),
-            bucket=profile.bucket_name(bucket, app_id), profile=profile, sse_kms_key_id=kms_key,
-        ))
+        name = get_profile(endpoint.profile).bucket_name(bucket, app_id)
+        at = StoreAt(endpoint.profile, endpoint.url, region, name, "", endpoint.from_override, kms_key)
+        out.append(open_at(at, keys))
     return out[0], out[1]
 
 

@@ -45,6 +45,7 @@ class Profile:
     - `bucket_pattern`/`bucket_hint`: the provider's bucket naming rule (Tencent: `name-APPID`).
     - `sse_header`/`sse_kms_value`/`sse_kms_key_header`: how a write asks for server-side encryption with a
       KMS key (and how the response confirms it).
+    - `backend`: which code talks to the cloud (storage/stores.py); "s3" unless the cloud speaks something else.
     - `part_crc32c`: UploadPart verifies an `x-amz-checksum-crc32c` header and echoes it (seen on the store
       itself, not assumed: some stores refuse part checksums an upload was not created with).
     - `trailing_crc32c`: a streamed PUT (aws-chunked, STREAMING-UNSIGNED-PAYLOAD-TRAILER) is checked against
@@ -84,6 +85,9 @@ class Profile:
     bucket_pattern: str
     bucket_hint: str
     aliases: tuple[str, ...] = field(default=())
+    # The kind of code that talks to this cloud: "s3" for every S3 dialect here; other kinds (storage/stores.py)
+    # use the profile for what is data all the same (regions, bucket rule, storage-class names).
+    backend: str = "s3"
     regions: tuple[CloudRegion, ...] = field(default=())
 
     def endpoint(self, region: str | None = None) -> str:
@@ -183,6 +187,7 @@ def _build(name: str, raw: Mapping[str, Any], defaults: Mapping[str, Any]) -> Pr
         bucket_pattern=merged["bucket_pattern"],
         bucket_hint=merged["bucket_hint"],
         aliases=tuple(a.lower() for a in merged["aliases"]),
+        backend=merged.get("backend", "s3"),
         regions=_regions(merged),
     )
 
