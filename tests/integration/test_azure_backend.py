@@ -159,7 +159,7 @@ async def test_registry_opens_azure_specs_from_keys_or_a_connection_string(
     with pytest.raises(UsageError, match="malformed Azure connection string") as bad:
         open_backend(f"azure://{container}", connection_string=azurite.connection_string + "Extra=1")
     assert azurite.secret_key not in bad.value.message
-    with pytest.raises(UsageError, match="invalid Azure container name"):
+    with pytest.raises(UsageError, match="invalid Azure Blob Storage bucket name"):
         open_backend("azure://Bad_Name", connection_string=azurite.connection_string)
 
 

@@ -267,6 +267,7 @@ def create_task(
                 "kms_key_id": dst_kms_key(dst.crypto_type, dst.kms_key_id), **_endpoint_spec(dst_ep)}
     secret_values = {
         "src_ak": src.ak, "src_sk": src.sk, "src_security_token": src.security_token,
+        "src_connection_string": src.connection_string,
         "dst_ak": dst.ak, "dst_sk": dst.sk, "dst_security_token": dst.security_token,
     }
     now = time.time()

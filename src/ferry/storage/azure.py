@@ -21,6 +21,7 @@ import asyncio
 import base64
 import builtins
 import contextlib
+import dataclasses
 import hashlib
 import json
 import re
@@ -48,12 +49,14 @@ from ferry.storage.azure_auth import (
     API_VERSION,
     AzureCredentials,
     SharedKeySigner,
+    account_credentials,
     encode_query,
     http_date,
+    parse_connection_string,
     redact,
     sas_params,
 )
-from ferry.storage.base import Backend, Capabilities, ListOrder
+from ferry.storage.base import Backend, Capabilities
 from ferry.storage.http1 import (
     Body,
     Http1Pool,
@@ -64,9 +67,10 @@ from ferry.storage.http1 import (
     StreamBody,
     pass_splice,
 )
-from ferry.storage.profiles import ARCHIVE_CLASSES, cloud_classes
+from ferry.storage.profiles import ARCHIVE_CLASSES, Profile, get_profile
 from ferry.storage.s3 import _decode_meta, _encode_meta, _header_value, _http_to_epoch, _retry_after, _xml_unescape
 from ferry.storage.sigv4 import quote_path
+from ferry.storage.stores import StoreAt, StoreKeys, store_profile
 
 _META = "x-ms-meta-"
 CRC64_META = "ferry_crc64"
@@ -103,13 +107,13 @@ class AzureBackend:
     _list_page_size = 5000  # blobs per List Blobs request (the service's maximum; tests lower it)
 
     def __init__(
-        self, credentials: AzureCredentials, container: str, prefix: str = "", *, max_connections: int = 256,
-        connect_timeout: float = 10.0, read_timeout: float = 120.0, rehydrate_tier: str = "Hot",
-        rehydrate_priority: str = "Standard",
+        self, credentials: AzureCredentials, container: str, prefix: str = "", *, profile: Profile | str = "azure",
+        max_connections: int = 256, connect_timeout: float = 10.0, read_timeout: float = 120.0,
+        rehydrate_tier: str = "Hot", rehydrate_priority: str = "Standard",
     ) -> None:
-        if not re.fullmatch(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]|\$root", container):
-            raise UsageError(f"invalid Azure container name {container!r}: 3-63 lower-case letters, digits and "
-                             "single hyphens, starting and ending with a letter or digit")
+        self.profile = profile if isinstance(profile, Profile) else get_profile(profile)
+        if container != "$root":
+            self.profile.check_bucket(container)
         self.credentials = credentials
         self.account = credentials.account
         self.container = container
@@ -129,16 +133,10 @@ class AzureBackend:
         self._read_timeout = read_timeout
         self._pool: Http1Pool | None = None
         self._pool_loop: asyncio.AbstractEventLoop | None = None
-        self._to_vendor, self._from_vendor = cloud_classes("azure")
         self.rehydrate_tier = rehydrate_tier
         self.rehydrate_priority = rehydrate_priority
         group = hashlib.sha256(f"{self.endpoint}\0{self.account}".encode()).hexdigest()[:16]
-        self._capabilities = Capabilities(
-            list_order=ListOrder.LEXICOGRAPHIC, copy_group=f"azure:{group}", multipart=True,
-            min_part_size=5 * 1024 * 1024, max_part_size=4000 * 1024 * 1024, max_parts=50_000,
-            max_object_size=50_000 * 4000 * 1024 * 1024, etag_is_md5=False, crc64=False, mtime_precision=1.0,
-            storage_classes=frozenset(self._to_vendor), restore=True, max_key_bytes=1024,
-        )
+        self._capabilities = self.profile.capabilities(copy_group=f"azure:{group}")
 
     # -- identity ---------------------------------------------------------------------------------
     @property
@@ -343,9 +341,7 @@ class AzureBackend:
         return out, (_xml_unescape(m.group(1)) if m and m.group(1) else None)
 
     def _canonical(self, tier: str | None) -> str | None:
-        if not tier:
-            return None
-        return self._from_vendor.get(tier.upper(), tier)
+        return self.profile.canonical_class(tier) if tier else None
 
     # -- reads ------------------------------------------------------------------------------------
     async def head(self, key: str) -> ObjectInfo:
@@ -420,14 +416,7 @@ class AzureBackend:
 
     # -- writes -----------------------------------------------------------------------------------
     def _tier(self, storage_class: str | None) -> str | None:
-        if not storage_class:
-            return None
-        upper = storage_class.upper()
-        if upper in self._to_vendor:
-            return self._to_vendor[upper]
-        if upper in ("STANDARD", "IA", "ARCHIVE", "DEEP_ARCHIVE"):
-            raise UsageError(f"Azure Blob Storage has no {upper} storage class")
-        return storage_class
+        return self.profile.vendor_class(storage_class) if storage_class else None
 
     def _property_headers(self, meta: ObjectMeta | None) -> dict[str, str]:
         """The Content-* properties as Put Blob, Put Block List and Set Blob Properties take them."""
@@ -619,6 +608,34 @@ class AzureBackend:
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
+
+
+# Hosts of Azure's public clouds a caller's connection string may point at (public, China, US Government); any
+# other endpoint is the operator's to map (FERRY_ENDPOINT_OVERRIDES), or an API caller could aim Ferry inward.
+_PUBLIC_SUFFIXES = (".blob.core.windows.net", ".blob.core.chinacloudapi.cn", ".blob.core.usgovcloudapi.net")
+
+
+def open_at(at: StoreAt, keys: StoreKeys) -> AzureBackend:
+    """The container `at.bucket` for a task (storage/stores.py): the account name and key as `ak`/`sk`, or a
+    connection string. The endpoint is the account's on the public cloud (`at.endpoint` names the service's
+    host), or the operator's override for the region, which wins over a connection string's."""
+    profile = store_profile(at)
+    if keys.connection_string:
+        creds = parse_connection_string(keys.connection_string)
+        if at.from_override and at.endpoint:
+            creds = dataclasses.replace(creds, endpoint=at.endpoint)
+        elif not (urlsplit(creds.endpoint).hostname or "").endswith(_PUBLIC_SUFFIXES):
+            raise UsageError("the connection string's blob endpoint is not one of Azure's public endpoints")
+    elif keys.ak and keys.sk:
+        if at.from_override and at.endpoint:
+            endpoint = at.endpoint
+        else:
+            service = urlsplit(at.endpoint or profile.endpoint(at.region))
+            endpoint = f"{service.scheme or 'https'}://{keys.ak}.{service.hostname}"
+        creds = account_credentials(keys.ak, key=keys.sk, endpoint=endpoint)
+    else:
+        raise UsageError(f"{profile.title} needs the account name and key (ak and sk) or a connection string")
+    return AzureBackend(creds, at.bucket, at.prefix, profile=profile)
 
 
 def _quote_key(key: str) -> str:

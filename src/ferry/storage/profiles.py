@@ -240,11 +240,3 @@ def cloud_regions(name: str) -> tuple[CloudRegion, ...]:
     other = {_norm(n): raw for n, raw in _data()["other_clouds"].items() if isinstance(raw, dict)}
     return _regions(other.get(_norm(name), {}))
 
-
-@cache
-def cloud_classes(name: str) -> tuple[dict[str, str], dict[str, str]]:
-    """Storage-class names of a cloud with no S3 profile (Azure): canonical -> vendor, vendor (upper) -> canonical."""
-    other = {_norm(n): raw for n, raw in _data()["other_clouds"].items() if isinstance(raw, dict)}
-    raw = other.get(_norm(name), {})
-    return ({k.upper(): v for k, v in raw.get("to_vendor", {}).items()},
-            {k.upper(): v for k, v in raw.get("from_vendor", {}).items()})
