@@ -115,7 +115,9 @@ def create_task_group(ctx: GroupContext, project_id: str, req: s.CreateTaskGroup
                      "kms_key_id": tasks.dst_kms_key(dst.crypto_type, dst.kms_key_id)},
         "options": tasks.migration_options(req),
         "bandwidth_policy": [p.model_dump() for p in req.bandwidth_policy or []],
-        "secrets": ctx.tasks.box.seal({"src_ak": src.ak, "src_sk": src.sk, "dst_ak": dst.ak, "dst_sk": dst.sk}),
+        "secrets": ctx.tasks.box.seal({"src_ak": src.ak, "src_sk": src.sk,
+                                       "src_connection_string": src.connection_string,
+                                       "dst_ak": dst.ak, "dst_sk": dst.sk}),
         "split_state": {"index": 0, "after": None, "skip": 0, "chunk": 0, "done": False},
         "objects": 0, "bytes": 0, "task_count": 0, "created_at": now, "updated_at": now,
     })
