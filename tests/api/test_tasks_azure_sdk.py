@@ -5,12 +5,23 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from ferry_service import DST_REGION, FerryService, listing, overrides, s3_client, start_service, wait_task
-from huaweicloudsdkoms.v2 import CreateTaskReq, CreateTaskRequest, DstNodeReq, SrcNodeReq
+from huaweicloudsdkoms.v2 import (
+    CreateTaskGroupReq,
+    CreateTaskGroupRequest,
+    CreateTaskReq,
+    CreateTaskRequest,
+    DstNodeReq,
+    ShowTaskGroupRequest,
+    SrcNodeReq,
+    TaskGroupDstNode,
+    TaskGroupSrcNode,
+)
 from sqlalchemy import select
 
 from ferry.db.api_models import migration_tasks
@@ -116,3 +127,26 @@ def test_an_archived_blob_fails_alone_with_its_reason(
     assert set(written) - set(failed_lists) == {"warm"} and len(failed_lists) == 1
     body = s3_client(seaweed_b).get_object(Bucket=db, Key=failed_lists[0])["Body"].read().decode()
     assert "frozen" in body and "warm" not in body
+
+
+def test_a_task_group_reads_an_azure_container(
+    svc: FerryService, azurite: AzuriteServer, seaweed_b: Any, bucket_factory: Any,
+) -> None:
+    container, db = bucket_factory(azurite), bucket_factory(seaweed_b)
+    bodies = {f"g/{i:02d}": os.urandom(100 + i) for i in range(25)}
+    _fill(azurite, container, bodies)
+    client = svc.client()
+    gid = client.create_task_group(CreateTaskGroupRequest(CreateTaskGroupReq(
+        src_node=TaskGroupSrcNode(cloud_type="Azure", region=AZURE_REGION, ak=azurite.access_key,
+                                  sk=azurite.secret_key, bucket=container),
+        dst_node=TaskGroupDstNode(ak=seaweed_b.access_key, sk=seaweed_b.secret_key, region=DST_REGION,
+                                  bucket=db)))).group_id
+    deadline = time.monotonic() + 120
+    while (group := client.show_task_group(ShowTaskGroupRequest(group_id=gid))).status not in (4, 6):
+        assert time.monotonic() < deadline, group
+        time.sleep(0.2)
+    # A group names its source cloud in upper case, as it does URLSOURCE.
+    assert (group.status, group.src_node.cloud_type, group.total_num, group.success_num) == (6, "AZURE", 25, 25)
+    assert azurite.secret_key not in group.raw_content.decode()
+    got = listing(seaweed_b, db)
+    assert {k: v[0] for k, v in got.items()} == {k: len(v) for k, v in bodies.items()}
