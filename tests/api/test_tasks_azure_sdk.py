@@ -148,5 +148,6 @@ def test_a_task_group_reads_an_azure_container(
     # A group names its source cloud in upper case, as it does URLSOURCE.
     assert (group.status, group.src_node.cloud_type, group.total_num, group.success_num) == (6, "AZURE", 25, 25)
     assert azurite.secret_key not in group.raw_content.decode()
-    got = listing(seaweed_b, db)
+    # The group keeps its split lists under oms/ in the destination, as OMS does.
+    got = {k: v for k, v in listing(seaweed_b, db).items() if not k.startswith("oms/")}
     assert {k: v[0] for k, v in got.items()} == {k: len(v) for k, v in bodies.items()}
