@@ -290,9 +290,9 @@ class AzureBackend:
 
     # -- listing ----------------------------------------------------------------------------------
     async def list(self, prefix: str = "", start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
-        """Every blob under `prefix`, as the service lists them (UTF-8 byte order). List Blobs has no
-        start-after and its marker is opaque, so a resumed listing reads from the start and skips the keys up
-        to `start_after` (listing costs a request per 5,000 keys; copying them costs far more)."""
+        """Every blob under `prefix`, in the service's order (declared unordered: see profiles.json). List
+        Blobs has no start-after and its marker is opaque, so a resumed listing reads from the start and skips
+        the keys up to `start_after` in UTF-8 byte order (a request per 5,000 keys; copying costs far more)."""
         full_prefix = self.prefix + prefix
         cut = len(self.prefix)
         marker: str | None = None
