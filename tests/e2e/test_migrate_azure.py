@@ -112,3 +112,4 @@ def test_connection_string_source_and_an_archived_blob_fails_with_its_reason(
     bad = run_ferry(argv, env)
     assert bad.code == 2 and "malformed Azure connection string" in bad.stderr
     assert azurite.secret_key not in bad.stderr + bad.stdout
+

@@ -10,17 +10,25 @@ import logging
 import os
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 import pytest
 
+from ferry.db.database import open_database
+from ferry.db.job_repo import JobRepo
+from ferry.engine.copier import KEEP_SOURCE_CLASS, CopyOptions
+from ferry.engine.pipeline import TransferOptions
 from ferry.errors import AccessError, ArchivedObjectError, FerryError, NotFoundError, UsageError
 from ferry.objects import ObjectMeta
 from ferry.sandbox import AzuriteServer
+from ferry.service.transfers import run_migration
 from ferry.storage.azure import AzureBackend
 from ferry.storage.azure_auth import account_credentials
 from ferry.storage.base import ListOrder
 from ferry.storage.registry import open_backend
+from ferry.storage.s3 import S3Backend
 
 PLAIN = ObjectMeta(content_type="application/octet-stream")
 
@@ -188,3 +196,25 @@ async def test_errors_from_a_dead_endpoint_are_fatal(container: str) -> None:
             await dead.head("x")
     finally:
         await dead.close()
+
+
+async def test_src_storage_mapping_keeps_each_blobs_tier_in_s3_terms(
+    backend: AzureBackend, moto: Any, bucket_factory: Any, tmp_path: Path,
+) -> None:
+    await backend.put("hot", b"h", PLAIN)
+    await backend.put("cool", b"c", PLAIN, storage_class="IA")
+    await backend.put("cold", b"k", PLAIN, storage_class="Cold")  # Azure's own name passes through
+    assert (await backend.head("cold")).storage_class == "IA"
+    dst = S3Backend(moto.endpoint, "us-east-1", moto.access_key, moto.secret_key, bucket_factory(moto), profile="aws")
+    try:
+        opts = TransferOptions(copy=CopyOptions(storage_class=KEEP_SOURCE_CLASS), concurrency=4)
+        repo = JobRepo(open_database(f"sqlite:///{tmp_path / 'state.db'}"))
+        summary = await run_migration(backend, dst, repo, opts, report_dir=tmp_path / "reports", spec={})
+        assert (summary.success, summary.failed) == (3, 0)
+        # Hot -> STANDARD; Cool and Cold (online, billed like infrequent access) -> IA -> AWS STANDARD_IA.
+        assert {k: (await dst.head(k)).storage_class for k in ("hot", "cool", "cold")} == {
+            "hot": "STANDARD", "cool": "IA", "cold": "IA"}
+        raw = await dst._send("HEAD", "head", "cool")
+        assert raw.headers.get("x-amz-storage-class") == "STANDARD_IA"
+    finally:
+        await dst.close()
