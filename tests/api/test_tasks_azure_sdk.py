@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -35,10 +37,26 @@ MiB = 1024 * 1024
 AZURE_REGION = "westeurope"
 
 
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):  # a record that cannot be formatted is not a leak
+            self.lines.append(self.format(record))
+
+
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory: pytest.TempPathFactory, azurite: AzuriteServer, seaweed_a: Any, seaweed_b: Any,
         ) -> Iterator[FerryService]:
     data_dir = tmp_path_factory.mktemp("ferry-azure")
+    lines = _Lines()
+    lines.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(lines)
+    root.setLevel(logging.DEBUG)
     with pytest.MonkeyPatch.context() as mp:
         table = {**overrides(seaweed_a, seaweed_b), f"Azure/{AZURE_REGION}": azurite.blob_endpoint}
         mp.setenv("FERRY_ENDPOINT_OVERRIDES", json.dumps(table))
@@ -47,6 +65,11 @@ def svc(tmp_path_factory: pytest.TempPathFactory, azurite: AzuriteServer, seawee
             yield started.value
         finally:
             started.close()
+            root.removeHandler(lines)
+            root.setLevel(old_level)
+    text = "\n".join(lines.lines)
+    assert "ferry.runner" in text, "the log capture saw nothing of the runner"
+    assert azurite.secret_key not in text and "AccountKey=" not in text, "an Azure key appeared in a log line"
 
 
 def _fill(azurite: AzuriteServer, container: str, bodies: dict[str, bytes], tier: str | None = None) -> None:
