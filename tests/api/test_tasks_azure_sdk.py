@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from ferry_service import DST_REGION, FerryService, listing, overrides, s3_client, start_service, wait_task
+from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException
 from huaweicloudsdkoms.v2 import (
     CreateTaskGroupReq,
     CreateTaskGroupRequest,
@@ -68,7 +69,7 @@ def svc(tmp_path_factory: pytest.TempPathFactory, azurite: AzuriteServer, seawee
             root.removeHandler(lines)
             root.setLevel(old_level)
     text = "\n".join(lines.lines)
-    assert "ferry.runner" in text, "the log capture saw nothing of the runner"
+    assert "ferry." in text, "the log capture saw nothing of Ferry"
     assert azurite.secret_key not in text and "AccountKey=" not in text, "an Azure key appeared in a log line"
 
 
@@ -174,3 +175,29 @@ def test_a_task_group_reads_an_azure_container(
     # The group keeps its split lists under oms/ in the destination, as OMS does.
     got = {k: v for k, v in listing(seaweed_b, db).items() if not k.startswith("oms/")}
     assert {k: v[0] for k, v in got.items()} == {k: len(v) for k, v in bodies.items()}
+
+
+def test_bad_azure_source_keys_are_refused_at_creation(svc: FerryService, azurite: AzuriteServer, seaweed_b: Any,
+                                                       bucket_factory: Any) -> None:
+    db = bucket_factory(seaweed_b)
+    key = azurite.secret_key
+    cases = [
+        # (region, connection string, what the answer says)
+        (AZURE_REGION, f"AccountName={azurite.access_key};AccountKey={key};Colour=blue", "unknown setting"),
+        (AZURE_REGION, f"AccountName={azurite.access_key};AccountKey=not*base64", "not a base64"),
+        # Not mapped by the operator: a caller's endpoint must be Azure's own, never an inner address.
+        ("northeurope", f"AccountName=x1y2z3;AccountKey={key};BlobEndpoint=http://169.254.169.254/x1y2z3",
+         "not one of Azure's public endpoints"),
+    ]
+    for region, text, said in cases:
+        src = SrcNodeReq(cloud_type="Azure", region=region, connection_string=text, bucket="some-container",
+                         object_key=[""])
+        with pytest.raises(ClientRequestException) as refused:
+            svc.client().create_task(_task(src, seaweed_b, db))
+        err = refused.value
+        assert (err.status_code, err.error_code) == (400, "OMS.0001") and said in err.error_msg, err.error_msg
+        assert key not in err.error_msg and "not*base64" not in err.error_msg
+    no_keys = SrcNodeReq(cloud_type="Azure", region=AZURE_REGION, bucket="some-container", object_key=[""])
+    with pytest.raises(ClientRequestException) as refused:
+        svc.client().create_task(_task(no_keys, seaweed_b, db))
+    assert refused.value.status_code == 400

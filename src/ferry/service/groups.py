@@ -98,8 +98,9 @@ def create_task_group(ctx: GroupContext, project_id: str, req: s.CreateTaskGroup
     if not req.url_list:
         assert src.region is not None and src.bucket is not None  # CreateTaskGroupReq checked bucket sources
         src_ep = tasks.resolve_endpoint(ctx.tasks, src.cloud_type.value, src.region, destination=False)
-        tasks.check_bucket(src_ep.profile, get_profile(src_ep.profile).bucket_name(src.bucket, src.app_id),
-                           "src_node.bucket")
+        src_bucket = get_profile(src_ep.profile).bucket_name(src.bucket, src.app_id)
+        tasks.check_bucket(src_ep.profile, src_bucket, "src_node.bucket")
+        tasks.check_source_keys(src_ep, src_bucket, src)
     if src.list_file is not None:
         tasks.check_bucket(dst_ep.profile, src.list_file.obs_bucket, "src_node.list_file.obs_bucket")
     now = time.time()

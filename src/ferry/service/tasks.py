@@ -40,6 +40,7 @@ from ferry.secrets import SecretBox
 from ferry.service import endpoints, smn
 from ferry.settings import records_dir
 from ferry.storage.profiles import get_profile
+from ferry.storage.stores import StoreAt, StoreKeys, open_at
 from ferry.storage.url_source import host_port
 
 DAY: Final = 24 * 3600
@@ -139,6 +140,19 @@ def check_bucket(profile: str, bucket: str, where: str) -> None:
         get_profile(profile).check_bucket(bucket)
     except UsageError as exc:
         raise TaskError.invalid(f"{where}: {exc.message}") from None
+
+
+def check_source_keys(ep: endpoints.Endpoint, bucket: str, src: s.SourceNode) -> None:
+    """Refuse (OMS.0001) source keys that cannot open a store not spoken as S3, found without a request: a
+    malformed connection string, or one whose endpoint is not the cloud's. The message never quotes a key."""
+    if get_profile(ep.profile).backend == "s3":
+        return
+    keys = StoreKeys(src.ak, src.sk.reveal() if src.sk else None,
+                     connection_string=src.connection_string.reveal() if src.connection_string else None)
+    try:
+        open_at(StoreAt(ep.profile, ep.url, ep.region, bucket, "", ep.from_override), keys)
+    except UsageError as exc:
+        raise TaskError.invalid(f"src_node: {exc.message}") from None
 
 
 def unsupported(req: s.MigrationReq) -> str | None:
@@ -258,6 +272,7 @@ def create_task(
         src_ep = resolve_endpoint(ctx, src.cloud_type.value, src.region, destination=False)
         src_bucket = get_profile(src_ep.profile).bucket_name(src.bucket, src.app_id)
         check_bucket(src_ep.profile, src_bucket, "src_node.bucket")
+        check_source_keys(src_ep, src_bucket, src)
         src_spec.update(real_bucket=src_bucket, **_endpoint_spec(src_ep))
     if src.list_file is not None:
         # OMS keeps list files in an OBS bucket of the destination region, read with the destination keys.
