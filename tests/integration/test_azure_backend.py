@@ -218,3 +218,17 @@ async def test_src_storage_mapping_keeps_each_blobs_tier_in_s3_terms(
         assert raw.headers.get("x-amz-storage-class") == "STANDARD_IA"
     finally:
         await dst.close()
+
+
+async def test_a_copy_given_meta_replaces_all_of_it(backend: AzureBackend) -> None:
+    await backend.put("src", b"data", ObjectMeta(content_type="text/a", cache_control="no-cache",
+                                                 user={"owner": "a", "x-trace": "1"}), crc64=42)
+    await backend.copy_from(backend, "src", "bare", ObjectMeta(content_type="text/b"))
+    bare = await backend.head("bare")
+    assert bare.meta is not None and (bare.meta.content_type, bare.meta.cache_control, dict(bare.meta.user)) == (
+        "text/b", None, {})
+    assert bare.crc64 is None
+    await backend.copy_from(backend, "src", "kept", None)
+    kept = await backend.head("kept")
+    assert kept.meta is not None and dict(kept.meta.user) == {"owner": "a", "x-trace": "1"} and kept.crc64 == 42
+    assert await backend.read("bare") == await backend.read("kept") == b"data"

@@ -93,7 +93,8 @@ _ACCESS_CODES = {
     "AccountIsDisabled": "AccountProblem", "ContainerNotFound": "NoSuchBucket", "ContainerDisabled": "AccessDenied",
     "InvalidAuthenticationInfo": "SignatureDoesNotMatch", "NoAuthenticationInformation": "AccessDenied",
 }
-_WRITE_OPS = frozenset({"put", "put block", "put block list", "copy", "delete", "set properties", "set tier"})
+_WRITE_OPS = frozenset({"put", "put block", "put block list", "copy", "delete", "set properties", "set metadata",
+                        "set tier"})
 _BLOCK_NONCE = 16  # hex characters of an upload's nonce; every block id of a blob must have one length
 
 
@@ -552,10 +553,8 @@ class AzureBackend:
         if not isinstance(source, AzureBackend) or source.capabilities.copy_group != self._capabilities.copy_group:
             raise UsageError(f"copy to {self.name}: server-side copy needs a source in the same storage account")
         headers = {"x-ms-copy-source": source.blob_url(src_key)}
-        if meta is not None:
-            headers.update(self._meta_headers(meta, crc64))
-            if not any(h.startswith(_META) for h in headers):
-                headers[_META + "ferry_copy"] = "1"  # some header must be there for the source's to be dropped
+        replaced = self._meta_headers(meta, crc64) if meta is not None else {}
+        headers.update(replaced)
         if if_match:
             headers["x-ms-source-if-match"] = _quote_etag(if_match)
         tier = self._tier(storage_class)
@@ -578,6 +577,9 @@ class AzureBackend:
         if status != "success":
             raise TransientError(f"copy {self._where(key)}: the copy ended {status}", key=key)
         if meta is not None:
+            if not replaced:
+                # Copy Blob keeps the source's metadata unless some is given; none given means none wanted.
+                await self._send("PUT", "set metadata", key, query=[("comp", "metadata")])
             props = self._property_headers(meta)
             resp = await self._send("PUT", "set properties", key, query=[("comp", "properties")], headers=props)
         return PutResult(etag=_etag(resp.headers), mtime=_http_to_epoch(resp.headers.get("Last-Modified")))
