@@ -22,6 +22,8 @@ from huaweicloudsdkoms.v2 import (
     DstNodeReq,
     ShowTaskGroupRequest,
     SrcNodeReq,
+    StartTaskReq,
+    StartTaskRequest,
     TaskGroupDstNode,
     TaskGroupSrcNode,
 )
@@ -152,17 +154,35 @@ def test_an_archived_blob_fails_alone_with_its_reason(
     body = s3_client(seaweed_b).get_object(Bucket=db, Key=failed_lists[0])["Body"].read().decode()
     assert "frozen" in body and "warm" not in body
 
+    # Rehydrated meanwhile, the failed blob is copied by a restart given the connection string instead of keys.
+    async def rehydrate() -> None:
+        creds = account_credentials(azurite.access_key, key=azurite.secret_key, endpoint=azurite.blob_endpoint)
+        backend = AzureBackend(creds, container)
+        try:
+            await backend.restore("frozen", 1)
+        finally:
+            await backend.close()
 
+    asyncio.run(rehydrate())
+    client.start_task(StartTaskRequest(task_id=created.id, body=StartTaskReq(
+        connection_string=azurite.connection_string, dst_ak=seaweed_b.access_key, dst_sk=seaweed_b.secret_key,
+        migrate_failed_object=True)))
+    wait_task(client, created.id, lambda t: t.status in (4, 5) and t.successful_num == 2)
+    assert s3_client(seaweed_b).get_object(Bucket=db, Key="frozen")["Body"].read() == b"f"
+
+
+@pytest.mark.parametrize("auth", ["account key", "connection string"])
 def test_a_task_group_reads_an_azure_container(
-    svc: FerryService, azurite: AzuriteServer, seaweed_b: Any, bucket_factory: Any,
+    svc: FerryService, azurite: AzuriteServer, seaweed_b: Any, bucket_factory: Any, auth: str,
 ) -> None:
     container, db = bucket_factory(azurite), bucket_factory(seaweed_b)
     bodies = {f"g/{i:02d}": os.urandom(100 + i) for i in range(25)}
     _fill(azurite, container, bodies)
     client = svc.client()
     gid = client.create_task_group(CreateTaskGroupRequest(CreateTaskGroupReq(
-        src_node=TaskGroupSrcNode(cloud_type="Azure", region=AZURE_REGION, ak=azurite.access_key,
-                                  sk=azurite.secret_key, bucket=container),
+        src_node=TaskGroupSrcNode(cloud_type="Azure", region=AZURE_REGION, bucket=container, **(
+            {"ak": azurite.access_key, "sk": azurite.secret_key} if auth == "account key"
+            else {"connection_string": azurite.connection_string})),
         dst_node=TaskGroupDstNode(ak=seaweed_b.access_key, sk=seaweed_b.secret_key, region=DST_REGION,
                                   bucket=db)))).group_id
     deadline = time.monotonic() + 120

@@ -45,7 +45,6 @@ from ferry.db.group_repo import (
 from ferry.db.task_repo import FAILED, PAUSED, PAUSING, RETRYING, RUNNING, SUCCEEDED, WAITING
 from ferry.oms import Codes, Messages
 from ferry.runner.groups import GroupPorts, SplitSettings, TaskQuotaFull, list_file_key
-from ferry.secrets import Secret
 from ferry.service import endpoints, smn, tasks
 from ferry.service.tasks import TaskContext, TaskError, TaskLimits, check_smn, smn_resp
 from ferry.storage.profiles import get_profile
@@ -135,6 +134,7 @@ def chunk_task_request(row: GroupRow, keys: dict[str, str], chunk: int) -> s.Cre
         "task_type": (s.TaskType.URL_LIST if url_list else s.TaskType.LIST).value,
         "src_node": {"cloud_type": src["cloud_type"], "region": src.get("region"), "bucket": src.get("bucket"),
                      "app_id": src.get("app_id"), "ak": keys.get("src_ak"), "sk": keys.get("src_sk"),
+                     "connection_string": keys.get("src_connection_string"),
                      "list_file": {"obs_bucket": dst["bucket"], "list_file_key": list_file_key(row.id, chunk)}},
         "dst_node": {"ak": keys.get("dst_ak"), "sk": keys.get("dst_sk"), "bucket": dst["bucket"],
                      "region": dst["region"], "save_prefix": dst.get("save_prefix") or None,
@@ -320,18 +320,21 @@ def stop_group_tasks(ctx: GroupContext, project_id: str, group_id: str) -> None:
             continue  # it finished or paused meanwhile
 
 
-def _keys(row: GroupRow, src_ak: str | None, src_sk: Secret | None, dst_ak: str | None,
-          dst_sk: Secret | None) -> dict[str, Any]:
-    # URL sources need no source keys (their list file is read with the destination's).
-    if not (src_ak and src_sk) and row.task_type != s.GroupTaskType.URL_LIST.value:
+def _keys(row: GroupRow, req: s.StartTaskGroupReq | s.RetryTaskGroupReq) -> dict[str, Any]:
+    # URL sources need no source keys (their list file is read with the destination's); an Azure source may
+    # come back with its connection string instead.
+    src_ak, src_sk, dst_ak, dst_sk = req.src_ak, req.src_sk, req.dst_ak, req.dst_sk
+    if not (src_ak and src_sk) and not req.connection_string and row.task_type != s.GroupTaskType.URL_LIST.value:
         raise TaskError.invalid("src_ak and src_sk are required for this task group.")
     if not (dst_ak and dst_sk):
         raise TaskError.invalid("dst_ak and dst_sk are required for this task group.")
-    return {"src_ak": src_ak, "src_sk": src_sk, "dst_ak": dst_ak, "dst_sk": dst_sk}
+    return {"src_ak": src_ak, "src_sk": src_sk, "src_connection_string": req.connection_string, "dst_ak": dst_ak,
+            "dst_sk": dst_sk}
 
 
 def _start_req(keys: dict[str, Any], migrate_failed_object: bool = False) -> s.StartTaskReq:
-    return s.StartTaskReq(src_ak=keys.get("src_ak"), src_sk=keys.get("src_sk"), dst_ak=keys["dst_ak"],
+    return s.StartTaskReq(src_ak=keys.get("src_ak"), src_sk=keys.get("src_sk"),
+                          connection_string=keys.get("src_connection_string"), dst_ak=keys["dst_ak"],
                           dst_sk=keys["dst_sk"], migrate_failed_object=migrate_failed_object)
 
 
@@ -348,7 +351,7 @@ def start_task_group(ctx: GroupContext, project_id: str, group_id: str, req: s.S
     """Resume a paused group with re-supplied keys: an unfinished split goes on, paused tasks start again."""
     row = _get(ctx, project_id, group_id)
     tasks.check_restart_kms(row.dst_spec.get("kms_key_id"), req.dst_crypto_type, req.dst_kms_key_id)
-    keys = _keys(row, req.src_ak, req.src_sk, req.dst_ak, req.dst_sk)
+    keys = _keys(row, req)
     if effective_status(row, _stats(ctx, row)) != G_PAUSED:
         raise _conflict("Only a paused task group can be started.")
     next_status = G_MONITORING if row.split_state.get("done") else G_EXECUTING
@@ -365,7 +368,7 @@ def retry_task_group(ctx: GroupContext, project_id: str, group_id: str, req: s.R
     failed task, fully (finished objects are skipped) or, with migrate_failed_object, just its failed objects."""
     row = _get(ctx, project_id, group_id)
     tasks.check_restart_kms(row.dst_spec.get("kms_key_id"), req.dst_crypto_type, req.dst_kms_key_id)
-    keys = _keys(row, req.src_ak, req.src_sk, req.dst_ak, req.dst_sk)
+    keys = _keys(row, req)
     status = effective_status(row, _stats(ctx, row))
     if status == G_CREATE_FAILED:
         if not ctx.repo.transition(group_id, (G_CREATE_FAILED,), {

@@ -399,7 +399,7 @@ def start_task(ctx: TaskContext, project_id: str, task_id: int, req: s.StartTask
     row = _get(ctx, project_id, task_id)
     if row.status not in STARTABLE:
         raise TaskError.conflict("Only paused or failed tasks can be started.")
-    if row.task_type != s.TaskType.URL_LIST.value and not (req.src_ak and req.src_sk):
+    if row.task_type != s.TaskType.URL_LIST.value and not (req.src_ak and req.src_sk) and not req.connection_string:
         raise TaskError.invalid("src_ak and src_sk are required to start this task.")
     check_restart_kms(row.dst_spec.get("kms_key_id"), req.dst_crypto_type, req.dst_kms_key_id)
     if req.migrate_failed_object:
@@ -410,6 +410,7 @@ def start_task(ctx: TaskContext, project_id: str, task_id: int, req: s.StartTask
         mode = "full"
     blob = ctx.box.seal({
         "src_ak": req.src_ak, "src_sk": req.src_sk, "src_security_token": req.src_security_token,
+        "src_connection_string": req.connection_string,
         "dst_ak": req.dst_ak, "dst_sk": req.dst_sk, "dst_security_token": req.dst_security_token,
     })
     changed = ctx.repo.transition(task_id, project_id, (row.status,), {
