@@ -7,10 +7,10 @@ import binascii
 import email.utils
 import hmac
 import re
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cmp_to_key
-from hashlib import sha256
+from functools import cmp_to_key, lru_cache
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from ferry.errors import UsageError
@@ -22,9 +22,6 @@ DEV_ACCOUNT = "devstoreaccount1"
 DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 DEV_BLOB_ENDPOINT = "http://127.0.0.1:10000/devstoreaccount1"
 
-# The standard headers of the string to sign, in order (version 2015-02-21 and later).
-_SIGNED_STANDARD = ("content-encoding", "content-language", "content-length", "content-md5", "content-type", "date",
-                    "if-modified-since", "if-match", "if-none-match", "if-unmodified-since", "range")
 _ACCOUNT_RE = re.compile(r"[a-z0-9]{3,24}|devstoreaccount1")
 # Every key a storage connection string may hold (Azure portal, Storage Explorer, Azurite docs).
 _CONN_KEYS = frozenset({
@@ -149,7 +146,14 @@ def parse_connection_string(text: str) -> AzureCredentials:
 
 
 def http_date(now: float | None = None) -> str:
-    return email.utils.formatdate(now, usegmt=True)
+    """`now` (default: the current second) as an RFC 1123 date, as x-ms-date wants it."""
+    return _http_date(int(time.time() if now is None else now))
+
+
+@lru_cache(maxsize=4)
+def _http_date(second: int) -> str:
+    # Formatted once a second, not once a request: formatdate costs more than the HMAC that signs it.
+    return email.utils.formatdate(second, usegmt=True)
 
 
 class SharedKeySigner:
@@ -162,27 +166,30 @@ class SharedKeySigner:
     def __repr__(self) -> str:
         return f"SharedKeySigner({self.account!r})"
 
-    def string_to_sign(self, method: str, path: str, query: Iterable[tuple[str, str]], headers: Mapping[str, str],
+    def string_to_sign(self, method: str, path: str, query: Sequence[tuple[str, str]], headers: Mapping[str, str],
                        content_length: int) -> str:
         """`path` is the encoded URL path as sent (Azurite's starts with the account, which is then named twice)."""
         lower = {k.lower(): v for k, v in headers.items()}
-        lower["content-length"] = str(content_length) if content_length else ""
-        lines = [method, *(lower.get(h, "") for h in _SIGNED_STANDARD)]
-        ms = sorted(((k, v.strip()) for k, v in lower.items() if k.startswith("x-ms-")),
-                    key=lambda kv: cmp_to_key(_collate)(kv[0]))
-        canonical_headers = "".join(f"{k}:{v}\n" for k, v in ms)
-        resource = f"/{self.account}{path}"
-        grouped: dict[str, list[str]] = {}
-        for k, v in query:
-            grouped.setdefault(k.lower(), []).append(v)
-        for k in sorted(grouped):
-            resource += f"\n{k}:{','.join(sorted(grouped[k]))}"
-        return "\n".join(lines) + "\n" + canonical_headers + resource
+        get = lower.get
+        # The standard headers in their fixed order (the string is built in one go: this runs per request).
+        sts = (f"{method}\n{get('content-encoding', '')}\n{get('content-language', '')}\n"
+               f"{content_length or ''}\n{get('content-md5', '')}\n{get('content-type', '')}\n{get('date', '')}\n"
+               f"{get('if-modified-since', '')}\n{get('if-match', '')}\n{get('if-none-match', '')}\n"
+               f"{get('if-unmodified-since', '')}\n{get('range', '')}\n")
+        names = _collated(tuple(sorted(k for k in lower if k.startswith("x-ms-"))))
+        sts += "".join([f"{k}:{lower[k].strip()}\n" for k in names])
+        sts += f"/{self.account}{path}"
+        if query:
+            grouped: dict[str, list[str]] = {}
+            for k, v in query:
+                grouped.setdefault(k.lower(), []).append(v)
+            sts += "".join(f"\n{k}:{','.join(sorted(grouped[k]))}" for k in sorted(grouped))
+        return sts
 
-    def authorization(self, method: str, path: str, query: Iterable[tuple[str, str]], headers: Mapping[str, str],
+    def authorization(self, method: str, path: str, query: Sequence[tuple[str, str]], headers: Mapping[str, str],
                       content_length: int) -> str:
         sts = self.string_to_sign(method, path, query, headers, content_length)
-        sig = base64.b64encode(hmac.new(self._key, sts.encode("utf-8"), sha256).digest()).decode("ascii")
+        sig = base64.b64encode(hmac.digest(self._key, sts.encode("utf-8"), "sha256")).decode("ascii")
         return f"SharedKey {self.account}:{sig}"
 
 
@@ -214,6 +221,12 @@ _LV0.update(zip("abcdefghijklmnopqrstuvwxyz", _LETTERS, strict=True))
 _LV0.update(zip("ABCDEFGHIJKLMNOPQRSTUVWXYZ", _LETTERS, strict=True))
 _LV0.update({"^": 0x743, "_": 0x744, "`": 0x748, "|": 0x74C, "~": 0x750})
 _LV4 = {"'": 0x8012, "-": 0x8212}
+
+
+@lru_cache(maxsize=1024)
+def _collated(names: tuple[str, ...]) -> tuple[str, ...]:
+    """`names` in the service's order; requests repeat a few sets of header names, so each is sorted once."""
+    return tuple(sorted(names, key=cmp_to_key(_collate)))
 
 
 def _collate(lhs: str, rhs: str) -> int:
