@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs everything the tests need (SeaweedFS, rclone, s5cmd, moto, the OMS SDK), lints (ruff, mypy, the
+# Installs everything the tests need (SeaweedFS, rclone, s5cmd, moto, Azurite, the OMS SDK), lints (ruff, mypy, the
 # import layers), and runs the suite.
 set -euo pipefail
 cd "$(dirname "$0")"

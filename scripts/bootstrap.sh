@@ -9,6 +9,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if [ "${1:-}" = "test" ]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+  # Azurite (the Azure Blob emulator the tests run against) comes from npm, pinned by tools/azurite's lockfile.
+  # `npm ci` starts from an empty node_modules (~35 s), so it runs only when the lockfile changed since.
+  if [ ! -x tools/azurite/node_modules/.bin/azurite-blob ] \
+      || [ tools/azurite/package-lock.json -nt tools/azurite/node_modules/.package-lock.json ]; then
+    command -v npm >/dev/null || { echo "bootstrap: npm (Node.js 18+) is needed to install Azurite" >&2; exit 1; }
+    npm ci --prefix tools/azurite --no-audit --no-fund --ignore-scripts --loglevel=error
+  fi
 else
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -e .
 fi

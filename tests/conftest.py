@@ -1,5 +1,5 @@
-"""Shared fixtures: real local S3 servers (two SeaweedFS, a lazy moto), fresh bucket names per test, kernel moves,
-fault-injection proxies in front of them."""
+"""Shared fixtures: real local servers (two SeaweedFS, a lazy moto, Azurite, the GCS emulator), fresh bucket names
+per test, kernel moves, fault-injection proxies in front of them."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import uvloop
 
 from faultproxy import FaultProxy
-from ferry.sandbox import MotoServer, S3Server, SeaweedServer
+from ferry.sandbox import AzuriteServer, MotoServer, S3Server, SeaweedServer
 from ferry.storage import splice
 
 BucketFactory = Callable[[S3Server], str]
@@ -67,6 +67,13 @@ def gcs_emulator() -> Iterator[Any]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[AzuriteServer]:
+    """Azurite's blob service, in memory, with an account of its own (started only by tests that ask for it)."""
+    with AzuriteServer() as server:
+        yield server
 
 
 @pytest.fixture

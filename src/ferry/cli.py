@@ -36,9 +36,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_side(p: argparse.ArgumentParser, side: str, label: str) -> None:
-    p.add_argument(f"--{side}-endpoint", metavar="URL", help=f"{label} S3 endpoint URL")
-    p.add_argument(f"--{side}-ak", metavar="AK", help=f"{label} access key (or FERRY_{side.upper()}_AK)")
-    p.add_argument(f"--{side}-sk", metavar="SK", help=f"{label} secret key (or FERRY_{side.upper()}_SK)")
+    p.add_argument(f"--{side}-endpoint", metavar="URL", help=f"{label} S3 endpoint URL (azure://: blob service URL)")
+    p.add_argument(f"--{side}-ak", metavar="AK", help=f"{label} access key (or FERRY_{side.upper()}_AK; azure://: "
+                                                      "the account name)")
+    p.add_argument(f"--{side}-sk", metavar="SK", help=f"{label} secret key (or FERRY_{side.upper()}_SK; azure://: "
+                                                      f"the account key, or FERRY_{side.upper()}_CONNECTION_STRING)")
     p.add_argument(f"--{side}-region", metavar="R", help=f"{label} region")
     p.add_argument(f"--{side}-profile", metavar="NAME", help=f"{label} cloud profile (aws, aliyun, seaweedfs, ...)")
     p.add_argument(f"--{side}-json-auth-file", metavar="PATH",
@@ -56,12 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Copy a bucket (or prefix) to another, verified and resumable. A PREFIX is a folder, as in "
                     "`aws s3 sync` and rclone, with or without its trailing /: `ferry migrate s3://photos/docs "
                     "s3://backup/all` copies docs/x to all/x (and leaves docs2/x out).")
-    m.add_argument("source", help="s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX], a local directory, or "
-                                  "mem://BUCKET[/PREFIX]; "
-                                  "keys are taken relative to PREFIX/")
-    m.add_argument("destination", help="s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX], a local directory, or "
-                                       "mem://BUCKET[/PREFIX]; "
-                                       "keys are written under PREFIX/")
+    m.add_argument("source", help="s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX], azure://CONTAINER[/PREFIX], "
+                                  "a local directory, or mem://BUCKET[/PREFIX]; keys are taken relative to PREFIX/")
+    m.add_argument("destination", help="s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX], azure://CONTAINER[/PREFIX], "
+                                       "a local directory, or mem://BUCKET[/PREFIX]; keys are written under PREFIX/")
     _add_side(m, "src", "source")
     m.add_argument("--src-cdn-domain", metavar="HOST[:PORT]",
                    help="fetch the source's bytes through this CDN domain (listed through the bucket API, checked "
@@ -174,6 +174,15 @@ def _open_side(args: argparse.Namespace, side: str, url: str):  # type: ignore[n
     endpoint, profile = getattr(args, f"{side}_endpoint"), getattr(args, f"{side}_profile")
     access_key, secret_key = _secret(args, side, "ak"), _secret(args, side, "sk")
     try:
+        if parse_spec(url).scheme == "azure":
+            # An account key or connection string never goes on a command line others can read: env only.
+            env = f"FERRY_{side.upper()}"
+            connection_string = os.environ.get(f"{env}_CONNECTION_STRING") or None
+            if not connection_string and not (access_key and secret_key):
+                raise UsageError(f"{url} needs the account name and key ({env}_AK and {env}_SK, or --{side}-ak "
+                                 f"and --{side}-sk) or a connection string in {env}_CONNECTION_STRING")
+            return open_backend(url, endpoint=endpoint, access_key=access_key, secret_key=secret_key,
+                                connection_string=connection_string)
         if parse_spec(url).scheme == "s3":
             # Said here, where the flags are known: the storage layer can only say what is missing.
             env = f"FERRY_{side.upper()}"

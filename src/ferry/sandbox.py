@@ -1,9 +1,10 @@
-"""Real local S3 servers (SeaweedFS `weed mini`, moto) on free 127.0.0.1 ports for tests, bench and demo."""
+"""Real local storage servers (SeaweedFS `weed mini`, moto, Azurite) on free 127.0.0.1 ports for tests, bench, demo."""
 
 from __future__ import annotations
 
 import abc
 import atexit
+import base64
 import contextlib
 import ctypes
 import hashlib
@@ -372,6 +373,112 @@ class MotoServer(S3Server):
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
         self.port = 0
+
+
+class AzuriteServer(S3Server):
+    """Azurite's blob service (`azurite-blob`, from npm) on a free loopback port, in-memory, with an account of its
+    own: `access_key` is the account name, `secret_key` its key (base64), as OMS passes them (`ak`/`sk`).
+
+    The binary is the one `scripts/bootstrap.sh test` installed under tools/azurite (or `$AZURITE_BLOB`, or
+    `azurite-blob` on PATH)."""
+
+    name = "azurite"
+
+    def __init__(self) -> None:
+        account = "ferry" + secrets.token_hex(4)
+        key = base64.b64encode(secrets.token_bytes(64)).decode("ascii")
+        super().__init__(access_key=account, secret_key=key)
+        self._dir: Path | None = None
+
+    @property
+    def blob_endpoint(self) -> str:
+        """The account's blob service URL (path style: the account is the first segment)."""
+        return f"{self.endpoint}/{self.access_key}"
+
+    @property
+    def connection_string(self) -> str:
+        return (f"DefaultEndpointsProtocol=http;AccountName={self.access_key};AccountKey={self.secret_key};"
+                f"BlobEndpoint={self.blob_endpoint};")
+
+    def _start_once(self) -> None:
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix="ferry-azurite-"))
+        (port,) = reserve_ports(1)
+        self.port = port
+        env = dict(os.environ)
+        env["AZURITE_ACCOUNTS"] = f"{self.access_key}:{self.secret_key}"
+        argv = [azurite_binary(), "--blobHost", HOST, "--blobPort", str(port), "--inMemoryPersistence",
+                "--skipApiVersionCheck", "--loose", "--disableProductStyleUrl", "--disableTelemetry"]
+        self._spawn(argv, self._dir / "azurite.log", env)
+        self._wait_ready()
+
+    def request(
+        self, method: str, path: str, *, query: str = "", body: bytes = b"",
+        headers: dict[str, str] | None = None, timeout: float = 10.0,
+    ) -> tuple[int, bytes]:
+        """A SharedKey-signed request to the account (`path` unencoded, after the account: `/container`)."""
+        from urllib.parse import parse_qsl
+
+        from ferry.storage.azure_auth import API_VERSION, SharedKeySigner, http_date
+
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=timeout)
+        try:
+            epath = quote_path(f"/{self.access_key}{path}")
+            signed = {"x-ms-date": http_date(), "x-ms-version": API_VERSION, **(headers or {})}
+            signer = SharedKeySigner(self.access_key, base64.b64decode(self.secret_key))
+            signed["Authorization"] = signer.authorization(method, epath, parse_qsl(query), signed, len(body))
+            conn.request(method, epath + (f"?{query}" if query else ""), body=body or None, headers=signed)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    def create_bucket(self, name: str) -> str:
+        """Create container `name` (an existing one is fine) and return its name."""
+        status, body = self.request("PUT", f"/{name}", query="restype=container")
+        if status not in (201, 409):
+            raise SandboxError(f"create container {name} on azurite: HTTP {status} {body[:200]!r}")
+        return name
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self._proc is None or self._proc.poll() is not None:
+                raise SandboxError(f"{self.name} exited during startup:\n{self.log_tail()}")
+            try:
+                status, _ = self.request("GET", "", query="comp=list", timeout=2.0)
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise SandboxError(f"{self.name} did not answer on {self.endpoint} in time:\n{self.log_tail()}")
+
+    def _kill(self, grace: float = 0.0) -> None:
+        super()._kill(grace)
+        if self.port:
+            release_ports([self.port])
+
+    def stop(self) -> None:
+        super().stop()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+        self.port = 0
+
+
+def azurite_binary() -> str:
+    """`azurite-blob`: `$AZURITE_BLOB`, else the project's tools/azurite install, else on PATH."""
+    given = os.environ.get("AZURITE_BLOB")
+    if given:
+        return given
+    local = Path(__file__).resolve().parents[2] / "tools" / "azurite" / "node_modules" / ".bin" / "azurite-blob"
+    if local.is_file():
+        return str(local)
+    found = shutil.which("azurite-blob")
+    if found is None:
+        raise SandboxError("azurite-blob not found: run scripts/bootstrap.sh test (it installs it with npm)")
+    return found
 
 
 @atexit.register

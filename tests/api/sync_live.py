@@ -113,9 +113,11 @@ def env(**values: str) -> Iterator[None]:
 
 @contextmanager
 def sync_live(src: SeaweedServer, dst: SeaweedServer, state: Path, settings: SyncSettings, *,
-              run_workers: bool = True) -> Iterator[SyncLive]:
-    """The API and (unless `run_workers` is false: events then stay pending) the sync workers."""
-    with env(FERRY_ENDPOINT_OVERRIDES=overrides(src, dst)):
+              run_workers: bool = True, more_endpoints: dict[str, str] | None = None) -> Iterator[SyncLive]:
+    """The API and (unless `run_workers` is false: events then stay pending) the sync workers; `more_endpoints`
+    adds "Cloud/region" entries to the operator's endpoint table (an Azurite for Azure/eastus, say)."""
+    table = {**json.loads(overrides(src, dst)), **(more_endpoints or {})}
+    with env(FERRY_ENDPOINT_OVERRIDES=json.dumps(table)):
         engine = open_database(f"sqlite:///{state / 'ferry.db'}")
         box = SecretBox(os.urandom(32))
         ctx, background = build_sync_service(engine, box, settings)

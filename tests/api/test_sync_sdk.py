@@ -175,7 +175,7 @@ def test_create_validation_and_quota(sync_server: SyncLive, bucket_factory: Buck
     assert rejected(description="a <b>")[:2] == (400, "OMS.0078")
     assert rejected(description="x" * 256)[:2] == (400, "OMS.0001")
     assert rejected(src_cloud_type="Google")[:2] == (400, "OMS.0001")  # a task cloud, not a sync cloud
-    assert rejected(src_cloud_type="Azure")[:2] == (400, "OMS.0001")  # documented, not reachable by Ferry yet
+    assert rejected(src_cloud_type="Azure")[:2] == (400, "OMS.0001")  # us-east-1 is no Azure region
     assert rejected(src_sk="s" * 101)[:2] == (400, "OMS.0001")
     assert rejected(dst_ak=None)[:2] == (400, "OMS.0001")
     assert rejected(dst_storage_policy="COLD")[:2] == (400, "OMS.0001")

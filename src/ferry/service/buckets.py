@@ -24,10 +24,12 @@ from ferry.oms import LIST_FILE_MAX_BYTES, LIST_FILE_MAX_LINE, MAX_KEY_BYTES, Cd
 from ferry.secrets import Secret
 from ferry.service import endpoints
 from ferry.service.cdn import CdnClient, etags_match, same_cloud
+from ferry.storage.base import listing
 from ferry.storage.cdn_signing import KEYED_TYPES, CdnCredentials, sign_url
 from ferry.storage.cdn_source import CdnDomainError, load_allowed_hosts, parse_domain
 from ferry.storage.profiles import get_profile
 from ferry.storage.s3 import S3Backend, failure_detail, list_buckets
+from ferry.storage.stores import StoreAt, StoreKeys, open_at
 
 # The OMS docs give page_size 0..100; 0 would be a page that can never advance, so 1 is the floor.
 MAX_PAGE_SIZE: Final = 100
@@ -37,6 +39,8 @@ CDN_SAMPLE_KEYS: Final = 3
 _CDN_CONCURRENCY: Final = 8
 # Clouds whose buckets Ferry reaches through its S3 backend; the others have no backend yet.
 _NO_BUCKETS: Final = frozenset({"azure", "google", "urlsource"})
+# Clouds whose buckets only the task seam opens: of the helpers, only check_prefix (a sync task's access check).
+_SEAM_ONLY: Final = frozenset({"azure"})
 
 
 class HelperError(UsageError):
@@ -329,6 +333,8 @@ async def check_prefix(
     access: CloudAccess, region: str, bucket: str, prefix: str, settings: HelperSettings
 ) -> bool:
     """Whether any object key in the bucket starts with `prefix`."""
+    if access.cloud_type.strip().lower() in _SEAM_ONLY:
+        return await _check_prefix_at(access, region, bucket, prefix, settings)
     async with _open(access, region, bucket, settings) as (backend, _ep):
         page = await backend.list_page(prefix, max_keys=1)
     return bool(page.objects or page.prefixes)
@@ -356,6 +362,27 @@ def _cdn_signer(source: CdnSource, access: CloudAccess, bucket: str) -> Callable
                         creds).target
 
     return sign
+
+
+async def _check_prefix_at(
+    access: CloudAccess, region: str, bucket: str, prefix: str, settings: HelperSettings
+) -> bool:
+    """`check_prefix` for a cloud not spoken as S3, opened through the seam every task uses (storage/stores.py)."""
+    cloud = access.cloud_type.strip().lower()
+    ep = _endpoint(cloud, region, settings)
+    keys = StoreKeys(access.ak, access.sk.reveal() if access.sk else None)
+    try:
+        backend = open_at(StoreAt(ep.profile, ep.url, ep.region, bucket, "", ep.from_override), keys)
+    except UsageError:
+        raise HelperError(Codes.INVALID_PARAMETER, "The bucket name or keys are not valid for this cloud.") from None
+    try:
+        with _mapped(access):
+            async for _ in listing(backend, prefix):
+                return True
+            return False
+    finally:
+        await backend.close()
+
 
 
 async def show_cdn_info(

@@ -18,7 +18,7 @@ from ferry.errors import UsageError
 from ferry.storage.netguard import is_public_host as is_public_host  # the names of the table need no lookup
 from ferry.storage.profiles import get_profile
 
-# OMS cloud type (any case) -> storage profile (whose `backend` says which code speaks to it).
+# OMS cloud type (any case) -> storage profile (whose `backend` says which code talks to it).
 CLOUD_PROFILES: dict[str, str] = {
     "aws": "aws",
     "aliyun": "aliyun",
@@ -31,6 +31,7 @@ CLOUD_PROFILES: dict[str, str] = {
     "qiniu": "qiniu",
     "ucloud": "ucloud",
     "google": "google",
+    "azure": "azure",
 }
 _REGION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 

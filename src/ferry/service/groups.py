@@ -97,10 +97,12 @@ def create_task_group(ctx: GroupContext, project_id: str, req: s.CreateTaskGroup
     tasks.check_bucket(dst_ep.profile, dst.bucket, "dst_node.bucket")
     if not req.url_list:
         assert src.region is not None and src.bucket is not None  # CreateTaskGroupReq checked bucket sources
-        tasks.check_source_keys(src.cloud_type.value, src.ak, src.sk, src.json_auth_file, "src_node.")
+        tasks.check_source_keys(src.cloud_type.value, src.ak, src.sk, src.json_auth_file, "src_node.",
+                                connection_string=src.connection_string)
         src_ep = tasks.resolve_endpoint(ctx.tasks, src.cloud_type.value, src.region, destination=False)
-        tasks.check_bucket(src_ep.profile, get_profile(src_ep.profile).bucket_name(src.bucket, src.app_id),
-                           "src_node.bucket")
+        src_bucket = get_profile(src_ep.profile).bucket_name(src.bucket, src.app_id)
+        tasks.check_bucket(src_ep.profile, src_bucket, "src_node.bucket")
+        tasks.check_store_opens(src_ep, src_bucket, src)
     if src.list_file is not None:
         tasks.check_bucket(dst_ep.profile, src.list_file.obs_bucket, "src_node.list_file.obs_bucket")
     now = time.time()
@@ -118,6 +120,7 @@ def create_task_group(ctx: GroupContext, project_id: str, req: s.CreateTaskGroup
         "options": tasks.migration_options(req),
         "bandwidth_policy": [p.model_dump() for p in req.bandwidth_policy or []],
         "secrets": ctx.tasks.box.seal({"src_ak": src.ak, "src_sk": src.sk, "src_json_auth": src.json_auth_file,
+                                        "src_connection_string": src.connection_string,
                                         "dst_ak": dst.ak, "dst_sk": dst.sk,
                                         "cdn_key": req.source_cdn.authentication_key if req.source_cdn else None}),
         "split_state": {"index": 0, "after": None, "skip": 0, "chunk": 0, "done": False},
@@ -137,6 +140,7 @@ def chunk_task_request(row: GroupRow, keys: dict[str, str], chunk: int) -> s.Cre
         "src_node": {"cloud_type": src["cloud_type"], "region": src.get("region"), "bucket": src.get("bucket"),
                      "app_id": src.get("app_id"), "ak": keys.get("src_ak"), "sk": keys.get("src_sk"),
                      "json_auth_file": keys.get("src_json_auth"),
+                     "connection_string": keys.get("src_connection_string"),
                      "list_file": {"obs_bucket": dst["bucket"], "list_file_key": list_file_key(row.id, chunk)}},
         "dst_node": {"ak": keys.get("dst_ak"), "sk": keys.get("dst_sk"), "bucket": dst["bucket"],
                      "region": dst["region"], "save_prefix": dst.get("save_prefix") or None,
@@ -327,20 +331,23 @@ def stop_group_tasks(ctx: GroupContext, project_id: str, group_id: str) -> None:
 
 
 def _keys(row: GroupRow, req: s.StartTaskGroupReq | s.RetryTaskGroupReq) -> dict[str, Any]:
-    # URL sources need no source keys (their list file is read with the destination's).
+    # URL sources need no source keys (their list file is read with the destination's); an Azure source may
+    # come back with its connection string instead.
     if row.task_type != s.GroupTaskType.URL_LIST.value:
-        tasks.check_source_keys(row.src_spec["cloud_type"], req.src_ak, req.src_sk, req.json_auth_file, "")
+        tasks.check_source_keys(row.src_spec["cloud_type"], req.src_ak, req.src_sk, req.json_auth_file, "",
+                                connection_string=req.connection_string)
     if not (req.dst_ak and req.dst_sk):
         raise TaskError.invalid("dst_ak and dst_sk are required for this task group.")
-    return {"src_ak": req.src_ak, "src_sk": req.src_sk, "src_json_auth": req.json_auth_file, "dst_ak": req.dst_ak,
-            "dst_sk": req.dst_sk,
+    return {"src_ak": req.src_ak, "src_sk": req.src_sk, "src_json_auth": req.json_auth_file,
+            "src_connection_string": req.connection_string, "dst_ak": req.dst_ak, "dst_sk": req.dst_sk,
             "cdn_key": tasks.restart_cdn_key(row.src_spec.get("cdn"), req.source_cdn_authentication_key)}
 
 
 def _start_req(keys: dict[str, Any], migrate_failed_object: bool = False) -> s.StartTaskReq:
     return s.StartTaskReq(src_ak=keys.get("src_ak"), src_sk=keys.get("src_sk"),
-                          json_auth_file=keys.get("src_json_auth"), dst_ak=keys["dst_ak"], dst_sk=keys["dst_sk"],
-                          migrate_failed_object=migrate_failed_object,
+                          json_auth_file=keys.get("src_json_auth"),
+                          connection_string=keys.get("src_connection_string"), dst_ak=keys["dst_ak"],
+                          dst_sk=keys["dst_sk"], migrate_failed_object=migrate_failed_object,
                           source_cdn_authentication_key=keys.get("cdn_key"))
 
 

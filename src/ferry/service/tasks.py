@@ -45,6 +45,7 @@ from ferry.settings import records_dir
 from ferry.storage.cdn_signing import KEYED_TYPES
 from ferry.storage.gcs_auth import ServiceAccount
 from ferry.storage.profiles import get_profile
+from ferry.storage.stores import StoreAt, StoreKeys, open_at
 from ferry.storage.url_source import host_port
 
 DAY: Final = 24 * 3600
@@ -146,6 +147,20 @@ def check_bucket(profile: str, bucket: str, where: str) -> None:
         raise TaskError.invalid(f"{where}: {exc.message}") from None
 
 
+def check_store_opens(ep: endpoints.Endpoint, bucket: str, src: s.SourceNode) -> None:
+    """Refuse (OMS.0001) source keys that cannot open a store not spoken as S3, found without a request: a
+    malformed connection string, or one whose endpoint is not the cloud's. The message never quotes a key."""
+    if get_profile(ep.profile).backend == "s3":
+        return
+    keys = StoreKeys(src.ak, src.sk.reveal() if src.sk else None,
+                     connection_string=src.connection_string.reveal() if src.connection_string else None,
+                     json_auth=src.json_auth_file.reveal() if src.json_auth_file else None)
+    try:
+        open_at(StoreAt(ep.profile, ep.url, ep.region, bucket, "", ep.from_override), keys)
+    except UsageError as exc:
+        raise TaskError.invalid(f"src_node: {exc.message}") from None
+
+
 def unsupported(req: s.MigrationReq) -> str | None:
     """Why Ferry cannot run this otherwise valid task or group request yet, or None."""
     src = req.src_node
@@ -160,9 +175,10 @@ _VALIDATED_LOCK = threading.Lock()
 
 
 def check_source_keys(cloud_type: str, ak: str | None, sk: Secret | None, json_auth_file: Secret | None,
-                      where: str) -> None:
+                      where: str, *, connection_string: Secret | None = None) -> None:
     """A Google source authenticates with a service-account key file, checked here once (what is wrong with it
-    is said, nothing of it quoted); every other source with an AK/SK pair. URL lists need neither."""
+    is said, nothing of it quoted); an Azure source with an account name and key or a connection string; every
+    other source with an AK/SK pair. URL lists need neither."""
     if cloud_type.lower() == "google":
         if not json_auth_file:
             raise TaskError.invalid(f"{where}json_auth_file (a service-account key file) is required for Google.")
@@ -177,7 +193,7 @@ def check_source_keys(cloud_type: str, ak: str | None, sk: Secret | None, json_a
             if len(_VALIDATED_KEYS) >= 256:
                 _VALIDATED_KEYS.clear()
             _VALIDATED_KEYS.add(digest)
-    elif not (ak and sk):
+    elif not (ak and sk) and not connection_string:
         raise TaskError.invalid(f"{where}ak and {where}sk are required for this source.")
 
 
@@ -318,10 +334,12 @@ def create_task(
                                             if key.lower().startswith("urlsource/")})
     else:
         assert src.region is not None and src.bucket is not None  # CreateTaskReq checked bucket sources
-        check_source_keys(src.cloud_type.value, src.ak, src.sk, src.json_auth_file, "src_node.")
+        check_source_keys(src.cloud_type.value, src.ak, src.sk, src.json_auth_file, "src_node.",
+                          connection_string=src.connection_string)
         src_ep = resolve_endpoint(ctx, src.cloud_type.value, src.region, destination=False)
         src_bucket = get_profile(src_ep.profile).bucket_name(src.bucket, src.app_id)
         check_bucket(src_ep.profile, src_bucket, "src_node.bucket")
+        check_store_opens(src_ep, src_bucket, src)
         src_spec.update(real_bucket=src_bucket, **_endpoint_spec(src_ep))
     if src.list_file is not None:
         # OMS keeps list files in an OBS bucket of the destination region, read with the destination keys.
@@ -332,6 +350,7 @@ def create_task(
     secret_values = {
         "src_ak": src.ak, "src_sk": src.sk, "src_security_token": src.security_token,
         "src_json_auth": src.json_auth_file,
+        "src_connection_string": src.connection_string,
         "dst_ak": dst.ak, "dst_sk": dst.sk, "dst_security_token": dst.security_token,
         "cdn_key": req.source_cdn.authentication_key if req.source_cdn else None,
     }
@@ -457,7 +476,8 @@ def start_task(ctx: TaskContext, project_id: str, task_id: int, req: s.StartTask
     if row.status not in STARTABLE:
         raise TaskError.conflict("Only paused or failed tasks can be started.")
     if row.task_type != s.TaskType.URL_LIST.value:
-        check_source_keys(row.src_spec["cloud_type"], req.src_ak, req.src_sk, req.json_auth_file, "")
+        check_source_keys(row.src_spec["cloud_type"], req.src_ak, req.src_sk, req.json_auth_file, "",
+                          connection_string=req.connection_string)
     check_restart_kms(row.dst_spec.get("kms_key_id"), req.dst_crypto_type, req.dst_kms_key_id)
     cdn_key = restart_cdn_key(row.src_spec.get("cdn"), req.source_cdn_authentication_key)
     if req.migrate_failed_object:
@@ -469,6 +489,7 @@ def start_task(ctx: TaskContext, project_id: str, task_id: int, req: s.StartTask
     blob = ctx.box.seal({
         "src_ak": req.src_ak, "src_sk": req.src_sk, "src_security_token": req.src_security_token,
         "src_json_auth": req.json_auth_file,
+        "src_connection_string": req.connection_string,
         "dst_ak": req.dst_ak, "dst_sk": req.dst_sk, "dst_security_token": req.dst_security_token,
         "cdn_key": cdn_key,
     })

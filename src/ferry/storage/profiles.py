@@ -271,3 +271,4 @@ def cloud_regions(name: str) -> tuple[CloudRegion, ...]:
         return profiles[key].regions
     other = {_norm(n): raw for n, raw in _data()["other_clouds"].items() if isinstance(raw, dict)}
     return _regions(other.get(_norm(name), {}))
+

@@ -1,5 +1,5 @@
 """Open a Backend from a URL-ish spec: `s3://bucket/prefix`, `gs://bucket/prefix` (Google Cloud Storage),
-`file:///path` or a plain path, `mem://bucket/prefix`.
+`azure://container/prefix`, `file:///path` or a plain path, `mem://bucket/prefix`.
 
 The part after `bucket/` is a folder, as `aws s3 sync` and rclone read it: `s3://backup/all` and
 `s3://backup/all/` both mean `all/` (keys are written as `all/<key>`, never glued on as `all<key>`), and a
@@ -24,6 +24,7 @@ from ferry.errors import UsageError
 from ferry.storage.base import Backend
 
 if TYPE_CHECKING:
+    from ferry.storage.azure import AzureBackend
     from ferry.storage.local import LocalBackend
     from ferry.storage.memory import MemoryBackend, MemoryStore
     from ferry.storage.tree import TreeBackend
@@ -57,7 +58,7 @@ def reset_memory_stores() -> None:
 
 @dataclass(frozen=True, slots=True)
 class BackendSpec:
-    """A parsed spec: `scheme` is `s3`, `gs`, `file` or `mem`; `path` is set for `file` only."""
+    """A parsed spec: `scheme` is `s3`, `gs`, `azure`, `file` or `mem`; `path` is set for `file` only."""
 
     scheme: str
     bucket: str = ""
@@ -128,8 +129,11 @@ def parse_spec(spec: str) -> BackendSpec:
     if scheme in ("s3", "gs"):
         bucket, prefix = _bucket_and_prefix(scheme, rest, spec)
         return BackendSpec(scheme, bucket, prefix)
-    raise UsageError(f"unsupported location {spec!r}: use s3://bucket/prefix, gs://bucket/prefix, file:///path, "
-                     "a path, or mem://bucket")
+    if scheme in ("azure", "az"):
+        container, prefix = _bucket_and_prefix("azure", rest, spec)
+        return BackendSpec("azure", container, prefix)
+    raise UsageError(f"unsupported location {spec!r}: use s3://bucket/prefix, gs://bucket/prefix, "
+                     "azure://container/prefix, file:///path, a path, or mem://bucket")
 
 
 def _open_memory(parsed: BackendSpec) -> MemoryBackend:
@@ -181,6 +185,22 @@ def _open_google(parsed: BackendSpec, spec: str, endpoint: str | None, json_auth
                       copy_group=f"gcs:{endpoint}:{account.client_email}")
 
 
+def _open_azure(parsed: BackendSpec, spec: str, endpoint: str | None, account: str | None, key: str | None,
+                connection_string: str | None) -> AzureBackend:
+    from ferry.storage.azure import AzureBackend
+    from ferry.storage.azure_auth import account_credentials, parse_connection_string
+
+    if connection_string:
+        if account or key:
+            raise UsageError(f"{spec!r}: give a connection string or an account name and key, not both")
+        creds = parse_connection_string(connection_string)
+    elif account and key:
+        creds = account_credentials(account, key=key, endpoint=endpoint)
+    else:
+        raise UsageError(f"{spec!r} needs an account name and key, or a connection string")
+    return AzureBackend(creds, parsed.bucket, parsed.prefix)
+
+
 def open_backend(
     spec: str,
     *,
@@ -191,10 +211,13 @@ def open_backend(
     profile: str | None = None,
     json_auth_file: str | None = None,
     source: bool = False,
+    connection_string: str | None = None,
 ) -> Backend:
     """The backend a spec names. `endpoint`, `region`, keys and `profile` apply to `s3://`; `endpoint` and
-    `json_auth_file` (the path of a service-account key file) to `gs://`. A directory read as a `source` is a
-    plain tree of files unless Ferry wrote it in its own layout (`local.is_ferry_layout`)."""
+    `json_auth_file` (the path of a service-account key file) to `gs://`; for `azure://` the keys are the
+    account name and key (or `connection_string` holds both) and `endpoint` is the blob service URL (the public
+    cloud's by default). A directory read as a `source` is a plain tree of files unless Ferry wrote it in its
+    own layout (`local.is_ferry_layout`)."""
     parsed = parse_spec(spec)
     if parsed.scheme == "mem":
         return _open_memory(parsed)
@@ -202,6 +225,8 @@ def open_backend(
         return _open_local(parsed.path, spec, source)
     if parsed.scheme == "gs":
         return _open_google(parsed, spec, endpoint, json_auth_file)
+    if parsed.scheme == "azure":
+        return _open_azure(parsed, spec, endpoint, access_key, secret_key, connection_string)
     # The profile knows the provider's bucket rule (Tencent's name-APPID); without one, the S3 rule applies.
     from ferry.storage.profiles import get_profile
 

@@ -21,7 +21,7 @@ __all__ = ["StoreAt", "StoreKeys", "open_at", "store_profile"]
 
 # backend kind (a profile's `backend`) -> the module whose `open_at(at: StoreAt, keys: StoreKeys) -> Backend`
 # opens it; imported on use, so a run between S3 stores never loads another kind's code.
-_OPENERS: Final[Mapping[str, str]] = {"gcs": "ferry.storage.gcs"}
+_OPENERS: Final[Mapping[str, str]] = {"azure": "ferry.storage.azure", "gcs": "ferry.storage.gcs"}
 
 
 @dataclass(frozen=True, slots=True)
