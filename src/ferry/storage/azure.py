@@ -67,8 +67,9 @@ from ferry.storage.http1 import (
     StreamBody,
     pass_splice,
 )
+from ferry.storage.pressure import retry_after_seconds
 from ferry.storage.profiles import ARCHIVE_CLASSES, Profile, get_profile
-from ferry.storage.s3 import _decode_meta, _encode_meta, _header_value, _http_to_epoch, _retry_after, _xml_unescape
+from ferry.storage.s3 import _decode_meta, _encode_meta, _header_value, _http_to_epoch, _xml_unescape
 from ferry.storage.sigv4 import quote_path
 from ferry.storage.stores import StoreAt, StoreKeys, store_profile
 
@@ -273,7 +274,7 @@ class AzureBackend:
         if code in ("Md5Mismatch", "InvalidMd5", "Crc64Mismatch"):
             return DigestMismatchError(msg, key=key)
         if status in (429, 500, 502, 503, 504) or code in _TRANSIENT_CODES:
-            return TransientError(msg, key=key, retry_after=_retry_after(resp.headers))
+            return TransientError(msg, key=key, retry_after=retry_after_seconds(resp.headers))
         if code == "BlobArchived":
             return ArchivedObjectError(msg + " (archived; rehydrate it first)", key=key)
         if code in _ACCESS_CODES or status in (401, 403):
