@@ -139,3 +139,13 @@ def test_check_consistency() -> None:
     assert "size" in (check_consistency(C.CRC64, obj(), obj(size=3)) or "")
     assert "older" in (check_consistency(C.CRC64, obj(crc64=None), obj(mtime=1.0)) or "")
     assert check_consistency(C.CRC64, obj(crc64=None), obj(mtime=1000.0)) is None
+
+
+def test_a_source_with_sub_second_mtime_counts_at_its_second() -> None:
+    # A local file written at 10.7 s and copied at 10.9 s: S3 stamps the copy 10 s. It is done, not stale.
+    src, dst = ObjectInfo("k", 5, 10.7), ObjectInfo("k", 5, 10.0)
+    assert decide(src, dst, OverwriteMode.SIZE_LAST_MODIFIED_COMPARISON_OVERWRITE) is SkipReason.SAME_SIZE_NOT_OLDER
+    assert check_consistency(ConsistencyCheck.SIZE_LAST_MODIFIED, src, dst) is None
+    # A whole second later it is newer.
+    newer = ObjectInfo("k", 5, 11.2)
+    assert decide(newer, dst, OverwriteMode.SIZE_LAST_MODIFIED_COMPARISON_OVERWRITE) is CopyReason.SOURCE_NEWER

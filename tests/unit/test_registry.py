@@ -53,7 +53,7 @@ def test_parse_spec(spec: str, expected: BackendSpec) -> None:
         ("s3://", "names no bucket"),
         ("s3:///prefix", "names no bucket"),
         ("file://relative/path", "absolute path"),
-        ("azure://bucket", "unsupported location"),
+        ("gcs://bucket", "unsupported location"),
         ("gs://bucket", "needs a service-account key file"),
         ("gs://Upper/x", "invalid Google Cloud Storage bucket name"),
         ("mem://UPPER", "lower-case"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -125,12 +126,19 @@ _NOT_OLDER = SkipReason.SAME_SIZE_NOT_OLDER
 _SAME_CRC64 = SkipReason.SAME_CRC64
 
 
+def _older(dst: ObjectInfo, src: ObjectInfo) -> bool:
+    """The destination's last-modified is before the source's. Stores stamp whole seconds (S3's Last-Modified),
+    so a source's sub-second mtime (a local file's) counts at its second: else a file written in the same second
+    as its copy would look newer than the copy, and be copied again on every run."""
+    return dst.mtime < math.floor(src.mtime)
+
+
 def _by_size_mtime(src: ObjectInfo, dst: ObjectInfo) -> Decision:
     if src.size != dst.size:
         return _SIZE_DIFFERS
     # "Not older" rather than "newer": the copy we made stamps the destination with its write time, which is
     # never earlier than the source's mtime, so equality means "already done", not "stale".
-    if dst.mtime >= src.mtime:
+    if not _older(dst, src):
         return _NOT_OLDER
     return _SOURCE_NEWER
 
@@ -183,6 +191,6 @@ def check_consistency(check: ConsistencyCheck, src: ObjectInfo, dst: ObjectInfo)
         if src.crc64 != dst.crc64:
             return f"crc64 differs: source {src.crc64:016x}, destination {dst.crc64:016x}"
         return None
-    if dst.mtime < src.mtime:
+    if _older(dst, src):
         return f"destination last-modified {dst.mtime} is older than the source's {src.mtime}"
     return None
