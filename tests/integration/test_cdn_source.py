@@ -4,7 +4,6 @@ each of the 11 authentication types, checked against the bucket, copied to a sec
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import urllib.error
 import urllib.request
@@ -15,13 +14,13 @@ from typing import Any
 
 import pytest
 
+import hard_set
 from cdn_server import CdnConfig, CdnTestServer, azure_container_sas
 from ferry.db.database import open_database
 from ferry.db.job_repo import JobRepo
 from ferry.engine.compare import ConsistencyCheck
 from ferry.engine.copier import CopyOptions
 from ferry.engine.pipeline import TransferOptions
-from ferry.objects import ObjectMeta
 from ferry.sandbox import SeaweedServer
 from ferry.service.transfers import Summary, run_migration
 from ferry.storage.cdn_signing import AUTH_TYPES, CdnCredentials, sign_url
@@ -31,38 +30,16 @@ from ferry.storage.wrappers import RetryingBackend
 
 MiB = 1024 * 1024
 ALLOWED = frozenset({"127.0.0.1"})
-META = ObjectMeta(content_type="text/x-ferry", cache_control="max-age=60", content_disposition="inline",
-                  user={"origin": "cdn-matrix"})
-# The hard set: odd keys (spaces, plus, percent, query and fragment marks, non-ASCII), an empty object,
-# one streamed (above stream_threshold) and one multipart (above multipart_threshold, parts of 5 MiB).
-SIZES = {
-    "plain.txt": 1000,
-    "odd key+plus&amp=eq.txt": 10,
-    "pct%25 and %.txt": 333,
-    "q?mark#hash;semi.txt": 7,
-    "unicode/ünï 中文.bin": 4096,
-    "empty.bin": 0,
-    "nested/deep/path/file.dat": 65_536,
-    "big/streamed.bin": 3 * MiB + 17,
-    "big/multipart.bin": 11 * MiB + 5,
-}
-
-
-def _body(key: str, size: int) -> bytes:
-    seed = hashlib.sha256(key.encode()).digest()
-    return (seed * (size // len(seed) + 1))[:size] if size < 4096 else os.urandom(size)
-
-
 @pytest.fixture(scope="module")
 def origin(seaweed_a: SeaweedServer) -> Iterator[tuple[SeaweedServer, str, dict[str, bytes]]]:
     bucket = seaweed_a.create_bucket(f"cdn-origin-{os.urandom(4).hex()}")
-    bodies = {k: _body(k, n) for k, n in SIZES.items()}
+    bodies = hard_set.bodies()
 
     async def fill() -> None:
         store = S3Backend(seaweed_a.endpoint, seaweed_a.region, seaweed_a.access_key, seaweed_a.secret_key, bucket)
         try:
             for key, data in bodies.items():
-                await store.put(key, data, META)
+                await store.put(key, data, hard_set.META)
         finally:
             await store.close()
 
@@ -117,8 +94,8 @@ async def test_every_type_migrates_the_hard_set_through_the_cdn(
             for key, data in bodies.items():
                 info, got = await dst.read_object(key)
                 assert got == data, key
-                assert info.meta is not None and info.meta.content_type == META.content_type
-                assert info.meta.cache_control == META.cache_control and info.meta.user == META.user
+                assert info.meta is not None and info.meta.content_type == hard_set.META.content_type
+                assert info.meta.cache_control == hard_set.META.cache_control and info.meta.user == hard_set.META.user
         finally:
             await dst.close()
             await src.close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import http.server
 import os
 import threading
@@ -18,12 +17,12 @@ from typing import Any
 
 import pytest
 
+import hard_set
 from ferry.db.database import open_database
 from ferry.db.job_repo import JobRepo
 from ferry.engine.compare import ConsistencyCheck
 from ferry.engine.copier import CopyOptions
 from ferry.engine.pipeline import TransferOptions
-from ferry.objects import ObjectMeta
 from ferry.sandbox import SeaweedServer
 from ferry.service.transfers import run_migration
 from ferry.storage.base import Backend
@@ -34,39 +33,15 @@ from ferry.storage.url_source import UrlSource
 
 MiB = 1024 * 1024
 S3_PROFILES = ["aws", "aliyun", "tencent", "huaweicloud", "qingcloud", "kingsoftcloud", "baidu", "qiniu", "ucloud"]
-META = ObjectMeta(content_type="text/x-ferry", cache_control="max-age=60", content_disposition="inline",
-                  user={"origin": "matrix", "team": "a-b"})
-# Odd keys (spaces, plus, percent, query and fragment marks, non-ASCII), an empty object, one streamed (above
-# stream_threshold) and objects just under, at and over the multipart threshold (parts of 5 MiB).
-SIZES = {
-    "plain.txt": 1000,
-    "odd key+plus&amp=eq.txt": 10,
-    "pct%25 and %.txt": 333,
-    "q?mark#hash;semi.txt": 7,
-    "unicode/ünï 中文.bin": 4096,
-    "empty.bin": 0,
-    "nested/deep/path/file.dat": 65_536,
-    "big/streamed.bin": 3 * MiB + 17,
-    "big/under-part.bin": 8 * MiB - 1,
-    "big/at-part.bin": 8 * MiB,
-    "big/multipart.bin": 11 * MiB + 5,
-}
-
-
-def _body(key: str, size: int) -> bytes:
-    seed = hashlib.sha256(key.encode()).digest()
-    return (seed * (size // len(seed) + 1))[:size] if size < 4096 else os.urandom(size)
-
-
 @pytest.fixture(scope="module")
 def bodies() -> dict[str, bytes]:
-    return {k: _body(k, n) for k, n in SIZES.items()}
+    return hard_set.bodies()
 
 
 async def _fill(store: Backend, bodies: dict[str, bytes]) -> None:
     try:
         for key, data in bodies.items():
-            await store.put(key, data, META)
+            await store.put(key, data, hard_set.META)
     finally:
         await store.close()
 
@@ -88,8 +63,8 @@ async def _migrate_and_prove(src: Backend, seaweed_b: SeaweedServer, bodies: dic
         for key, data in bodies.items():
             info, got = await dst.read_object(key)
             assert got == data, key
-            assert info.meta is not None and info.meta.content_type == META.content_type, key
-            assert dict(info.meta.user) == dict(META.user), key
+            assert info.meta is not None and info.meta.content_type == hard_set.META.content_type, key
+            assert dict(info.meta.user) == dict(hard_set.META.user), key
             assert (info.meta.cache_control, info.meta.content_disposition) == ("max-age=60", "inline"), key
     finally:
         await asyncio.gather(src.close(), dst.close())
