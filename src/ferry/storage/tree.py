@@ -27,12 +27,13 @@ import errno
 import mimetypes
 import os
 import stat
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Sequence
-from typing import Any, BinaryIO, Final, NoReturn
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
+from typing import Any, BinaryIO, Final
 
 from ferry.errors import FatalError, NotFoundError, PermanentError, SourceChangedError, TransientError
-from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult
+from ferry.objects import ObjectInfo, ObjectMeta
 from ferry.storage.base import Backend, Capabilities, ListOrder, take
+from ferry.storage.read_only import ReadOnlySource
 
 __all__ = ["TreeBackend"]
 
@@ -55,8 +56,11 @@ def _etag(st: os.stat_result) -> str:
     return f"{st.st_ino}-{st.st_mtime_ns}-{st.st_size}"
 
 
-class TreeBackend:
+class TreeBackend(ReadOnlySource):
     """The regular files under `root` (optionally only those under a key prefix) as objects."""
+
+    READ_ONLY = ("a plain directory tree is read as a source only; as a destination, a directory is "
+                 "written in Ferry's own layout")
 
     def __init__(self, root: str | os.PathLike[str], prefix: str = "") -> None:
         self._root = os.path.abspath(os.fspath(root))
@@ -257,49 +261,6 @@ class TreeBackend:
             raise TransientError(f"{self.name}{key}: {exc.strerror or exc}", key=key) from None
 
     # -- a source is never written ------------------------------------------------------------------------------
-    def _read_only(self) -> NoReturn:
-        raise FatalError("a plain directory tree is read as a source only; as a destination, a directory is "
-                         "written in Ferry's own layout")
-
-    async def put(self, key: str, data: bytes, meta: ObjectMeta, *, storage_class: str | None = None,
-                  crc64: int | None = None) -> PutResult:
-        self._read_only()
-
-    async def put_stream(
-        self, key: str, size: int, body: Callable[[], AsyncGenerator[bytes, None]], meta: ObjectMeta, *,
-        storage_class: str | None = None, crc64: int | None = None, content_md5: str | None = None,
-        trailing_crc32c: bool = False,
-    ) -> PutResult:
-        self._read_only()
-
-    async def create_multipart(self, key: str, meta: ObjectMeta, *, storage_class: str | None = None,
-                               crc64: int | None = None) -> str:
-        self._read_only()
-
-    async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes, *,
-                          crc32c: int | None = None) -> PartInfo:
-        self._read_only()
-
-    async def list_parts(self, key: str, upload_id: str) -> builtins.list[PartInfo]:
-        self._read_only()
-
-    async def complete_multipart(self, key: str, upload_id: str, parts: Sequence[PartInfo]) -> PutResult:
-        self._read_only()
-
-    async def abort_multipart(self, key: str, upload_id: str) -> None:
-        self._read_only()
-
-    async def copy_from(self, source: Backend, src_key: str, key: str, meta: ObjectMeta | None, *,
-                        if_match: str | None = None, storage_class: str | None = None,
-                        crc64: int | None = None) -> PutResult:
-        self._read_only()
-
-    async def delete(self, key: str) -> None:
-        self._read_only()
-
-    async def restore(self, key: str, days: int) -> None:
-        return None
-
     async def close(self) -> None:
         return None
 

@@ -14,24 +14,24 @@ import asyncio
 import base64
 import builtins
 import email.utils
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Mapping, Sequence
-from typing import Final, NoReturn
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping, Sequence
+from typing import Final
 from urllib.parse import unquote, urlsplit
 
 from ferry.errors import (
-    FatalError,
     FerryError,
     NotFoundError,
     PermanentError,
     SourceChangedError,
     TransientError,
 )
-from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult, md5_of_etag
+from ferry.objects import ObjectInfo, ObjectMeta, md5_of_etag
 from ferry.settings import StoreTimeouts
 from ferry.storage.base import Backend, Capabilities, ListOrder, ranged_pieces
 from ferry.storage.http1 import Http1Pool, HttpError, HttpTimeout, split_url
 from ferry.storage.netguard import REFUSED, HostLookupError, PinnedResolver, UnsafeHost
 from ferry.storage.pressure import EndpointPressure, pressure_for, retry_after_seconds
+from ferry.storage.read_only import ReadOnlySource
 
 _CAPS: Final = Capabilities(list_order=ListOrder.LEXICOGRAPHIC, copy_group=None, multipart=False,
                             etag_is_md5=False)
@@ -88,8 +88,10 @@ def _content_md5(value: str | None) -> str | None:
     return raw.hex() if len(raw) == 16 else None
 
 
-class UrlSource:
+class UrlSource(ReadOnlySource):
     """The objects of a URL list as a read-only store whose listing is sorted by key."""
+
+    READ_ONLY = "an HTTP source is read-only"
 
     def __init__(self, entries: Sequence[tuple[str, str]], *, allowed_hosts: Collection[str] = (),
                  connect_timeout: float | None = None, read_timeout: float | None = None) -> None:
@@ -244,49 +246,6 @@ class UrlSource:
         return self._info(key, got, len(body)), body
 
     # -- a source is never written ---------------------------------------------------------------------------
-
-    def _read_only(self) -> NoReturn:
-        raise FatalError("an HTTP source is read-only")
-
-    async def put(self, key: str, data: bytes, meta: ObjectMeta, *, storage_class: str | None = None,
-                  crc64: int | None = None) -> PutResult:
-        self._read_only()
-
-    async def put_stream(
-        self, key: str, size: int, body: Callable[[], AsyncGenerator[bytes, None]], meta: ObjectMeta, *,
-        storage_class: str | None = None, crc64: int | None = None, content_md5: str | None = None,
-        trailing_crc32c: bool = False,
-    ) -> PutResult:
-        self._read_only()
-
-    async def create_multipart(self, key: str, meta: ObjectMeta, *, storage_class: str | None = None,
-                               crc64: int | None = None) -> str:
-        self._read_only()
-
-    async def upload_part(
-        self, key: str, upload_id: str, part_number: int, data: bytes, *, crc32c: int | None = None
-    ) -> PartInfo:
-        self._read_only()
-
-    async def list_parts(self, key: str, upload_id: str) -> builtins.list[PartInfo]:
-        self._read_only()
-
-    async def complete_multipart(self, key: str, upload_id: str, parts: Sequence[PartInfo]) -> PutResult:
-        self._read_only()
-
-    async def abort_multipart(self, key: str, upload_id: str) -> None:
-        self._read_only()
-
-    async def copy_from(self, source: Backend, src_key: str, key: str, meta: ObjectMeta | None, *,
-                        if_match: str | None = None, storage_class: str | None = None,
-                        crc64: int | None = None) -> PutResult:
-        self._read_only()
-
-    async def delete(self, key: str) -> None:
-        self._read_only()
-
-    async def restore(self, key: str, days: int) -> None:
-        return None
 
     async def close(self) -> None:
         pools, self._pools = self._pools, {}
