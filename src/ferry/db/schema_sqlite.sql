@@ -30,6 +30,36 @@ CREATE TABLE api_tokens (
 
 CREATE INDEX ix_api_tokens_project_id ON api_tokens (project_id);
 
+CREATE TABLE cluster_budgets (
+	name VARCHAR(255) NOT NULL, 
+	rate FLOAT NOT NULL, 
+	burst FLOAT NOT NULL, 
+	tokens FLOAT NOT NULL, 
+	updated_at FLOAT NOT NULL, 
+	CONSTRAINT pk_cluster_budgets PRIMARY KEY (name)
+);
+
+CREATE TABLE cluster_settings (
+	name VARCHAR(64) NOT NULL, 
+	value TEXT NOT NULL, 
+	CONSTRAINT pk_cluster_settings PRIMARY KEY (name)
+);
+
+CREATE TABLE cluster_workers (
+	id VARCHAR(128) NOT NULL, 
+	role VARCHAR(16) NOT NULL, 
+	host VARCHAR(255) NOT NULL, 
+	pid INTEGER NOT NULL, 
+	state VARCHAR(16) NOT NULL, 
+	units_in_flight INTEGER NOT NULL, 
+	units_done BIGINT NOT NULL, 
+	started_at FLOAT NOT NULL, 
+	heartbeat_at FLOAT NOT NULL, 
+	version VARCHAR(32) NOT NULL, 
+	info TEXT NOT NULL, 
+	CONSTRAINT pk_cluster_workers PRIMARY KEY (id)
+);
+
 CREATE TABLE jobs (
 	id VARCHAR(36) NOT NULL, 
 	fingerprint VARCHAR(64) NOT NULL, 
@@ -110,6 +140,36 @@ CREATE TABLE task_groups (
 CREATE INDEX ix_task_groups_project ON task_groups (project_id, created_at);
 
 CREATE INDEX ix_task_groups_status ON task_groups (status);
+
+CREATE TABLE work_units (
+	id INTEGER NOT NULL, 
+	kind VARCHAR(16) NOT NULL, 
+	owner_kind VARCHAR(16) NOT NULL, 
+	owner_id VARCHAR(64) NOT NULL, 
+	run INTEGER NOT NULL, 
+	start_after TEXT, 
+	end_key TEXT, 
+	spec TEXT NOT NULL, 
+	state VARCHAR(16) NOT NULL, 
+	attempts INTEGER NOT NULL, 
+	sent_at FLOAT, 
+	lease_owner VARCHAR(128), 
+	lease_expires FLOAT, 
+	heartbeat_at FLOAT, 
+	watermark TEXT, 
+	listed BIGINT NOT NULL, 
+	objects_done BIGINT NOT NULL, 
+	bytes_done BIGINT NOT NULL, 
+	error TEXT, 
+	created_at FLOAT NOT NULL, 
+	updated_at FLOAT NOT NULL, 
+	finished_at FLOAT, 
+	CONSTRAINT pk_work_units PRIMARY KEY (id)
+);
+
+CREATE INDEX ix_work_units_lease ON work_units (state, lease_expires);
+
+CREATE INDEX ix_work_units_owner ON work_units (owner_kind, owner_id, run, state);
 
 CREATE TABLE job_objects (
 	job_id VARCHAR(36) NOT NULL, 
