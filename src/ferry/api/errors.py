@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ferry.errors import FerryError, LocalStateError, NotFoundError, TransientError, UsageError
+from ferry.metrics import API_REQUEST_DURATION, OTHER
 from ferry.oms import Codes, Messages, OmsError
 from ferry.settings import HttpLimits
 
@@ -25,6 +26,9 @@ REQUEST_ID_HEADER: Final = "X-Request-Id"
 _SCOPE_KEY: Final = "ferry.request_id"
 # Enough for a JSON request of this API (the largest documented field is a 16 KiB security token).
 DEFAULT_MAX_BODY: Final = 1024 * 1024
+# The route label of a request no route matched: raw paths are the caller's to choose, so never a label.
+UNMATCHED_ROUTE: Final = "unmatched"
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
 def request_id_of(scope_or_request: Scope | Request) -> str:
@@ -117,7 +121,8 @@ class RequestContextMiddleware:
     last resort that turns any escaped exception into an OMS 500.
 
     Every answer also carries `Server-Timing: app;dur=<ms>`, the time from the request reaching the
-    application to its answer starting, so a slow call can be told apart from a slow network or client."""
+    application to its answer starting, so a slow call can be told apart from a slow network or client; the
+    same time is tallied by method, route template and status for /metrics."""
 
     def __init__(self, app: ASGIApp, max_body: int = DEFAULT_MAX_BODY, limits: HttpLimits | None = None) -> None:
         self.app = app
@@ -144,8 +149,9 @@ class RequestContextMiddleware:
                 started = True
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
                 headers.append((b"x-request-id", request_id.encode()))
-                took = (time.perf_counter() - arrived) * 1000
-                headers.append((b"server-timing", f"app;dur={took:.1f}".encode()))
+                took = time.perf_counter() - arrived
+                headers.append((b"server-timing", f"app;dur={took * 1000:.1f}".encode()))
+                _observe(scope, int(message["status"]), took)
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -184,6 +190,15 @@ class RequestContextMiddleware:
             if started:
                 raise
             await error_response(OmsError.internal(), request_id)(scope, receive, send)
+
+
+def _observe(scope: Scope, status: int, seconds: float) -> None:
+    # The router has put the matched route in the scope by the time an answer starts; its path is the template
+    # (`/v2/{project_id}/tasks/{task_id}`), so project and task ids never become label values.
+    route = getattr(scope.get("route"), "path", None)
+    method = scope.get("method", "")
+    API_REQUEST_DURATION.observe(seconds, method if method in _METHODS else OTHER,
+                                 route if isinstance(route, str) else UNMATCHED_ROUTE, str(status))
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -687,9 +687,12 @@ def _sync_child_main(database_url: str, data_dir: str, settings: SyncSettings, r
     import logging
     import os
     import signal
+    import socket
     from pathlib import Path
 
+    from ferry import metrics
     from ferry.db.database import open_database
+    from ferry.db.metric_repo import SnapshotPublisher
 
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with parent
@@ -717,9 +720,15 @@ def _sync_child_main(database_url: str, data_dir: str, settings: SyncSettings, r
         finally:
             transport.close()
 
+    # This process serves no /metrics: its tallies (store errors, event latency) reach the server's through the
+    # database. One row per host and data directory, so a restarted child takes its place rather than adding one.
+    place = hashlib.sha256(data_dir.encode()).hexdigest()[:16]
+    publisher = SnapshotPublisher(engine, f"sync@{socket.gethostname()}:{place}", metrics.snapshot, time.time)
+    publisher.start()
     try:
         asyncio.run(main())
     finally:
+        publisher.stop()
         engine.dispose()
 
 
