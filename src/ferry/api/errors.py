@@ -11,6 +11,7 @@ from typing import Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -193,12 +194,30 @@ class RequestContextMiddleware:
 
 
 def _observe(scope: Scope, status: int, seconds: float) -> None:
-    # The router has put the matched route in the scope by the time an answer starts; its path is the template
-    # (`/v2/{project_id}/tasks/{task_id}`), so project and task ids never become label values.
-    route = getattr(scope.get("route"), "path", None)
     method = scope.get("method", "")
-    API_REQUEST_DURATION.observe(seconds, method if method in _METHODS else OTHER,
-                                 route if isinstance(route, str) else UNMATCHED_ROUTE, str(status))
+    API_REQUEST_DURATION.observe(seconds, method if method in _METHODS else OTHER, route_template(scope), str(status))
+
+
+_TEMPLATES_STATE: Final = "ferry_route_templates"  # on app.state: id(route as the router holds it) -> template
+
+
+def route_template(scope: Scope) -> str:
+    """The path template of the route that served the request (`/v2/{project_id}/tasks/{task_id}`), so project
+    and task ids never become label values; UNMATCHED_ROUTE when no route matched.
+
+    The router puts the matched route in the scope, but a route of an included router carries its path relative
+    to the router's prefix; the app's route contexts give the full template, looked up once per app."""
+    route = scope.get("route")
+    if route is None:
+        return UNMATCHED_ROUTE
+    app = scope.get("app")
+    state = getattr(app, "state", None)
+    templates: dict[int, str] | None = getattr(state, _TEMPLATES_STATE, None)
+    if templates is None and app is not None and state is not None:
+        templates = {id(ctx.original_route): ctx.path for ctx in iter_route_contexts(app.routes) if ctx.path}
+        setattr(state, _TEMPLATES_STATE, templates)
+    path = (templates or {}).get(id(route)) or getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED_ROUTE
 
 
 def _content_length(scope: Scope) -> int | None:
