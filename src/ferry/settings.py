@@ -130,6 +130,9 @@ class MetricsSettings:
     token: str | None = None  # FERRY_METRICS_TOKEN: when set, scrapes must send `Authorization: Bearer <it>`
     recent_seconds: float = 3600.0  # FERRY_METRICS_RECENT_SECONDS
     max_tasks: int = 1000  # FERRY_METRICS_MAX_TASKS
+    # FERRY_METRICS_PUBLISH_SECONDS: how often a process without an API (the sync worker process) publishes its
+    # tallies to the database for /metrics to add.
+    publish_seconds: float = 5.0
 
     @classmethod
     def from_env(cls) -> MetricsSettings:
@@ -139,6 +142,7 @@ class MetricsSettings:
             token=token,
             recent_seconds=_number("FERRY_METRICS_RECENT_SECONDS", d.recent_seconds, 0, 366 * 86400),
             max_tasks=int(_number("FERRY_METRICS_MAX_TASKS", d.max_tasks, 0, 1_000_000)),
+            publish_seconds=_number("FERRY_METRICS_PUBLISH_SECONDS", d.publish_seconds, 0.1, 3600),
         )
 
 

@@ -11,12 +11,24 @@ from typing import Any
 
 import httpx
 import pytest
-from ferry_service import FerryService, fill, overrides, prefix_task, start_service, wait_task
-from huaweicloudsdkoms.v2 import BandwidthPolicyDto, ListTasksRequest, ShowTaskRequest
+from ferry_service import DST_REGION, FerryService, fill, overrides, prefix_task, start_service, wait_task
+from huaweicloudsdkoms.v2 import (
+    BandwidthPolicyDto,
+    CreateSyncEventsRequest,
+    CreateSyncTaskReq,
+    CreateSyncTaskRequest,
+    ListTasksRequest,
+    ShowSyncTaskRequest,
+    ShowTaskRequest,
+    SyncObjectReq,
+)
 from prometheus_client.parser import text_string_to_metric_families
+
+from ferry.metrics import SYNC_EVENT_LATENCY
 
 pytestmark = pytest.mark.timeout(180)
 TOKEN = "metrics-token-for-tests"
+SYNC_REGION = "us-east-1"
 MiB = 1024 * 1024
 
 
@@ -24,8 +36,13 @@ MiB = 1024 * 1024
 def svc(tmp_path_factory: pytest.TempPathFactory, seaweed_a: Any, seaweed_b: Any) -> Iterator[FerryService]:
     data_dir = tmp_path_factory.mktemp("ferry-metrics")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FERRY_ENDPOINT_OVERRIDES", json.dumps(overrides(seaweed_a, seaweed_b)))
+        table = {**overrides(seaweed_a, seaweed_b), f"AWS/{SYNC_REGION}": seaweed_a.endpoint}
+        mp.setenv("FERRY_ENDPOINT_OVERRIDES", json.dumps(table))
         mp.setenv("FERRY_METRICS_TOKEN", TOKEN)
+        # The sync workers in their own process, as `ferry serve` runs them: their tallies reach /metrics
+        # through the database.
+        mp.setenv("FERRY_SYNC_WORKERS", "process")
+        mp.setenv("FERRY_METRICS_PUBLISH_SECONDS", "0.5")
         started = start_service(data_dir, f"sqlite:///{data_dir / 'ferry.db'}")
         try:
             yield started.value
@@ -47,7 +64,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
-def of_task(values: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, task_id: int,
+def of_task(values: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, task_id: int | str,
             **labels: str) -> float | None:
     for (sample, got), value in values.items():
         d = dict(got)
@@ -154,3 +171,38 @@ def test_api_latency_is_labelled_by_route_template_not_by_path(svc: FerryService
     listed = [v for (name, labels), v in values.items() if name == "ferry_api_request_duration_seconds_count"
               and dict(labels) == {"method": "GET", "route": "/v2/{project_id}/tasks", "status": "200"}]
     assert listed and listed[0] >= 1
+
+
+def test_sync_figures_and_the_worker_process_latency_reach_metrics(svc: FerryService, seaweed_a: Any,
+                                                                   seaweed_b: Any, bucket_factory: Any) -> None:
+    sb, db = bucket_factory(seaweed_a), bucket_factory(seaweed_b)
+    client = svc.client()
+    task_id = client.create_sync_task(CreateSyncTaskRequest(body=CreateSyncTaskReq(
+        src_cloud_type="AWS", src_region=SYNC_REGION, src_bucket=sb, src_ak=seaweed_a.access_key,
+        src_sk=seaweed_a.secret_key, dst_ak=seaweed_b.access_key, dst_sk=seaweed_b.secret_key,
+        dst_region=DST_REGION, dst_bucket=db))).sync_task_id
+    files = {f"ev/{i}": os.urandom(1000 + i) for i in range(3)}
+    fill(seaweed_a, sb, files)
+    client.create_sync_events(CreateSyncEventsRequest(sync_task_id=task_id,
+                                                      body=SyncObjectReq(object_keys=list(files))))
+    # This process's own tally (other tests may have run sync workers here): what the scrape shows beyond it
+    # came from the worker process.
+    here = sum(SYNC_EVENT_LATENCY.count(o) for o in ("success", "skip"))
+    deadline = time.monotonic() + 60
+    while True:
+        values = samples(scrape(svc).text)
+        settled = sum(v for (name, labels), v in values.items()
+                      if name == "ferry_sync_event_latency_seconds_count" and dict(labels)["outcome"] in
+                      ("success", "skip"))
+        pending = of_task(values, "ferry_sync_events_pending", task_id)
+        if settled - here >= len(files) and pending == 0:
+            break
+        assert time.monotonic() < deadline, (settled, here, pending)
+        time.sleep(0.2)
+    shown = client.show_sync_task(ShowSyncTaskRequest(sync_task_id=task_id, query_time=int(time.time() * 1000)))
+    assert of_task(values, "ferry_sync_events_accepted_total", task_id) == shown.monthly_acceptance_request == 3
+    copied = of_task(values, "ferry_sync_objects_total", task_id, result="copied")
+    skipped = of_task(values, "ferry_sync_objects_total", task_id, result="skipped")
+    assert (copied, skipped) == (shown.monthly_success_object, shown.monthly_skip_object)
+    assert of_task(values, "ferry_sync_bytes_total", task_id) == shown.monthly_size
+    assert values[("ferry_sync_tasks", (("status", "synchronizing"),))] >= 1

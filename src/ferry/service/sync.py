@@ -49,6 +49,7 @@ from ferry.service.quotas import EventLimits, RateLimitedError, RateLimiter
 from ferry.storage.base import Backend
 from ferry.storage.cdn_source import open_through_cdn
 from ferry.storage.profiles import get_profile
+from ferry.settings import MetricsSettings
 from ferry.storage.stores import StoreAt, StoreKeys, open_at
 
 MAX_SYNC_TASKS: Final = 5
@@ -723,7 +724,8 @@ def _sync_child_main(database_url: str, data_dir: str, settings: SyncSettings, r
     # This process serves no /metrics: its tallies (store errors, event latency) reach the server's through the
     # database. One row per host and data directory, so a restarted child takes its place rather than adding one.
     place = hashlib.sha256(data_dir.encode()).hexdigest()[:16]
-    publisher = SnapshotPublisher(engine, f"sync@{socket.gethostname()}:{place}", metrics.snapshot, time.time)
+    publisher = SnapshotPublisher(engine, f"sync@{socket.gethostname()}:{place}", metrics.snapshot, time.time,
+                                  MetricsSettings.from_env().publish_seconds)
     publisher.start()
     try:
         asyncio.run(main())
