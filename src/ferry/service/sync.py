@@ -46,10 +46,10 @@ from ferry.service import buckets
 from ferry.service.buckets import CloudAccess, HelperSettings
 from ferry.service.endpoints import resolve, resolve_known
 from ferry.service.quotas import EventLimits, RateLimitedError, RateLimiter
+from ferry.settings import MetricsSettings
 from ferry.storage.base import Backend
 from ferry.storage.cdn_source import open_through_cdn
 from ferry.storage.profiles import get_profile
-from ferry.settings import MetricsSettings
 from ferry.storage.stores import StoreAt, StoreKeys, open_at
 
 MAX_SYNC_TASKS: Final = 5
