@@ -4,6 +4,8 @@ by one process and added by another, and the bounded task list a scrape reads.""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -201,3 +203,19 @@ async def test_sync_workers_observe_the_time_from_acceptance_to_verified(engine:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
     assert settled_slowly() == before + 1
+
+
+PROMETHEUS = Path(__file__).resolve().parents[2] / "tools" / "prometheus"
+
+
+def test_the_readme_shows_the_alert_rules_that_are_tested() -> None:
+    readme = (PROMETHEUS.parents[1] / "README.md").read_text(encoding="utf-8")
+    assert f"```yaml\n{(PROMETHEUS / 'alerts.yml').read_text(encoding='utf-8')}```" in readme
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian's prometheus package) not installed")
+def test_the_alert_rules_fire_on_a_stalled_task_and_on_failures() -> None:
+    # Synthetic series in alerts.test.yml: a task that stops moving, one that keeps going, one still listing.
+    result = subprocess.run(["promtool", "test", "rules", "alerts.test.yml"], cwd=PROMETHEUS, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
