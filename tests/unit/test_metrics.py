@@ -7,6 +7,7 @@ import asyncio
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,24 @@ from ferry.service.metrics import metrics_snapshot
 from ferry.settings import MetricsSettings
 from ferry.storage.memory import MemoryBackend, MemoryStore
 from ferry.storage.wrappers import BackendWrapper, RetryingBackend
+from pgdb import pg_database
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Any:
-    eng = open_database(f"sqlite:///{tmp_path / 'm.db'}")
-    yield eng
-    eng.dispose()
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """The scrape's queries on the embedded SQLite and on PostgreSQL (skipped when none is reachable)."""
+    if request.param == "sqlite":
+        eng = open_database(f"sqlite:///{tmp_path / 'm.db'}")
+        yield eng
+        eng.dispose()
+        return
+    urls = pg_database()
+    eng = open_database(next(urls))
+    try:
+        yield eng
+    finally:
+        eng.dispose()
+        urls.close()
 
 
 def test_a_tally_caps_its_label_sets() -> None:
@@ -174,6 +186,28 @@ def test_a_scrape_shows_running_tasks_first_then_recent_ones_up_to_the_cap(engin
     # The totals count every task, shown or not.
     assert {s.status: (s.tasks, s.success_num) for s in snap.statuses} == {5: (2, 3), 2: (1, 3), 4: (1, 4),
                                                                             1: (1, 5)}
+
+
+def test_a_scrape_counts_each_sync_tasks_events_and_queue(engine: Engine) -> None:
+    from test_sync_runner import _task
+
+    from ferry.db.sync_repo import EventOutcome, SyncRepo
+
+    repo = SyncRepo(engine)
+    busy, idle = _task(repo), _task(repo)
+    now = time.time()
+    repo.enqueue(busy, ["a", "b", "c"], now)
+    repo.enqueue(busy, ["a"], now)  # coalesced into the pending row, but accepted (and counted) again
+    claimed = repo.claim("unit/1", now, 60, 10)
+    done = {"a": EventOutcome(busy, "a", None, "success", size=7), "b": EventOutcome(busy, "b", None, "failed",
+                                                                                      reason="gone")}
+    repo.complete([EventOutcome(busy, ev.key, ev.version, done[ev.key].outcome, done[ev.key].size,
+                                done[ev.key].reason) for ev in claimed if ev.key in done], now)
+    snap = metrics_snapshot(engine, MetricsSettings(), now)
+    figures = {s.id: s for s in snap.sync}
+    assert (figures[busy].accepted, figures[busy].success, figures[busy].failure, figures[busy].size) == (4, 1, 1, 7)
+    assert (figures[busy].pending, figures[busy].failed_keys) == (1, 1)
+    assert (figures[idle].accepted, figures[idle].pending, figures[idle].status) == (0, 0, "SYNCHRONIZING")
 
 
 async def test_sync_workers_observe_the_time_from_acceptance_to_verified(engine: Engine) -> None:
