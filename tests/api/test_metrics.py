@@ -112,7 +112,7 @@ def test_metrics_during_a_migration_match_the_tasks_own_counters(svc: FerryServi
     seen = [c for c in copied if c is not None]
     assert seen == sorted(seen), seen
     assert any(0 < c < 100 for c in seen), seen
-    assert any(of_task(v, "ferry_task_speed_bytes", created.id) for v in running)
+    assert any(of_task(v, "ferry_task_speed_bytes_per_second", created.id) for v in running)
     assert any(0 < (of_task(v, "ferry_task_progress_ratio", created.id) or 0) < 1 for v in running)
     assert any(v[("ferry_tasks", (("status", "running"),))] >= 1 for v in running)
 
@@ -132,7 +132,7 @@ def test_metrics_during_a_migration_match_the_tasks_own_counters(svc: FerryServi
     assert of_task(final, "ferry_task_listed_bytes", created.id) == task.total_size
     assert of_task(final, "ferry_task_listing_done", created.id) == 1
     assert of_task(final, "ferry_task_progress_ratio", created.id) == task.progress == 1
-    assert of_task(final, "ferry_task_speed_bytes", created.id) == task.migrate_speed == 0
+    assert of_task(final, "ferry_task_speed_bytes_per_second", created.id) == task.migrate_speed == 0
     assert of_task(final, "ferry_task_eta_seconds", created.id) == task.left_time == 0
     assert of_task(final, "ferry_task_status", created.id) == 5
     assert of_task(final, "ferry_task_objects_total", created.id, project_id=svc.tenant.project_id) == 100

@@ -76,8 +76,8 @@ def _task_families(snap: MetricsSnapshot) -> Iterator[Metric]:
     listing_done = GaugeMetricFamily("ferry_task_listing_done", "1 once the task's listing is complete "
                                      "(is_query_over).", labels=names)
     progress = GaugeMetricFamily("ferry_task_progress_ratio", "Progress of the task from 0 to 1.", labels=names)
-    speed = GaugeMetricFamily("ferry_task_speed_bytes", "Bytes per second over the last seconds (migrate_speed; "
-                              "0 unless running).", labels=names)
+    speed = GaugeMetricFamily("ferry_task_speed_bytes_per_second", "Bytes per second over the last seconds "
+                              "(migrate_speed; 0 unless running).", labels=names)
     eta = GaugeMetricFamily("ferry_task_eta_seconds", "Seconds left (left_time), while known.", labels=names)
     restoring = GaugeMetricFamily("ferry_task_restoring_objects", "Archived objects waiting for their restore.",
                                   labels=names)
