@@ -34,7 +34,7 @@ from ferry.service.groups import GroupContext, runner_ports
 from ferry.service.smn import publish_end
 from ferry.service.sync import SyncContext, SyncProcess, build_sync_runtime
 from ferry.service.tasks import TaskContext, TaskLimits
-from ferry.settings import HttpLimits, make_private, public_url
+from ferry.settings import HttpLimits, MetricsSettings, make_private, public_url
 
 DEFAULT_HOST: Final = "127.0.0.1"
 # Not 80/443 (no TLS here, and no root needed) nor the crowded 8000/8080; free on common installs.
@@ -100,11 +100,13 @@ def build(
     sync_workers: str = "thread",
     http_limits: HttpLimits | None = None,
     public_url: str | None = None,
+    metrics_settings: MetricsSettings | None = None,
 ) -> Service:
     """Open (and upgrade) the database, load the master key, and wire the API over them.
 
     `sync_workers` (thread | process) is where the sync-task workers run unless FERRY_SYNC_WORKERS says;
-    `public_url` roots the links the API hands out (else the address each request came in on).
+    `public_url` roots the links the API hands out (else the address each request came in on);
+    `metrics_settings` (else FERRY_METRICS_* variables) guard and bound GET /metrics.
     """
     load_overrides()  # a malformed FERRY_ENDPOINT_OVERRIDES is refused now, not by the first task that needs it
     _warn_if_database_vanished(data_dir, database_url)
@@ -130,6 +132,7 @@ def build(
         groups=group_ctx,
         http_limits=http_limits or HttpLimits(),
         public_url=public_url,
+        metrics=metrics_settings or MetricsSettings.from_env(),
     )
     app = create_app(services)
     return Service(engine, box, data_dir, services, app, runner, sync=sync_runtime, groups=group_runner)

@@ -119,6 +119,33 @@ class StoreTimeouts:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """What `GET /metrics` shows and who may read it, from FERRY_METRICS_* variables.
+
+    Per-task series are kept bounded: every task that runs or waits to run, then tasks updated within
+    `recent_seconds` (finished, failed or paused lately), at most `max_tasks` in all (running ones first). A task
+    older than that drops out of the per-task series; the totals by status still count it."""
+
+    token: str | None = None  # FERRY_METRICS_TOKEN: when set, scrapes must send `Authorization: Bearer <it>`
+    recent_seconds: float = 3600.0  # FERRY_METRICS_RECENT_SECONDS
+    max_tasks: int = 1000  # FERRY_METRICS_MAX_TASKS
+    # FERRY_METRICS_PUBLISH_SECONDS: how often a process without an API (the sync worker process) publishes its
+    # tallies to the database for /metrics to add.
+    publish_seconds: float = 5.0
+
+    @classmethod
+    def from_env(cls) -> MetricsSettings:
+        d = cls()
+        token = os.environ.get("FERRY_METRICS_TOKEN", "").strip() or None
+        return cls(
+            token=token,
+            recent_seconds=_number("FERRY_METRICS_RECENT_SECONDS", d.recent_seconds, 0, 366 * 86400),
+            max_tasks=int(_number("FERRY_METRICS_MAX_TASKS", d.max_tasks, 0, 1_000_000)),
+            publish_seconds=_number("FERRY_METRICS_PUBLISH_SECONDS", d.publish_seconds, 0.1, 3600),
+        )
+
+
 def _number(name: str, default: float, low: float, high: float) -> float:
     raw = os.environ.get(name, "").strip()
     if not raw:

@@ -10,6 +10,7 @@ import types
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from ferry_service import (
     FerryService,
@@ -21,10 +22,28 @@ from ferry_service import (
     start_service,
     wait_task,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 from faultproxy import FaultProxy, RateCap, Stall, Status
 
 pytestmark = pytest.mark.timeout(300)
+
+
+def store_tallies(svc: FerryService) -> dict[tuple[str, str, str, str], float]:
+    """(metric, backend, operation, code or reason) -> value, from the service's /metrics."""
+    text = httpx.get(f"{svc.url}/metrics", timeout=30).text
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name in ("ferry_store_request_errors_total", "ferry_store_retries_total"):
+                key = (s.name, s.labels["backend"], s.labels["operation"], s.labels.get("code") or s.labels["reason"])
+                out[key] = s.value
+    return out
+
+
+def grew(before: dict[tuple[str, str, str, str], float], after: dict[tuple[str, str, str, str], float],
+         key: tuple[str, str, str, str]) -> float:
+    return after.get(key, 0.0) - before.get(key, 0.0)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +81,7 @@ def test_a_task_through_a_request_rate_cap_copies_every_object(svc: FerryService
     bodies = {f"k{i:04d}": os.urandom(900) for i in range(150)}
     fill(seaweed_a, sb, bodies)
     cap = proxy.add(RateCap(per_second=50, burst=25))
+    before = store_tallies(svc)
     started = time.monotonic()
     client = svc.client()
     created = client.create_task(prefix_task(seaweed_a, sb, seaweed_b, db))
@@ -70,6 +90,13 @@ def test_a_task_through_a_request_rate_cap_copies_every_object(svc: FerryService
     assert task.status == 5, task.error_reason
     assert (task.successful_num, task.failed_num) == (len(bodies), 0)
     assert cap.fired > 0 and cap.matched / elapsed < 125  # about what the store takes, not thousands refused
+    # /metrics saw the refusals as throttled retries of the S3 source, by operation, and nothing else failed.
+    after = store_tallies(svc)
+    throttled = sum(grew(before, after, k) for k in after if k[0] == "ferry_store_retries_total" and k[3] ==
+                    "throttled")
+    assert throttled > 0 and all(k[1] == "s3" for k in after if grew(before, after, k))
+    assert sum(grew(before, after, k) for k in after if k[0] == "ferry_store_retries_total" and k[3] ==
+               "failed") == 0
     assert {k: v[0] for k, v in listing(seaweed_b, db).items()} == {k: len(v) for k, v in bodies.items()}
 
 
@@ -81,6 +108,7 @@ def test_a_task_survives_stalls_and_fails_only_its_bad_object(svc: FerryService,
     fill(seaweed_a, sb, {**bodies, "bad": b"x" * 1000})
     stall = proxy.add(Stall(after=20_000), method="GET", path=f"^/{sb}/k", first=3)
     bad = proxy.add(Status(500), method="GET", path=f"^/{sb}/bad$")
+    before = store_tallies(svc)
     started = time.monotonic()
     client = svc.client()
     created = client.create_task(prefix_task(seaweed_a, sb, seaweed_b, db))
@@ -88,6 +116,10 @@ def test_a_task_survives_stalls_and_fails_only_its_bad_object(svc: FerryService,
     assert time.monotonic() - started < 90
     assert (task.successful_num, task.failed_num) == (len(bodies), 1), task.error_reason
     assert stall.fired == 3 and bad.fired >= 5
+    # The bad object's five 500s are on /metrics as failed reads of the S3 source with their code, four retried.
+    after = store_tallies(svc)
+    assert grew(before, after, ("ferry_store_request_errors_total", "s3", "read", "InternalError")) >= 5
+    assert grew(before, after, ("ferry_store_retries_total", "s3", "read", "failed")) >= 4
     written = set(listing(seaweed_b, db))
     [failed_list] = [k for k in written if k.startswith("oms/task/")]
     assert written - {failed_list} == set(bodies)

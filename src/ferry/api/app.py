@@ -11,7 +11,7 @@ from fastapi.routing import APIRoute
 from ferry.api.auth import VERIFIER_STATE, RequestVerifier, require_principal
 from ferry.api.deps import SERVICES_STATE, ApiServices
 from ferry.api.errors import RequestContextMiddleware, install_error_handlers
-from ferry.api.routes import buckets, helpers, misc, sync_tasks, taskgroups, tasks, versions
+from ferry.api.routes import buckets, helpers, metrics, misc, sync_tasks, taskgroups, tasks, versions
 from ferry.oms import oms_error_for_validation
 
 PROJECT_PREFIX: Final = "/v2/{project_id}"
@@ -60,6 +60,8 @@ def create_app(
         app.include_router(router, prefix=PROJECT_PREFIX, dependencies=[Depends(require_principal)])
     for router in public_routers:
         app.include_router(router)
+    # Outside the OMS API: a Prometheus scrape, with a bearer token of its own when FERRY_METRICS_TOKEN is set.
+    app.include_router(metrics.router)
     # Last, so that its catch-all `/{version}` can never shadow another route.
     app.include_router(versions.router)
     _check_every_project_route_is_authenticated(app)

@@ -16,7 +16,7 @@ from ferry.api.auth import CredentialStore, Principal, require_principal
 from ferry.api.errors import DEFAULT_MAX_BODY
 from ferry.oms import OmsError, dump
 from ferry.service.buckets import HelperSettings
-from ferry.settings import HttpLimits
+from ferry.settings import HttpLimits, MetricsSettings
 
 if TYPE_CHECKING:
     from ferry.service.groups import GroupContext
@@ -53,6 +53,8 @@ class ApiServices:
     tasks: TaskContext | None = None
     # Task groups (routes.taskgroups): the task context plus split settings; None answers 404 APIGW.0101.
     groups: GroupContext | None = None
+    # GET /metrics (routes.metrics): its bearer token and how many tasks get series of their own.
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
 
 SERVICES_STATE = "ferry_services"

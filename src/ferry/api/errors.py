@@ -11,11 +11,13 @@ from typing import Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ferry.errors import FerryError, LocalStateError, NotFoundError, TransientError, UsageError
+from ferry.metrics import API_REQUEST_DURATION, OTHER
 from ferry.oms import Codes, Messages, OmsError
 from ferry.settings import HttpLimits
 
@@ -25,6 +27,9 @@ REQUEST_ID_HEADER: Final = "X-Request-Id"
 _SCOPE_KEY: Final = "ferry.request_id"
 # Enough for a JSON request of this API (the largest documented field is a 16 KiB security token).
 DEFAULT_MAX_BODY: Final = 1024 * 1024
+# The route label of a request no route matched: raw paths are the caller's to choose, so never a label.
+UNMATCHED_ROUTE: Final = "unmatched"
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
 def request_id_of(scope_or_request: Scope | Request) -> str:
@@ -117,7 +122,8 @@ class RequestContextMiddleware:
     last resort that turns any escaped exception into an OMS 500.
 
     Every answer also carries `Server-Timing: app;dur=<ms>`, the time from the request reaching the
-    application to its answer starting, so a slow call can be told apart from a slow network or client."""
+    application to its answer starting, so a slow call can be told apart from a slow network or client; the
+    same time is tallied by method, route template and status for /metrics."""
 
     def __init__(self, app: ASGIApp, max_body: int = DEFAULT_MAX_BODY, limits: HttpLimits | None = None) -> None:
         self.app = app
@@ -144,8 +150,9 @@ class RequestContextMiddleware:
                 started = True
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
                 headers.append((b"x-request-id", request_id.encode()))
-                took = (time.perf_counter() - arrived) * 1000
-                headers.append((b"server-timing", f"app;dur={took:.1f}".encode()))
+                took = time.perf_counter() - arrived
+                headers.append((b"server-timing", f"app;dur={took * 1000:.1f}".encode()))
+                _observe(scope, int(message["status"]), took)
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -184,6 +191,33 @@ class RequestContextMiddleware:
             if started:
                 raise
             await error_response(OmsError.internal(), request_id)(scope, receive, send)
+
+
+def _observe(scope: Scope, status: int, seconds: float) -> None:
+    method = scope.get("method", "")
+    API_REQUEST_DURATION.observe(seconds, method if method in _METHODS else OTHER, route_template(scope), str(status))
+
+
+_TEMPLATES_STATE: Final = "ferry_route_templates"  # on app.state: id(route as the router holds it) -> template
+
+
+def route_template(scope: Scope) -> str:
+    """The path template of the route that served the request (`/v2/{project_id}/tasks/{task_id}`), so project
+    and task ids never become label values; UNMATCHED_ROUTE when no route matched.
+
+    The router puts the matched route in the scope, but a route of an included router carries its path relative
+    to the router's prefix; the app's route contexts give the full template, looked up once per app."""
+    route = scope.get("route")
+    if route is None:
+        return UNMATCHED_ROUTE
+    app = scope.get("app")
+    state = getattr(app, "state", None)
+    templates: dict[int, str] | None = getattr(state, _TEMPLATES_STATE, None)
+    if templates is None and app is not None and state is not None:
+        templates = {id(ctx.original_route): ctx.path for ctx in iter_route_contexts(app.routes) if ctx.path}
+        setattr(state, _TEMPLATES_STATE, templates)
+    path = (templates or {}).get(id(route)) or getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED_ROUTE
 
 
 def _content_length(scope: Scope) -> int | None:

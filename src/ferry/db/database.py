@@ -46,7 +46,8 @@ def _at_heads(engine: Engine) -> bool:
 
 def _all_tables() -> MetaData:
     """The metadata of every table, each model module imported so that it registers its tables."""
-    from ferry.db import api_models, cluster_models, group_models, sync_models  # noqa: F401
+
+    from ferry.db import api_models, cluster_models, group_models, metric_models, sync_models  # noqa: F401
     from ferry.db.models import metadata
 
     return metadata

@@ -78,6 +78,13 @@ CREATE TABLE jobs (
 
 CREATE INDEX ix_jobs_fingerprint ON jobs (fingerprint);
 
+CREATE TABLE metric_snapshots (
+	source VARCHAR(160) NOT NULL, 
+	updated_at FLOAT NOT NULL, 
+	samples TEXT NOT NULL, 
+	CONSTRAINT pk_metric_snapshots PRIMARY KEY (source)
+);
+
 CREATE TABLE privacy_agreements (
 	project_id VARCHAR(32) NOT NULL, 
 	accepted_at FLOAT NOT NULL, 

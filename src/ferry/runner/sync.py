@@ -65,6 +65,7 @@ from ferry.errors import (
     NotFoundError,
     UsageError,
 )
+from ferry.metrics import SYNC_EVENT_LATENCY
 from ferry.objects import ObjectInfo, Restore
 from ferry.runner import failed_lists
 from ferry.runner.loop_thread import LoopThread
@@ -479,6 +480,9 @@ class SyncWorkers:
                 self._record(EventOutcome(ev.task_id, ev.key, ev.version, "release"))
                 return
             outcome = await self._attempt(rt, ev.task_id, ev.key, None, ev.attempts)
+            if outcome.outcome in ("success", "skip"):
+                # From the first acceptance of this version of the key: retries and backoff are in it.
+                SYNC_EVENT_LATENCY.observe(max(self.clock() - ev.received_at, 0.0), outcome.outcome)
             self._record(dataclasses.replace(outcome, version=ev.version))
             await self._stop_if_failed(ev.task_id)
 

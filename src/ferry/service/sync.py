@@ -46,6 +46,7 @@ from ferry.service import buckets
 from ferry.service.buckets import CloudAccess, HelperSettings
 from ferry.service.endpoints import resolve, resolve_known
 from ferry.service.quotas import EventLimits, RateLimitedError, RateLimiter
+from ferry.settings import MetricsSettings
 from ferry.storage.base import Backend
 from ferry.storage.cdn_source import open_through_cdn
 from ferry.storage.profiles import get_profile
@@ -687,9 +688,12 @@ def _sync_child_main(database_url: str, data_dir: str, settings: SyncSettings, r
     import logging
     import os
     import signal
+    import socket
     from pathlib import Path
 
+    from ferry import metrics
     from ferry.db.database import open_database
+    from ferry.db.metric_repo import SnapshotPublisher
 
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with parent
@@ -717,9 +721,16 @@ def _sync_child_main(database_url: str, data_dir: str, settings: SyncSettings, r
         finally:
             transport.close()
 
+    # This process serves no /metrics: its tallies (store errors, event latency) reach the server's through the
+    # database. One row per host and data directory, so a restarted child takes its place rather than adding one.
+    place = hashlib.sha256(data_dir.encode()).hexdigest()[:16]
+    publisher = SnapshotPublisher(engine, f"sync@{socket.gethostname()}:{place}", metrics.snapshot, time.time,
+                                  MetricsSettings.from_env().publish_seconds)
+    publisher.start()
     try:
         asyncio.run(main())
     finally:
+        publisher.stop()
         engine.dispose()
 
 

@@ -17,7 +17,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from typing import TypeVar
 
 from ferry.aio import wait_event
-from ferry.errors import DamagedReadError, DigestMismatchError, TransientError
+from ferry.errors import DamagedReadError, DigestMismatchError, FerryError, NotFoundError, TransientError
+from ferry.metrics import STORE_REQUEST_ERRORS, STORE_RETRIES, backend_kind, error_code
 from ferry.objects import ObjectInfo, ObjectMeta, PartInfo, PutResult
 from ferry.settings import StoreTimeouts
 from ferry.storage.base import Backend, Capabilities, close_listing
@@ -211,6 +212,12 @@ class RetryingBackend(BackendWrapper):
         self._sleep = sleep
         self._jitter = jitter
         self._clock = clock
+        self._kind = backend_kind(inner.name)  # the label of its tallies: the kind of store, no bucket
+
+    def _count_error(self, op: str, exc: FerryError) -> None:
+        # A missing object is an answer the callers expect (a HEAD of a destination key), not a failure.
+        if not isinstance(exc, NotFoundError):
+            STORE_REQUEST_ERRORS.inc(self._kind, op, error_code(exc))
 
     def delay(self, failures: int, exc: TransientError) -> float:
         """How long to wait after the `failures`-th consecutive failure."""
@@ -221,12 +228,14 @@ class RetryingBackend(BackendWrapper):
         return wait
 
     async def _backoff(self, op: str, key: str | None, tries: _Tries, exc: TransientError) -> None:
+        self._count_error(op, exc)
         if is_throttle(exc):
             now = self._clock()
             if tries.throttled_since is None:
                 tries.throttled_since = now
             tries.throttled += 1
             if now - tries.throttled_since < self.throttle_patience:
+                STORE_RETRIES.inc(self._kind, op, "throttled")
                 # Logged per endpoint by its allowance (storage/pressure.py), not per request.
                 wait = self.delay(tries.throttled, exc)
                 log.debug("%s %s on %s: throttled (%s); retrying in %.2fs", op, key or "", self.name, exc, wait)
@@ -245,6 +254,7 @@ class RetryingBackend(BackendWrapper):
             _gave_up(exc, f"gave up: the object's {budget.limit} failed attempts are spent")
         else:
             wait = self.delay(tries.failures, exc)
+            STORE_RETRIES.inc(self._kind, op, "failed")
             log.info("%s %s on %s: attempt %d failed (%s); retrying in %.2fs", op, key or "", self.name,
                      tries.failures, exc, wait)
             await self._sleep(wait)
@@ -260,8 +270,12 @@ class RetryingBackend(BackendWrapper):
                 result = await fn()
             except TransientError as exc:
                 if isinstance(exc, final):
+                    self._count_error(op, exc)
                     raise
                 await self._backoff(op, key, tries, exc)
+            except FerryError as exc:
+                self._count_error(op, exc)
+                raise
             else:
                 budget = _OBJECT_BUDGET.get()
                 if budget is not None and budget.failures:
@@ -281,6 +295,9 @@ class RetryingBackend(BackendWrapper):
                 return
             except TransientError as exc:
                 await self._backoff("list", prefix, tries, exc)
+            except FerryError as exc:
+                self._count_error("list", exc)
+                raise
             finally:
                 await close_listing(iterator)
 
