@@ -122,3 +122,24 @@ def test_throughput_is_grouped_into_buckets_of_the_run(tmp_path: Path) -> None:
         assert got == [(0.0, 400, 3), (4.0, 0, 1)]
     finally:
         conn.close()
+
+
+def test_the_wheel_carries_every_console_template_and_static_file() -> None:
+    """Each file under console/templates and console/static matches a package-data pattern of pyproject.toml
+    (setuptools' globs, relative to the package), so a built wheel serves the same pages as the work tree."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["ferry"]
+    package = root / "src" / "ferry"
+    files = [p.relative_to(package).as_posix() for d in ("console/templates", "console/static")
+             for p in (package / d).rglob("*") if p.is_file()]
+    assert len(files) >= 10
+    # fnmatch's `*` crosses "/", setuptools' does not: compare segment by segment.
+    def covered(path: str) -> bool:
+        parts = path.split("/")
+        return any(len(pat.split("/")) == len(parts) and all(fnmatch.fnmatchcase(a, b) for a, b in
+                                                              zip(parts, pat.split("/"), strict=True))
+                   for pat in patterns)
+    assert [f for f in files if not covered(f)] == []
