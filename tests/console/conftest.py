@@ -13,7 +13,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +81,18 @@ def shots(request: pytest.FixtureRequest) -> Path:
 
 @dataclass
 class ConsolePage:
-    """A browser tab on the console, and helpers tests share."""
+    """A browser tab on the console, and helpers tests share. `errors` collects what the page's scripts threw
+    and what the browser refused (a Content-Security-Policy violation is logged as a console error)."""
 
     page: Page
     base: str
     shots: Path
+    errors: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
+        self.page.on("console", lambda msg: self.errors.append(f"console: {msg.text}")
+                     if msg.type == "error" and not _expected_error(msg.text) else None)
 
     def go(self, path: str) -> Any:
         return self.page.goto(self.base + path)
@@ -106,21 +113,32 @@ class ConsolePage:
 PageFactory = Callable[..., ConsolePage]
 
 
+def _expected_error(text: str) -> bool:
+    # Answers the tests provoke on purpose (a refused action, another project's task) are logged by the browser
+    # as failed loads; they are not script errors.
+    return text.startswith("Failed to load resource")
+
+
 @pytest.fixture
 def new_page(browser: Browser, console_service: FerryService, shots: Path) -> Iterator[PageFactory]:
     """Opens a fresh browser context (its own cookies) per call: `new_page()` at desktop width,
     `new_page(PHONE)` at a phone's."""
     contexts = []
+    pages: list[ConsolePage] = []
 
     def make(viewport: dict[str, int] | None = None) -> ConsolePage:
         ctx = browser.new_context(viewport=viewport or DESKTOP)  # type: ignore[arg-type]
         ctx.set_default_timeout(20_000)
         contexts.append(ctx)
-        return ConsolePage(ctx.new_page(), console_service.url, shots)
+        made = ConsolePage(ctx.new_page(), console_service.url, shots)
+        pages.append(made)
+        return made
 
     yield make
     for ctx in contexts:
         ctx.close()
+    problems = [e for p in pages for e in p.errors]
+    assert not problems, problems
 
 
 @pytest.fixture
