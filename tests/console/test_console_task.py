@@ -89,6 +89,10 @@ def test_the_task_page_follows_a_run_live_through_pause_and_resume(
     points = int(page.locator("#speed-chart").get_attribute("data-points") or "0")
     assert points >= 3, points
     console.shot("task-succeeded")
+    # The page as a person opening it now sees it (the README shows this one).
+    console.go(f"/console/tasks/{task_id}")
+    expect(page.locator("#speed-chart canvas")).to_be_visible()
+    console.shot("task-page", full_page=False)
 
     # Downloads: every object is in the succeeded list, or in the skipped one when the pause came after it was
     # written and before its result was recorded (the resumed run finds it there, complete).
