@@ -151,6 +151,18 @@ def test_failed_objects_are_grouped_by_reason_and_listed(
     lines = [json.loads(x) for x in open(got.value.path(), encoding="utf-8")]  # noqa: SIM115
     assert sorted(e["key"] for e in lines) == cold and all("enable_restore" in e["reason"] for e in lines)
 
+    # Retry the failed objects only: the run goes over the seven again (still archived, so they fail again),
+    # and the three copied ones are not looked at.
+    page.click("#retry-form summary")
+    for name, value in (("src_ak", moto.access_key), ("src_sk", moto.secret_key),
+                        ("dst_ak", seaweed_b.access_key), ("dst_sk", seaweed_b.secret_key)):
+        page.fill(f"#retry-form input[name={name}]", value)
+    page.click("#retry-form button[type=submit]")
+    expect(page.locator(".flash.ok")).to_contain_text("retry its failed objects only")
+    expect(page.locator("[data-live-text=status]")).to_have_text("failed", timeout=60_000)
+    task = svc.client().show_task(ShowTaskRequest(task_id=task_id))
+    assert (task.failed_num, task.successful_num) == (7, 3), task
+
 
 def test_another_project_sees_none_of_it(new_page: PageFactory, console_service: FerryService,
                                          seaweed_a: SeaweedServer, seaweed_b: SeaweedServer,
