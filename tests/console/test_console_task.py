@@ -180,6 +180,10 @@ def test_another_project_sees_none_of_it(new_page: PageFactory, console_service:
     assert answer.status == 404
     expect(console.page.locator(".flash.error")).to_contain_text("Invalid task ID")
     console.shot("other-project-task")
+    # A malformed id or an unknown page is a page too, not an API answer.
+    for path in ("/console/tasks/not-a-number", "/console/no-such-page"):
+        answer = console.go(path)
+        assert answer.status == 404 and "There is no such page." in console.page.content(), path
     request = console.page.request
     for path in ("live", "speed", "failures", "objects/success.jsonl"):
         assert request.get(f"{svc.url}/console/tasks/{task_id}/{path}").status == 404, path

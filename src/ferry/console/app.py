@@ -8,7 +8,9 @@ from typing import Final
 from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -51,6 +53,16 @@ async def _refused(request: Request, exc: Exception) -> Response:
     return render(request, session, "error.html", status=exc.status, title="Not possible", message=exc.message)
 
 
+async def _not_found(request: Request, exc: Exception) -> Response:
+    # Unknown pages and malformed ids (a task id that is not a number) alike: a page, not FastAPI's JSON.
+    ctx: ConsoleContext = getattr(request.app.state, CONSOLE_STATE)
+    session = await session_of(request, ctx)
+    status = exc.status_code if isinstance(exc, StarletteHTTPException) else 404
+    message = "There is no such page." if status == 404 else str(getattr(exc, "detail", "")) or "Not possible."
+    return render(request, session, "error.html", status=status, title="Not found" if status == 404 else "Error",
+                  message=message)
+
+
 def create_console(ctx: ConsoleContext, routers: Sequence[APIRouter] = ROUTERS) -> list[BaseRoute]:
     """The routes to add to the main application: `/console` itself and the console app mounted below it."""
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
@@ -58,6 +70,8 @@ def create_console(ctx: ConsoleContext, routers: Sequence[APIRouter] = ROUTERS) 
     app.add_exception_handler(SignInRequired, _sign_in_redirect)
     app.add_exception_handler(CsrfRefused, _csrf_refused)
     app.add_exception_handler(TaskError, _refused)
+    app.add_exception_handler(StarletteHTTPException, _not_found)
+    app.add_exception_handler(RequestValidationError, _not_found)
     _check_every_post_is_protected(routers)
     for router in routers:
         app.include_router(router)

@@ -37,8 +37,9 @@
     var self = this;
     return getJSON(this.el.getAttribute("data-src")).then(function (d) {
       var data = [d.t, d.mib, d.objects];
-      if (self.empty) { self.empty.hidden = d.t.length > 0; }
-      if (!window.uPlot || d.t.length === 0) { return; }
+      // One bucket is a dot, not a chart: wait for a second one.
+      if (self.empty) { self.empty.hidden = d.t.length > 1; }
+      if (!window.uPlot || d.t.length < 2) { return; }
       if (self.plot) { self.plot.setData(data); return; }
       self.plot = new window.uPlot({
         width: self.width(), height: 220,
