@@ -145,6 +145,11 @@ def test_failed_objects_are_grouped_by_reason_and_listed(
     assert shown == sorted(shown) and set(shown) <= set(cold) and len(shown) == min(5, counts[0])
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= PHONE["width"], width
+    console.go("/console/tasks")
+    expect(page.locator(f"tr[data-task-id='{task_id}']")).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    console.shot("tasks-phone")
+    console.go(f"/console/tasks/{task_id}")
 
     with page.expect_download() as got:
         page.click("a[href$='/objects/failed.jsonl']")
