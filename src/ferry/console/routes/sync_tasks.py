@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Final
+import time
+from typing import Any, Final
 
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
@@ -33,8 +34,15 @@ async def sync_list(request: Request, ctx: Console, session: CurrentProject, lim
                     offset: str | None = None, status: str | None = None) -> Response:
     paging = Paging.parse("/console/sync-tasks", limit, offset, status)
     chosen = s.SyncStatus(paging.status) if paging.status in SYNC_STATUSES else None
-    rows, count = await run_in_threadpool(
-        lambda: sync.list_sync_tasks(sync_context(ctx), session.project_id, limit=paging.limit,
-                                     offset=paging.offset, status=chosen))
+    sctx = sync_context(ctx)
+
+    def listed() -> tuple[list[tuple[Any, Any]], int]:
+        rows, count = sync.list_sync_tasks(sctx, session.project_id, limit=paging.limit, offset=paging.offset,
+                                           status=chosen)
+        # This month's counters, as show_sync_task reports them (one summed query per row of the page).
+        now_ms = int(time.time() * 1000)
+        return [sync.show_sync_task(sctx, session.project_id, r.id, now_ms) for r in rows], count
+
+    rows, count = await run_in_threadpool(listed)
     return render(request, session, "sync_tasks.html", rows=rows, paging=paging.with_count(count),
                   statuses=SYNC_STATUSES)
