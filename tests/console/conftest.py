@@ -33,7 +33,8 @@ DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 
 
-@pytest.fixture(scope="session")
+# Module scope: its runner threads stop with the module instead of polling through the rest of the suite.
+@pytest.fixture(scope="module")
 def console_service(tmp_path_factory: pytest.TempPathFactory, seaweed_a: SeaweedServer, seaweed_b: SeaweedServer,
                     moto: MotoServer) -> Iterator[FerryService]:
     """The real service (database, runner, API and console) on 127.0.0.1; its clouds: Aliyun cn-hangzhou is
@@ -50,7 +51,9 @@ def console_service(tmp_path_factory: pytest.TempPathFactory, seaweed_a: Seaweed
             started.close()
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while Playwright's sync driver is open its event loop counts as running in this
+# thread, and every asyncio test run after this module would fail to start its own loop.
+@pytest.fixture(scope="module")
 def playwright_driver() -> Iterator[Playwright]:
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (scripts/bootstrap.sh test installs Debian's)")
@@ -58,7 +61,7 @@ def playwright_driver() -> Iterator[Playwright]:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright_driver: Playwright) -> Iterator[Browser]:
     # --no-sandbox: tests run as root in CI, where Chromium's sandbox refuses to start.
     launched = playwright_driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
