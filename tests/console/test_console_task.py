@@ -37,7 +37,7 @@ def test_the_task_page_follows_a_run_live_through_pause_and_resume(
         console: ConsolePage, console_service: FerryService, seaweed_a: SeaweedServer, seaweed_b: SeaweedServer,
         bucket_factory: Any) -> None:
     svc = console_service
-    task_id = _slow_task(svc, seaweed_a, seaweed_b, bucket_factory, objects=24, size=256 * 1024)
+    task_id = _slow_task(svc, seaweed_a, seaweed_b, bucket_factory, objects=32, size=256 * 1024)
     console.sign_in(svc.tenant)
     expect(console.page.locator(f"tr[data-task-id='{task_id}']")).to_be_visible()
     console.shot("list-running")
@@ -77,14 +77,17 @@ def test_the_task_page_follows_a_run_live_through_pause_and_resume(
     expect(page.locator(".flash.error")).to_contain_text("A running task cannot be deleted")
     page.evaluate("window.__sameLoad = true")
     expect(page.locator("[data-live-text=status]")).to_have_text("running")
+    # While it runs the page shows its speed (held near 1 MiB/s by the policy) and the time left.
+    expect(page.locator("[data-live-text=speed]")).to_have_text(re.compile(r"^\d+(\.\d)? (KiB|MiB)/s$"))
+    expect(page.locator("[data-live-text=left]")).to_have_text(re.compile(r"^\d+ (s|min \d\d s)$"))
     console.shot("running")
 
     expect(page.locator("[data-live-text=progress]")).to_have_text("100.0 %", timeout=60_000)
     expect(page.locator("[data-live-text=status]")).to_have_text("succeeded")
-    expect(page.locator("[data-live-text=objects]")).to_have_text("24 / 24")
+    expect(page.locator("[data-live-text=objects]")).to_have_text("32 / 32")
     assert page.evaluate("window.__sameLoad") is True  # reached live, without a reload
     expect(page.locator("#task")).to_have_attribute("data-live", "false")
-    # The chart covers the run (both parts, 6 MiB at 1 MiB/s: a few seconds at least).
+    # The chart covers the run (both parts, 8 MiB at 1 MiB/s: several seconds).
     expect(page.locator("#speed-chart canvas")).to_be_visible()
     points = int(page.locator("#speed-chart").get_attribute("data-points") or "0")
     assert points >= 3, points
@@ -102,7 +105,7 @@ def test_the_task_page_follows_a_run_live_through_pause_and_resume(
             page.click(f"a[href$='/objects/{which}.jsonl']")
         assert got.value.suggested_filename == f"task-{task_id}-{which}.jsonl"
         keys += [json.loads(x)["key"] for x in open(got.value.path(), encoding="utf-8")]  # noqa: SIM115
-    assert sorted(keys) == [f"data/{i:03d}.bin" for i in range(24)]
+    assert sorted(keys) == [f"data/{i:03d}.bin" for i in range(32)]
 
     # Finished: the policy can no longer change, in the API's words.
     page.click("#bandwidth-form summary")
