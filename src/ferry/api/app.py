@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Final
 
 from fastapi import APIRouter, Depends, FastAPI
@@ -72,10 +72,24 @@ def create_app(
     return app
 
 
+def _effective_routes(routes: Sequence[BaseRoute], prefix: str = "",
+                      dependencies: frozenset[object] = frozenset()) -> Iterator[tuple[str, set[object]]]:
+    """Each API route's full path and the callables it depends on, also inside included routers: FastAPI
+    0.165 keeps an included router as one lazy entry (`original_router`, with the prefix and dependencies of
+    its inclusion), so app.routes alone shows none of their routes."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield prefix + route.path, {dep.call for dep in route.dependant.dependencies} | set(dependencies)
+        inner = getattr(route, "original_router", None)
+        if isinstance(inner, APIRouter):
+            included = getattr(route, "include_context", None)
+            extra = {d.dependency for d in getattr(included, "dependencies", None) or ()}
+            yield from _effective_routes(inner.routes, prefix + (getattr(included, "prefix", "") or ""),
+                                         dependencies | extra)
+
+
 def _check_every_project_route_is_authenticated(app: FastAPI) -> None:
     # A route that reaches the project prefix some other way must not slip through without authentication.
-    for route in app.routes:
-        if isinstance(route, APIRoute) and route.path.startswith(PROJECT_PREFIX):
-            calls = {dep.call for dep in route.dependant.dependencies}
-            if require_principal not in calls:
-                raise RuntimeError(f"route {route.path} is not authenticated")
+    for path, calls in _effective_routes(app.routes):
+        if path.startswith(PROJECT_PREFIX) and require_principal not in calls:
+            raise RuntimeError(f"route {path} is not authenticated")
