@@ -141,10 +141,11 @@ async def task_failures(request: Request, ctx: Console, session: CurrentProject,
 
 @router.get("/tasks/{task_id}/objects/{which}.jsonl")
 async def task_objects(ctx: Console, session: CurrentProject, task_id: TaskIdPath, which: str) -> Response:
-    if which not in task_report.OBJECT_LISTS:
+    chosen = next((w for w in task_report.OBJECT_LISTS if w == which), None)
+    if chosen is None:
         raise TaskError(404, s.Codes.NOT_FOUND, "There is no such object list.")
     lines = await run_in_threadpool(task_report.object_list, task_context(ctx), session.project_id, task_id,
-                                    which)  # type: ignore[arg-type]
+                                    chosen)
 
     def chunks() -> Iterator[bytes]:
         buf: list[str] = []
