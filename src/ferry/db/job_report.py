@@ -26,15 +26,6 @@ class JobReport:
     def __init__(self, db: Engine | SqlConn) -> None:
         self.db = db if isinstance(db, SqlConn) else EngineConn(db)
 
-    def span(self, job_id: str) -> tuple[float, float] | None:
-        """When the first and the last result of the job were recorded (None before any)."""
-        sql = "SELECT MIN(updated_at), MAX(updated_at) FROM job_objects WHERE job_id = :job_id"
-        with self.db.begin() as tx:
-            rows = tx.execute(sql, {"job_id": job_id})
-        if not rows or rows[0][0] is None:
-            return None
-        return float(rows[0][0]), float(rows[0][1])
-
     def throughput(self, job_id: str, since: float, bucket: float) -> list[Throughput]:
         """Bytes copied (successes) and objects finished (any outcome) per `bucket` seconds from `since`, in
         time order, buckets with nothing left out. One grouped pass over the job's rows."""

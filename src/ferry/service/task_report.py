@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import math
 import re
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final, Literal
 
 from ferry.db.job_repo import JobRepo
 from ferry.db.job_report import JobReport
+from ferry.db.task_repo import PAUSING, RETRYING, RUNNING, WAITING
 from ferry.runner.migration import record_line
 from ferry.service.tasks import TaskContext, TaskError
 
@@ -67,25 +70,48 @@ def _job_id(ctx: TaskContext, project_id: str, task_id: int) -> str | None:
     return row.job_id
 
 
-def speed_history(ctx: TaskContext, project_id: str, task_id: int, points: int = MAX_POINTS) -> list[SpeedPoint]:
-    """The task's throughput over its run, from its first recorded result to its last, in at most `points`
-    equal buckets of whole seconds; empty buckets are zero, so pauses show."""
-    job_id = _job_id(ctx, project_id, task_id)
-    if job_id is None:
+# Charts of tasks that can no longer change, by (job, the row's last update): a finished run of a million
+# objects costs about a second of database scan to chart, and its page may be opened many times.
+_SETTLED_CHARTS: dict[tuple[str, float], list[SpeedPoint]] = {}
+_SETTLED_CHARTS_MAX: Final = 256
+_charts_lock = threading.Lock()
+
+
+def speed_history(ctx: TaskContext, project_id: str, task_id: int, points: int = MAX_POINTS,
+                  now: float | None = None) -> list[SpeedPoint]:
+    """The task's throughput over its run, in at most `points` equal buckets of whole seconds from the first
+    bucket with a result (empty buckets are zero, so pauses show) to now while the task can still move, else
+    to its last update. One grouped scan of the job's results (about 1.4 s per million on SQLite on a loaded
+    2-core machine); the chart of a settled task is kept and served again without a scan."""
+    row = ctx.repo.get(task_id, project_id)
+    if row is None:
+        raise TaskError.not_found()
+    if row.job_id is None or row.started_at is None:
         return []
-    report = JobReport(ctx.engine)
-    span = report.span(job_id)
-    if span is None:
-        return []
-    first, last = span
-    bucket = float(max(1, math.ceil((last - first) / max(points, 1))))
-    got = {round((t.start - first) / bucket): t for t in report.throughput(job_id, first, bucket)}
-    count = max(got, default=0) + 1
-    out = []
-    for i in range(count):
-        t = got.get(i)
-        out.append(SpeedPoint(first + i * bucket, bucket, (t.bytes_copied if t else 0) / bucket,
-                              (t.objects if t else 0) / bucket))
+    settled = row.status not in (WAITING, RUNNING, PAUSING, RETRYING)
+    key = (row.job_id, row.updated_at)
+    if settled:
+        with _charts_lock:
+            if key in _SETTLED_CHARTS:
+                return _SETTLED_CHARTS[key]
+    now = time.time() if now is None else now
+    # Every result of the job comes after the task's first start, so no separate scan for the span is needed.
+    first = row.started_at
+    end = max(row.updated_at if settled else now, first + 1)
+    bucket = float(max(1, math.ceil((end - first) / max(points, 1))))
+    got = {round((t.start - first) / bucket): t for t in JobReport(ctx.engine).throughput(row.job_id, first, bucket)}
+    out: list[SpeedPoint] = []
+    if got:
+        # From the first bucket with a result: a job started after the task's first start shows no empty lead.
+        for i in range(min(got), max(got) + 1):
+            t = got.get(i)
+            out.append(SpeedPoint(first + i * bucket, bucket, (t.bytes_copied if t else 0) / bucket,
+                                  (t.objects if t else 0) / bucket))
+    if settled:
+        with _charts_lock:
+            if len(_SETTLED_CHARTS) >= _SETTLED_CHARTS_MAX:
+                _SETTLED_CHARTS.pop(next(iter(_SETTLED_CHARTS)))
+            _SETTLED_CHARTS[key] = out
     return out
 
 

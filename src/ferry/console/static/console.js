@@ -10,7 +10,8 @@
   }, true);
 
   var LIVE_EVERY_MS = 2000;   // counters and progress
-  var CHART_EVERY_MS = 10000; // the speed chart (one grouped query over the task's results)
+  var CHART_EVERY_MS = 10000; // the speed chart (one grouped scan of the task's results)...
+  var CHART_COST_FACTOR = 20; // ...or less often on a run so big that the scan takes more than half a second
 
   function getJSON(url) {
     return fetch(url, { credentials: "same-origin", headers: { "Accept": "application/json" } })
@@ -35,7 +36,9 @@
   SpeedChart.prototype.width = function () { return Math.max(this.el.clientWidth, 280); };
   SpeedChart.prototype.load = function () {
     var self = this;
+    var began = Date.now();
     return getJSON(this.el.getAttribute("data-src")).then(function (d) {
+      self.took = Date.now() - began;
       var data = [d.t, d.mib, d.objects];
       // One bucket is a dot, not a chart: wait for a second one.
       if (self.empty) { self.empty.hidden = d.t.length > 1; }
@@ -102,7 +105,8 @@
       getJSON("/console/tasks/" + id + "/live").then(function (v) {
         applyLive(root, v);
         refreshFailures(v.failed_num);
-        var chartDue = Date.now() - lastChart >= CHART_EVERY_MS;
+        var every = Math.max(CHART_EVERY_MS, CHART_COST_FACTOR * ((chart && chart.took) || 0));
+        var chartDue = Date.now() - lastChart >= every;
         if (chart && (chartDue || !v.live)) { lastChart = Date.now(); chart.load().catch(function () {}); }
         if (v.live) { window.setTimeout(tick, LIVE_EVERY_MS); }
         else { root.setAttribute("data-live", "false"); }
