@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Final
@@ -19,9 +20,11 @@ from ferry.console.context import CONSOLE_STATE, ConsoleContext
 from ferry.console.render import render
 from ferry.console.routes import auth, groups, sync_tasks, tasks
 from ferry.console.session import CsrfRefused, SignInRequired, checked_form, session_of
+from ferry.errors import FerryError, LocalStateError, NotFoundError, TransientError, UsageError
 from ferry.service.tasks import TaskError
 
 PREFIX: Final = "/console"
+log = logging.getLogger("ferry.console")
 STATIC_DIR: Final = Path(__file__).parent / "static"
 # Page modules; each exports `router` with paths relative to /console (see the package docstring).
 ROUTERS: Final[tuple[APIRouter, ...]] = (auth.router, tasks.router, groups.router, sync_tasks.router)
@@ -46,11 +49,23 @@ async def _csrf_refused(request: Request, exc: Exception) -> Response:
 
 
 async def _refused(request: Request, exc: Exception) -> Response:
-    # An operation refused by the service's rules outside a page that shows it inline: its own words and status.
-    assert isinstance(exc, TaskError)
+    # An operation refused outside a page that shows it inline. As on the API, only messages written for users
+    # are shown (a TaskError's, with the API's status, and a UsageError's); any other error is named by kind.
+    assert isinstance(exc, FerryError)
     ctx: ConsoleContext = getattr(request.app.state, CONSOLE_STATE)
     session = await session_of(request, ctx)
-    return render(request, session, "error.html", status=exc.status, title="Not possible", message=exc.message)
+    if isinstance(exc, TaskError):
+        status, message = exc.status, exc.message
+    elif isinstance(exc, UsageError):
+        status, message = 400, exc.message
+    elif isinstance(exc, NotFoundError):
+        status, message = 404, "There is no such page."
+    elif isinstance(exc, TransientError | LocalStateError):
+        status, message = 503, "The service is unavailable for a moment; try again shortly."
+    else:
+        log.error("console request %s failed", request.url.path, exc_info=exc)
+        status, message = 500, "Something went wrong on the server; the error is in its log."
+    return render(request, session, "error.html", status=status, title="Not possible", message=message)
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
@@ -69,7 +84,7 @@ def create_console(ctx: ConsoleContext, routers: Sequence[APIRouter] = ROUTERS) 
     setattr(app.state, CONSOLE_STATE, ctx)
     app.add_exception_handler(SignInRequired, _sign_in_redirect)
     app.add_exception_handler(CsrfRefused, _csrf_refused)
-    app.add_exception_handler(TaskError, _refused)
+    app.add_exception_handler(FerryError, _refused)
     app.add_exception_handler(StarletteHTTPException, _not_found)
     app.add_exception_handler(RequestValidationError, _not_found)
     _check_every_post_is_protected(routers)
