@@ -12,5 +12,12 @@ Conventions for every page module (ferry.console.routes.*):
 - Pages render with `render(request, session, "name.html", **values)` (ferry.console.render); templates extend
   base.html and get `session`, `csrf_token` and `static(path)`. Service refusals (TaskError, UsageError...) are
   shown with `flash_error`, in the page, with the API's own message — never a second copy of a rule.
+- Forms become the OMS request models the API validates (ferry.console.forms: `keys_request`, `filled`,
+  `bandwidth_request`, and `refusal` for the API's words of a TaskError or OmsError), so the console has no
+  rule of its own. Templates: `_macros.html` (progress bars, status filter, pager, task table, `csrf()` —
+  import it `with context`), `_keys.html` (the key fields of a restart), `_bandwidth.html` (policy card).
+- Live pages poll (see routes.tasks for why); the page script is static/console.js, no inline script: the
+  Content-Security-Policy (render.CSP) allows only our own files.
 - No secret is ever rendered: forms that take keys leave their fields empty when shown again.
+- Browser tests: tests/console/conftest.py (`console`, `new_page(PHONE)`, `ConsolePage.sign_in/shot`).
 """
