@@ -17,7 +17,7 @@ from huaweicloudsdkoms.v2 import (
 )
 from playwright.sync_api import expect
 
-from conftest import ConsolePage
+from conftest import PHONE, ConsolePage, PageFactory
 from ferry.sandbox import SeaweedServer
 
 pytestmark = pytest.mark.timeout(240)
@@ -25,8 +25,8 @@ MIB = 1024 * 1024
 
 
 def test_a_group_page_shows_its_tasks_and_is_stopped_and_deleted_from_it(
-        console: ConsolePage, console_service: FerryService, seaweed_a: SeaweedServer, seaweed_b: SeaweedServer,
-        bucket_factory: Any) -> None:
+        console: ConsolePage, new_page: PageFactory, console_service: FerryService, seaweed_a: SeaweedServer,
+        seaweed_b: SeaweedServer, bucket_factory: Any) -> None:
     svc = console_service
     src, dst = bucket_factory(seaweed_a), bucket_factory(seaweed_b)
     fill(seaweed_a, src, {f"g/{i:02d}.bin": bytes([i]) * (256 * 1024) for i in range(40)})
@@ -61,6 +61,14 @@ def test_a_group_page_shows_its_tasks_and_is_stopped_and_deleted_from_it(
     expect(page.get_by_role("alert")).to_contain_text("OMS.")
     console.shot("group-start-refused")
     assert client.show_task_group(ShowTaskGroupRequest(group_id=group_id)).status == 3
+
+    # The same page on a phone: nothing wider than the screen.
+    phone = new_page(PHONE)
+    phone.sign_in(svc.tenant)
+    phone.go(f"/console/groups/{group_id}")
+    expect(phone.page.locator("#group-live tr[data-task-id]")).to_have_count(1)
+    assert phone.page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    phone.shot("group-phone")
 
     page.once("dialog", lambda d: d.accept())
     page.click("button.danger")
