@@ -9,28 +9,20 @@ per test, so a failed run can be looked at afterwards.
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "api"))
 
-from ferry_service import FerryService, Tenant, start_service
-from playwright.sync_api import Browser, Page, Playwright, sync_playwright
+from console_browser import CHROMIUM, DESKTOP, OUTPUT, ConsolePage, PageFactory
+from ferry_service import FerryService, start_service
+from playwright.sync_api import Browser, Playwright, sync_playwright
 
 from ferry.sandbox import MotoServer, SeaweedServer
-
-CHROMIUM = os.environ.get("FERRY_CHROMIUM", "/usr/bin/chromium")
-OUTPUT = Path(os.environ.get("FERRY_TEST_OUTPUT") or Path(__file__).resolve().parent.parent / "output")
-# Desktop and phone widths the pages must work at.
-DESKTOP = {"width": 1280, "height": 900}
-PHONE = {"width": 390, "height": 844}
 
 
 # Module scope: its runner threads stop with the module instead of polling through the rest of the suite.
@@ -80,46 +72,6 @@ def shots(request: pytest.FixtureRequest) -> Path:
     for old in directory.glob("*.png"):
         old.unlink()
     return directory
-
-
-@dataclass
-class ConsolePage:
-    """A browser tab on the console, and helpers tests share. `errors` collects what the page's scripts threw
-    and what the browser refused (a Content-Security-Policy violation is logged as a console error)."""
-
-    page: Page
-    base: str
-    shots: Path
-    errors: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
-        self.page.on("console", lambda msg: self.errors.append(f"console: {msg.text}")
-                     if msg.type == "error" and not _expected_error(msg.text) else None)
-
-    def go(self, path: str) -> Any:
-        return self.page.goto(self.base + path)
-
-    def shot(self, name: str, full_page: bool = True) -> Path:
-        path = self.shots / f"{name}.png"
-        self.page.screenshot(path=str(path), full_page=full_page)
-        return path
-
-    def sign_in(self, tenant: Tenant) -> None:
-        self.go("/console/signin")
-        self.page.fill("input[name=access_key]", tenant.ak)
-        self.page.fill("input[name=secret_key]", tenant.sk)
-        self.page.click("button[type=submit]")
-        self.page.wait_for_url(re.compile(r".*/console/tasks.*"))
-
-
-PageFactory = Callable[..., ConsolePage]
-
-
-def _expected_error(text: str) -> bool:
-    # Answers the tests provoke on purpose (a refused action, another project's task) are logged by the browser
-    # as failed loads; they are not script errors.
-    return text.startswith("Failed to load resource")
 
 
 @pytest.fixture

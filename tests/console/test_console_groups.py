@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 import pytest
+from console_browser import PHONE, ConsolePage, PageFactory
 from ferry_service import DST_REGION, SRC_REGION, FerryService, fill
 from huaweicloudsdkoms.v2 import (
     BandwidthPolicyDto,
@@ -17,7 +18,6 @@ from huaweicloudsdkoms.v2 import (
 )
 from playwright.sync_api import expect
 
-from conftest import PHONE, ConsolePage, PageFactory
 from ferry.sandbox import SeaweedServer
 
 pytestmark = pytest.mark.timeout(240)

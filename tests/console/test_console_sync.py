@@ -6,11 +6,11 @@ import time
 from typing import Any
 
 import pytest
+from console_browser import ConsolePage
 from ferry_service import DST_REGION, SRC_REGION, FerryService, fill
 from huaweicloudsdkoms.v2 import CreateSyncTaskReq, CreateSyncTaskRequest
 from playwright.sync_api import expect
 
-from conftest import ConsolePage
 from ferry.sandbox import SeaweedServer
 
 pytestmark = pytest.mark.timeout(180)

@@ -8,11 +8,11 @@ import re
 from typing import Any
 
 import pytest
+from console_browser import PHONE, ConsolePage, PageFactory
 from ferry_service import FerryService, fill, prefix_task, s3_client
 from huaweicloudsdkoms.v2 import BandwidthPolicyDto, ShowTaskRequest
 from playwright.sync_api import expect
 
-from conftest import PHONE, ConsolePage, PageFactory
 from ferry.sandbox import MotoServer, SeaweedServer
 
 pytestmark = pytest.mark.timeout(240)
