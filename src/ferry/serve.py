@@ -22,6 +22,8 @@ from sqlalchemy import Engine
 from ferry.api.app import create_app
 from ferry.api.deps import ApiServices
 from ferry.api.http_edge import QuerySecretFilter, protocol_class
+from ferry.console.app import create_console
+from ferry.console.context import ConsoleContext
 from ferry.db.database import open_database
 from ferry.runner.groups import GroupRunner
 from ferry.runner.migration import LocalRunner, RunnerSettings
@@ -34,7 +36,7 @@ from ferry.service.groups import GroupContext, runner_ports
 from ferry.service.smn import publish_end
 from ferry.service.sync import SyncContext, SyncProcess, build_sync_runtime
 from ferry.service.tasks import TaskContext, TaskLimits
-from ferry.settings import HttpLimits, MetricsSettings, make_private, public_url
+from ferry.settings import HttpLimits, MetricsSettings, console_session_ttl, make_private, public_url
 
 DEFAULT_HOST: Final = "127.0.0.1"
 # Not 80/443 (no TLS here, and no root needed) nor the crowded 8000/8080; free on common installs.
@@ -134,7 +136,10 @@ def build(
         public_url=public_url,
         metrics=metrics_settings or MetricsSettings.from_env(),
     )
-    app = create_app(services)
+    console = ConsoleContext(credentials=services.credentials, session_key=box.derive_key("console-session"),
+                             tasks=ctx, groups=group_ctx, sync=sync_ctx, session_ttl=console_session_ttl(),
+                             secure_cookies=bool(public_url and public_url.startswith("https://")))
+    app = create_app(services, mounts=create_console(console))
     return Service(engine, box, data_dir, services, app, runner, sync=sync_runtime, groups=group_runner)
 
 
@@ -186,8 +191,8 @@ def serve(data_dir: Path, database_url: str, host: str = DEFAULT_HOST, port: int
     service.start_runner()
     dialect = service.engine.dialect.name
     # The database URL is not printed: a PostgreSQL URL may carry a password.
-    print(f"ferry: OMS v2 API on http://{host}:{port} (state in {data_dir}, {dialect} database)",
-          file=sys.stderr, flush=True)
+    print(f"ferry: OMS v2 API on http://{host}:{port}, web console on http://{host}:{port}/console "
+          f"(state in {data_dir}, {dialect} database)", file=sys.stderr, flush=True)
     try:
         server.run()
     finally:

@@ -146,6 +146,11 @@ class MetricsSettings:
         )
 
 
+def console_session_ttl() -> float:
+    """How long a web console sign-in lasts, in seconds (FERRY_CONSOLE_SESSION_HOURS, 8 by default)."""
+    return _number("FERRY_CONSOLE_SESSION_HOURS", 8, 0.05, 720) * 3600
+
+
 def _number(name: str, default: float, low: float, high: float) -> float:
     raw = os.environ.get(name, "").strip()
     if not raw:

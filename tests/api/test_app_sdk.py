@@ -284,3 +284,16 @@ def test_unauthenticated_project_routes_are_refused_at_startup(live: LiveServer)
             _check_every_project_route_is_authenticated(app)
     finally:
         app.router.routes.pop()
+
+
+def test_a_router_included_beside_the_api_cannot_reach_the_project_prefix_unauthenticated(live: LiveServer) -> None:
+    from fastapi import APIRouter
+
+    from ferry.api.app import PUBLIC_ROUTERS, create_app
+
+    sneaky = APIRouter()
+    sneaky.add_api_route("/v2/{project_id}/sneaky", lambda: {}, methods=["GET"])
+    services = live.app.state.ferry_services
+    create_app(services)  # the real routers pass
+    with pytest.raises(RuntimeError, match="not authenticated"):
+        create_app(services, public_routers=(*PUBLIC_ROUTERS, sneaky))

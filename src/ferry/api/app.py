@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Final
 
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.routing import APIRoute
+from starlette.routing import BaseRoute
 
 from ferry.api.auth import VERIFIER_STATE, RequestVerifier, require_principal
 from ferry.api.deps import SERVICES_STATE, ApiServices
@@ -36,13 +37,17 @@ def create_app(
     *,
     routers: Sequence[APIRouter] = PROJECT_ROUTERS,
     public_routers: Sequence[APIRouter] = PUBLIC_ROUTERS,
+    mounts: Sequence[BaseRoute] = (),
 ) -> FastAPI:
     """Build the OMS v2 API over `services`; `routers` are the authenticated /v2/{project_id} route modules.
 
     Its OpenAPI document is served at OPENAPI_URL without authentication, like `GET /`: it describes only what
     Huawei's public API reference already does (no secret, no project, no task), and OMS clients, code
     generators and fuzzers need it before they hold any key. The interactive docs stay off: they load their
-    script from a public CDN, which a self-hosted server must not make its users' browsers do."""
+    script from a public CDN, which a self-hosted server must not make its users' browsers do.
+
+    `mounts` are routes of applications beside the API (the web console at /console), served by the same server
+    with their own authentication; they come before the catch-all version route."""
     app = FastAPI(
         title="Ferry OMS v2 API",
         version="2",
@@ -62,16 +67,31 @@ def create_app(
         app.include_router(router)
     # Outside the OMS API: a Prometheus scrape, with a bearer token of its own when FERRY_METRICS_TOKEN is set.
     app.include_router(metrics.router)
+    app.router.routes.extend(mounts)
     # Last, so that its catch-all `/{version}` can never shadow another route.
     app.include_router(versions.router)
     _check_every_project_route_is_authenticated(app)
     return app
 
 
+def _effective_routes(routes: Sequence[BaseRoute], prefix: str = "",
+                      dependencies: frozenset[object] = frozenset()) -> Iterator[tuple[str, set[object]]]:
+    """Each API route's full path and the callables it depends on, also inside included routers: FastAPI
+    0.165 keeps an included router as one lazy entry (`original_router`, with the prefix and dependencies of
+    its inclusion), so app.routes alone shows none of their routes."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield prefix + route.path, {dep.call for dep in route.dependant.dependencies} | set(dependencies)
+        inner = getattr(route, "original_router", None)
+        if isinstance(inner, APIRouter):
+            included = getattr(route, "include_context", None)
+            extra = {d.dependency for d in getattr(included, "dependencies", None) or ()}
+            yield from _effective_routes(inner.routes, prefix + (getattr(included, "prefix", "") or ""),
+                                         dependencies | extra)
+
+
 def _check_every_project_route_is_authenticated(app: FastAPI) -> None:
     # A route that reaches the project prefix some other way must not slip through without authentication.
-    for route in app.routes:
-        if isinstance(route, APIRoute) and route.path.startswith(PROJECT_PREFIX):
-            calls = {dep.call for dep in route.dependant.dependencies}
-            if require_principal not in calls:
-                raise RuntimeError(f"route {route.path} is not authenticated")
+    for path, calls in _effective_routes(app.routes):
+        if path.startswith(PROJECT_PREFIX) and require_principal not in calls:
+            raise RuntimeError(f"route {path} is not authenticated")
