@@ -16,6 +16,14 @@ if [ "${1:-}" = "test" ]; then
     command -v npm >/dev/null || { echo "bootstrap: npm (Node.js 18+) is needed to install Azurite" >&2; exit 1; }
     npm ci --prefix tools/azurite --no-audit --no-fund --ignore-scripts --loglevel=error
   fi
+  # The console's browser tests drive Debian's Chromium through Playwright (which never downloads a browser
+  # here: the tests give it this executable). Installed only when missing: apt is slow and needs root.
+  if [ ! -x /usr/bin/chromium ]; then
+    command -v apt-get >/dev/null || { echo "bootstrap: apt-get is needed to install chromium" >&2; exit 1; }
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  fi
 else
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -e .
 fi

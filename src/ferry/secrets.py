@@ -213,6 +213,9 @@ class SecretBox:
         self._aead = AESGCM(key)
         # A short key id tells "encrypted under another master key" apart from corruption.
         self._kid = hashlib.sha256(b"ferry-kid\x00" + key).digest()[:_KID_BYTES]
+        # Root of the keys derived for other purposes (the console's session cookie): the master key itself
+        # only ever encrypts secrets, and a key derived for one purpose tells nothing of it or of the others.
+        self._derive_root = hmac.new(b"ferry-derive", key, hashlib.sha256).digest()
 
     @classmethod
     def load(cls, data_dir: Path | None, environ: Mapping[str, str] | None = None) -> SecretBox:
@@ -220,6 +223,10 @@ class SecretBox:
 
     def __repr__(self) -> str:
         return f"SecretBox(kid={self._kid.hex()})"
+
+    def derive_key(self, purpose: str) -> bytes:
+        """A 32-byte key for `purpose` (HKDF-expand with SHA-256 over a root extracted from the master key)."""
+        return hmac.new(self._derive_root, purpose.encode("utf-8") + b"\x01", hashlib.sha256).digest()
 
     def encrypt(self, plaintext: str | Secret) -> str:
         nonce = os.urandom(_NONCE_BYTES)

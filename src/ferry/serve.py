@@ -22,6 +22,8 @@ from sqlalchemy import Engine
 from ferry.api.app import create_app
 from ferry.api.deps import ApiServices
 from ferry.api.http_edge import QuerySecretFilter, protocol_class
+from ferry.console.app import create_console
+from ferry.console.context import ConsoleContext
 from ferry.db.database import open_database
 from ferry.runner.groups import GroupRunner
 from ferry.runner.migration import LocalRunner, RunnerSettings
@@ -131,7 +133,10 @@ def build(
         http_limits=http_limits or HttpLimits(),
         public_url=public_url,
     )
-    app = create_app(services)
+    console = ConsoleContext(credentials=services.credentials, session_key=box.derive_key("console-session"),
+                             tasks=ctx, groups=group_ctx, sync=sync_ctx,
+                             secure_cookies=bool(public_url and public_url.startswith("https://")))
+    app = create_app(services, mounts=create_console(console))
     return Service(engine, box, data_dir, services, app, runner, sync=sync_runtime, groups=group_runner)
 
 

@@ -7,6 +7,7 @@ from typing import Final
 
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.routing import APIRoute
+from starlette.routing import BaseRoute
 
 from ferry.api.auth import VERIFIER_STATE, RequestVerifier, require_principal
 from ferry.api.deps import SERVICES_STATE, ApiServices
@@ -36,13 +37,17 @@ def create_app(
     *,
     routers: Sequence[APIRouter] = PROJECT_ROUTERS,
     public_routers: Sequence[APIRouter] = PUBLIC_ROUTERS,
+    mounts: Sequence[BaseRoute] = (),
 ) -> FastAPI:
     """Build the OMS v2 API over `services`; `routers` are the authenticated /v2/{project_id} route modules.
 
     Its OpenAPI document is served at OPENAPI_URL without authentication, like `GET /`: it describes only what
     Huawei's public API reference already does (no secret, no project, no task), and OMS clients, code
     generators and fuzzers need it before they hold any key. The interactive docs stay off: they load their
-    script from a public CDN, which a self-hosted server must not make its users' browsers do."""
+    script from a public CDN, which a self-hosted server must not make its users' browsers do.
+
+    `mounts` are routes of applications beside the API (the web console at /console), served by the same server
+    with their own authentication; they come before the catch-all version route."""
     app = FastAPI(
         title="Ferry OMS v2 API",
         version="2",
@@ -60,6 +65,7 @@ def create_app(
         app.include_router(router, prefix=PROJECT_PREFIX, dependencies=[Depends(require_principal)])
     for router in public_routers:
         app.include_router(router)
+    app.router.routes.extend(mounts)
     # Last, so that its catch-all `/{version}` can never shadow another route.
     app.include_router(versions.router)
     _check_every_project_route_is_authenticated(app)

@@ -1,0 +1,81 @@
+"""The console application: its routers, static files and error pages, mounted under /console by `ferry serve`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+from urllib.parse import quote
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.routing import APIRoute
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ferry.console.context import CONSOLE_STATE, ConsoleContext
+from ferry.console.render import render
+from ferry.console.routes import auth, groups, sync_tasks, tasks
+from ferry.console.session import CsrfRefused, SignInRequired, checked_form, session_of
+from ferry.service.tasks import TaskError
+
+PREFIX: Final = "/console"
+STATIC_DIR: Final = Path(__file__).parent / "static"
+# Page modules; each exports `router` with paths relative to /console (see the package docstring).
+ROUTERS: Final[tuple[APIRouter, ...]] = (auth.router, tasks.router, groups.router, sync_tasks.router)
+# POST routes that cannot have a session yet, and check their own CSRF token (a pre-session double submit).
+_SESSIONLESS_POSTS: Final = frozenset({"/signin"})
+
+
+def _sign_in_redirect(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, SignInRequired)
+    target = f"{PREFIX}/signin" + (f"?next={quote(exc.next_path, safe='')}" if exc.next_path else "")
+    if request.headers.get("hx-request"):
+        # htmx swaps responses in place; HX-Redirect makes it load the sign-in page instead.
+        return Response(status_code=401, headers={"HX-Redirect": target})
+    return RedirectResponse(target, status_code=303)
+
+
+async def _csrf_refused(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CsrfRefused)
+    ctx: ConsoleContext = getattr(request.app.state, CONSOLE_STATE)
+    session = await session_of(request, ctx)
+    return render(request, session, "error.html", status=403, title="Request refused", message=exc.reason)
+
+
+async def _refused(request: Request, exc: Exception) -> Response:
+    # An operation refused by the service's rules outside a page that shows it inline: its own words and status.
+    assert isinstance(exc, TaskError)
+    ctx: ConsoleContext = getattr(request.app.state, CONSOLE_STATE)
+    session = await session_of(request, ctx)
+    return render(request, session, "error.html", status=exc.status, title="Not possible", message=exc.message)
+
+
+def create_console(ctx: ConsoleContext, routers: Sequence[APIRouter] = ROUTERS) -> list[BaseRoute]:
+    """The routes to add to the main application: `/console` itself and the console app mounted below it."""
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
+    setattr(app.state, CONSOLE_STATE, ctx)
+    app.add_exception_handler(SignInRequired, _sign_in_redirect)
+    app.add_exception_handler(CsrfRefused, _csrf_refused)
+    app.add_exception_handler(TaskError, _refused)
+    for router in routers:
+        app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    _check_every_post_is_protected(app)
+
+    async def home(request: Request) -> Response:
+        return RedirectResponse(f"{PREFIX}/tasks", status_code=303)
+
+    return [Route(PREFIX, home, methods=["GET"]), Mount(PREFIX, app=app)]
+
+
+def _check_every_post_is_protected(app: FastAPI) -> None:
+    # A state-changing route that forgot the CSRF check must not be served at all.
+    for route in app.routes:
+        if not isinstance(route, APIRoute) or not (route.methods or set()) - {"GET", "HEAD"}:
+            continue
+        if route.path in _SESSIONLESS_POSTS:
+            continue
+        calls = {dep.call for dep in route.dependant.dependencies}
+        if checked_form not in calls:
+            raise RuntimeError(f"console route {route.path} changes state without the CSRF check")
