@@ -385,19 +385,31 @@ class Outcome:
     values: dict[str, Any]
 
 
-def submit(spec: FormSpec, form: FormValues, create: Callable[[Any], str]) -> Outcome:
-    """Validate the posted form with the request model and, when valid, create with the service call `create`
-    (which raises OmsError for a refusal)."""
-    data = request_data(spec, form)
+def parse(spec: FormSpec, form: FormValues) -> BaseModel | Outcome:
+    """The request a posted form stands for, validated by the model the API validates into; or, when invalid,
+    the errors next to their inputs and the values to show again."""
     try:
-        request = spec.model.model_validate(data)
+        return spec.model.model_validate(request_data(spec, form))
     except ValidationError as exc:
         return Outcome(None, validation_errors(spec, s.field_errors(exc.errors(include_input=False))),
                        echo(spec, form))
+
+
+def refused(spec: FormSpec, form: FormValues, refusal: OmsError) -> Outcome:
+    """The form shown again with a service's refusal (as `ferry.oms.refusal` maps it) next to its inputs."""
+    return Outcome(None, refusal_errors(spec, refusal), echo(spec, form))
+
+
+def submit(spec: FormSpec, form: FormValues, create: Callable[[Any], str]) -> Outcome:
+    """Validate the posted form and, when valid, create with the service call `create` (which raises OmsError
+    for a refusal)."""
+    parsed = parse(spec, form)
+    if isinstance(parsed, Outcome):
+        return parsed
     try:
-        return Outcome(create(request), {}, {})
+        return Outcome(create(parsed), {}, {})
     except OmsError as exc:
-        return Outcome(None, refusal_errors(spec, exc), echo(spec, form))
+        return refused(spec, form, exc)
 
 
 # -- the three forms ---------------------------------------------------------------------------------------------
