@@ -216,7 +216,7 @@ def test_a_sync_task_made_through_the_form_charts_its_statistics(
     page.click("a[data-window='7d']")
     expect(page).to_have_url(re.compile(r"window=7d$"))
     expect(page.locator("#chart-counts")).to_have_attribute("data-drawn", "true")
-    expect(page.locator("#window-totals")).to_contain_text("one hour points")
+    expect(page.locator("#window-totals")).to_contain_text("hourly points")
     expect(page.locator("[data-total=REQUEST]")).to_have_text("4")
 
     # Actions as the API allows them: stop, start again with the keys re-supplied, delete.

@@ -5,6 +5,12 @@
   var COLORS = { REQUEST: "#1f6feb", SUCCESS: "#1a7f37", FAILURE: "#c0362c", SKIP: "#b26b00", SIZE: "#6e40c9" };
   var plots = {};
 
+  function bytes(n) {
+    var units = ["B", "KiB", "MiB", "GiB", "TiB"], i = 0;
+    while (Math.abs(n) >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+    return (i === 0 ? String(Math.round(n)) : n.toFixed(1)) + " " + units[i];
+  }
+
   function width(el) { return Math.max(280, el.clientWidth || 600); }
 
   function draw(el, key, data, series) {
@@ -14,8 +20,10 @@
       series: [{}].concat(series.map(function (name) {
         return { label: name, stroke: COLORS[name], width: 2, points: { show: data[0].length < 60 } };
       })),
-      axes: [{}, { size: 70 }],
+      axes: [{}, key === "size" ? { size: 70, values: function (u, splits) { return splits.map(bytes); } } : { size: 70 }],
       scales: { x: { time: true } },
+      // The page speaks UTC (counters by UTC month, times as UTC): so does the time axis.
+      tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"); },
     };
     plots[key] = new uPlot(opts, data, el);
     el.setAttribute("data-drawn", "true");
