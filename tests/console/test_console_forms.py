@@ -9,8 +9,8 @@ import re
 import time
 from typing import Any
 
-from ferry_service import FerryService, fill, listing, wait_task
-from huaweicloudsdkoms.v2 import CreateSyncEventsRequest, SyncObjectReq
+from ferry_service import FerryService, fill, listing, s3_client, wait_task
+from huaweicloudsdkoms.v2 import CreateSyncEventsRequest, ShowTaskGroupRequest, SyncObjectReq
 from playwright.sync_api import Page, expect
 
 from conftest import PHONE, ConsolePage, PageFactory
@@ -245,3 +245,66 @@ def test_a_sync_task_made_through_the_form_charts_its_statistics(
     page.wait_for_url(re.compile(r"/console/sync-tasks$"))
     expect(page.locator(f"tr[data-sync-task-id='{task_id}']")).to_have_count(0)
     assert ctx.repo.get_task(task_id) is None
+
+
+def _create(console: ConsolePage, path: str, values: dict[str, str], created: str) -> str:
+    console.go(path)
+    _fill(console.page, values)
+    console.page.click("button[type=submit]:has-text('Create')")
+    console.page.wait_for_url(re.compile(created))
+    return console.page.url.rsplit("/", 1)[1]
+
+
+def test_object_list_and_url_list_tasks_and_a_group_through_the_forms(
+        console: ConsolePage, console_service: FerryService, seaweed_a: SeaweedServer, seaweed_b: SeaweedServer,
+        bucket_factory: Any) -> None:
+    sb, db = bucket_factory(seaweed_a), bucket_factory(seaweed_b)
+    bodies = {"a.txt": b"a", "b/c.txt": b"bc", "d e.txt": b"de", "f.txt": b"f"}
+    fill(seaweed_a, sb, bodies)
+    s3_client(seaweed_b).put_object(Bucket=db, Key="lists/keys.txt", Body=b"d%20e.txt\nf.txt\n",
+                                    ContentType="text/plain")
+    console.sign_in(console_service.tenant)
+    client = console_service.client()
+    source, destination = _task_source(seaweed_a, sb), _task_destination(seaweed_b, db)
+    task_page = r"/console/tasks/\d+$"
+
+    # object: named keys, into a folder, with a bandwidth window over the whole day and a start time.
+    object_id = int(_create(console, "/console/tasks/new", {
+        "task_type": "object", **source, "src_node.object_key": "a.txt\nb/c.txt", **destination,
+        "dst_node.save_prefix": "objects", "migrate_since": "2020-01-01T00:00", "task_priority": "LOW",
+        "bandwidth_policy[0].start": "00:00", "bandwidth_policy[0].end": "00:00",
+        "bandwidth_policy[0].max_bandwidth": "209715200"}, task_page))
+    # list: the keys of a list file in the destination's region.
+    list_id = int(_create(console, "/console/tasks/new", {
+        "task_type": "list", **source, "src_node.list_file.list_file_key": "lists/keys.txt",
+        "src_node.list_file.obs_bucket": db, **destination, "dst_node.save_prefix": "listed/"}, task_page))
+    # url_list: no source bucket or keys; its list file is missing here, which the task reports when it runs.
+    url_id = int(_create(console, "/console/tasks/new", {
+        "task_type": "url_list", "src_node.list_file.list_file_key": "lists/no-urls.txt",
+        "src_node.list_file.obs_bucket": db, **destination}, task_page))
+    group_id = _create(console, "/console/groups/new", {
+        "task_type": "PREFIX", **source, "src_node.object_key": "b/", **destination,
+        "dst_node.save_prefix": "grouped/"}, r"/console/groups/[0-9a-f-]{36}$")
+
+    obj, _ = wait_task(client, object_id, lambda t: t.status in (4, 5))
+    assert obj.status == 5 and obj.successful_num == 2, obj.error_reason
+    assert (obj.task_type, obj.migrate_since, obj.task_priority) == ("object", 1577836800000, "LOW")
+    assert [(p.start, p.end, p.max_bandwidth) for p in obj.bandwidth_policy] == [("00:00", "00:00", 209715200)]
+    listed, _ = wait_task(client, list_id, lambda t: t.status in (4, 5))
+    assert listed.status == 5 and listed.successful_num == 2, listed.error_reason
+    url, _ = wait_task(client, url_id, lambda t: t.status in (4, 5))
+    assert (url.task_type, url.src_node.cloud_type) == ("url_list", "URLSource")
+    assert url.status == 4 and url.error_reason.error_code == "TRF.0013"
+
+    def group_done() -> Any:
+        group = client.show_task_group(ShowTaskGroupRequest(group_id=group_id))
+        return group if group.status in (4, 5, 6) else None
+
+    _wait(group_done, 90, "the group to complete")
+    group = client.show_task_group(ShowTaskGroupRequest(group_id=group_id))
+    assert group.status == 6 and group.success_num == 1, group.error_reason
+    got = set(listing(seaweed_b, db))
+    assert {"objects/a.txt", "objects/b/c.txt", "listed/d e.txt", "listed/f.txt", "grouped/b/c.txt"} <= got
+    console.go("/console/groups")
+    expect(console.page.locator(f"a[href='/console/groups/{group_id}']")).to_be_visible()
+    console.shot("groups-listed")
