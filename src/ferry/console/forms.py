@@ -43,6 +43,9 @@ class FieldSpec:
     only_for: tuple[str, ...] = ()  # values of the form's switch (task type) that use it; () for all
     secret: bool = False  # never rendered back (schema writeOnly fields are secret anyway)
     initial: str | None = None  # what a new form shows, when not the model's default
+    # Shown only while another input has one of these values (the KMS key while its encryption is KMS, the
+    # Azure connection string while the cloud is Azure): a hint in the browser; the model decides what is valid.
+    shown_when: tuple[str, tuple[str, ...]] | None = None
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,8 @@ class Input:
     required: bool
     secret: bool
     only_for: tuple[str, ...]
-    limits: Mapping[str, Any]  # HTML attributes: maxlength, minlength, min, max, pattern
+    limits: Mapping[str, Any]
+    shown_when: tuple[str, tuple[str, ...]] | None = None  # HTML attributes: maxlength, minlength, min, max, pattern
 
 
 @dataclass(frozen=True)
@@ -197,7 +201,8 @@ def _input(spec: FormSpec, f: FieldSpec, name: str) -> Input:
     if kind == "select" and default is None and "" not in choices:
         choices = ("", *choices)  # an optional choice: empty sends nothing
     return Input(name=name, label=f.label, hint=f.hint, kind=kind, choices=choices,
-                 default=default, required=required, secret=secret, only_for=f.only_for, limits=limits)
+                 default=default, required=required, secret=secret, only_for=f.only_for, limits=limits,
+                 shown_when=f.shown_when)
 
 
 def _resolve(spec: FormSpec) -> tuple[ResolvedSection, ...]:
@@ -420,7 +425,12 @@ _KEYS_HINT: Final = "Never shown again once submitted."
 _KMS_HINT: Final = "36 characters; required when the encryption is KMS."
 
 
+def _when(name: str, *values: str) -> tuple[str, tuple[str, ...]]:
+    return name, values
+
+
 def _src_keys(prefix: str, only_for: tuple[str, ...], *, token: bool) -> tuple[FieldSpec, ...]:
+    cloud = _when(f"{prefix}cloud_type", "Azure"), _when(f"{prefix}cloud_type", "Google")
     fields = [
         FieldSpec(f"{prefix}ak", "Source access key (AK)", _KEYS_HINT, kind="secret", only_for=only_for, secret=True),
         FieldSpec(f"{prefix}sk", "Source secret key (SK)", _KEYS_HINT, only_for=only_for),
@@ -430,9 +440,9 @@ def _src_keys(prefix: str, only_for: tuple[str, ...], *, token: bool) -> tuple[F
                                 only_for=only_for))
     fields += [
         FieldSpec(f"{prefix}connection_string", "Azure connection string", "Azure sources: instead of AK/SK.",
-                  only_for=only_for),
+                  only_for=only_for, shown_when=cloud[0]),
         FieldSpec(f"{prefix}json_auth_file", "Google service-account key (JSON)", "Google sources only.",
-                  kind="secret_area", only_for=only_for),
+                  kind="secret_area", only_for=only_for, shown_when=cloud[1]),
     ]
     return tuple(fields)
 
@@ -451,7 +461,8 @@ def _migration_sections(*, group: bool) -> tuple[Section, ...]:
         FieldSpec("src_node.cloud_type", "Source cloud", choices=clouds, only_for=bucket_types),
         FieldSpec("src_node.region", "Source region", "The region ID, e.g. cn-hangzhou.", only_for=bucket_types),
         FieldSpec("src_node.bucket", "Source bucket", only_for=bucket_types),
-        FieldSpec("src_node.app_id", "APPID", "Tencent COS only.", only_for=bucket_types),
+        FieldSpec("src_node.app_id", "APPID", "Tencent COS only.", only_for=bucket_types,
+                  shown_when=_when("src_node.cloud_type", "Tencent")),
         *_src_keys("src_node.", bucket_types, token=not group),
         FieldSpec("src_node.object_key", "Prefixes" if group else "Object keys or prefixes",
                   "One per line (at most 500). object: the keys; prefix: the prefixes (empty: the whole bucket).",
@@ -461,7 +472,8 @@ def _migration_sections(*, group: bool) -> tuple[Section, ...]:
         FieldSpec("src_node.list_file.obs_bucket", "Bucket holding the list file", only_for=listed),
         FieldSpec("src_node.list_file.list_file_num", "Number of list files", only_for=listed),
         FieldSpec("src_node.crypto_type", "Source encryption", only_for=bucket_types),
-        FieldSpec("src_node.kms_key_id", "Source KMS key ID", _KMS_HINT, only_for=bucket_types),
+        FieldSpec("src_node.kms_key_id", "Source KMS key ID", _KMS_HINT, only_for=bucket_types,
+                  shown_when=_when("src_node.crypto_type", "KMS")),
     )
     dst: list[FieldSpec] = []
     if group:
@@ -477,7 +489,8 @@ def _migration_sections(*, group: bool) -> tuple[Section, ...]:
     if not group:
         dst.append(FieldSpec("dst_node.security_token", "Destination security token", "Temporary credentials only."))
     dst += [FieldSpec("dst_node.crypto_type", "Destination encryption"),
-            FieldSpec("dst_node.kms_key_id", "Destination KMS key ID", _KMS_HINT)]
+            FieldSpec("dst_node.kms_key_id", "Destination KMS key ID", _KMS_HINT,
+                      shown_when=_when("dst_node.crypto_type", "KMS"))]
     options = (
         FieldSpec("object_overwrite_mode", "When the destination has the object"),
         FieldSpec("consistency_check", "Consistency check"),
@@ -497,7 +510,8 @@ def _migration_sections(*, group: bool) -> tuple[Section, ...]:
             t.value for t in s.CdnAuthType))),
         FieldSpec("source_cdn.authentication_key", "CDN authentication key", _KEYS_HINT),
         FieldSpec("source_cdn.crypto_type", "CDN key encryption", choices=("", "DEFAULT", "KMS"), initial=""),
-        FieldSpec("source_cdn.kms_key_id", "CDN KMS key ID", _KMS_HINT),
+        FieldSpec("source_cdn.kms_key_id", "CDN KMS key ID", _KMS_HINT,
+                  shown_when=_when("source_cdn.crypto_type", "KMS")),
     )
     smn = (
         FieldSpec("smn_config.topic_urn", "SMN topic URN", "Empty: no notifications."),
@@ -555,11 +569,11 @@ SYNC_FORM: Final = FormSpec(
             FieldSpec("src_cloud_type", "Source cloud", choices=tuple(c.value for c in s.DESTINATION_CLOUDS)),
             FieldSpec("src_region", "Source region", "The region ID, e.g. cn-hangzhou."),
             FieldSpec("src_bucket", "Source bucket"),
-            FieldSpec("app_id", "APPID", "Tencent COS only."),
+            FieldSpec("app_id", "APPID", "Tencent COS only.", shown_when=_when("src_cloud_type", "Tencent")),
             FieldSpec("src_ak", "Source access key (AK)", _KEYS_HINT, kind="secret", secret=True),
             FieldSpec("src_sk", "Source secret key (SK)", _KEYS_HINT),
             FieldSpec("src_crypto_type", "Source encryption"),
-            FieldSpec("src_kms_key_id", "Source KMS key ID", _KMS_HINT),
+            FieldSpec("src_kms_key_id", "Source KMS key ID", _KMS_HINT, shown_when=_when("src_crypto_type", "KMS")),
         )),
         Section("Destination", (
             FieldSpec("dst_region", "Destination region", "The region ID, e.g. cn-north-4."),
@@ -567,7 +581,8 @@ SYNC_FORM: Final = FormSpec(
             FieldSpec("dst_ak", "Destination access key (AK)", _KEYS_HINT, kind="secret", secret=True),
             FieldSpec("dst_sk", "Destination secret key (SK)", _KEYS_HINT),
             FieldSpec("dst_crypto_type", "Destination encryption"),
-            FieldSpec("dst_kms_key_id", "Destination KMS key ID", _KMS_HINT),
+            FieldSpec("dst_kms_key_id", "Destination KMS key ID", _KMS_HINT,
+                      shown_when=_when("dst_crypto_type", "KMS")),
         )),
         Section("Options", (
             FieldSpec("consistency_check", "Consistency check"),
@@ -582,7 +597,8 @@ SYNC_FORM: Final = FormSpec(
                       choices=("", *(t.value for t in s.CdnAuthType))),
             FieldSpec("source_cdn.authentication_key", "CDN authentication key", _KEYS_HINT),
             FieldSpec("source_cdn.crypto_type", "CDN key encryption", choices=("", "DEFAULT", "KMS"), initial=""),
-            FieldSpec("source_cdn.kms_key_id", "CDN KMS key ID", _KMS_HINT),
+            FieldSpec("source_cdn.kms_key_id", "CDN KMS key ID", _KMS_HINT,
+                      shown_when=_when("source_cdn.crypto_type", "KMS")),
         )),
     ),
     code_fields=_code_fields("src_", "dst_", list_file="src_bucket"),
@@ -596,7 +612,8 @@ START_SYNC_FORM: Final = FormSpec(
         FieldSpec("dst_sk", "Destination secret key (SK)", _KEYS_HINT),
         FieldSpec("source_cdn_authentication_key", "CDN authentication key", "Only for a CDN that signs URLs."),
         FieldSpec("dst_crypto_type", "Destination encryption"),
-        FieldSpec("dst_kms_key_id", "Destination KMS key ID", "The task's own key, when it writes with KMS."),
+        FieldSpec("dst_kms_key_id", "Destination KMS key ID", "The task's own key, when it writes with KMS.",
+                  shown_when=_when("dst_crypto_type", "KMS")),
     ), hint="A stopped task starts again with its keys re-supplied; they are checked as at creation."),),
     code_fields=_code_fields("src_", "dst_", list_file="src_bucket"),
 )
