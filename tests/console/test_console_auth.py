@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 
-from conftest import PHONE, ConsolePage, PageFactory
 from ferry_service import FerryService
 from playwright.sync_api import expect
 
+from conftest import PHONE, ConsolePage, PageFactory
 from ferry.service.credentials import create_token
 
 

@@ -233,9 +233,20 @@ def transfer_options(row: TaskRow, settings: RunnerSettings) -> TransferOptions:
     )
 
 
+def record_line(r: ObjectResult, dst_prefix: str = "") -> str:
+    """One line of an object list: `key` as the source knows it, `dst_key` under the save_prefix, the size, and
+    why it failed or was skipped (or that a success was verified by its size only)."""
+    entry: dict[str, Any] = {"key": r.key, "dst_key": dst_prefix + r.key, "size": r.size}
+    if r.reason and r.status != "success":
+        entry["reason"] = r.reason
+    elif r.reason == SIZE_ONLY:
+        entry["verified"] = "size only"  # the source gave no checksum to check the bytes by
+    return json.dumps(entry, ensure_ascii=False) + "\n"
+
+
 def write_records(jobs: JobRepo, job_id: str, directory: Path, dst_prefix: str = "") -> dict[str, Any]:
-    """JSON lines of failed, successful and skipped objects (`key` as the source knows it, `dst_key` under the
-    save_prefix); the paths, or the error of a list not written."""
+    """JSON lines (`record_line`) of failed, successful and skipped objects; the paths, or the error of a list
+    not written."""
     out: dict[str, Any] = {}
     for status, name in (("failed", "failed"), ("success", "success"), ("skipped", "skip")):
         path = directory / f"{name}.jsonl"
@@ -243,12 +254,7 @@ def write_records(jobs: JobRepo, job_id: str, directory: Path, dst_prefix: str =
             directory.mkdir(parents=True, exist_ok=True)
             with path.open("w", encoding="utf-8") as fh:
                 for r in jobs.iter_results(job_id, status):
-                    entry: dict[str, Any] = {"key": r.key, "dst_key": dst_prefix + r.key, "size": r.size}
-                    if r.reason and status != "success":
-                        entry["reason"] = r.reason
-                    elif r.reason == SIZE_ONLY:
-                        entry["verified"] = "size only"  # the source gave no checksum to check the bytes by
-                    fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                    fh.write(record_line(r, dst_prefix))
             out[name] = str(path)
         except OSError as exc:
             out[f"{name}_error"] = f"OMS.{exc.errno or 0:04d}"[:10]
