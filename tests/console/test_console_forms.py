@@ -101,6 +101,9 @@ def test_a_prefix_task_made_through_the_form_copies_the_prefix(console: ConsoleP
     assert (task.total_num, task.successful_num, task.progress) == (len(bodies), len(bodies), 1)
     assert task.src_node.object_key == ["logs/"] and task.dst_node.bucket == db
     assert set(listing(seaweed_b, db)) == set(bodies)
+    # The form led to the task's own page, which follows it to the end.
+    expect(page.locator("[data-live-text=progress]")).to_have_text(re.compile(r"^100(\.0)? ?%$"))
+    console.shot("task-page-done")
     console.go("/console/tasks")
     expect(page.locator(f"a[href='/console/tasks/{task_id}']")).to_be_visible()
     console.shot("task-listed")
