@@ -87,7 +87,7 @@ class ResolvedSection:
     rows: tuple[Row, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # hashed by identity: its resolved inputs are computed once
 class FormSpec:
     key: str
     title: str
@@ -101,12 +101,7 @@ class FormSpec:
         return _resolve(self)
 
     def inputs(self) -> tuple[Input, ...]:
-        out: list[Input] = []
-        for section in self.resolved():
-            out.extend(section.inputs)
-            for row in section.rows:
-                out.extend(row.inputs)
-        return tuple(out)
+        return _inputs(self)
 
 
 # -- the model's schema -------------------------------------------------------------------------------------------
@@ -205,6 +200,17 @@ def _input(spec: FormSpec, f: FieldSpec, name: str) -> Input:
                  shown_when=f.shown_when)
 
 
+@cache
+def _inputs(spec: FormSpec) -> tuple[Input, ...]:
+    out: list[Input] = []
+    for section in spec.resolved():
+        out.extend(section.inputs)
+        for row in section.rows:
+            out.extend(row.inputs)
+    return tuple(out)
+
+
+@cache
 def _resolve(spec: FormSpec) -> tuple[ResolvedSection, ...]:
     out = []
     for section in spec.sections:
@@ -348,7 +354,7 @@ def initial(spec: FormSpec) -> dict[str, Any]:
 Errors = dict[str, list[FieldError]]
 
 
-def _place(spec: FormSpec, names: Sequence[str], error: FieldError) -> str:
+def _place(names: Sequence[str], error: FieldError) -> str:
     """The input an error is shown next to: the field it names, or the first input inside it (`src_node.list_file`
     is its key's input), else GENERAL."""
     if error.field in names:
@@ -361,7 +367,7 @@ def validation_errors(spec: FormSpec, errors: Iterable[FieldError]) -> Errors:
     names = [i.name for i in spec.inputs()]
     out: Errors = {}
     for error in errors:
-        out.setdefault(_place(spec, names, error), []).append(error)
+        out.setdefault(_place(names, error), []).append(error)
     return out
 
 
@@ -374,11 +380,7 @@ def refusal_errors(spec: FormSpec, refused: OmsError) -> Errors:
         named = [n for n in names if re.search(rf"(?<![\w.]){re.escape(n)}(?![\w\[])", refused.error_msg)]
         # The most specific names only: `src_node.list_file.obs_bucket` rather than a shorter one inside it.
         targets = [n for n in named if not any(o != n and o.startswith(n) for o in named)][:2]
-    error = FieldError(GENERAL, refused.error_code, refused.error_msg)
-    out: Errors = {}
-    for target in targets or [GENERAL]:
-        out.setdefault(target, []).append(FieldError(target, error.code, error.message))
-    return out
+    return {target: [FieldError(target, refused.error_code, refused.error_msg)] for target in targets or [GENERAL]}
 
 
 @dataclass(frozen=True)
