@@ -467,7 +467,8 @@ def _migration_sections(*, group: bool) -> tuple[Section, ...]:
                   shown_when=_when("src_node.cloud_type", "Tencent")),
         *_src_keys("src_node.", bucket_types, token=not group),
         FieldSpec("src_node.object_key", "Prefixes" if group else "Object keys or prefixes",
-                  "One per line (at most 500). object: the keys; prefix: the prefixes (empty: the whole bucket).",
+                  "One prefix per line, at most 500 (empty: the whole bucket)." if group else
+                  "One per line, at most 500. object: the keys; prefix: the prefixes (empty: the whole bucket).",
                   only_for=("PREFIX",) if group else ("object", "prefix")),
         FieldSpec("src_node.list_file.list_file_key", "List file key", "A .txt object of at most 100 MB.",
                   only_for=listed),
