@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ferry import oms as s
-from ferry.console import forms as f
+from ferry.console import form_specs as f
 from ferry.oms import Codes, OmsError
 
 SRC = {"src_node.cloud_type": ["AWS"], "src_node.region": ["us-east-1"], "src_node.bucket": ["src"],

@@ -36,6 +36,8 @@ def test_the_tree_keeps_its_layers() -> None:
     ("db/job_repo.py", "ferry.storage.base"),  # siblings of one layer stay apart
     ("demo.py", "ferry.cli"),
     ("secrets.py", "ferry.db.database"),
+    ("console/app.py", "ferry.api.deps"),  # the console and the API are siblings: neither reaches into the other
+    ("service/tasks.py", "ferry.console.session"),
 ])
 def test_an_upward_import_breaks_the_contract(tmp_path: Path, module: str, upward: str) -> None:
     shutil.copytree(ROOT / "src" / "ferry", tmp_path / "src" / "ferry", ignore=shutil.ignore_patterns("__pycache__"))

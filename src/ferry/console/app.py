@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Final
 from urllib.parse import quote
@@ -60,10 +60,10 @@ def create_console(ctx: ConsoleContext, routers: Sequence[APIRouter] = ROUTERS) 
     app.add_exception_handler(SignInRequired, _sign_in_redirect)
     app.add_exception_handler(CsrfRefused, _csrf_refused)
     app.add_exception_handler(TaskError, _refused)
+    _check_every_post_is_protected(routers)
     for router in routers:
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    _check_every_post_is_protected(app)
 
     async def home(request: Request) -> Response:
         return RedirectResponse(f"{PREFIX}/tasks", status_code=303)
@@ -71,13 +71,22 @@ def create_console(ctx: ConsoleContext, routers: Sequence[APIRouter] = ROUTERS) 
     return [Route(PREFIX, home, methods=["GET"]), Mount(PREFIX, app=app)]
 
 
-def _check_every_post_is_protected(app: FastAPI) -> None:
+def _api_routes(routes: Sequence[BaseRoute]) -> Iterator[APIRoute]:
+    # FastAPI keeps an included router as one lazy entry (its `original_router`), so walk into those too.
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        inner = getattr(route, "original_router", None) or getattr(route, "app", None)
+        if isinstance(inner, APIRouter):
+            yield from _api_routes(inner.routes)
+
+
+def _check_every_post_is_protected(routers: Sequence[APIRouter]) -> None:
     # A state-changing route that forgot the CSRF check must not be served at all.
-    for route in app.routes:
-        if not isinstance(route, APIRoute) or not (route.methods or set()) - {"GET", "HEAD"}:
-            continue
-        if route.path in _SESSIONLESS_POSTS:
-            continue
-        calls = {dep.call for dep in route.dependant.dependencies}
-        if checked_form not in calls:
-            raise RuntimeError(f"console route {route.path} changes state without the CSRF check")
+    for router in routers:
+        for route in _api_routes(router.routes):
+            if not (route.methods or set()) - {"GET", "HEAD"} or route.path in _SESSIONLESS_POSTS:
+                continue
+            calls = {dep.call for dep in route.dependant.dependencies}
+            if checked_form not in calls:
+                raise RuntimeError(f"console route {route.path} changes state without the CSRF check")

@@ -1,5 +1,5 @@
 """The create pages: a migration task, a task group and a sync task, each a form over the service call the API's
-create operation makes (`ferry.console.forms` derives the inputs from the same request models)."""
+create operation makes (`ferry.console.form_specs` derives the inputs from the same request models)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from starlette.datastructures import FormData
 from starlette.responses import RedirectResponse, Response
 
 from ferry import oms as s
-from ferry.console import forms
+from ferry.console import form_specs
 from ferry.console.context import Console, ConsoleContext
-from ferry.console.forms import FormSpec, FormValues, Outcome
+from ferry.console.form_specs import FormSpec, FormValues, Outcome
 from ferry.console.render import render
 from ferry.console.routes.groups import group_context
 from ferry.console.routes.sync_tasks import sync_context
@@ -39,7 +39,7 @@ def form_values(form: FormData) -> FormValues:
 
 
 def show(request: Request, session: ProjectSession, spec: FormSpec, *, values: dict[str, Any],
-         errors: forms.Errors, status: int = 200) -> Response:
+         errors: form_specs.Errors, status: int = 200) -> Response:
     return render(request, session, "forms/create.html", status=status, form=spec, sections=spec.resolved(),
                   values=values, errors=errors, action="/console" + PATHS[spec.key], back=BACK[spec.key])
 
@@ -47,7 +47,7 @@ def show(request: Request, session: ProjectSession, spec: FormSpec, *, values: d
 async def _created(ctx: ConsoleContext, spec: FormSpec, session: ProjectSession, request: Request,
                    form: FormData, create: Create) -> Response:
     posted = form_values(form)
-    parsed = forms.parse(spec, posted)
+    parsed = form_specs.parse(spec, posted)
     outcome: Outcome
     if isinstance(parsed, Outcome):
         outcome = parsed
@@ -56,9 +56,9 @@ async def _created(ctx: ConsoleContext, spec: FormSpec, session: ProjectSession,
             created = await create(parsed)
         except FerryError as exc:
             # The refusal the API would answer (`ferry.oms.refusal`), next to the inputs it is about.
-            outcome = forms.refused(spec, posted, s.refusal(exc))
+            outcome = form_specs.refused(spec, posted, s.refusal(exc))
         except s.OmsError as exc:
-            outcome = forms.refused(spec, posted, exc)
+            outcome = form_specs.refused(spec, posted, exc)
         else:
             return RedirectResponse(CREATED[spec.key].format(id=created), status_code=303)
     return show(request, session, spec, values=outcome.values, errors=outcome.errors, status=400)
@@ -66,14 +66,14 @@ async def _created(ctx: ConsoleContext, spec: FormSpec, session: ProjectSession,
 
 def _new(spec: FormSpec) -> Callable[..., Awaitable[Response]]:
     async def page(request: Request, ctx: Console, session: CurrentProject) -> Response:
-        return show(request, session, spec, values=forms.initial(spec), errors={})
+        return show(request, session, spec, values=form_specs.initial(spec), errors={})
 
     return page
 
 
-router.add_api_route(PATHS["task"], _new(forms.TASK_FORM), methods=["GET"])
-router.add_api_route(PATHS["group"], _new(forms.GROUP_FORM), methods=["GET"])
-router.add_api_route(PATHS["sync"], _new(forms.SYNC_FORM), methods=["GET"])
+router.add_api_route(PATHS["task"], _new(form_specs.TASK_FORM), methods=["GET"])
+router.add_api_route(PATHS["group"], _new(form_specs.GROUP_FORM), methods=["GET"])
+router.add_api_route(PATHS["sync"], _new(form_specs.SYNC_FORM), methods=["GET"])
 
 
 @router.post(PATHS["task"])
@@ -84,7 +84,7 @@ async def create_task(request: Request, ctx: Console, session: CurrentProject, f
         made = await run_in_threadpool(tasks.create_task, tctx, session.project_id, req)
         return str(made.id)
 
-    return await _created(ctx, forms.TASK_FORM, session, request, form, create)
+    return await _created(ctx, form_specs.TASK_FORM, session, request, form, create)
 
 
 @router.post(PATHS["group"])
@@ -95,7 +95,7 @@ async def create_group(request: Request, ctx: Console, session: CurrentProject, 
         made = await run_in_threadpool(groups.create_task_group, gctx, session.project_id, req)
         return str(made.group_id)
 
-    return await _created(ctx, forms.GROUP_FORM, session, request, form, create)
+    return await _created(ctx, form_specs.GROUP_FORM, session, request, form, create)
 
 
 @router.post(PATHS["sync"])
@@ -106,4 +106,4 @@ async def create_sync_task(request: Request, ctx: Console, session: CurrentProje
         spec, creds = sync.request_spec(req)
         return await sync.create_sync_task(sctx, session.project_id, spec, creds)
 
-    return await _created(ctx, forms.SYNC_FORM, session, request, form, create)
+    return await _created(ctx, form_specs.SYNC_FORM, session, request, form, create)

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from ferry import oms as s
-from ferry.console import forms
+from ferry.console import form_specs
 from ferry.console.context import Console
 from ferry.console.render import PAGE_HEADERS, render
 from ferry.console.routes.forms import form_values
@@ -29,7 +29,7 @@ TaskIdPath = Annotated[str, Path(min_length=1, max_length=255)]
 
 async def _page(request: Request, session: ProjectSession, sctx: sync.SyncContext, task_id: str, *,
                 window: str | None = None, offset: int = 0, status: int = 200, flash_error: str | None = None,
-                flash_ok: str | None = None, start_errors: forms.Errors | None = None,
+                flash_ok: str | None = None, start_errors: form_specs.Errors | None = None,
                 start_values: dict[str, Any] | None = None) -> Response:
     try:
         page = await run_in_threadpool(lambda: sync_page(sctx, session.project_id, task_id, window=window,
@@ -37,11 +37,11 @@ async def _page(request: Request, session: ProjectSession, sctx: sync.SyncContex
     except NotFoundError:
         return render(request, session, "error.html", status=404, title="No such sync task",
                       message="This project has no sync task with this ID.")
-    start_form = forms.START_SYNC_FORM
+    start_form = form_specs.START_SYNC_FORM
     return render(request, session, "sync/page.html", status=status, page=page, row=page.row, windows=list(WINDOWS),
                   per_page=PROBLEMS_PER_PAGE, flash_error=flash_error, flash_ok=flash_ok,
                   start_sections=start_form.resolved(), start_errors=start_errors or {},
-                  start_values=start_values if start_values is not None else forms.initial(start_form))
+                  start_values=start_values if start_values is not None else form_specs.initial(start_form))
 
 
 @router.get("/sync-tasks/{task_id}")
@@ -103,10 +103,10 @@ async def start(request: Request, ctx: Console, session: CurrentProject, form: C
                 task_id: TaskIdPath) -> Response:
     """Start a stopped task with its keys re-supplied (StartSyncTaskReq, checked as the API checks it)."""
     sctx = sync_context(ctx)
-    spec = forms.START_SYNC_FORM
+    spec = form_specs.START_SYNC_FORM
     posted = form_values(form)
-    parsed = forms.parse(spec, posted)
-    if isinstance(parsed, forms.Outcome):
+    parsed = form_specs.parse(spec, posted)
+    if isinstance(parsed, form_specs.Outcome):
         return await _page(request, session, sctx, task_id, status=400, start_errors=parsed.errors,
                            start_values=parsed.values, flash_error="The task was not started: correct the keys.")
     assert isinstance(parsed, s.StartSyncTaskReq)
@@ -115,7 +115,7 @@ async def start(request: Request, ctx: Console, session: CurrentProject, form: C
         await sync.start_sync_task(sctx, session.project_id, task_id, creds, kms_key)
     except FerryError as exc:
         refused = s.refusal(exc)
-        outcome = forms.refused(spec, posted, refused)
+        outcome = form_specs.refused(spec, posted, refused)
         return await _page(request, session, sctx, task_id, status=refused.status, start_errors=outcome.errors,
                            start_values=outcome.values, flash_error=f"{refused.error_code}: {refused.error_msg}")
     return RedirectResponse(_here(task_id), status_code=303)

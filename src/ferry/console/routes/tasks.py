@@ -14,15 +14,15 @@ from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Path, Request
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from ferry import oms as s
 from ferry.console.context import Console, ConsoleContext
+from ferry.console.forms import MIB, bandwidth_request, keys_request, refusal
 from ferry.console.paging import Paging
 from ferry.console.render import PAGE_HEADERS, human_duration_ms, human_size, human_time_ms, percent, render, speed
-from ferry.console.session import CheckedForm, CurrentProject, ProjectSession, form_text
-from ferry.oms import OmsError, parse_request
+from ferry.console.session import CheckedForm, CurrentProject, ProjectSession
+from ferry.oms import OmsError
 from ferry.service import task_report, tasks
 from ferry.service.tasks import TaskContext, TaskError
 
@@ -41,20 +41,12 @@ DONE_MESSAGES: Final = {
     "delete": "The task is deleted.",
 }
 TaskIdPath = Annotated[int, Path(ge=1, le=2**63 - 1)]
-MIB: Final = 1024 * 1024
 
 
 def task_context(ctx: ConsoleContext) -> TaskContext:
     if ctx.tasks is None:
         raise TaskError(404, s.Codes.NO_API, "This server runs no migration tasks.")
     return ctx.tasks
-
-
-def refusal(exc: TaskError | OmsError) -> tuple[int, str]:
-    """The status and the words the API answers a refused operation with."""
-    if isinstance(exc, TaskError):
-        return exc.status, f"{exc.message} ({exc.oms_code})"
-    return exc.status, f"{exc.error_msg} ({exc.error_code})"
 
 
 @router.get("/tasks")
@@ -184,36 +176,6 @@ async def _act(request: Request, ctx: ConsoleContext, session: ProjectSession, t
     return RedirectResponse(target, status_code=303)
 
 
-def _fields(form: FormData, names: tuple[str, ...]) -> dict[str, str]:
-    # Only what was filled in: an empty field is "not given", as an absent JSON member is to the API.
-    return {n: v for n in names if (v := form_text(form, n))}
-
-
-_KEY_FIELDS: Final = ("src_ak", "src_sk", "src_security_token", "connection_string", "json_auth_file",
-                      "dst_ak", "dst_sk", "dst_security_token")
-
-
-def start_request(form: FormData, failed_only: bool) -> s.StartTaskReq:
-    data: dict[str, Any] = _fields(form, _KEY_FIELDS)
-    data["migrate_failed_object"] = failed_only
-    return parse_request(s.StartTaskReq, data)
-
-
-def bandwidth_request(form: FormData) -> s.UpdateBandwidthPolicyReq:
-    """Windows from the form's rows (start, end, MiB/s); empty rows are left out, no row at all clears it."""
-    policies: list[dict[str, Any]] = []
-    for i in range(5):
-        start, end, rate = (form_text(form, f"{n}_{i}") for n in ("start", "end", "mib"))
-        if not (start or end or rate):
-            continue
-        try:
-            limit: Any = round(float(rate) * MIB)
-        except ValueError:
-            limit = rate
-        policies.append({"start": start, "end": end, "max_bandwidth": limit})
-    return parse_request(s.UpdateBandwidthPolicyReq, {"bandwidth_policy": policies})
-
-
 @router.post("/tasks/{task_id}/stop")
 async def stop(request: Request, ctx: Console, session: CurrentProject, form: CheckedForm,
                task_id: TaskIdPath) -> Response:
@@ -225,7 +187,7 @@ async def stop(request: Request, ctx: Console, session: CurrentProject, form: Ch
 async def start(request: Request, ctx: Console, session: CurrentProject, form: CheckedForm,
                 task_id: TaskIdPath) -> Response:
     def run(t: TaskContext) -> None:
-        tasks.start_task(t, session.project_id, task_id, start_request(form, failed_only=False))
+        tasks.start_task(t, session.project_id, task_id, keys_request(s.StartTaskReq, form))
     return await _act(request, ctx, session, task_id, "start", run)
 
 
@@ -233,7 +195,7 @@ async def start(request: Request, ctx: Console, session: CurrentProject, form: C
 async def retry_failed(request: Request, ctx: Console, session: CurrentProject, form: CheckedForm,
                        task_id: TaskIdPath) -> Response:
     def run(t: TaskContext) -> None:
-        tasks.start_task(t, session.project_id, task_id, start_request(form, failed_only=True))
+        tasks.start_task(t, session.project_id, task_id, keys_request(s.StartTaskReq, form, migrate_failed_object=True))
     return await _act(request, ctx, session, task_id, "retry", run)
 
 
