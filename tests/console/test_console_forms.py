@@ -205,7 +205,10 @@ def test_a_sync_task_made_through_the_form_charts_its_statistics(
     assert ctx is not None
     project = console_service.tenant.project_id
 
-    # Events: three objects that exist and one that does not (it fails, with its reason).
+    # Events: three objects that exist and one that does not (it fails, with its reason). They are put once the
+    # task's first reconciliation (of the empty bucket) is over, so the events, not it, copy them.
+    _wait(lambda: (row := ctx.repo.get_task(task_id)) is not None and row.reconciled_at is not None, 30,
+          "the first reconciliation")
     files = {"a.txt": b"alpha", "dir/b.txt": b"bravo" * 100, "c d.txt": b"charlie"}
     fill(seaweed_a, sb, files)
     client = console_service.client()
