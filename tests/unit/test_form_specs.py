@@ -3,7 +3,10 @@ secrets are never shown again."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+from pydantic import BaseModel
 
 from ferry import oms as s
 from ferry.console import form_specs as f
@@ -86,3 +89,34 @@ def test_inputs_take_their_limits_and_choices_from_the_model() -> None:
     assert group["task_type"].choices == ("PREFIX", "LIST", "URL_LIST")
     assert group["smn_config.trigger_conditions"].kind == "checkboxes"
     assert group["bandwidth_policy[4].max_bandwidth"].limits == {"min": s.MIN_BANDWIDTH, "max": s.MAX_BANDWIDTH}
+
+
+def _leaves(model: type[BaseModel]) -> set[str]:
+    """Every field a request body can carry, as form input names (`[]` for a row of a repeated section)."""
+    schema = model.model_json_schema()
+    defs = schema.get("$defs", {})
+    out: set[str] = set()
+
+    def walk(node: Any, prefix: str) -> None:
+        while "$ref" in node or any(b.get("type") == "null" for b in node.get("anyOf", ())):
+            if "$ref" in node:
+                node = defs[node["$ref"].rsplit("/", 1)[1]]
+            else:
+                node = next(b for b in node["anyOf"] if b.get("type") != "null")
+        items = node.get("items", {})
+        if node.get("type") == "array" and "properties" in defs.get(items.get("$ref", "").rsplit("/", 1)[-1], {}):
+            walk(items, prefix + "[]")  # rows of objects (bandwidth windows)
+        elif "properties" in node:
+            for name, child in node["properties"].items():
+                walk(child, f"{prefix}.{name}" if prefix else name)
+        else:
+            out.add(prefix)
+
+    walk(schema, "")
+    return out
+
+
+def test_every_create_form_takes_every_field_of_its_request() -> None:
+    for spec in (f.TASK_FORM, f.GROUP_FORM, f.SYNC_FORM):
+        names = {re.sub(r"\[\d+\]", "[]", i.name) for i in spec.inputs()}
+        assert _leaves(spec.model) - names == set(), spec.key
