@@ -16,9 +16,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ferry.errors import FerryError, LocalStateError, NotFoundError, TransientError, UsageError
+from ferry.errors import FerryError
 from ferry.metrics import API_REQUEST_DURATION, OTHER
-from ferry.oms import Codes, Messages, OmsError
+from ferry.oms import Codes, Messages, OmsError, refusal
 from ferry.settings import HttpLimits
 
 log = logging.getLogger("ferry.api")
@@ -45,18 +45,8 @@ def error_response(exc: OmsError, request_id: str) -> JSONResponse:
 
 
 def from_ferry_error(exc: FerryError) -> OmsError:
-    """Map the domain taxonomy onto API errors; only UsageError messages (written for users) are shown."""
-    if isinstance(exc, UsageError):
-        return OmsError.invalid_parameter(exc.message)
-    if isinstance(exc, NotFoundError):
-        return OmsError.not_found()
-    if isinstance(exc, TransientError):
-        headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
-        return OmsError(503, Codes.UNAVAILABLE, Messages.UNAVAILABLE, headers=headers)
-    if isinstance(exc, LocalStateError):
-        # The server's own disk or database: the request may succeed once the operator fixed it.
-        return OmsError(503, Codes.UNAVAILABLE, Messages.UNAVAILABLE, headers={"Retry-After": "5"})
-    return OmsError.internal()
+    """Map the domain taxonomy onto API errors (the mapping the console shares, `ferry.oms.refusal`)."""
+    return refusal(exc)
 
 
 def _for_http_status(status: int, raw_headers: Mapping[str, str] | None) -> OmsError:

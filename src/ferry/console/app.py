@@ -18,7 +18,7 @@ from starlette.staticfiles import StaticFiles
 
 from ferry.console.context import CONSOLE_STATE, ConsoleContext
 from ferry.console.render import render
-from ferry.console.routes import auth, groups, sync_tasks, tasks
+from ferry.console.routes import auth, forms, groups, sync_pages, sync_tasks, tasks
 from ferry.console.session import CsrfRefused, SignInRequired, checked_form, session_of
 from ferry.errors import FerryError, LocalStateError, NotFoundError, TransientError, UsageError
 from ferry.service.tasks import TaskError
@@ -26,8 +26,10 @@ from ferry.service.tasks import TaskError
 PREFIX: Final = "/console"
 log = logging.getLogger("ferry.console")
 STATIC_DIR: Final = Path(__file__).parent / "static"
-# Page modules; each exports `router` with paths relative to /console (see the package docstring).
-ROUTERS: Final[tuple[APIRouter, ...]] = (auth.router, tasks.router, groups.router, sync_tasks.router)
+# Page modules; each exports `router` with paths relative to /console (see the package docstring). The create
+# forms come first: their `/tasks/new` must not be taken for a task id by a page route.
+ROUTERS: Final[tuple[APIRouter, ...]] = (auth.router, forms.router, sync_pages.router, tasks.router, groups.router,
+                                         sync_tasks.router)
 # POST routes that cannot have a session yet, and check their own CSRF token (a pre-session double submit).
 _SESSIONLESS_POSTS: Final = frozenset({"/signin"})
 

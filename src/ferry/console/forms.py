@@ -9,8 +9,8 @@ from starlette.datastructures import FormData
 
 from ferry import oms as s
 from ferry.console.session import form_text
+from ferry.errors import FerryError
 from ferry.oms import OmsError, parse_request
-from ferry.service.tasks import TaskError
 
 M = TypeVar("M", bound=BaseModel)
 MIB: Final = 1024 * 1024
@@ -20,11 +20,11 @@ KEY_FIELDS: Final = ("src_ak", "src_sk", "src_security_token", "connection_strin
 BANDWIDTH_ROWS: Final = s.MAX_BANDWIDTH_WINDOWS
 
 
-def refusal(exc: TaskError | OmsError) -> tuple[int, str]:
-    """The status and the words (with the OMS code) the API answers a refused operation with."""
-    if isinstance(exc, TaskError):
-        return exc.status, f"{exc.message} ({exc.oms_code})"
-    return exc.status, f"{exc.error_msg} ({exc.error_code})"
+def refusal(exc: FerryError | OmsError) -> tuple[int, str]:
+    """The status and the words (with the OMS code) the API answers a refused operation with: the API's own
+    mapping (`ferry.oms.refusal`), so a page never words an error differently."""
+    answer = exc if isinstance(exc, OmsError) else s.refusal(exc)
+    return answer.status, f"{answer.error_msg} ({answer.error_code})"
 
 
 def filled(form: FormData, names: tuple[str, ...]) -> dict[str, str]:

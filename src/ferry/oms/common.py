@@ -18,7 +18,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from ferry.engine.compare import Choice, ConsistencyCheck, OverwriteMode
-from ferry.oms.errors import DESCRIPTION_CHARS_ERROR
+from ferry.oms.errors import DESCRIPTION_CHARS_ERROR, FIELDS_CONTEXT
 from ferry.secrets import Secret
 from ferry.storage.registry import as_folder
 
@@ -249,13 +249,18 @@ class EmptyResponse(ResponseModel):
     """The answer of the 16 operations whose response model has no fields: `{}`."""
 
 
-def combination(detail: str) -> PydanticCustomError:
-    return PydanticCustomError("invalid_combination", "{detail}", {"detail": detail})
+def combination(detail: str, *fields: str) -> PydanticCustomError:
+    """A rule tying fields together was broken; `fields` (relative to the model checking the rule) are the
+    ones a form shows the error next to."""
+    return PydanticCustomError("invalid_combination", "{detail}", {"detail": detail, FIELDS_CONTEXT: ",".join(fields)})
 
 
-def require_kms(crypto: CryptoType | None, kms_key_id: str | None, where: str) -> None:
+def require_kms(crypto: CryptoType | None, kms_key_id: str | None, where: str, *, named: str | None = None) -> None:
+    """`where` prefixes the fields within the model checking the rule; `named` (default: `where`) is how the
+    message names them."""
     if crypto is CryptoType.KMS and not kms_key_id:
-        raise combination(f"{where}kms_key_id is required when {where}crypto_type is KMS")
+        said = where if named is None else named
+        raise combination(f"{said}kms_key_id is required when {said}crypto_type is KMS", f"{where}kms_key_id")
 
 # ---------------------------------------------------------------------------------------------------------------
 # Shared models (§1.8)
@@ -285,7 +290,7 @@ def _check_windows(policies: list[BandwidthPolicyDto]) -> list[BandwidthPolicyDt
     for policy in policies:
         covered = policy.minutes()
         if taken & covered:
-            raise combination("bandwidth_policy time windows must not overlap")
+            raise combination("bandwidth_policy time windows must not overlap")  # on the field: no names
         taken |= covered
     return policies
 
@@ -318,7 +323,7 @@ class SourceCdnReq(RequestModel):
 
     @model_validator(mode="after")
     def _kms(self) -> Self:
-        require_kms(self.crypto_type, self.kms_key_id, "source_cdn.")
+        require_kms(self.crypto_type, self.kms_key_id, "", named="source_cdn.")
         return self
 
 
@@ -378,7 +383,8 @@ def _source_credentials(
         return
     if cloud is CloudType.GOOGLE and json_auth_file:
         return
-    raise combination(f"{where}ak and {where}sk are required unless the task is a URL list")
+    raise combination(f"{where}ak and {where}sk are required unless the task is a URL list",
+                      *(f"{where}{name}" for name, value in (("ak", ak), ("sk", sk)) if not value))
 
 
 class SourceNode(RequestModel):
@@ -462,15 +468,18 @@ class MigrationReq(RequestModel):
             if "cloud_type" not in src.model_fields_set:
                 src.cloud_type = CloudType.URLSOURCE
             if src.cloud_type is not CloudType.URLSOURCE:
-                raise combination(f"src_node.cloud_type must be URLSource when task_type is {url_list}")
+                raise combination(f"src_node.cloud_type must be URLSource when task_type is {url_list}",
+                                  "src_node.cloud_type")
         else:
             if src.cloud_type is CloudType.URLSOURCE:
-                raise combination(f"src_node.cloud_type URLSource needs task_type {url_list}")
+                raise combination(f"src_node.cloud_type URLSource needs task_type {url_list}", "src_node.cloud_type")
             if not src.region or not src.bucket:
-                raise combination(f"src_node.region and src_node.bucket are required unless task_type is {url_list}")
+                raise combination(f"src_node.region and src_node.bucket are required unless task_type is {url_list}",
+                                  *(f"src_node.{name}" for name in ("region", "bucket") if not getattr(src, name)))
             _source_credentials("src_node.", src.cloud_type, src.ak, src.sk, src.connection_string, src.json_auth_file)
         if self.task_type in (listed, url_list) and src.list_file is None:
-            raise combination(f"src_node.list_file is required when task_type is {listed} or {url_list}")
+            raise combination(f"src_node.list_file is required when task_type is {listed} or {url_list}",
+                              "src_node.list_file.list_file_key", "src_node.list_file.obs_bucket")
         require_kms(src.crypto_type, src.kms_key_id, "src_node.")
         require_kms(self.dst_node.crypto_type, self.dst_node.kms_key_id, "dst_node.")
         return self

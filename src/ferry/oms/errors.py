@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from pydantic import BaseModel, ValidationError
+
+from ferry.errors import FerryError, LocalStateError, NotFoundError, TransientError, UsageError
 
 # Huawei documents error_msg as at most 1024 characters; longer ones are cut rather than rejected by clients.
 MAX_MESSAGE: Final = 1024
 # The pydantic error type of a description with a forbidden character (it has an OMS code of its own).
 DESCRIPTION_CHARS_ERROR: Final = "description_chars"
+# The context key of a rule that ties fields together (`combination`): the fields it is about, comma-separated
+# and relative to the model whose validator raised it, so the error can be shown next to them.
+FIELDS_CONTEXT: Final = "fields"
 
 
 class Codes:
@@ -171,6 +177,57 @@ def oms_error_for_validation(errors: Sequence[Any]) -> OmsError:
     if len(items) > _MAX_DETAILS:
         details += f"; and {len(items) - _MAX_DETAILS} more"
     return OmsError.invalid_parameter(details or None)
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One validation error of a request, told against the field it is about (`src_node.bucket`,
+    `bandwidth_policy[0].start`; `request` when it names none), with the OMS code the API would answer."""
+
+    field: str
+    code: str
+    message: str
+
+
+def field_errors(errors: Sequence[Any]) -> list[FieldError]:
+    """The validation errors of a request, one per field they concern, in the API's own words: a form shows
+    each next to its field, where the API joins them into one OMS.0001 message (`oms_error_for_validation`)."""
+    out: list[FieldError] = []
+    for error in (e for e in errors if isinstance(e, Mapping)):
+        loc = list(error.get("loc", ()))
+        ctx = error.get("ctx") or {}
+        code = Codes.DESCRIPTION_CHARS if error.get("type") == DESCRIPTION_CHARS_ERROR else Codes.INVALID_PARAMETER
+        message = _describe(error)
+        named = str(ctx.get(FIELDS_CONTEXT) or "")
+        if named:
+            out.extend(FieldError(_where([*loc, *name.split(".")]), code, message) for name in named.split(","))
+        else:
+            out.append(FieldError(_where(loc), code, message))
+    return out
+
+
+def refusal(exc: FerryError) -> OmsError:
+    """The OMS answer to a service call that failed: one mapping for the API and the console.
+
+    An error that carries its own `status` and `oms_code` (a refused task operation, a bucket helper's
+    verdict, a quota) answers with them; otherwise the taxonomy decides, and only UsageError messages
+    (written for users) are shown."""
+    status, code = getattr(exc, "status", None), getattr(exc, "oms_code", None)
+    if isinstance(status, int) and isinstance(code, str):
+        retry_after = getattr(exc, "retry_after", None)
+        headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after else None
+        return OmsError(status, code, exc.message, headers=headers)
+    if isinstance(exc, UsageError):
+        return OmsError.invalid_parameter(exc.message)
+    if isinstance(exc, NotFoundError):
+        return OmsError.not_found()
+    if isinstance(exc, TransientError):
+        headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
+        return OmsError(503, Codes.UNAVAILABLE, Messages.UNAVAILABLE, headers=headers)
+    if isinstance(exc, LocalStateError):
+        # The server's own disk or database: the request may succeed once the operator fixed it.
+        return OmsError(503, Codes.UNAVAILABLE, Messages.UNAVAILABLE, headers={"Retry-After": "5"})
+    return OmsError.internal()
 
 
 def parse_request(model: type[M], data: Any) -> M:

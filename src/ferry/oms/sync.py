@@ -175,7 +175,7 @@ class ListSyncTaskStatisticQuery(RequestModel):
     @model_validator(mode="after")
     def _window(self) -> Self:
         if self.end_time < self.start_time:
-            raise combination("end_time must not be earlier than start_time")
+            raise combination("end_time must not be earlier than start_time", "end_time")
         return self
 
 

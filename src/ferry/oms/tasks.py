@@ -181,5 +181,5 @@ class BatchUpdateTasksReq(RequestModel):
     @model_validator(mode="after")
     def _one_target(self) -> Self:
         if (self.group_id is None) == (self.ids is None):
-            raise combination("exactly one of group_id and ids must be given")
+            raise combination("exactly one of group_id and ids must be given", "group_id", "ids")
         return self

@@ -39,7 +39,18 @@ from ferry.db.sync_repo import (
     SyncTaskSpec,
 )
 from ferry.errors import NotFoundError, UsageError
-from ferry.oms import MAX_KEY_BYTES, CdnAuthType, CdnProtocol, CryptoType, StatGranularity, SyncStatType, SyncStatus
+from ferry.oms import (
+    MAX_KEY_BYTES,
+    CdnAuthType,
+    CdnProtocol,
+    Codes,
+    CreateSyncTaskReq,
+    CryptoType,
+    StartSyncTaskReq,
+    StatGranularity,
+    SyncStatType,
+    SyncStatus,
+)
 from ferry.runner.sync import SyncBackground, SyncSettings, SyncWaker, SyncWorkers
 from ferry.secrets import Secret, SecretBox, reveal
 from ferry.service import buckets
@@ -64,9 +75,11 @@ _MS_THRESHOLD: Final = 100_000_000_000
 
 
 class QuotaExceededError(UsageError):
-    """The project already has the maximum number of sync tasks."""
+    """The project already has the maximum number of sync tasks: answered 400 with the quota code, as OMS does."""
 
     code = "FERRY.0429"
+    status = 400
+    oms_code = Codes.QUOTA
 
 
 class TaskStateError(UsageError):
@@ -204,6 +217,35 @@ def to_epoch_seconds(value: int) -> float:
     return value / 1000.0 if value >= _MS_THRESHOLD else float(value)
 
 
+# -- requests -----------------------------------------------------------------------------------------------
+
+def request_spec(body: CreateSyncTaskReq) -> tuple[SyncTaskSpec, SyncCredentials]:
+    """A validated create_sync_task request as the task's spec and its credentials (kept apart: only the
+    credentials are sealed)."""
+    cdn = body.source_cdn
+    spec = SyncTaskSpec(
+        src_cloud_type=body.src_cloud_type.value, src_region=body.src_region, src_bucket=body.src_bucket,
+        dst_region=body.dst_region, dst_bucket=body.dst_bucket, description=body.description,
+        enable_metadata_migration=body.enable_metadata_migration, enable_restore=body.enable_restore,
+        dst_storage_policy=body.dst_storage_policy.value, app_id=body.app_id,
+        consistency_check=body.consistency_check.value,
+        src_crypto_type=body.src_crypto_type.value, src_kms_key_id=body.src_kms_key_id,
+        dst_crypto_type=body.dst_crypto_type.value, dst_kms_key_id=body.dst_kms_key_id,
+        cdn_domain=cdn.domain if cdn else None, cdn_protocol=cdn.protocol.value if cdn else None,
+        cdn_authentication_type=cdn.authentication_type.value if cdn else None,
+        cdn_crypto_type=cdn.crypto_type.value if cdn else None, cdn_kms_key_id=cdn.kms_key_id if cdn else None,
+    )
+    creds = SyncCredentials(body.src_ak, body.src_sk, body.dst_ak, body.dst_sk,
+                            cdn.authentication_key if cdn else None)
+    return spec, creds
+
+
+def start_request(body: StartSyncTaskReq) -> tuple[SyncCredentials, str | None]:
+    """A validated start_sync_task request as the re-supplied credentials and the destination KMS key it names."""
+    creds = SyncCredentials(body.src_ak, body.src_sk, body.dst_ak, body.dst_sk, body.source_cdn_authentication_key)
+    return creds, body.dst_kms_key_id if body.dst_crypto_type is CryptoType.KMS else None
+
+
 # -- lifecycle ----------------------------------------------------------------------------------------------
 
 def _task(ctx: SyncContext, project_id: str, task_id: str) -> SyncTaskRow:
@@ -225,7 +267,8 @@ async def check_access(ctx: SyncContext, spec: SyncTaskSpec, creds: SyncCredenti
 
 
 def _quota_exceeded() -> QuotaExceededError:
-    return QuotaExceededError(f"a project can have at most {MAX_SYNC_TASKS} sync tasks")
+    return QuotaExceededError(f"The number of sync tasks exceeds the limit ({MAX_SYNC_TASKS} per project). "
+                              "Delete one first.")
 
 
 def _check_room(ctx: SyncContext, project_id: str) -> None:

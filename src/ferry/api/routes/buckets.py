@@ -26,6 +26,7 @@ from ferry.oms import (
     ShowBucketReq,
     ShowCdnInfoReq,
     ShowCdnInfoResponse,
+    refusal,
     regions,
 )
 from ferry.service import buckets
@@ -39,8 +40,7 @@ _LIST_FILE_CLOUD = CloudType.HUAWEICLOUD.value
 
 def helper_answer(exc: HelperError) -> OmsError:
     """The API error of a failed helper call (sync tasks checking their keys answer the same)."""
-    headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
-    return OmsError(exc.status, exc.oms_code, exc.message, headers=headers)
+    return refusal(exc)
 
 
 async def _answer(call: Awaitable[T]) -> T:

@@ -27,14 +27,13 @@ from starlette.responses import JSONResponse
 
 from ferry.api.deps import CurrentPrincipal, Services, json_body, ok, public_base_url
 from ferry.api.routes.buckets import helper_answer
-from ferry.db.sync_repo import QueueFullError, SyncTaskRow, SyncTaskSpec
+from ferry.db.sync_repo import QueueFullError, SyncTaskRow
 from ferry.errors import NotFoundError
 from ferry.oms import (
     INT64_MAX,
     Codes,
     CreateSyncTaskReq,
     CreateSyncTaskResponse,
-    CryptoType,
     EmptyResponse,
     ErrorReasonResp,
     ListSyncTasksQuery,
@@ -63,8 +62,6 @@ router = APIRouter()
 # Mounted outside /v2/{project_id}: authenticated by the per-task notification token, not by a signature.
 public_router = APIRouter()
 
-QUOTA_MESSAGE: Final = (f"The number of sync tasks exceeds the limit ({sync.MAX_SYNC_TASKS} per project). "
-                         "Delete one first.")
 # How soon a notifier whose queue is full should try again: about what workers need to make room.
 QUEUE_FULL_RETRY: Final = 30
 NOTIFICATION_PATH: Final = "/v2/sync-notifications/{sync_task_id}"
@@ -80,26 +77,7 @@ async def _context(services: Services) -> sync.SyncContext:
 Sync = Annotated[sync.SyncContext, Depends(_context)]
 
 
-# -- conversions between the OMS models and the service's records ----------------------------------------------
-
-def _spec(body: CreateSyncTaskReq) -> tuple[SyncTaskSpec, sync.SyncCredentials]:
-    cdn = body.source_cdn
-    spec = SyncTaskSpec(
-        src_cloud_type=body.src_cloud_type.value, src_region=body.src_region, src_bucket=body.src_bucket,
-        dst_region=body.dst_region, dst_bucket=body.dst_bucket, description=body.description,
-        enable_metadata_migration=body.enable_metadata_migration, enable_restore=body.enable_restore,
-        dst_storage_policy=body.dst_storage_policy.value, app_id=body.app_id,
-        consistency_check=body.consistency_check.value,
-        src_crypto_type=body.src_crypto_type.value, src_kms_key_id=body.src_kms_key_id,
-        dst_crypto_type=body.dst_crypto_type.value, dst_kms_key_id=body.dst_kms_key_id,
-        cdn_domain=cdn.domain if cdn else None, cdn_protocol=cdn.protocol.value if cdn else None,
-        cdn_authentication_type=cdn.authentication_type.value if cdn else None,
-        cdn_crypto_type=cdn.crypto_type.value if cdn else None, cdn_kms_key_id=cdn.kms_key_id if cdn else None,
-    )
-    creds = sync.SyncCredentials(body.src_ak, body.src_sk, body.dst_ak, body.dst_sk,
-                                 cdn.authentication_key if cdn else None)
-    return spec, creds
-
+# -- conversions between the service's records and the OMS models ---------------------------------------------
 
 def _common(row: SyncTaskRow) -> dict[str, Any]:
     s = row.spec
@@ -131,11 +109,9 @@ def _info(row: SyncTaskRow) -> SyncTaskInfo:
 
 @router.post("/sync-tasks", response_model=CreateSyncTaskResponse, summary="create_sync_task")
 async def create_sync_task(body: CreateSyncTaskReq, principal: CurrentPrincipal, ctx: Sync) -> JSONResponse:
-    spec, creds = _spec(body)
+    spec, creds = sync.request_spec(body)
     try:
         task_id = await sync.create_sync_task(ctx, principal.project_id, spec, creds)
-    except sync.QuotaExceededError:
-        raise OmsError(400, Codes.QUOTA, QUOTA_MESSAGE) from None
     except HelperError as exc:
         raise helper_answer(exc) from None
     return ok(CreateSyncTaskResponse(sync_task_id=task_id))
@@ -175,9 +151,7 @@ def delete_sync_task(sync_task_id: SyncTaskId, principal: CurrentPrincipal, ctx:
 async def start_sync_task(
     sync_task_id: SyncTaskId, body: StartSyncTaskReq, principal: CurrentPrincipal, ctx: Sync
 ) -> JSONResponse:
-    creds = sync.SyncCredentials(body.src_ak, body.src_sk, body.dst_ak, body.dst_sk,
-                                 body.source_cdn_authentication_key)
-    kms_key = body.dst_kms_key_id if body.dst_crypto_type is CryptoType.KMS else None
+    creds, kms_key = sync.start_request(body)
     try:
         await sync.start_sync_task(ctx, principal.project_id, sync_task_id, creds, kms_key)
     except HelperError as exc:

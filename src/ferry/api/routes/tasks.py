@@ -22,6 +22,7 @@ from ferry.oms import (
     ShowTaskResponse,
     StartTaskReq,
     TaskId,
+    refusal,
 )
 from ferry.service import tasks
 from ferry.service.tasks import TaskContext, TaskError
@@ -43,7 +44,7 @@ def oms_errors() -> Iterator[None]:
     try:
         yield
     except TaskError as exc:
-        raise OmsError(exc.status, exc.oms_code, exc.message) from None
+        raise refusal(exc) from None
 
 
 def call(fn: Callable[[], T]) -> T:

@@ -20,6 +20,7 @@ from ferry.console.paging import Paging
 from ferry.console.render import render
 from ferry.console.routes.tasks import STATUS_NAMES
 from ferry.console.session import CheckedForm, CurrentProject, ProjectSession, form_text
+from ferry.errors import FerryError
 from ferry.oms import OmsError
 from ferry.service import groups, tasks
 from ferry.service.groups import GroupContext
@@ -94,7 +95,7 @@ async def _act(request: Request, ctx: ConsoleContext, session: ProjectSession, g
     gctx = group_context(ctx)
     try:
         await run_in_threadpool(action, gctx)
-    except (TaskError, OmsError) as exc:
+    except (FerryError, OmsError) as exc:
         status, message = refusal(exc)
         if status == 404:
             raise

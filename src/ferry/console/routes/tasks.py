@@ -22,6 +22,7 @@ from ferry.console.forms import MIB, bandwidth_request, keys_request, refusal
 from ferry.console.paging import Paging
 from ferry.console.render import PAGE_HEADERS, human_duration_ms, human_size, human_time_ms, percent, render, speed
 from ferry.console.session import CheckedForm, CurrentProject, ProjectSession
+from ferry.errors import FerryError
 from ferry.oms import OmsError
 from ferry.service import task_report, tasks
 from ferry.service.tasks import TaskContext, TaskError
@@ -168,7 +169,7 @@ async def _act(request: Request, ctx: ConsoleContext, session: ProjectSession, t
     tctx = task_context(ctx)
     try:
         await run_in_threadpool(action, tctx)
-    except (TaskError, OmsError) as exc:
+    except (FerryError, OmsError) as exc:
         status, message = refusal(exc)
         if status == 404:
             raise
