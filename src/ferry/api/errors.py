@@ -207,7 +207,10 @@ def route_template(scope: Scope) -> str:
         templates = {id(ctx.original_route): ctx.path for ctx in iter_route_contexts(app.routes) if ctx.path}
         setattr(state, _TEMPLATES_STATE, templates)
     path = (templates or {}).get(id(route)) or getattr(route, "path", None)
-    return path if isinstance(path, str) else UNMATCHED_ROUTE
+    if not isinstance(path, str):
+        return UNMATCHED_ROUTE
+    # A mounted app (the console at /console) matched its route below the mount: its own templates lack it.
+    return str(scope.get("root_path", "")) + path
 
 
 def _content_length(scope: Scope) -> int | None:
