@@ -9,11 +9,11 @@ import re
 import time
 from typing import Any
 
+from console_browser import PHONE, ConsolePage, PageFactory
 from ferry_service import FerryService, fill, listing, s3_client, wait_task
 from huaweicloudsdkoms.v2 import CreateSyncEventsRequest, ShowTaskGroupRequest, SyncObjectReq
 from playwright.sync_api import Page, expect
 
-from console_browser import PHONE, ConsolePage, PageFactory
 from ferry.oms import Codes
 from ferry.sandbox import SeaweedServer
 from ferry.service import sync
