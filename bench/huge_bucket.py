@@ -1,0 +1,203 @@
+"""Peak RSS and time of a whole migration of a huge bucket, first run and in-step rerun (target: flat, < 150 MB).
+
+    .venv/bin/python bench/huge_bucket.py memory --keys 10000000          # lazily generated buckets, in process
+    .venv/bin/python bench/huge_bucket.py memory --keys 1000000 --phase rerun --tracemalloc
+    .venv/bin/python bench/huge_bucket.py seaweed --keys 1000000         # `ferry migrate` between two SeaweedFS
+    .venv/bin/python bench/huge_bucket.py seaweed --keys 1000000 --rclone
+
+`memory`: the source is a MemoryBackend whose listing is generated lazily (key i of N, 0-byte objects, so
+nothing of the bucket is held), the destination a MemoryBackend that keeps no data (a put is answered, not
+stored) and lists either nothing (first run) or the same N keys, newer (the in-step rerun). Both go through
+the real path of `ferry migrate`: service.transfers.run_migration -> engine.pipeline.Transfer -> the planner,
+the copier and a real SQLite job database in a fresh state directory (the rerun reuses the first run's, so its
+job database already holds N rows, as on a user's machine). Each phase runs in a child process; its peak RSS is
+ru_maxrss from os.wait4, its time the child's own measurement of run_migration.
+
+`seaweed`: two `weed mini` servers; the source bucket is filled once with N 0-byte objects under one prefix
+by concurrent PUTs (kept in --data-dir between runs: filling 1M objects takes a while), then `ferry migrate`
+runs as the CLI does, a first time into an empty bucket and once more with nothing changed; `--rclone` adds
+`rclone copy` of the in-step pair for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from ferry.objects import ObjectInfo, ObjectMeta, PutResult
+from ferry.storage.memory import MemoryBackend, MemoryStore
+
+_EMPTY_MD5 = hashlib.md5(b"", usedforsecurity=False).hexdigest()
+_SRC_MTIME = 1_700_000_000.0
+_DST_MTIME = 1_800_000_000.0  # newer than the source: an in-step pair is skipped under size_last_modified
+
+
+def key_of(i: int) -> str:
+    # Zero-padded, so generating i = 0, 1, 2... is byte order; ~40 bytes like real keys, all under one prefix.
+    return f"data/part-{i:012d}.parquet"
+
+
+class LazyBucket(MemoryBackend):
+    """N 0-byte objects generated on demand: a listing holds one page, reads and heads make the object up."""
+
+    def __init__(self, n: int, mtime: float, *, listed: bool = True) -> None:
+        super().__init__(MemoryStore(), "lazy")
+        self.n = n
+        self.mtime = mtime
+        self.listed = listed  # False: a destination that is empty to begin with
+        self.puts = 0
+
+    def _made_up(self, key: str, *, with_meta: bool) -> ObjectInfo:
+        return ObjectInfo(key, 0, self.mtime, _EMPTY_MD5, "STANDARD",
+                          meta=ObjectMeta(content_type="application/octet-stream") if with_meta else None,
+                          md5=_EMPTY_MD5 if with_meta else None)
+
+    async def list(self, prefix: str = "", start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
+        if not self.listed:
+            return
+        i = 0
+        if start_after is not None:
+            i = int(start_after.removeprefix("data/part-").removesuffix(".parquet")) + 1
+        mtime = self.mtime
+        while i < self.n:
+            # Like a paged store: a page of 1000 made at once, then handed out one by one.
+            page = [ObjectInfo(key_of(j), 0, mtime, _EMPTY_MD5, "STANDARD") for j in range(i, min(i + 1000,
+                                                                                                   self.n))]
+            for obj in page:
+                yield obj
+            i += len(page)
+
+    async def head(self, key: str) -> ObjectInfo:
+        return self._made_up(key, with_meta=True)
+
+    async def read_object(self, key: str, *, if_match: str | None = None) -> tuple[ObjectInfo, bytes]:
+        return self._made_up(key, with_meta=True), b""
+
+    async def put(self, key: str, data: bytes, meta: ObjectMeta, *, storage_class: str | None = None,
+                  crc64: int | None = None) -> PutResult:
+        self.puts += 1
+        return PutResult(etag=hashlib.md5(data, usedforsecurity=False).hexdigest(), mtime=time.time())
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+async def _memory_child(n: int, phase: str, state: Path, concurrency: int, trace: bool) -> dict[str, Any]:
+    from ferry.db.deferred import DeferredRepo
+    from ferry.engine.pipeline import TransferOptions
+    from ferry.engine.progress import Counters
+    from ferry.service.transfers import run_migration
+    from ferry.settings import database_url
+    from ferry.storage.wrappers import RetryingBackend
+
+    if trace:
+        import tracemalloc
+
+        tracemalloc.start(8)
+    url = database_url(state)
+    fresh = not Path(url.removeprefix("sqlite:///")).exists()
+    src = LazyBucket(n, _SRC_MTIME)
+    dst = LazyBucket(n, _DST_MTIME, listed=phase == "rerun")
+    samples: list[float] = []
+    stop = threading.Event()
+    counters = Counters()
+    snapshots: list[Any] = []
+
+    def sample() -> None:
+        while not stop.wait(0.5):
+            samples.append(_current_rss_mb())
+            if trace and not snapshots and counters.success + counters.skipped >= n * 3 // 4:
+                import tracemalloc
+
+                snapshots.append(tracemalloc.take_snapshot())  # three quarters through: near the peak
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started, cpu = time.perf_counter(), time.process_time()
+    summary = await run_migration(RetryingBackend(src), RetryingBackend(dst), DeferredRepo(url),  # type: ignore[arg-type]
+                                  TransferOptions(concurrency=concurrency), report_dir=state / "reports",
+                                  counters=counters, fresh=fresh, lock_dir=state)
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    stop.set()
+    out: dict[str, Any] = {
+        "keys": n, "phase": phase, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+        "keys_per_s": round(n / wall), "success": summary.success, "skipped": summary.skipped,
+        "failed": summary.failed, "puts": dst.puts, "error": summary.error,
+        "rss_samples_mb": [round(s) for s in samples[:: max(1, len(samples) // 12)]],
+    }
+    if trace:
+        import tracemalloc
+
+        snap = snapshots[0] if snapshots else tracemalloc.take_snapshot()
+        out["traced_peak_mb"] = round(tracemalloc.get_traced_memory()[1] / 1e6, 1)
+        out["top"] = [str(s) for s in snap.statistics("lineno")[:15]]
+        out["top_tb"] = ["\n".join(s.traceback.format()) + f"  {s.size / 1e6:.1f} MB"
+                         for s in snap.statistics("traceback")[:6]]
+    return out
+
+
+def run_memory(args: argparse.Namespace) -> list[dict[str, Any]]:
+    state = Path(args.state or tempfile.mkdtemp(prefix="ferry-huge-"))
+    results = []
+    phases = ["first", "rerun"] if args.phase == "both" else [args.phase]
+    try:
+        for phase in phases:
+            argv = [sys.executable, __file__, "_child", "--keys", str(args.keys), "--phase", phase,
+                    "--state", str(state), "--concurrency", str(args.concurrency)]
+            if args.tracemalloc:
+                argv.append("--tracemalloc")
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+            _, status, usage = os.wait4(proc.pid, 0)
+            assert proc.stdout is not None
+            out = proc.stdout.read()
+            if status != 0:
+                raise SystemExit(f"child failed ({status}): {out}")
+            result = json.loads(out.strip().splitlines()[-1])
+            result["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)
+            results.append(result)
+            print(json.dumps(result), flush=True)
+    finally:
+        if args.state is None:
+            shutil.rmtree(state, ignore_errors=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("mode", choices=["memory", "seaweed", "_child"])
+    parser.add_argument("--keys", type=int, default=1_000_000)
+    parser.add_argument("--phase", choices=["first", "rerun", "both"], default="both")
+    parser.add_argument("--state", help="state directory (kept); default a fresh temp one, removed")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--tracemalloc", action="store_true")
+    args = parser.parse_args()
+    if args.mode == "_child":
+        print(json.dumps(asyncio.run(_memory_child(args.keys, args.phase, Path(args.state), args.concurrency,
+                                                   args.tracemalloc))))
+    elif args.mode == "memory":
+        run_memory(args)
+    else:
+        raise SystemExit("seaweed: not yet")
+
+
+if __name__ == "__main__":
+    main()
