@@ -181,6 +181,92 @@ def run_memory(args: argparse.Namespace) -> list[dict[str, Any]]:
     return results
 
 
+async def _fill(n: int, endpoint: str, ak: str, sk: str, bucket: str, state: Path) -> Any:
+    from ferry.db.jobdb import open_job_repo
+    from ferry.engine.pipeline import TransferOptions
+    from ferry.service.transfers import run_migration
+    from ferry.storage.stores import StoreAt, StoreKeys, open_at
+
+    dst = open_at(StoreAt("seaweedfs", endpoint, "us-east-1", bucket), StoreKeys(ak, sk))
+    try:
+        return await run_migration(LazyBucket(n, _SRC_MTIME), dst, open_job_repo(f"sqlite:///{state / 'f.db'}"),
+                                   TransferOptions(concurrency=128), report_dir=state, lock_dir=state)
+    finally:
+        await dst.close()
+
+
+def run_seaweed(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from ferry.sandbox import SeaweedServer, find_binary
+    from migrate_vs_rclone import REGION, base_env, run_child
+
+    n = args.keys
+    root = Path(args.data_dir)
+    results: list[dict[str, Any]] = []
+    src_bucket = f"huge-src-{n}"
+    # The filled source is kept between runs (its marker says how many objects it holds); keys are fixed so
+    # that a restarted server's bucket answers again.
+    creds = {"access_key": "FERRYHUGEBENCH01", "secret_key": "huge-bucket-bench-secret-key-0001"}
+    with (SeaweedServer(data_dir=root / "src", volume_size_limit_mb=1024, **creds) as src,
+          SeaweedServer(data_dir=root / "dst", volume_size_limit_mb=1024, **creds) as dst):
+        marker = root / f"filled-{n}"
+        env = base_env()
+        if not marker.exists():
+            src.create_bucket(src_bucket)
+            # Filled by Ferry itself from a generated bucket: twice the rate of s5cmd's 64 workers here.
+            started = time.perf_counter()
+            summary = asyncio.run(_fill(n, src.endpoint, src.access_key, src.secret_key, src_bucket,
+                                        root / "fill-state"))
+            if summary.success + summary.skipped != n:
+                raise SystemExit(f"filling the source failed: {summary}")
+            marker.touch()
+            print(json.dumps({"filled": n, "wall_s": round(time.perf_counter() - started, 1)}), flush=True)
+        in_step = root / f"in-step-{n}"  # names the destination bucket a first run filled
+        phases = ["first", "rerun"]
+        if args.phase == "rerun" and in_step.exists():
+            dst_bucket, phases = in_step.read_text(), ["rerun"]
+        else:
+            dst_bucket = f"huge-dst-{n}-{int(time.time())}"
+            dst.create_bucket(dst_bucket)
+        state = root / f"state-{dst_bucket}"
+        ferry_env = {**env, "FERRY_SRC_AK": src.access_key, "FERRY_SRC_SK": src.secret_key,
+                     "FERRY_DST_AK": dst.access_key, "FERRY_DST_SK": dst.secret_key}
+        argv = [find_binary("ferry"), "migrate", f"s3://{src_bucket}", f"s3://{dst_bucket}",
+                "--src-endpoint", src.endpoint, "--dst-endpoint", dst.endpoint,
+                "--src-profile", "seaweedfs", "--dst-profile", "seaweedfs", "--src-region", REGION,
+                "--dst-region", REGION, "--state-dir", str(state), "--json", "--no-progress"]
+        runs = [(phase, "ferry", ferry_env) for phase in phases]
+        if args.baseline_src:
+            # The same in-step rerun by another source tree (the code before a change), for comparison.
+            runs.append(("rerun", f"ferry@{args.baseline_src}", {**ferry_env, "PYTHONPATH": args.baseline_src}))
+        for phase, tool, tool_env in runs:
+            proc = run_child(argv, tool_env, timeout=6 * 3600)
+            if phase == "first" and proc.rc == 0:
+                in_step.write_text(dst_bucket)
+            summary = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.rc == 0 else {}
+            result = {"tool": tool, "keys": n, "phase": phase, "wall_s": round(proc.wall, 1),
+                      "cpu_s": round(proc.cpu, 1), "peak_rss_mb": round(proc.maxrss_mb, 1), "rc": proc.rc,
+                      "success": summary.get("success"), "skipped": summary.get("skipped"),
+                      "failed": summary.get("failed"), "stderr": proc.stderr[-300:] if proc.rc else ""}
+            results.append(result)
+            print(json.dumps(result), flush=True)
+        if args.rclone:
+            conf = root / "rclone.conf"
+            conf.touch()
+            renv = {**env, "RCLONE_CONFIG": str(conf)}
+            for name, server in (("SRC", src), ("DST", dst)):
+                p = f"RCLONE_CONFIG_{name}_"
+                renv.update({p + "TYPE": "s3", p + "PROVIDER": "Other", p + "ENV_AUTH": "false",
+                             p + "ACCESS_KEY_ID": server.access_key, p + "SECRET_ACCESS_KEY": server.secret_key,
+                             p + "ENDPOINT": server.endpoint, p + "REGION": REGION, p + "FORCE_PATH_STYLE": "true"})
+            proc = run_child([find_binary("rclone"), "copy", f"src:{src_bucket}", f"dst:{dst_bucket}",
+                              "--transfers", "32", "--checkers", "32"], renv, timeout=6 * 3600)
+            result = {"tool": "rclone", "keys": n, "phase": "rerun", "wall_s": round(proc.wall, 1),
+                      "cpu_s": round(proc.cpu, 1), "peak_rss_mb": round(proc.maxrss_mb, 1), "rc": proc.rc}
+            results.append(result)
+            print(json.dumps(result), flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("mode", choices=["memory", "seaweed", "_child"])
@@ -189,6 +275,10 @@ def main() -> None:
     parser.add_argument("--state", help="state directory (kept); default a fresh temp one, removed")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--tracemalloc", action="store_true")
+    parser.add_argument("--data-dir", default=str(Path(__file__).parent / "out" / "huge-weed"),
+                        help="seaweed: where both servers keep their data (the filled source is reused)")
+    parser.add_argument("--rclone", action="store_true", help="seaweed: also time rclone's in-step rerun")
+    parser.add_argument("--baseline-src", help="seaweed: also time the rerun by ferry from this src directory")
     args = parser.parse_args()
     if args.mode == "_child":
         print(json.dumps(asyncio.run(_memory_child(args.keys, args.phase, Path(args.state), args.concurrency,
@@ -196,7 +286,7 @@ def main() -> None:
     elif args.mode == "memory":
         run_memory(args)
     else:
-        raise SystemExit("seaweed: not yet")
+        run_seaweed(args)
 
 
 if __name__ == "__main__":
