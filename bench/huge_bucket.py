@@ -14,15 +14,21 @@ job database already holds N rows, as on a user's machine). Each phase runs in a
 ru_maxrss from os.wait4, its time the child's own measurement of run_migration.
 
 `seaweed`: two `weed mini` servers; the source bucket is filled once with N 0-byte objects under one prefix
-by concurrent PUTs (kept in --data-dir between runs: filling 1M objects takes a while), then `ferry migrate`
-runs as the CLI does, a first time into an empty bucket and once more with nothing changed; `--rclone` adds
-`rclone copy` of the in-step pair for comparison.
+(by Ferry from a generated bucket, ~2x the rate of s5cmd's 64 workers on the development machine; kept in
+--data-dir between runs, since filling 1M objects takes a while), then `ferry migrate` runs as the CLI does, a
+first time into an empty bucket and once more with nothing changed (`--phase rerun` reruns the last in-step
+pair only); `--rclone` adds `rclone copy` of the in-step pair, `--baseline-src DIR` the rerun by ferry from
+another source tree (the code before a change).
+
+`--unordered` (memory) declares both listings unordered, as SeaweedFS's are, so the planner's external sort
+is part of the measurement.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import hashlib
 import json
 import os
@@ -38,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from ferry.objects import ObjectInfo, ObjectMeta, PutResult
+from ferry.storage.base import ListOrder
 from ferry.storage.memory import MemoryBackend, MemoryStore
 
 _EMPTY_MD5 = hashlib.md5(b"", usedforsecurity=False).hexdigest()
@@ -53,8 +60,11 @@ def key_of(i: int) -> str:
 class LazyBucket(MemoryBackend):
     """N 0-byte objects generated on demand: a listing holds one page, reads and heads make the object up."""
 
-    def __init__(self, n: int, mtime: float, *, listed: bool = True) -> None:
+    def __init__(self, n: int, mtime: float, *, listed: bool = True, unordered: bool = False) -> None:
         super().__init__(MemoryStore(), "lazy")
+        if unordered:
+            # Declared in no order (as SeaweedFS is), so the planner sorts both listings on disk.
+            self._capabilities = dataclasses.replace(self._capabilities, list_order=ListOrder.UNORDERED)
         self.n = n
         self.mtime = mtime
         self.listed = listed  # False: a destination that is empty to begin with
@@ -101,7 +111,8 @@ def _current_rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
-async def _memory_child(n: int, phase: str, state: Path, concurrency: int, trace: bool) -> dict[str, Any]:
+async def _memory_child(n: int, phase: str, state: Path, concurrency: int, trace: bool,
+                        unordered: bool = False) -> dict[str, Any]:
     from ferry.db.deferred import DeferredRepo
     from ferry.engine.pipeline import TransferOptions
     from ferry.engine.progress import Counters
@@ -115,8 +126,8 @@ async def _memory_child(n: int, phase: str, state: Path, concurrency: int, trace
         tracemalloc.start(8)
     url = database_url(state)
     fresh = not Path(url.removeprefix("sqlite:///")).exists()
-    src = LazyBucket(n, _SRC_MTIME)
-    dst = LazyBucket(n, _DST_MTIME, listed=phase == "rerun")
+    src = LazyBucket(n, _SRC_MTIME, unordered=unordered)
+    dst = LazyBucket(n, _DST_MTIME, listed=phase == "rerun", unordered=unordered)
     samples: list[float] = []
     stop = threading.Event()
     counters = Counters()
@@ -139,7 +150,7 @@ async def _memory_child(n: int, phase: str, state: Path, concurrency: int, trace
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     stop.set()
     out: dict[str, Any] = {
-        "keys": n, "phase": phase, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+        "keys": n, "phase": phase, "unordered": unordered, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
         "keys_per_s": round(n / wall), "success": summary.success, "skipped": summary.skipped,
         "failed": summary.failed, "puts": dst.puts, "error": summary.error,
         "rss_samples_mb": [round(s) for s in samples[:: max(1, len(samples) // 12)]],
@@ -165,6 +176,8 @@ def run_memory(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "--state", str(state), "--concurrency", str(args.concurrency)]
             if args.tracemalloc:
                 argv.append("--tracemalloc")
+            if args.unordered:
+                argv.append("--unordered")
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
             _, status, usage = os.wait4(proc.pid, 0)
             assert proc.stdout is not None
@@ -275,6 +288,8 @@ def main() -> None:
     parser.add_argument("--state", help="state directory (kept); default a fresh temp one, removed")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--tracemalloc", action="store_true")
+    parser.add_argument("--unordered", action="store_true",
+                        help="memory: both listings declared unordered (as SeaweedFS's): the planner sorts them")
     parser.add_argument("--data-dir", default=str(Path(__file__).parent / "out" / "huge-weed"),
                         help="seaweed: where both servers keep their data (the filled source is reused)")
     parser.add_argument("--rclone", action="store_true", help="seaweed: also time rclone's in-step rerun")
@@ -282,7 +297,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.mode == "_child":
         print(json.dumps(asyncio.run(_memory_child(args.keys, args.phase, Path(args.state), args.concurrency,
-                                                   args.tracemalloc))))
+                                                   args.tracemalloc, args.unordered))))
     elif args.mode == "memory":
         run_memory(args)
     else:
