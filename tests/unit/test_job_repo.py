@@ -178,3 +178,17 @@ def test_a_full_disk_under_the_failed_report_says_where_and_how_much(tmp_path: P
     assert info.value.kind == "disk_full"
     assert f"the disk of the data directory {reports} is full" in info.value.message
     assert f"free at least {MIN_FREE // 2**20:.1f} MiB" in info.value.message
+
+
+def test_results_round_trip_whatever_their_keys_and_values(repo: JobRepo) -> None:
+    # A batch travels as one JSON document on SQLite: nothing in a key or a value may be taken for JSON, and
+    # no size beyond a double's exact integers may be rounded on the way.
+    repo.create("fp", "{}", job_id="j")
+    odd = ['say "hi"', "back\\slash", "new\nline", "tab\there", "007", "1e5", "null", "[1, 2]", "😀/ü",
+           "\u2028sep", "'quote'"]
+    results = [ObjectResult(k, "failed", 2**53 + 1 + i, None if i % 2 else f'"etag{i}"', f"why {k}")
+               for i, k in enumerate(odd)]
+    repo.record("j", results[:5])
+    repo.record("j", results)  # the first five again: updated, not duplicated
+    assert list(repo.iter_results("j", "failed")) == sorted(results, key=lambda r: r.key.encode())
+    assert repo.tally("j").failed == len(odd)
