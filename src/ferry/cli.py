@@ -119,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8780, help="port to listen on (default 8780)")
     s.add_argument("--max-tasks", type=int, default=5, metavar="N", help="tasks running at once (default 5)")
 
+    w = sub.add_parser("worker", help="run a distributed-mode worker: takes work units from FERRY_BROKER_URL and "
+                                      "runs them against FERRY_DATABASE_URL (PostgreSQL), until SIGTERM")
+    w.add_argument("--threads", type=int, default=4, metavar="N", help="units run at once (default 4)")
+    w.add_argument("--concurrency", type=int, default=64, metavar="N",
+                   help="objects in flight per unit (default 64)")
+    w.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="on SIGTERM, how long running units may finish before they are handed back (default 30)")
+
     c = sub.add_parser("credentials", help="API access keys (AK/SK) of projects")
     csub = c.add_subparsers(dest="action", required=True, parser_class=_Parser)
     cc = csub.add_parser("create", help="create an AK/SK pair; prints one JSON line (the only time the SK shows)")
@@ -382,6 +390,33 @@ def _serve(args: argparse.Namespace) -> int:
                  RunnerSettings(max_tasks=args.max_tasks, restore_poll_seconds=poll))
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from ferry.db.database import open_database
+    from ferry.runner.broker import broker_url
+    from ferry.runner.worker import WorkerSettings, run_worker
+    from ferry.secrets import SecretBox
+    from ferry.settings import data_dir, database_url
+
+    url = broker_url()
+    if url is None:
+        raise UsageError("ferry worker needs FERRY_BROKER_URL (redis://... or amqp://...)")
+    db = database_url()
+    if db.startswith("sqlite"):
+        raise UsageError("ferry worker needs FERRY_DATABASE_URL pointing at the cluster's PostgreSQL database")
+    if not 1 <= args.threads <= 256:
+        raise UsageError("--threads must be between 1 and 256")
+    if not 1 <= args.concurrency <= 1024:
+        raise UsageError("--concurrency must be between 1 and 1024")
+    if not os.environ.get("FERRY_LOG_LEVEL"):
+        logging.getLogger().setLevel(logging.INFO)
+    base = data_dir()
+    scratch = base / "worker"
+    scratch.mkdir(mode=0o700, exist_ok=True)
+    settings = WorkerSettings(threads=args.threads, concurrency=args.concurrency,
+                              drain_timeout=max(args.drain_timeout, 0.0))
+    return run_worker(open_database(db), SecretBox.load(base), url, scratch, settings)
+
+
 def _tenancy(args: argparse.Namespace) -> int:
     from ferry.db.database import open_database
     from ferry.secrets import SecretBox
@@ -495,6 +530,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _sandbox(args)
         if args.command == "serve":
             return _serve(args)
+        if args.command == "worker":
+            return _worker(args)
         if args.command in ("credentials", "tokens"):
             return _tenancy(args)
         parser.error(f"unknown command {args.command}")

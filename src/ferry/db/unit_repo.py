@@ -144,12 +144,15 @@ class UnitRepo:
                         **dict(values or {})))
         return bool(result.rowcount)
 
-    def hand_back(self, unit_id: int, owner: str, values: Mapping[str, Any] | None = None) -> bool:
-        """Give a running unit back to the queue (a draining worker); its watermark keeps what was done."""
+    def hand_back(self, unit_id: int, owner: str, values: Mapping[str, Any] | None = None,
+                  delay: float = 0.0) -> bool:
+        """Give a running unit back to the queue (a draining worker); its watermark keeps what was done. With
+        `delay` (a failed attempt) it counts as sent `delay` seconds from now, so it is not sent again at once."""
+        sent_at: Any = None if delay <= 0 else self._now + delay
         with self.engine.begin() as conn:
             result = conn.execute(
                 update(u).where(u.c.id == unit_id, u.c.lease_owner == owner, u.c.state == RUNNING)
-                .values(state=QUEUED, lease_owner=None, lease_expires=None, sent_at=None, updated_at=time.time(),
+                .values(state=QUEUED, lease_owner=None, lease_expires=None, sent_at=sent_at, updated_at=time.time(),
                         **dict(values or {})))
         return bool(result.rowcount)
 
