@@ -123,8 +123,9 @@ def build(
     if run_tasks and os.environ.get("FERRY_BROKER_URL", "").strip():
         # Distributed: workers split groups, run sync events (polling the database: no wake-up to send) and
         # reconcile ranges; this server hands the splits and reconciliations out and settles group statuses.
-        sync_ctx = SyncContext(engine, box)
         group_runner, sync_runtime = server_runners(engine, box, group_ctx)
+        # A task created or started is reconciled at once; its events are found by the workers' next poll.
+        sync_ctx = SyncContext(engine, box, wake=sync_runtime.notify)
     else:
         sync_ctx, sync_runtime = (
             build_sync_runtime(engine, box, database_url, str(data_dir), default_mode=sync_workers)

@@ -29,6 +29,7 @@ from huaweicloudsdkoms.v2 import (
     CreateSyncTaskRequest,
     CreateTaskGroupReq,
     CreateTaskGroupRequest,
+    ListTasksRequest,
     ShowSyncTaskRequest,
     ShowTaskGroupRequest,
     SyncObjectReq,
@@ -37,6 +38,7 @@ from huaweicloudsdkoms.v2 import (
 )
 from sync_live import env
 
+from ferry.db.group_repo import GroupRepo
 from ferry.db.sync_repo import SyncRepo
 from ferry.db.unit_repo import DONE, UnitRepo
 from ferry.runner.groups import SPLIT_KIND
@@ -185,3 +187,56 @@ def test_a_sync_task_reconciles_in_ranges_and_takes_events_on_the_workers(cluste
     assert (shown.monthly_acceptance_request, shown.monthly_failure_object, shown.monthly_size) == (
         len(later), 0, size)
     assert repo.pending_count(task_id) == 0
+
+
+@pytest.mark.slow
+def test_a_split_whose_worker_is_killed_resumes_on_another_from_its_checkpoint(cluster: Cluster) -> None:
+    """kill -9 of the worker splitting a group: its unit's lease runs out (30 s, the worker's lease_ttl), the
+    unit is sent again and claimed by another worker, which takes the group's lease at once (its holder is a
+    dead process of this host) and goes on from the last chunk written: no task twice, no object missed."""
+    tag = uuid.uuid4().hex[:8]
+    src = cluster.src.create_bucket(f"dgroup-kill-src-{tag}")
+    dst = cluster.dst.create_bucket(f"dgroup-kill-dst-{tag}")
+    objects = {f"k/{i:04d}": os.urandom(32) for i in range(400)}
+    fill(cluster.src, src, objects)
+    client = cluster.service.client()
+    gid = client.create_task_group(CreateTaskGroupRequest(CreateTaskGroupReq(
+        src_node=TaskGroupSrcNode(ak=cluster.src.access_key, sk=cluster.src.secret_key, region=GROUP_REGION,
+                                  bucket=src, cloud_type=GROUP_CLOUD),
+        dst_node=TaskGroupDstNode(ak=cluster.dst.access_key, sk=cluster.dst.secret_key, region=DST_REGION,
+                                  bucket=dst)))).group_id
+    groups = GroupRepo(cluster.engine)
+    pids = {p.pid: p for p in cluster.workers.procs if p.poll() is None}
+
+    def splitting() -> Any:
+        row = groups.get(gid)
+        if row is None or row.task_count < 3 or not row.lease_owner:
+            return None
+        pid = int(row.lease_owner.split("/")[1])
+        return (pid, row.task_count) if pid in pids else None
+
+    pid, before = _wait(splitting, "the split to be under way on a worker", cluster, 60)
+    pids[pid].kill()
+    pids[pid].wait(10)
+    killed_at = time.monotonic()
+    row = groups.get(gid)
+    assert row is not None and row.task_count < len(objects) // PER_TASK, "the split ended before the kill"
+
+    def completed() -> Any:
+        g = client.show_task_group(ShowTaskGroupRequest(group_id=gid))
+        assert g.status not in (3, 4, 5), (g.status, g.error_reason)
+        return g if g.status == 6 else None
+
+    g = _wait(completed, f"group {gid} after the kill", cluster, 180)
+    assert (g.total_task_num, g.complete_task_num, g.failed_task_num) == (80, 80, 0)
+    assert (g.total_num, g.success_num) == (400, 400)
+    assert client.list_tasks(ListTasksRequest(group_id=gid, limit=100)).count == 80
+    for key, body in objects.items():
+        assert _body(cluster.dst, dst, key) == body, key
+    units = UnitRepo(cluster.engine)
+    run = units.last_run("group", gid)
+    assert run is not None
+    [unit] = units.of_owner("group", gid, run, states=(DONE,))
+    assert unit.attempts == 2 and unit.watermark == "chunk 80"
+    print(f"split resumed after the kill at chunk {before}; group completed {time.monotonic() - killed_at:.1f} s "
+          "after it")

@@ -188,6 +188,8 @@ class ReconcileDispatcher(LoopThread):
                 await self.tick()
             except Exception as exc:
                 log.warning("sync: dispatching reconciliations waits: %s", type(exc).__name__, exc_info=True)
+            # Woken by every API write of a sync task (events too): at most a few passes a second.
+            await asyncio.sleep(min(0.25, self.poll_seconds))
             await wait_event(wake, self.poll_seconds)
 
     async def tick(self) -> None:
