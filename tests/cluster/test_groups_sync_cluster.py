@@ -75,7 +75,8 @@ def cluster(seaweed_a: SeaweedServer, seaweed_b: SeaweedServer,
                  f"HuaweiCloud/{DST_REGION}": seaweed_b.endpoint}
         settings = {"FERRY_BROKER_URL": url, "FERRY_DATABASE_URL": db_url, "FERRY_DATA_DIR": str(data_dir),
                     "FERRY_ENDPOINT_OVERRIDES": json.dumps(table), "FERRY_GROUP_TASK_OBJECTS": str(PER_TASK),
-                    "FERRY_SYNC_RECONCILE_UNITS": "3", "FERRY_SYNC_POLL_SECONDS": "0.2"}
+                    "FERRY_SYNC_RECONCILE_UNITS": "3", "FERRY_SYNC_RECONCILE_UNITS_UNORDERED": "3",
+                    "FERRY_SYNC_POLL_SECONDS": "0.2"}
         with env(**settings):
             # The server: the API, the group runner handing splits out, the reconciliation dispatcher.
             started = start_service(data_dir, db_url)

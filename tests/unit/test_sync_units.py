@@ -57,14 +57,16 @@ async def test_ranges_are_contiguous_cover_every_key_once_and_spread_the_keys(or
     for key in KEYS:
         await _put(src, key, b"x")
     backend: Backend = src if ordered else Unordered(src)
-    spans = await plan_ranges(backend, RangeSettings(units=4, probes=200, sample=1000))
+    spans = await plan_ranges(backend, RangeSettings(units=4, unordered_units=4, probes=200, sample=1000))
     assert spans[0][0] is None and spans[-1][1] is None
     assert all(spans[i][1] == spans[i + 1][0] for i in range(len(spans) - 1))
     counts = _covered_once(spans, KEYS)
     assert 3 <= len(spans) <= 4, spans
     assert max(counts) <= len(KEYS) * 0.6, counts  # no range holds most of the bucket
     # One unit, or an empty bucket: one open range.
-    assert await plan_ranges(backend, RangeSettings(units=1)) == [(None, None)]
+    assert await plan_ranges(backend, RangeSettings(units=1, unordered_units=1)) == [(None, None)]
+    # An unordered source is one range unless asked: each of its ranges lists both buckets whole.
+    assert await plan_ranges(Unordered(src), RangeSettings(units=4)) == [(None, None)]
     assert await plan_ranges(MemoryBackend(bucket="empty"), RangeSettings(units=4)) == [(None, None)]
 
 
@@ -141,7 +143,7 @@ async def test_three_workers_reconcile_ranges_as_one_embedded_reconciliation(
     dst = MemoryBackend(bucket="dst")
     failing = Flaky(dst, {"img/c005.jpg": -1})
     dispatcher = ReconcileDispatcher(engine, lambda _row: (src, dst), replace(FAST, node_id="server"),
-                                     RangeSettings(units=3))
+                                     RangeSettings(units=3, unordered_units=3))
     await dispatcher.tick()
     units = UnitRepo(engine)
     run = units.last_run(OWNER_KIND, task_id)
@@ -253,3 +255,34 @@ async def test_a_unit_whose_worker_stops_ends_at_once(engine: Engine, box: Secre
         await _until(lambda: repo.stat_totals(task_id, 0, 2e10).success >= copied)
     finally:
         worker.stop(10)
+
+
+async def test_a_restarted_server_adopts_the_run_under_way(engine: Engine, box: SecretBox, tmp_path: Path) -> None:
+    repo = SyncRepo(engine)
+    src, dst = _stores()
+    for key in KEYS[:40]:
+        await _put(src, key, b"r")
+    task_id = _task(repo, reconciled=False)
+    settings = replace(FAST, node_id="api")
+    first = ReconcileDispatcher(engine, lambda _row: (src, dst), settings, RangeSettings(units=3))
+    await first.tick()
+    units = UnitRepo(engine)
+    run = units.last_run(OWNER_KIND, task_id)
+    assert run is not None and units.summary(OWNER_KIND, task_id, run).open >= 2
+    # The server restarts: its successor takes back the claim at start and goes on with the same units.
+    second = ReconcileDispatcher(engine, lambda _row: (src, dst), settings, RangeSettings(units=3))
+    repo.release_leases(f"{second.node}/")
+    await second.tick()
+    assert units.last_run(OWNER_KIND, task_id) == run
+    assert units.summary(OWNER_KIND, task_id, run).by_state.get("cancelled") is None
+    worker = _background(engine, src, dst, "w")
+    worker.start()
+    try:
+        assert await _run_units(engine, box, tmp_path, task_id, [worker]) == {DONE: units.summary(
+            OWNER_KIND, task_id, run).total}
+    finally:
+        worker.stop(10)
+    await second.tick()
+    row = repo.get_task(task_id)
+    assert row is not None and row.reconciled_at is not None and row.last_error is None
+    assert repo.stat_totals(task_id, 0, 2e10).success == 40

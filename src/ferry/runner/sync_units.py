@@ -12,8 +12,12 @@ Range boundaries only balance the work: the ranges are contiguous, so every key 
 the boundaries. A byte-ordered source is probed, not listed: a skip-scan walks the first characters of its
 keys (one short listing per branch found) until there are a few branches per unit. Any other source gives a
 sample (its first `sample` keys), whose quantiles are the boundaries; such a source is listed whole by each
-unit and filtered, so there the units spread the copying, not the listing. With deletes propagated a
-reconciliation stays one unit: the delete cap is for the whole bucket.
+unit and filtered, so there the units spread the copying, not the listing, and it is one unit unless the
+operator asks for more (`RangeSettings`). With deletes propagated a reconciliation stays one unit: the delete
+cap is for the whole bucket.
+
+A server that restarts mid-reconciliation adopts the open units of the task's last run (same generation)
+instead of cutting the reconciliation again.
 """
 
 from __future__ import annotations
@@ -53,22 +57,27 @@ def _no_wake() -> None:
 
 @dataclass(frozen=True, slots=True)
 class RangeSettings:
-    """How a reconciliation is cut: at most `units` ranges, at most `probes` listing requests to find them on a
-    byte-ordered source, the first `sample` keys of any other (FERRY_SYNC_RECONCILE_UNITS, default 8)."""
+    """How a reconciliation is cut: at most `units` ranges of a byte-ordered source, found with at most
+    `probes` listing requests; at most `unordered_units` of any other source, from its first `sample` keys.
+    Each range of an unordered source lists both buckets whole, so by default such a source is one range
+    (FERRY_SYNC_RECONCILE_UNITS, default 8, and FERRY_SYNC_RECONCILE_UNITS_UNORDERED, default 1)."""
 
     units: int = 8
+    unordered_units: int = 1
     probes: int = 256
     sample: int = 10_000
 
 
 async def plan_ranges(src: Backend, settings: RangeSettings) -> list[KeyRange]:
-    """Contiguous key ranges covering every key, about as many as `settings.units`, for one reconciliation."""
-    if settings.units <= 1:
+    """Contiguous key ranges covering every key, about as many as the settings say, for one reconciliation."""
+    ordered = src.capabilities.list_order is ListOrder.LEXICOGRAPHIC
+    units = settings.units if ordered else settings.unordered_units
+    if units <= 1:
         return [(None, None)]
-    if src.capabilities.list_order is ListOrder.LEXICOGRAPHIC:
-        bounds = await _probe_bounds(src, settings.units, settings.probes)
+    if ordered:
+        bounds = await _probe_bounds(src, units, settings.probes)
     else:
-        bounds = await _sample_bounds(src, settings.units, settings.sample)
+        bounds = await _sample_bounds(src, units, settings.sample)
     return _spans(bounds)
 
 
@@ -228,8 +237,16 @@ class ReconcileDispatcher(LoopThread):
                      f" ({error})" if error else "")
 
     async def _split(self, row: SyncTaskRow) -> None:
-        spans = await self._plan(row)
         last = await asyncio.to_thread(self.units.last_run, OWNER_KIND, row.id)
+        if last is not None:
+            # A run under way when this server (or its predecessor) stopped goes on: the workers still run it.
+            open_units = await asyncio.to_thread(self.units.of_owner, OWNER_KIND, row.id, last)
+            if open_units and all(u.spec.get("generation") == row.generation for u in open_units):
+                total = (await asyncio.to_thread(self.units.summary, OWNER_KIND, row.id, last)).total
+                self._runs[row.id] = _Run(last, row.generation, total, time.monotonic())
+                log.info("sync %s: reconciliation %d goes on (%d ranges open)", row.id, last, len(open_units))
+                return
+        spans = await self._plan(row)
         run = (last or 0) + 1
         # Units of an earlier run (this server restarted mid-way) are not worked on any more.
         await asyncio.to_thread(self.units.cancel, OWNER_KIND, row.id)

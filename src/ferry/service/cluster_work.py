@@ -35,14 +35,20 @@ def _noop() -> None:
 
 
 def range_settings(environ: Mapping[str, str] | None = None) -> RangeSettings:
-    """FERRY_SYNC_RECONCILE_UNITS: how many ranges a reconciliation is cut into at most (default 8)."""
+    """How many ranges a reconciliation is cut into at most: FERRY_SYNC_RECONCILE_UNITS for a byte-ordered
+    source (default 8), FERRY_SYNC_RECONCILE_UNITS_UNORDERED for any other (default 1: each of its ranges
+    lists both buckets whole)."""
     env = os.environ if environ is None else environ
-    raw = (env.get("FERRY_SYNC_RECONCILE_UNITS") or "").strip()
-    if not raw:
-        return RangeSettings()
-    if not raw.isdigit() or int(raw) < 1:
-        raise UsageError("FERRY_SYNC_RECONCILE_UNITS must be a positive whole number")
-    return RangeSettings(units=int(raw))
+    values: dict[str, int] = {}
+    for name, attr in (("FERRY_SYNC_RECONCILE_UNITS", "units"),
+                       ("FERRY_SYNC_RECONCILE_UNITS_UNORDERED", "unordered_units")):
+        raw = (env.get(name) or "").strip()
+        if not raw:
+            continue
+        if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
+            raise UsageError(f"{name} must be a whole number from 1 to 10000")
+        values[attr] = int(raw)
+    return RangeSettings(**values)
 
 
 def worker_sync_settings(settings: SyncSettings | None = None) -> SyncSettings:
