@@ -399,6 +399,7 @@ def _worker(args: argparse.Namespace) -> int:
     from ferry.runner.broker import broker_url
     from ferry.runner.worker import WorkerSettings, run_worker
     from ferry.secrets import SecretBox
+    from ferry.service.cluster_work import install_worker
     from ferry.settings import data_dir, database_url
 
     url = broker_url()
@@ -423,7 +424,11 @@ def _worker(args: argparse.Namespace) -> int:
     settings = WorkerSettings(threads=args.threads, concurrency=args.concurrency, lease_ttl=args.lease_ttl,
                               heartbeat=min(3.0, args.lease_ttl / 3), drain_timeout=max(args.drain_timeout, 0.0),
                               extra={"unit_keys": args.unit_keys})
-    return run_worker(open_database(db), SecretBox.load(base), url, scratch, settings)
+    engine, box = open_database(db), SecretBox.load(base)
+    # Group splits, reconciliation ranges and the sync event loop need the services' wiring (endpoints, task
+    # creation, credentials), which the runner layer cannot import.
+    install_worker(engine, box, base)
+    return run_worker(engine, box, url, scratch, settings)
 
 
 def _tenancy(args: argparse.Namespace) -> int:

@@ -246,3 +246,11 @@ class UnitRepo:
             found = conn.execute(select(func.max(u.c.run)).where(
                 u.c.owner_kind == owner_kind, u.c.owner_id == owner_id)).scalar()
         return None if found is None else int(found)
+
+    def open_count(self, owner_kind: str, owner_id: str, kind: str | None = None) -> int:
+        """How many of an owner's units (of any run; of one kind if given) are queued or running."""
+        cond = [u.c.owner_kind == owner_kind, u.c.owner_id == owner_id, u.c.state.in_(OPEN)]
+        if kind is not None:
+            cond.append(u.c.kind == kind)
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(u).where(*cond)).scalar() or 0)

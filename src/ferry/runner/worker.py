@@ -37,6 +37,7 @@ from ferry import __version__
 from ferry.db.cluster_repo import WorkerRepo
 from ferry.db.unit_repo import CANCELLED, DONE, FAILED, UnitRepo, UnitRow
 from ferry.errors import FerryError
+from ferry.runner import worker_services
 from ferry.runner.broker import make_broker, redact, unit_actor
 from ferry.runner.loop_thread import LoopThread
 from ferry.runner.units import HANDLERS, UnitCancelled, UnitContext, UnitFailed
@@ -290,6 +291,11 @@ def run_worker(engine: Engine, box: SecretBox, broker_url: str, scratch: Path,
     worker = UnitWorker(engine, box, broker_url, scratch, settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.request_drain())
-    worker.serve()
+    # The background services (the sync event loop) run beside the units, and stop once they are drained.
+    worker_services.start_all()
+    try:
+        worker.serve()
+    finally:
+        worker_services.stop_all()
     engine.dispose()
     return 0
