@@ -124,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--threads", type=int, default=4, metavar="N", help="units run at once (default 4)")
     w.add_argument("--concurrency", type=int, default=64, metavar="N",
                    help="objects in flight per unit (default 64)")
+    w.add_argument("--unit-keys", type=int, default=1000, metavar="N",
+                   help="objects per copy unit handed out by a listing unit (default 1000)")
+    w.add_argument("--lease-ttl", type=float, default=30.0, metavar="SECONDS",
+                   help="a unit whose worker is silent this long is given to another (default 30)")
     w.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="on SIGTERM, how long running units may finish before they are handed back (default 30)")
 
@@ -413,8 +417,13 @@ def _worker(args: argparse.Namespace) -> int:
     base = data_dir()
     scratch = base / "worker"
     scratch.mkdir(mode=0o700, exist_ok=True)
-    settings = WorkerSettings(threads=args.threads, concurrency=args.concurrency,
-                              drain_timeout=max(args.drain_timeout, 0.0))
+    if not 1 <= args.unit_keys <= 100_000:
+        raise UsageError("--unit-keys must be between 1 and 100000")
+    if not 1.0 <= args.lease_ttl <= 3600:
+        raise UsageError("--lease-ttl must be between 1 and 3600 seconds")
+    settings = WorkerSettings(threads=args.threads, concurrency=args.concurrency, lease_ttl=args.lease_ttl,
+                              heartbeat=min(3.0, args.lease_ttl / 3), drain_timeout=max(args.drain_timeout, 0.0),
+                              extra={"unit_keys": args.unit_keys})
     engine, box = open_database(db), SecretBox.load(base)
     # Group splits, reconciliation ranges and the sync event loop need the services' wiring (endpoints, task
     # creation, credentials), which the runner layer cannot import.

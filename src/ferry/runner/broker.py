@@ -17,21 +17,20 @@ import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import dramatiq
-from dramatiq.broker import Broker
-from dramatiq.errors import ConnectionError as BrokerConnectionError
-
 from ferry.errors import UsageError
+
+if TYPE_CHECKING:  # Dramatiq is imported when a broker is made: the embedded default never pays for it
+    import dramatiq
+    from dramatiq.broker import Broker
 
 ACTOR: Final = "ferry_unit"
 QUEUE: Final = "ferry-units"
 _SCHEMES: Final = ("redis", "rediss", "amqp", "amqps")
 
-__all__ = ["ACTOR", "QUEUE", "BrokerConnectionError", "BrokerSpec", "Sender", "broker_url", "make_broker",
-           "redact", "unit_actor"]
+__all__ = ["ACTOR", "QUEUE", "BrokerSpec", "Sender", "broker_url", "make_broker", "redact", "unit_actor"]
 
 
 def broker_url() -> str | None:
@@ -95,6 +94,8 @@ def make_broker(raw_url: str, *, heartbeat_timeout_ms: int = 15_000) -> tuple[Br
 def unit_actor(broker: Broker, spec: BrokerSpec, fn: Callable[[int], None] | None = None) -> dramatiq.Actor[Any, Any]:
     """The `ferry_unit(unit_id)` actor on `broker`: `fn` runs the unit (a worker); a sender passes none."""
 
+    import dramatiq
+
     def refuse(unit_id: int) -> None:  # a process that only sends never consumes
         raise RuntimeError("this process does not run units")
 
@@ -110,7 +111,7 @@ class Sender:
         self.actor = unit_actor(self.broker, self.spec)
 
     def send(self, unit_ids: Iterable[int]) -> int:
-        """Send one message per id; how many were sent. Raises BrokerConnectionError when the broker is down
+        """Send one message per id; how many were sent. Raises when the broker is unreachable
         (the caller sends them again later: the units wait in the database meanwhile)."""
         sent = 0
         for unit_id in unit_ids:

@@ -35,17 +35,17 @@ from sqlalchemy import Engine
 
 from ferry import __version__
 from ferry.db.cluster_repo import WorkerRepo
-from ferry.db.unit_repo import DONE, FAILED, UnitRepo, UnitRow
+from ferry.db.unit_repo import CANCELLED, DONE, FAILED, UnitRepo, UnitRow
 from ferry.errors import FerryError
 from ferry.runner import worker_services
 from ferry.runner.broker import make_broker, redact, unit_actor
 from ferry.runner.loop_thread import LoopThread
-from ferry.runner.units import HANDLERS, UnitContext, UnitFailed
+from ferry.runner.units import HANDLERS, UnitCancelled, UnitContext, UnitFailed
 from ferry.secrets import SecretBox
 
 log = logging.getLogger("ferry.worker")
 # The modules whose import registers unit handlers (a new kind of unit adds its module here).
-HANDLER_MODULES: list[str] = []
+HANDLER_MODULES: list[str] = ["ferry.runner.task_units"]
 MiB: Final = 1024 * 1024
 
 
@@ -91,6 +91,7 @@ class UnitWorker(LoopThread):
         self._handed: set[int] = set()
         self._drain_requested = threading.Event()
         self._dramatiq: dramatiq.Worker | None = None
+        self._actor: dramatiq.Actor[Any, Any] | None = None
 
     def __repr__(self) -> str:
         return f"UnitWorker(owner={self.owner!r})"
@@ -142,7 +143,8 @@ class UnitWorker(LoopThread):
             await self._end(row, FAILED, {"error": f"no handler for units of kind {row.kind!r} in this worker"})
             return
         ctx = UnitContext(self.engine, self.box, self.owner, self.scratch,
-                          settings={"concurrency": s.concurrency, "memory_limit": s.memory_limit, **s.extra})
+                          settings={"concurrency": s.concurrency, "memory_limit": s.memory_limit,
+                                    "send": self.send_units, **s.extra})
         self._contexts[unit_id] = ctx
         log.info("unit %d (%s of %s %s, attempt %d): started", unit_id, row.kind, row.owner_kind, row.owner_id,
                  row.attempts)
@@ -187,6 +189,9 @@ class UnitWorker(LoopThread):
                 await self._hand_back(row, ctx, None)
                 return
             raise
+        except UnitCancelled:
+            await self._end(row, CANCELLED, ctx.progress.values())
+            return
         except UnitFailed as exc:
             await self._end(row, FAILED, {**ctx.progress.values(), "error": str(exc)[:1024]})
             return
@@ -231,6 +236,15 @@ class UnitWorker(LoopThread):
 
     # -- the process ---------------------------------------------------------------------------------------------
 
+    def send_units(self, unit_ids: list[int]) -> None:
+        """Send messages for units a handler made (in a thread): they are not left for the coordinator's resend."""
+        actor = self._actor
+        if actor is None:
+            return
+        for unit_id in unit_ids:
+            actor.send(int(unit_id))
+        self.units.mark_sent(unit_ids)
+
     def request_drain(self) -> None:
         """From a signal handler: stop taking units and drain (see the module docstring)."""
         self._drain_requested.set()
@@ -239,7 +253,7 @@ class UnitWorker(LoopThread):
         """Run until a drain is requested and done."""
         self.start()
         broker, spec = make_broker(self.broker_url)
-        unit_actor(broker, spec, self.on_message)
+        self._actor = unit_actor(broker, spec, self.on_message)
         worker = dramatiq.Worker(broker, worker_threads=self.settings.threads, worker_timeout=500)
         # One message waiting per thread at most: a unit is long, and a message parked here is one another,
         # idle worker could have run.
