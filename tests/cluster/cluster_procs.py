@@ -1,4 +1,4 @@
-"""Test helper: `ferry worker` processes against a real broker and PostgreSQL, and a sender of due units."""
+"""Test helper: `ferry worker` processes against a real broker and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -6,17 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from sqlalchemy import Engine
-
-from ferry.db.unit_repo import UnitRepo
-from ferry.runner.broker import Sender
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 REDIS = "redis://127.0.0.1:6379/0"
@@ -41,9 +35,10 @@ class Workers:
 
 
 @contextmanager
-def workers(n: int, env: Mapping[str, str], logs: Path, threads: int = 2) -> Iterator[Workers]:
-    """`n` worker processes (`ferry worker --threads threads`) with `env` over this process's environment;
-    SIGTERM (a drain) at the end, SIGKILL if one is still there 30 s later."""
+def workers(n: int, env: Mapping[str, str], logs: Path, threads: int = 2, lease_ttl: float = 4.0) -> Iterator[Workers]:
+    """`n` worker processes (`ferry worker --threads threads`) with `env` over this process's environment, whose
+    units are taken for dead after `lease_ttl` seconds without a heartbeat; SIGTERM (a drain) at the end, SIGKILL
+    if one is still there 30 s later."""
     full = {**os.environ, **env, "PYTHONPATH": str(SRC), "FERRY_LOG_LEVEL": "INFO"}
     out = Workers()
     try:
@@ -53,7 +48,7 @@ def workers(n: int, env: Mapping[str, str], logs: Path, threads: int = 2) -> Ite
             with path.open("wb") as fh:
                 out.procs.append(subprocess.Popen(
                     [sys.executable, "-c", "import sys; from ferry.cli import main; sys.exit(main(sys.argv[1:]))",
-                     "worker", "--threads", str(threads), "--drain-timeout", "5"],
+                     "worker", "--threads", str(threads), "--lease-ttl", str(lease_ttl), "--drain-timeout", "5"],
                     env=full, stdout=fh, stderr=subprocess.STDOUT))
         yield out
     finally:
@@ -66,32 +61,3 @@ def workers(n: int, env: Mapping[str, str], logs: Path, threads: int = 2) -> Ite
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(10)
-
-
-@contextmanager
-def sending(engine: Engine, url: str, resend_after: float = 5.0, every: float = 0.3) -> Iterator[None]:
-    """Send a message for every unit that is due (new, lost, or whose worker died), as the server's
-    coordinator does; a duplicate is harmless (the claim is one conditional update)."""
-    units = UnitRepo(engine)
-    sender = Sender(url)
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.is_set():
-            try:
-                due = units.due_again(resend_after)
-                if due:
-                    sender.send(due)
-                    units.mark_sent(due)
-            except Exception:  # the broker or the database may be restarting: try again
-                pass
-            stop.wait(every)
-
-    thread = threading.Thread(target=loop, name="test-unit-sender", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(10)
-        sender.close()

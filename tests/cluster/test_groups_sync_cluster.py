@@ -9,19 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
-
-from cluster_procs import Workers, broker_url, sending, workers
+from cluster_procs import Workers, broker_url, workers
 from ferry_service import FerryService, fill, start_service
 from huaweicloudsdkoms.v2 import (
     CreateSyncEventsRequest,
@@ -76,13 +71,13 @@ def cluster(seaweed_a: SeaweedServer, seaweed_b: SeaweedServer,
         settings = {"FERRY_BROKER_URL": url, "FERRY_DATABASE_URL": db_url, "FERRY_DATA_DIR": str(data_dir),
                     "FERRY_ENDPOINT_OVERRIDES": json.dumps(table), "FERRY_GROUP_TASK_OBJECTS": str(PER_TASK),
                     "FERRY_SYNC_RECONCILE_UNITS": "3", "FERRY_SYNC_RECONCILE_UNITS_UNORDERED": "3",
-                    "FERRY_SYNC_POLL_SECONDS": "0.2"}
+                    "FERRY_SYNC_POLL_SECONDS": "0.2", "FERRY_DISPATCH_TICK": "0.5", "FERRY_RESEND_SECONDS": "2"}
         with env(**settings):
-            # The server: the API, the group runner handing splits out, the reconciliation dispatcher.
+            # The server: the API, the coordinator sending units, the group runner handing splits out, the
+            # reconciliation dispatcher; no task, split, event or reconciliation runs in it.
             started = start_service(data_dir, db_url)
             try:
-                engine = started.value.service.engine
-                with workers(3, settings, data_dir) as procs, sending(engine, url):
+                with workers(3, settings, data_dir) as procs:
                     yield Cluster(started.value, procs, seaweed_a, seaweed_b)
             finally:
                 started.close()
@@ -192,8 +187,8 @@ def test_a_sync_task_reconciles_in_ranges_and_takes_events_on_the_workers(cluste
 
 @pytest.mark.slow
 def test_a_split_whose_worker_is_killed_resumes_on_another_from_its_checkpoint(cluster: Cluster) -> None:
-    """kill -9 of the worker splitting a group: its unit's lease runs out (30 s, the worker's lease_ttl), the
-    unit is sent again and claimed by another worker, which takes the group's lease at once (its holder is a
+    """kill -9 of the worker splitting a group: its unit's lease runs out (the workers' --lease-ttl, 4 s here),
+    the unit is sent again and claimed by another worker, which takes the group's lease at once (its holder is a
     dead process of this host) and goes on from the last chunk written: no task twice, no object missed."""
     tag = uuid.uuid4().hex[:8]
     src = cluster.src.create_bucket(f"dgroup-kill-src-{tag}")
