@@ -32,7 +32,7 @@ from ferry.runner.sync import SyncBackground
 from ferry.runner.sync_units import ReconcileDispatcher
 from ferry.secrets import KEY_FILE_NAME, SecretBox
 from ferry.service import credentials
-from ferry.service.cluster_work import server_runners
+from ferry.service.cluster_work import server_runners, sync_wake
 from ferry.service.credentials import DbCredentialStore
 from ferry.service.endpoints import load_overrides
 from ferry.service.groups import GroupContext, runner_ports
@@ -136,14 +136,14 @@ def build(
     sync_runtime: SyncBackground | SyncProcess | ReconcileDispatcher | None
     group_runner: GroupRunner | None
     if run_tasks and os.environ.get("FERRY_BROKER_URL", "").strip():
-        # Distributed: workers split groups, run sync events (polling the database: no wake-up to send) and
-        # reconcile ranges; this server hands the splits and reconciliations out and settles group statuses.
+        # Distributed: workers split groups, run sync events and reconcile ranges; this server hands the splits
+        # and reconciliations out and settles group statuses.
         # Their units are sent by the task coordinator, woken as soon as they are made.
         wake = runner.wake_units if isinstance(runner, DistributedRunner) else None
         group_runner, sync_runtime = (server_runners(engine, box, group_ctx, wake_units=wake) if wake is not None
                                       else server_runners(engine, box, group_ctx))
-        # A task created or started is reconciled at once; its events are found by the workers' next poll.
-        sync_ctx = SyncContext(engine, box, wake=sync_runtime.notify)
+        # A task created or started is reconciled at once; committed events wake the workers (NOTIFY).
+        sync_ctx = SyncContext(engine, box, wake=sync_wake(engine, sync_runtime))
     else:
         sync_ctx, sync_runtime = (
             build_sync_runtime(engine, box, database_url, str(data_dir), default_mode=sync_workers)

@@ -1,7 +1,8 @@
 """Task groups and sync tasks in distributed mode, wired to the services: what a worker runs, what the server runs.
 
 A worker (`install_worker`) registers the handlers of `group_split` and `reconcile` units and the sync event
-loop as a background service (`ferry.runner.worker_services`); the server (`server_runners`) runs the group
+loop as a background service (`ferry.runner.worker_services`), woken by PostgreSQL notifications that the
+server sends when events are committed (`sync_wake`); the server (`server_runners`) runs the group
 runner in dispatch mode (it settles statuses and sends SMN notices as embedded, but hands splits to workers)
 and the reconciliation dispatcher instead of any sync worker. Credentials stay sealed in the database: the
 handlers open them with the worker's own master key.
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
+from ferry.db.notify import Listener, Notifier
 from ferry.db.unit_repo import UnitRepo
 from ferry.errors import UsageError
 from ferry.runner import worker_services
@@ -69,7 +71,21 @@ def install_worker(engine: Engine, box: SecretBox, data_dir: Path, *, sync: Sync
     background = SyncBackground(workers)
     handles(RECONCILE_KIND)(reconcile_handler(background))
     worker_services.add(background)
+    # Events committed by the API wake this worker's loop at once rather than at its next poll.
+    worker_services.add(Listener(engine, background.notify))
     return background
+
+
+def sync_wake(engine: Engine, dispatcher: ReconcileDispatcher) -> Callable[[], None]:
+    """What the API calls after writing to a sync task in distributed mode: the dispatcher reconciles a task
+    created or started at once, and a NOTIFY wakes the workers' event loops."""
+    notifier = Notifier(engine)
+
+    def wake() -> None:
+        dispatcher.notify()
+        notifier.poke()
+
+    return wake
 
 
 def server_runners(engine: Engine, box: SecretBox, group_ctx: GroupContext, *,
