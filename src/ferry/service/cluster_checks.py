@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 from ferry.db.cluster_repo import SettingRepo
 from ferry.db.database import open_database
 from ferry.errors import FatalError, FerryError
+from ferry.runner.broker import BrokerSpec
 from ferry.secrets import SecretBox
 
 FINGERPRINT_SETTING: Final = "master_key_fingerprint"
@@ -90,11 +91,13 @@ def check_broker(broker_url: str) -> None:
     scheme = urlsplit(broker_url).scheme
     if scheme not in BROKER_SCHEMES:
         raise ClusterConfigError(f"FERRY_BROKER_URL must be a redis:// or amqp:// URL, not {redact_url(broker_url)}")
+    # The client libraries get the URL the broker itself uses: our `namespace` parameter taken out.
+    client_url = BrokerSpec.parse(broker_url).url
     try:
         if scheme.startswith("redis"):
             import redis
 
-            client = redis.Redis.from_url(broker_url, socket_connect_timeout=CONNECT_TIMEOUT,
+            client = redis.Redis.from_url(client_url, socket_connect_timeout=CONNECT_TIMEOUT,
                                           socket_timeout=CONNECT_TIMEOUT)
             try:
                 client.ping()
@@ -103,7 +106,7 @@ def check_broker(broker_url: str) -> None:
         else:
             import pika
 
-            params = pika.URLParameters(broker_url)
+            params = pika.URLParameters(client_url)
             params.socket_timeout = CONNECT_TIMEOUT
             params.connection_attempts = 1
             params.blocked_connection_timeout = CONNECT_TIMEOUT
