@@ -213,6 +213,7 @@ class SecretBox:
         self._aead = AESGCM(key)
         # A short key id tells "encrypted under another master key" apart from corruption.
         self._kid = hashlib.sha256(b"ferry-kid\x00" + key).digest()[:_KID_BYTES]
+        self._fingerprint = hmac.new(key, b"ferry-master-key-fingerprint-v1", hashlib.sha256).hexdigest()
 
     @classmethod
     def load(cls, data_dir: Path | None, environ: Mapping[str, str] | None = None) -> SecretBox:
@@ -220,6 +221,11 @@ class SecretBox:
 
     def __repr__(self) -> str:
         return f"SecretBox(kid={self._kid.hex()})"
+
+    def fingerprint(self) -> str:
+        """An HMAC of a fixed label under the key (hex): equal for equal keys, and says nothing of the key. The
+        processes of one cluster compare it (cluster_settings) so a worker with another key refuses to start."""
+        return self._fingerprint
 
     def encrypt(self, plaintext: str | Secret) -> str:
         nonce = os.urandom(_NONCE_BYTES)

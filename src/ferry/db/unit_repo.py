@@ -87,18 +87,20 @@ class UnitRepo:
         self._now: ColumnElement[float] = db_epoch(engine.dialect.name)
 
     def add(self, owner_kind: str, owner_id: str, run: int, drafts: Iterable[UnitDraft]) -> list[int]:
-        """Insert queued units; their ids in order."""
+        """Insert queued units; their ids in order. One batched INSERT ... RETURNING (SQLAlchemy's
+        "insertmanyvalues"), not a round trip per row: measured on PostgreSQL, 1,000-unit batches went from
+        ~1,300 to tens of thousands of rows/s (bench/units_queue.py)."""
         now = time.time()
-        ids: list[int] = []
+        rows = [dict(kind=d.kind, owner_kind=owner_kind, owner_id=owner_id, run=run, start_after=d.start_after,
+                     end_key=d.end_key, spec=json.dumps(dict(d.spec), separators=(",", ":")), state=QUEUED,
+                     attempts=0, listed=0, listed_bytes=0, objects_done=0, bytes_done=0, created_at=now,
+                     updated_at=now)
+                for d in drafts]
+        if not rows:
+            return []
         with self.engine.begin() as conn:
-            for d in drafts:
-                result = conn.execute(insert(u).values(
-                    kind=d.kind, owner_kind=owner_kind, owner_id=owner_id, run=run, start_after=d.start_after,
-                    end_key=d.end_key, spec=json.dumps(dict(d.spec), separators=(",", ":")), state=QUEUED,
-                    attempts=0, listed=0, listed_bytes=0, objects_done=0, bytes_done=0, created_at=now, updated_at=now))
-                assert result.inserted_primary_key is not None
-                ids.append(int(result.inserted_primary_key[0]))
-        return ids
+            result = conn.execute(insert(u).returning(u.c.id, sort_by_parameter_order=True), rows)
+            return [int(r[0]) for r in result]
 
     def get(self, unit_id: int) -> UnitRow | None:
         with self.engine.connect() as conn:

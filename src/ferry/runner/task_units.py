@@ -24,8 +24,8 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Collection, Iterator, Sequence
-from datetime import datetime
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, and_, select, update
 
@@ -34,13 +34,20 @@ from ferry.db.job_repo import JobRepo, ObjectResult, Tally, record_on
 from ferry.db.models import job_objects
 from ferry.db.task_repo import RUNNING, TaskRepo, TaskRow
 from ferry.db.unit_repo import UnitDraft, UnitRepo, UnitRow
-from ferry.engine.bandwidth import limit_at, parse_policy
+from ferry.engine.bandwidth import parse_policy
 from ferry.engine.compare import OverwriteMode, SkipReason
 from ferry.engine.pipeline import StateWait, Transfer, _finished_keys, _listing
 from ferry.engine.planner import Action, Copy, Fail, Planner, Skip
 from ferry.engine.progress import Counters
 from ferry.errors import AccessError, FatalError, FerryError
 from ferry.objects import ObjectInfo
+from ferry.runner.cluster_limits import (
+    ClusterBandwidthLimiter,
+    ClusterRequestRate,
+    RequestLimitedBackend,
+    source_rate_for,
+    task_budget,
+)
 from ferry.runner.migration import RunnerSettings, TaskFailure, failure_for, open_store, transfer_options
 from ferry.runner.units import UnitCancelled, UnitContext, UnitFailed, handles
 from ferry.storage.base import Backend
@@ -175,10 +182,21 @@ def _credentials(ctx: UnitContext, row: TaskRow) -> dict[str, str]:
                          "the server's?") from None
 
 
-def default_limiter(row: TaskRow) -> BandwidthLimiter:
-    """This unit's share of the task's bandwidth policy (each unit alone, unless the worker was given a
-    cluster-wide limiter as `limiter_for` in its settings)."""
-    return BandwidthLimiter(limit_at(parse_policy(row.bandwidth_policy), datetime.now()))
+def task_limiter(engine: Engine, row: TaskRow) -> BandwidthLimiter:
+    """The task's bandwidth policy as one budget for every unit of it on every worker (runner.cluster_limits),
+    at the window in force now (a unit is short; the next one follows a window that changed)."""
+    limiter = ClusterBandwidthLimiter(engine, task_budget(row.id))
+    limiter.follow(parse_policy(row.bandwidth_policy))
+    return limiter
+
+
+def _source_rate(engine: Engine, spec: dict[str, Any]) -> ClusterRequestRate | None:
+    """FERRY_SOURCE_REQUEST_RATE as one budget per source bucket for the whole cluster (None: unlimited)."""
+    parts = urlsplit(str(spec.get("endpoint") or ""))
+    if not parts.scheme or not parts.hostname:
+        return None
+    port = f":{parts.port}" if parts.port else ""
+    return source_rate_for(engine, f"{parts.scheme}://{parts.hostname}{port}", str(spec["real_bucket"]))
 
 
 @contextlib.asynccontextmanager
@@ -186,7 +204,8 @@ async def task_stores(ctx: UnitContext, row: TaskRow) -> AsyncIterator[tuple[Bac
     """The task's source (retried, throttled) and destination (retried), closed afterwards."""
     keys = _credentials(ctx, row)
     src_spec, dst_spec = row.src_spec, row.dst_spec
-    limiter_for = ctx.settings.get("limiter_for") or default_limiter
+    limiter = await asyncio.to_thread(task_limiter, ctx.engine, row)
+    rate = _source_rate(ctx.engine, src_spec)
     raw_dst = open_store(dst_spec, dst_spec["region"], dst_spec["bucket"], dst_spec.get("save_prefix", ""),
                          StoreKeys.of(keys, "dst"), dst_spec.get("kms_key_id"))
     stores: list[Backend] = [raw_dst]
@@ -195,7 +214,9 @@ async def task_stores(ctx: UnitContext, row: TaskRow) -> AsyncIterator[tuple[Bac
             open_store(src_spec, src_spec["region"], src_spec["real_bucket"], "", StoreKeys.of(keys, "src")),
             src_spec.get("cdn"), keys.get("cdn_key"), keys.get("src_ak"), keys.get("src_sk"), src_spec["real_bucket"])
         stores.append(raw_src)
-        yield ThrottledBackend(RetryingBackend(raw_src), limiter_for(row)), RetryingBackend(raw_dst)
+        # Retries are charged to the request rate too: the limiter sits under the retrying wrapper.
+        counted: Backend = raw_src if rate is None else RequestLimitedBackend(raw_src, rate)
+        yield ThrottledBackend(RetryingBackend(counted), limiter), RetryingBackend(raw_dst)
     finally:
         await asyncio.gather(*(b.close() for b in stores), return_exceptions=True)
 
