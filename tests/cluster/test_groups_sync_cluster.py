@@ -239,3 +239,51 @@ def test_a_split_whose_worker_is_killed_resumes_on_another_from_its_checkpoint(c
     assert unit.attempts == 2 and unit.watermark == "chunk 80"
     print(f"split resumed after the kill at chunk {before}; group completed {time.monotonic() - killed_at:.1f} s "
           "after it")
+
+
+@pytest.mark.slow
+def test_a_reconciliation_range_whose_worker_is_killed_is_run_again_by_another(cluster: Cluster) -> None:
+    """kill -9 of a worker in the middle of a reconciliation range: the unit's lease runs out (4 s here), another
+    worker runs the range again (what the dead one copied compares equal and is skipped), and the
+    reconciliation ends with every object in place and no error."""
+    tag = uuid.uuid4().hex[:8]
+    src = cluster.src.create_bucket(f"dsync-kill-src-{tag}")
+    dst = cluster.dst.create_bucket(f"dsync-kill-dst-{tag}")
+    objects = _objects("ghk", 400)
+    fill(cluster.src, src, objects)
+    client = cluster.service.client()
+    task_id = client.create_sync_task(CreateSyncTaskRequest(body=CreateSyncTaskReq(
+        src_cloud_type=SYNC_CLOUD, src_region=SYNC_REGION, src_bucket=src, src_ak=cluster.src.access_key,
+        src_sk=cluster.src.secret_key, dst_ak=cluster.dst.access_key, dst_sk=cluster.dst.secret_key,
+        dst_region=DST_REGION, dst_bucket=dst))).sync_task_id
+    units = UnitRepo(cluster.engine)
+    pids = {p.pid: p for p in cluster.workers.procs if p.poll() is None}
+
+    def running_range() -> Any:
+        run = units.last_run(OWNER_KIND, task_id)
+        if run is None:
+            return None
+        for unit in units.of_owner(OWNER_KIND, task_id, run, states=("running",)):
+            pid = int((unit.lease_owner or "x/0").split("/")[1])
+            if unit.objects_done >= 10 and pid in pids:
+                return unit.id, pid
+        return None
+
+    unit_id, pid = _wait(running_range, "a range under way on a worker", cluster, 60)
+    pids[pid].kill()
+    pids[pid].wait(10)
+    killed_at = time.monotonic()
+    repo = SyncRepo(cluster.engine)
+
+    def reconciled() -> bool:
+        row = repo.get_task(task_id)
+        return row is not None and row.reconciled_at is not None
+
+    _wait(reconciled, "the reconciliation after the kill", cluster, 120)
+    row = repo.get_task(task_id)
+    assert row is not None and row.last_error is None
+    unit = units.get(unit_id)
+    assert unit is not None and unit.state == DONE and unit.attempts == 2
+    for key, body in objects.items():
+        assert _body(cluster.dst, dst, key) == body, key
+    print(f"reconciliation ended {time.monotonic() - killed_at:.1f} s after its range's worker was killed")
