@@ -4,13 +4,17 @@ same copies, statistics, failures and reconciled time as one embedded reconcilia
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
-from test_sync_runner import FAST, Flaky, _exists, _put, _stores, _task, _until
+from test_sync_runner import FAST, Flaky, _exists, _put, _stores, _task, _until, running
 from test_sync_runner import engine as engine
 
 from ferry.db.sync_repo import SyncRepo, SyncTaskRow
@@ -286,3 +290,28 @@ async def test_a_restarted_server_adopts_the_run_under_way(engine: Engine, box: 
     row = repo.get_task(task_id)
     assert row is not None and row.reconciled_at is not None and row.last_error is None
     assert repo.stat_totals(task_id, 0, 2e10).success == 40
+
+
+async def test_a_restarted_worker_takes_back_the_event_leases_of_dead_processes_of_its_host(
+        engine: Engine) -> None:
+    repo = SyncRepo(engine)
+    task_id = _task(repo)
+    src, dst = _stores()
+    for key in ("dead-held", "live-held"):
+        await _put(src, key, b"e")
+    host = socket.gethostname()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    repo.enqueue(task_id, ["dead-held"], time.time())
+    assert len(repo.claim(f"{host}/{gone.pid}/old", time.time(), 600, 10)) == 1
+    repo.enqueue(task_id, ["live-held"], time.time())
+    assert len(repo.claim(f"{host}/{os.getpid()}/alive", time.time(), 600, 10)) == 1
+    worker = replace(FAST, reconcile_here=False, node_id=f"{host}/{os.getpid() + 1_000_000}")
+    # Without the sweep, both keys wait for their 600 s leases.
+    async with running(engine, lambda _row: (src, dst), worker):
+        await asyncio.sleep(0.5)
+    assert not await _exists(dst, "dead-held")
+    # With it (as `ferry worker` runs), the dead process's key is taken at once; the live one's is not.
+    async with running(engine, lambda _row: (src, dst), replace(worker, reclaim_dead=True)):
+        await _until(lambda: repo.pending_count(task_id) == 1, 10)
+    assert await _exists(dst, "dead-held") and not await _exists(dst, "live-held")

@@ -52,6 +52,7 @@ from sqlalchemy import Engine
 
 from ferry.aio import wait_event
 from ferry.db.sync_repo import ClaimedEvent, EventOutcome, SyncRepo, SyncTaskRow
+from ferry.db.task_repo import owner_is_dead
 from ferry.engine.budget import MemoryBudget
 from ferry.engine.compare import ConsistencyCheck, CopyReason, OverwriteMode, SkipReason, decide
 from ferry.engine.copier import CopyOptions
@@ -139,6 +140,10 @@ class SyncSettings:
     # Whether these workers claim and run whole reconciliations themselves (embedded mode). In distributed
     # mode the server splits each reconciliation into range units instead, and workers only run those.
     reconcile_here: bool = True
+    # Whether to take back, at start, the event leases of dead processes of this host (owners named
+    # `host/pid/...`, as the workers of distributed mode are): a worker restarted after a crash goes on with
+    # what its predecessor held at once instead of after the lease.
+    reclaim_dead: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SyncSettings:
@@ -338,6 +343,8 @@ class SyncWorkers:
         self._tasks_changed = self.waker.subscribe()
         # Leases of this node's earlier life (a crash, a kill -9) are ours to take back now, not after expiry.
         released = await asyncio.to_thread(self.repo.release_leases, f"{self.settings.node_id}/")
+        if self.settings.reclaim_dead:
+            released += await asyncio.to_thread(self._release_dead)
         if released:
             log.info("reclaimed %d sync events leased before a restart", released)
         loops = [
@@ -363,6 +370,14 @@ class SyncWorkers:
                 await rt.close()
             self._runtimes.clear()
             self.waker.unbind()
+
+    def _release_dead(self) -> int:
+        host = socket.gethostname()
+        released = 0
+        for owner in self.repo.lease_owners(f"{host}/"):
+            if owner_is_dead(owner, host):
+                released += self.repo.release_leases(owner)
+        return released
 
     async def _sleep_or_stop(self, stop: asyncio.Event, seconds: float) -> None:
         await wait_event(stop, seconds)

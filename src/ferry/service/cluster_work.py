@@ -55,10 +55,12 @@ def range_settings(environ: Mapping[str, str] | None = None) -> RangeSettings:
 
 def worker_sync_settings(settings: SyncSettings | None = None) -> SyncSettings:
     """The sync settings of a worker: the environment's, running no whole reconciliation (the server splits
-    them into units), under a node id of this process alone: several workers of one host must not take back
-    each other's event leases when one of them starts."""
+    them into units), under a node id of this process alone (`host/pid`): several workers of one host must not
+    take back each other's event leases when one of them starts, but one started after a crash takes back
+    those of the dead processes of its host at once."""
     base = settings or SyncSettings.from_env()
-    return dataclasses.replace(base, reconcile_here=False, node_id=f"{base.node_id}/worker-{os.getpid()}")
+    return dataclasses.replace(base, reconcile_here=False, reclaim_dead=True,
+                               node_id=f"{base.node_id}/{os.getpid()}")
 
 
 def install_worker(engine: Engine, box: SecretBox, data_dir: Path, *, sync: SyncSettings | None = None,
