@@ -22,6 +22,7 @@ from ferry.db.notify import Listener, Notifier
 from ferry.db.unit_repo import UnitRepo
 from ferry.errors import UsageError
 from ferry.runner import worker_services
+from ferry.runner.distributed import DispatchSettings
 from ferry.runner.groups import SPLIT_KIND, GroupRunner, GroupRunnerSettings, split_handler
 from ferry.runner.sync import SyncBackground, SyncSettings, SyncWorkers
 from ferry.runner.sync_units import RECONCILE_KIND, RangeSettings, ReconcileDispatcher, reconcile_handler
@@ -95,6 +96,8 @@ def server_runners(engine: Engine, box: SecretBox, group_ctx: GroupContext, *,
                    ranges: RangeSettings | None = None) -> tuple[GroupRunner, ReconcileDispatcher]:
     """What `ferry serve` runs for groups and sync tasks in distributed mode (not started)."""
     groups = GroupRunner(runner_ports(group_ctx), units=UnitRepo(engine), wake_units=wake_units)
+    # The coordinator's tick (FERRY_DISPATCH_TICK) is also how soon a finished reconciliation is recorded.
     dispatcher = ReconcileDispatcher(engine, partial(open_task_backends, box), sync or SyncSettings.from_env(),
-                                     ranges or range_settings(), wake_units=wake_units)
+                                     ranges or range_settings(), wake_units=wake_units,
+                                     poll_seconds=DispatchSettings.from_env().tick)
     return groups, dispatcher
