@@ -315,3 +315,35 @@ async def test_a_restarted_worker_takes_back_the_event_leases_of_dead_processes_
     async with running(engine, lambda _row: (src, dst), replace(worker, reclaim_dead=True)):
         await _until(lambda: repo.pending_count(task_id) == 1, 10)
     assert await _exists(dst, "dead-held") and not await _exists(dst, "live-held")
+
+
+async def test_with_deletes_propagated_a_reconciliation_stays_one_range_under_the_cap(
+        engine: Engine, box: SecretBox, tmp_path: Path) -> None:
+    repo = SyncRepo(engine)
+    src, dst = _stores()
+    for key in KEYS[:30]:
+        await _put(src, key, b"d")
+    for key in ("gone-1", "gone-2"):
+        await _put(dst, key, b"old")
+    task_id = _task(repo, reconciled=False)
+    deletes = replace(FAST, propagate_deletes=True, delete_cap=5)
+    dispatcher = ReconcileDispatcher(engine, lambda _row: (src, dst), replace(deletes, node_id="server"),
+                                     RangeSettings(units=4, unordered_units=4))
+    await dispatcher.tick()
+    units = UnitRepo(engine)
+    run = units.last_run(OWNER_KIND, task_id)
+    assert run is not None
+    [unit] = units.of_owner(OWNER_KIND, task_id, run)
+    assert (unit.start_after, unit.end_key) == (None, None)
+    worker = SyncBackground(SyncWorkers(engine, lambda _row: (src, dst),
+                                        replace(deletes, reconcile_here=False, node_id="w")))
+    worker.start()
+    try:
+        assert await _run_units(engine, box, tmp_path, task_id, [worker]) == {DONE: 1}
+    finally:
+        worker.stop(10)
+    await dispatcher.tick()
+    assert not await _exists(dst, "gone-1") and not await _exists(dst, "gone-2")
+    assert all([await _exists(dst, key) for key in KEYS[:30]])
+    row = repo.get_task(task_id)
+    assert row is not None and row.reconciled_at is not None and row.last_error is None
