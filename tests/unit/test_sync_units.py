@@ -4,6 +4,7 @@ same copies, statistics, failures and reconciled time as one embedded reconcilia
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import socket
 import subprocess
@@ -89,6 +90,15 @@ async def test_the_skip_scan_stays_within_its_probes() -> None:
     spans = await plan_ranges(Counting(src), RangeSettings(units=8, probes=10))
     assert calls <= 10
     _covered_once(spans, KEYS)
+    # A small bucket whose keys run out (a key that is another's prefix, too) is probed briefly, not to the budget.
+    small = MemoryBackend(bucket="small")
+    few = ["z", "z/a", "z/b", "zz"]
+    for key in few:
+        await _put(small, key, b"x")
+    calls = 0
+    spans = await plan_ranges(Counting(small), RangeSettings(units=8, probes=256))
+    assert calls <= 20, calls
+    _covered_once(spans, few)
 
 
 @pytest.fixture
@@ -347,3 +357,17 @@ async def test_with_deletes_propagated_a_reconciliation_stays_one_range_under_th
     assert all([await _exists(dst, key) for key in KEYS[:30]])
     row = repo.get_task(task_id)
     assert row is not None and row.reconciled_at is not None and row.last_error is None
+
+
+async def test_ranges_of_hashed_and_dated_keys_are_balanced() -> None:
+    """Keys that differ from their first character (hashes) and keys that share a long prefix (dated paths):
+    eight ranges of about the same size either way."""
+    hashed = [hashlib.md5(str(i).encode()).hexdigest() for i in range(2000)]
+    dated = [f"data/2024/{m:02d}/{d:02d}/part-{i:03d}" for m in range(1, 13) for d in range(1, 29) for i in range(6)]
+    for keys in (hashed, dated):
+        src = MemoryBackend(bucket="b")
+        for key in keys:
+            await _put(src, key, b"x")
+        spans = await plan_ranges(src, RangeSettings(units=8))
+        counts = _covered_once(spans, keys)
+        assert len(spans) >= 6 and max(counts) <= 1.6 * len(keys) / len(spans), counts

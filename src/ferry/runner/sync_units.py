@@ -93,10 +93,10 @@ async def _first(src: Backend, prefix: str, after: str | None) -> str | None:
     return None
 
 
-async def _children(src: Backend, prefix: str, budget: list[int]) -> list[str] | None:
-    """The distinct one-character-longer prefixes of the keys under `prefix` (a key equal to `prefix` counts as
-    its own), one probe each; None when the probe budget ran out first."""
-    found: list[str] = []
+async def _children(src: Backend, prefix: str, budget: list[int]) -> list[tuple[str, bool]] | None:
+    """The distinct one-character-longer prefixes of the keys under `prefix`, one probe each, each with whether
+    it can be expanded further (a key equal to `prefix` is a leaf); None when the probe budget ran out first."""
+    found: list[tuple[str, bool]] = []
     after: str | None = None
     while True:
         if budget[0] <= 0:
@@ -106,35 +106,45 @@ async def _children(src: Backend, prefix: str, budget: list[int]) -> list[str] |
         if key is None:
             return found
         child = key[:len(prefix) + 1]
-        found.append(child)
-        after = child if len(child) == len(prefix) else child + _TOP
+        leaf = len(child) == len(prefix)
+        found.append((child, not leaf))
+        after = child if leaf else child + _TOP
 
 
 async def _probe_bounds(src: Backend, units: int, probes: int) -> list[str]:
     """Skip-scan a byte-ordered source: expand key prefixes a character at a time, widest level first, until
     there are about four branches per unit (or the probes run out); then every unit gets as many branches."""
     budget = [probes]
-    branches = [""]
+    branches: list[tuple[str, bool]] = [("", True)]
     while len(branches) < units * 4:
-        wider: list[str] = []
+        wider: list[tuple[str, bool]] = []
         grew = False
-        for i, prefix in enumerate(branches):
+        for i, (prefix, expandable) in enumerate(branches):
+            if not expandable:
+                wider.append((prefix, False))
+                continue
             kids = await _children(src, prefix, budget)
+            # A run of single children (a long common prefix, `logs/2024/`) is gone down at once, so that every
+            # level widens each branch, however deep its keys start to differ.
+            while kids is not None and len(kids) == 1 and kids[0][1]:
+                kids = await _children(src, kids[0][0], budget)
             if kids is None:
-                wider.extend(branches[i:])  # out of probes: keep the rest as they are
+                # Out of probes mid-level: a half-widened level weighs its unwidened branches wrong, so the last
+                # whole level stands, unless it is too narrow to give every unit a branch.
+                if len(branches) >= units:
+                    wider = branches
+                else:
+                    wider.extend(branches[i:])
                 break
-            if not kids:
-                continue  # a prefix with nothing under it any more
-            grew = grew or len(kids) > 1 or kids[0] != prefix
+            # More branches, or one longer common prefix to go down: either is progress.
+            grew = grew or len(kids) > 1 or any(more for _, more in kids)
             wider.extend(kids)
-        if not grew or wider == branches:
-            branches = wider
-            break
         branches = sorted(set(wider))
-        if budget[0] <= 0:
+        if not grew or budget[0] <= 0:
             break
-    per = max(1, -(-len(branches) // units))
-    groups = [branches[i:i + per] for i in range(0, len(branches), per)]
+    names = [prefix for prefix, _ in branches]
+    per = max(1, -(-len(names) // units))
+    groups = [names[i:i + per] for i in range(0, len(names), per)]
     # Each range ends after its last branch's keys; the last range is open.
     return sorted({g[-1] + _TOP for g in groups[:-1]})
 
