@@ -14,6 +14,10 @@ position in its listing: the last key for stores that list in byte order, else t
 taken (such stores list in a stable order, e.g. SeaweedFS's directory order). A LIST group is split the same
 way over the lines of its list file (URL_LIST groups too, into url_list tasks), with the byte offset after the
 last line taken as the checkpoint.
+
+In distributed mode the server's runner only hands each due split to the workers as a `group_split` work unit
+and settles statuses; a worker runs the unit (`split_handler`) under the group's lease as above, so a split
+whose worker dies goes on from the same checkpoint on another.
 """
 
 from __future__ import annotations

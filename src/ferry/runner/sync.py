@@ -26,6 +26,10 @@ it as STOPPED with `error_reason`, and starting it again with working keys resum
 those that failed meanwhile, are retried). A failure only one object meets leaves the task running.
 
 The runner never sees credentials: it is handed an opener that turns a task row into its two backends.
+
+In distributed mode every `ferry worker` runs these workers for the events alone (`reconcile_here` off): the
+server cuts each reconciliation into key ranges (`ferry.runner.sync_units`), which a worker runs on this same
+loop with `reconcile_range`, so outcomes, statistics and failed lists are recorded as here.
 """
 
 from __future__ import annotations
