@@ -103,7 +103,8 @@ def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
 
 def run_once(label: str, workers: int, args: argparse.Namespace, src: MeteredSeaweed, dst: MeteredSeaweed,
              db_url: str, work: Path, repeat: int) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "FERRY_DATABASE_URL": db_url,
+    env = {**{k: v for k, v in os.environ.items() if k != "FERRY_BROKER_URL"}, "PYTHONPATH": str(ROOT / "src"),
+           "FERRY_DATABASE_URL": db_url,
            "FERRY_DATA_DIR": str(work / "data"), "FERRY_LOG_LEVEL": "WARNING"}
     if workers:
         env["FERRY_BROKER_URL"] = f"{REDIS}?namespace=bench-{uuid.uuid4().hex[:8]}"

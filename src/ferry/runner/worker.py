@@ -257,7 +257,8 @@ class UnitWorker(LoopThread):
         self.start()
         broker, spec = make_broker(self.broker_url)
         self._actor = unit_actor(broker, spec, self.on_message)
-        worker = dramatiq.Worker(broker, worker_threads=self.settings.threads, worker_timeout=500)
+        # A thread that finished its unit polls for the next message within 0.1 s (Dramatiq backs off to this).
+        worker = dramatiq.Worker(broker, worker_threads=self.settings.threads, worker_timeout=100)
         # One message waiting per thread at most: a unit is long, and a message parked here is one another,
         # idle worker could have run.
         worker.queue_prefetch = self.settings.threads
