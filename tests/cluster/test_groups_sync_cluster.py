@@ -164,6 +164,11 @@ def test_a_sync_task_reconciles_in_ranges_and_takes_events_on_the_workers(cluste
     done = units.of_owner(OWNER_KIND, task_id, run, states=(DONE,))
     assert len(done) == 3 and all(u.kind == RECONCILE_KIND for u in done)
     assert sum(u.listed for u in done) == len(first) and sum(u.objects_done for u in done) == len(first)
+    # SeaweedFS lists by folder: the root's own objects are one unit, its folders the others, each unit
+    # listing its own part of both buckets.
+    assert sorted(p for u in done for p in u.spec.get("prefixes", [])) == ["a/", "m/", "x/"]
+    assert [u.spec.get("direct") for u in done].count(True) == 1
+    assert all(u.listed == 60 or u.listed == 30 for u in done if not u.spec.get("direct"))
     for key, body in first.items():
         assert _body(cluster.dst, dst, key) == body, key
 

@@ -271,6 +271,7 @@ class _GiveUp(Exception):
 
 
 KeyRange = tuple[str | None, str | None]  # keys after the first and up to the second; None = open
+Lister = Callable[[Backend], AsyncIterator[ObjectInfo]]  # the part of a bucket one reconciliation unit compares
 
 
 @dataclass(slots=True)
@@ -771,11 +772,12 @@ class SyncWorkers:
                          time.monotonic() - started, copied, failed, deleted, f" ({error})" if error else "")
 
     async def reconcile_range(self, task_id: str, generation: int, span: KeyRange,
-                              progress: RangeProgress | None = None) -> str | None:
+                              progress: RangeProgress | None = None, lister: Lister | None = None) -> str | None:
         """Reconcile one range of `task_id` (distributed mode): what differs is copied, and its outcomes are
         recorded in the statistics as a whole reconciliation records them. None, or why it failed. The server
-        that split the reconciliation records its end once every range is done. Must run on this object's loop
-        (see SyncBackground.submit) while `run` runs."""
+        that split the reconciliation records its end once every range is done. `lister`, when given, lists
+        the part of each bucket to compare instead of `span` (some folders, say). Must run on this object's
+        loop (see SyncBackground.submit) while `run` runs."""
         await self._refresh_tasks()
         row = self._rows.get(task_id)
         if row is None or row.generation != generation:
@@ -788,7 +790,7 @@ class SyncWorkers:
                 if rt is None:
                     return f"the task's stores could not be opened: {self._open_errors.get(task_id, 'unknown error')}"
                 try:
-                    copied, failed, orphans = await self._reconcile_copies(rt, span, progress)
+                    copied, failed, orphans = await self._reconcile_copies(rt, span, progress, lister)
                     if orphans is not None:
                         deleted, error = await self._reconcile_deletes(rt, orphans)
                 except FatalError:
@@ -815,6 +817,7 @@ class SyncWorkers:
 
     async def _reconcile_copies(
         self, rt: _Runtime, span: KeyRange = (None, None), progress: RangeProgress | None = None,
+        lister: Lister | None = None,
     ) -> tuple[int, int, list[str] | None]:
         """Copy what differs; with deletes propagated, the same pass also collects the destination keys that have
         no source (up to one past the cap: enough to know there are too many). Returns copied, failed, those keys
@@ -823,8 +826,9 @@ class SyncWorkers:
         propagate, cap = self.settings.propagate_deletes, self.settings.delete_cap
         own_list = failed_lists.sync_list_key(rt.row.id)
         orphans: list[str] | None = [] if propagate else None
+        side: Lister = lister or (lambda backend: _in_range(backend, span))
         planner = Planner(
-            _in_range(rt.src, span), rt.src.capabilities.list_order, _in_range(rt.dst, span),
+            side(rt.src), rt.src.capabilities.list_order, side(rt.dst),
             rt.dst.capabilities.list_order, overwrite_mode=rt.overwrite,
             max_key_bytes=rt.dst.capabilities.max_key_bytes,
         )

@@ -10,10 +10,13 @@ recorded exactly as embedded. Once no unit of the run is open, the dispatcher re
 
 Range boundaries only balance the work: the ranges are contiguous, so every key falls in exactly one whatever
 the boundaries. A byte-ordered source is probed, not listed: a skip-scan walks the first characters of its
-keys (one short listing per branch found) until there are a few branches per unit. Any other source gives a
-sample (its first `sample` keys), whose quantiles are the boundaries; such a source is listed whole by each
-unit and filtered, so there the units spread the copying, not the listing, and it is one unit unless the
-operator asks for more (`RangeSettings`). With deletes propagated a reconciliation stays one unit: the delete
+keys (one short listing per branch found) until there are a few branches per unit. Any other source (an
+endpoint override, say) is cut by its top-level folders when both stores list by folder (the S3 family):
+groups of folders, each unit listing its own, and one unit for the objects at the root. Failing that, a
+sample (its first `sample` keys) gives quantiles as boundaries; such ranges list both buckets whole and
+filter, so there the units spread the copying, not the listing, and it is one unit unless the operator asks
+for more (`RangeSettings`). A folder made after the cut waits for the next reconciliation (its events are
+copied meanwhile). With deletes propagated a reconciliation stays one unit: the delete
 cap is for the whole bucket.
 
 A server that restarts mid-reconciliation adopts the open units of the task's last run (same generation)
@@ -27,8 +30,9 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Final
 
 from sqlalchemy import Engine
@@ -36,8 +40,10 @@ from sqlalchemy import Engine
 from ferry.aio import wait_event
 from ferry.db.sync_repo import SyncRepo, SyncTaskRow
 from ferry.db.unit_repo import FAILED, UnitDraft, UnitRepo, UnitRow
+from ferry.objects import ObjectInfo
 from ferry.runner.loop_thread import LoopThread
-from ferry.runner.sync import BackendOpener, KeyRange, RangeProgress, SyncBackground, SyncSettings
+from ferry.runner.sync import BackendOpener, KeyRange, Lister, RangeProgress, SyncBackground, SyncSettings
+from ferry.runner.task_units import _direct_objects, _folder_lister, _sub_folders
 from ferry.runner.units import Handler, UnitContext, UnitFailed
 from ferry.storage.base import Backend, ListOrder, listing
 from ferry.storage.wrappers import RetryingBackend
@@ -79,6 +85,65 @@ async def plan_ranges(src: Backend, settings: RangeSettings) -> list[KeyRange]:
     else:
         bounds = await _sample_bounds(src, units, settings.sample)
     return _spans(bounds)
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """What one reconciliation unit compares: a key range, or some top-level folders (`prefixes`), or the
+    objects directly at the bucket's root (`direct`)."""
+
+    span: KeyRange = (None, None)
+    prefixes: tuple[str, ...] = ()
+    direct: bool = False
+
+    def spec(self) -> dict[str, object]:
+        if self.direct:
+            return {"direct": True}
+        return {"prefixes": list(self.prefixes)} if self.prefixes else {}
+
+
+async def plan_parts(src: Backend, dst: Backend, settings: RangeSettings) -> list[Part]:
+    """The parts of one reconciliation. A byte-ordered source: key ranges (`plan_ranges`). Any other whose
+    stores both list by folder (a delimiter listing, the S3 family): its top-level folders, in up to
+    `units - 1` groups, and the root's own objects, so that no unit lists more than its part; else sampled
+    key ranges, each listing both buckets whole (`unordered_units`)."""
+    if src.capabilities.list_order is not ListOrder.LEXICOGRAPHIC and settings.units > 1:
+        src_lister, dst_lister = _folder_lister(src), _folder_lister(dst)
+        if src_lister is not None and dst_lister is not None:
+            folders = await _sub_folders(src_lister, "")
+            if folders:
+                groups = max(1, min(settings.units - 1, len(folders)))
+                per = -(-len(folders) // groups)
+                return [Part(direct=True)] + [Part(prefixes=tuple(folders[i:i + per]))
+                                              for i in range(0, len(folders), per)]
+    return [Part(span) for span in await plan_ranges(src, settings)]
+
+
+def part_lister(spec: dict[str, object]) -> Lister | None:
+    """How a unit of `spec` lists each bucket: its folders, or the root's own objects; None for a key range."""
+    if spec.get("direct"):
+        return _root_objects
+    prefixes = spec.get("prefixes")
+    if isinstance(prefixes, list) and prefixes:
+        return partial(_in_folders, tuple(str(p) for p in prefixes))
+    return None
+
+
+async def _in_folders(prefixes: tuple[str, ...], backend: Backend) -> AsyncIterator[ObjectInfo]:
+    for prefix in prefixes:  # sorted, so a byte-ordered listing stays in order
+        async for info in listing(backend, prefix):
+            yield info
+
+
+async def _root_objects(backend: Backend) -> AsyncIterator[ObjectInfo]:
+    lister = _folder_lister(backend)
+    if lister is None:  # the planner found a folder listing; a store without one is read whole and filtered
+        async for info in listing(backend):
+            if "/" not in info.key:
+                yield info
+        return
+    async for info in _direct_objects(lister, "", None):
+        yield info
 
 
 def _spans(bounds: list[str]) -> list[KeyRange]:
@@ -256,32 +321,33 @@ class ReconcileDispatcher(LoopThread):
                 self._runs[row.id] = _Run(last, row.generation, total, time.monotonic())
                 log.info("sync %s: reconciliation %d goes on (%d ranges open)", row.id, last, len(open_units))
                 return
-        spans = await self._plan(row)
+        parts = await self._plan(row)
         run = (last or 0) + 1
         # Units of an earlier run (this server restarted mid-way) are not worked on any more.
         await asyncio.to_thread(self.units.cancel, OWNER_KIND, row.id)
-        drafts = [UnitDraft(RECONCILE_KIND, a, b, {"generation": row.generation}) for a, b in spans]
+        drafts = [UnitDraft(RECONCILE_KIND, p.span[0], p.span[1], {"generation": row.generation, **p.spec()})
+                  for p in parts]
         await asyncio.to_thread(self.units.add, OWNER_KIND, row.id, run, drafts)
         self._runs[row.id] = _Run(run, row.generation, len(drafts), time.monotonic())
         log.info("sync %s: reconciliation %d handed to the workers in %d ranges", row.id, run, len(drafts))
         self.wake_units()
 
-    async def _plan(self, row: SyncTaskRow) -> list[KeyRange]:
+    async def _plan(self, row: SyncTaskRow) -> list[Part]:
         if self.settings.propagate_deletes:
-            return [(None, None)]
+            return [Part()]
         try:
             src, dst = self.opener(row)
         except Exception as exc:
             # The workers meet the same failure and report it (and stop the task if it fails as a whole).
             log.warning("sync %s: cannot open the source to split its reconciliation: %s", row.id,
                         type(exc).__name__)
-            return [(None, None)]
+            return [Part()]
         source = RetryingBackend(src, attempts=3, base_delay=0.1, max_delay=2.0)
         try:
-            return await plan_ranges(source, self.ranges)
+            return await plan_parts(source, dst, self.ranges)
         except Exception as exc:
             log.warning("sync %s: splitting the reconciliation failed (%s): one range", row.id, type(exc).__name__)
-            return [(None, None)]
+            return [Part()]
         finally:
             for backend in (source, dst):
                 with contextlib.suppress(Exception):
@@ -300,7 +366,7 @@ def reconcile_handler(background: SyncBackground, beat_seconds: float = 1.0) -> 
         progress = RangeProgress()
         span = (unit.start_after, unit.end_key)
         work = background.workers.reconcile_range(unit.owner_id, int(unit.spec.get("generation", 0)), span,
-                                                  progress)
+                                                  progress, part_lister(unit.spec))
         future = background.submit(work)
         result: asyncio.Future[str | None] = asyncio.wrap_future(future)
         stopped: asyncio.Future[object] = asyncio.ensure_future(ctx.stop.wait())
