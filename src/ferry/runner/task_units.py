@@ -390,7 +390,23 @@ async def range_unit(unit: UnitRow, ctx: UnitContext) -> None:
 # -- keys units ---------------------------------------------------------------------------------------------------
 
 
-class PlannedTransfer(Transfer):
+class SharedTransfer(Transfer):
+    """A Transfer whose objects in flight count against the worker process's `slots`, shared by every unit it
+    runs: a unit running alone (the last of a task, say) moves as many objects at once as two running side by
+    side, not half as many."""
+
+    def __init__(self, *args: Any, slots: asyncio.Semaphore | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.slots = slots
+
+    async def _handle(self, action: Action) -> ObjectResult:
+        if self.slots is None:
+            return await super()._handle(action)
+        async with self.slots:
+            return await super()._handle(action)
+
+
+class PlannedTransfer(SharedTransfer):
     """A Transfer over actions planned already (by a range unit) instead of over two listings."""
 
     def __init__(self, *args: Any, actions: list[Copy | Skip], **kwargs: Any) -> None:
@@ -428,6 +444,7 @@ async def keys_unit(unit: UnitRow, ctx: UnitContext) -> None:
     settings = RunnerSettings(concurrency=int(ctx.settings.get("concurrency", 64)),
                               memory_limit=int(ctx.settings.get("memory_limit", 128 << 20)))
     opts = transfer_options(row, settings)
+    slots: asyncio.Semaphore | None = ctx.settings.get("slots")
     counters = Counters()
     entries = unit.spec.get("objects")
     after = unit.watermark or unit.start_after
@@ -438,13 +455,14 @@ async def keys_unit(unit: UnitRow, ctx: UnitContext) -> None:
                 actions = sorted((decode_action(e) for e in entries), key=lambda a: a.src.key)
                 repo = ScopedJobRepo(ctx.engine, unit.id, ctx.owner, keys=[a.src.key for a in actions])
                 transfer: Transfer = PlannedTransfer(src_store, dst_store, repo, job_id, opts, counters,
-                                                     actions=actions)
+                                                     actions=actions, slots=slots)
             else:
                 keys = [str(k) for k in unit.spec["keys"]]
                 items = normalise((), keys)
                 repo = ScopedJobRepo(ctx.engine, unit.id, ctx.owner, keys=keys)
                 source = SelectedBackend(src_store, items)
-                transfer = Transfer(source, SelectedBackend(dst_store, items), repo, job_id, opts, counters)
+                transfer = SharedTransfer(source, SelectedBackend(dst_store, items), repo, job_id, opts, counters,
+                                          slots=slots)
             run = asyncio.create_task(transfer.run(after, Tally(0, 0, 0, 0, 0, 0, 0, 0)))
             stop = asyncio.create_task(ctx.stop.wait())
             try:
