@@ -119,6 +119,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8780, help="port to listen on (default 8780)")
     s.add_argument("--max-tasks", type=int, default=5, metavar="N", help="tasks running at once (default 5)")
 
+    w = sub.add_parser("worker", help="run a distributed-mode worker: takes work units from FERRY_BROKER_URL and "
+                                      "runs them against FERRY_DATABASE_URL (PostgreSQL), until SIGTERM")
+    w.add_argument("--threads", type=int, default=4, metavar="N", help="units run at once (default 4)")
+    w.add_argument("--concurrency", type=int, default=64, metavar="N",
+                   help="objects in flight in this worker, shared by its units (default 64)")
+    w.add_argument("--unit-keys", type=int, default=1000, metavar="N",
+                   help="objects per copy unit handed out by a listing unit (default 1000)")
+    w.add_argument("--lease-ttl", type=float, default=30.0, metavar="SECONDS",
+                   help="a unit whose worker is silent this long is given to another (default 30)")
+    w.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="on SIGTERM, how long running units may finish before they are handed back (default 30)")
+
+    ws = sub.add_parser("workers", help="the cluster's workers and servers (distributed mode): host, pid, units "
+                                        "in flight, last heartbeat",
+                        description="The workers and dispatching servers registered in the FERRY_DATABASE_URL "
+                                    "database, with the units queued and running. The same as GET "
+                                    "/v2/{project_id}/workers.")
+    ws.add_argument("--json", action="store_true", help="one JSON document on stdout instead of a table")
+
     c = sub.add_parser("credentials", help="API access keys (AK/SK) of projects")
     csub = c.add_subparsers(dest="action", required=True, parser_class=_Parser)
     cc = csub.add_parser("create", help="create an AK/SK pair; prints one JSON line (the only time the SK shows)")
@@ -378,8 +397,99 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger().setLevel(logging.INFO)
     base = data_dir()
     poll = env_number(os.environ, "FERRY_RESTORE_POLL_SECONDS", RunnerSettings.restore_poll_seconds)
+    _check_distributed(base)
     return serve(base, database_url(), args.host, args.port,
                  RunnerSettings(max_tasks=args.max_tasks, restore_poll_seconds=poll))
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from ferry.db.database import open_database
+    from ferry.runner.broker import broker_url
+    from ferry.runner.worker import WorkerSettings, run_worker
+    from ferry.secrets import SecretBox
+    from ferry.service.cluster_work import install_worker
+    from ferry.settings import data_dir, database_url
+
+    url = broker_url()
+    if url is None:
+        raise UsageError("ferry worker needs FERRY_BROKER_URL (redis://... or amqp://...)")
+    db = database_url()
+    if db.startswith("sqlite"):
+        raise UsageError("ferry worker needs FERRY_DATABASE_URL pointing at the cluster's PostgreSQL database")
+    if not 1 <= args.threads <= 256:
+        raise UsageError("--threads must be between 1 and 256")
+    if not 1 <= args.concurrency <= 1024:
+        raise UsageError("--concurrency must be between 1 and 1024")
+    if not os.environ.get("FERRY_LOG_LEVEL"):
+        logging.getLogger().setLevel(logging.INFO)
+    base = data_dir()
+    _check_distributed(base)
+    scratch = base / "worker"
+    scratch.mkdir(mode=0o700, exist_ok=True)
+    if not 1 <= args.unit_keys <= 100_000:
+        raise UsageError("--unit-keys must be between 1 and 100000")
+    if not 1.0 <= args.lease_ttl <= 3600:
+        raise UsageError("--lease-ttl must be between 1 and 3600 seconds")
+    settings = WorkerSettings(threads=args.threads, concurrency=args.concurrency, lease_ttl=args.lease_ttl,
+                              heartbeat=min(3.0, args.lease_ttl / 3), drain_timeout=max(args.drain_timeout, 0.0),
+                              extra={"unit_keys": args.unit_keys})
+    engine, box = open_database(db), SecretBox.load(base)
+    # Group splits, reconciliation ranges and the sync event loop need the services' wiring (endpoints, task
+    # creation, credentials), which the runner layer cannot import.
+    install_worker(engine, box, base)
+    return run_worker(engine, box, url, scratch, settings)
+
+
+def _check_distributed(base: Path) -> None:
+    """In distributed mode (FERRY_BROKER_URL), say in one line and stop when the database or broker cannot be
+    reached (after FERRY_STARTUP_PATIENCE seconds of trying), the database is SQLite, or the master key is not
+    the cluster's."""
+    from ferry.secrets import SecretBox
+    from ferry.service.cluster_checks import wait_distributed
+    from ferry.settings import broker_url, database_url, startup_patience
+
+    broker = broker_url()
+    if broker is None:
+        return
+    wait_distributed(database_url(), broker, SecretBox.load(base), startup_patience(),
+                     lambda line: print(f"ferry: {line}", file=sys.stderr, flush=True))
+
+
+def _workers(args: argparse.Namespace) -> int:
+    from ferry.db.database import open_database
+    from ferry.service.cluster import cluster_status
+    from ferry.settings import database_url
+
+    engine = open_database(database_url())
+    try:
+        view = cluster_status(engine)
+    finally:
+        engine.dispose()
+    if args.json:
+        print(json.dumps({
+            "workers": [{"id": w.id, "role": w.role, "host": w.host, "pid": w.pid, "state": w.state,
+                         "alive": w.alive, "units_in_flight": w.units_in_flight, "units_done": w.units_done,
+                         "start_time": int(w.started_at * 1000), "heartbeat_time": int(w.heartbeat_at * 1000),
+                         "heartbeat_age": w.heartbeat_age, "version": w.version} for w in view.workers],
+            "count": len(view.workers), "queued_units": view.queued_units, "running_units": view.running_units}))
+        return EXIT_OK
+    head = ("ROLE", "HOST", "PID", "STATE", "IN FLIGHT", "DONE", "HEARTBEAT", "UP", "VERSION")
+    rows = [(w.role, w.host, str(w.pid), w.state if w.alive else f"{w.state} (silent)", str(w.units_in_flight),
+             str(w.units_done), f"{w.heartbeat_age:.0f}s ago", _duration(w.heartbeat_at - w.started_at), w.version)
+            for w in view.workers]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    for r in [head, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(r, widths, strict=True)).rstrip())
+    alive = sum(w.alive for w in view.workers if w.role == "worker")
+    print(f"{alive} worker(s) alive; units: {view.queued_units} queued, {view.running_units} running")
+    return EXIT_OK
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def _tenancy(args: argparse.Namespace) -> int:
@@ -495,8 +605,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _sandbox(args)
         if args.command == "serve":
             return _serve(args)
+        if args.command == "worker":
+            return _worker(args)
         if args.command in ("credentials", "tokens"):
             return _tenancy(args)
+        if args.command == "workers":
+            return _workers(args)
         parser.error(f"unknown command {args.command}")
     except UsageError as exc:
         print(f"ferry: error: {_redact(exc.message, args)}", file=sys.stderr)

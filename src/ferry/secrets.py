@@ -227,6 +227,10 @@ class SecretBox:
     def derive_key(self, purpose: str) -> bytes:
         """A 32-byte key for `purpose` (HKDF-expand with SHA-256 over a root extracted from the master key)."""
         return hmac.new(self._derive_root, purpose.encode("utf-8") + b"\x01", hashlib.sha256).digest()
+    def fingerprint(self) -> str:
+        """An HMAC of a fixed label under the key (hex): equal for equal keys, and says nothing of the key. The
+        processes of one cluster compare it (cluster_settings) so a worker with another key refuses to start."""
+        return self.derive_key("master-key-fingerprint").hex()  # a purpose no key is derived for
 
     def encrypt(self, plaintext: str | Secret) -> str:
         nonce = os.urandom(_NONCE_BYTES)

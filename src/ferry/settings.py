@@ -52,6 +52,18 @@ def database_url(state_dir: Path | None = None) -> str:
     return f"sqlite:///{base / 'ferry.db'}"
 
 
+def broker_url() -> str | None:
+    """`FERRY_BROKER_URL` (redis://... or amqp://...): set, Ferry runs distributed (PostgreSQL, workers); unset,
+    everything runs in the one process."""
+    return os.environ.get("FERRY_BROKER_URL", "").strip() or None
+
+
+def startup_patience() -> float:
+    """How long a server or worker in distributed mode waits for its database and broker to be reachable at
+    start-up (they may be starting alongside) before it exits: FERRY_STARTUP_PATIENCE seconds."""
+    return _number("FERRY_STARTUP_PATIENCE", 60.0, 0.0, 86400.0)
+
+
 def public_url() -> str | None:
     """`FERRY_PUBLIC_URL`: the address clients reach the API at (behind a proxy), for links the API hands out;
     None when unset, and links then name the address the connection came in on, never the Host header."""

@@ -41,7 +41,7 @@ def fuzz_target() -> Iterator[LiveServer]:
         stop(running)
 
 
-# Per operation, id choice and mode; the schema fuzz over all 39 operations then takes about 20 s on a 2-core
+# Per operation, id choice and mode; the schema fuzz over all 40 operations then takes about 20 s on a 2-core
 # machine. FERRY_FUZZ_EXAMPLES=200 for a deeper run by hand.
 EXAMPLES = int(os.environ.get("FERRY_FUZZ_EXAMPLES", "6"))
 
@@ -173,8 +173,9 @@ def test_every_operation_fuzz(service_target: Target, mode: GenerationMode) -> N
     schema = schemathesis.openapi.from_dict(served.json(), config=SchemathesisConfig())
     operations = [r.ok() for r in schema.get_all_operations()]
     documented = {(m.upper(), p) for p, ops in served.json()["paths"].items() for m in ops}
-    # OMS's 35 operations, Ferry's 4 (failed objects, notification token, notifications, unsigned notifications).
-    assert {(o.method.upper(), o.path) for o in operations} == documented and len(documented) == 39
+    # OMS's 35 operations, Ferry's 5 (failed objects, notification token, notifications, unsigned notifications,
+    # the cluster's workers).
+    assert {(o.method.upper(), o.path) for o in operations} == documented and len(documented) == 40
     called: Counter[str] = Counter()
 
     def fuzz(operation: Any, pinned: dict[str, Any] | None) -> None:

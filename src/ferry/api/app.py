@@ -12,7 +12,7 @@ from starlette.routing import BaseRoute
 from ferry.api.auth import VERIFIER_STATE, RequestVerifier, require_principal
 from ferry.api.deps import SERVICES_STATE, ApiServices
 from ferry.api.errors import RequestContextMiddleware, install_error_handlers
-from ferry.api.routes import buckets, helpers, metrics, misc, sync_tasks, taskgroups, tasks, versions
+from ferry.api.routes import buckets, cluster, helpers, metrics, misc, sync_tasks, taskgroups, tasks, versions
 from ferry.oms import oms_error_for_validation
 
 PROJECT_PREFIX: Final = "/v2/{project_id}"
@@ -24,6 +24,7 @@ OPENAPI_URL: Final = "/openapi.json"
 # service callables to ApiServices. Until then those operations answer 404 APIGW.0101.
 PROJECT_ROUTERS: Final[tuple[APIRouter, ...]] = (
     helpers.router, misc.router, buckets.router, sync_tasks.router, tasks.router, taskgroups.router,
+    cluster.router,
 )
 PENDING_ROUTE_MODULES: Final[tuple[str, ...]] = ()
 

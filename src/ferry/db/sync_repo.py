@@ -632,6 +632,13 @@ class SyncRepo:
             )
             return int(res.rowcount)
 
+    def lease_owners(self, owner_prefix: str) -> list[str]:
+        """The owners named `owner_prefix…` that hold event leases now."""
+        with self.engine.connect() as conn:
+            return [r[0] for r in conn.execute(
+                select(sync_events.c.lease_owner).distinct()
+                .where(sync_events.c.lease_owner.startswith(owner_prefix, autoescape=True)))]
+
     def claim(self, owner: str, now: float, lease_seconds: float, limit: int) -> list[ClaimedEvent]:
         """Lease up to `limit` due events of SYNCHRONIZING tasks to `owner`, oldest due first."""
         claimed: list[ClaimedEvent] = []
