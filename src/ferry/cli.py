@@ -119,12 +119,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8780, help="port to listen on (default 8780)")
     s.add_argument("--max-tasks", type=int, default=5, metavar="N", help="tasks running at once (default 5)")
 
-    w = sub.add_parser("workers", help="the cluster's workers and servers (distributed mode): host, pid, units in "
+    w = sub.add_parser("worker", help="run a distributed-mode worker: takes work units from FERRY_BROKER_URL and "
+                                      "runs them against FERRY_DATABASE_URL (PostgreSQL), until SIGTERM")
+    w.add_argument("--threads", type=int, default=4, metavar="N", help="units run at once (default 4)")
+    w.add_argument("--concurrency", type=int, default=64, metavar="N",
+                   help="objects in flight per unit (default 64)")
+    w.add_argument("--unit-keys", type=int, default=1000, metavar="N",
+                   help="objects per copy unit handed out by a listing unit (default 1000)")
+    w.add_argument("--lease-ttl", type=float, default=30.0, metavar="SECONDS",
+                   help="a unit whose worker is silent this long is given to another (default 30)")
+    w.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="on SIGTERM, how long running units may finish before they are handed back (default 30)")
+
+    ws = sub.add_parser("workers", help="the cluster's workers and servers (distributed mode): host, pid, units in "
                                        "flight, last heartbeat",
                        description="The workers and dispatching servers registered in the FERRY_DATABASE_URL "
                                    "database, with the units queued and running. The same as GET "
                                    "/v2/{project_id}/workers.")
-    w.add_argument("--json", action="store_true", help="one JSON document on stdout instead of a table")
+    ws.add_argument("--json", action="store_true", help="one JSON document on stdout instead of a table")
 
     c = sub.add_parser("credentials", help="API access keys (AK/SK) of projects")
     csub = c.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -394,9 +406,10 @@ def _check_distributed(base: Path) -> None:
     """In distributed mode (FERRY_BROKER_URL), say in one line and stop when the database or broker cannot be
     reached (after FERRY_STARTUP_PATIENCE seconds of trying), the database is SQLite, or the master key is not
     the cluster's."""
+    from ferry.runner.broker import broker_url
     from ferry.secrets import SecretBox
     from ferry.service.cluster_checks import wait_distributed
-    from ferry.settings import broker_url, database_url, startup_patience
+    from ferry.settings import database_url, startup_patience
 
     broker = broker_url()
     if broker is None:
@@ -440,6 +453,43 @@ def _duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from ferry.db.database import open_database
+    from ferry.runner.broker import broker_url
+    from ferry.runner.worker import WorkerSettings, run_worker
+    from ferry.secrets import SecretBox
+    from ferry.service.cluster_work import install_worker
+    from ferry.settings import data_dir, database_url
+
+    url = broker_url()
+    if url is None:
+        raise UsageError("ferry worker needs FERRY_BROKER_URL (redis://... or amqp://...)")
+    db = database_url()
+    if not 1 <= args.threads <= 256:
+        raise UsageError("--threads must be between 1 and 256")
+    if not 1 <= args.concurrency <= 1024:
+        raise UsageError("--concurrency must be between 1 and 1024")
+    if not os.environ.get("FERRY_LOG_LEVEL"):
+        logging.getLogger().setLevel(logging.INFO)
+    base = data_dir()
+    # SQLite, an unreachable database or broker, another master key: one line, before anything starts.
+    _check_distributed(base)
+    scratch = base / "worker"
+    scratch.mkdir(mode=0o700, exist_ok=True)
+    if not 1 <= args.unit_keys <= 100_000:
+        raise UsageError("--unit-keys must be between 1 and 100000")
+    if not 1.0 <= args.lease_ttl <= 3600:
+        raise UsageError("--lease-ttl must be between 1 and 3600 seconds")
+    settings = WorkerSettings(threads=args.threads, concurrency=args.concurrency, lease_ttl=args.lease_ttl,
+                              heartbeat=min(3.0, args.lease_ttl / 3), drain_timeout=max(args.drain_timeout, 0.0),
+                              extra={"unit_keys": args.unit_keys})
+    engine, box = open_database(db), SecretBox.load(base)
+    # Group splits, reconciliation ranges and the sync event loop need the services' wiring (endpoints, task
+    # creation, credentials), which the runner layer cannot import.
+    install_worker(engine, box, base)
+    return run_worker(engine, box, url, scratch, settings)
 
 
 def _tenancy(args: argparse.Namespace) -> int:
@@ -555,6 +605,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _sandbox(args)
         if args.command == "serve":
             return _serve(args)
+        if args.command == "worker":
+            return _worker(args)
         if args.command in ("credentials", "tokens"):
             return _tenancy(args)
         if args.command == "workers":

@@ -23,11 +23,16 @@ from ferry.api.app import create_app
 from ferry.api.deps import ApiServices
 from ferry.api.http_edge import QuerySecretFilter, protocol_class
 from ferry.db.database import open_database
+from ferry.errors import UsageError
+from ferry.runner.broker import broker_url
+from ferry.runner.distributed import DispatchSettings, DistributedRunner
 from ferry.runner.groups import GroupRunner
 from ferry.runner.migration import LocalRunner, RunnerSettings
 from ferry.runner.sync import SyncBackground
+from ferry.runner.sync_units import ReconcileDispatcher
 from ferry.secrets import KEY_FILE_NAME, SecretBox
 from ferry.service import credentials
+from ferry.service.cluster_work import server_runners
 from ferry.service.credentials import DbCredentialStore
 from ferry.service.endpoints import load_overrides
 from ferry.service.groups import GroupContext, runner_ports
@@ -53,8 +58,9 @@ class Service:
     app: FastAPI
     runner: LocalRunner | None
     # The sync-task workers (event queue and reconciliation; their own process unless FERRY_SYNC_WORKERS=thread),
+    # or in distributed mode the dispatcher of reconciliation ranges to the workers,
     # settings from FERRY_SYNC_* variables.
-    sync: SyncBackground | SyncProcess | None = None
+    sync: SyncBackground | SyncProcess | ReconcileDispatcher | None = None
     # The task-group runner (splits groups into tasks, settles their status).
     groups: GroupRunner | None = None
 
@@ -90,6 +96,18 @@ def _warn_if_database_vanished(data_dir: Path, database_url: str) -> None:
                     "restore the file to keep them.", path, data_dir, KEY_FILE_NAME)
 
 
+def _task_runner(engine: Engine, box: SecretBox, data_dir: Path, settings: RunnerSettings | None) -> LocalRunner:
+    """The embedded runner; with FERRY_BROKER_URL (and a shared database), the coordinator of the workers."""
+    url = broker_url()
+    if url is None:
+        return LocalRunner(engine, box, data_dir, settings, publish_end=publish_end)
+    if engine.dialect.name == "sqlite":
+        raise UsageError("FERRY_BROKER_URL needs FERRY_DATABASE_URL to name the PostgreSQL database the workers "
+                         "share; an SQLite file is this server's alone")
+    return DistributedRunner(engine, box, data_dir, settings, publish_end=publish_end, broker_url=url,
+                             dispatch=DispatchSettings.from_env())
+
+
 def build(
     data_dir: Path,
     database_url: str,
@@ -110,16 +128,28 @@ def build(
     _warn_if_database_vanished(data_dir, database_url)
     engine = open_database(database_url)
     box = SecretBox.load(data_dir)
-    runner = LocalRunner(engine, box, data_dir, runner_settings, publish_end=publish_end) if run_tasks else None
+    runner = _task_runner(engine, box, data_dir, runner_settings) if run_tasks else None
     ctx = TaskContext(engine=engine, box=box, data_dir=data_dir, limits=limits or TaskLimits())
     if runner is not None:
         ctx = dataclasses.replace(ctx, notify=runner.notify)
-    sync_ctx, sync_runtime = (
-        build_sync_runtime(engine, box, database_url, str(data_dir), default_mode=sync_workers)
-        if run_tasks else (SyncContext(engine, box), None)
-    )
     group_ctx = GroupContext(tasks=ctx)
-    group_runner = GroupRunner(runner_ports(group_ctx)) if run_tasks else None
+    sync_runtime: SyncBackground | SyncProcess | ReconcileDispatcher | None
+    group_runner: GroupRunner | None
+    if run_tasks and os.environ.get("FERRY_BROKER_URL", "").strip():
+        # Distributed: workers split groups, run sync events (polling the database: no wake-up to send) and
+        # reconcile ranges; this server hands the splits and reconciliations out and settles group statuses.
+        # Their units are sent by the task coordinator, woken as soon as they are made.
+        wake = runner.wake_units if isinstance(runner, DistributedRunner) else None
+        group_runner, sync_runtime = (server_runners(engine, box, group_ctx, wake_units=wake) if wake is not None
+                                      else server_runners(engine, box, group_ctx))
+        # A task created or started is reconciled at once; its events are found by the workers' next poll.
+        sync_ctx = SyncContext(engine, box, wake=sync_runtime.notify)
+    else:
+        sync_ctx, sync_runtime = (
+            build_sync_runtime(engine, box, database_url, str(data_dir), default_mode=sync_workers)
+            if run_tasks else (SyncContext(engine, box), None)
+        )
+        group_runner = GroupRunner(runner_ports(group_ctx)) if run_tasks else None
     if group_runner is not None:
         group_ctx = dataclasses.replace(group_ctx, notify=group_runner.notify)
     services = ApiServices(

@@ -153,3 +153,17 @@ async def test_the_rate_follows_the_policy_window_in_force(pg_engine: Engine) ->
     started = time.monotonic()
     await limiter.acquire(64 * MIB)
     assert time.monotonic() - started < 0.1
+
+
+async def test_a_limiter_given_the_policy_changes_rate_at_a_window_edge(pg_engine: Engine) -> None:
+    windows = parse_policy([{"start": "08:00", "end": "18:00", "max_bandwidth": MIB}])
+    now = [datetime(2026, 12, 3, 17, 59, 59)]
+    limiter = ClusterBandwidthLimiter(pg_engine, task_budget(10), windows=windows, clock=lambda: now[0])
+    assert limiter.limit == MIB
+    now[0] = datetime(2026, 12, 3, 18, 0, 1)
+    assert limiter.limit == MIB  # looked at again at most once a second
+    await asyncio.sleep(1.05)
+    assert limiter.limit is None  # the window closed: unlimited
+    started = time.monotonic()
+    await limiter.acquire(64 * MIB)
+    assert time.monotonic() - started < 0.1 and limiter.takes == 0

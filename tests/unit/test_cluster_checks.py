@@ -78,6 +78,7 @@ def test_an_unreachable_server_is_one_line_without_its_password(scheme: str) -> 
 def test_the_running_servers_pass(pg_url: str) -> None:
     check_database(pg_url)
     check_broker("redis://127.0.0.1:6379/0")
+    check_broker("redis://127.0.0.1:6379/0?namespace=ferry-test")  # Ferry's own parameter, not the client's
     check_broker("amqp://guest:guest@127.0.0.1:5672/%2F")
 
 

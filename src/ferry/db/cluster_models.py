@@ -33,6 +33,7 @@ work_units = Table(
     Column("heartbeat_at", Float, nullable=True),  # database clock
     Column("watermark", Text, nullable=True),
     Column("listed", BigInteger, nullable=False, default=0),
+    Column("listed_bytes", BigInteger, nullable=False, default=0),  # the bytes of the objects in `listed`
     Column("objects_done", BigInteger, nullable=False, default=0),
     Column("bytes_done", BigInteger, nullable=False, default=0),
     Column("error", Text, nullable=True),

@@ -233,6 +233,24 @@ class GroupRepo:
                     claimed.append(row)
         return claimed
 
+    def take(self, group_id: str, owner: str, ttl: float, statuses: Collection[int]) -> GroupRow | None:
+        """Take one group's lease for `owner` (a worker running its split unit) if the group is in `statuses` and
+        its lease is free, expired, already `owner`'s, or held by a process of this host that died; None if not.
+        Unlike `claim`, a retry time is not waited for: whoever dispatched the split already did."""
+        current = self.get(group_id)
+        if current is None or current.deleted_at is not None or current.status not in statuses:
+            return None
+        db_now = db_epoch(self.engine.dialect.name)
+        seen = current.lease_owner
+        free = or_(g.c.lease_owner.is_(None), g.c.lease_expires < db_now, g.c.lease_owner == owner)
+        if seen is not None and owner_is_dead(seen):
+            free = or_(free, g.c.lease_owner == seen)
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(g).where(g.c.id == group_id, g.c.status.in_(list(statuses)), g.c.deleted_at.is_(None), free)
+                .values(lease_owner=owner, lease_expires=db_now + ttl, updated_at=time.time()))
+        return self.get(group_id) if result.rowcount else None
+
     def heartbeat(self, group_id: str, owner: str, ttl: float, values: Mapping[str, Any]) -> GroupRow | None:
         """Write progress and extend the lease; the fresh row, or None when the lease was lost."""
         now = time.time()

@@ -11,7 +11,7 @@ from ferry.db.records import SIZE_ONLY, JobRow, ObjectResult, PartRow, Tally, Up
 from ferry.db.sqlconn import EngineConn, SqlConn
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
+    from sqlalchemy import Connection, Engine
 
 __all__ = ["JobRepo", "JobRow", "ObjectResult", "PartRow", "Tally", "UploadRow"]
 
@@ -38,6 +38,19 @@ _SAVE_PART = (
     " ON CONFLICT (job_id, key, part_number) DO UPDATE SET etag = excluded.etag, size = excluded.size,"
     " crc64 = excluded.crc64, md5 = excluded.md5"
 )
+
+
+def record_on(conn: Connection, job_id: str, results: Sequence[ObjectResult]) -> None:
+    """Write results on an open SQLAlchemy connection, inside the caller's transaction (distributed mode records
+    a range unit's skips with the units it hands out, in one transaction)."""
+    if not results:
+        return
+    from sqlalchemy import text  # here, not at import: the CLI's job database runs without SQLAlchemy
+
+    now = time.time()
+    conn.execute(text(_RECORD), [
+        {"job_id": job_id, "key": r.key, "status": r.status, "size": r.size, "etag": r.etag, "reason": r.reason,
+         "updated_at": now} for r in results])
 
 
 def _byte_order(db: SqlConn, column: str) -> str:

@@ -158,6 +158,7 @@ CREATE TABLE work_units (
 	heartbeat_at FLOAT, 
 	watermark TEXT, 
 	listed BIGINT NOT NULL, 
+	listed_bytes BIGINT NOT NULL, 
 	objects_done BIGINT NOT NULL, 
 	bytes_done BIGINT NOT NULL, 
 	error TEXT, 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
-from sqlalchemy import Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from ferry.db.cluster_models import work_units as u
@@ -46,6 +46,7 @@ class UnitRow:
     lease_expires: float | None
     watermark: str | None
     listed: int
+    listed_bytes: int
     objects_done: int
     bytes_done: int
     error: str | None
@@ -65,6 +66,7 @@ class UnitSummary:
     listed: int
     objects_done: int
     bytes_done: int
+    listed_bytes: int = 0
 
     @property
     def total(self) -> int:
@@ -91,7 +93,8 @@ class UnitRepo:
         now = time.time()
         rows = [dict(kind=d.kind, owner_kind=owner_kind, owner_id=owner_id, run=run, start_after=d.start_after,
                      end_key=d.end_key, spec=json.dumps(dict(d.spec), separators=(",", ":")), state=QUEUED,
-                     attempts=0, listed=0, objects_done=0, bytes_done=0, created_at=now, updated_at=now)
+                     attempts=0, listed=0, listed_bytes=0, objects_done=0, bytes_done=0, created_at=now,
+                     updated_at=now)
                 for d in drafts]
         if not rows:
             return []
@@ -145,23 +148,60 @@ class UnitRepo:
                         **dict(values or {})))
         return bool(result.rowcount)
 
-    def hand_back(self, unit_id: int, owner: str, values: Mapping[str, Any] | None = None) -> bool:
-        """Give a running unit back to the queue (a draining worker); its watermark keeps what was done."""
+    def hand_back(self, unit_id: int, owner: str, values: Mapping[str, Any] | None = None,
+                  delay: float = 0.0) -> bool:
+        """Give a running unit back to the queue (a draining worker); its watermark keeps what was done. With
+        `delay` (a failed attempt) it counts as sent `delay` seconds from now, so it is not sent again at once."""
+        sent_at: Any = None if delay <= 0 else self._now + delay
         with self.engine.begin() as conn:
             result = conn.execute(
                 update(u).where(u.c.id == unit_id, u.c.lease_owner == owner, u.c.state == RUNNING)
-                .values(state=QUEUED, lease_owner=None, lease_expires=None, sent_at=None, updated_at=time.time(),
+                .values(state=QUEUED, lease_owner=None, lease_expires=None, sent_at=sent_at, updated_at=time.time(),
                         **dict(values or {})))
         return bool(result.rowcount)
 
-    def due_again(self, resend_after: float, limit: int = 1000) -> list[int]:
-        """Units that need a message: queued ones never sent or sent more than `resend_after` seconds ago (the
-        message may be lost), and running ones whose lease ran out (their worker died)."""
-        stale = or_(u.c.sent_at.is_(None), u.c.sent_at < self._now - resend_after)
-        cond = or_(and_(u.c.state == QUEUED, stale),
-                   and_(u.c.state == RUNNING, u.c.lease_expires < self._now, stale))
+    def due_again(self, resend_after: float, limit: int = 1000, queued_after: float | None = None) -> list[int]:
+        """Units that need a message: queued ones never sent or sent more than `queued_after` seconds ago (the
+        message may be lost; default `resend_after`), and running ones whose lease ran out (their worker died)
+        and that were not sent in the last `resend_after` seconds."""
+        def stale(after: float) -> ColumnElement[bool]:
+            return or_(u.c.sent_at.is_(None), u.c.sent_at < self._now - after)
+
+        cond = or_(and_(u.c.state == QUEUED, stale(resend_after if queued_after is None else queued_after)),
+                   and_(u.c.state == RUNNING, u.c.lease_expires < self._now, stale(resend_after)))
         with self.engine.connect() as conn:
             return [int(r[0]) for r in conn.execute(select(u.c.id).where(cond).order_by(u.c.id).limit(limit))]
+
+    def any_held(self) -> bool:
+        """Whether some unit is running under a lease that has not run out (some worker is busy)."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(u.c.id).where(u.c.state == RUNNING, u.c.lease_expires >= self._now)
+                                .limit(1)).first() is not None
+
+    def split(self, parent_id: int, owner: str, drafts: Iterable[UnitDraft], values: Mapping[str, Any],
+              also: Callable[[Connection], None] | None = None) -> list[int] | None:
+        """In one transaction, while `owner` holds unit `parent_id`: write the parent's progress `values`, add
+        `drafts` as queued units of the parent's owner and run, and run `also` on the connection (recording
+        results beside). None, and nothing written, when the lease is no longer the owner's."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            held = conn.execute(select(u.c.owner_kind, u.c.owner_id, u.c.run).where(
+                u.c.id == parent_id, u.c.lease_owner == owner, u.c.state == RUNNING).with_for_update()).first()
+            if held is None:
+                return None
+            conn.execute(update(u).where(u.c.id == parent_id).values(updated_at=now, **dict(values)))
+            ids: list[int] = []
+            for d in drafts:
+                result = conn.execute(insert(u).values(
+                    kind=d.kind, owner_kind=held.owner_kind, owner_id=held.owner_id, run=held.run,
+                    start_after=d.start_after, end_key=d.end_key,
+                    spec=json.dumps(dict(d.spec), separators=(",", ":")), state=QUEUED, attempts=0, listed=0,
+                    listed_bytes=0, objects_done=0, bytes_done=0, created_at=now, updated_at=now))
+                assert result.inserted_primary_key is not None
+                ids.append(int(result.inserted_primary_key[0]))
+            if also is not None:
+                also(conn)
+        return ids
 
     def cancel(self, owner_kind: str, owner_id: str, below_run: int | None = None) -> int:
         """Cancel the open units of an owner (all, or those of runs before `below_run`); how many. A worker
@@ -175,19 +215,23 @@ class UnitRepo:
                 state=CANCELLED, lease_owner=None, lease_expires=None, updated_at=now, finished_at=now))
         return int(result.rowcount)
 
-    def summary(self, owner_kind: str, owner_id: str, run: int) -> UnitSummary:
-        """Counts by state and progress sums of one owner's run."""
+    def summary(self, owner_kind: str, owner_id: str, run: int, kind: str | None = None) -> UnitSummary:
+        """Counts by state and progress sums of one owner's run (of one kind of unit if given)."""
+        cond = [u.c.owner_kind == owner_kind, u.c.owner_id == owner_id, u.c.run == run]
+        if kind is not None:
+            cond.append(u.c.kind == kind)
         q = (select(u.c.state, func.count(), func.coalesce(func.sum(u.c.listed), 0),
-                    func.coalesce(func.sum(u.c.objects_done), 0), func.coalesce(func.sum(u.c.bytes_done), 0))
-             .where(u.c.owner_kind == owner_kind, u.c.owner_id == owner_id, u.c.run == run)
-             .group_by(u.c.state))
+                    func.coalesce(func.sum(u.c.objects_done), 0), func.coalesce(func.sum(u.c.bytes_done), 0),
+                    func.coalesce(func.sum(u.c.listed_bytes), 0))
+             .where(*cond).group_by(u.c.state))
         by_state: dict[str, int] = {}
-        listed = done = size = 0
+        listed = done = size = listed_size = 0
         with self.engine.connect() as conn:
-            for state, count, lst, objs, nbytes in conn.execute(q):
+            for state, count, lst, objs, nbytes, lbytes in conn.execute(q):
                 by_state[state] = int(count)
                 listed, done, size = listed + int(lst), done + int(objs), size + int(nbytes)
-        return UnitSummary(by_state, listed, done, size)
+                listed_size += int(lbytes)
+        return UnitSummary(by_state, listed, done, size, listed_size)
 
     def of_owner(self, owner_kind: str, owner_id: str, run: int, states: Iterable[str] = OPEN,
                  limit: int = 1000) -> list[UnitRow]:
@@ -197,3 +241,18 @@ class UnitRepo:
                 select(u).where(u.c.owner_kind == owner_kind, u.c.owner_id == owner_id, u.c.run == run,
                                 u.c.state.in_(list(states))).order_by(u.c.id).limit(limit)).mappings().all()
         return [UnitRow.from_mapping(r) for r in rows]
+
+    def last_run(self, owner_kind: str, owner_id: str) -> int | None:
+        """The highest run number of an owner's units, None when it has none (the next run is one more)."""
+        with self.engine.connect() as conn:
+            found = conn.execute(select(func.max(u.c.run)).where(
+                u.c.owner_kind == owner_kind, u.c.owner_id == owner_id)).scalar()
+        return None if found is None else int(found)
+
+    def open_count(self, owner_kind: str, owner_id: str, kind: str | None = None) -> int:
+        """How many of an owner's units (of any run; of one kind if given) are queued or running."""
+        cond = [u.c.owner_kind == owner_kind, u.c.owner_id == owner_id, u.c.state.in_(OPEN)]
+        if kind is not None:
+            cond.append(u.c.kind == kind)
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(u).where(*cond)).scalar() or 0)

@@ -45,11 +45,13 @@ from ferry.db.group_repo import (
     effective_status,
 )
 from ferry.db.task_repo import owner_id
+from ferry.db.unit_repo import UnitDraft, UnitRepo, UnitRow
 from ferry.errors import FatalError, FerryError, LocalStateError, NotFoundError, UsageError
 from ferry.objects import ObjectMeta
 from ferry.runner.loop_thread import LoopThread
 from ferry.runner.migration import TaskFailure, failure_for, open_store
 from ferry.runner.notices import EndNotifier, RunEnd
+from ferry.runner.units import Handler, UnitContext
 from ferry.storage.base import Backend, ListOrder, listing, ranged_lines
 from ferry.storage.profiles import get_profile
 from ferry.storage.selection import normalise
@@ -160,17 +162,35 @@ class _Chunk:
     text_bytes: int = 0
 
 
+def _no_wake() -> None:
+    return None
+
+
+# Groups handed to workers per poll in distributed mode: making a unit is one insert, not a split.
+_DISPATCH_BATCH: Final = 50
+SPLIT_KIND: Final = "group_split"
+
+
 class GroupRunner(LoopThread):
-    """Runs task-group splits and settles group statuses in this process (see the module docstring)."""
+    """Runs task-group splits and settles group statuses in this process (see the module docstring).
+
+    In distributed mode (`units` given) the splits run on workers instead: a group due for its split gets a
+    `group_split` work unit (one open at a time), which a worker runs with `split_unit`; settling statuses,
+    removing list files and SMN notices stay here."""
 
     thread_name = "ferry-groups"
 
-    def __init__(self, ports: GroupPorts, settings: GroupRunnerSettings | None = None) -> None:
+    def __init__(self, ports: GroupPorts, settings: GroupRunnerSettings | None = None, *,
+                 units: UnitRepo | None = None, wake_units: Callable[[], None] = _no_wake) -> None:
         super().__init__()
         self.ports = ports
         self.settings = settings or GroupRunnerSettings()
         self.repo = GroupRepo(ports.engine)
         self.owner = owner_id()
+        self.units = units
+        self.wake_units = wake_units
+        # Called after every chunk a split writes, with the group's objects, bytes and tasks so far.
+        self.on_progress: Callable[[int, int, int], None] | None = None
 
     def __repr__(self) -> str:
         return f"GroupRunner(owner={self.owner!r})"
@@ -184,7 +204,7 @@ class GroupRunner(LoopThread):
         try:
             while True:
                 wake.clear()
-                free = self.settings.max_splits - len(self._active)
+                free = self.settings.max_splits - len(self._active) if self.units is None else _DISPATCH_BATCH
                 if free > 0:
                     try:
                         claimed = await asyncio.to_thread(
@@ -196,7 +216,10 @@ class GroupRunner(LoopThread):
                         log.exception("claiming task groups failed")
                         claimed = []
                     for row in claimed:
-                        self._spawn(row.id, self._split_guarded(row), f"group-{row.id}")
+                        if self.units is not None:
+                            await asyncio.to_thread(self._dispatch, row, self.units)
+                        else:
+                            self._spawn(row.id, self._split_guarded(row), f"group-{row.id}")
                 try:
                     await self.settle()
                 except LocalStateError as exc:
@@ -206,6 +229,44 @@ class GroupRunner(LoopThread):
                 await wait_event(wake, self.settings.poll_interval)
         finally:
             await self._cancel_active()
+
+    # -- distributed mode ----------------------------------------------------------------------------------
+
+    def _dispatch(self, row: GroupRow, units: UnitRepo) -> None:
+        """Give a group due for its split to the workers: a `group_split` unit unless one is open already (the
+        unit's message carries its id only; the worker reads the group, and its keys, from the database)."""
+        try:
+            if units.open_count("group", row.id, SPLIT_KIND) == 0:
+                run = (units.last_run("group", row.id) or 0) + 1
+                units.add("group", row.id, run, [UnitDraft(SPLIT_KIND)])
+                log.info("task group %s: split handed to the workers (run %d)", row.id, run)
+                self.wake_units()
+        finally:
+            self.repo.release(row.id, self.owner, {})
+
+    async def split_unit(self, group_id: str, stop: asyncio.Event) -> None:
+        """Run one `group_split` unit on a worker: take the group's lease (a dead holder's runs out first) and
+        split from the group's checkpoint, as in-process. `stop` (the unit's lease lost, the worker draining)
+        ends the split; the checkpoint is kept and the next run of the unit goes on from it."""
+        statuses = (G_WAITING, G_EXECUTING)
+        while True:
+            row = await asyncio.to_thread(self.repo.take, group_id, self.owner, self.settings.lease_ttl, statuses)
+            if row is not None:
+                break
+            current = await asyncio.to_thread(self.repo.get, group_id)
+            if current is None or current.deleted_at is not None or current.status not in statuses:
+                return  # split, stopped or deleted meanwhile: nothing left for this unit
+            if await wait_event(stop, self.settings.poll_interval):
+                return
+        split = asyncio.create_task(self._split_guarded(row), name=f"group-{group_id}")
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({split, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not split.done():
+                split.cancel()  # releases the lease, keeps the checkpoint
+            await asyncio.gather(split, return_exceptions=True)
 
     # -- settling statuses ---------------------------------------------------------------------------------
 
@@ -538,6 +599,8 @@ class _Splitter:
         self.state = {**self.state, **position, "chunk": self.chunk, "attempts": 0}
         await self._heartbeat({"split_state": self.state, "objects": self.objects, "bytes": self.bytes,
                                "task_count": self.chunk})
+        if self.runner.on_progress is not None:
+            self.runner.on_progress(self.objects, self.bytes, self.chunk)
         self.runner.ports.wake_tasks()
 
     def _create_task(self) -> None:
@@ -554,3 +617,23 @@ class _Splitter:
 def _split_failure(side: str, exc: FatalError) -> SplitFailure:
     failure = failure_for(side, exc)
     return SplitFailure(failure.code, failure.message)
+
+
+def split_handler(ports: GroupPorts, settings: GroupRunnerSettings | None = None) -> Handler:
+    """The handler of `group_split` units on a worker (register it with `units.handles(SPLIT_KIND)`): the split
+    of the unit's group, its progress (objects and bytes put into tasks; the watermark names the chunks written)
+    written with the unit's heartbeats."""
+
+    async def handle(unit: UnitRow, ctx: UnitContext) -> None:
+        runner = GroupRunner(ports, settings)
+
+        def progress(objects: int, size: int, chunks: int) -> None:
+            ctx.progress.listed = objects
+            ctx.progress.objects_done = objects
+            ctx.progress.bytes_done = size
+            ctx.progress.watermark = f"chunk {chunks}"
+
+        runner.on_progress = progress
+        await runner.split_unit(unit.owner_id, ctx.stop)
+
+    return handle

@@ -31,6 +31,7 @@ The runner never sees credentials: it is handed an opener that turns a task row 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import json
@@ -43,9 +44,9 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import IO, Final
+from typing import IO, Any, Final, TypeVar
 
 from sqlalchemy import Engine
 
@@ -69,11 +70,12 @@ from ferry.objects import ObjectInfo, Restore
 from ferry.runner import failed_lists
 from ferry.runner.loop_thread import LoopThread
 from ferry.runner.migration import TaskFailure, failure_for
-from ferry.storage.base import Backend, first_listed
+from ferry.storage.base import Backend, ListOrder, first_listed, listing
 from ferry.storage.pressure import is_throttle
 from ferry.storage.wrappers import RetryingBackend, object_budget
 
 log = logging.getLogger("ferry.sync")
+T = TypeVar("T")
 
 
 def _log_failure(what: str, exc: BaseException) -> None:
@@ -134,6 +136,9 @@ class SyncSettings:
     claim_gather_seconds: float = 0.01
     memory_limit: int = 256 * MiB
     node_id: str = field(default_factory=socket.gethostname)
+    # Whether these workers claim and run whole reconciliations themselves (embedded mode). In distributed
+    # mode the server splits each reconciliation into range units instead, and workers only run those.
+    reconcile_here: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SyncSettings:
@@ -256,6 +261,42 @@ class _GiveUp(Exception):
         self.stop = stop  # the task as a whole failed: stop it once this key's outcome is on disk
 
 
+KeyRange = tuple[str | None, str | None]  # keys after the first and up to the second; None = open
+
+
+@dataclass(slots=True)
+class RangeProgress:
+    """How far one range of a reconciliation got: source keys compared, copied (and their bytes), and the
+    last source key planned (the listing is merged in ascending order)."""
+
+    compared: int = 0
+    copied: int = 0
+    bytes: int = 0
+    last_key: str | None = None
+
+
+def _in_range(backend: Backend, span: KeyRange) -> AsyncIterator[ObjectInfo]:
+    """The backend's listing, limited to `span` (the whole listing for an open span)."""
+    if span == (None, None):
+        return backend.list()
+    return _ranged_listing(backend, *span)
+
+
+async def _ranged_listing(backend: Backend, after: str | None, last: str | None) -> AsyncIterator[ObjectInfo]:
+    # A byte-ordered listing starts after the range's first key and ends past its last; any other order is
+    # read whole and filtered (`str` order is byte order, see ferry.engine.planner).
+    ordered = backend.capabilities.list_order is ListOrder.LEXICOGRAPHIC
+    async for info in listing(backend, "", after if ordered else None):
+        key = info.key
+        if after is not None and key <= after:
+            continue
+        if last is not None and key > last:
+            if ordered:
+                return
+            continue
+        yield info
+
+
 def _reason(exc: BaseException) -> str:
     text = exc.message if isinstance(exc, FerryError) else f"{type(exc).__name__}: {exc}"
     return text[:_REASON_MAX]
@@ -360,6 +401,8 @@ class SyncWorkers:
                 task = self._reconciling.get(task_id)
                 if task is not None and row is None:
                     task.cancel()
+        if not self.settings.reconcile_here:
+            return
         now = self.clock()
         interval = self.settings.reconcile_seconds
         for task_id, row in rows.items():
@@ -708,16 +751,63 @@ class SyncWorkers:
                 log.info("sync %s: reconciled in %.1fs: %d copied, %d failed, %d deleted%s", row.id,
                          time.monotonic() - started, copied, failed, deleted, f" ({error})" if error else "")
 
-    async def _reconcile_copies(self, rt: _Runtime) -> tuple[int, int, list[str] | None]:
+    async def reconcile_range(self, task_id: str, generation: int, span: KeyRange,
+                              progress: RangeProgress | None = None) -> str | None:
+        """Reconcile one range of `task_id` (distributed mode): what differs is copied, and its outcomes are
+        recorded in the statistics as a whole reconciliation records them. None, or why it failed. The server
+        that split the reconciliation records its end once every range is done. Must run on this object's loop
+        (see SyncBackground.submit) while `run` runs."""
+        await self._refresh_tasks()
+        row = self._rows.get(task_id)
+        if row is None or row.generation != generation:
+            return None  # stopped, deleted or started again meanwhile: the server drops this run
+        error: str | None = None
+        started = time.monotonic()
+        copied = failed = deleted = 0
+        try:
+            async with self._using(task_id) as rt:
+                if rt is None:
+                    return f"the task's stores could not be opened: {self._open_errors.get(task_id, 'unknown error')}"
+                try:
+                    copied, failed, orphans = await self._reconcile_copies(rt, span, progress)
+                    if orphans is not None:
+                        deleted, error = await self._reconcile_deletes(rt, orphans)
+                except FatalError:
+                    failure = await self._task_failure(rt)
+                    if failure is not None:
+                        await self._stop_failed(rt, failure)
+                    raise
+        except FerryError as exc:
+            error = _reason(exc)
+            log.warning("sync %s: reconciling %s failed: %s", task_id, _span_text(span), error)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            error = _reason(exc)
+            log.exception("sync %s: reconciling %s failed", task_id, _span_text(span))
+        finally:
+            # Outcomes first, so that a range reported done is fully counted in the statistics.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._flush())
+            self._lists_due.add(task_id)
+        log.info("sync %s: reconciled %s in %.1fs: %d copied, %d failed, %d deleted%s", task_id, _span_text(span),
+                 time.monotonic() - started, copied, failed, deleted, f" ({error})" if error else "")
+        return error
+
+    async def _reconcile_copies(
+        self, rt: _Runtime, span: KeyRange = (None, None), progress: RangeProgress | None = None,
+    ) -> tuple[int, int, list[str] | None]:
         """Copy what differs; with deletes propagated, the same pass also collects the destination keys that have
         no source (up to one past the cap: enough to know there are too many). Returns copied, failed, those keys
-        (None when deletes are not propagated)."""
+        (None when deletes are not propagated). `span` limits the comparison to the keys after its first and up
+        to its second (None: open), one range unit of a distributed reconciliation."""
         propagate, cap = self.settings.propagate_deletes, self.settings.delete_cap
         own_list = failed_lists.sync_list_key(rt.row.id)
         orphans: list[str] | None = [] if propagate else None
         planner = Planner(
-            rt.src.list(), rt.src.capabilities.list_order, rt.dst.list(), rt.dst.capabilities.list_order,
-            overwrite_mode=rt.overwrite, max_key_bytes=rt.dst.capabilities.max_key_bytes,
+            _in_range(rt.src, span), rt.src.capabilities.list_order, _in_range(rt.dst, span),
+            rt.dst.capabilities.list_order, overwrite_mode=rt.overwrite,
+            max_key_bytes=rt.dst.capabilities.max_key_bytes,
         )
         plan: AsyncIterator[Action | DstOnly] = planner.march() if propagate else aiter(planner)
         queue: asyncio.Queue[ObjectInfo | None] = asyncio.Queue(maxsize=self.settings.reconcile_concurrency * 2)
@@ -728,6 +818,9 @@ class SyncWorkers:
                 out = await self._attempt(rt, rt.row.id, obj.key, obj, 0)
                 if out.outcome == "success":
                     counts["success"] += 1
+                    if progress is not None:
+                        progress.copied += 1
+                        progress.bytes += out.size
                 elif out.outcome in ("failed", "retry"):
                     counts["failed"] += 1
                 if out.outcome != "release":
@@ -737,6 +830,9 @@ class SyncWorkers:
         workers = [asyncio.create_task(worker()) for _ in range(self.settings.reconcile_concurrency)]
         try:
             async for action in plan:
+                if progress is not None and not isinstance(action, DstOnly):
+                    progress.compared += 1
+                    progress.last_key = action.src.key
                 if isinstance(action, Copy):
                     await queue.put(action.src)
                 elif isinstance(action, Fail):
@@ -825,6 +921,11 @@ class SyncWorkers:
         return fh.tell(), count
 
 
+def _span_text(span: KeyRange) -> str:
+    after, last = span
+    return f"keys ({after!r}, {last!r}]" if span != (None, None) else "every key"
+
+
 def _etags_differ(src: ObjectInfo, dst: ObjectInfo | None) -> bool:
     if dst is None or not src.etag or not dst.etag:
         return False
@@ -848,6 +949,15 @@ class SyncBackground(LoopThread):
 
     def notify(self) -> None:
         self.waker.notify()
+
+    def submit(self, work: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Run `work` on the workers' own loop (a distributed reconciliation range, from a worker's unit
+        thread); cancelling the future cancels it there."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            work.close()
+            raise RuntimeError("the sync workers are not running")
+        return asyncio.run_coroutine_threadsafe(work, loop)
 
     async def run(self) -> None:
         self._stop = stop = asyncio.Event()

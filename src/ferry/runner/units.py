@@ -26,13 +26,14 @@ class UnitProgress:
     key whose result is recorded)."""
 
     listed: int = 0
+    listed_bytes: int = 0
     objects_done: int = 0
     bytes_done: int = 0
     watermark: str | None = None
 
     def values(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"listed": self.listed, "objects_done": self.objects_done,
-                               "bytes_done": self.bytes_done}
+        out: dict[str, Any] = {"listed": self.listed, "listed_bytes": self.listed_bytes,
+                               "objects_done": self.objects_done, "bytes_done": self.bytes_done}
         if self.watermark is not None:
             out["watermark"] = self.watermark
         return out
@@ -55,6 +56,10 @@ class UnitContext:
 
 class UnitFailed(Exception):
     """The unit cannot succeed (e.g. the task's keys are refused): it is finished as failed with this reason."""
+
+
+class UnitCancelled(Exception):
+    """The unit's owner no longer wants it (stopped, deleted): it is finished as cancelled, doing nothing."""
 
 
 Handler = Callable[[UnitRow, UnitContext], Awaitable[None]]

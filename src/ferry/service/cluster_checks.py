@@ -14,7 +14,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ferry.db.cluster_repo import SettingRepo
 from ferry.db.database import open_database
-from ferry.errors import FatalError, FerryError
+from ferry.errors import FatalError, FerryError, UsageError
+from ferry.runner.broker import BrokerSpec
 from ferry.secrets import SecretBox
 
 FINGERPRINT_SETTING: Final = "master_key_fingerprint"
@@ -91,10 +92,14 @@ def check_broker(broker_url: str) -> None:
     if scheme not in BROKER_SCHEMES:
         raise ClusterConfigError(f"FERRY_BROKER_URL must be a redis:// or amqp:// URL, not {redact_url(broker_url)}")
     try:
+        client_url = BrokerSpec.parse(broker_url).url  # without Ferry's own `namespace` parameter
+    except UsageError as exc:
+        raise ClusterConfigError(exc.message) from None
+    try:
         if scheme.startswith("redis"):
             import redis
 
-            client = redis.Redis.from_url(broker_url, socket_connect_timeout=CONNECT_TIMEOUT,
+            client = redis.Redis.from_url(client_url, socket_connect_timeout=CONNECT_TIMEOUT,
                                           socket_timeout=CONNECT_TIMEOUT)
             try:
                 client.ping()
@@ -103,7 +108,7 @@ def check_broker(broker_url: str) -> None:
         else:
             import pika
 
-            params = pika.URLParameters(broker_url)
+            params = pika.URLParameters(client_url)
             params.socket_timeout = CONNECT_TIMEOUT
             params.connection_attempts = 1
             params.blocked_connection_timeout = CONNECT_TIMEOUT

@@ -30,6 +30,7 @@ def upgrade() -> None:
         sa.Column("heartbeat_at", sa.Float, nullable=True),
         sa.Column("watermark", sa.Text, nullable=True),
         sa.Column("listed", sa.BigInteger, nullable=False),
+        sa.Column("listed_bytes", sa.BigInteger, nullable=False),
         sa.Column("objects_done", sa.BigInteger, nullable=False),
         sa.Column("bytes_done", sa.BigInteger, nullable=False),
         sa.Column("error", sa.Text, nullable=True),

@@ -1,0 +1,161 @@
+"""Migration tasks in distributed mode on three `ferry worker` processes, a real Redis broker and PostgreSQL:
+every object verified; a worker killed with kill -9 mid-unit; the broker restarted empty mid-task."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ferry_service import fill, prefix_task, s3_client, wait_task
+from huaweicloudsdkoms.v2 import OmsClient
+
+from cluster import Cluster, cluster, wait_for
+from faultproxy import Trickle
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def nodes(seaweed_a: Any, seaweed_b: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with cluster(seaweed_a, seaweed_b, tmp_path_factory.mktemp("cluster")) as made:
+        yield made
+
+
+def _buckets(seaweed_a: Any, seaweed_b: Any, count: int, size: int = 4096) -> tuple[str, str, dict[str, bytes]]:
+    src, dst = f"src-{uuid.uuid4().hex[:10]}", f"dst-{uuid.uuid4().hex[:10]}"
+    s3_client(seaweed_a).create_bucket(Bucket=src)
+    s3_client(seaweed_b).create_bucket(Bucket=dst)
+    bodies = {f"d{i % 3}/obj-{i:05d}": os.urandom(size) for i in range(count)}
+    fill(seaweed_a, src, bodies)
+    return src, dst, bodies
+
+
+def _etags(server: Any, bucket: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for page in s3_client(server).get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        out.update({o["Key"]: o["ETag"] for o in page.get("Contents", [])})
+    return out
+
+
+def _start(nodes: Cluster, seaweed_a: Any, seaweed_b: Any, src: str, dst: str) -> tuple[OmsClient, int]:
+    client = nodes.live.client()
+    made = client.create_task(prefix_task(seaweed_a, src, seaweed_b, dst))
+    return client, int(made.id)
+
+
+def _done(client: OmsClient, task_id: int, timeout: float = 120.0) -> Any:
+    task, _ = wait_task(client, task_id, lambda t: t.status in (4, 5), timeout=timeout, every=0.2)
+    return task
+
+
+def test_a_task_runs_on_three_workers_and_every_object_is_verified(nodes: Cluster, seaweed_a: Any,
+                                                                    seaweed_b: Any) -> None:
+    src, dst, _ = _buckets(seaweed_a, seaweed_b, 150)
+    done_before = {r["id"]: r["units_done"] for r in nodes.worker_rows()}
+    client, task_id = _start(nodes, seaweed_a, seaweed_b, src, dst)
+    task = _done(client, task_id)
+    assert task.status == 5, task.error_reason
+    assert (task.total_num, task.successful_num, task.failed_num) == (150, 150, 0)
+    assert _etags(seaweed_b, dst) == _etags(seaweed_a, src)
+    units = nodes.units(task_id)
+    kinds = [u["kind"] for u in units]
+    # One listing unit handed the copies on in units of at most 20 objects (--unit-keys 20).
+    assert kinds.count("range") == 1 and kinds.count("keys") >= 8 and all(u["state"] == "done" for u in units)
+    assert sum(u["objects_done"] for u in units if u["kind"] == "keys") == 150
+    # The work was spread: more than one worker process finished units of it.
+    def worked() -> list[Any]:  # each worker reports its count with its heartbeat, every 5 s
+        return [r for r in nodes.worker_rows() if r["units_done"] > done_before.get(r["id"], 0)]
+
+    wait_for(lambda: sum(r["units_done"] - done_before.get(r["id"], 0) for r in worked()) >= len(units), 20,
+             "the workers' counts")
+    assert len(worked()) >= 2, nodes.worker_rows()
+    # Nothing of the task's credentials is in any unit (a message carries only the id).
+    assert all("secret" not in u["spec"].lower() and seaweed_a.secret_key not in u["spec"] for u in units)
+
+
+def test_a_worker_killed_mid_unit_loses_nothing_and_only_that_unit_is_copied_again(
+        nodes: Cluster, seaweed_a: Any, seaweed_b: Any) -> None:
+    count = 120
+    src, dst, _ = _buckets(seaweed_a, seaweed_b, count)
+    # Each PUT of 4 KiB into the destination takes about half a second: a unit of 20 objects, 4 at a time,
+    # runs for about 2.5 s, long enough to be killed in the middle.
+    slow = nodes.proxy.add(Trickle(8192), method="PUT", path=f"^/{dst}/")
+    try:
+        client, task_id = _start(nodes, seaweed_a, seaweed_b, src, dst)
+        pids = {w.pid: w for w in nodes.live_workers()}
+        victim: dict[str, Any] = {}
+
+        def busy_unit() -> bool:
+            for u in nodes.units(task_id):
+                owner = u["lease_owner"] or ""
+                pid = int(owner.split("/")[1]) if owner.count("/") == 2 else -1
+                if u["kind"] == "keys" and u["state"] == "running" and u["objects_done"] > 0 and pid in pids:
+                    victim.update(unit=u["id"], pid=pid, done=u["objects_done"])
+                    return True
+            return False
+
+        wait_for(busy_unit, 60, "a keys unit part done on a worker")
+        os.kill(victim["pid"], signal.SIGKILL)
+        killed_at = time.monotonic()
+        pids[victim["pid"]].wait(10)
+
+        def taken_over() -> bool:
+            row = next(u for u in nodes.units(task_id) if u["id"] == victim["unit"])
+            return row["state"] == "done" or (row["attempts"] >= 2 and row["state"] == "running")
+
+        wait_for(taken_over, 60, "the killed worker's unit taken over")
+        delay = time.monotonic() - killed_at
+        task = _done(client, task_id)
+    finally:
+        nodes.proxy.remove(slow)
+    # Bound: the lease (--lease-ttl 4) runs out, then the coordinator's next look (tick 0.5 s) sends it again;
+    # the message was sent more than FERRY_RESEND_SECONDS (2) before. Generous slack for a loaded machine.
+    assert delay < 4 + 2 + 0.5 + 10, delay
+    assert task.status == 5, task.error_reason
+    assert (task.successful_num, task.failed_num) == (count, 0)
+    assert _etags(seaweed_b, dst) == _etags(seaweed_a, src)
+    row = next(u for u in nodes.units(task_id) if u["id"] == victim["unit"])
+    assert row["attempts"] == 2 and row["state"] == "done"
+    # At most the killed unit's objects went to the destination twice: every other object exactly once.
+    assert count <= slow.matched <= count + 20, slow.matched
+    nodes.start_worker()  # three again for the next test
+    nodes.wait_registered(3)
+
+
+def test_the_broker_restarted_empty_mid_task_loses_nothing(nodes: Cluster, seaweed_a: Any, seaweed_b: Any) -> None:
+    count = 240  # 12 units of 20 for 6 worker threads: some wait in the broker when it goes
+    src, dst, _ = _buckets(seaweed_a, seaweed_b, count)
+    slow = nodes.proxy.add(Trickle(16384), method="PUT", path=f"^/{dst}/")
+    try:
+        client, task_id = _start(nodes, seaweed_a, seaweed_b, src, dst)
+
+        def some_waiting() -> bool:
+            units = nodes.units(task_id)
+            return (sum(u["kind"] == "keys" and u["state"] == "queued" for u in units) >= 3
+                    and any(u["state"] == "running" and u["kind"] == "keys" for u in units))
+
+        wait_for(some_waiting, 60, "units running and units waiting in the broker")
+        nodes.redis.kill()  # its queue is gone with it: nothing is saved
+        time.sleep(1.0)
+        nodes.redis.start()
+        task = _done(client, task_id, timeout=150)
+    finally:
+        nodes.proxy.remove(slow)
+    assert task.status == 5, task.error_reason
+    assert (task.successful_num, task.failed_num) == (count, 0)
+    assert _etags(seaweed_b, dst) == _etags(seaweed_a, src)
+    # The units whose messages were lost were sent again, and each object was written once.
+    assert count <= slow.matched <= count + 20, slow.matched
+
+
+def test_worker_logs_hold_no_secret(nodes: Cluster, seaweed_a: Any) -> None:
+    logs = "".join(p.read_text(errors="replace") for p in Path(nodes.logs).glob("worker-*.log"))
+    assert "started" in logs  # the workers did log their units
+    for secret in (seaweed_a.secret_key, nodes.env["FERRY_MASTER_KEY"]):
+        assert secret not in logs
