@@ -131,11 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="on SIGTERM, how long running units may finish before they are handed back (default 30)")
 
-    ws = sub.add_parser("workers", help="the cluster's workers and servers (distributed mode): host, pid, units in "
-                                       "flight, last heartbeat",
-                       description="The workers and dispatching servers registered in the FERRY_DATABASE_URL "
-                                   "database, with the units queued and running. The same as GET "
-                                   "/v2/{project_id}/workers.")
+    ws = sub.add_parser("workers", help="the cluster's workers and servers (distributed mode): host, pid, units "
+                                        "in flight, last heartbeat",
+                        description="The workers and dispatching servers registered in the FERRY_DATABASE_URL "
+                                    "database, with the units queued and running. The same as GET "
+                                    "/v2/{project_id}/workers.")
     ws.add_argument("--json", action="store_true", help="one JSON document on stdout instead of a table")
 
     c = sub.add_parser("credentials", help="API access keys (AK/SK) of projects")
@@ -402,6 +402,44 @@ def _serve(args: argparse.Namespace) -> int:
                  RunnerSettings(max_tasks=args.max_tasks, restore_poll_seconds=poll))
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from ferry.db.database import open_database
+    from ferry.runner.broker import broker_url
+    from ferry.runner.worker import WorkerSettings, run_worker
+    from ferry.secrets import SecretBox
+    from ferry.service.cluster_work import install_worker
+    from ferry.settings import data_dir, database_url
+
+    url = broker_url()
+    if url is None:
+        raise UsageError("ferry worker needs FERRY_BROKER_URL (redis://... or amqp://...)")
+    db = database_url()
+    if db.startswith("sqlite"):
+        raise UsageError("ferry worker needs FERRY_DATABASE_URL pointing at the cluster's PostgreSQL database")
+    if not 1 <= args.threads <= 256:
+        raise UsageError("--threads must be between 1 and 256")
+    if not 1 <= args.concurrency <= 1024:
+        raise UsageError("--concurrency must be between 1 and 1024")
+    if not os.environ.get("FERRY_LOG_LEVEL"):
+        logging.getLogger().setLevel(logging.INFO)
+    base = data_dir()
+    _check_distributed(base)
+    scratch = base / "worker"
+    scratch.mkdir(mode=0o700, exist_ok=True)
+    if not 1 <= args.unit_keys <= 100_000:
+        raise UsageError("--unit-keys must be between 1 and 100000")
+    if not 1.0 <= args.lease_ttl <= 3600:
+        raise UsageError("--lease-ttl must be between 1 and 3600 seconds")
+    settings = WorkerSettings(threads=args.threads, concurrency=args.concurrency, lease_ttl=args.lease_ttl,
+                              heartbeat=min(3.0, args.lease_ttl / 3), drain_timeout=max(args.drain_timeout, 0.0),
+                              extra={"unit_keys": args.unit_keys})
+    engine, box = open_database(db), SecretBox.load(base)
+    # Group splits, reconciliation ranges and the sync event loop need the services' wiring (endpoints, task
+    # creation, credentials), which the runner layer cannot import.
+    install_worker(engine, box, base)
+    return run_worker(engine, box, url, scratch, settings)
+
+
 def _check_distributed(base: Path) -> None:
     """In distributed mode (FERRY_BROKER_URL), say in one line and stop when the database or broker cannot be
     reached (after FERRY_STARTUP_PATIENCE seconds of trying), the database is SQLite, or the master key is not
@@ -453,43 +491,6 @@ def _duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
-def _worker(args: argparse.Namespace) -> int:
-    from ferry.db.database import open_database
-    from ferry.runner.broker import broker_url
-    from ferry.runner.worker import WorkerSettings, run_worker
-    from ferry.secrets import SecretBox
-    from ferry.service.cluster_work import install_worker
-    from ferry.settings import data_dir, database_url
-
-    url = broker_url()
-    if url is None:
-        raise UsageError("ferry worker needs FERRY_BROKER_URL (redis://... or amqp://...)")
-    db = database_url()
-    if not 1 <= args.threads <= 256:
-        raise UsageError("--threads must be between 1 and 256")
-    if not 1 <= args.concurrency <= 1024:
-        raise UsageError("--concurrency must be between 1 and 1024")
-    if not os.environ.get("FERRY_LOG_LEVEL"):
-        logging.getLogger().setLevel(logging.INFO)
-    base = data_dir()
-    # SQLite, an unreachable database or broker, another master key: one line, before anything starts.
-    _check_distributed(base)
-    scratch = base / "worker"
-    scratch.mkdir(mode=0o700, exist_ok=True)
-    if not 1 <= args.unit_keys <= 100_000:
-        raise UsageError("--unit-keys must be between 1 and 100000")
-    if not 1.0 <= args.lease_ttl <= 3600:
-        raise UsageError("--lease-ttl must be between 1 and 3600 seconds")
-    settings = WorkerSettings(threads=args.threads, concurrency=args.concurrency, lease_ttl=args.lease_ttl,
-                              heartbeat=min(3.0, args.lease_ttl / 3), drain_timeout=max(args.drain_timeout, 0.0),
-                              extra={"unit_keys": args.unit_keys})
-    engine, box = open_database(db), SecretBox.load(base)
-    # Group splits, reconciliation ranges and the sync event loop need the services' wiring (endpoints, task
-    # creation, credentials), which the runner layer cannot import.
-    install_worker(engine, box, base)
-    return run_worker(engine, box, url, scratch, settings)
 
 
 def _tenancy(args: argparse.Namespace) -> int:

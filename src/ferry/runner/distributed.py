@@ -76,6 +76,13 @@ class DispatchSettings:
         return out
 
 
+def _pending(draft: UnitDraft) -> int:
+    """How many objects a keys unit still has to do (those after where it got to)."""
+    after = draft.start_after
+    keys = [str(k) for k in draft.spec.get("keys", ())] + [e["o"]["key"] for e in draft.spec.get("objects", ())]
+    return sum(1 for k in keys if after is None or k > after)
+
+
 class DistributedRunner(LocalRunner):
     """Runs migration tasks on workers (see the module docstring)."""
 
@@ -180,7 +187,7 @@ class DistributedRunner(LocalRunner):
         run = (last or 0) + 1
         carried = await asyncio.to_thread(self._carried, owner, last) if mode == "resume" and last else None
         drafts = carried if carried is not None else self._initial(source.items)
-        direct = sum(len(d.spec.get("keys", ())) for d in drafts)
+        direct = sum(_pending(d) for d in drafts if d.kind == KEYS)
         await asyncio.to_thread(self.units.cancel, "task", owner, run)
         ids = await asyncio.to_thread(self.units.add, "task", owner, run, drafts)
         log.info("task %d: run %d on workers: %d units (%s)", row.id, run, len(ids),

@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, and_, select, update
 
@@ -40,7 +41,7 @@ from ferry.engine.planner import Action, Copy, Fail, Planner, Skip
 from ferry.engine.progress import Counters
 from ferry.errors import AccessError, FatalError, FerryError
 from ferry.objects import ObjectInfo
-from ferry.runner.cluster_limits import RequestLimitedBackend, shared_task_limiter, source_rate_for
+from ferry.runner.cluster_limits import ClusterRequestRate, RequestLimitedBackend, shared_task_limiter, source_rate_for
 from ferry.runner.migration import RunnerSettings, TaskFailure, failure_for, open_store, transfer_options
 from ferry.runner.units import UnitCancelled, UnitContext, UnitFailed, handles
 from ferry.storage.base import Backend
@@ -175,18 +176,23 @@ def _credentials(ctx: UnitContext, row: TaskRow) -> dict[str, str]:
                          "the server's?") from None
 
 
-def task_limiter(ctx: UnitContext, row: TaskRow) -> BandwidthLimiter:
-    """The task's bandwidth policy as one budget for all its units on all workers (runner/cluster_limits.py),
-    at the rate of the window in force now and following the windows while the unit runs."""
-    return shared_task_limiter(ctx.engine, row.id, parse_policy(row.bandwidth_policy))
+def task_limiter(engine: Engine, row: TaskRow) -> BandwidthLimiter:
+    """The task's bandwidth policy as one budget for every unit of it on every worker (runner.cluster_limits):
+    one limiter per task in this process, so tokens a finished unit took are spent by the next, at the window
+    in force and following the windows while units run."""
+    return shared_task_limiter(engine, row.id, parse_policy(row.bandwidth_policy))
 
 
-def source_limited(ctx: UnitContext, row: TaskRow, raw_src: Backend) -> Backend:
-    """The source, charging each request to its bucket's shared rate when FERRY_SOURCE_REQUEST_RATE is set."""
-    spec = row.src_spec
-    where = spec.get("endpoint") or f"{spec.get('profile')}/{spec.get('region')}"
-    rate = source_rate_for(ctx.engine, str(where), str(spec["real_bucket"]))
-    return raw_src if rate is None else RequestLimitedBackend(raw_src, rate)
+def _source_rate(engine: Engine, spec: dict[str, Any]) -> ClusterRequestRate | None:
+    """FERRY_SOURCE_REQUEST_RATE as one budget per source bucket for the whole cluster (None: unlimited). A
+    source without a stored endpoint (a cloud's endpoint from its profile) is named by profile and region."""
+    parts = urlsplit(str(spec.get("endpoint") or ""))
+    if parts.scheme and parts.hostname:
+        port = f":{parts.port}" if parts.port else ""
+        where = f"{parts.scheme}://{parts.hostname}{port}"
+    else:
+        where = f"{spec.get('profile')}/{spec.get('region')}"
+    return source_rate_for(engine, where, str(spec["real_bucket"]))
 
 
 @contextlib.asynccontextmanager
@@ -194,7 +200,8 @@ async def task_stores(ctx: UnitContext, row: TaskRow) -> AsyncIterator[tuple[Bac
     """The task's source (retried, throttled) and destination (retried), closed afterwards."""
     keys = _credentials(ctx, row)
     src_spec, dst_spec = row.src_spec, row.dst_spec
-    limiter_for = ctx.settings.get("limiter_for") or (lambda r: task_limiter(ctx, r))
+    limiter = task_limiter(ctx.engine, row)
+    rate = _source_rate(ctx.engine, src_spec)
     raw_dst = open_store(dst_spec, dst_spec["region"], dst_spec["bucket"], dst_spec.get("save_prefix", ""),
                          StoreKeys.of(keys, "dst"), dst_spec.get("kms_key_id"))
     stores: list[Backend] = [raw_dst]
@@ -203,9 +210,9 @@ async def task_stores(ctx: UnitContext, row: TaskRow) -> AsyncIterator[tuple[Bac
             open_store(src_spec, src_spec["region"], src_spec["real_bucket"], "", StoreKeys.of(keys, "src")),
             src_spec.get("cdn"), keys.get("cdn_key"), keys.get("src_ak"), keys.get("src_sk"), src_spec["real_bucket"])
         stores.append(raw_src)
-        # Requests are charged under the retries (each retry is a request), bytes once above them.
-        src = RetryingBackend(source_limited(ctx, row, raw_src))
-        yield ThrottledBackend(src, limiter_for(row)), RetryingBackend(raw_dst)
+        # Retries are charged to the request rate too: the limiter sits under the retrying wrapper.
+        counted: Backend = raw_src if rate is None else RequestLimitedBackend(raw_src, rate)
+        yield ThrottledBackend(RetryingBackend(counted), limiter), RetryingBackend(raw_dst)
     finally:
         await asyncio.gather(*(b.close() for b in stores), return_exceptions=True)
 

@@ -129,7 +129,10 @@ class UnitWorker(LoopThread):
     async def run_unit(self, unit_id: int) -> None:
         s = self.settings
         if self.draining:
-            return  # left queued: the coordinator sends it again, to a worker that is not stopping
+            # Taken just as the drain began: back to the queue for a worker that is not stopping.
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.send_units, [unit_id])
+            return
         try:
             row = await asyncio.to_thread(self.units.claim, unit_id, self.owner, s.lease_ttl)
         except Exception as exc:
