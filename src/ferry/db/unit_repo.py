@@ -89,7 +89,7 @@ class UnitRepo:
     def add(self, owner_kind: str, owner_id: str, run: int, drafts: Iterable[UnitDraft]) -> list[int]:
         """Insert queued units; their ids in order. One batched INSERT ... RETURNING (SQLAlchemy's
         "insertmanyvalues"), not a round trip per row: measured on PostgreSQL, 1,000-unit batches went from
-        ~1,300 to tens of thousands of rows/s (bench/units_queue.py)."""
+        ~1,300 to 7,600-13,500 rows/s on a loaded 2-core machine (bench/units_queue.py, docs/scale.md)."""
         now = time.time()
         rows = [dict(kind=d.kind, owner_kind=owner_kind, owner_id=owner_id, run=run, start_after=d.start_after,
                      end_key=d.end_key, spec=json.dumps(dict(d.spec), separators=(",", ":")), state=QUEUED,
