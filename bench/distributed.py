@@ -7,10 +7,10 @@ Two `weed mini` servers on 127.0.0.1 (bench/migrate_vs_rclone.py's MeteredSeawee
 s5cmd, every run into a FRESH primed destination bucket). One `ferry serve` service is built in this process
 per configuration, on one fresh PostgreSQL database (so embedded and distributed write their results to the
 same kind of database): `embedded` is the LocalRunner (one Transfer, 64 objects in flight); `workers=W` is the
-DistributedRunner with W `ferry worker` processes (each --threads 2 --concurrency 32: 64 objects in flight per
-worker, as embedded) and the broker on the machine's Redis (127.0.0.1:6379, a namespace of its own). The time
-is the task's own run, finished_at - run_started_at from its row (the claim's poll interval is not counted),
-and every run is checked by listing the destination. Writes bench/out/distributed.json.
+DistributedRunner with W `ferry worker` processes (each --threads 2 --concurrency 64: 64 objects in flight per
+worker, shared by its units, as embedded) and the broker on the machine's Redis (127.0.0.1:6379, a namespace
+of its own). The time is the task's own run, finished_at - run_started_at from its row (the claim's poll
+interval is not counted), and every run is checked by listing the destination. Writes bench/out/distributed.json.
 
 Everything (two stores, the server, the workers) shares the machine's cores: say how many when quoting it.
 """
@@ -86,7 +86,7 @@ def start_workers(count: int, env: dict[str, str], work: Path) -> list[subproces
     for i in range(count):
         log = (work / f"worker-{i}.log").open("ab")
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "ferry.cli", "worker", "--threads", "2", "--concurrency", "32",
+            [sys.executable, "-m", "ferry.cli", "worker", "--threads", "2", "--concurrency", "64",
              "--unit-keys", "1000"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT)))
     return procs
 
@@ -103,8 +103,9 @@ def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
 
 def run_once(label: str, workers: int, args: argparse.Namespace, src: MeteredSeaweed, dst: MeteredSeaweed,
              db_url: str, work: Path, repeat: int) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "FERRY_DATABASE_URL": db_url,
-           "FERRY_DATA_DIR": str(work / "data"), "FERRY_LOG_LEVEL": "WARNING"}
+    env = {**{k: v for k, v in os.environ.items() if k != "FERRY_BROKER_URL"}, "PYTHONPATH": str(ROOT / "src"),
+           "FERRY_DATABASE_URL": db_url,
+           "FERRY_DATA_DIR": str(work / "data"), "FERRY_LOG_LEVEL": "INFO" if args.logs else "WARNING"}
     if workers:
         env["FERRY_BROKER_URL"] = f"{REDIS}?namespace=bench-{uuid.uuid4().hex[:8]}"
     for name in ("FERRY_BROKER_URL", "FERRY_DATABASE_URL", "FERRY_MASTER_KEY", "FERRY_ENDPOINT_OVERRIDES"):
@@ -113,7 +114,7 @@ def run_once(label: str, workers: int, args: argparse.Namespace, src: MeteredSea
         else:
             os.environ.pop(name, None)
     service = build(work / "server", db_url, runner_settings=RunnerSettings(concurrency=64, poll_interval=0.2))
-    procs = start_workers(workers, env, work) if workers else []
+    procs = start_workers(workers, env, Path(args.logs) if args.logs else work) if workers else []
     try:
         engine = service.engine
         if workers:
@@ -158,6 +159,7 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--workers", type=int, nargs="*", default=[1, 2, 4])
     p.add_argument("--no-embedded", action="store_true")
+    p.add_argument("--logs", metavar="DIR", help="keep the workers' logs (at INFO) in DIR")
     args = p.parse_args()
     args.src_bucket = f"src-{uuid.uuid4().hex[:8]}"
     os.environ["FERRY_MASTER_KEY"] = os.urandom(32).hex()

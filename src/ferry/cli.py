@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "runs them against FERRY_DATABASE_URL (PostgreSQL), until SIGTERM")
     w.add_argument("--threads", type=int, default=4, metavar="N", help="units run at once (default 4)")
     w.add_argument("--concurrency", type=int, default=64, metavar="N",
-                   help="objects in flight per unit (default 64)")
+                   help="objects in flight in this worker, shared by its units (default 64)")
     w.add_argument("--unit-keys", type=int, default=1000, metavar="N",
                    help="objects per copy unit handed out by a listing unit (default 1000)")
     w.add_argument("--lease-ttl", type=float, default=30.0, metavar="SECONDS",

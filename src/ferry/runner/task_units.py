@@ -7,7 +7,10 @@ entry carries what the listing said of the object, so nothing is listed or looke
 results and the range unit's watermark are one transaction: a range unit run again resumes after its
 watermark and never hands out a key twice. The first batch goes out after the first page of the listing, or
 after `flush_seconds` on a slow one, so copying starts within seconds however large the bucket, while listing
-goes on; every prefix of the selection is its own range unit, listed in parallel with the others.
+goes on. Listing is sharded by folder: a range unit whose prefix has sub-folders (a delimiter listing, on
+stores that have one, both sides) hands each sub-folder on as a range unit of its own (down to `MAX_DEPTH`
+levels) and keeps only the objects directly in its prefix, so the folders of a bucket are listed in parallel
+on every worker; every prefix of the selection is its own range unit to begin with.
 
 A keys unit copies its objects through the engine's Transfer (verification, multipart checkpoints, batched
 results in the job, shared by every unit of the task) with its own watermark in its unit row; run again, it
@@ -21,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Collection, Iterator, Sequence
@@ -39,16 +43,16 @@ from ferry.engine.compare import OverwriteMode, SkipReason
 from ferry.engine.pipeline import StateWait, Transfer, _finished_keys, _listing
 from ferry.engine.planner import Action, Copy, Fail, Planner, Skip
 from ferry.engine.progress import Counters
-from ferry.errors import AccessError, FatalError, FerryError
+from ferry.errors import AccessError, FatalError, FerryError, TransientError
 from ferry.objects import ObjectInfo
 from ferry.runner.cluster_limits import ClusterRequestRate, RequestLimitedBackend, shared_task_limiter, source_rate_for
 from ferry.runner.migration import RunnerSettings, TaskFailure, failure_for, open_store, transfer_options
 from ferry.runner.units import UnitCancelled, UnitContext, UnitFailed, handles
-from ferry.storage.base import Backend
+from ferry.storage.base import Backend, ListOrder
 from ferry.storage.cdn_source import open_through_cdn
 from ferry.storage.selection import SelectedBackend, normalise
 from ferry.storage.stores import StoreKeys
-from ferry.storage.wrappers import BandwidthLimiter, RetryingBackend, ThrottledBackend
+from ferry.storage.wrappers import BandwidthLimiter, RetryingBackend, ThrottledBackend, unwrap
 
 log = logging.getLogger("ferry.worker")
 
@@ -57,6 +61,8 @@ KEYS: Final = "keys"
 UNIT_KEYS: Final = 1000
 UNIT_BYTES: Final = 1 << 30
 FLUSH_SECONDS: Final = 1.0
+MAX_DEPTH: Final = 4  # folder levels a listing is split down
+MAX_FOLDERS: Final = 10_000  # a prefix with more sub-folders than this is listed whole, not split
 _OBJECT_FIELDS: Final = tuple(f.name for f in dataclasses.fields(ObjectInfo) if f.name not in ("meta", "restore"))
 
 
@@ -226,6 +232,52 @@ def _as_failure(exc: FatalError) -> UnitFailed:
 # -- range units ------------------------------------------------------------------------------------------------
 
 
+def _folder_lister(store: Backend) -> Any:
+    """The store's one-request folder listing (`list_page` with a delimiter), or None when it has none."""
+    inner = unwrap(store)
+    return inner if callable(getattr(inner, "list_page", None)) else None
+
+
+async def _page(lister: Any, prefix: str, token: str | None) -> Any:
+    delay = 0.5
+    for attempt in range(5):
+        try:
+            return await lister.list_page(prefix, delimiter="/", continuation=token)
+        except TransientError:
+            if attempt == 4:
+                raise
+            await asyncio.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
+
+
+async def _sub_folders(lister: Any, prefix: str) -> list[str] | None:
+    """The sub-folders of `prefix`; None when there are more than MAX_FOLDERS (the prefix is listed whole)."""
+    found: set[str] = set()
+    token: str | None = None
+    while True:
+        page = await _page(lister, prefix, token)
+        found.update(p for p in page.prefixes if p != prefix and p.startswith(prefix))
+        if len(found) > MAX_FOLDERS:
+            return None
+        if not page.truncated or not page.next_token or page.next_token == token:
+            return sorted(found)
+        token = page.next_token
+
+
+async def _direct_objects(lister: Any, prefix: str, after: str | None) -> AsyncIterator[ObjectInfo]:
+    """The objects directly in `prefix` (none of its sub-folders'), after `after`."""
+    token: str | None = None
+    while True:
+        page = await _page(lister, prefix, token)
+        for obj in page.objects:
+            if after is None or obj.key > after:
+                yield obj
+        if not page.truncated or not page.next_token or page.next_token == token:
+            return
+        token = page.next_token
+
+
 @handles(RANGE)
 async def range_unit(unit: UnitRow, ctx: UnitContext) -> None:
     """List and plan one prefix of a task; record skips and failures; hand copies on as keys units."""
@@ -271,11 +323,37 @@ async def range_unit(unit: UnitRow, ctx: UnitContext) -> None:
     try:
         async with task_stores(ctx, row) as (src_store, dst_store):
             src, dst = SelectedBackend(src_store, items), SelectedBackend(dst_store, items)
+            src_lister, dst_lister = _folder_lister(src_store), _folder_lister(dst_store)
+            direct = bool(unit.spec.get("direct"))
+            depth = int(unit.spec.get("depth", 0))
+            if (prefix is not None and not direct and after is None and depth < MAX_DEPTH
+                    and not row.src_spec.get("cdn") and src_lister is not None and dst_lister is not None):
+                folders = await _sub_folders(src_lister, prefix)
+                if folders:
+                    # Each sub-folder becomes a range unit of its own; this one keeps the objects directly in
+                    # its prefix. One transaction: a unit run again finds itself split already ("direct").
+                    drafts = [UnitDraft(RANGE, spec={"items": [[f, True]], "depth": depth + 1}) for f in folders]
+                    spec = json.dumps({**unit.spec, "direct": True}, separators=(",", ":"))
+                    ids = await asyncio.to_thread(units.split, unit.id, ctx.owner, drafts, {"spec": spec})
+                    if ids is None:
+                        raise UnitCancelled(f"unit {unit.id}: the lease is no longer ours")
+                    direct = True
+                    if send is not None:
+                        with contextlib.suppress(Exception):  # else the coordinator sends them
+                            await asyncio.to_thread(send, ids)
             wait = StateWait(opts.state_patience, Counters())
-            planner = Planner(
-                _listing(src, after), src.capabilities.list_order, _listing(dst, after), dst.capabilities.list_order,
-                finished=_finished_keys(repo, job_id, after, wait), overwrite_mode=opts.overwrite,
-                migrate_since=opts.migrate_since, max_key_bytes=dst.capabilities.max_key_bytes)
+            finished = _finished_keys(repo, job_id, after, wait)
+            if direct and prefix is not None and src_lister is not None and dst_lister is not None:
+                planner = Planner(
+                    _direct_objects(src_lister, prefix, after), ListOrder.UNORDERED,
+                    _direct_objects(dst_lister, prefix, after), ListOrder.UNORDERED, finished=finished,
+                    overwrite_mode=opts.overwrite, migrate_since=opts.migrate_since,
+                    max_key_bytes=dst.capabilities.max_key_bytes)
+            else:
+                planner = Planner(
+                    _listing(src, after), src.capabilities.list_order, _listing(dst, after),
+                    dst.capabilities.list_order, finished=finished, overwrite_mode=opts.overwrite,
+                    migrate_since=opts.migrate_since, max_key_bytes=dst.capabilities.max_key_bytes)
             try:
                 async for action in planner:
                     key = action.src.key
@@ -308,7 +386,23 @@ async def range_unit(unit: UnitRow, ctx: UnitContext) -> None:
 # -- keys units ---------------------------------------------------------------------------------------------------
 
 
-class PlannedTransfer(Transfer):
+class SharedTransfer(Transfer):
+    """A Transfer whose objects in flight count against the worker process's `slots`, shared by every unit it
+    runs: a unit running alone (the last of a task, say) moves as many objects at once as two running side by
+    side, not half as many."""
+
+    def __init__(self, *args: Any, slots: asyncio.Semaphore | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.slots = slots
+
+    async def _handle(self, action: Action) -> ObjectResult:
+        if self.slots is None:
+            return await super()._handle(action)
+        async with self.slots:
+            return await super()._handle(action)
+
+
+class PlannedTransfer(SharedTransfer):
     """A Transfer over actions planned already (by a range unit) instead of over two listings."""
 
     def __init__(self, *args: Any, actions: list[Copy | Skip], **kwargs: Any) -> None:
@@ -346,6 +440,7 @@ async def keys_unit(unit: UnitRow, ctx: UnitContext) -> None:
     settings = RunnerSettings(concurrency=int(ctx.settings.get("concurrency", 64)),
                               memory_limit=int(ctx.settings.get("memory_limit", 128 << 20)))
     opts = transfer_options(row, settings)
+    slots: asyncio.Semaphore | None = ctx.settings.get("slots")
     counters = Counters()
     entries = unit.spec.get("objects")
     after = unit.watermark or unit.start_after
@@ -356,13 +451,14 @@ async def keys_unit(unit: UnitRow, ctx: UnitContext) -> None:
                 actions = sorted((decode_action(e) for e in entries), key=lambda a: a.src.key)
                 repo = ScopedJobRepo(ctx.engine, unit.id, ctx.owner, keys=[a.src.key for a in actions])
                 transfer: Transfer = PlannedTransfer(src_store, dst_store, repo, job_id, opts, counters,
-                                                     actions=actions)
+                                                     actions=actions, slots=slots)
             else:
                 keys = [str(k) for k in unit.spec["keys"]]
                 items = normalise((), keys)
                 repo = ScopedJobRepo(ctx.engine, unit.id, ctx.owner, keys=keys)
                 source = SelectedBackend(src_store, items)
-                transfer = Transfer(source, SelectedBackend(dst_store, items), repo, job_id, opts, counters)
+                transfer = SharedTransfer(source, SelectedBackend(dst_store, items), repo, job_id, opts, counters,
+                                          slots=slots)
             run = asyncio.create_task(transfer.run(after, Tally(0, 0, 0, 0, 0, 0, 0, 0)))
             stop = asyncio.create_task(ctx.stop.wait())
             try:

@@ -54,7 +54,7 @@ class WorkerSettings:
     """How much one worker process runs at once and how it keeps its leases."""
 
     threads: int = 4  # units at once
-    concurrency: int = 64  # objects in flight per unit
+    concurrency: int = 64  # objects in flight in this process, shared by the units it runs
     memory_limit: int = 128 * MiB  # object data held in memory per unit
     lease_ttl: float = 30.0  # a unit not renewed for this long is taken for dead and sent again
     heartbeat: float = 3.0  # seconds between lease renewals (progress written with each)
@@ -92,6 +92,7 @@ class UnitWorker(LoopThread):
         self._drain_requested = threading.Event()
         self._dramatiq: dramatiq.Worker | None = None
         self._actor: dramatiq.Actor[Any, Any] | None = None
+        self._slots: asyncio.Semaphore | None = None
 
     def __repr__(self) -> str:
         return f"UnitWorker(owner={self.owner!r})"
@@ -145,9 +146,11 @@ class UnitWorker(LoopThread):
         if handler is None:
             await self._end(row, FAILED, {"error": f"no handler for units of kind {row.kind!r} in this worker"})
             return
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(s.concurrency)  # made on the loop it is used on
         ctx = UnitContext(self.engine, self.box, self.owner, self.scratch,
                           settings={"concurrency": s.concurrency, "memory_limit": s.memory_limit,
-                                    "send": self.send_units, **s.extra})
+                                    "slots": self._slots, "send": self.send_units, **s.extra})
         self._contexts[unit_id] = ctx
         log.info("unit %d (%s of %s %s, attempt %d): started", unit_id, row.kind, row.owner_kind, row.owner_id,
                  row.attempts)
@@ -257,7 +260,8 @@ class UnitWorker(LoopThread):
         self.start()
         broker, spec = make_broker(self.broker_url)
         self._actor = unit_actor(broker, spec, self.on_message)
-        worker = dramatiq.Worker(broker, worker_threads=self.settings.threads, worker_timeout=500)
+        # A thread that finished its unit polls for the next message within 0.1 s (Dramatiq backs off to this).
+        worker = dramatiq.Worker(broker, worker_threads=self.settings.threads, worker_timeout=100)
         # One message waiting per thread at most: a unit is long, and a message parked here is one another,
         # idle worker could have run.
         worker.queue_prefetch = self.settings.threads
