@@ -7,6 +7,7 @@ replaced by `***`, and the master key is compared by an HMAC fingerprint (Secret
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Final
@@ -113,7 +114,15 @@ def check_broker(broker_url: str) -> None:
             params.connection_attempts = 1
             params.blocked_connection_timeout = CONNECT_TIMEOUT
             params.stack_timeout = 2 * CONNECT_TIMEOUT
-            pika.BlockingConnection(params).close()
+            # pika logs a refused connection at ERROR with a traceback, five records deep; the one line below
+            # says it instead.
+            quiet = logging.getLogger("pika")  # its modules' loggers inherit this level
+            was = quiet.level
+            quiet.setLevel(logging.CRITICAL + 1)
+            try:
+                pika.BlockingConnection(params).close()
+            finally:
+                quiet.setLevel(was)
     except Exception as exc:  # any client failure means "not reachable now", said in one line
         raise ClusterUnreachableError(
             f"cannot reach the broker at {redact_url(broker_url)}: {type(exc).__name__}: "
