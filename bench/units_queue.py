@@ -169,6 +169,32 @@ def table(units: int, workers: int, cycle: int) -> dict[str, Any]:
     return result
 
 
+def results(count: int) -> dict[str, Any]:
+    """Per-object result rows (job_objects), recorded in 1,000-row batches as a keys unit records what it
+    copied: the row every object of a task costs the database."""
+    from ferry.db.job_repo import JobRepo, ObjectResult
+
+    url, handle = _fresh_database()
+    try:
+        engine = open_database(url)
+        jobs = JobRepo(engine)
+        job = jobs.create("bench", "{}")
+        t = time.perf_counter()
+        for start in range(0, count, BATCH):
+            jobs.record(job.id, [ObjectResult(f"data/2026/{i // 1000:012d}/part-{i % 1000:06d}.parquet", "success",
+                                              262_144, f"{i:032x}") for i in range(start, min(count, start + BATCH))])
+        wall = time.perf_counter() - t
+        with engine.connect() as conn:
+            total = int(conn.execute(text("SELECT pg_total_relation_size('job_objects')")).scalar_one())
+        engine.dispose()
+    finally:
+        _drop_database(handle)
+    out = {"rows": count, "s": wall, "rows_per_s": count / wall, "total_bytes": total, "bytes_per_row": total / count}
+    print(f"results: {count:,} job_objects rows in {wall:.1f} s = {out['rows_per_s']:,.0f} rows/s; "
+          f"{total / 2**20:,.0f} MiB with indexes = {out['bytes_per_row']:.0f} bytes/row", flush=True)
+    return out
+
+
 def broker(messages: int, rounds: int, threads: int, redis_url: str) -> dict[str, Any]:
     import dramatiq
     from dramatiq.brokers.redis import RedisBroker
@@ -234,16 +260,20 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=4, help="broker rounds (Redis holds one round at a time)")
     ap.add_argument("--threads", type=int, default=8, help="Dramatiq worker threads (default 8)")
     ap.add_argument("--redis", default=os.environ.get("FERRY_BENCH_REDIS", "redis://127.0.0.1:6379/0"))
+    ap.add_argument("--results", type=int, default=200_000, help="per-object result rows recorded (default 200,000)")
     ap.add_argument("--skip-table", action="store_true")
     ap.add_argument("--skip-broker", action="store_true")
+    ap.add_argument("--out", default="", help="suffix of the JSON file written to bench/out/")
     args = ap.parse_args()
     out: dict[str, Any] = {"cpus": os.cpu_count(), "load_before": os.getloadavg()}
     if not args.skip_table:
         out["table"] = table(args.units, args.workers, args.cycle)
+    if args.results:
+        out["results"] = results(args.results)
     if not args.skip_broker:
         out["broker"] = broker(args.messages, args.rounds, args.threads, args.redis)
     out["load_after"] = os.getloadavg()
-    path = ROOT / "bench" / "out" / "units_queue.json"
+    path = ROOT / "bench" / "out" / f"units_queue{'-' + args.out if args.out else ''}.json"
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(out, indent=2))
     print(f"written to {path}")

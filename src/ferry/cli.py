@@ -444,9 +444,10 @@ def _check_distributed(base: Path) -> None:
     """In distributed mode (FERRY_BROKER_URL), say in one line and stop when the database or broker cannot be
     reached (after FERRY_STARTUP_PATIENCE seconds of trying), the database is SQLite, or the master key is not
     the cluster's."""
+    from ferry.runner.broker import broker_url
     from ferry.secrets import SecretBox
     from ferry.service.cluster_checks import wait_distributed
-    from ferry.settings import broker_url, database_url, startup_patience
+    from ferry.settings import database_url, startup_patience
 
     broker = broker_url()
     if broker is None:

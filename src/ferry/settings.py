@@ -52,12 +52,6 @@ def database_url(state_dir: Path | None = None) -> str:
     return f"sqlite:///{base / 'ferry.db'}"
 
 
-def broker_url() -> str | None:
-    """`FERRY_BROKER_URL` (redis://... or amqp://...): set, Ferry runs distributed (PostgreSQL, workers); unset,
-    everything runs in the one process."""
-    return os.environ.get("FERRY_BROKER_URL", "").strip() or None
-
-
 def startup_patience() -> float:
     """How long a server or worker in distributed mode waits for its database and broker to be reachable at
     start-up (they may be starting alongside) before it exits: FERRY_STARTUP_PATIENCE seconds."""

@@ -42,14 +42,14 @@ def pg_url() -> Iterator[str]:
         yield url
 
 
-async def _move_bytes(url: str, limit: float, start: float) -> float:
+async def _move_bytes(url: str, limit: float, go: Any) -> float:
     engine = open_database(url)
     limiter = ClusterBandwidthLimiter(engine, task_budget(41), limit)
     store = MemoryBackend()
     await store.put("obj", b"x" * PIECE, ObjectMeta())
     src = ThrottledBackend(store, limiter)
     counted = 0
-    await asyncio.sleep(max(0.0, start - time.time()))
+    start = await _ready(go)
     while (now := time.time()) < start + WARMUP + SPAN:
         data = await src.read("obj")  # charged after it arrives: counted when the limiter let it through
         if time.time() >= start + WARMUP and now >= start:
@@ -58,14 +58,14 @@ async def _move_bytes(url: str, limit: float, start: float) -> float:
     return counted
 
 
-async def _make_requests(url: str, rate: float, start: float) -> float:
+async def _make_requests(url: str, rate: float, go: Any) -> float:
     engine = open_database(url)
     limiter = ClusterRequestRate(engine, source_budget("http://127.0.0.1:9", "src"), rate)
     store = MemoryBackend()
     await store.put("obj", b"x", ObjectMeta())
     src = RequestLimitedBackend(store, limiter)
     counted = 0
-    await asyncio.sleep(max(0.0, start - time.time()))
+    start = await _ready(go)
     while time.time() < start + WARMUP + SPAN:
         await src.head("obj")
         if time.time() >= start + WARMUP:
@@ -74,20 +74,32 @@ async def _make_requests(url: str, rate: float, start: float) -> float:
     return counted
 
 
-def _worker(kind: str, url: str, rate: float, start: float, out: Any) -> None:
+async def _ready(go: Any) -> float:
+    """Say this process is set up, and wait for the common start time (epoch seconds)."""
+    ready, start = go
+    ready.put(True)
+    while start.value == 0.0:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(max(0.0, start.value - time.time()))
+    return float(start.value)
+
+
+def _worker(kind: str, url: str, rate: float, go: Any, out: Any) -> None:
     fn = _move_bytes if kind == "bytes" else _make_requests
-    out.put(asyncio.run(fn(url, rate, start)))
+    out.put(asyncio.run(fn(url, rate, go)))
 
 
 def _cluster_rate(kind: str, url: str, rate: float, processes: int) -> float:
     ctx = multiprocessing.get_context("spawn")
-    out = ctx.Queue()
-    # Every process starts drawing at the same moment, after all have started (spawning takes a while here).
-    start = time.time() + 4.0
-    procs = [ctx.Process(target=_worker, args=(kind, url, rate, start, out)) for _ in range(processes)]
+    out, ready, start = ctx.Queue(), ctx.Queue(), ctx.Value("d", 0.0)
+    procs = [ctx.Process(target=_worker, args=(kind, url, rate, (ready, start), out)) for _ in range(processes)]
     for p in procs:
         p.start()
     try:
+        # Every process starts drawing at the same moment, once all are set up (spawning takes a while here).
+        for _ in procs:
+            ready.get(timeout=60)
+        start.value = time.time() + 0.5
         total = sum(out.get(timeout=60) for _ in procs)
     finally:
         for p in procs:
@@ -153,3 +165,17 @@ async def test_the_rate_follows_the_policy_window_in_force(pg_engine: Engine) ->
     started = time.monotonic()
     await limiter.acquire(64 * MIB)
     assert time.monotonic() - started < 0.1
+
+
+async def test_a_limiter_given_the_policy_changes_rate_at_a_window_edge(pg_engine: Engine) -> None:
+    windows = parse_policy([{"start": "08:00", "end": "18:00", "max_bandwidth": MIB}])
+    now = [datetime(2026, 12, 3, 17, 59, 59)]
+    limiter = ClusterBandwidthLimiter(pg_engine, task_budget(10), windows=windows, clock=lambda: now[0])
+    assert limiter.limit == MIB
+    now[0] = datetime(2026, 12, 3, 18, 0, 1)
+    assert limiter.limit == MIB  # looked at again at most once a second
+    await asyncio.sleep(1.05)
+    assert limiter.limit is None  # the window closed: unlimited
+    started = time.monotonic()
+    await limiter.acquire(64 * MIB)
+    assert time.monotonic() - started < 0.1 and limiter.takes == 0

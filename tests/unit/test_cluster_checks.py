@@ -78,6 +78,7 @@ def test_an_unreachable_server_is_one_line_without_its_password(scheme: str) -> 
 def test_the_running_servers_pass(pg_url: str) -> None:
     check_database(pg_url)
     check_broker("redis://127.0.0.1:6379/0")
+    check_broker("redis://127.0.0.1:6379/0?namespace=ferry-test")  # Ferry's own parameter, not the client's
     check_broker("amqp://guest:guest@127.0.0.1:5672/%2F")
 
 
@@ -148,3 +149,19 @@ def test_serve_in_distributed_mode_says_what_is_wrong_in_one_line(tmp_path: Path
     other = _serve(tmp_path / "c", FERRY_BROKER_URL="redis://127.0.0.1:6379/0", FERRY_DATABASE_URL=pg_url,
                    FERRY_MASTER_KEY=KEY_B.hex())
     assert other.returncode == 2 and "FERRY_MASTER_KEY is not the key this cluster uses" in _said(other)
+
+
+def test_a_worker_with_another_key_or_no_broker_says_so_in_one_line(tmp_path: Path, pg_url: str) -> None:
+    check_master_key(pg_url, SecretBox(KEY_A))
+
+    def worker(**env: str) -> subprocess.CompletedProcess[str]:
+        full = dict(os.environ, FERRY_DATA_DIR=str(tmp_path), FERRY_STARTUP_PATIENCE="0", FERRY_DATABASE_URL=pg_url,
+                    **env)
+        return subprocess.run([sys.executable, "-m", "ferry.cli", "worker"], env=full, capture_output=True,
+                              text=True, timeout=120)
+
+    other = worker(FERRY_BROKER_URL="redis://127.0.0.1:6379/0?namespace=ferry-check", FERRY_MASTER_KEY=KEY_B.hex())
+    assert other.returncode == 2 and "FERRY_MASTER_KEY is not the key this cluster uses" in _said(other)
+    down = worker(FERRY_BROKER_URL=f"amqp://ferry:{PASSWORD}@127.0.0.1:{_free_port()}/%2F",
+                  FERRY_MASTER_KEY=KEY_A.hex())
+    assert down.returncode == 1 and "cannot reach the broker at amqp://ferry:***@127.0.0.1:" in _said(down)

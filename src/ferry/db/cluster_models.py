@@ -42,6 +42,8 @@ work_units = Table(
     Column("finished_at", Float, nullable=True),
     Index("ix_work_units_owner", "owner_kind", "owner_id", "run", "state"),
     Index("ix_work_units_lease", "state", "lease_expires"),
+    # The coordinator's resend scan (UnitRepo.due_again) every tick: queued units by when they were sent.
+    Index("ix_work_units_sent", "state", "sent_at"),
 )
 
 # One row per live worker process (`ferry worker`) and per dispatching server: what `ferry workers` and the

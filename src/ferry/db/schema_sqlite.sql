@@ -179,6 +179,8 @@ CREATE INDEX ix_work_units_lease ON work_units (state, lease_expires);
 
 CREATE INDEX ix_work_units_owner ON work_units (owner_kind, owner_id, run, state);
 
+CREATE INDEX ix_work_units_sent ON work_units (state, sent_at);
+
 CREATE TABLE job_objects (
 	job_id VARCHAR(36) NOT NULL, 
 	"key" TEXT NOT NULL, 

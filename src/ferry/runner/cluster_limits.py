@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import collections
 import os
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from datetime import datetime
 from typing import Final
@@ -35,7 +37,7 @@ from ferry.storage.base import Backend, close_listing
 from ferry.storage.wrappers import BackendWrapper, BandwidthLimiter
 
 __all__ = ["CHUNK_SECONDS", "ClusterBandwidthLimiter", "ClusterRequestRate", "RequestLimitedBackend",
-           "request_rate_setting", "source_budget", "source_rate_for", "task_budget"]
+           "request_rate_setting", "shared_task_limiter", "source_budget", "source_rate_for", "task_budget"]
 
 # Tokens are taken from the database in chunks of this many seconds of the rate: at 10 MiB/s a chunk is
 # 768 KiB, so a worker copying at the limit writes the budget row about 13 times a second.
@@ -104,13 +106,29 @@ class ClusterBandwidthLimiter(BandwidthLimiter):
     task: bytes/s for the task as a whole. `limit=None` is unlimited and touches no database."""
 
     def __init__(self, engine: Engine, name: str, limit: float | None = None, *,
-                 chunk_seconds: float = CHUNK_SECONDS, burst_seconds: float = BURST_SECONDS) -> None:
+                 windows: Iterable[Window] | None = None, chunk_seconds: float = CHUNK_SECONDS,
+                 burst_seconds: float = BURST_SECONDS, clock: Callable[[], datetime] = datetime.now) -> None:
+        """`windows` (a bandwidth policy): the limit is the window's in force, looked at again at most once a
+        second as bytes are charged, so a unit running across a window's edge changes rate there; else the
+        fixed `limit` (None = unlimited), which `set_limit`/`follow` may change."""
+        self._engine = engine
         self._shared = _SharedBucket(BudgetRepo(engine), name, chunk_seconds, burst_seconds, min_chunk=1.0)
+        self._windows = list(windows) if windows is not None else None
+        self._clock = clock
+        self._looked = time.monotonic()
+        if self._windows is not None:
+            limit = limit_at(self._windows, clock())
         super().__init__(limit, burst_seconds=burst_seconds)
 
     @property
     def takes(self) -> int:
         return self._shared.takes
+
+    def set_windows(self, windows: Iterable[Window]) -> None:
+        """Follow this policy from now on (a task's policy changed through the API)."""
+        self._windows = list(windows)
+        self._looked = time.monotonic()
+        self.follow(self._windows, self._clock())
 
     def follow(self, windows: Iterable[Window], when: datetime | None = None) -> None:
         """Take the rate of the policy window in force at `when` (now): call it as the runner calls
@@ -119,8 +137,15 @@ class ClusterBandwidthLimiter(BandwidthLimiter):
         if wanted != self.limit:
             self.set_limit(wanted)
 
+    @property
+    def limit(self) -> float | None:
+        if self._windows is not None and time.monotonic() - self._looked >= 1.0:
+            self._looked = time.monotonic()
+            self.follow(self._windows, self._clock())
+        return self._limit
+
     async def acquire(self, n: int) -> None:
-        if n <= 0 or self._limit is None:
+        if n <= 0 or self.limit is None:
             return
         # One taker at a time per process, in FIFO order: the shared bucket's debt is what spaces them.
         async with self._lock:
@@ -128,6 +153,26 @@ class ClusterBandwidthLimiter(BandwidthLimiter):
             if limit is None:
                 return
             await self._shared.spend(float(n), limit, self._changed)
+
+
+_SHARED: collections.OrderedDict[tuple[int, str], ClusterBandwidthLimiter] = collections.OrderedDict()
+_SHARED_MAX: Final = 256
+
+
+def shared_task_limiter(engine: Engine, task_id: int | str, windows: Iterable[Window]) -> ClusterBandwidthLimiter:
+    """The one limiter of a task in this process (on this event loop), whichever of its units runs: tokens a
+    finished unit took but did not spend are spent by the next, instead of being lost to the task's rate, and
+    units running at once queue behind one another instead of each holding a chunk."""
+    key = (id(engine), task_budget(task_id))
+    limiter = _SHARED.get(key)
+    if limiter is None or limiter._engine is not engine:
+        limiter = _SHARED[key] = ClusterBandwidthLimiter(engine, key[1], windows=windows)
+    else:
+        limiter.set_windows(windows)
+    _SHARED.move_to_end(key)
+    while len(_SHARED) > _SHARED_MAX:
+        _SHARED.popitem(last=False)
+    return limiter
 
 
 class ClusterRequestRate:

@@ -45,13 +45,7 @@ from ferry.engine.planner import Action, Copy, Fail, Planner, Skip
 from ferry.engine.progress import Counters
 from ferry.errors import AccessError, FatalError, FerryError, TransientError
 from ferry.objects import ObjectInfo
-from ferry.runner.cluster_limits import (
-    ClusterBandwidthLimiter,
-    ClusterRequestRate,
-    RequestLimitedBackend,
-    source_rate_for,
-    task_budget,
-)
+from ferry.runner.cluster_limits import ClusterRequestRate, RequestLimitedBackend, shared_task_limiter, source_rate_for
 from ferry.runner.migration import RunnerSettings, TaskFailure, failure_for, open_store, transfer_options
 from ferry.runner.units import UnitCancelled, UnitContext, UnitFailed, handles
 from ferry.storage.base import Backend, ListOrder
@@ -189,20 +183,22 @@ def _credentials(ctx: UnitContext, row: TaskRow) -> dict[str, str]:
 
 
 def task_limiter(engine: Engine, row: TaskRow) -> BandwidthLimiter:
-    """The task's bandwidth policy as one budget for every unit of it on every worker (runner.cluster_limits),
-    at the window in force now (a unit is short; the next one follows a window that changed)."""
-    limiter = ClusterBandwidthLimiter(engine, task_budget(row.id))
-    limiter.follow(parse_policy(row.bandwidth_policy))
-    return limiter
+    """The task's bandwidth policy as one budget for every unit of it on every worker (runner.cluster_limits):
+    one limiter per task in this process, so tokens a finished unit took are spent by the next, at the window
+    in force and following the windows while units run."""
+    return shared_task_limiter(engine, row.id, parse_policy(row.bandwidth_policy))
 
 
 def _source_rate(engine: Engine, spec: dict[str, Any]) -> ClusterRequestRate | None:
-    """FERRY_SOURCE_REQUEST_RATE as one budget per source bucket for the whole cluster (None: unlimited)."""
+    """FERRY_SOURCE_REQUEST_RATE as one budget per source bucket for the whole cluster (None: unlimited). A
+    source without a stored endpoint (a cloud's endpoint from its profile) is named by profile and region."""
     parts = urlsplit(str(spec.get("endpoint") or ""))
-    if not parts.scheme or not parts.hostname:
-        return None
-    port = f":{parts.port}" if parts.port else ""
-    return source_rate_for(engine, f"{parts.scheme}://{parts.hostname}{port}", str(spec["real_bucket"]))
+    if parts.scheme and parts.hostname:
+        port = f":{parts.port}" if parts.port else ""
+        where = f"{parts.scheme}://{parts.hostname}{port}"
+    else:
+        where = f"{spec.get('profile')}/{spec.get('region')}"
+    return source_rate_for(engine, where, str(spec["real_bucket"]))
 
 
 @contextlib.asynccontextmanager
@@ -210,7 +206,7 @@ async def task_stores(ctx: UnitContext, row: TaskRow) -> AsyncIterator[tuple[Bac
     """The task's source (retried, throttled) and destination (retried), closed afterwards."""
     keys = _credentials(ctx, row)
     src_spec, dst_spec = row.src_spec, row.dst_spec
-    limiter = await asyncio.to_thread(task_limiter, ctx.engine, row)
+    limiter = task_limiter(ctx.engine, row)
     rate = _source_rate(ctx.engine, src_spec)
     raw_dst = open_store(dst_spec, dst_spec["region"], dst_spec["bucket"], dst_spec.get("save_prefix", ""),
                          StoreKeys.of(keys, "dst"), dst_spec.get("kms_key_id"))

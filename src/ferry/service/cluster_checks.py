@@ -7,6 +7,7 @@ replaced by `***`, and the master key is compared by an HMAC fingerprint (Secret
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Final
@@ -14,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ferry.db.cluster_repo import SettingRepo
 from ferry.db.database import open_database
-from ferry.errors import FatalError, FerryError
+from ferry.errors import FatalError, FerryError, UsageError
 from ferry.runner.broker import BrokerSpec
 from ferry.secrets import SecretBox
 
@@ -91,8 +92,10 @@ def check_broker(broker_url: str) -> None:
     scheme = urlsplit(broker_url).scheme
     if scheme not in BROKER_SCHEMES:
         raise ClusterConfigError(f"FERRY_BROKER_URL must be a redis:// or amqp:// URL, not {redact_url(broker_url)}")
-    # The client libraries get the URL the broker itself uses: our `namespace` parameter taken out.
-    client_url = BrokerSpec.parse(broker_url).url
+    try:
+        client_url = BrokerSpec.parse(broker_url).url  # without Ferry's own `namespace` parameter
+    except UsageError as exc:
+        raise ClusterConfigError(exc.message) from None
     try:
         if scheme.startswith("redis"):
             import redis
@@ -111,7 +114,15 @@ def check_broker(broker_url: str) -> None:
             params.connection_attempts = 1
             params.blocked_connection_timeout = CONNECT_TIMEOUT
             params.stack_timeout = 2 * CONNECT_TIMEOUT
-            pika.BlockingConnection(params).close()
+            # pika logs a refused connection at ERROR with a traceback, five records deep; the one line below
+            # says it instead.
+            quiet = logging.getLogger("pika")  # its modules' loggers inherit this level
+            was = quiet.level
+            quiet.setLevel(logging.CRITICAL + 1)
+            try:
+                pika.BlockingConnection(params).close()
+            finally:
+                quiet.setLevel(was)
     except Exception as exc:  # any client failure means "not reachable now", said in one line
         raise ClusterUnreachableError(
             f"cannot reach the broker at {redact_url(broker_url)}: {type(exc).__name__}: "

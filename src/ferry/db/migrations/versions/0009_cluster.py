@@ -40,6 +40,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_work_units_owner", "work_units", ["owner_kind", "owner_id", "run", "state"])
     op.create_index("ix_work_units_lease", "work_units", ["state", "lease_expires"])
+    op.create_index("ix_work_units_sent", "work_units", ["state", "sent_at"])
     op.create_table(
         "cluster_workers",
         sa.Column("id", sa.String(128), primary_key=True),
@@ -72,6 +73,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     for name in ("cluster_settings", "cluster_budgets", "cluster_workers"):
         op.drop_table(name)
+    op.drop_index("ix_work_units_sent", "work_units")
     op.drop_index("ix_work_units_lease", "work_units")
     op.drop_index("ix_work_units_owner", "work_units")
     op.drop_table("work_units")
