@@ -199,9 +199,15 @@ def test_the_broker_restarted_empty_mid_task_loses_nothing(nodes: Cluster, seawe
         nodes.redis.kill()  # its queue is gone with it: nothing is saved
         time.sleep(1.0)
         nodes.redis.start()
-        task = _done(client, task_id, timeout=150)
+        task, samples = wait_task(client, task_id, lambda t: t.status in (4, 5), timeout=150, every=0.2)
     finally:
         nodes.proxy.remove(slow)
+    # While it ran, the task showed its progress as an embedded run does: the objects listed, those done so
+    # far, a fraction between, and the listing over once every range unit was.
+    running = [t for t in samples if t.status == 2]
+    assert any(t.total_num == count and 0 < t.successful_num < count and 0 < t.progress < 1 for t in running)
+    done = [t.successful_num for t in running]
+    assert done == sorted(done)
     assert task.status == 5, task.error_reason
     assert (task.successful_num, task.failed_num) == (count, 0)
     assert _etags(seaweed_b, dst) == _etags(seaweed_a, src)
