@@ -17,7 +17,7 @@ from ferry_service import fill, prefix_task, s3_client, wait_task
 from huaweicloudsdkoms.v2 import OmsClient
 
 from cluster import Cluster, cluster, wait_for
-from faultproxy import Trickle
+from faultproxy import Damage, Trickle
 
 pytestmark = pytest.mark.slow
 
@@ -81,6 +81,29 @@ def test_a_task_runs_on_three_workers_and_every_object_is_verified(nodes: Cluste
     assert len(worked()) >= 2, nodes.worker_rows()
     # Nothing of the task's credentials is in any unit (a message carries only the id).
     assert all("secret" not in u["spec"].lower() and seaweed_a.secret_key not in u["spec"] for u in units)
+
+
+def test_a_failed_object_is_listed_and_fails_the_task_as_embedded(nodes: Cluster, seaweed_a: Any,
+                                                                   seaweed_b: Any) -> None:
+    src, dst, bodies = _buckets(seaweed_a, seaweed_b, 30)
+    bad = "d1/obj-00004"
+    # Every write of that one object arrives damaged: its verification fails, each time.
+    rule = nodes.proxy.add(Damage(count=2), method="PUT", path=f"^/{dst}/{bad}$")
+    try:
+        client = nodes.live.client()
+        made = client.create_task(prefix_task(seaweed_a, src, seaweed_b, dst, enable_failed_object_recording=True))
+        task = _done(client, int(made.id))
+    finally:
+        nodes.proxy.remove(rule)
+    assert rule.fired >= 1
+    assert (task.status, task.successful_num, task.failed_num, task.total_num) == (4, 29, 1, 30)
+    assert task.error_reason.error_code == "FERRY.0422"
+    listed = task.failed_object_record.list_file_key
+    assert listed, task.failed_object_record
+    body = s3_client(seaweed_b).get_object(Bucket=dst, Key=listed)["Body"].read().decode()
+    assert [json.loads(line)["key"] for line in body.splitlines()] == [bad]
+    copied = _etags(seaweed_b, dst)
+    assert bad not in copied and len([k for k in copied if k in bodies]) == 29
 
 
 def test_a_worker_killed_mid_unit_loses_nothing_and_only_that_unit_is_copied_again(
