@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 from ferry_service import fill, prefix_task, s3_client, wait_task
-from huaweicloudsdkoms.v2 import OmsClient
+from huaweicloudsdkoms.v2 import OmsClient, StartTaskReq, StartTaskRequest, StopTaskRequest
 
 from cluster import Cluster, cluster, wait_for
-from faultproxy import Trickle
+from faultproxy import Damage, Trickle
 
 pytestmark = pytest.mark.slow
 
@@ -81,6 +81,66 @@ def test_a_task_runs_on_three_workers_and_every_object_is_verified(nodes: Cluste
     assert len(worked()) >= 2, nodes.worker_rows()
     # Nothing of the task's credentials is in any unit (a message carries only the id).
     assert all("secret" not in u["spec"].lower() and seaweed_a.secret_key not in u["spec"] for u in units)
+
+
+def test_a_failed_object_is_listed_and_fails_the_task_as_embedded(nodes: Cluster, seaweed_a: Any,
+                                                                   seaweed_b: Any) -> None:
+    src, dst, bodies = _buckets(seaweed_a, seaweed_b, 30)
+    bad = "d1/obj-00004"
+    # Every write of that one object arrives damaged: its verification fails, each time.
+    rule = nodes.proxy.add(Damage(count=2), method="PUT", path=f"^/{dst}/{bad}$")
+    try:
+        client = nodes.live.client()
+        made = client.create_task(prefix_task(seaweed_a, src, seaweed_b, dst, enable_failed_object_recording=True))
+        task = _done(client, int(made.id))
+    finally:
+        nodes.proxy.remove(rule)
+    assert rule.fired >= 1
+    assert (task.status, task.successful_num, task.failed_num, task.total_num) == (4, 29, 1, 30)
+    assert task.error_reason.error_code == "FERRY.0422"
+    listed = task.failed_object_record.list_file_key
+    assert listed, task.failed_object_record
+    body = s3_client(seaweed_b).get_object(Bucket=dst, Key=listed)["Body"].read().decode()
+    assert [json.loads(line)["key"] for line in body.splitlines()] == [bad]
+    copied = _etags(seaweed_b, dst)
+    assert bad not in copied and len([k for k in copied if k in bodies]) == 29
+
+
+def test_a_paused_task_resumes_from_its_units_watermarks(nodes: Cluster, seaweed_a: Any, seaweed_b: Any) -> None:
+    count = 120
+    src, dst, _ = _buckets(seaweed_a, seaweed_b, count)
+    slow = nodes.proxy.add(Trickle(8192), method="PUT", path=f"^/{dst}/")
+    try:
+        client, task_id = _start(nodes, seaweed_a, seaweed_b, src, dst)
+        wait_task(client, task_id, lambda t: t.successful_num >= 20, timeout=60, every=0.2)
+        client.stop_task(StopTaskRequest(task_id=task_id))
+        wait_task(client, task_id, lambda t: t.status == 3, timeout=60, every=0.2)
+        first = nodes.units(task_id)
+        # Stopping cancelled every open unit: the workers stop at their next heartbeat.
+        assert first and all(u["state"] in ("done", "cancelled") for u in first)
+        # A worker learns of it at its unit's next lease renewal (every --lease-ttl / 3 = 1.3 s here); a start
+        # sooner than that could have the old and the new run copy the same objects side by side for a moment.
+        time.sleep(2.5)
+        client.start_task(StartTaskRequest(task_id=task_id, body=StartTaskReq(
+            src_ak=seaweed_a.access_key, src_sk=seaweed_a.secret_key,
+            dst_ak=seaweed_b.access_key, dst_sk=seaweed_b.secret_key)))
+        task = _done(client, task_id)
+    finally:
+        nodes.proxy.remove(slow)
+    assert task.status == 5, task.error_reason
+    assert (task.successful_num, task.failed_num, task.total_num) == (count, 0, count)
+    assert _etags(seaweed_b, dst) == _etags(seaweed_a, src)
+    units = nodes.units(task_id)
+    runs = {u["run"] for u in units}
+    assert runs == {1, 2}
+    # The second run is the first run's unfinished units only, each from where it got to: nothing was listed
+    # again and no unit finished in the first run came back.
+    carried = [u for u in units if u["run"] == 2]
+    assert len(carried) == sum(1 for u in units if u["run"] == 1 and u["state"] == "cancelled")
+    assert all(u["kind"] == "keys" for u in carried)
+    # Written again at most: what was in flight when it stopped (4 per worker, 3 workers), each object at most
+    # twice more (its write already on the wire when the stop reached it, unrecorded, and the new run's).
+    assert count <= slow.matched <= count + 2 * 12, slow.matched
 
 
 def test_a_worker_killed_mid_unit_loses_nothing_and_only_that_unit_is_copied_again(
@@ -199,9 +259,15 @@ def test_the_broker_restarted_empty_mid_task_loses_nothing(nodes: Cluster, seawe
         nodes.redis.kill()  # its queue is gone with it: nothing is saved
         time.sleep(1.0)
         nodes.redis.start()
-        task = _done(client, task_id, timeout=150)
+        task, samples = wait_task(client, task_id, lambda t: t.status in (4, 5), timeout=150, every=0.2)
     finally:
         nodes.proxy.remove(slow)
+    # While it ran, the task showed its progress as an embedded run does: the objects listed, those done so
+    # far, a fraction between, and the listing over once every range unit was.
+    running = [t for t in samples if t.status == 2]
+    assert any(t.total_num == count and 0 < t.successful_num < count and 0 < t.progress < 1 for t in running)
+    done = [t.successful_num for t in running]
+    assert done == sorted(done)
     assert task.status == 5, task.error_reason
     assert (task.successful_num, task.failed_num) == (count, 0)
     assert _etags(seaweed_b, dst) == _etags(seaweed_a, src)
