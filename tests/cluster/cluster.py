@@ -90,18 +90,18 @@ class Cluster:
 
     def wait_registered(self, count: int, timeout: float = 60.0) -> None:
         engine = self.live.service.engine
-        wait_for(lambda: len(_rows(engine, select(cluster_workers.c.id).where(
+        wait_for(lambda: len(rows(engine, select(cluster_workers.c.id).where(
             cluster_workers.c.state == "running"))) >= count, timeout, f"{count} workers registered")
 
     def units(self, task_id: int) -> list[Any]:
-        return _rows(self.live.service.engine, select(work_units).where(work_units.c.owner_id == str(task_id))
+        return rows(self.live.service.engine, select(work_units).where(work_units.c.owner_id == str(task_id))
                      .order_by(work_units.c.id))
 
     def worker_rows(self) -> list[Any]:
-        return _rows(self.live.service.engine, select(cluster_workers))
+        return rows(self.live.service.engine, select(cluster_workers))
 
 
-def _rows(engine: Any, query: Any) -> list[Any]:
+def rows(engine: Any, query: Any) -> list[Any]:
     with engine.connect() as conn:
         return list(conn.execute(query).mappings().all())
 

@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 from ferry_service import fill, prefix_task, s3_client, wait_task
 from huaweicloudsdkoms.v2 import OmsClient, StartTaskReq, StartTaskRequest, StopTaskRequest
+from sqlalchemy import select
 
-from cluster import Cluster, cluster, wait_for
+from cluster import Cluster, cluster, rows, wait_for
 from faultproxy import Damage, Trickle
+from ferry.db.metric_models import metric_snapshots
 
 pytestmark = pytest.mark.slow
 
@@ -81,6 +83,14 @@ def test_a_task_runs_on_three_workers_and_every_object_is_verified(nodes: Cluste
     assert len(worked()) >= 2, nodes.worker_rows()
     # Nothing of the task's credentials is in any unit (a message carries only the id).
     assert all("secret" not in u["spec"].lower() and seaweed_a.secret_key not in u["spec"] for u in units)
+    # Each worker publishes its own tallies for the server's /metrics (it serves none itself).
+    pids = {str(p.pid) for p in nodes.live_workers()}
+
+    def published() -> set[str]:
+        found = rows(nodes.live.service.engine, select(metric_snapshots.c.source))
+        return {r["source"].rsplit("/", 1)[-1] for r in found if r["source"].startswith("worker@")}
+
+    wait_for(lambda: pids <= published(), 20, "the workers' metric snapshots")
 
 
 def test_a_failed_object_is_listed_and_fails_the_task_as_embedded(nodes: Cluster, seaweed_a: Any,

@@ -164,6 +164,8 @@ class SnapshotPublisher:
     """Publishes `snapshot()` as `source` every `interval` seconds from a thread of its own, and once more when
     stopped, so that what the process counted up to its stop is not lost."""
 
+    thread_name = "ferry-metrics-publisher"
+
     def __init__(self, engine: Engine, source: str, snapshot: Callable[[], Mapping[str, Any]],
                  clock: Callable[[], float], interval: float = 5.0) -> None:
         self.engine = engine
@@ -181,7 +183,7 @@ class SnapshotPublisher:
             log.debug("metrics snapshot not published: %s", exc)
 
     def start(self) -> SnapshotPublisher:
-        self._thread = threading.Thread(target=self._run, name="ferry-metrics-publisher", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
         self._thread.start()
         return self
 
@@ -189,9 +191,9 @@ class SnapshotPublisher:
         while not self._stop.wait(self.interval):
             self.publish()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(self.interval + 5)
+            self._thread.join(self.interval + 5 if timeout is None else timeout)
             self._thread = None
         self.publish()

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
+import time
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 
 from sqlalchemy import Engine
 
+from ferry import metrics
+from ferry.db.metric_repo import SnapshotPublisher
 from ferry.db.notify import Listener, Notifier
 from ferry.db.unit_repo import UnitRepo
 from ferry.errors import UsageError
@@ -31,6 +35,7 @@ from ferry.secrets import SecretBox
 from ferry.service.groups import GroupContext, runner_ports
 from ferry.service.sync import open_task_backends
 from ferry.service.tasks import TaskContext
+from ferry.settings import MetricsSettings
 
 
 def _noop() -> None:
@@ -76,6 +81,10 @@ def install_worker(engine: Engine, box: SecretBox, data_dir: Path, *, sync: Sync
     worker_services.add(background)
     # Events committed by the API wake this worker's loop at once rather than at its next poll.
     worker_services.add(Listener(engine, background.notify))
+    # A worker serves no /metrics: its tallies (store errors and retries, event latency) reach the server's
+    # through the database, one row per worker process.
+    worker_services.add(SnapshotPublisher(engine, f"worker@{socket.gethostname()}/{os.getpid()}", metrics.snapshot,
+                                          time.time, MetricsSettings.from_env().publish_seconds))
     return background
 
 
