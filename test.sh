@@ -7,4 +7,7 @@ scripts/bootstrap.sh test
 .venv/bin/ruff check src tests bench
 .venv/bin/mypy
 .venv/bin/lint-imports --no-logo  # the layer contract in pyproject.toml: imports only point down
-exec .venv/bin/pytest -q "$@"
+# Two worker processes (pytest-xdist), each test file on one worker so module-scoped servers start once: the
+# suite spends most of its time waiting on servers and subprocesses, not computing. Later options win, so
+# `./test.sh -n 0` runs it in one process.
+exec .venv/bin/pytest -q -n 2 --dist loadfile "$@"

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from ferry_service import DST_REGION, SRC_REGION, fill, listing, overrides, prefix_task, s3_client, wait_task
+from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException
 from huaweicloudsdkoms.v2 import (
     BandwidthPolicyDto,
     ShowTaskRequest,
@@ -88,8 +89,12 @@ def test_kill_9_mid_task_then_restart_finishes_everything(seaweed_a: Any, seawee
     try:
         restarted = time.monotonic()
         client = oms_client(f"http://127.0.0.1:{port}", cred["access_key"], cred["secret_key"], project)
-        client.update_bandwidth_policy(UpdateBandwidthPolicyRequest(
-            task_id=created.id, body=UpdateBandwidthPolicyReq(bandwidth_policy=[])))
+        try:  # lifts the 1 MiB/s limit so the rest goes fast
+            client.update_bandwidth_policy(UpdateBandwidthPolicyRequest(
+                task_id=created.id, body=UpdateBandwidthPolicyReq(bandwidth_policy=[])))
+        except ClientRequestException as e:
+            # On a loaded machine the resumed task can finish the rest (~6 s at the limit) before this call.
+            assert e.error_code == "OMS.0070", e
         done, samples = wait_task(client, created.id, lambda t: t.status in (4, 5), timeout=120)
         resumed_in = time.monotonic() - restarted
         assert done.status == 5, done.error_reason

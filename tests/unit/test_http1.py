@@ -824,13 +824,24 @@ async def test_an_early_answer_stops_the_move(
 
 @pytest.mark.skipif(not splice.AVAILABLE, reason="no splice on this system")
 async def test_a_cancelled_move_ends_before_the_request_does(
-    serve: Callable[[Handler], Awaitable[Server]], moves: list[int],
+    serve: Callable[[Handler], Awaitable[Server]], moves: list[int], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The stopper is set when the move is handed to its thread; on a busy machine the thread may not have
+    # taken it yet (cancelling then withdraws it unstarted), so the cancellation waits until it runs.
+    started = threading.Event()
+    recorded = splice.move
+
+    def starting(*args: object, **kw: object) -> None:
+        started.set()
+        recorded(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(splice, "move", starting)
     src_server = await serve(source(os.urandom(8 * 1024 * 1024), cut=1024 * 1024, stall=5))
     dst_server = await serve(answer(200, b""))
     src, dst = pool(src_server.port), pool(dst_server.port)
     task = asyncio.ensure_future(_relay(src, dst))
     await _moving(src)
+    assert await asyncio.to_thread(started.wait, 10)
     assert not task.done()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

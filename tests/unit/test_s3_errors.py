@@ -98,8 +98,9 @@ def _secret_free(exc: BaseException) -> None:
 ])
 async def test_status_mapping(fake: FakeS3, status: int, code: str, expected: type[FerryError]) -> None:
     # A real SignatureDoesNotMatch body quotes the signature the client sent.
+    # Retry-After 2, not more: the endpoint then holds back the PUT below for that long.
     fake.reply = _error(status, code, "<SignatureProvided>deadbeef</SignatureProvided>",
-                        {"Retry-After": "7"} if status == 503 else None)
+                        {"Retry-After": "2"} if status == 503 else None)
     b = _backend(fake)
     try:
         with pytest.raises(expected) as ei:
@@ -107,7 +108,7 @@ async def test_status_mapping(fake: FakeS3, status: int, code: str, expected: ty
         _secret_free(ei.value)
         assert ei.value.key == "some key"
         if status == 503:
-            assert isinstance(ei.value, TransientError) and ei.value.retry_after == 7.0
+            assert isinstance(ei.value, TransientError) and ei.value.retry_after == 2.0
         with pytest.raises(FerryError) as ei2:
             await b.put("k", b"x", ObjectMeta(expires="soon"))
         _secret_free(ei2.value)
