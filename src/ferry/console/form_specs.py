@@ -421,8 +421,8 @@ def submit(spec: FormSpec, form: FormValues, create: Callable[[Any], str]) -> Ou
 
 # -- the three forms ---------------------------------------------------------------------------------------------
 
-_BUCKET_TYPES: Final = ("object", "prefix", "list")
-_LISTED: Final = ("list", "url_list")
+_BUCKET_TYPES: Final = tuple(t.value for t in (s.TaskType.OBJECT, s.TaskType.PREFIX, s.TaskType.LIST))
+_LISTED: Final = tuple(t.value for t in (s.TaskType.LIST, s.TaskType.URL_LIST))
 _KEYS_HINT: Final = "Never shown again once submitted."
 _KMS_HINT: Final = "36 characters; required when the encryption is KMS."
 

@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from ferry import metrics
 from ferry.api.deps import SERVICES_STATE, ApiServices
-from ferry.oms import OmsError
+from ferry.oms import OmsError, SyncStatus
 from ferry.service.metrics import MetricsSnapshot, metrics_snapshot, shown_left_seconds, shown_progress, shown_speed
 
 router = APIRouter()
@@ -26,7 +26,7 @@ TASK_STATUSES: Final = {1: "waiting", 2: "running", 3: "paused", 4: "failed", 5:
                         7: "pausing"}
 GROUP_STATUSES: Final = {0: "waiting", 1: "executing", 2: "monitoring", 3: "paused", 4: "create_failed",
                          5: "migrate_failed", 6: "completed", 7: "pausing", 8: "waiting_delete", 9: "deleted"}
-SYNC_STATUSES: Final = ("SYNCHRONIZING", "STOPPED")
+SYNC_STATUSES: Final = tuple(status.value for status in SyncStatus)
 _PROCESS = ProcessCollector(registry=None)
 
 
