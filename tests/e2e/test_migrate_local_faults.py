@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,12 +11,24 @@ from typing import Any
 import pytest
 from cli_helpers import ferry_env, migrate_argv, run_ferry, s3_client
 
+from ferry.db import schema_sqlite
+
 pytestmark = pytest.mark.timeout(240)
 
-# The CLI as it is, on a job database that cannot grow past 49 pages (the fresh schema takes 47): SQLite answers
-# SQLITE_FULL then, as it does on a full disk. No privileges needed.
+
+
+def _fresh_schema_pages() -> int:
+    db = sqlite3.connect(":memory:")
+    for statement in schema_sqlite.statements():
+        db.execute(statement)
+    return int(db.execute("PRAGMA page_count").fetchone()[0])
+
+
+# The CLI as it is, on a job database that cannot grow past two pages more than the fresh schema takes: SQLite
+# answers SQLITE_FULL then, as it does on a full disk. No privileges needed.
+_CAP = f"PRAGMA max_page_count={_fresh_schema_pages() + 2}"
 CAPPED = [sys.executable, "-c",
-          "import sys, ferry.db.sqlconn as c; c.SQLITE_PRAGMAS += ('PRAGMA max_page_count=49',); "
+          f"import sys, ferry.db.sqlconn as c; c.SQLITE_PRAGMAS += ({_CAP!r},); "
           "from ferry.cli import main; sys.argv[0] = 'ferry'; sys.exit(main())"]
 
 
