@@ -91,6 +91,17 @@ def start_workers(count: int, env: dict[str, str], work: Path) -> list[subproces
     return procs
 
 
+def peak_rss_mb(pid: int) -> float | None:
+    """A live process's peak resident set (VmHWM), in MB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) * 1024 / 1e6, 1)
+    except OSError:
+        return None
+    return None
+
+
 def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
     for p in procs:
         p.send_signal(signal.SIGTERM)
@@ -145,7 +156,8 @@ def run_once(label: str, workers: int, args: argparse.Namespace, src: MeteredSea
         ok = row["status"] == 5 and count == args.objects and nbytes == args.objects * SIZE
         out = {"config": label, "workers": workers, "repeat": repeat, "seconds": round(seconds, 3),
                "objects_per_s": round(args.objects / seconds, 1) if seconds > 0 else None, "ok": ok,
-               "status": row["status"], "success_num": row["success_num"]}
+               "status": row["status"], "success_num": row["success_num"],
+               "worker_peak_rss_mb": [peak_rss_mb(p.pid) for p in procs]}
         print(json.dumps(out), flush=True)
         return out
     finally:
