@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -169,11 +168,7 @@ class DistributedRunner(LocalRunner):
         if not isinstance(source, SelectedBackend) or row.task_type == "url_list":
             return await super()._transfer(row, source, target, counters)  # URL lists run here, as embedded
         jobs, tasks = self.jobs, self.tasks
-        job_id = row.job_id
-        if job_id is None:
-            job = await asyncio.to_thread(jobs.create, f"task:{row.id}", json.dumps({"task_id": row.id}))
-            job_id = job.id
-            await asyncio.to_thread(tasks.heartbeat, row.id, self.owner, self.settings.lease_ttl, {"job_id": job_id})
+        job_id = await self._job_id(row)
         mode = row.run_mode
         if mode == "full":
             await asyncio.to_thread(tasks.heartbeat, row.id, self.owner, self.settings.lease_ttl,

@@ -708,13 +708,17 @@ class LocalRunner(LoopThread):
         except FatalError as exc:
             raise failure_for(side, exc) from None
 
+    async def _job_id(self, row: TaskRow) -> str:
+        """The task's job (its per-object results), made at its first run."""
+        if row.job_id is not None:
+            return row.job_id
+        job = await asyncio.to_thread(self.jobs.create, f"task:{row.id}", json.dumps({"task_id": row.id}))
+        await asyncio.to_thread(self.tasks.heartbeat, row.id, self.owner, self.settings.lease_ttl, {"job_id": job.id})
+        return job.id
+
     async def _transfer(self, row: TaskRow, source: Backend, target: Backend, counters: Counters) -> RunResult:
         jobs, tasks = self.jobs, self.tasks
-        job_id = row.job_id
-        if job_id is None:
-            job = await asyncio.to_thread(jobs.create, f"task:{row.id}", json.dumps({"task_id": row.id}))
-            job_id = job.id
-            await asyncio.to_thread(tasks.heartbeat, row.id, self.owner, self.settings.lease_ttl, {"job_id": job_id})
+        job_id = await self._job_id(row)
         mode = row.run_mode
         if mode in ("full", "failed_only"):
             await asyncio.to_thread(tasks.reset_watermark, job_id)
