@@ -247,12 +247,17 @@ def run_seaweed(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "--src-endpoint", src.endpoint, "--dst-endpoint", dst.endpoint,
                 "--src-profile", "seaweedfs", "--dst-profile", "seaweedfs", "--src-region", REGION,
                 "--dst-region", REGION, "--state-dir", str(state), "--json", "--no-progress"]
-        runs = [(phase, "ferry", ferry_env) for phase in phases]
+        runs = [(phase, "ferry", ferry_env, argv) for phase in phases]
         if args.baseline_src:
-            # The same in-step rerun by another source tree (the code before a change), for comparison.
-            runs.append(("rerun", f"ferry@{args.baseline_src}", {**ferry_env, "PYTHONPATH": args.baseline_src}))
-        for phase, tool, tool_env in runs:
-            proc = run_child(argv, tool_env, timeout=6 * 3600)
+            # The same in-step rerun by another source tree (the code before a change), for comparison. Each
+            # tree gets a fresh state directory of its own: an older tree cannot open a job database a newer
+            # one migrated, and both then do the same work (list both sides, skip every key).
+            for tool, tool_env in (("ferry", ferry_env),
+                                   (f"ferry@{args.baseline_src}", {**ferry_env, "PYTHONPATH": args.baseline_src})):
+                fresh = Path(tempfile.mkdtemp(prefix="state-", dir=root))
+                runs.append(("rerun-fresh-state", tool, tool_env, [*argv[:-3], str(fresh), *argv[-2:]]))
+        for phase, tool, tool_env, tool_argv in runs:
+            proc = run_child(tool_argv, tool_env, timeout=6 * 3600)
             if phase == "first" and proc.rc == 0:
                 in_step.write_text(dst_bucket)
             summary = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.rc == 0 else {}
