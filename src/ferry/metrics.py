@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import re
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -45,7 +46,7 @@ class Family:
     samples: tuple[Sample, ...]
 
 
-class _Tally:
+class _Tally(ABC):
     kind = ""
 
     def __init__(self, name: str, help: str, labelnames: Sequence[str], max_series: int, register: bool) -> None:
@@ -57,16 +58,17 @@ class _Tally:
         if register:
             _ALL.append(self)
 
+    @abstractmethod
     def blank(self, max_series: int) -> _Tally:
         """An empty, unregistered tally of the same family, to merge snapshots into."""
-        raise NotImplementedError
 
+    @abstractmethod
     def family(self) -> Family:
-        raise NotImplementedError
+        """The tally as one metric family for a scrape."""
 
+    @abstractmethod
     def add(self, sample: Sample) -> None:
         """Add another process's series (from its snapshot) to this one."""
-        raise NotImplementedError
 
     def _key(self, labels: tuple[str, ...], table: Mapping[tuple[str, ...], Any]) -> tuple[str, ...]:
         if len(labels) != len(self.labelnames):
