@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
+from starlette.responses import RedirectResponse, Response
 
 from ferry import oms as s
 from ferry.console.session import form_text
@@ -25,6 +28,21 @@ def refusal(exc: FerryError | OmsError) -> tuple[int, str]:
     mapping (`ferry.oms.refusal`), so a page never words an error differently."""
     answer = exc if isinstance(exc, OmsError) else s.refusal(exc)
     return answer.status, f"{answer.error_msg} ({answer.error_code})"
+
+
+async def perform(action: Callable[[], None], refused: Callable[[int, str], Awaitable[Response]],
+                  target: str) -> Response:
+    """Run a state-changing operation (in a thread: the services are synchronous); on success redirect to
+    `target` (303, so a reload does not post again), on refusal the page again via `refused(status, words)`.
+    A 404 is raised on: the object is not this project's, and the page must say no more than the API."""
+    try:
+        await run_in_threadpool(action)
+    except (FerryError, OmsError) as exc:
+        status, message = refusal(exc)
+        if status == 404:
+            raise
+        return await refused(status, message)
+    return RedirectResponse(target, status_code=303)
 
 
 def filled(form: FormData, names: tuple[str, ...]) -> dict[str, str]:

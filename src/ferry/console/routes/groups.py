@@ -11,17 +11,15 @@ from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Path, Request
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import Response
 
 from ferry import oms as s
 from ferry.console.context import Console, ConsoleContext
-from ferry.console.forms import bandwidth_request, keys_request, refusal
+from ferry.console.forms import bandwidth_request, keys_request, perform
 from ferry.console.paging import Paging
 from ferry.console.render import render
 from ferry.console.routes.tasks import STATUS_NAMES
 from ferry.console.session import CheckedForm, CurrentProject, ProjectSession, form_text
-from ferry.errors import FerryError
-from ferry.oms import OmsError
 from ferry.service import groups, tasks
 from ferry.service.groups import GroupContext
 from ferry.service.tasks import TaskError
@@ -93,16 +91,13 @@ async def group_live(request: Request, ctx: Console, session: CurrentProject, gr
 async def _act(request: Request, ctx: ConsoleContext, session: ProjectSession, group_id: str, done: str,
                action: Callable[[GroupContext], None]) -> Response:
     gctx = group_context(ctx)
-    try:
-        await run_in_threadpool(action, gctx)
-    except (FerryError, OmsError) as exc:
-        status, message = refusal(exc)
-        if status == 404:
-            raise
+
+    async def refused(status: int, message: str) -> Response:
         values = await _group_values(ctx, session, group_id, None, None)
         return render(request, session, "group.html", status=status, flash_error=message, **values)
+
     target = "/console/groups?done=delete" if done == "delete" else f"/console/groups/{group_id}?done={done}"
-    return RedirectResponse(target, status_code=303)
+    return await perform(lambda: action(gctx), refused, target)
 
 
 @router.post("/groups/{group_id}/stop")

@@ -14,16 +14,14 @@ from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Path, Request
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ferry import oms as s
 from ferry.console.context import Console, ConsoleContext
-from ferry.console.forms import MIB, bandwidth_request, keys_request, refusal
+from ferry.console.forms import MIB, bandwidth_request, keys_request, perform
 from ferry.console.paging import Paging
 from ferry.console.render import PAGE_HEADERS, human_duration_ms, human_size, human_time_ms, percent, render, speed
 from ferry.console.session import CheckedForm, CurrentProject, ProjectSession
-from ferry.errors import FerryError
-from ferry.oms import OmsError
 from ferry.service import task_report, tasks
 from ferry.service.tasks import TaskContext, TaskError
 
@@ -167,15 +165,12 @@ async def _act(request: Request, ctx: ConsoleContext, session: ProjectSession, t
     """Run a task operation; on success back to the page (or the list, after a delete) with a message, on
     refusal the page again with the API's own words."""
     tctx = task_context(ctx)
-    try:
-        await run_in_threadpool(action, tctx)
-    except (FerryError, OmsError) as exc:
-        status, message = refusal(exc)
-        if status == 404:
-            raise
+
+    async def refused(status: int, message: str) -> Response:
         return await _task_page(request, ctx, session, task_id, status=status, flash_error=message)
+
     target = "/console/tasks?done=delete" if done == "delete" else f"/console/tasks/{task_id}?done={done}"
-    return RedirectResponse(target, status_code=303)
+    return await perform(lambda: action(tctx), refused, target)
 
 
 @router.post("/tasks/{task_id}/stop")
