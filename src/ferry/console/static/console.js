@@ -97,8 +97,12 @@
 
     function refreshFailures(count) {
       if (count === failedShown || !window.htmx) { return; }
-      failedShown = count;
-      window.htmx.ajax("GET", "/console/tasks/" + id + "/failures", { target: "#failures", swap: "outerHTML" });
+      failedShown = count;  // no second request while this one is under way
+      window.htmx.ajax("GET", "/console/tasks/" + id + "/failures", { target: "#failures", swap: "outerHTML" })
+        .then(function () {
+          var card = document.getElementById("failures");
+          if (card) { failedShown = parseInt(card.getAttribute("data-failed") || "0", 10); }
+        });
     }
 
     function tick() {
