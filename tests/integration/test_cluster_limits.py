@@ -164,7 +164,7 @@ async def test_the_rate_follows_the_policy_window_in_force(pg_engine: Engine) ->
     assert limiter.limit is None  # outside every window: unlimited, at once
     started = time.monotonic()
     await limiter.acquire(64 * MIB)
-    assert time.monotonic() - started < 0.1
+    assert time.monotonic() - started < 2  # at once: 64 s at the window's rate
 
 
 async def test_a_limiter_given_the_policy_changes_rate_at_a_window_edge(pg_engine: Engine) -> None:
@@ -178,4 +178,4 @@ async def test_a_limiter_given_the_policy_changes_rate_at_a_window_edge(pg_engin
     assert limiter.limit is None  # the window closed: unlimited
     started = time.monotonic()
     await limiter.acquire(64 * MIB)
-    assert time.monotonic() - started < 0.1 and limiter.takes == 0
+    assert time.monotonic() - started < 2 and limiter.takes == 0  # 64 s at the closed window's rate

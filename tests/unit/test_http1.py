@@ -243,16 +243,16 @@ async def test_read_timeout(serve: Callable[[Handler], Awaitable[Server]]) -> No
 
 async def test_a_slow_but_steady_answer_is_not_timed_out(serve: Callable[[Handler], Awaitable[Server]]) -> None:
     async def trickle(request: Request, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n")
-        for byte in b"steady":
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n")
+        for byte in b"steady" * 2:
             await asyncio.sleep(0.1)
             writer.write(bytes([byte]))
             await writer.drain()
         return True
 
     server = await serve(trickle)
-    p = pool(server.port, read_timeout=0.3)
-    assert (await p.request("GET", "/k", "h", {})).body == b"steady"  # 0.6 s in all, never 0.3 s idle
+    p = pool(server.port, read_timeout=0.5)  # 0.4 s to spare per byte for a busy machine
+    assert (await p.request("GET", "/k", "h", {})).body == b"steady" * 2  # 1.2 s in all, never 0.5 s idle
     await p.close()
 
 

@@ -224,25 +224,25 @@ async def test_limiter_holds_the_rate() -> None:
     start = time.monotonic()
     await asyncio.gather(*(limiter.acquire(50_000) for _ in range(10)))
     elapsed = time.monotonic() - start
-    assert 0.3 <= elapsed < 1.5  # 500 KB - 100 KB burst at 1 MB/s = 0.4 s
+    assert 0.3 <= elapsed < 5  # 500 KB - 100 KB burst at 1 MB/s = 0.4 s; a busy machine is only slower
 
 
 async def test_unlimited_and_raised_limits_release_waiters() -> None:
     assert BandwidthLimiter(None).limit is None
     start = time.monotonic()
     await BandwidthLimiter(None).acquire(10**12)
-    assert time.monotonic() - start < 0.1
+    assert time.monotonic() - start < 2  # at once: any rate would take hours
     limiter = BandwidthLimiter(1000, burst_seconds=0.1)
     waiter = asyncio.create_task(limiter.acquire(100_000))  # 100 s at 1 KB/s
     await asyncio.sleep(0.05)
     assert not waiter.done()
     limiter.set_limit(None)
-    await asyncio.wait_for(waiter, 1.0)
+    await asyncio.wait_for(waiter, 5.0)
     limiter.set_limit(1000)
     waiter = asyncio.create_task(limiter.acquire(100_000))
     await asyncio.sleep(0.05)
     limiter.set_limit(10_000_000)
-    await asyncio.wait_for(waiter, 1.0)
+    await asyncio.wait_for(waiter, 5.0)
     assert limiter.limit == 10_000_000
 
 
