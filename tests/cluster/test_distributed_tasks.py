@@ -3,9 +3,13 @@ every object verified; a worker killed with kill -9 mid-unit; the broker restart
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import http.server
 import json
 import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,13 +17,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ferry_service import fill, prefix_task, s3_client, wait_task
-from huaweicloudsdkoms.v2 import OmsClient, StartTaskReq, StartTaskRequest, StopTaskRequest
+from ferry_service import fill, prefix_task, s3_client, start_service, wait_task
+from huaweicloudsdkoms.v2 import (
+    CreateTaskReq,
+    CreateTaskRequest,
+    DstNodeReq,
+    ListFile,
+    OmsClient,
+    SrcNodeReq,
+    StartTaskReq,
+    StartTaskRequest,
+    StopTaskRequest,
+)
 from sqlalchemy import select
 
 from cluster import Cluster, cluster, rows, wait_for
 from faultproxy import Damage, Trickle
 from ferry.db.metric_models import metric_snapshots
+from ferry.runner.distributed import DistributedRunner
 
 pytestmark = pytest.mark.slow
 
@@ -28,6 +43,21 @@ pytestmark = pytest.mark.slow
 def nodes(seaweed_a: Any, seaweed_b: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with cluster(seaweed_a, seaweed_b, tmp_path_factory.mktemp("cluster")) as made:
         yield made
+
+
+@pytest.fixture(scope="module")
+def http_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """A plain HTTP server on 127.0.0.1 serving a directory: the source of url_list tasks."""
+    root = tmp_path_factory.mktemp("www")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def _buckets(seaweed_a: Any, seaweed_b: Any, count: int, size: int = 4096) -> tuple[str, str, dict[str, bytes]]:
@@ -114,6 +144,105 @@ def test_a_failed_object_is_listed_and_fails_the_task_as_embedded(nodes: Cluster
     assert [json.loads(line)["key"] for line in body.splitlines()] == [bad]
     copied = _etags(seaweed_b, dst)
     assert bad not in copied and len([k for k in copied if k in bodies]) == 29
+
+
+def _url_list_task(client: OmsClient, seaweed_b: Any, dst: str, lines: list[str]) -> int:
+    s3_client(seaweed_b).put_object(Bucket=dst, Key="lists/urls.txt", Body="\n".join(lines).encode())
+    body = CreateTaskReq(
+        task_type="url_list", enable_failed_object_recording=True,
+        src_node=SrcNodeReq(cloud_type="URLSource", list_file=ListFile(list_file_key="lists/urls.txt", obs_bucket=dst)),
+        dst_node=DstNodeReq(ak=seaweed_b.access_key, sk=seaweed_b.secret_key, bucket=dst, region="cn-north-4"))
+    return int(client.create_task(CreateTaskRequest(body=body)).id)
+
+
+def _url_list_run(client: OmsClient, seaweed_b: Any, dst: str, lines: list[str], later: Path) -> list[Any]:
+    """A url_list task over `lines`, then (once `later` exists) its failed objects again: both runs' tasks."""
+    task_id = _url_list_task(client, seaweed_b, dst, lines)
+    first = _done(client, task_id)
+    later.write_bytes(b"late")
+    try:
+        client.start_task(StartTaskRequest(task_id=task_id, body=StartTaskReq(
+            dst_ak=seaweed_b.access_key, dst_sk=seaweed_b.secret_key, migrate_failed_object=True)))
+        again = _done(client, task_id)
+    finally:
+        later.unlink()
+    return [first, again]
+
+
+def _failed_reasons(seaweed_b: Any, dst: str, task: Any) -> dict[str, str]:
+    text = s3_client(seaweed_b).get_object(Bucket=dst, Key=task.failed_object_record.list_file_key)["Body"].read()
+    return {x["key"]: x["reason"] for x in map(json.loads, text.decode().splitlines())}
+
+
+def _counts(task: Any) -> tuple[Any, ...]:
+    return (task.status, task.total_num, task.successful_num, task.failed_num, task.skipped_num, task.total_size,
+            task.complete_size, task.real_size, task.progress,
+            task.error_reason.error_code if task.error_reason else None)
+
+
+def test_a_url_list_task_runs_on_the_workers_as_embedded(nodes: Cluster, seaweed_b: Any, http_files: tuple[Path, str],
+                                                          monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    root, base = http_files
+    sub = f"u{uuid.uuid4().hex[:8]}"
+    (root / sub).mkdir()
+    files = {f"{sub}/f{i:02d}.bin": os.urandom(3000 + i) for i in range(12)}
+    for name, body in files.items():
+        (root / name).write_bytes(body)
+    port = base.rsplit(":", 1)[1]
+    failing = {
+        "missing.bin": f"{base}/{sub}/missing.bin",  # a 404 (there for the rerun of failed objects)
+        "blocked": "http://127.0.0.1:9/internal",  # loopback, and not allowed by the operator
+        "via-localhost": f"http://localhost:{port}/{sub}/f00.bin",  # the allowed server by another name
+    }
+    lines = [f"{base}/{name}" if i % 2 else f"{base}/{name}\tnamed/{name.rsplit('/', 1)[1]}"
+             for i, name in enumerate(files)] + [f"{url}\t{key}" for key, url in failing.items()]
+    wanted = {(name if i % 2 else f"named/{name.rsplit('/', 1)[1]}"): body
+              for i, (name, body) in enumerate(files.items())}
+    # The allow-list is the server's when the task is made, stored with it: the workers' own environment names
+    # no URLSource, and must not need to.
+    table = {**json.loads(os.environ["FERRY_ENDPOINT_OVERRIDES"]), "URLSource/test-files": base}
+    monkeypatch.setenv("FERRY_ENDPOINT_OVERRIDES", json.dumps(table))
+    assert "URLSource" not in nodes.env["FERRY_ENDPOINT_OVERRIDES"]
+
+    # The same list embedded, for the counters and reasons to equal.
+    monkeypatch.delenv("FERRY_BROKER_URL")
+    embedded = start_service(tmp_path / "embedded", f"sqlite:///{tmp_path / 'embedded.db'}")
+    try:
+        edst = f"dst-{uuid.uuid4().hex[:10]}"
+        s3_client(seaweed_b).create_bucket(Bucket=edst)
+        expected = _url_list_run(embedded.value.client(), seaweed_b, edst, lines, root / sub / "missing.bin")
+    finally:
+        embedded.close()
+    monkeypatch.setenv("FERRY_BROKER_URL", nodes.broker_url)
+
+    runner = nodes.live.service.runner
+    assert isinstance(runner, DistributedRunner)
+    # Units of 5 URLs (the coordinator's default is 1,000): the list is spread over the workers.
+    monkeypatch.setattr(runner, "dispatch", dataclasses.replace(runner.dispatch, unit_keys=5))
+    dst = f"dst-{uuid.uuid4().hex[:10]}"
+    s3_client(seaweed_b).create_bucket(Bucket=dst)
+    done_before = sum(r["units_done"] for r in nodes.worker_rows())
+    got = _url_list_run(nodes.live.client(), seaweed_b, dst, lines, root / sub / "missing.bin")
+    assert [_counts(t) for t in got] == [_counts(t) for t in expected]
+    first, again = got
+    assert (first.status, first.successful_num, first.failed_num) == (4, 12, 3), first.error_reason
+    assert (again.status, again.successful_num, again.failed_num) == (4, 13, 2), again.error_reason
+    reasons = _failed_reasons(seaweed_b, dst, first)
+    assert reasons == _failed_reasons(seaweed_b, edst, expected[0])
+    assert "HTTP 404" in reasons["missing.bin"], reasons
+    for key in ("blocked", "via-localhost"):  # the SSRF guard on the worker, as on the server
+        assert "not a public address" in reasons[key] and "not allowed" in reasons[key], reasons[key]
+    assert set(_failed_reasons(seaweed_b, dst, again)) == {"blocked", "via-localhost"}
+    # Every object's bytes are the URL's.
+    s3 = s3_client(seaweed_b)
+    for key, body in {**wanted, "missing.bin": b"late"}.items():
+        assert s3.get_object(Bucket=dst, Key=key)["Body"].read() == body, key
+    # The work was units the workers held: 3 of 5 URLs, then one for the failed ones.
+    units = nodes.units(int(first.id))
+    assert [(u["run"], len(json.loads(u["spec"])["urls"])) for u in units] == [(1, 5), (1, 5), (1, 5), (2, 3)]
+    assert all(u["kind"] == "keys" and u["state"] == "done" and u["attempts"] >= 1 for u in units), units
+    wait_for(lambda: sum(r["units_done"] for r in nodes.worker_rows()) >= done_before + len(units), 20,
+             "the workers' counts")
 
 
 def test_a_paused_task_resumes_from_its_units_watermarks(nodes: Cluster, seaweed_a: Any, seaweed_b: Any) -> None:

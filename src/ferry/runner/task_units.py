@@ -16,7 +16,8 @@ A keys unit copies its objects through the engine's Transfer (verification, mult
 results in the job, shared by every unit of the task) with its own watermark in its unit row; run again, it
 resumes after that watermark and skips every key the job already has as succeeded or skipped. Keys units made
 by the coordinator (a list task, the single keys of an object task, a rerun of failed objects) hold keys only
-and look them up as an embedded run does.
+and look them up as an embedded run does; those of a URL-list task hold `(key, URL)` pairs (spec `urls`) and
+fetch them as an embedded run does, each URL's host checked by storage.netguard on this worker.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from ferry.storage.base import Backend, ListOrder
 from ferry.storage.cdn_source import open_through_cdn
 from ferry.storage.selection import SelectedBackend, normalise
 from ferry.storage.stores import StoreKeys
+from ferry.storage.url_source import UrlSource
 from ferry.storage.wrappers import BandwidthLimiter, RetryingBackend, ThrottledBackend, unwrap
 
 log = logging.getLogger("ferry.worker")
@@ -202,19 +204,29 @@ def _source_rate(engine: Engine, spec: dict[str, Any]) -> ClusterRequestRate | N
 
 
 @contextlib.asynccontextmanager
-async def task_stores(ctx: UnitContext, row: TaskRow) -> AsyncIterator[tuple[Backend, Backend]]:
-    """The task's source (retried, throttled) and destination (retried), closed afterwards."""
+async def task_stores(ctx: UnitContext, row: TaskRow, urls: Sequence[tuple[str, str]] = ()
+                      ) -> AsyncIterator[tuple[Backend, Backend]]:
+    """The task's source (retried, throttled) and destination (retried), closed afterwards. A URL-list task's
+    source is `urls` fetched as the embedded runner fetches them: the same UrlSource, under the allow-list of
+    non-public hosts stored with the task when it was made (the server's decision, not this worker's)."""
     keys = _credentials(ctx, row)
     src_spec, dst_spec = row.src_spec, row.dst_spec
     limiter = task_limiter(ctx.engine, row)
-    rate = _source_rate(ctx.engine, src_spec)
+    url_list = row.task_type == "url_list"
+    # FERRY_SOURCE_REQUEST_RATE is a budget per source bucket: a URL list has none (nor has it embedded).
+    rate = None if url_list else _source_rate(ctx.engine, src_spec)
     raw_dst = open_store(dst_spec, dst_spec["region"], dst_spec["bucket"], dst_spec.get("save_prefix", ""),
                          StoreKeys.of(keys, "dst"), dst_spec.get("kms_key_id"))
     stores: list[Backend] = [raw_dst]
     try:
-        raw_src = open_through_cdn(
-            open_store(src_spec, src_spec["region"], src_spec["real_bucket"], "", StoreKeys.of(keys, "src")),
-            src_spec.get("cdn"), keys.get("cdn_key"), keys.get("src_ak"), keys.get("src_sk"), src_spec["real_bucket"])
+        raw_src: Backend
+        if url_list:
+            raw_src = UrlSource(urls, allowed_hosts=src_spec.get("allowed_hosts", ()))
+        else:
+            raw_src = open_through_cdn(
+                open_store(src_spec, src_spec["region"], src_spec["real_bucket"], "", StoreKeys.of(keys, "src")),
+                src_spec.get("cdn"), keys.get("cdn_key"), keys.get("src_ak"), keys.get("src_sk"),
+                src_spec["real_bucket"])
         stores.append(raw_src)
         # Retries are charged to the request rate too: the limiter sits under the retrying wrapper.
         counted: Backend = raw_src if rate is None else RequestLimitedBackend(raw_src, rate)
@@ -443,15 +455,24 @@ async def keys_unit(unit: UnitRow, ctx: UnitContext) -> None:
     slots: asyncio.Semaphore | None = ctx.settings.get("slots")
     counters = Counters()
     entries = unit.spec.get("objects")
+    urls = [(str(k), str(u)) for k, u in unit.spec.get("urls", ())]
     after = unit.watermark or unit.start_after
     try:
-        async with task_stores(ctx, row) as (src_store, dst_store):
+        async with task_stores(ctx, row, urls) as (src_store, dst_store):
             source: SelectedBackend | None = None
             if entries is not None:
                 actions = sorted((decode_action(e) for e in entries), key=lambda a: a.src.key)
                 repo = ScopedJobRepo(ctx.engine, unit.id, ctx.owner, keys=[a.src.key for a in actions])
                 transfer: Transfer = PlannedTransfer(src_store, dst_store, repo, job_id, opts, counters,
                                                      actions=actions, slots=slots)
+            elif urls:
+                # As the embedded run: the whole (unit's) list is the source's listing, each URL's HEAD on the
+                # way; a URL that cannot be fetched is set aside with its reason (UrlSource.failed).
+                keys = [k for k, _ in urls]
+                repo = ScopedJobRepo(ctx.engine, unit.id, ctx.owner, keys=keys)
+                source = SelectedBackend(src_store, [("", True)])
+                transfer = SharedTransfer(source, SelectedBackend(dst_store, normalise((), keys)), repo, job_id,
+                                          opts, counters, slots=slots)
             else:
                 keys = [str(k) for k in unit.spec["keys"]]
                 items = normalise((), keys)
@@ -478,9 +499,14 @@ async def keys_unit(unit: UnitRow, ctx: UnitContext) -> None:
                     with contextlib.suppress(asyncio.CancelledError):
                         await run
                 _sync_progress(ctx, counters)
-            if source is not None and source.missing:
-                gone = [ObjectResult(k, "failed", 0, None, "the source object does not exist")
-                        for k in sorted(set(source.missing)) if after is None or k > after]
-                await asyncio.to_thread(JobRepo(ctx.engine).record, job_id, gone)
+            if source is not None:
+                left_out = {k: "the source object does not exist" for k in source.missing}
+                fetched = unwrap(src_store)
+                if isinstance(fetched, UrlSource):
+                    left_out.update(fetched.failed)
+                gone = [ObjectResult(k, "failed", 0, None, reason) for k, reason in sorted(left_out.items())
+                        if after is None or k > after]
+                if gone:
+                    await asyncio.to_thread(JobRepo(ctx.engine).record, job_id, gone)
     except FatalError as exc:
         raise _as_failure(exc) from None
