@@ -245,6 +245,54 @@ def test_a_url_list_task_runs_on_the_workers_as_embedded(nodes: Cluster, seaweed
              "the workers' counts")
 
 
+def test_a_paused_url_list_task_resumes_from_its_units_and_keeps_its_failed_urls(
+        nodes: Cluster, seaweed_b: Any, http_files: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    root, base = http_files
+    sub = f"p{uuid.uuid4().hex[:8]}"
+    (root / sub).mkdir()
+    names = [f"{sub}/f{i:02d}.bin" for i in range(20)]
+    for name in names:
+        (root / name).write_bytes(os.urandom(4096))
+    # Each unit's first key is a URL that answers 404: its result is only known to the unit that looked it up,
+    # and a stop after the unit's watermark passed it must not lose it.
+    lines = [f"{base}/{name}" for name in names] + [f"{base}/{sub}/gone-{i}\t{sub}/f{i:02d}.a" for i in (0, 10)]
+    table = {**json.loads(os.environ["FERRY_ENDPOINT_OVERRIDES"]), "URLSource/test-files": base}
+    monkeypatch.setenv("FERRY_ENDPOINT_OVERRIDES", json.dumps(table))
+    runner = nodes.live.service.runner
+    assert isinstance(runner, DistributedRunner)
+    monkeypatch.setattr(runner, "dispatch", dataclasses.replace(runner.dispatch, unit_keys=11))
+    dst = f"dst-{uuid.uuid4().hex[:10]}"
+    s3_client(seaweed_b).create_bucket(Bucket=dst)
+    slow = nodes.proxy.add(Trickle(2048), method="PUT", path=f"^/{dst}/{sub}/")  # 2 s per object
+    try:
+        client = nodes.live.client()
+        task_id = _url_list_task(client, seaweed_b, dst, lines)
+        # Stopped once both units wrote a watermark: each is past the unit's 404, whose lookup came first.
+        wait_for(lambda: [u["watermark"] is not None for u in nodes.units(task_id)] == [True, True], 60,
+                 "both units' watermarks")
+        client.stop_task(StopTaskRequest(task_id=task_id))
+        wait_task(client, task_id, lambda t: t.status == 3, timeout=60, every=0.2)
+        time.sleep(2.5)  # the workers' next lease renewal (see test_a_paused_task_resumes_from_its_units_watermarks)
+        client.start_task(StartTaskRequest(task_id=task_id, body=StartTaskReq(
+            dst_ak=seaweed_b.access_key, dst_sk=seaweed_b.secret_key)))
+        task = _done(client, task_id)
+    finally:
+        nodes.proxy.remove(slow)
+    # An object written as the stop came, its result not yet recorded, is found at the destination: skipped.
+    assert (task.status, task.successful_num + task.skipped_num, task.failed_num, task.total_num) == (4, 20, 2, 22)
+    reasons = _failed_reasons(seaweed_b, dst, task)
+    assert sorted(reasons) == [f"{sub}/f00.a", f"{sub}/f10.a"] and all("HTTP 404" in r for r in reasons.values())
+    s3 = s3_client(seaweed_b)
+    for name in names:
+        assert s3.get_object(Bucket=dst, Key=name)["Body"].read() == (root / name).read_bytes(), name
+    units = nodes.units(task_id)
+    assert {u["run"] for u in units} == {1, 2} and all(u["kind"] == "keys" for u in units)
+    # The second run is the first's unfinished units, each from its watermark: no URL was copied again but
+    # those in flight at the stop (4 per worker process).
+    assert all(u["start_after"] is not None for u in units if u["run"] == 2), units
+    assert 20 <= slow.matched <= 20 + 2 * 12, slow.matched
+
+
 def test_a_paused_task_resumes_from_its_units_watermarks(nodes: Cluster, seaweed_a: Any, seaweed_b: Any) -> None:
     count = 120
     src, dst, _ = _buckets(seaweed_a, seaweed_b, count)

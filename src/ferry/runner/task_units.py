@@ -111,15 +111,19 @@ class ScopedJobRepo(JobRepo):
         self.owner = owner
         self.keys = None if keys is None else frozenset(keys)
         self.prefix = prefix or None
+        self.watermark: str | None = None  # the last this unit wrote while it held the lease
 
     def record(self, job_id: str, results: Sequence[ObjectResult], watermark: str | None = None) -> None:
+        ours = False
         with self.engine.begin() as conn:
             record_on(conn, job_id, results)
             if watermark is not None:
                 # Only while the unit is ours: a unit taken over keeps the watermark its new holder writes.
-                conn.execute(update(work_units).where(
+                ours = bool(conn.execute(update(work_units).where(
                     work_units.c.id == self.unit_id, work_units.c.lease_owner == self.owner,
-                    work_units.c.state == "running").values(watermark=watermark))
+                    work_units.c.state == "running").values(watermark=watermark)).rowcount)
+        if ours:
+            self.watermark = watermark
 
     def _key(self) -> Any:
         key = job_objects.c.key
@@ -439,6 +443,20 @@ class PlannedTransfer(SharedTransfer):
         self.counters.listing_done = True
 
 
+def _record_left_out(engine: Engine, job_id: str, source: SelectedBackend, src_store: Backend, after: str | None,
+                     upto: str | None) -> None:
+    """Record as failed, with why, the keys after `after` (up to `upto` if given) that the source's listing
+    left out: keys not found, and URLs of a URL list that could not be fetched (as the embedded run does)."""
+    left_out = {k: "the source object does not exist" for k in source.missing}
+    fetched = unwrap(src_store)
+    if isinstance(fetched, UrlSource):
+        left_out.update(fetched.failed)
+    gone = [ObjectResult(k, "failed", 0, None, reason) for k, reason in sorted(left_out.items())
+            if (after is None or k > after) and (upto is None or k <= upto)]
+    if gone:
+        JobRepo(engine).record(job_id, gone)
+
+
 def _sync_progress(ctx: UnitContext, c: Counters) -> None:
     p = ctx.progress
     p.listed, p.listed_bytes = c.listed, c.listed_bytes
@@ -482,16 +500,19 @@ async def keys_unit(unit: UnitRow, ctx: UnitContext) -> None:
                                           slots=slots)
             run = asyncio.create_task(transfer.run(after, Tally(0, 0, 0, 0, 0, 0, 0, 0)))
             stop = asyncio.create_task(ctx.stop.wait())
+            stopped = False
+            interrupted: asyncio.CancelledError | None = None
             try:
                 while not run.done():
                     await asyncio.wait({run, stop}, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
                     _sync_progress(ctx, counters)
                     if stop.done() and not run.done():
-                        run.cancel()  # the worker drains or lost the lease: what is done is recorded
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await run
-                        return
-                await run
+                        stopped = True  # the worker drains or lost the lease: what is done is recorded
+                        break
+                if not stopped:
+                    await run
+            except asyncio.CancelledError as exc:  # the worker stopped the unit (lease lost, drain deadline)
+                stopped, interrupted = True, exc
             finally:
                 stop.cancel()
                 if not run.done():
@@ -500,13 +521,13 @@ async def keys_unit(unit: UnitRow, ctx: UnitContext) -> None:
                         await run
                 _sync_progress(ctx, counters)
             if source is not None:
-                left_out = {k: "the source object does not exist" for k in source.missing}
-                fetched = unwrap(src_store)
-                if isinstance(fetched, UrlSource):
-                    left_out.update(fetched.failed)
-                gone = [ObjectResult(k, "failed", 0, None, reason) for k, reason in sorted(left_out.items())
-                        if after is None or k > after]
-                if gone:
-                    await asyncio.to_thread(JobRepo(ctx.engine).record, job_id, gone)
+                # Keys the source's listing left out (not found; a URL that could not be fetched) have no
+                # result of the transfer's. Stopped, only those up to the watermark this unit wrote: no later run
+                # looks at them again (it resumes after it), while those past it are looked up again.
+                upto = repo.watermark if stopped else None
+                if not stopped or upto is not None:
+                    await asyncio.to_thread(_record_left_out, ctx.engine, job_id, source, src_store, after, upto)
+            if interrupted is not None:
+                raise interrupted
     except FatalError as exc:
         raise _as_failure(exc) from None
