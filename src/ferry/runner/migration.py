@@ -678,22 +678,52 @@ class LocalRunner(LoopThread):
             if url_source is None:
                 await self._preflight(src, "source")
             source, target = SelectedBackend(src, src_items), SelectedBackend(dst, dst_items)
-            result = await self._transfer(row, source, target, counters)
-            left_out = {k: "the source object does not exist" for k in source.missing}
-            if url_source is not None:
-                left_out.update(url_source.failed)
-            if left_out:
-                job_id = (await asyncio.to_thread(self.tasks.get, row.id) or row).job_id
-                assert job_id is not None
-                rows = [ObjectResult(k, "failed", 0, None, reason) for k, reason in sorted(left_out.items())]
-                await asyncio.to_thread(self.jobs.record, job_id, rows)
+            try:
+                result = await self._transfer(row, source, target, counters)
+            except BaseException:
+                # Stopped (or failed): the next run resumes after the job's watermark and never looks at a key
+                # left out below it again, so those are recorded now; those past it are looked up again.
+                try:
+                    await asyncio.shield(asyncio.to_thread(self._record_left_out, row, source, url_source, True))
+                except Exception as exc:  # how the run ended stands (a pause stays a pause)
+                    log.warning("task %d: objects left out of the listing not recorded: %s", row.id,
+                                exc.message if isinstance(exc, FerryError) else type(exc).__name__)
+                raise
+            rows = await asyncio.to_thread(self._record_left_out, row, source, url_source, False)
+            if rows:
                 counters.failed += len(rows)
                 counters.listed += len(rows)
+                job_id = (await asyncio.to_thread(self.tasks.get, row.id) or row).job_id
+                assert job_id is not None
                 tally = await asyncio.to_thread(self.jobs.tally, job_id)
                 result = RunResult(tally, True)
             return result
         finally:
             await asyncio.gather(*(b.close() for b in stores), return_exceptions=True)
+
+    def _record_left_out(self, row: TaskRow, source: SelectedBackend, url_source: UrlSource | None,
+                         stopped: bool) -> list[ObjectResult]:
+        """Record as failed, with why, what the source's listing left out (keys not found, URLs that could not
+        be fetched); stopped, only those up to the job's watermark. What was recorded."""
+        left_out = {k: "the source object does not exist" for k in source.missing}
+        if url_source is not None:
+            left_out.update(url_source.failed)
+        if not left_out:
+            return []
+        job_id = (self.tasks.get(row.id) or row).job_id
+        if job_id is None:
+            return []
+        upto = None
+        if stopped:
+            job = self.jobs.get(job_id)
+            upto = job.watermark if job is not None else None
+            if upto is None:
+                return []
+        rows = [ObjectResult(k, "failed", 0, None, reason) for k, reason in sorted(left_out.items())
+                if upto is None or k <= upto]
+        if rows:
+            self.jobs.record(job_id, rows)
+        return rows
 
     async def _failed_keys(self, row: TaskRow) -> list[str]:
         job_id = row.job_id
