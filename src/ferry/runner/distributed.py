@@ -190,7 +190,8 @@ class DistributedRunner(LocalRunner):
         if carried is not None:
             drafts = carried
         elif isinstance(urls, UrlSource):
-            drafts = self._url_units(urls.entries())
+            # In a thread: cutting a list file of up to 100 MB must not stall the progress of every task here.
+            drafts = await asyncio.to_thread(lambda: self._url_units(urls.entries()))
         else:
             drafts = self._initial(source.items)
         direct = sum(_pending(d) for d in drafts if d.kind == KEYS)
