@@ -293,6 +293,51 @@ def test_a_paused_url_list_task_resumes_from_its_units_and_keeps_its_failed_urls
     assert 20 <= slow.matched <= 20 + 2 * 12, slow.matched
 
 
+def test_a_url_list_unit_whose_worker_is_killed_keeps_its_failed_url(
+        nodes: Cluster, seaweed_b: Any, http_files: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    root, base = http_files
+    sub = f"k{uuid.uuid4().hex[:8]}"
+    (root / sub).mkdir()
+    names = [f"{sub}/f{i:02d}.bin" for i in range(10)]
+    for name in names:
+        (root / name).write_bytes(os.urandom(4096))
+    # One unit; its first key answers 404, and is recorded when the watermark passes it, before the kill.
+    lines = [f"{base}/{name}" for name in names] + [f"{base}/{sub}/gone\t{sub}/f00.a"]
+    table = {**json.loads(os.environ["FERRY_ENDPOINT_OVERRIDES"]), "URLSource/test-files": base}
+    monkeypatch.setenv("FERRY_ENDPOINT_OVERRIDES", json.dumps(table))
+    dst = f"dst-{uuid.uuid4().hex[:10]}"
+    s3_client(seaweed_b).create_bucket(Bucket=dst)
+    slow = nodes.proxy.add(Trickle(2048), method="PUT", path=f"^/{dst}/{sub}/")  # 2 s per object
+    try:
+        client = nodes.live.client()
+        task_id = _url_list_task(client, seaweed_b, dst, lines)
+        pids = {w.pid: w for w in nodes.live_workers()}
+        victim: dict[str, Any] = {}
+
+        def passed_the_404() -> bool:
+            for u in nodes.units(task_id):
+                owner = u["lease_owner"] or ""
+                pid = int(owner.split("/")[1]) if owner.count("/") == 2 else -1
+                if u["state"] == "running" and u["watermark"] is not None and pid in pids:
+                    victim.update(unit=u["id"], pid=pid)
+                    return True
+            return False
+
+        wait_for(passed_the_404, 60, "the unit's watermark past its 404")
+        os.kill(victim["pid"], signal.SIGKILL)
+        pids[victim["pid"]].wait(10)
+        task = _done(client, task_id)
+    finally:
+        nodes.proxy.remove(slow)
+    assert (task.status, task.successful_num + task.skipped_num, task.failed_num, task.total_num) == (4, 10, 1, 11)
+    reasons = _failed_reasons(seaweed_b, dst, task)
+    assert list(reasons) == [f"{sub}/f00.a"] and "HTTP 404" in reasons[f"{sub}/f00.a"], reasons
+    unit = next(u for u in nodes.units(task_id) if u["id"] == victim["unit"])
+    assert unit["attempts"] == 2 and unit["state"] == "done", unit
+    nodes.start_worker()  # three again for the next test
+    nodes.wait_registered(3)
+
+
 def test_a_paused_task_resumes_from_its_units_watermarks(nodes: Cluster, seaweed_a: Any, seaweed_b: Any) -> None:
     count = 120
     src, dst, _ = _buckets(seaweed_a, seaweed_b, count)

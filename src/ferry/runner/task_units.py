@@ -25,10 +25,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -101,29 +102,48 @@ def prefix_end(prefix: str) -> str | None:
 
 class ScopedJobRepo(JobRepo):
     """The task's job results as one unit sees them: its watermark goes into its own unit row (the job's is the
-    embedded run's), and the keys it asks about as finished are only its own (its keys, or its prefix)."""
+    embedded run's), and the keys it asks about as finished are only its own (its keys, or its prefix).
+
+    `left_out` (key -> why) are keys the source's listing left out (not found; a URL that could not be
+    fetched): no result of the transfer's covers them, and a run resuming after the watermark never looks at
+    them again, so each is recorded as failed in the transaction that moves the watermark past it. A stop, a
+    drain or a kill -9 loses none; those still past the watermark at the end are `record_rest`'s."""
 
     def __init__(self, engine: Engine, unit_id: int, owner: str, *, keys: Collection[str] | None = None,
-                 prefix: str | None = None) -> None:
+                 prefix: str | None = None, left_out: Callable[[], dict[str, str]] | None = None) -> None:
         super().__init__(engine)
         self.engine = engine
         self.unit_id = unit_id
         self.owner = owner
         self.keys = None if keys is None else frozenset(keys)
         self.prefix = prefix or None
-        self.watermark: str | None = None  # the last this unit wrote while it held the lease
+        self.left_out = left_out
+        self._noted: set[str] = set()  # left-out keys recorded
+
+    def _gone(self, upto: str | None) -> list[ObjectResult]:
+        found = self.left_out() if self.left_out is not None else {}
+        return [ObjectResult(k, "failed", 0, None, why) for k, why in sorted(found.items())
+                if k not in self._noted and (upto is None or k <= upto)]
 
     def record(self, job_id: str, results: Sequence[ObjectResult], watermark: str | None = None) -> None:
-        ours = False
+        gone: list[ObjectResult] = []
         with self.engine.begin() as conn:
             record_on(conn, job_id, results)
-            if watermark is not None:
-                # Only while the unit is ours: a unit taken over keeps the watermark its new holder writes.
-                ours = bool(conn.execute(update(work_units).where(
+            # Only while the unit is ours: a unit taken over keeps the watermark its new holder writes (and looks
+            # its left-out keys up again).
+            if watermark is not None and conn.execute(update(work_units).where(
                     work_units.c.id == self.unit_id, work_units.c.lease_owner == self.owner,
-                    work_units.c.state == "running").values(watermark=watermark)).rowcount)
-        if ours:
-            self.watermark = watermark
+                    work_units.c.state == "running").values(watermark=watermark)).rowcount:
+                gone = self._gone(watermark)
+                record_on(conn, job_id, gone)
+        self._noted.update(r.key for r in gone)
+
+    def record_rest(self, job_id: str, after: str | None) -> None:
+        """Record the left-out keys after `after` not recorded yet (the unit's run ended)."""
+        gone = [r for r in self._gone(None) if after is None or r.key > after]
+        if gone:
+            super().record(job_id, gone)
+            self._noted.update(r.key for r in gone)
 
     def _key(self) -> Any:
         key = job_objects.c.key
@@ -443,18 +463,13 @@ class PlannedTransfer(SharedTransfer):
         self.counters.listing_done = True
 
 
-def _record_left_out(engine: Engine, job_id: str, source: SelectedBackend, src_store: Backend, after: str | None,
-                     upto: str | None) -> None:
-    """Record as failed, with why, the keys after `after` (up to `upto` if given) that the source's listing
-    left out: keys not found, and URLs of a URL list that could not be fetched (as the embedded run does)."""
-    left_out = {k: "the source object does not exist" for k in source.missing}
-    fetched = unwrap(src_store)
+def _left_out(source: SelectedBackend, fetched: Backend) -> dict[str, str]:
+    """Keys the source's listing left out so far, with why: not found, or (a URL list) not fetched. Called from
+    the recording thread while the listing goes on: each is copied in one step (under the GIL)."""
+    found = {k: "the source object does not exist" for k in source.missing.copy()}
     if isinstance(fetched, UrlSource):
-        left_out.update(fetched.failed)
-    gone = [ObjectResult(k, "failed", 0, None, reason) for k, reason in sorted(left_out.items())
-            if (after is None or k > after) and (upto is None or k <= upto)]
-    if gone:
-        JobRepo(engine).record(job_id, gone)
+        found.update(fetched.failed.copy())
+    return found
 
 
 def _sync_progress(ctx: UnitContext, c: Counters) -> None:
@@ -477,42 +492,33 @@ async def keys_unit(unit: UnitRow, ctx: UnitContext) -> None:
     after = unit.watermark or unit.start_after
     try:
         async with task_stores(ctx, row, urls) as (src_store, dst_store):
-            source: SelectedBackend | None = None
+            repo: ScopedJobRepo
             if entries is not None:
                 actions = sorted((decode_action(e) for e in entries), key=lambda a: a.src.key)
                 repo = ScopedJobRepo(ctx.engine, unit.id, ctx.owner, keys=[a.src.key for a in actions])
                 transfer: Transfer = PlannedTransfer(src_store, dst_store, repo, job_id, opts, counters,
                                                      actions=actions, slots=slots)
-            elif urls:
-                # As the embedded run: the whole (unit's) list is the source's listing, each URL's HEAD on the
-                # way; a URL that cannot be fetched is set aside with its reason (UrlSource.failed).
-                keys = [k for k, _ in urls]
-                repo = ScopedJobRepo(ctx.engine, unit.id, ctx.owner, keys=keys)
-                source = SelectedBackend(src_store, [("", True)])
+            else:
+                # Keys looked up (HEAD), or a URL list whose whole (unit's) list is the source's listing, each
+                # URL's HEAD on the way, as the embedded run has it.
+                keys = [k for k, _ in urls] or [str(k) for k in unit.spec["keys"]]
+                source = SelectedBackend(src_store, [("", True)] if urls else normalise((), keys))
+                repo = ScopedJobRepo(ctx.engine, unit.id, ctx.owner, keys=keys,
+                                     left_out=functools.partial(_left_out, source, unwrap(src_store)))
                 transfer = SharedTransfer(source, SelectedBackend(dst_store, normalise((), keys)), repo, job_id,
                                           opts, counters, slots=slots)
-            else:
-                keys = [str(k) for k in unit.spec["keys"]]
-                items = normalise((), keys)
-                repo = ScopedJobRepo(ctx.engine, unit.id, ctx.owner, keys=keys)
-                source = SelectedBackend(src_store, items)
-                transfer = SharedTransfer(source, SelectedBackend(dst_store, items), repo, job_id, opts, counters,
-                                          slots=slots)
             run = asyncio.create_task(transfer.run(after, Tally(0, 0, 0, 0, 0, 0, 0, 0)))
             stop = asyncio.create_task(ctx.stop.wait())
-            stopped = False
-            interrupted: asyncio.CancelledError | None = None
             try:
                 while not run.done():
                     await asyncio.wait({run, stop}, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
                     _sync_progress(ctx, counters)
                     if stop.done() and not run.done():
-                        stopped = True  # the worker drains or lost the lease: what is done is recorded
-                        break
-                if not stopped:
-                    await run
-            except asyncio.CancelledError as exc:  # the worker stopped the unit (lease lost, drain deadline)
-                stopped, interrupted = True, exc
+                        run.cancel()  # the worker drains or lost the lease: what is done is recorded
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await run
+                        return
+                await run
             finally:
                 stop.cancel()
                 if not run.done():
@@ -520,14 +526,6 @@ async def keys_unit(unit: UnitRow, ctx: UnitContext) -> None:
                     with contextlib.suppress(asyncio.CancelledError):
                         await run
                 _sync_progress(ctx, counters)
-            if source is not None:
-                # Keys the source's listing left out (not found; a URL that could not be fetched) have no
-                # result of the transfer's. Stopped, only those up to the watermark this unit wrote: no later run
-                # looks at them again (it resumes after it), while those past it are looked up again.
-                upto = repo.watermark if stopped else None
-                if not stopped or upto is not None:
-                    await asyncio.to_thread(_record_left_out, ctx.engine, job_id, source, src_store, after, upto)
-            if interrupted is not None:
-                raise interrupted
+            await asyncio.to_thread(repo.record_rest, job_id, after)
     except FatalError as exc:
         raise _as_failure(exc) from None
