@@ -25,11 +25,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -48,7 +47,14 @@ from ferry.engine.progress import Counters
 from ferry.errors import AccessError, FatalError, FerryError, TransientError
 from ferry.objects import ObjectInfo
 from ferry.runner.cluster_limits import ClusterRequestRate, RequestLimitedBackend, shared_task_limiter, source_rate_for
-from ferry.runner.migration import RunnerSettings, TaskFailure, failure_for, open_store, transfer_options
+from ferry.runner.migration import (
+    LeftOut,
+    RunnerSettings,
+    TaskFailure,
+    failure_for,
+    open_store,
+    transfer_options,
+)
 from ferry.runner.units import UnitCancelled, UnitContext, UnitFailed, handles
 from ferry.storage.base import Backend, ListOrder
 from ferry.storage.cdn_source import open_through_cdn
@@ -104,13 +110,11 @@ class ScopedJobRepo(JobRepo):
     """The task's job results as one unit sees them: its watermark goes into its own unit row (the job's is the
     embedded run's), and the keys it asks about as finished are only its own (its keys, or its prefix).
 
-    `left_out` (key -> why) are keys the source's listing left out (not found; a URL that could not be
-    fetched): no result of the transfer's covers them, and a run resuming after the watermark never looks at
-    them again, so each is recorded as failed in the transaction that moves the watermark past it. A stop, a
-    drain or a kill -9 loses none; those still past the watermark at the end are `record_rest`'s."""
+    With `left_out` (runner.migration.LeftOut), each watermark it writes while the lease is the unit's carries
+    the left-out keys it passes; `record_rest` records the others when the unit's run ends."""
 
     def __init__(self, engine: Engine, unit_id: int, owner: str, *, keys: Collection[str] | None = None,
-                 prefix: str | None = None, left_out: Callable[[], dict[str, str]] | None = None) -> None:
+                 prefix: str | None = None, left_out: LeftOut | None = None) -> None:
         super().__init__(engine)
         self.engine = engine
         self.unit_id = unit_id
@@ -118,12 +122,6 @@ class ScopedJobRepo(JobRepo):
         self.keys = None if keys is None else frozenset(keys)
         self.prefix = prefix or None
         self.left_out = left_out
-        self._noted: set[str] = set()  # left-out keys recorded
-
-    def _gone(self, upto: str | None) -> list[ObjectResult]:
-        found = self.left_out() if self.left_out is not None else {}
-        return [ObjectResult(k, "failed", 0, None, why) for k, why in sorted(found.items())
-                if k not in self._noted and (upto is None or k <= upto)]
 
     def record(self, job_id: str, results: Sequence[ObjectResult], watermark: str | None = None) -> None:
         gone: list[ObjectResult] = []
@@ -134,16 +132,19 @@ class ScopedJobRepo(JobRepo):
             if watermark is not None and conn.execute(update(work_units).where(
                     work_units.c.id == self.unit_id, work_units.c.lease_owner == self.owner,
                     work_units.c.state == "running").values(watermark=watermark)).rowcount:
-                gone = self._gone(watermark)
+                gone = self.left_out.take(watermark) if self.left_out is not None else []
                 record_on(conn, job_id, gone)
-        self._noted.update(r.key for r in gone)
+        if self.left_out is not None:
+            self.left_out.note(gone)
 
     def record_rest(self, job_id: str, after: str | None) -> None:
-        """Record the left-out keys after `after` not recorded yet (the unit's run ended)."""
-        gone = [r for r in self._gone(None) if after is None or r.key > after]
+        """Record the left-out keys after `after` that no watermark passed (the unit's run ended)."""
+        if self.left_out is None:
+            return
+        gone = self.left_out.take(after=after)
         if gone:
             super().record(job_id, gone)
-            self._noted.update(r.key for r in gone)
+            self.left_out.note(gone)
 
     def _key(self) -> Any:
         key = job_objects.c.key
@@ -463,15 +464,6 @@ class PlannedTransfer(SharedTransfer):
         self.counters.listing_done = True
 
 
-def _left_out(source: SelectedBackend, fetched: Backend) -> dict[str, str]:
-    """Keys the source's listing left out so far, with why: not found, or (a URL list) not fetched. Called from
-    the recording thread while the listing goes on: each is copied in one step (under the GIL)."""
-    found = {k: "the source object does not exist" for k in source.missing.copy()}
-    if isinstance(fetched, UrlSource):
-        found.update(fetched.failed.copy())
-    return found
-
-
 def _sync_progress(ctx: UnitContext, c: Counters) -> None:
     p = ctx.progress
     p.listed, p.listed_bytes = c.listed, c.listed_bytes
@@ -503,8 +495,7 @@ async def keys_unit(unit: UnitRow, ctx: UnitContext) -> None:
                 # URL's HEAD on the way, as the embedded run has it.
                 keys = [k for k, _ in urls] or [str(k) for k in unit.spec["keys"]]
                 source = SelectedBackend(src_store, [("", True)] if urls else normalise((), keys))
-                repo = ScopedJobRepo(ctx.engine, unit.id, ctx.owner, keys=keys,
-                                     left_out=functools.partial(_left_out, source, unwrap(src_store)))
+                repo = ScopedJobRepo(ctx.engine, unit.id, ctx.owner, keys=keys, left_out=LeftOut(source))
                 transfer = SharedTransfer(source, SelectedBackend(dst_store, normalise((), keys)), repo, job_id,
                                           opts, counters, slots=slots)
             run = asyncio.create_task(transfer.run(after, Tally(0, 0, 0, 0, 0, 0, 0, 0)))
