@@ -241,6 +241,7 @@ def test_a_url_list_task_runs_on_the_workers_as_embedded(nodes: Cluster, seaweed
     units = nodes.units(int(first.id))
     assert [(u["run"], len(json.loads(u["spec"])["urls"])) for u in units] == [(1, 5), (1, 5), (1, 5), (2, 3)]
     assert all(u["kind"] == "keys" and u["state"] == "done" and u["attempts"] >= 1 for u in units), units
+    assert all(seaweed_b.secret_key not in u["spec"] for u in units)  # URLs and names only, never a key
     wait_for(lambda: sum(r["units_done"] for r in nodes.worker_rows()) >= done_before + len(units), 20,
              "the workers' counts")
 
