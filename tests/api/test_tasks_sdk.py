@@ -54,6 +54,8 @@ from live_server import next_second, oms_client
 from sqlalchemy import select
 
 from ferry.db.api_models import migration_tasks
+from ferry.db.job_repo import JobRepo
+from ferry.db.task_repo import TaskRepo
 from ferry.oms import CreateTaskReq
 from ferry.service import tasks as task_service
 from ferry.service.tasks import TaskContext, TaskError, TaskLimits
@@ -91,11 +93,20 @@ def log_capture() -> Iterator[_Capture]:
         root.setLevel(old)
 
 
+class _Files(http.server.SimpleHTTPRequestHandler):
+    """Serves files; a GET of one under /slow/ answers after a second (a HEAD at once)."""
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/slow/"):
+            time.sleep(1.0)
+        super().do_GET()
+
+
 @pytest.fixture(scope="module")
 def http_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
     """A plain HTTP server on 127.0.0.1 serving a directory: the source of url_list tasks."""
     root = tmp_path_factory.mktemp("www")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler = functools.partial(_Files, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -481,6 +492,48 @@ def test_url_list_task_fetches_http_sources(svc: FerryService, seaweed_a: Any, s
     again, _ = wait_task(client, created.id, lambda t: t.status in (4, 5))
     assert (again.status, again.successful_num, again.failed_num) == (4, 4, failed - 1)
     assert dst.get_object(Bucket=db, Key="later.bin")["Body"].read() == b"late"
+
+
+def test_a_paused_url_list_task_keeps_the_urls_it_could_not_fetch(svc: FerryService, seaweed_b: Any,
+                                                                   bucket_factory: Any,
+                                                                   http_files: tuple[Path, str]) -> None:
+    root, base = http_files
+    sub = f"slow/p{os.urandom(4).hex()}"
+    names = [f"{sub}/f{i:02d}.bin" for i in range(64)]
+    (root / sub).mkdir(parents=True)
+    for name in names:
+        (root / name).write_bytes(os.urandom(1024))
+    # The first key answers 404: a run stopped once the job's watermark is past it never looks at it again.
+    lines = [f"{base}/{name}" for name in names] + [f"{base}/{sub}/gone\t{sub}/f00.a"]
+    db = bucket_factory(seaweed_b)
+    s3_client(seaweed_b).put_object(Bucket=db, Key="lists/urls.txt", Body="\n".join(lines).encode())
+    client = svc.client()
+    body = SdkCreateTaskReq(
+        task_type="url_list", enable_failed_object_recording=True,
+        src_node=SrcNodeReq(cloud_type="URLSource", list_file=ListFile(list_file_key="lists/urls.txt", obs_bucket=db)),
+        dst_node=DstNodeReq(ak=seaweed_b.access_key, sk=seaweed_b.secret_key, bucket=db, region="cn-north-4"))
+    task_id = int(client.create_task(CreateTaskRequest(body=body)).id)
+    engine = svc.service.engine
+
+    def watermark() -> str | None:
+        task = TaskRepo(engine).get(task_id)
+        job = JobRepo(engine).get(task.job_id) if task is not None and task.job_id else None
+        return job.watermark if job is not None else None
+
+    deadline = time.monotonic() + 60
+    while watermark() is None:
+        assert time.monotonic() < deadline, "no watermark"
+        time.sleep(0.05)
+    client.stop_task(StopTaskRequest(task_id=task_id))
+    paused, _ = wait_task(client, task_id, lambda t: t.status in (3, 4, 5))
+    assert paused.status == 3 and paused.successful_num < len(names), "it ended before the stop"
+    client.start_task(StartTaskRequest(task_id=task_id, body=StartTaskReq(
+        dst_ak=seaweed_b.access_key, dst_sk=seaweed_b.secret_key)))
+    task, _ = wait_task(client, task_id, lambda t: t.status in (4, 5))
+    assert (task.status, task.successful_num + task.skipped_num, task.failed_num, task.total_num) == (4, 64, 1, 65)
+    reasons = {x["key"]: x["reason"] for x in map(json.loads, get_text(
+        seaweed_b, db, task.failed_object_record.list_file_key).splitlines())}
+    assert list(reasons) == [f"{sub}/f00.a"] and "HTTP 404" in reasons[f"{sub}/f00.a"], reasons
 
 
 def loopback_name() -> str | None:

@@ -3,9 +3,13 @@ every object verified; a worker killed with kill -9 mid-unit; the broker restart
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import http.server
 import json
 import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,13 +17,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ferry_service import fill, prefix_task, s3_client, wait_task
-from huaweicloudsdkoms.v2 import OmsClient, StartTaskReq, StartTaskRequest, StopTaskRequest
+from ferry_service import fill, prefix_task, s3_client, start_service, wait_task
+from huaweicloudsdkoms.v2 import (
+    CreateTaskReq,
+    CreateTaskRequest,
+    DstNodeReq,
+    ListFile,
+    OmsClient,
+    SrcNodeReq,
+    StartTaskReq,
+    StartTaskRequest,
+    StopTaskRequest,
+)
 from sqlalchemy import select
 
 from cluster import Cluster, cluster, rows, wait_for
 from faultproxy import Damage, Trickle
 from ferry.db.metric_models import metric_snapshots
+from ferry.runner.distributed import DistributedRunner
 
 pytestmark = pytest.mark.slow
 
@@ -28,6 +43,21 @@ pytestmark = pytest.mark.slow
 def nodes(seaweed_a: Any, seaweed_b: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with cluster(seaweed_a, seaweed_b, tmp_path_factory.mktemp("cluster")) as made:
         yield made
+
+
+@pytest.fixture(scope="module")
+def http_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """A plain HTTP server on 127.0.0.1 serving a directory: the source of url_list tasks."""
+    root = tmp_path_factory.mktemp("www")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def _buckets(seaweed_a: Any, seaweed_b: Any, count: int, size: int = 4096) -> tuple[str, str, dict[str, bytes]]:
@@ -114,6 +144,199 @@ def test_a_failed_object_is_listed_and_fails_the_task_as_embedded(nodes: Cluster
     assert [json.loads(line)["key"] for line in body.splitlines()] == [bad]
     copied = _etags(seaweed_b, dst)
     assert bad not in copied and len([k for k in copied if k in bodies]) == 29
+
+
+def _url_list_task(client: OmsClient, seaweed_b: Any, dst: str, lines: list[str]) -> int:
+    s3_client(seaweed_b).put_object(Bucket=dst, Key="lists/urls.txt", Body="\n".join(lines).encode())
+    body = CreateTaskReq(
+        task_type="url_list", enable_failed_object_recording=True,
+        src_node=SrcNodeReq(cloud_type="URLSource", list_file=ListFile(list_file_key="lists/urls.txt", obs_bucket=dst)),
+        dst_node=DstNodeReq(ak=seaweed_b.access_key, sk=seaweed_b.secret_key, bucket=dst, region="cn-north-4"))
+    return int(client.create_task(CreateTaskRequest(body=body)).id)
+
+
+def _url_list_run(client: OmsClient, seaweed_b: Any, dst: str, lines: list[str], later: Path) -> list[Any]:
+    """A url_list task over `lines`, then (once `later` exists) its failed objects again: both runs' tasks."""
+    task_id = _url_list_task(client, seaweed_b, dst, lines)
+    first = _done(client, task_id)
+    later.write_bytes(b"late")
+    try:
+        client.start_task(StartTaskRequest(task_id=task_id, body=StartTaskReq(
+            dst_ak=seaweed_b.access_key, dst_sk=seaweed_b.secret_key, migrate_failed_object=True)))
+        again = _done(client, task_id)
+    finally:
+        later.unlink()
+    return [first, again]
+
+
+def _failed_reasons(seaweed_b: Any, dst: str, task: Any) -> dict[str, str]:
+    text = s3_client(seaweed_b).get_object(Bucket=dst, Key=task.failed_object_record.list_file_key)["Body"].read()
+    return {x["key"]: x["reason"] for x in map(json.loads, text.decode().splitlines())}
+
+
+def _counts(task: Any) -> tuple[Any, ...]:
+    return (task.status, task.total_num, task.successful_num, task.failed_num, task.skipped_num, task.total_size,
+            task.complete_size, task.real_size, task.progress,
+            task.error_reason.error_code if task.error_reason else None)
+
+
+def test_a_url_list_task_runs_on_the_workers_as_embedded(nodes: Cluster, seaweed_b: Any, http_files: tuple[Path, str],
+                                                          monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    root, base = http_files
+    sub = f"u{uuid.uuid4().hex[:8]}"
+    (root / sub).mkdir()
+    files = {f"{sub}/f{i:02d}.bin": os.urandom(3000 + i) for i in range(12)}
+    for name, body in files.items():
+        (root / name).write_bytes(body)
+    port = base.rsplit(":", 1)[1]
+    failing = {
+        "missing.bin": f"{base}/{sub}/missing.bin",  # a 404 (there for the rerun of failed objects)
+        "blocked": "http://127.0.0.1:9/internal",  # loopback, and not allowed by the operator
+        "via-localhost": f"http://localhost:{port}/{sub}/f00.bin",  # the allowed server by another name
+    }
+    lines = [f"{base}/{name}" if i % 2 else f"{base}/{name}\tnamed/{name.rsplit('/', 1)[1]}"
+             for i, name in enumerate(files)] + [f"{url}\t{key}" for key, url in failing.items()]
+    wanted = {(name if i % 2 else f"named/{name.rsplit('/', 1)[1]}"): body
+              for i, (name, body) in enumerate(files.items())}
+    # The allow-list is the server's when the task is made, stored with it: the workers' own environment names
+    # no URLSource, and must not need to.
+    table = {**json.loads(os.environ["FERRY_ENDPOINT_OVERRIDES"]), "URLSource/test-files": base}
+    monkeypatch.setenv("FERRY_ENDPOINT_OVERRIDES", json.dumps(table))
+    assert "URLSource" not in nodes.env["FERRY_ENDPOINT_OVERRIDES"]
+
+    # The same list embedded, for the counters and reasons to equal.
+    monkeypatch.delenv("FERRY_BROKER_URL")
+    embedded = start_service(tmp_path / "embedded", f"sqlite:///{tmp_path / 'embedded.db'}")
+    try:
+        edst = f"dst-{uuid.uuid4().hex[:10]}"
+        s3_client(seaweed_b).create_bucket(Bucket=edst)
+        expected = _url_list_run(embedded.value.client(), seaweed_b, edst, lines, root / sub / "missing.bin")
+    finally:
+        embedded.close()
+    monkeypatch.setenv("FERRY_BROKER_URL", nodes.broker_url)
+
+    runner = nodes.live.service.runner
+    assert isinstance(runner, DistributedRunner)
+    # Units of 5 URLs (the coordinator's default is 1,000): the list is spread over the workers.
+    monkeypatch.setattr(runner, "dispatch", dataclasses.replace(runner.dispatch, unit_keys=5))
+    dst = f"dst-{uuid.uuid4().hex[:10]}"
+    s3_client(seaweed_b).create_bucket(Bucket=dst)
+    done_before = sum(r["units_done"] for r in nodes.worker_rows())
+    got = _url_list_run(nodes.live.client(), seaweed_b, dst, lines, root / sub / "missing.bin")
+    assert [_counts(t) for t in got] == [_counts(t) for t in expected]
+    first, again = got
+    assert (first.status, first.successful_num, first.failed_num) == (4, 12, 3), first.error_reason
+    assert (again.status, again.successful_num, again.failed_num) == (4, 13, 2), again.error_reason
+    reasons = _failed_reasons(seaweed_b, dst, first)
+    assert reasons == _failed_reasons(seaweed_b, edst, expected[0])
+    assert "HTTP 404" in reasons["missing.bin"], reasons
+    for key in ("blocked", "via-localhost"):  # the SSRF guard on the worker, as on the server
+        assert "not a public address" in reasons[key] and "not allowed" in reasons[key], reasons[key]
+    assert set(_failed_reasons(seaweed_b, dst, again)) == {"blocked", "via-localhost"}
+    # Every object's bytes are the URL's.
+    s3 = s3_client(seaweed_b)
+    for key, body in {**wanted, "missing.bin": b"late"}.items():
+        assert s3.get_object(Bucket=dst, Key=key)["Body"].read() == body, key
+    # The work was units the workers held: 3 of 5 URLs, then one for the failed ones.
+    units = nodes.units(int(first.id))
+    assert [(u["run"], len(json.loads(u["spec"])["urls"])) for u in units] == [(1, 5), (1, 5), (1, 5), (2, 3)]
+    assert all(u["kind"] == "keys" and u["state"] == "done" and u["attempts"] >= 1 for u in units), units
+    assert all(seaweed_b.secret_key not in u["spec"] for u in units)  # URLs and names only, never a key
+    wait_for(lambda: sum(r["units_done"] for r in nodes.worker_rows()) >= done_before + len(units), 20,
+             "the workers' counts")
+
+
+def test_a_paused_url_list_task_resumes_from_its_units_and_keeps_its_failed_urls(
+        nodes: Cluster, seaweed_b: Any, http_files: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    root, base = http_files
+    sub = f"p{uuid.uuid4().hex[:8]}"
+    (root / sub).mkdir()
+    names = [f"{sub}/f{i:02d}.bin" for i in range(20)]
+    for name in names:
+        (root / name).write_bytes(os.urandom(4096))
+    # Each unit's first key is a URL that answers 404: its result is only known to the unit that looked it up,
+    # and a stop after the unit's watermark passed it must not lose it.
+    lines = [f"{base}/{name}" for name in names] + [f"{base}/{sub}/gone-{i}\t{sub}/f{i:02d}.a" for i in (0, 10)]
+    table = {**json.loads(os.environ["FERRY_ENDPOINT_OVERRIDES"]), "URLSource/test-files": base}
+    monkeypatch.setenv("FERRY_ENDPOINT_OVERRIDES", json.dumps(table))
+    runner = nodes.live.service.runner
+    assert isinstance(runner, DistributedRunner)
+    monkeypatch.setattr(runner, "dispatch", dataclasses.replace(runner.dispatch, unit_keys=11))
+    dst = f"dst-{uuid.uuid4().hex[:10]}"
+    s3_client(seaweed_b).create_bucket(Bucket=dst)
+    slow = nodes.proxy.add(Trickle(2048), method="PUT", path=f"^/{dst}/{sub}/")  # 2 s per object
+    try:
+        client = nodes.live.client()
+        task_id = _url_list_task(client, seaweed_b, dst, lines)
+        # Stopped once both units wrote a watermark: each is past the unit's 404, whose lookup came first.
+        wait_for(lambda: [u["watermark"] is not None for u in nodes.units(task_id)] == [True, True], 60,
+                 "both units' watermarks")
+        client.stop_task(StopTaskRequest(task_id=task_id))
+        wait_task(client, task_id, lambda t: t.status == 3, timeout=60, every=0.2)
+        time.sleep(2.5)  # the workers' next lease renewal (see test_a_paused_task_resumes_from_its_units_watermarks)
+        client.start_task(StartTaskRequest(task_id=task_id, body=StartTaskReq(
+            dst_ak=seaweed_b.access_key, dst_sk=seaweed_b.secret_key)))
+        task = _done(client, task_id)
+    finally:
+        nodes.proxy.remove(slow)
+    # An object written as the stop came, its result not yet recorded, is found at the destination: skipped.
+    assert (task.status, task.successful_num + task.skipped_num, task.failed_num, task.total_num) == (4, 20, 2, 22)
+    reasons = _failed_reasons(seaweed_b, dst, task)
+    assert sorted(reasons) == [f"{sub}/f00.a", f"{sub}/f10.a"] and all("HTTP 404" in r for r in reasons.values())
+    s3 = s3_client(seaweed_b)
+    for name in names:
+        assert s3.get_object(Bucket=dst, Key=name)["Body"].read() == (root / name).read_bytes(), name
+    units = nodes.units(task_id)
+    assert {u["run"] for u in units} == {1, 2} and all(u["kind"] == "keys" for u in units)
+    # The second run is the first's unfinished units, each from its watermark: no URL was copied again but
+    # those in flight at the stop (4 per worker process).
+    assert all(u["start_after"] is not None for u in units if u["run"] == 2), units
+    assert 20 <= slow.matched <= 20 + 2 * 12, slow.matched
+
+
+def test_a_url_list_unit_whose_worker_is_killed_keeps_its_failed_url(
+        nodes: Cluster, seaweed_b: Any, http_files: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    root, base = http_files
+    sub = f"k{uuid.uuid4().hex[:8]}"
+    (root / sub).mkdir()
+    names = [f"{sub}/f{i:02d}.bin" for i in range(10)]
+    for name in names:
+        (root / name).write_bytes(os.urandom(4096))
+    # One unit; its first key answers 404, and is recorded when the watermark passes it, before the kill.
+    lines = [f"{base}/{name}" for name in names] + [f"{base}/{sub}/gone\t{sub}/f00.a"]
+    table = {**json.loads(os.environ["FERRY_ENDPOINT_OVERRIDES"]), "URLSource/test-files": base}
+    monkeypatch.setenv("FERRY_ENDPOINT_OVERRIDES", json.dumps(table))
+    dst = f"dst-{uuid.uuid4().hex[:10]}"
+    s3_client(seaweed_b).create_bucket(Bucket=dst)
+    slow = nodes.proxy.add(Trickle(2048), method="PUT", path=f"^/{dst}/{sub}/")  # 2 s per object
+    try:
+        client = nodes.live.client()
+        task_id = _url_list_task(client, seaweed_b, dst, lines)
+        pids = {w.pid: w for w in nodes.live_workers()}
+        victim: dict[str, Any] = {}
+
+        def passed_the_404() -> bool:
+            for u in nodes.units(task_id):
+                owner = u["lease_owner"] or ""
+                pid = int(owner.split("/")[1]) if owner.count("/") == 2 else -1
+                if u["state"] == "running" and u["watermark"] is not None and pid in pids:
+                    victim.update(unit=u["id"], pid=pid)
+                    return True
+            return False
+
+        wait_for(passed_the_404, 60, "the unit's watermark past its 404")
+        os.kill(victim["pid"], signal.SIGKILL)
+        pids[victim["pid"]].wait(10)
+        task = _done(client, task_id)
+    finally:
+        nodes.proxy.remove(slow)
+    assert (task.status, task.successful_num + task.skipped_num, task.failed_num, task.total_num) == (4, 10, 1, 11)
+    reasons = _failed_reasons(seaweed_b, dst, task)
+    assert list(reasons) == [f"{sub}/f00.a"] and "HTTP 404" in reasons[f"{sub}/f00.a"], reasons
+    unit = next(u for u in nodes.units(task_id) if u["id"] == victim["unit"])
+    assert unit["attempts"] == 2 and unit["state"] == "done", unit
+    nodes.start_worker()  # three again for the next test
+    nodes.wait_registered(3)
 
 
 def test_a_paused_task_resumes_from_its_units_watermarks(nodes: Cluster, seaweed_a: Any, seaweed_b: Any) -> None:

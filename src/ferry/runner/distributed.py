@@ -7,7 +7,9 @@ units (runner.task_units: a `range` unit per prefix, `keys` units of at most `un
 run number, their ids go to the broker, and the run waits until no unit of it is open. Counters shown meanwhile
 come from the shared database: the job's results (JobRepo.tally) and the range units' listing progress. A stop
 or pause cancels the units (workers stop at their next heartbeat); the next start carries the unfinished ones
-over from their watermarks, so nothing is listed or copied again. A URL-list task runs here, as embedded.
+over from their watermarks, so nothing is listed or copied again. A URL-list task's list file is read here, as
+a list task's is, and its `(key, URL)` pairs go out in keys units of at most `unit_keys` (spec `urls`): the
+worker fetches them through the same UrlSource, under the allow-list stored with the task.
 
 Beside the tasks it resends, every `tick`, what needs a message (UnitRepo.due_again): units whose worker died
 (their lease ran out: picked up within lease TTL + tick), and queued units whose message may be lost (a broker
@@ -39,6 +41,8 @@ from ferry.runner.notices import EndNotifier
 from ferry.runner.task_units import KEYS, RANGE, UNIT_KEYS
 from ferry.storage.base import Backend
 from ferry.storage.selection import SelectedBackend
+from ferry.storage.url_source import UrlSource
+from ferry.storage.wrappers import unwrap
 
 if TYPE_CHECKING:
     from ferry.db.task_repo import TaskRow
@@ -78,7 +82,8 @@ class DispatchSettings:
 def _pending(draft: UnitDraft) -> int:
     """How many objects a keys unit still has to do (those after where it got to)."""
     after = draft.start_after
-    keys = [str(k) for k in draft.spec.get("keys", ())] + [e["o"]["key"] for e in draft.spec.get("objects", ())]
+    keys = ([str(k) for k in draft.spec.get("keys", ())] + [e["o"]["key"] for e in draft.spec.get("objects", ())]
+            + [str(k) for k, _ in draft.spec.get("urls", ())])
     return sum(1 for k in keys if after is None or k > after)
 
 
@@ -165,8 +170,9 @@ class DistributedRunner(LocalRunner):
     # -- one task's run on the workers ---------------------------------------------------------------------------
 
     async def _transfer(self, row: TaskRow, source: Backend, target: Backend, counters: Counters) -> RunResult:
-        if not isinstance(source, SelectedBackend) or row.task_type == "url_list":
-            return await super()._transfer(row, source, target, counters)  # URL lists run here, as embedded
+        if not isinstance(source, SelectedBackend):
+            return await super()._transfer(row, source, target, counters)
+        urls = unwrap(source)
         jobs, tasks = self.jobs, self.tasks
         job_id = await self._job_id(row)
         mode = row.run_mode
@@ -181,7 +187,13 @@ class DistributedRunner(LocalRunner):
         last = await asyncio.to_thread(self.units.last_run, "task", owner)
         run = (last or 0) + 1
         carried = await asyncio.to_thread(self._carried, owner, last) if mode == "resume" and last else None
-        drafts = carried if carried is not None else self._initial(source.items)
+        if carried is not None:
+            drafts = carried
+        elif isinstance(urls, UrlSource):
+            # In a thread: cutting a list file of up to 100 MB must not stall the progress of every task here.
+            drafts = await asyncio.to_thread(lambda: self._url_units(urls.entries()))
+        else:
+            drafts = self._initial(source.items)
         direct = sum(_pending(d) for d in drafts if d.kind == KEYS)
         await asyncio.to_thread(self.units.cancel, "task", owner, run)
         ids = await asyncio.to_thread(self.units.add, "task", owner, run, drafts)
@@ -208,6 +220,11 @@ class DistributedRunner(LocalRunner):
         n = self.dispatch.unit_keys
         drafts.extend(UnitDraft(KEYS, spec={"keys": keys[i:i + n]}) for i in range(0, len(keys), n))
         return drafts
+
+    def _url_units(self, entries: list[tuple[str, str]]) -> list[UnitDraft]:
+        """Keys units of at most `unit_keys` `(key, URL)` pairs of a URL list (sorted by key)."""
+        n = self.dispatch.unit_keys
+        return [UnitDraft(KEYS, spec={"urls": [list(e) for e in entries[i:i + n]]}) for i in range(0, len(entries), n)]
 
     def _carried(self, owner: str, last: int) -> list[UnitDraft]:
         """The unfinished units of the last run, each from where it got to."""

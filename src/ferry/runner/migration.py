@@ -16,7 +16,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -29,6 +29,7 @@ from ferry.aio import wait_event
 from ferry.db.faults import StateStore, classify, patiently
 from ferry.db.job_repo import JobRepo, ObjectResult, Tally
 from ferry.db.records import SIZE_ONLY
+from ferry.db.sqlconn import SqlConn
 from ferry.db.task_repo import (
     FAILED,
     PAUSED,
@@ -56,7 +57,7 @@ from ferry.storage.cdn_source import open_through_cdn
 from ferry.storage.selection import SelectedBackend, normalise
 from ferry.storage.stores import StoreAt, StoreKeys, open_at
 from ferry.storage.url_source import UrlSource, parse_url_line
-from ferry.storage.wrappers import BandwidthLimiter, RetryingBackend, ThrottledBackend
+from ferry.storage.wrappers import BandwidthLimiter, RetryingBackend, ThrottledBackend, unwrap
 
 if TYPE_CHECKING:
     from ferry.secrets import SecretBox
@@ -231,6 +232,44 @@ def transfer_options(row: TaskRow, settings: RunnerSettings) -> TransferOptions:
         if opts.get("enable_restore") else None,
         state_patience=settings.state_patience,
     )
+
+
+class LeftOut:
+    """Keys a source's listing left out so far (not found; a URL that could not be fetched), each with why.
+
+    No result of a transfer's covers them, and a run resuming after the watermark never looks at them again:
+    each is recorded as failed in the write that moves the watermark past it (so a stop, a crash or a kill -9
+    loses none), and those past the last watermark when the run ends."""
+
+    def __init__(self, source: SelectedBackend) -> None:
+        self.source = source
+        self.fetched = unwrap(source)
+        self.noted: set[str] = set()
+
+    def take(self, upto: str | None = None, after: str | None = None) -> list[ObjectResult]:
+        """As failed results, the left-out keys not noted yet, after `after` and up to `upto`. Called from the
+        recording thread while the listing goes on: each collection is copied in one step (under the GIL)."""
+        found = {k: "the source object does not exist" for k in self.source.missing.copy()}
+        if isinstance(self.fetched, UrlSource):
+            found.update(self.fetched.failed.copy())
+        return [ObjectResult(k, "failed", 0, None, why) for k, why in sorted(found.items())
+                if k not in self.noted and (upto is None or k <= upto) and (after is None or k > after)]
+
+    def note(self, recorded: Iterable[ObjectResult]) -> None:
+        self.noted.update(r.key for r in recorded)
+
+
+class _LeftOutJobs(JobRepo):
+    """The job's results, each watermark written with the left-out keys it passes (see LeftOut)."""
+
+    def __init__(self, db: Engine | SqlConn, left_out: LeftOut) -> None:
+        super().__init__(db)
+        self.left_out = left_out
+
+    def record(self, job_id: str, results: Sequence[ObjectResult], watermark: str | None = None) -> None:
+        gone = self.left_out.take(watermark) if watermark is not None else []
+        super().record(job_id, [*results, *gone], watermark)
+        self.left_out.note(gone)
 
 
 def record_line(r: ObjectResult, dst_prefix: str = "") -> str:
@@ -679,13 +718,12 @@ class LocalRunner(LoopThread):
                 await self._preflight(src, "source")
             source, target = SelectedBackend(src, src_items), SelectedBackend(dst, dst_items)
             result = await self._transfer(row, source, target, counters)
-            left_out = {k: "the source object does not exist" for k in source.missing}
-            if url_source is not None:
-                left_out.update(url_source.failed)
-            if left_out:
+            # Everything the listing left out, counted now as before; a key a watermark passed was recorded with
+            # it already (the same row again).
+            rows = LeftOut(source).take()
+            if rows:
                 job_id = (await asyncio.to_thread(self.tasks.get, row.id) or row).job_id
                 assert job_id is not None
-                rows = [ObjectResult(k, "failed", 0, None, reason) for k, reason in sorted(left_out.items())]
                 await asyncio.to_thread(self.jobs.record, job_id, rows)
                 counters.failed += len(rows)
                 counters.listed += len(rows)
@@ -733,7 +771,8 @@ class LocalRunner(LoopThread):
             # Failed objects are planned again in this run and counted afresh.
             prior = dataclasses.replace(prior, failed=0, failed_bytes=0)
         await asyncio.to_thread(jobs.set_status, job_id, "running")
-        transfer = Transfer(source, target, jobs, job_id, transfer_options(row, self.settings), counters)
+        recording = _LeftOutJobs(jobs.db, LeftOut(source)) if isinstance(source, SelectedBackend) else jobs
+        transfer = Transfer(source, target, recording, job_id, transfer_options(row, self.settings), counters)
         await transfer.run(resume_after, prior)
         tally = await asyncio.to_thread(jobs.tally, job_id)
         return RunResult(tally, (tally.success + tally.skipped + tally.failed) > 0)

@@ -16,7 +16,8 @@ A keys unit copies its objects through the engine's Transfer (verification, mult
 results in the job, shared by every unit of the task) with its own watermark in its unit row; run again, it
 resumes after that watermark and skips every key the job already has as succeeded or skipped. Keys units made
 by the coordinator (a list task, the single keys of an object task, a rerun of failed objects) hold keys only
-and look them up as an embedded run does.
+and look them up as an embedded run does; those of a URL-list task hold `(key, URL)` pairs (spec `urls`) and
+fetch them as an embedded run does, each URL's host checked by storage.netguard on this worker.
 """
 
 from __future__ import annotations
@@ -46,12 +47,20 @@ from ferry.engine.progress import Counters
 from ferry.errors import AccessError, FatalError, FerryError, TransientError
 from ferry.objects import ObjectInfo
 from ferry.runner.cluster_limits import ClusterRequestRate, RequestLimitedBackend, shared_task_limiter, source_rate_for
-from ferry.runner.migration import RunnerSettings, TaskFailure, failure_for, open_store, transfer_options
+from ferry.runner.migration import (
+    LeftOut,
+    RunnerSettings,
+    TaskFailure,
+    failure_for,
+    open_store,
+    transfer_options,
+)
 from ferry.runner.units import UnitCancelled, UnitContext, UnitFailed, handles
 from ferry.storage.base import Backend, ListOrder
 from ferry.storage.cdn_source import open_through_cdn
 from ferry.storage.selection import SelectedBackend, normalise
 from ferry.storage.stores import StoreKeys
+from ferry.storage.url_source import UrlSource
 from ferry.storage.wrappers import BandwidthLimiter, RetryingBackend, ThrottledBackend, unwrap
 
 log = logging.getLogger("ferry.worker")
@@ -99,25 +108,43 @@ def prefix_end(prefix: str) -> str | None:
 
 class ScopedJobRepo(JobRepo):
     """The task's job results as one unit sees them: its watermark goes into its own unit row (the job's is the
-    embedded run's), and the keys it asks about as finished are only its own (its keys, or its prefix)."""
+    embedded run's), and the keys it asks about as finished are only its own (its keys, or its prefix).
+
+    With `left_out` (runner.migration.LeftOut), each watermark it writes while the lease is the unit's carries
+    the left-out keys it passes; `record_rest` records the others when the unit's run ends."""
 
     def __init__(self, engine: Engine, unit_id: int, owner: str, *, keys: Collection[str] | None = None,
-                 prefix: str | None = None) -> None:
+                 prefix: str | None = None, left_out: LeftOut | None = None) -> None:
         super().__init__(engine)
         self.engine = engine
         self.unit_id = unit_id
         self.owner = owner
         self.keys = None if keys is None else frozenset(keys)
         self.prefix = prefix or None
+        self.left_out = left_out
 
     def record(self, job_id: str, results: Sequence[ObjectResult], watermark: str | None = None) -> None:
+        gone: list[ObjectResult] = []
         with self.engine.begin() as conn:
             record_on(conn, job_id, results)
-            if watermark is not None:
-                # Only while the unit is ours: a unit taken over keeps the watermark its new holder writes.
-                conn.execute(update(work_units).where(
+            # Only while the unit is ours: a unit taken over keeps the watermark its new holder writes (and looks
+            # its left-out keys up again).
+            if watermark is not None and conn.execute(update(work_units).where(
                     work_units.c.id == self.unit_id, work_units.c.lease_owner == self.owner,
-                    work_units.c.state == "running").values(watermark=watermark))
+                    work_units.c.state == "running").values(watermark=watermark)).rowcount:
+                gone = self.left_out.take(watermark) if self.left_out is not None else []
+                record_on(conn, job_id, gone)
+        if self.left_out is not None:
+            self.left_out.note(gone)
+
+    def record_rest(self, job_id: str, after: str | None) -> None:
+        """Record the left-out keys after `after` that no watermark passed (the unit's run ended)."""
+        if self.left_out is None:
+            return
+        gone = self.left_out.take(after=after)
+        if gone:
+            super().record(job_id, gone)
+            self.left_out.note(gone)
 
     def _key(self) -> Any:
         key = job_objects.c.key
@@ -202,19 +229,29 @@ def _source_rate(engine: Engine, spec: dict[str, Any]) -> ClusterRequestRate | N
 
 
 @contextlib.asynccontextmanager
-async def task_stores(ctx: UnitContext, row: TaskRow) -> AsyncIterator[tuple[Backend, Backend]]:
-    """The task's source (retried, throttled) and destination (retried), closed afterwards."""
+async def task_stores(ctx: UnitContext, row: TaskRow, urls: Sequence[tuple[str, str]] = ()
+                      ) -> AsyncIterator[tuple[Backend, Backend]]:
+    """The task's source (retried, throttled) and destination (retried), closed afterwards. A URL-list task's
+    source is `urls` fetched as the embedded runner fetches them: the same UrlSource, under the allow-list of
+    non-public hosts stored with the task when it was made (the server's decision, not this worker's)."""
     keys = _credentials(ctx, row)
     src_spec, dst_spec = row.src_spec, row.dst_spec
     limiter = task_limiter(ctx.engine, row)
-    rate = _source_rate(ctx.engine, src_spec)
+    url_list = row.task_type == "url_list"
+    # FERRY_SOURCE_REQUEST_RATE is a budget per source bucket: a URL list has none (nor has it embedded).
+    rate = None if url_list else _source_rate(ctx.engine, src_spec)
     raw_dst = open_store(dst_spec, dst_spec["region"], dst_spec["bucket"], dst_spec.get("save_prefix", ""),
                          StoreKeys.of(keys, "dst"), dst_spec.get("kms_key_id"))
     stores: list[Backend] = [raw_dst]
     try:
-        raw_src = open_through_cdn(
-            open_store(src_spec, src_spec["region"], src_spec["real_bucket"], "", StoreKeys.of(keys, "src")),
-            src_spec.get("cdn"), keys.get("cdn_key"), keys.get("src_ak"), keys.get("src_sk"), src_spec["real_bucket"])
+        raw_src: Backend
+        if url_list:
+            raw_src = UrlSource(urls, allowed_hosts=src_spec.get("allowed_hosts", ()))
+        else:
+            raw_src = open_through_cdn(
+                open_store(src_spec, src_spec["region"], src_spec["real_bucket"], "", StoreKeys.of(keys, "src")),
+                src_spec.get("cdn"), keys.get("cdn_key"), keys.get("src_ak"), keys.get("src_sk"),
+                src_spec["real_bucket"])
         stores.append(raw_src)
         # Retries are charged to the request rate too: the limiter sits under the retrying wrapper.
         counted: Backend = raw_src if rate is None else RequestLimitedBackend(raw_src, rate)
@@ -443,22 +480,24 @@ async def keys_unit(unit: UnitRow, ctx: UnitContext) -> None:
     slots: asyncio.Semaphore | None = ctx.settings.get("slots")
     counters = Counters()
     entries = unit.spec.get("objects")
+    urls = [(str(k), str(u)) for k, u in unit.spec.get("urls", ())]
     after = unit.watermark or unit.start_after
     try:
-        async with task_stores(ctx, row) as (src_store, dst_store):
-            source: SelectedBackend | None = None
+        async with task_stores(ctx, row, urls) as (src_store, dst_store):
+            repo: ScopedJobRepo
             if entries is not None:
                 actions = sorted((decode_action(e) for e in entries), key=lambda a: a.src.key)
                 repo = ScopedJobRepo(ctx.engine, unit.id, ctx.owner, keys=[a.src.key for a in actions])
                 transfer: Transfer = PlannedTransfer(src_store, dst_store, repo, job_id, opts, counters,
                                                      actions=actions, slots=slots)
             else:
-                keys = [str(k) for k in unit.spec["keys"]]
-                items = normalise((), keys)
-                repo = ScopedJobRepo(ctx.engine, unit.id, ctx.owner, keys=keys)
-                source = SelectedBackend(src_store, items)
-                transfer = SharedTransfer(source, SelectedBackend(dst_store, items), repo, job_id, opts, counters,
-                                          slots=slots)
+                # Keys looked up (HEAD), or a URL list whose whole (unit's) list is the source's listing, each
+                # URL's HEAD on the way, as the embedded run has it.
+                keys = [k for k, _ in urls] or [str(k) for k in unit.spec["keys"]]
+                source = SelectedBackend(src_store, [("", True)] if urls else normalise((), keys))
+                repo = ScopedJobRepo(ctx.engine, unit.id, ctx.owner, keys=keys, left_out=LeftOut(source))
+                transfer = SharedTransfer(source, SelectedBackend(dst_store, normalise((), keys)), repo, job_id,
+                                          opts, counters, slots=slots)
             run = asyncio.create_task(transfer.run(after, Tally(0, 0, 0, 0, 0, 0, 0, 0)))
             stop = asyncio.create_task(ctx.stop.wait())
             try:
@@ -478,9 +517,6 @@ async def keys_unit(unit: UnitRow, ctx: UnitContext) -> None:
                     with contextlib.suppress(asyncio.CancelledError):
                         await run
                 _sync_progress(ctx, counters)
-            if source is not None and source.missing:
-                gone = [ObjectResult(k, "failed", 0, None, "the source object does not exist")
-                        for k in sorted(set(source.missing)) if after is None or k > after]
-                await asyncio.to_thread(JobRepo(ctx.engine).record, job_id, gone)
+            await asyncio.to_thread(repo.record_rest, job_id, after)
     except FatalError as exc:
         raise _as_failure(exc) from None

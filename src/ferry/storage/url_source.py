@@ -117,6 +117,10 @@ class UrlSource(ReadOnlySource):
     def __repr__(self) -> str:
         return f"UrlSource({len(self._keys)} URLs)"
 
+    def entries(self) -> builtins.list[tuple[str, str]]:
+        """The `(key, url)` pairs of the list, sorted by key."""
+        return [(k, self._urls[k]) for k in self._keys]
+
     async def _url(self, key: str) -> tuple[Http1Pool, str, str, str, EndpointPressure]:
         """The pool to fetch `key` through (its host checked, connections pinned to the checked addresses),
         the Host header, the request target, `host:port` for messages, and the endpoint's allowance."""
