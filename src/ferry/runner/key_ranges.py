@@ -68,6 +68,11 @@ async def _children(src: Backend, prefix: str, budget: list[int]) -> list[tuple[
         if key is None:
             return found
         child = key[:len(prefix) + 1]
+        if found and found[-1][0] == child:
+            # A key going on with U+10FFFF after the child (`child + TOP + "z"`): stepped over one at a time,
+            # else the same child would be found again until the budget ran out.
+            after = key
+            continue
         leaf = len(child) == len(prefix)
         found.append((child, not leaf))
         after = child if leaf else child + TOP

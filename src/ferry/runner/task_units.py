@@ -10,7 +10,13 @@ after `flush_seconds` on a slow one, so copying starts within seconds however la
 goes on. Listing is sharded by folder: a range unit whose prefix has sub-folders (a delimiter listing, on
 stores that have one, both sides) hands each sub-folder on as a range unit of its own (down to `MAX_DEPTH`
 levels) and keeps only the objects directly in its prefix, so the folders of a bucket are listed in parallel
-on every worker; every prefix of the selection is its own range unit to begin with.
+on every worker; every prefix of the selection is its own range unit to begin with. A flat listing (a prefix
+without sub-folders, or the objects directly in a folder so split) of a byte-ordered source is split by key
+range too, with bounds from a bounded skip-scan (runner.key_ranges), not from listing it: one of more than
+CUT_KEYS keys becomes up to `list_ranges` ranges (after `start_after`, up to `end_key`), the unit keeping the
+first and handing the others on as range units in the same transaction. A range unit lists both sides only
+within its range (a destination not in byte order is read whole and filtered) and sees only its range's
+finished keys.
 
 A keys unit copies its objects through the engine's Transfer (verification, multipart checkpoints, batched
 results in the job, shared by every unit of the task) with its own watermark in its unit row; run again, it
@@ -40,15 +46,16 @@ from ferry.db.task_repo import RUNNING, TaskRepo, TaskRow
 from ferry.db.unit_repo import UnitDraft, UnitRepo, UnitRow
 from ferry.engine.bandwidth import parse_policy
 from ferry.engine.compare import OverwriteMode, SkipReason
-from ferry.engine.pipeline import StateWait, Transfer, _finished_keys, _listing
+from ferry.engine.pipeline import StateWait, Transfer, _finished_keys
 from ferry.engine.planner import Action, Copy, Fail, Planner, Skip
 from ferry.engine.progress import Counters
 from ferry.errors import AccessError, FatalError, FerryError, TransientError
 from ferry.objects import ObjectInfo
 from ferry.runner.cluster_limits import ClusterRequestRate, RequestLimitedBackend, shared_task_limiter, source_rate_for
+from ferry.runner.key_ranges import KeyRange, in_range, probe_bounds, ranged_listing, spans
 from ferry.runner.migration import RunnerSettings, TaskFailure, failure_for, open_store, transfer_options
 from ferry.runner.units import UnitCancelled, UnitContext, UnitFailed, handles
-from ferry.storage.base import Backend, ListOrder
+from ferry.storage.base import Backend, ListOrder, close_listing, listing
 from ferry.storage.cdn_source import open_through_cdn
 from ferry.storage.selection import SelectedBackend, normalise
 from ferry.storage.stores import StoreKeys
@@ -63,6 +70,8 @@ UNIT_BYTES: Final = 1 << 30
 FLUSH_SECONDS: Final = 1.0
 MAX_DEPTH: Final = 4  # folder levels a listing is split down
 MAX_FOLDERS: Final = 10_000  # a prefix with more sub-folders than this is listed whole, not split
+LIST_RANGES: Final = 16  # key ranges a flat listing of a byte-ordered source is cut into (see range_unit)
+CUT_KEYS: Final = 1000  # a listing of no more keys than this (one page) is not cut
 _OBJECT_FIELDS: Final = tuple(f.name for f in dataclasses.fields(ObjectInfo) if f.name not in ("meta", "restore"))
 
 
@@ -99,16 +108,18 @@ def prefix_end(prefix: str) -> str | None:
 
 class ScopedJobRepo(JobRepo):
     """The task's job results as one unit sees them: its watermark goes into its own unit row (the job's is the
-    embedded run's), and the keys it asks about as finished are only its own (its keys, or its prefix)."""
+    embedded run's), and the keys it asks about as finished are only its own (its keys, or its prefix and key
+    range)."""
 
     def __init__(self, engine: Engine, unit_id: int, owner: str, *, keys: Collection[str] | None = None,
-                 prefix: str | None = None) -> None:
+                 prefix: str | None = None, span: KeyRange = (None, None)) -> None:
         super().__init__(engine)
         self.engine = engine
         self.unit_id = unit_id
         self.owner = owner
         self.keys = None if keys is None else frozenset(keys)
         self.prefix = prefix or None
+        self.span = span
 
     def record(self, job_id: str, results: Sequence[ObjectResult], watermark: str | None = None) -> None:
         with self.engine.begin() as conn:
@@ -142,6 +153,11 @@ class ScopedJobRepo(JobRepo):
             end = prefix_end(self.prefix)
             if end is not None:
                 cond.append(key < end)
+        start, stop = self.span
+        if start is not None:
+            cond.append(key > start)
+        if stop is not None:
+            cond.append(key <= stop)
         last = after
         while True:
             since = [] if last is None else [key > last]
@@ -158,6 +174,8 @@ class ScopedJobRepo(JobRepo):
             if self.keys is not None and result.key not in self.keys:
                 continue
             if self.prefix is not None and not result.key.startswith(self.prefix):
+                continue
+            if not in_range(result.key, self.span):
                 continue
             yield result
 
@@ -238,11 +256,11 @@ def _folder_lister(store: Backend) -> Any:
     return inner if callable(getattr(inner, "list_page", None)) else None
 
 
-async def _page(lister: Any, prefix: str, token: str | None) -> Any:
+async def _page(lister: Any, prefix: str, token: str | None, start_after: str | None = None) -> Any:
     delay = 0.5
     for attempt in range(5):
         try:
-            return await lister.list_page(prefix, delimiter="/", continuation=token)
+            return await lister.list_page(prefix, delimiter="/", continuation=token, start_after=start_after)
         except TransientError:
             if attempt == 4:
                 raise
@@ -265,17 +283,42 @@ async def _sub_folders(lister: Any, prefix: str) -> list[str] | None:
         token = page.next_token
 
 
-async def _direct_objects(lister: Any, prefix: str, after: str | None) -> AsyncIterator[ObjectInfo]:
-    """The objects directly in `prefix` (none of its sub-folders'), after `after`."""
+async def _direct_objects(lister: Any, prefix: str, after: str | None, last: str | None = None,
+                          ordered: bool = False) -> AsyncIterator[ObjectInfo]:
+    """The objects directly in `prefix` (none of its sub-folders') in (after, last]. A byte-ordered store
+    (`ordered`) is asked to start after `after` and is read up to the first key past `last`; any other is
+    read whole and filtered."""
     token: str | None = None
     while True:
-        page = await _page(lister, prefix, token)
+        page = await _page(lister, prefix, token, after if ordered and token is None else None)
         for obj in page.objects:
+            if last is not None and obj.key > last:
+                if ordered:
+                    return
+                continue
             if after is None or obj.key > after:
                 yield obj
         if not page.truncated or not page.next_token or page.next_token == token:
             return
         token = page.next_token
+
+
+async def _cut(src: Backend, lister: Any, prefix: str, direct: bool, ranges: int) -> list[str]:
+    """Bounds cutting the listing of `prefix` (its direct objects only, if `direct`) of a byte-ordered source
+    into up to `ranges` key ranges; none when it holds no more than CUT_KEYS keys (one listing request). The
+    probes are bounded (8 per range), so a huge prefix is cut in as long as a small one."""
+    keys = _direct_objects(lister, prefix, None, ordered=True) if direct else listing(src, prefix)
+    seen = 0
+    try:
+        async for _ in keys:
+            seen += 1
+            if seen > CUT_KEYS:
+                break
+    finally:
+        await close_listing(keys)
+    if seen <= CUT_KEYS:
+        return []
+    return await probe_bounds(src, ranges, 8 * ranges, prefix)
 
 
 @handles(RANGE)
@@ -289,8 +332,9 @@ async def range_unit(unit: UnitRow, ctx: UnitContext) -> None:
     unit_bytes = int(ctx.settings.get("unit_bytes", UNIT_BYTES))
     flush_seconds = float(ctx.settings.get("flush_seconds", FLUSH_SECONDS))
     send = ctx.settings.get("send")
+    ranges = int(ctx.settings.get("list_ranges", LIST_RANGES))
     crc_mode = opts.overwrite is OverwriteMode.CRC64_COMPARISON_OVERWRITE
-    repo = ScopedJobRepo(ctx.engine, unit.id, ctx.owner, prefix=prefix)
+    span: KeyRange = (unit.start_after, unit.end_key)
     units = UnitRepo(ctx.engine)
     progress = ctx.progress
     progress.listed, progress.listed_bytes = unit.listed, unit.listed_bytes
@@ -326,7 +370,7 @@ async def range_unit(unit: UnitRow, ctx: UnitContext) -> None:
             src_lister, dst_lister = _folder_lister(src_store), _folder_lister(dst_store)
             direct = bool(unit.spec.get("direct"))
             depth = int(unit.spec.get("depth", 0))
-            if (prefix is not None and not direct and after is None and depth < MAX_DEPTH
+            if (prefix is not None and not direct and after is None and span == (None, None) and depth < MAX_DEPTH
                     and not row.src_spec.get("cdn") and src_lister is not None and dst_lister is not None):
                 folders = await _sub_folders(src_lister, prefix)
                 if folders:
@@ -341,17 +385,38 @@ async def range_unit(unit: UnitRow, ctx: UnitContext) -> None:
                     if send is not None:
                         with contextlib.suppress(Exception):  # else the coordinator sends them
                             await asyncio.to_thread(send, ids)
+            src_ordered = src_store.capabilities.list_order is ListOrder.LEXICOGRAPHIC
+            if (prefix is not None and span == (None, None) and after is None and ranges > 1 and src_ordered
+                    and not row.src_spec.get("cdn") and (src_lister is not None or not direct)):
+                # A flat listing (no sub-folders, or the objects directly in a folder) is cut into key ranges,
+                # each a range unit of its own; this one keeps the first. One transaction: a unit run again
+                # finds its own range set (an end key) and is not cut again.
+                bounds = await _cut(src_store, src_lister, prefix, direct, ranges)
+                if bounds:
+                    cut = spans(bounds)
+                    drafts = [UnitDraft(RANGE, a, b, spec={**unit.spec, "direct": direct}) for a, b in cut[1:]]
+                    ids = await asyncio.to_thread(units.split, unit.id, ctx.owner, drafts, {"end_key": bounds[0]})
+                    if ids is None:
+                        raise UnitCancelled(f"unit {unit.id}: the lease is no longer ours")
+                    span = cut[0]
+                    log.info("unit %d: %r cut into %d key ranges", unit.id, prefix, len(cut))
+                    if send is not None:
+                        with contextlib.suppress(Exception):  # else the coordinator sends them
+                            await asyncio.to_thread(send, ids)
+            last = span[1]
+            repo = ScopedJobRepo(ctx.engine, unit.id, ctx.owner, prefix=prefix, span=span)
             wait = StateWait(opts.state_patience, Counters())
             finished = _finished_keys(repo, job_id, after, wait)
             if direct and prefix is not None and src_lister is not None and dst_lister is not None:
+                dst_ordered = dst_store.capabilities.list_order is ListOrder.LEXICOGRAPHIC
                 planner = Planner(
-                    _direct_objects(src_lister, prefix, after), ListOrder.UNORDERED,
-                    _direct_objects(dst_lister, prefix, after), ListOrder.UNORDERED, finished=finished,
-                    overwrite_mode=opts.overwrite, migrate_since=opts.migrate_since,
+                    _direct_objects(src_lister, prefix, after, last, src_ordered), ListOrder.UNORDERED,
+                    _direct_objects(dst_lister, prefix, after, last, dst_ordered), ListOrder.UNORDERED,
+                    finished=finished, overwrite_mode=opts.overwrite, migrate_since=opts.migrate_since,
                     max_key_bytes=dst.capabilities.max_key_bytes)
             else:
                 planner = Planner(
-                    _listing(src, after), src.capabilities.list_order, _listing(dst, after),
+                    ranged_listing(src, after, last), src.capabilities.list_order, ranged_listing(dst, after, last),
                     dst.capabilities.list_order, finished=finished, overwrite_mode=opts.overwrite,
                     migrate_since=opts.migrate_since, max_key_bytes=dst.capabilities.max_key_bytes)
             try:
