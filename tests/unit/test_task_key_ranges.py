@@ -27,6 +27,7 @@ from ferry.runner.units import UnitContext
 from ferry.secrets import SecretBox
 from ferry.storage.base import Backend, Capabilities, ListOrder
 from ferry.storage.memory import MemoryBackend
+from ferry.storage.s3 import ListPage
 from ferry.storage.wrappers import BackendWrapper
 from pgdb import pg_database
 
@@ -48,8 +49,37 @@ class Unordered(BackendWrapper):
         return replace(self.inner.capabilities, list_order=ListOrder.UNORDERED)
 
 
-async def _bucket(name: str, keys: list[str]) -> MemoryBackend:
-    backend = MemoryBackend(bucket=name)
+class Paged(MemoryBackend):
+    """A memory bucket with the S3 family's one-request listing (`list_page`: a folder view with a delimiter,
+    start-after, continuation, max-keys), counting its requests and the keys they return."""
+
+    requests = 0
+    returned = 0
+
+    async def list_page(self, prefix: str = "", *, delimiter: str = "", start_after: str | None = None,
+                        continuation: str | None = None, max_keys: int = 1000) -> ListPage:
+        self.requests += 1
+        after = continuation if continuation is not None else start_after
+        objects: list[Any] = []
+        prefixes: list[str] = []
+        last: str | None = None
+        async for info in self.list(prefix, after):
+            if len(objects) + len(prefixes) >= max_keys:
+                self.returned += len(objects)
+                return ListPage(objects, prefixes, True, last)
+            cut = info.key.find(delimiter, len(prefix)) if delimiter else -1
+            if cut < 0:
+                objects.append(info)
+                last = info.key
+            elif (folder := info.key[:cut + 1]) not in prefixes:
+                prefixes.append(folder)
+                last = folder + TOP  # the next page starts after the whole folder
+        self.returned += len(objects)
+        return ListPage(objects, prefixes, False, None)
+
+
+async def _bucket(name: str, keys: list[str], paged: bool = False) -> MemoryBackend:
+    backend = Paged(bucket=name) if paged else MemoryBackend(bucket=name)
     for key in keys:
         await backend.put(key, key.encode(), ObjectMeta(content_type="text/plain"))
     return backend
@@ -101,6 +131,11 @@ async def test_bounds_under_a_prefix_stay_in_it_and_spread_its_keys() -> None:
     cut = spans(bounds, None, None)
     counts = Counter(next(i for i, s in enumerate(cut) if in_range(k, s)) for k in FLAT)
     assert max(counts.values()) <= len(FLAT) * 0.5, counts
+    # A store with one-request listings is probed one key per request, to the same bounds.
+    paged = await _bucket("paged", FLAT + OUTSIDE, paged=True)
+    assert isinstance(paged, Paged)
+    assert await probe_bounds(paged, 4, 32, "flat/") == bounds
+    assert paged.returned <= paged.requests <= 32
     assert await probe_bounds(await _bucket("empty", OUTSIDE), 4, 32, "flat/") == []
     assert await probe_bounds(await _bucket("one", ["flat/only"]), 4, 32, "flat/") == []
 
@@ -239,3 +274,27 @@ async def test_a_small_or_unordered_prefix_is_not_cut(engine: Engine, tmp_path: 
         got = await run.run(parent, "w1")
         assert got.end_key is None and len(run.of_kind(RANGE)) == 1
         assert sum(run.handed_on().values()) == len([k async for k in src.list("flat/")])
+
+
+async def test_the_objects_directly_in_a_folder_are_cut_after_its_sub_folders(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folders = [f"flat/sub{i}/{j:02d}" for i in range(3) for j in range(5)]
+    src = await _bucket("src", FLAT + folders + OUTSIDE, paged=True)
+    dst = await _bucket("dst", FLAT[::5], paged=True)  # some there already: compared, skipped
+    job = JobRepo(engine).create("task:9", "{}")
+    run = _Run(engine, tmp_path, src, dst, job.id)
+    run.install(monkeypatch)
+    (parent,) = run.units.add("task", "9", 1, [UnitDraft(RANGE, spec={"items": [["flat/", True]]})])
+    await run.run(parent, "w1")
+    units = run.of_kind(RANGE)
+    subs = [u for u in units if u.spec["items"][0][0] != "flat/"]
+    cut = [u for u in units if u.spec["items"][0][0] == "flat/"]
+    assert sorted(u.spec["items"][0][0] for u in subs) == ["flat/sub0/", "flat/sub1/", "flat/sub2/"]
+    assert len(cut) == 4 and all(u.spec["direct"] for u in cut)
+    assert all(u.start_after is None and u.end_key is None for u in subs)
+    for unit in units[1:]:
+        await run.run(unit.id, "w2")
+    handed = run.handed_on()
+    # What the destination has (same size, not older) is skipped and recorded, not handed on.
+    assert sorted(handed) == sorted(set(FLAT + folders) - set(FLAT[::5])) and set(handed.values()) == {1}
+    assert JobRepo(engine).tally(job.id).skipped == len(FLAT[::5])

@@ -9,11 +9,14 @@ small one. Sync reconciliation (runner.sync_units) and a task's range units (run
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-from typing import Final
+from typing import Any, Final
 
+from ferry.errors import TransientError
 from ferry.objects import ObjectInfo
 from ferry.storage.base import Backend, ListOrder, listing
+from ferry.storage.wrappers import unwrap
 
 KeyRange = tuple[str | None, str | None]  # keys after the first and up to the second; None = open
 # Above every character a key can hold: `p + TOP` sorts after every key that starts with `p` (but one that
@@ -49,7 +52,30 @@ async def ranged_listing(backend: Backend, after: str | None, last: str | None) 
         yield info
 
 
+async def page_of(lister: Any, prefix: str, **options: Any) -> Any:
+    """One `list_page` request (the S3 family's: `delimiter`, `start_after`, `continuation`, `max_keys`) of a
+    store that has it, retried a few times on transient errors."""
+    delay = 0.5
+    for attempt in range(5):
+        try:
+            return await lister.list_page(prefix, **options)
+        except TransientError:
+            if attempt == 4:
+                raise
+            await asyncio.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
+
+
 async def _first(src: Backend, prefix: str, after: str | None) -> str | None:
+    inner = unwrap(src)
+    if callable(getattr(inner, "list_page", None)):
+        # One key per request, not a page of 1,000: a probe is then a round trip, whatever the keys.
+        page = await page_of(inner, prefix, start_after=after, max_keys=1)
+        if page.objects:
+            return str(page.objects[0].key)
+        if not page.truncated:
+            return None
     async for info in listing(src, prefix, after):
         return info.key
     return None

@@ -49,10 +49,10 @@ from ferry.engine.compare import OverwriteMode, SkipReason
 from ferry.engine.pipeline import StateWait, Transfer, _finished_keys
 from ferry.engine.planner import Action, Copy, Fail, Planner, Skip
 from ferry.engine.progress import Counters
-from ferry.errors import AccessError, FatalError, FerryError, TransientError
+from ferry.errors import AccessError, FatalError, FerryError
 from ferry.objects import ObjectInfo
 from ferry.runner.cluster_limits import ClusterRequestRate, RequestLimitedBackend, shared_task_limiter, source_rate_for
-from ferry.runner.key_ranges import KeyRange, in_range, probe_bounds, ranged_listing, spans
+from ferry.runner.key_ranges import KeyRange, in_range, page_of, probe_bounds, ranged_listing, spans
 from ferry.runner.migration import RunnerSettings, TaskFailure, failure_for, open_store, transfer_options
 from ferry.runner.units import UnitCancelled, UnitContext, UnitFailed, handles
 from ferry.storage.base import Backend, ListOrder, close_listing, listing
@@ -257,16 +257,7 @@ def _folder_lister(store: Backend) -> Any:
 
 
 async def _page(lister: Any, prefix: str, token: str | None, start_after: str | None = None) -> Any:
-    delay = 0.5
-    for attempt in range(5):
-        try:
-            return await lister.list_page(prefix, delimiter="/", continuation=token, start_after=start_after)
-        except TransientError:
-            if attempt == 4:
-                raise
-            await asyncio.sleep(delay)
-            delay *= 2
-    raise AssertionError("unreachable")
+    return await page_of(lister, prefix, delimiter="/", continuation=token, start_after=start_after)
 
 
 async def _sub_folders(lister: Any, prefix: str) -> list[str] | None:
