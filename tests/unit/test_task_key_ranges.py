@@ -31,9 +31,10 @@ from ferry.storage.s3 import ListPage
 from ferry.storage.wrappers import BackendWrapper
 from pgdb import pg_database
 
-# 20 first characters (ASCII, Latin, CJK, an emoji, the last BMP character) under one flat prefix: the skip-scan
-# stops at the first level (20 branches for 4 ranges), so every bound is `flat/<c>` + U+10FFFF, a key itself.
-FIRSTS = "0Aaz~é中\U0001f600\uffff" + "bcdefghijk"
+# 45 first characters (ASCII, Latin, CJK, the last BMP character, an emoji) under one flat prefix, 61 keys each:
+# cut after its first 1,000 keys, the rest still has more than 16 of them, so the skip-scan stops at the first
+# level (4 ranges) and every bound is `flat/<c>` + U+10FFFF, a key itself.
+FIRSTS = "0123456789ABCDEFGHIJKLMNOPQRSTabcdefghij~é中\uffff\U0001f600"
 FLAT = ([f"flat/{c}{i:03d}" for c in FIRSTS for i in range(60)] + [f"flat/{c}{TOP}" for c in FIRSTS]
         + [f"flat/{c}{TOP}z" for c in "aé\uffff"])
 OUTSIDE = ["flat", "flat0", "flas/z", "zz"]
@@ -124,18 +125,31 @@ async def test_ranged_listings_of_the_spans_are_the_listing_cut_in_pieces(ordere
     assert [o async for o in ranged_listing(backend, "flat/a000", "flat/a0000")] == []
 
 
-async def test_bounds_under_a_prefix_stay_in_it_and_spread_its_keys() -> None:
+def _spread(bounds: list[str], keys: list[str]) -> list[int]:
+    cut = spans(bounds)
+    counts = Counter(next(i for i, s in enumerate(cut) if in_range(k, s)) for k in keys)
+    return [counts[i] for i in range(len(cut))]
+
+
+async def test_bounds_under_a_prefix_or_above_a_floor_stay_there_and_spread_its_keys() -> None:
     src = await _bucket("src", FLAT + OUTSIDE)
-    bounds = await probe_bounds(src, 4, 32, "flat/")
-    assert 2 <= len(bounds) <= 3 and all(b.startswith("flat/") and b.endswith(TOP) for b in bounds), bounds
-    cut = spans(bounds, None, None)
-    counts = Counter(next(i for i, s in enumerate(cut) if in_range(k, s)) for k in FLAT)
-    assert max(counts.values()) <= len(FLAT) * 0.5, counts
+    bounds = await probe_bounds(src, 4, 64, "flat/")
+    assert len(bounds) == 3 and all(b.startswith("flat/") and b.endswith(TOP) and b in FLAT for b in bounds), bounds
+    assert max(_spread(bounds, FLAT)) <= len(FLAT) * 0.4
+    # Above a floor (where a unit's listing got to): every bound is above it, the keys above it spread.
+    floor = "flat/F030"
+    above = await probe_bounds(src, 4, 64, "flat/", floor)
+    rest = [k for k in FLAT if k > floor]
+    assert len(above) == 3 and all(b > floor for b in above)
+    assert _spread(above, rest)[0] > 0 and max(_spread(above, rest)) <= len(rest) * 0.4
+    # Out of probes on the first level, the branches found still cut it (the rest goes to the last range).
+    few = await probe_bounds(src, 4, 10, "flat/")
+    assert len(few) == 3 and 0 < _spread(few, FLAT)[0] < len(FLAT) // 4
     # A store with one-request listings is probed one key per request, to the same bounds.
     paged = await _bucket("paged", FLAT + OUTSIDE, paged=True)
     assert isinstance(paged, Paged)
-    assert await probe_bounds(paged, 4, 32, "flat/") == bounds
-    assert paged.returned <= paged.requests <= 32
+    assert await probe_bounds(paged, 4, 64, "flat/") == bounds
+    assert paged.returned <= paged.requests <= 64
     assert await probe_bounds(await _bucket("empty", OUTSIDE), 4, 32, "flat/") == []
     assert await probe_bounds(await _bucket("one", ["flat/only"]), 4, 32, "flat/") == []
 
@@ -181,9 +195,11 @@ class _Run:
         monkeypatch.setattr(task_units, "_task", lambda engine, unit: (row, self.job_id))
         monkeypatch.setattr(task_units, "task_stores", stores)
 
-    async def run(self, unit_id: int, owner: str, kill_after_sends: int | None = None) -> UnitRow:
+    async def run(self, unit_id: int, owner: str, kill_after_sends: int | None = None,
+                  kill_at_cut: bool = False) -> UnitRow:
         """Claim and run the unit; with `kill_after_sends`, its worker dies (as on kill -9) once the unit has
-        handed on that many batches of units, leaving it running for another to take over."""
+        handed on that many batches of units (`kill_at_cut`: once it has handed on range units), leaving it
+        running for another to take over."""
         unit = self.units.claim(unit_id, owner, 30)
         assert unit is not None
         ctx = UnitContext(self.engine, SecretBox(b"k" * 32), owner, self.tmp, settings=dict(self.settings))
@@ -192,6 +208,8 @@ class _Run:
         def send(ids: list[int]) -> None:
             sends.append(ids)
             if kill_after_sends is not None and len(sends) >= kill_after_sends:
+                raise _Killed
+            if kill_at_cut and any(u.kind == RANGE for u in map(self.units.get, ids) if u is not None):
                 raise _Killed
 
         ctx.settings = {**ctx.settings, "send": send}
@@ -202,7 +220,7 @@ class _Run:
                 conn.execute(update(work_units).where(work_units.c.id == unit_id).values(
                     lease_expires=time.time() - 100))
         else:
-            assert kill_after_sends is None
+            assert kill_after_sends is None and not kill_at_cut
             assert self.units.finish(unit_id, owner, values=ctx.progress.values())
         got = self.units.get(unit_id)
         assert got is not None
@@ -223,15 +241,16 @@ async def test_a_flat_prefix_is_cut_into_range_units_that_hand_on_every_key_once
     jobs = JobRepo(engine)
     job = jobs.create("task:9", "{}")
     # Some keys are done already, one of them a bound of the cut: no range hands them on.
-    done = ["flat/0000", f"flat/a{TOP}", f"flat/z{TOP}", "flat/é059", "flat/\uffff000"]
+    done = ["flat/0000", f"flat/a{TOP}", f"flat/j{TOP}", "flat/é059", "flat/\uffff000"]
     jobs.record(job.id, [ObjectResult(k, "success", len(k.encode()), None, None) for k in done])
     run = _Run(engine, tmp_path, src, dst, job.id)
     run.install(monkeypatch)
     (parent,) = run.units.add("task", "9", 1, [UnitDraft(RANGE, spec={"items": [["flat/", True]]})])
 
-    # The parent cuts its prefix, hands the ranges on, and is killed right after, before any batch.
-    first = await run.run(parent, "w1", kill_after_sends=1)
-    assert first.watermark is None
+    # The parent hands on its first keys, cuts the rest of its prefix, hands the ranges on, and is killed.
+    first = await run.run(parent, "w1", kill_at_cut=True)
+    assert first.watermark is not None and first.end_key is not None and first.watermark < first.end_key
+    assert sum(run.handed_on().values()) >= 1000 - len(done)
     ranges = run.of_kind(RANGE)
     assert len(ranges) == 4, [(u.start_after, u.end_key) for u in ranges]
     cut = [(u.start_after, u.end_key) for u in ranges]
@@ -257,6 +276,8 @@ async def test_a_flat_prefix_is_cut_into_range_units_that_hand_on_every_key_once
     handed = run.handed_on()
     expected = sorted(set(FLAT) - set(done))
     assert sorted(handed) == expected and set(handed.values()) == {1}
+    # The ranges split the keys above the cut evenly enough.
+    assert all(u.listed > 0 for u in run.of_kind(RANGE))
     # Each range handed on only keys of its own range; the listing progress adds up to the keys handed on.
     assert sum(u.listed for u in run.of_kind(RANGE)) == len(expected)
 
@@ -298,3 +319,24 @@ async def test_the_objects_directly_in_a_folder_are_cut_after_its_sub_folders(
     # What the destination has (same size, not older) is skipped and recorded, not handed on.
     assert sorted(handed) == sorted(set(FLAT + folders) - set(FLAT[::5])) and set(handed.values()) == {1}
     assert JobRepo(engine).tally(job.id).skipped == len(FLAT[::5])
+
+
+async def test_a_listing_is_cut_once_not_again_by_itself_nor_by_its_ranges(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = [f"big/{c}{i:03d}" for c in "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmn" for i in range(100)]
+    job = JobRepo(engine).create("task:9", "{}")
+    run = _Run(engine, tmp_path, await _bucket("src", keys), await _bucket("dst", []), job.id)
+    run.settings["list_ranges"] = 2
+    run.install(monkeypatch)
+    (parent,) = run.units.add("task", "9", 1, [UnitDraft(RANGE, spec={"items": [["big/", True]]})])
+    # Both halves of the 4,000 keys left at the cut hold more than a page: neither is cut again, nor is the
+    # first one when its unit runs again after a kill.
+    first = await run.run(parent, "w1", kill_at_cut=True)
+    assert len(run.of_kind(RANGE)) == 2
+    assert first.end_key is not None and sum(first.watermark < k <= first.end_key for k in keys) > 1000
+    await run.run(parent, "w2")
+    (child,) = [u for u in run.of_kind(RANGE) if u.id != parent]
+    await run.run(child.id, "w2")
+    assert len(run.of_kind(RANGE)) == 2
+    handed = run.handed_on()
+    assert sorted(handed) == keys and set(handed.values()) == {1}

@@ -81,18 +81,20 @@ async def _first(src: Backend, prefix: str, after: str | None) -> str | None:
     return None
 
 
-async def _children(src: Backend, prefix: str, budget: list[int]) -> list[tuple[str, bool]] | None:
-    """The distinct one-character-longer prefixes of the keys under `prefix`, one probe each, each with whether
-    it can be expanded further (a key equal to `prefix` is a leaf); None when the probe budget ran out first."""
+async def _children(src: Backend, prefix: str, budget: list[int],
+                    floor: str | None) -> tuple[list[tuple[str, bool]], bool]:
+    """The distinct one-character-longer prefixes of the keys under `prefix` above `floor`, one probe each, each
+    with whether it can be expanded further (a key equal to `prefix` is a leaf); and whether they are all of
+    them (False: the probe budget ran out first)."""
     found: list[tuple[str, bool]] = []
-    after: str | None = None
+    after = floor
     while True:
         if budget[0] <= 0:
-            return None
+            return found, False
         budget[0] -= 1
         key = await _first(src, prefix, after)
         if key is None:
-            return found
+            return found, True
         child = key[:len(prefix) + 1]
         if found and found[-1][0] == child:
             # A key going on with U+10FFFF after the child (`child + TOP + "z"`): stepped over one at a time,
@@ -104,10 +106,12 @@ async def _children(src: Backend, prefix: str, budget: list[int]) -> list[tuple[
         after = child if leaf else child + TOP
 
 
-async def probe_bounds(src: Backend, units: int, probes: int, prefix: str = "") -> list[str]:
-    """Bounds cutting the keys under `prefix` of a byte-ordered source into up to `units` ranges: expand key
-    prefixes a character at a time, widest level first, until there are about four branches per unit (or
-    the probes run out); then every unit gets as many branches. Empty when the keys do not branch."""
+async def probe_bounds(src: Backend, units: int, probes: int, prefix: str = "",
+                       floor: str | None = None) -> list[str]:
+    """Bounds cutting the keys under `prefix` (and above `floor`) of a byte-ordered source into up to `units`
+    ranges: expand key prefixes a character at a time, widest level first, until there are about four branches
+    per unit (or the probes run out); then every unit gets as many branches. Every bound is above `floor`;
+    none when the keys do not branch."""
     budget = [probes]
     branches: list[tuple[str, bool]] = [(prefix, True)]
     while len(branches) < units * 4:
@@ -117,18 +121,20 @@ async def probe_bounds(src: Backend, units: int, probes: int, prefix: str = "") 
             if not expandable:
                 wider.append((start, False))
                 continue
-            kids = await _children(src, start, budget)
+            kids, whole = await _children(src, start, budget, floor)
             # A run of single children (a long common prefix, `logs/2024/`) is gone down at once, so that every
             # level widens each branch, however deep its keys start to differ.
-            while kids is not None and len(kids) == 1 and kids[0][1]:
-                kids = await _children(src, kids[0][0], budget)
-            if kids is None:
+            while whole and len(kids) == 1 and kids[0][1]:
+                kids, whole = await _children(src, kids[0][0], budget, floor)
+            if not whole:
                 # Out of probes mid-level: a half-widened level weighs its unwidened branches wrong, so the last
-                # whole level stands, unless it is too narrow to give every unit a branch.
+                # whole level stands, unless it is too narrow to give every unit a branch; then the children
+                # found stand for their branch (its keys past the last of them go with the next bound).
                 if len(branches) >= units:
                     wider = branches
                 else:
-                    wider.extend(branches[i:])
+                    wider.extend(kids or [(start, expandable)])
+                    wider.extend(branches[i + 1:])
                 break
             # More branches, or one longer common prefix to go down: either is progress.
             grew = grew or len(kids) > 1 or any(more for _, more in kids)
@@ -140,4 +146,5 @@ async def probe_bounds(src: Backend, units: int, probes: int, prefix: str = "") 
     per = max(1, -(-len(names) // units))
     groups = [names[i:i + per] for i in range(0, len(names), per)]
     # Each range ends after its last branch's keys; the last range is open.
-    return sorted({g[-1] + TOP for g in groups[:-1]})
+    # (A branch entered through a key going on with U+10FFFF could end below the floor: dropped.)
+    return sorted({g[-1] + TOP for g in groups[:-1] if floor is None or g[-1] + TOP > floor})

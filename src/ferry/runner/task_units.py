@@ -12,11 +12,11 @@ stores that have one, both sides) hands each sub-folder on as a range unit of it
 levels) and keeps only the objects directly in its prefix, so the folders of a bucket are listed in parallel
 on every worker; every prefix of the selection is its own range unit to begin with. A flat listing (a prefix
 without sub-folders, or the objects directly in a folder so split) of a byte-ordered source is split by key
-range too, with bounds from a bounded skip-scan (runner.key_ranges), not from listing it: one of more than
-CUT_KEYS keys becomes up to `list_ranges` ranges (after `start_after`, up to `end_key`), the unit keeping the
-first and handing the others on as range units in the same transaction. A range unit lists both sides only
-within its range (a destination not in byte order is read whole and filtered) and sees only its range's
-finished keys.
+range too: once it has listed CUT_KEYS keys (and handed their copies on), the keys above are cut into up to
+`list_ranges` ranges (after `start_after`, up to `end_key`) at bounds from a bounded skip-scan
+(runner.key_ranges), not from listing them; the unit keeps the first range and hands the others on as range
+units, in one transaction. A range unit lists both sides only within its range (a destination not in byte
+order is read whole and filtered), sees only its range's finished keys, and is never cut again.
 
 A keys unit copies its objects through the engine's Transfer (verification, multipart checkpoints, batched
 results in the job, shared by every unit of the task) with its own watermark in its unit row; run again, it
@@ -33,7 +33,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -49,13 +49,13 @@ from ferry.engine.compare import OverwriteMode, SkipReason
 from ferry.engine.pipeline import StateWait, Transfer, _finished_keys
 from ferry.engine.planner import Action, Copy, Fail, Planner, Skip
 from ferry.engine.progress import Counters
-from ferry.errors import AccessError, FatalError, FerryError
+from ferry.errors import AccessError, FatalError, FerryError, TransientError
 from ferry.objects import ObjectInfo
 from ferry.runner.cluster_limits import ClusterRequestRate, RequestLimitedBackend, shared_task_limiter, source_rate_for
 from ferry.runner.key_ranges import KeyRange, in_range, page_of, probe_bounds, ranged_listing, spans
 from ferry.runner.migration import RunnerSettings, TaskFailure, failure_for, open_store, transfer_options
 from ferry.runner.units import UnitCancelled, UnitContext, UnitFailed, handles
-from ferry.storage.base import Backend, ListOrder, close_listing, listing
+from ferry.storage.base import Backend, ListOrder, close_listing
 from ferry.storage.cdn_source import open_through_cdn
 from ferry.storage.selection import SelectedBackend, normalise
 from ferry.storage.stores import StoreKeys
@@ -72,6 +72,8 @@ MAX_DEPTH: Final = 4  # folder levels a listing is split down
 MAX_FOLDERS: Final = 10_000  # a prefix with more sub-folders than this is listed whole, not split
 LIST_RANGES: Final = 16  # key ranges a flat listing of a byte-ordered source is cut into (see range_unit)
 CUT_KEYS: Final = 1000  # a listing of no more keys than this (one page) is not cut
+# One-key listing requests a cut may take per range (at least 8 ranges' worth): the listing waits for them.
+PROBES_PER_RANGE: Final = 8
 _OBJECT_FIELDS: Final = tuple(f.name for f in dataclasses.fields(ObjectInfo) if f.name not in ("meta", "restore"))
 
 
@@ -294,22 +296,40 @@ async def _direct_objects(lister: Any, prefix: str, after: str | None, last: str
         token = page.next_token
 
 
-async def _cut(src: Backend, lister: Any, prefix: str, direct: bool, ranges: int) -> list[str]:
-    """Bounds cutting the listing of `prefix` (its direct objects only, if `direct`) of a byte-ordered source
-    into up to `ranges` key ranges; none when it holds no more than CUT_KEYS keys (one listing request). The
-    probes are bounded (8 per range), so a huge prefix is cut in as long as a small one."""
-    keys = _direct_objects(lister, prefix, None, ordered=True) if direct else listing(src, prefix)
-    seen = 0
-    try:
-        async for _ in keys:
-            seen += 1
-            if seen > CUT_KEYS:
-                break
-    finally:
-        await close_listing(keys)
-    if seen <= CUT_KEYS:
-        return []
-    return await probe_bounds(src, ranges, 8 * ranges, prefix)
+class _Bound:
+    """The end of a range unit's listing: its end key, or, while it may still be cut, none until the source has
+    listed CUT_KEYS keys in order; then `cut(pos)` (pos: the last key listed) may set one above `pos`."""
+
+    def __init__(self, last: str | None, cut: Callable[[str], Awaitable[str | None]] | None) -> None:
+        self.last = last
+        self.cut = cut
+
+    async def source(self, keys: AsyncIterator[ObjectInfo], after: str | None) -> AsyncIterator[ObjectInfo]:
+        """The source's (byte-ordered) listing up to the end, cut when due."""
+        seen, pos = 0, after
+        try:
+            async for info in keys:
+                if self.cut is not None and seen >= CUT_KEYS and pos is not None:
+                    cut, self.cut = self.cut, None
+                    self.last = await cut(pos) or self.last
+                if self.last is not None and info.key > self.last:
+                    return
+                seen, pos = seen + 1, info.key
+                yield info
+        finally:
+            await close_listing(keys)
+
+    async def other(self, keys: AsyncIterator[ObjectInfo], ordered: bool) -> AsyncIterator[ObjectInfo]:
+        """The destination's listing without what is past the end (read on to its end if not in order)."""
+        try:
+            async for info in keys:
+                if self.last is not None and info.key > self.last:
+                    if ordered:
+                        return
+                    continue
+                yield info
+        finally:
+            await close_listing(keys)
 
 
 @handles(RANGE)
@@ -377,39 +397,54 @@ async def range_unit(unit: UnitRow, ctx: UnitContext) -> None:
                         with contextlib.suppress(Exception):  # else the coordinator sends them
                             await asyncio.to_thread(send, ids)
             src_ordered = src_store.capabilities.list_order is ListOrder.LEXICOGRAPHIC
-            if (prefix is not None and span == (None, None) and after is None and ranges > 1 and src_ordered
-                    and not row.src_spec.get("cdn") and (src_lister is not None or not direct)):
-                # A flat listing (no sub-folders, or the objects directly in a folder) is cut into key ranges,
-                # each a range unit of its own; this one keeps the first. One transaction: a unit run again
-                # finds its own range set (an end key) and is not cut again.
-                bounds = await _cut(src_store, src_lister, prefix, direct, ranges)
-                if bounds:
-                    cut = spans(bounds)
-                    drafts = [UnitDraft(RANGE, a, b, spec={**unit.spec, "direct": direct}) for a, b in cut[1:]]
-                    ids = await asyncio.to_thread(units.split, unit.id, ctx.owner, drafts, {"end_key": bounds[0]})
-                    if ids is None:
-                        raise UnitCancelled(f"unit {unit.id}: the lease is no longer ours")
-                    span = cut[0]
-                    log.info("unit %d: %r cut into %d key ranges", unit.id, prefix, len(cut))
-                    if send is not None:
-                        with contextlib.suppress(Exception):  # else the coordinator sends them
-                            await asyncio.to_thread(send, ids)
-            last = span[1]
+            dst_ordered = dst_store.capabilities.list_order is ListOrder.LEXICOGRAPHIC
             repo = ScopedJobRepo(ctx.engine, unit.id, ctx.owner, prefix=prefix, span=span)
-            wait = StateWait(opts.state_patience, Counters())
-            finished = _finished_keys(repo, job_id, after, wait)
+
+            async def cut_at(pos: str) -> str | None:
+                """Cut the keys above `pos` into ranges; this unit's new end key (None: not cut)."""
+                started = time.monotonic()
+                await flush()  # the copies listed so far go out before the listing waits for the probe
+                try:
+                    bounds = await probe_bounds(src_store, ranges, PROBES_PER_RANGE * max(8, ranges), prefix or "", pos)
+                except TransientError as exc:
+                    log.warning("unit %d: not cut into key ranges: %s", unit.id, exc.message)
+                    return None
+                if not bounds:
+                    return None
+                cut = spans(bounds)
+                drafts = [UnitDraft(RANGE, a, b, spec={**unit.spec, "direct": direct}) for a, b in cut[1:]]
+                ids = await asyncio.to_thread(units.split, unit.id, ctx.owner, drafts, {"end_key": bounds[0]})
+                if ids is None:
+                    raise UnitCancelled(f"unit {unit.id}: the lease is no longer ours")
+                repo.span = (span[0], bounds[0])
+                log.info("unit %d: %r cut into %d key ranges at %r after %.2f s of probing", unit.id, prefix,
+                         len(cut), pos, time.monotonic() - started)
+                if send is not None:
+                    with contextlib.suppress(Exception):  # else the coordinator sends them
+                        await asyncio.to_thread(send, ids)
+                return bounds[0]
+
+            # A flat listing (no sub-folders, or the objects directly in a folder) of a byte-ordered source is
+            # cut into key ranges once it has passed CUT_KEYS keys: the first page's copies are out by then,
+            # and a smaller listing is not worth a probe. A unit with a range (cut, or made by a cut) never is.
+            cuttable = (prefix is not None and span == (None, None) and ranges > 1 and src_ordered
+                        and not row.src_spec.get("cdn"))
+            bound = _Bound(span[1], cut_at if cuttable else None)
+            finished = _finished_keys(repo, job_id, after, StateWait(opts.state_patience, Counters()))
             if direct and prefix is not None and src_lister is not None and dst_lister is not None:
-                dst_ordered = dst_store.capabilities.list_order is ListOrder.LEXICOGRAPHIC
+                # A byte-ordered store lists a folder's own objects in order too: merged as they stream.
                 planner = Planner(
-                    _direct_objects(src_lister, prefix, after, last, src_ordered), ListOrder.UNORDERED,
-                    _direct_objects(dst_lister, prefix, after, last, dst_ordered), ListOrder.UNORDERED,
-                    finished=finished, overwrite_mode=opts.overwrite, migrate_since=opts.migrate_since,
-                    max_key_bytes=dst.capabilities.max_key_bytes)
+                    bound.source(_direct_objects(src_lister, prefix, after, span[1], src_ordered), after),
+                    src_store.capabilities.list_order,
+                    bound.other(_direct_objects(dst_lister, prefix, after, span[1], dst_ordered), dst_ordered),
+                    dst_store.capabilities.list_order, finished=finished, overwrite_mode=opts.overwrite,
+                    migrate_since=opts.migrate_since, max_key_bytes=dst.capabilities.max_key_bytes)
             else:
                 planner = Planner(
-                    ranged_listing(src, after, last), src.capabilities.list_order, ranged_listing(dst, after, last),
-                    dst.capabilities.list_order, finished=finished, overwrite_mode=opts.overwrite,
-                    migrate_since=opts.migrate_since, max_key_bytes=dst.capabilities.max_key_bytes)
+                    bound.source(ranged_listing(src, after, span[1]), after), src.capabilities.list_order,
+                    bound.other(ranged_listing(dst, after, span[1]), dst_ordered), dst.capabilities.list_order,
+                    finished=finished, overwrite_mode=opts.overwrite, migrate_since=opts.migrate_since,
+                    max_key_bytes=dst.capabilities.max_key_bytes)
             try:
                 async for action in planner:
                     key = action.src.key
