@@ -154,6 +154,22 @@ async def test_bounds_under_a_prefix_or_above_a_floor_stay_there_and_spread_its_
     assert await probe_bounds(await _bucket("one", ["flat/only"]), 4, 32, "flat/") == []
 
 
+async def test_a_level_that_would_run_out_of_probes_half_way_is_not_begun() -> None:
+    # 8 first characters, 16 second ones under each: the first level (9 probes) gives 4 ranges a branch each;
+    # the second would take ~72 of the 55 probes left and be thrown away half-done.
+    src = await _bucket("src", [f"k/{a}{b}{i}" for a in "01234567" for b in "0123456789abcdef" for i in range(3)])
+    calls = 0
+
+    class Counting(BackendWrapper):
+        def list(self, prefix: str = "", start_after: str | None = None):  # type: ignore[no-untyped-def]
+            nonlocal calls
+            calls += 1
+            return self.inner.list(prefix, start_after)
+
+    bounds = await probe_bounds(Counting(src), 4, 64, "k/")
+    assert bounds == [f"k/1{TOP}", f"k/3{TOP}", f"k/5{TOP}"] and calls <= 10, (bounds, calls)
+
+
 def test_a_units_finished_keys_are_those_of_its_key_range(engine: Engine) -> None:
     jobs, units = JobRepo(engine), UnitRepo(engine)
     job = jobs.create("task:9", "{}")

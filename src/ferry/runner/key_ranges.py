@@ -114,7 +114,14 @@ async def probe_bounds(src: Backend, units: int, probes: int, prefix: str = "",
     none when the keys do not branch."""
     budget = [probes]
     branches: list[tuple[str, bool]] = [(prefix, True)]
+    per_branch = 0.0  # probes the last level spent per branch it widened
     while len(branches) < units * 4:
+        expandable_now = sum(1 for _, more in branches if more)
+        if len(branches) >= units and expandable_now * per_branch > budget[0]:
+            # This level already gives every unit a branch and the next would (by the last one's cost) run out
+            # of probes half-way, wasting them all: stop here.
+            break
+        before = budget[0]
         wider: list[tuple[str, bool]] = []
         grew = False
         for i, (start, expandable) in enumerate(branches):
@@ -139,6 +146,7 @@ async def probe_bounds(src: Backend, units: int, probes: int, prefix: str = "",
             # More branches, or one longer common prefix to go down: either is progress.
             grew = grew or len(kids) > 1 or any(more for _, more in kids)
             wider.extend(kids)
+        per_branch = (before - budget[0]) / max(1, expandable_now)
         branches = sorted(set(wider))
         if not grew or budget[0] <= 0:
             break
