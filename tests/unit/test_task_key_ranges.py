@@ -356,3 +356,21 @@ async def test_a_listing_is_cut_once_not_again_by_itself_nor_by_its_ranges(
     assert len(run.of_kind(RANGE)) == 2
     handed = run.handed_on()
     assert sorted(handed) == keys and set(handed.values()) == {1}
+
+
+async def test_a_prefix_whose_folder_view_is_long_is_cut_by_key_not_by_folder(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folders = [f"flat/sub{i}/{j:02d}" for i in range(3) for j in range(5)]
+    src = await _bucket("src", FLAT + folders, paged=True)
+    job = JobRepo(engine).create("task:9", "{}")
+    run = _Run(engine, tmp_path, src, await _bucket("dst", [], paged=True), job.id)
+    run.install(monkeypatch)
+    monkeypatch.setattr(task_units, "FOLDER_PAGES", 2)  # the folder view of flat/ takes 3 pages
+    (parent,) = run.units.add("task", "9", 1, [UnitDraft(RANGE, spec={"items": [["flat/", True]]})])
+    await run.run(parent, "w1")
+    units = run.of_kind(RANGE)
+    assert len(units) == 4 and not any(u.spec.get("direct") for u in units)
+    for unit in units[1:]:
+        await run.run(unit.id, "w2")
+    handed = run.handed_on()
+    assert sorted(handed) == sorted(FLAT + folders) and set(handed.values()) == {1}

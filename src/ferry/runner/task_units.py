@@ -74,6 +74,7 @@ LIST_RANGES: Final = 16  # key ranges a flat listing of a byte-ordered source is
 CUT_KEYS: Final = 1000  # a listing of no more keys than this (one page) is not cut
 # One-key listing requests a cut may take per range (at least 8 ranges' worth): the listing waits for them.
 PROBES_PER_RANGE: Final = 8
+FOLDER_PAGES: Final = 10  # folder-view requests a byte-ordered source's prefix is given to show its sub-folders
 _OBJECT_FIELDS: Final = tuple(f.name for f in dataclasses.fields(ObjectInfo) if f.name not in ("meta", "restore"))
 
 
@@ -262,14 +263,17 @@ async def _page(lister: Any, prefix: str, token: str | None, start_after: str | 
     return await page_of(lister, prefix, delimiter="/", continuation=token, start_after=start_after)
 
 
-async def _sub_folders(lister: Any, prefix: str) -> list[str] | None:
-    """The sub-folders of `prefix`; None when there are more than MAX_FOLDERS (the prefix is listed whole)."""
+async def _sub_folders(lister: Any, prefix: str, max_pages: int | None = None) -> list[str] | None:
+    """The sub-folders of `prefix`; None when there are more than MAX_FOLDERS, or when finding them takes more
+    than `max_pages` listing requests (the prefix is listed whole)."""
     found: set[str] = set()
     token: str | None = None
+    pages = 0
     while True:
         page = await _page(lister, prefix, token)
+        pages += 1
         found.update(p for p in page.prefixes if p != prefix and p.startswith(prefix))
-        if len(found) > MAX_FOLDERS:
+        if len(found) > MAX_FOLDERS or (max_pages is not None and pages >= max_pages and page.truncated):
             return None
         if not page.truncated or not page.next_token or page.next_token == token:
             return sorted(found)
@@ -381,9 +385,14 @@ async def range_unit(unit: UnitRow, ctx: UnitContext) -> None:
             src_lister, dst_lister = _folder_lister(src_store), _folder_lister(dst_store)
             direct = bool(unit.spec.get("direct"))
             depth = int(unit.spec.get("depth", 0))
+            src_ordered = src_store.capabilities.list_order is ListOrder.LEXICOGRAPHIC
+            dst_ordered = dst_store.capabilities.list_order is ListOrder.LEXICOGRAPHIC
             if (prefix is not None and not direct and after is None and span == (None, None) and depth < MAX_DEPTH
                     and not row.src_spec.get("cdn") and src_lister is not None and dst_lister is not None):
-                folders = await _sub_folders(src_lister, prefix)
+                # The folder view pages through every object of the prefix too: on a byte-ordered source a
+                # prefix with more than FOLDER_PAGES pages of it is cut by key instead (see cut_at), so that
+                # a huge flat prefix is not listed once before its first copy.
+                folders = await _sub_folders(src_lister, prefix, FOLDER_PAGES if src_ordered else None)
                 if folders:
                     # Each sub-folder becomes a range unit of its own; this one keeps the objects directly in
                     # its prefix. One transaction: a unit run again finds itself split already ("direct").
@@ -396,8 +405,6 @@ async def range_unit(unit: UnitRow, ctx: UnitContext) -> None:
                     if send is not None:
                         with contextlib.suppress(Exception):  # else the coordinator sends them
                             await asyncio.to_thread(send, ids)
-            src_ordered = src_store.capabilities.list_order is ListOrder.LEXICOGRAPHIC
-            dst_ordered = dst_store.capabilities.list_order is ListOrder.LEXICOGRAPHIC
             repo = ScopedJobRepo(ctx.engine, unit.id, ctx.owner, prefix=prefix, span=span)
 
             async def cut_at(pos: str) -> str | None:
