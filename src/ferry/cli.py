@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="objects in flight in this worker, shared by its units (default 64)")
     w.add_argument("--unit-keys", type=int, default=1000, metavar="N",
                    help="objects per copy unit handed out by a listing unit (default 1000)")
+    w.add_argument("--list-ranges", type=int, default=16, metavar="N",
+                   help="key ranges a flat listing of a byte-ordered source is cut into (default 16)")
     w.add_argument("--lease-ttl", type=float, default=30.0, metavar="SECONDS",
                    help="a unit whose worker is silent this long is given to another (default 30)")
     w.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
@@ -428,11 +430,13 @@ def _worker(args: argparse.Namespace) -> int:
     scratch.mkdir(mode=0o700, exist_ok=True)
     if not 1 <= args.unit_keys <= 100_000:
         raise UsageError("--unit-keys must be between 1 and 100000")
+    if not 1 <= args.list_ranges <= 1000:
+        raise UsageError("--list-ranges must be between 1 and 1000")
     if not 1.0 <= args.lease_ttl <= 3600:
         raise UsageError("--lease-ttl must be between 1 and 3600 seconds")
     settings = WorkerSettings(threads=args.threads, concurrency=args.concurrency, lease_ttl=args.lease_ttl,
                               heartbeat=min(3.0, args.lease_ttl / 3), drain_timeout=max(args.drain_timeout, 0.0),
-                              extra={"unit_keys": args.unit_keys})
+                              extra={"unit_keys": args.unit_keys, "list_ranges": args.list_ranges})
     engine, box = open_database(db), SecretBox.load(base)
     # Group splits, reconciliation ranges and the sync event loop need the services' wiring (endpoints, task
     # creation, credentials), which the runner layer cannot import.

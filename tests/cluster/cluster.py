@@ -74,13 +74,14 @@ class Cluster:
     live: FerryService
     logs: Path
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    worker_args: tuple[str, ...] = ()  # after the defaults below, so they win
 
     def start_worker(self, *args: str) -> subprocess.Popen[bytes]:
         n = len(self.workers)
         out = (self.logs / f"worker-{n}.log").open("ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "ferry.cli", "worker", "--threads", "2", "--concurrency", "4", "--unit-keys",
-             "20", "--lease-ttl", "4", "--drain-timeout", "5", *args],
+             "20", "--lease-ttl", "4", "--drain-timeout", "5", *self.worker_args, *args],
             env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=str(ROOT))
         self.workers.append(proc)
         return proc
@@ -115,8 +116,9 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, every: fl
 
 
 @contextmanager
-def cluster(seaweed_a: Any, seaweed_b: Any, base: Path, workers: int = 3) -> Iterator[Cluster]:
-    """A cluster whose tasks migrate from `seaweed_a` to `seaweed_b` (through a fault proxy)."""
+def cluster(seaweed_a: Any, seaweed_b: Any, base: Path, workers: int = 3,
+            worker_args: tuple[str, ...] = ()) -> Iterator[Cluster]:
+    """A cluster whose tasks migrate from `seaweed_a` (or any S3 server) to `seaweed_b` (through a fault proxy)."""
     redis = RedisServer(base / "redis.log").start()
     proxy = FaultProxy(seaweed_b.endpoint).start()
     gen = pg_database()
@@ -142,7 +144,7 @@ def cluster(seaweed_a: Any, seaweed_b: Any, base: Path, workers: int = 3) -> Ite
     made: Cluster | None = None
     try:
         started = start_service(base / "server-data", db_url, runner=FAST_RUNNER)
-        made = Cluster(db_url, broker, env, redis, proxy, started.value, base)
+        made = Cluster(db_url, broker, env, redis, proxy, started.value, base, worker_args=worker_args)
         for _ in range(workers):
             made.start_worker()
         made.wait_registered(workers)

@@ -74,9 +74,11 @@ from ferry.errors import (
 from ferry.metrics import SYNC_EVENT_LATENCY
 from ferry.objects import ObjectInfo, Restore
 from ferry.runner import failed_lists
+from ferry.runner.key_ranges import KeyRange as KeyRange
+from ferry.runner.key_ranges import ranged_listing
 from ferry.runner.loop_thread import LoopThread
 from ferry.runner.migration import TaskFailure, failure_for
-from ferry.storage.base import Backend, ListOrder, first_listed, listing
+from ferry.storage.base import Backend, first_listed
 from ferry.storage.pressure import is_throttle
 from ferry.storage.wrappers import RetryingBackend, object_budget
 
@@ -271,7 +273,6 @@ class _GiveUp(Exception):
         self.stop = stop  # the task as a whole failed: stop it once this key's outcome is on disk
 
 
-KeyRange = tuple[str | None, str | None]  # keys after the first and up to the second; None = open
 Lister = Callable[[Backend], AsyncIterator[ObjectInfo]]  # the part of a bucket one reconciliation unit compares
 
 
@@ -290,22 +291,7 @@ def _in_range(backend: Backend, span: KeyRange) -> AsyncIterator[ObjectInfo]:
     """The backend's listing, limited to `span` (the whole listing for an open span)."""
     if span == (None, None):
         return backend.list()
-    return _ranged_listing(backend, *span)
-
-
-async def _ranged_listing(backend: Backend, after: str | None, last: str | None) -> AsyncIterator[ObjectInfo]:
-    # A byte-ordered listing starts after the range's first key and ends past its last; any other order is
-    # read whole and filtered (`str` order is byte order, see ferry.engine.planner).
-    ordered = backend.capabilities.list_order is ListOrder.LEXICOGRAPHIC
-    async for info in listing(backend, "", after if ordered else None):
-        key = info.key
-        if after is not None and key <= after:
-            continue
-        if last is not None and key > last:
-            if ordered:
-                return
-            continue
-        yield info
+    return ranged_listing(backend, *span)
 
 
 def _reason(exc: BaseException) -> str:

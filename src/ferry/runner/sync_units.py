@@ -9,9 +9,9 @@ recorded exactly as embedded. Once no unit of the run is open, the dispatcher re
 (`reconciled_at`, and `last_error` from a failed unit) as the embedded reconciler does.
 
 Range boundaries only balance the work: the ranges are contiguous, so every key falls in exactly one whatever
-the boundaries. A byte-ordered source is probed, not listed: a skip-scan walks the first characters of its
-keys (one short listing per branch found) until there are a few branches per unit. Any other source (an
-endpoint override, say) is cut by its top-level folders when both stores list by folder (the S3 family):
+the boundaries. A byte-ordered source is probed, not listed (runner.key_ranges): a skip-scan walks the first
+characters of its keys (one short listing per branch found) until there are a few branches per unit. Any other
+source (an endpoint override, say) is cut by its top-level folders when both stores list by folder (the S3 family):
 groups of folders, each unit listing its own, and one unit for the objects at the root. Failing that, a
 sample (its first `sample` keys) gives quantiles as boundaries; such ranges list both buckets whole and
 filter, so there the units spread the copying, not the listing, and it is one unit unless the operator asks
@@ -41,6 +41,7 @@ from ferry.aio import wait_event
 from ferry.db.sync_repo import SyncRepo, SyncTaskRow
 from ferry.db.unit_repo import FAILED, UnitDraft, UnitRepo, UnitRow
 from ferry.objects import ObjectInfo
+from ferry.runner.key_ranges import probe_bounds, spans
 from ferry.runner.loop_thread import LoopThread
 from ferry.runner.sync import BackendOpener, KeyRange, Lister, RangeProgress, SyncBackground, SyncSettings
 from ferry.runner.task_units import _direct_objects, _folder_lister, _sub_folders
@@ -52,9 +53,6 @@ log = logging.getLogger("ferry.sync")
 
 RECONCILE_KIND: Final = "reconcile"
 OWNER_KIND: Final = "sync"
-# Above every character a key can hold: `p + _TOP` sorts after every key that starts with `p` (but one that
-# goes on with U+10FFFF itself, which only moves a boundary, never loses a key).
-_TOP: Final = "\U0010ffff"
 
 
 def _no_wake() -> None:
@@ -81,10 +79,10 @@ async def plan_ranges(src: Backend, settings: RangeSettings) -> list[KeyRange]:
     if units <= 1:
         return [(None, None)]
     if ordered:
-        bounds = await _probe_bounds(src, units, settings.probes)
+        bounds = await probe_bounds(src, units, settings.probes)
     else:
         bounds = await _sample_bounds(src, units, settings.sample)
-    return _spans(bounds)
+    return spans(bounds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,74 +142,6 @@ async def _root_objects(backend: Backend) -> AsyncIterator[ObjectInfo]:
         return
     async for info in _direct_objects(lister, "", None):
         yield info
-
-
-def _spans(bounds: list[str]) -> list[KeyRange]:
-    """(None, b1], (b1, b2], ..., (bn, None) from sorted, distinct bounds."""
-    edges: list[str | None] = [None, *bounds, None]
-    return [(edges[i], edges[i + 1]) for i in range(len(edges) - 1)]
-
-
-async def _first(src: Backend, prefix: str, after: str | None) -> str | None:
-    async for info in listing(src, prefix, after):
-        return info.key
-    return None
-
-
-async def _children(src: Backend, prefix: str, budget: list[int]) -> list[tuple[str, bool]] | None:
-    """The distinct one-character-longer prefixes of the keys under `prefix`, one probe each, each with whether
-    it can be expanded further (a key equal to `prefix` is a leaf); None when the probe budget ran out first."""
-    found: list[tuple[str, bool]] = []
-    after: str | None = None
-    while True:
-        if budget[0] <= 0:
-            return None
-        budget[0] -= 1
-        key = await _first(src, prefix, after)
-        if key is None:
-            return found
-        child = key[:len(prefix) + 1]
-        leaf = len(child) == len(prefix)
-        found.append((child, not leaf))
-        after = child if leaf else child + _TOP
-
-
-async def _probe_bounds(src: Backend, units: int, probes: int) -> list[str]:
-    """Skip-scan a byte-ordered source: expand key prefixes a character at a time, widest level first, until
-    there are about four branches per unit (or the probes run out); then every unit gets as many branches."""
-    budget = [probes]
-    branches: list[tuple[str, bool]] = [("", True)]
-    while len(branches) < units * 4:
-        wider: list[tuple[str, bool]] = []
-        grew = False
-        for i, (prefix, expandable) in enumerate(branches):
-            if not expandable:
-                wider.append((prefix, False))
-                continue
-            kids = await _children(src, prefix, budget)
-            # A run of single children (a long common prefix, `logs/2024/`) is gone down at once, so that every
-            # level widens each branch, however deep its keys start to differ.
-            while kids is not None and len(kids) == 1 and kids[0][1]:
-                kids = await _children(src, kids[0][0], budget)
-            if kids is None:
-                # Out of probes mid-level: a half-widened level weighs its unwidened branches wrong, so the last
-                # whole level stands, unless it is too narrow to give every unit a branch.
-                if len(branches) >= units:
-                    wider = branches
-                else:
-                    wider.extend(branches[i:])
-                break
-            # More branches, or one longer common prefix to go down: either is progress.
-            grew = grew or len(kids) > 1 or any(more for _, more in kids)
-            wider.extend(kids)
-        branches = sorted(set(wider))
-        if not grew or budget[0] <= 0:
-            break
-    names = [prefix for prefix, _ in branches]
-    per = max(1, -(-len(names) // units))
-    groups = [names[i:i + per] for i in range(0, len(names), per)]
-    # Each range ends after its last branch's keys; the last range is open.
-    return sorted({g[-1] + _TOP for g in groups[:-1]})
 
 
 async def _sample_bounds(src: Backend, units: int, sample: int) -> list[str]:

@@ -10,7 +10,13 @@ after `flush_seconds` on a slow one, so copying starts within seconds however la
 goes on. Listing is sharded by folder: a range unit whose prefix has sub-folders (a delimiter listing, on
 stores that have one, both sides) hands each sub-folder on as a range unit of its own (down to `MAX_DEPTH`
 levels) and keeps only the objects directly in its prefix, so the folders of a bucket are listed in parallel
-on every worker; every prefix of the selection is its own range unit to begin with.
+on every worker; every prefix of the selection is its own range unit to begin with. A flat listing (a prefix
+without sub-folders, or the objects directly in a folder so split) of a byte-ordered source is split by key
+range too: once it has listed CUT_KEYS keys (and handed their copies on), the keys above are cut into up to
+`list_ranges` ranges (after `start_after`, up to `end_key`) at bounds from a bounded skip-scan
+(runner.key_ranges), not from listing them; the unit keeps the first range and hands the others on as range
+units, in one transaction. A range unit lists both sides only within its range (a destination not in byte
+order is read whole and filtered), sees only its range's finished keys, and is never cut again.
 
 A keys unit copies its objects through the engine's Transfer (verification, multipart checkpoints, batched
 results in the job, shared by every unit of the task) with its own watermark in its unit row; run again, it
@@ -28,7 +34,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -41,12 +47,13 @@ from ferry.db.task_repo import RUNNING, TaskRepo, TaskRow
 from ferry.db.unit_repo import UnitDraft, UnitRepo, UnitRow
 from ferry.engine.bandwidth import parse_policy
 from ferry.engine.compare import OverwriteMode, SkipReason
-from ferry.engine.pipeline import StateWait, Transfer, _finished_keys, _listing
+from ferry.engine.pipeline import StateWait, Transfer, _finished_keys
 from ferry.engine.planner import Action, Copy, Fail, Planner, Skip
 from ferry.engine.progress import Counters
 from ferry.errors import AccessError, FatalError, FerryError, TransientError
 from ferry.objects import ObjectInfo
 from ferry.runner.cluster_limits import ClusterRequestRate, RequestLimitedBackend, shared_task_limiter, source_rate_for
+from ferry.runner.key_ranges import KeyRange, in_range, page_of, probe_bounds, ranged_listing, spans
 from ferry.runner.migration import (
     LeftOut,
     RunnerSettings,
@@ -56,7 +63,7 @@ from ferry.runner.migration import (
     transfer_options,
 )
 from ferry.runner.units import UnitCancelled, UnitContext, UnitFailed, handles
-from ferry.storage.base import Backend, ListOrder
+from ferry.storage.base import Backend, ListOrder, close_listing
 from ferry.storage.cdn_source import open_through_cdn
 from ferry.storage.selection import SelectedBackend, normalise
 from ferry.storage.stores import StoreKeys
@@ -72,6 +79,11 @@ UNIT_BYTES: Final = 1 << 30
 FLUSH_SECONDS: Final = 1.0
 MAX_DEPTH: Final = 4  # folder levels a listing is split down
 MAX_FOLDERS: Final = 10_000  # a prefix with more sub-folders than this is listed whole, not split
+LIST_RANGES: Final = 16  # key ranges a flat listing of a byte-ordered source is cut into (see range_unit)
+CUT_KEYS: Final = 1000  # a listing of no more keys than this (one page) is not cut
+# One-key listing requests a cut may take per range (at least 8 ranges' worth): the listing waits for them.
+PROBES_PER_RANGE: Final = 8
+FOLDER_PAGES: Final = 10  # folder-view requests a byte-ordered source's prefix is given to show its sub-folders
 _OBJECT_FIELDS: Final = tuple(f.name for f in dataclasses.fields(ObjectInfo) if f.name not in ("meta", "restore"))
 
 
@@ -108,13 +120,14 @@ def prefix_end(prefix: str) -> str | None:
 
 class ScopedJobRepo(JobRepo):
     """The task's job results as one unit sees them: its watermark goes into its own unit row (the job's is the
-    embedded run's), and the keys it asks about as finished are only its own (its keys, or its prefix).
+    embedded run's), and the keys it asks about as finished are only its own (its keys, or its prefix and key
+    range).
 
     With `left_out` (runner.migration.LeftOut), each watermark it writes while the lease is the unit's carries
     the left-out keys it passes; `record_rest` records the others when the unit's run ends."""
 
     def __init__(self, engine: Engine, unit_id: int, owner: str, *, keys: Collection[str] | None = None,
-                 prefix: str | None = None, left_out: LeftOut | None = None) -> None:
+                 prefix: str | None = None, span: KeyRange = (None, None), left_out: LeftOut | None = None) -> None:
         super().__init__(engine)
         self.engine = engine
         self.unit_id = unit_id
@@ -122,6 +135,7 @@ class ScopedJobRepo(JobRepo):
         self.keys = None if keys is None else frozenset(keys)
         self.prefix = prefix or None
         self.left_out = left_out
+        self.span = span
 
     def record(self, job_id: str, results: Sequence[ObjectResult], watermark: str | None = None) -> None:
         gone: list[ObjectResult] = []
@@ -169,6 +183,11 @@ class ScopedJobRepo(JobRepo):
             end = prefix_end(self.prefix)
             if end is not None:
                 cond.append(key < end)
+        start, stop = self.span
+        if start is not None:
+            cond.append(key > start)
+        if stop is not None:
+            cond.append(key <= stop)
         last = after
         while True:
             since = [] if last is None else [key > last]
@@ -185,6 +204,8 @@ class ScopedJobRepo(JobRepo):
             if self.keys is not None and result.key not in self.keys:
                 continue
             if self.prefix is not None and not result.key.startswith(self.prefix):
+                continue
+            if not in_range(result.key, self.span):
                 continue
             yield result
 
@@ -275,44 +296,81 @@ def _folder_lister(store: Backend) -> Any:
     return inner if callable(getattr(inner, "list_page", None)) else None
 
 
-async def _page(lister: Any, prefix: str, token: str | None) -> Any:
-    delay = 0.5
-    for attempt in range(5):
-        try:
-            return await lister.list_page(prefix, delimiter="/", continuation=token)
-        except TransientError:
-            if attempt == 4:
-                raise
-            await asyncio.sleep(delay)
-            delay *= 2
-    raise AssertionError("unreachable")
+async def _page(lister: Any, prefix: str, token: str | None, start_after: str | None = None) -> Any:
+    return await page_of(lister, prefix, delimiter="/", continuation=token, start_after=start_after)
 
 
-async def _sub_folders(lister: Any, prefix: str) -> list[str] | None:
-    """The sub-folders of `prefix`; None when there are more than MAX_FOLDERS (the prefix is listed whole)."""
+async def _sub_folders(lister: Any, prefix: str, max_pages: int | None = None) -> list[str] | None:
+    """The sub-folders of `prefix`; None when there are more than MAX_FOLDERS, or when finding them takes more
+    than `max_pages` listing requests (the prefix is listed whole)."""
     found: set[str] = set()
     token: str | None = None
+    pages = 0
     while True:
         page = await _page(lister, prefix, token)
+        pages += 1
         found.update(p for p in page.prefixes if p != prefix and p.startswith(prefix))
-        if len(found) > MAX_FOLDERS:
+        if len(found) > MAX_FOLDERS or (max_pages is not None and pages >= max_pages and page.truncated):
             return None
         if not page.truncated or not page.next_token or page.next_token == token:
             return sorted(found)
         token = page.next_token
 
 
-async def _direct_objects(lister: Any, prefix: str, after: str | None) -> AsyncIterator[ObjectInfo]:
-    """The objects directly in `prefix` (none of its sub-folders'), after `after`."""
+async def _direct_objects(lister: Any, prefix: str, after: str | None, last: str | None = None,
+                          ordered: bool = False) -> AsyncIterator[ObjectInfo]:
+    """The objects directly in `prefix` (none of its sub-folders') in (after, last]. A byte-ordered store
+    (`ordered`) is asked to start after `after` and is read up to the first key past `last`; any other is
+    read whole and filtered."""
     token: str | None = None
     while True:
-        page = await _page(lister, prefix, token)
+        page = await _page(lister, prefix, token, after if ordered and token is None else None)
         for obj in page.objects:
+            if last is not None and obj.key > last:
+                if ordered:
+                    return
+                continue
             if after is None or obj.key > after:
                 yield obj
         if not page.truncated or not page.next_token or page.next_token == token:
             return
         token = page.next_token
+
+
+class _Bound:
+    """The end of a range unit's listing: its end key, or, while it may still be cut, none until the source has
+    listed CUT_KEYS keys in order; then `cut(pos)` (pos: the last key listed) may set one above `pos`."""
+
+    def __init__(self, last: str | None, cut: Callable[[str], Awaitable[str | None]] | None) -> None:
+        self.last = last
+        self.cut = cut
+
+    async def source(self, keys: AsyncIterator[ObjectInfo], after: str | None) -> AsyncIterator[ObjectInfo]:
+        """The source's (byte-ordered) listing up to the end, cut when due."""
+        seen, pos = 0, after
+        try:
+            async for info in keys:
+                if self.cut is not None and seen >= CUT_KEYS and pos is not None:
+                    cut, self.cut = self.cut, None
+                    self.last = await cut(pos) or self.last
+                if self.last is not None and info.key > self.last:
+                    return
+                seen, pos = seen + 1, info.key
+                yield info
+        finally:
+            await close_listing(keys)
+
+    async def other(self, keys: AsyncIterator[ObjectInfo], ordered: bool) -> AsyncIterator[ObjectInfo]:
+        """The destination's listing without what is past the end (read on to its end if not in order)."""
+        try:
+            async for info in keys:
+                if self.last is not None and info.key > self.last:
+                    if ordered:
+                        return
+                    continue
+                yield info
+        finally:
+            await close_listing(keys)
 
 
 @handles(RANGE)
@@ -326,8 +384,9 @@ async def range_unit(unit: UnitRow, ctx: UnitContext) -> None:
     unit_bytes = int(ctx.settings.get("unit_bytes", UNIT_BYTES))
     flush_seconds = float(ctx.settings.get("flush_seconds", FLUSH_SECONDS))
     send = ctx.settings.get("send")
+    ranges = int(ctx.settings.get("list_ranges", LIST_RANGES))
     crc_mode = opts.overwrite is OverwriteMode.CRC64_COMPARISON_OVERWRITE
-    repo = ScopedJobRepo(ctx.engine, unit.id, ctx.owner, prefix=prefix)
+    span: KeyRange = (unit.start_after, unit.end_key)
     units = UnitRepo(ctx.engine)
     progress = ctx.progress
     progress.listed, progress.listed_bytes = unit.listed, unit.listed_bytes
@@ -363,9 +422,15 @@ async def range_unit(unit: UnitRow, ctx: UnitContext) -> None:
             src_lister, dst_lister = _folder_lister(src_store), _folder_lister(dst_store)
             direct = bool(unit.spec.get("direct"))
             depth = int(unit.spec.get("depth", 0))
-            if (prefix is not None and not direct and after is None and depth < MAX_DEPTH
+            src_ordered = src_store.capabilities.list_order is ListOrder.LEXICOGRAPHIC
+            dst_ordered = dst_store.capabilities.list_order is ListOrder.LEXICOGRAPHIC
+            if (prefix is not None and not direct and after is None and span == (None, None) and depth < MAX_DEPTH
                     and not row.src_spec.get("cdn") and src_lister is not None and dst_lister is not None):
-                folders = await _sub_folders(src_lister, prefix)
+                # The folder view pages through every object of the prefix too: on a byte-ordered source a
+                # prefix with more than FOLDER_PAGES pages of it is cut by key instead (see cut_at), so that
+                # a huge flat prefix is not listed once before its first copy (100,000 flat keys, 2 workers:
+                # first copy 6.0 -> 1.3 s, bench/key_ranges.py --objects 100000 --ranges 1).
+                folders = await _sub_folders(src_lister, prefix, FOLDER_PAGES if src_ordered else None)
                 if folders:
                     # Each sub-folder becomes a range unit of its own; this one keeps the objects directly in
                     # its prefix. One transaction: a unit run again finds itself split already ("direct").
@@ -378,19 +443,55 @@ async def range_unit(unit: UnitRow, ctx: UnitContext) -> None:
                     if send is not None:
                         with contextlib.suppress(Exception):  # else the coordinator sends them
                             await asyncio.to_thread(send, ids)
-            wait = StateWait(opts.state_patience, Counters())
-            finished = _finished_keys(repo, job_id, after, wait)
+            repo = ScopedJobRepo(ctx.engine, unit.id, ctx.owner, prefix=prefix, span=span)
+
+            async def cut_at(pos: str) -> str | None:
+                """Cut the keys above `pos` into ranges; this unit's new end key (None: not cut)."""
+                started = time.monotonic()
+                await flush()  # the copies listed so far go out before the listing waits for the probe
+                try:
+                    bounds = await probe_bounds(src_store, ranges, PROBES_PER_RANGE * max(8, ranges), prefix or "", pos)
+                except TransientError as exc:
+                    log.warning("unit %d: not cut into key ranges: %s", unit.id, exc.message)
+                    return None
+                if not bounds:
+                    return None
+                cut = spans(bounds)
+                drafts = [UnitDraft(RANGE, a, b, spec={**unit.spec, "direct": direct}) for a, b in cut[1:]]
+                ids = await asyncio.to_thread(units.split, unit.id, ctx.owner, drafts, {"end_key": bounds[0]})
+                if ids is None:
+                    raise UnitCancelled(f"unit {unit.id}: the lease is no longer ours")
+                repo.span = (span[0], bounds[0])
+                log.info("unit %d: %r cut into %d key ranges at %r after %.2f s of probing", unit.id, prefix,
+                         len(cut), pos, time.monotonic() - started)
+                if send is not None:
+                    with contextlib.suppress(Exception):  # else the coordinator sends them
+                        await asyncio.to_thread(send, ids)
+                return bounds[0]
+
+            # A flat listing (no sub-folders, or the objects directly in a folder) of a byte-ordered source is
+            # cut into key ranges once it has passed CUT_KEYS keys: the first page's copies are out by then,
+            # and a smaller listing is not worth a probe. A unit with a range (cut, or made by a cut) never is.
+            # The destination must list in order too: else every range would read all of it (16 ranges of a
+            # rerun into 1M keys: 16M listed to plan 1M).
+            cuttable = (prefix is not None and span == (None, None) and ranges > 1 and src_ordered
+                        and dst_ordered and not row.src_spec.get("cdn"))
+            bound = _Bound(span[1], cut_at if cuttable else None)
+            finished = _finished_keys(repo, job_id, after, StateWait(opts.state_patience, Counters()))
             if direct and prefix is not None and src_lister is not None and dst_lister is not None:
+                # A byte-ordered store lists a folder's own objects in order too: merged as they stream.
                 planner = Planner(
-                    _direct_objects(src_lister, prefix, after), ListOrder.UNORDERED,
-                    _direct_objects(dst_lister, prefix, after), ListOrder.UNORDERED, finished=finished,
-                    overwrite_mode=opts.overwrite, migrate_since=opts.migrate_since,
-                    max_key_bytes=dst.capabilities.max_key_bytes)
+                    bound.source(_direct_objects(src_lister, prefix, after, span[1], src_ordered), after),
+                    src_store.capabilities.list_order,
+                    bound.other(_direct_objects(dst_lister, prefix, after, span[1], dst_ordered), dst_ordered),
+                    dst_store.capabilities.list_order, finished=finished, overwrite_mode=opts.overwrite,
+                    migrate_since=opts.migrate_since, max_key_bytes=dst.capabilities.max_key_bytes)
             else:
                 planner = Planner(
-                    _listing(src, after), src.capabilities.list_order, _listing(dst, after),
-                    dst.capabilities.list_order, finished=finished, overwrite_mode=opts.overwrite,
-                    migrate_since=opts.migrate_since, max_key_bytes=dst.capabilities.max_key_bytes)
+                    bound.source(ranged_listing(src, after, span[1]), after), src.capabilities.list_order,
+                    bound.other(ranged_listing(dst, after, span[1]), dst_ordered), dst.capabilities.list_order,
+                    finished=finished, overwrite_mode=opts.overwrite, migrate_since=opts.migrate_since,
+                    max_key_bytes=dst.capabilities.max_key_bytes)
             try:
                 async for action in planner:
                     key = action.src.key
