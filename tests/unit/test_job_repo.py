@@ -192,3 +192,39 @@ def test_results_round_trip_whatever_their_keys_and_values(repo: JobRepo) -> Non
     repo.record("j", results)  # the first five again: updated, not duplicated
     assert list(repo.iter_results("j", "failed")) == sorted(results, key=lambda r: r.key.encode())
     assert repo.tally("j").failed == len(odd)
+
+
+@pytest.mark.parametrize("built", ["models", "migrations"])
+def test_paging_by_key_on_postgresql_walks_an_index_not_a_sort(built: str) -> None:
+    """Each page of a job's results or finished keys continues after the last key in byte order: served by the
+    primary key, a page costs its own rows; sorted, it cost all the job's rows after it (quadratic)."""
+    from sqlalchemy import create_engine, event, text
+
+    from ferry.db import database
+
+    urls = pg_database()
+    try:
+        url = next(urls).replace("postgresql://", "postgresql+psycopg://", 1)
+        if built == "models":
+            engine = open_database(url)
+        else:
+            engine = create_engine(url)
+            database.migrate(engine)  # every revision replayed, as an existing database is upgraded
+        repo = JobRepo(engine)
+        job = repo.create("fp", "{}")
+        repo.record(job.id, [ObjectResult(f"k{i:05d}", "success", 1, None, None) for i in range(30)])
+        seen: list[tuple[str, object]] = []
+        event.listen(engine, "before_cursor_execute",
+                     lambda _c, _cur, sql, params, _ctx, _many: seen.append((sql, params)))
+        assert len(list(repo.iter_finished_keys(job.id, batch=10))) == 30
+        assert len(list(repo.iter_results(job.id, "success", batch=10))) == 30
+        pages = [(sql, params) for sql, params in seen if "ORDER BY" in sql]
+        assert len(pages) == 8  # 4 pages each
+        with engine.connect() as conn:
+            conn.execute(text("SET enable_sort = off"))  # a sort is then chosen only when no index gives the order
+            for sql, params in pages:
+                plan = "\n".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN {sql}", params))  # type: ignore[arg-type]
+                assert "Sort" not in plan, plan
+        engine.dispose()
+    finally:
+        urls.close()

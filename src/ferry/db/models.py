@@ -49,7 +49,9 @@ job_objects = Table(
     "job_objects",
     metadata,
     Column("job_id", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
-    Column("key", Text, primary_key=True),
+    # Byte order on PostgreSQL too (SQLite's BINARY already is): the results are paged by key in byte order
+    # (job_repo._byte_order), which an index in the database's own collation cannot serve.
+    Column("key", Text().with_variant(Text(collation="C"), "postgresql"), primary_key=True),
     Column("status", String(8), nullable=False),  # success, skipped, failed
     Column("size", BigInteger, nullable=False),
     Column("etag", Text, nullable=True),
