@@ -319,6 +319,16 @@ def _rss_mb_of(pid: int) -> float | None:
         return None
 
 
+def _cpu_s_of(pid: int) -> float | None:
+    """A live process's CPU time so far (user + system), in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _worker_run(phase: str, n: int, src: Any, src_bucket: str, dst: Any, dst_bucket: str, db_url: str,
                 work: Path, timeout: float) -> dict[str, Any]:
     """One migration task of the N keys on one `ferry worker`, coordinated by a `ferry serve` process: both
@@ -365,6 +375,7 @@ def _worker_run(phase: str, n: int, src: Any, src_bucket: str, dst: Any, dst_buc
             time.sleep(1.0)
         load.append(os.getloadavg()[0])
         peaks = {name: dist.peak_rss_mb(pid) for name, pid in watched.items()}
+        cpu = {name: _cpu_s_of(pid) for name, pid in watched.items()}
     finally:
         dist.stop_workers([*procs, server])
         service.close()
@@ -374,7 +385,8 @@ def _worker_run(phase: str, n: int, src: Any, src_bucket: str, dst: Any, dst_buc
            done == n, "success": row["success_num"], "skipped": row["skip_num"], "failed": row["fail_num"],
            "task_s": round(seconds, 1), "keys_per_s": round(done / seconds) if seconds > 0 else None,
            "load_avg": [round(x, 1) for x in load],
-           "worker_peak_rss_mb": peaks["worker"], "server_peak_rss_mb": peaks["server"]}
+           "worker_peak_rss_mb": peaks["worker"], "server_peak_rss_mb": peaks["server"],
+           "worker_cpu_s": cpu["worker"], "server_cpu_s": cpu["server"]}
     for name, values in samples.items():
         # A dozen points along the run, to see whether the resident set grows with the keys done.
         out[f"{name}_rss_mb"] = [round(v) for v in values[:: max(1, len(values) // 12)]]
@@ -391,6 +403,10 @@ def run_worker(args: argparse.Namespace) -> list[dict[str, Any]]:
     os.environ.setdefault("FERRY_MASTER_KEY", os.urandom(32).hex())
     with seaweed_pair(root) as (src, dst), tempfile.TemporaryDirectory(prefix="ferry-huge-worker-") as tmp:
         src_bucket = filled(src, f"huge-src-{n}", n, root, root / f"filled-{n}")
+        if args.in_place:
+            # The source bucket is its own in-step destination (both ends mapped to one server): the same two
+            # listings, sorts, comparisons and skip results as a filled pair, without filling a second bucket.
+            dst, phases = src, ["rerun"]
         os.environ["FERRY_ENDPOINT_OVERRIDES"] = json.dumps(
             {f"Aliyun/{dist.SRC_REGION}": src.endpoint, f"HuaweiCloud/{dist.DST_REGION}": dst.endpoint})
         db_url, (admin, name) = dist.fresh_database()
@@ -399,7 +415,7 @@ def run_worker(args: argparse.Namespace) -> list[dict[str, Any]]:
                 if phase == "first":
                     dst_bucket = dst.create_bucket(f"huge-wdst-{n}-{int(time.time())}")
                 else:
-                    dst_bucket = in_step_bucket(dst, n, root)
+                    dst_bucket = src_bucket if args.in_place else in_step_bucket(dst, n, root)
                 work = Path(tmp) / phase
                 work.mkdir()
                 result = _worker_run(phase, n, src, src_bucket, dst, dst_bucket, db_url, work, args.timeout)
@@ -429,6 +445,8 @@ def main() -> None:
     parser.add_argument("--rclone", action="store_true", help="seaweed: also time rclone's in-step rerun")
     parser.add_argument("--baseline-src", help="seaweed: also time the rerun by ferry from this src directory")
     parser.add_argument("--timeout", type=float, default=6 * 3600, help="worker: seconds a task may take")
+    parser.add_argument("--in-place", action="store_true",
+                        help="worker: an in-step rerun from the source bucket into itself (no second bucket to fill)")
     parser.add_argument("--logs", help="worker: keep the server's and worker's logs of a failed run here")
     args = parser.parse_args()
     if args.mode == "_child":
