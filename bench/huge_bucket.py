@@ -4,6 +4,8 @@
     .venv/bin/python bench/huge_bucket.py memory --keys 1000000 --phase rerun --tracemalloc
     .venv/bin/python bench/huge_bucket.py seaweed --keys 1000000         # `ferry migrate` between two SeaweedFS
     .venv/bin/python bench/huge_bucket.py seaweed --keys 1000000 --rclone
+    .venv/bin/python bench/huge_bucket.py worker --keys 1000000 --in-place   # one `ferry worker`, in-step rerun
+    .venv/bin/python bench/huge_bucket.py worker --keys 100000               # first run, then in-step rerun
 
 `memory`: the source is a MemoryBackend whose listing is generated lazily (key i of N, 0-byte objects, so
 nothing of the bucket is held), the destination a MemoryBackend that keeps no data (a put is answered, not
@@ -19,6 +21,16 @@ ru_maxrss from os.wait4, its time the child's own measurement of run_migration.
 first time into an empty bucket and once more with nothing changed (`--phase rerun` reruns the last in-step
 pair only); `--rclone` adds `rclone copy` of the in-step pair, `--baseline-src DIR` the rerun by ferry from
 another source tree (the code before a change).
+
+`worker`: the same migration as one task of distributed mode on one `ferry worker` process (bench/distributed.py's:
+--threads 2 --concurrency 64 --unit-keys 1000), coordinated by a `ferry serve` process, over a fresh PostgreSQL
+database and a Redis namespace of its own, between seaweed mode's servers and filled buckets (named to the task
+as Aliyun and HuaweiCloud regions mapped by FERRY_ENDPOINT_OVERRIDES, so both listings count as unordered and
+the range unit sorts them). The rerun's destination is the bucket a first run filled, else one filled after
+the source; `--in-place` makes the source bucket its own in-step destination (the same listings, sorts,
+comparisons and skip results, without filling a second bucket). Each process's peak RSS is its VmHWM, read
+when the task has ended; its resident set is sampled every second. `--baseline-src DIR` runs both processes
+from another source tree.
 
 `--unordered` (memory) declares both listings unordered, as SeaweedFS's are, so the planner's external sort
 is part of the measurement.
@@ -330,7 +342,7 @@ def _cpu_s_of(pid: int) -> float | None:
 
 
 def _worker_run(phase: str, n: int, src: Any, src_bucket: str, dst: Any, dst_bucket: str, db_url: str,
-                work: Path, timeout: float) -> dict[str, Any]:
+                work: Path, timeout: float, code: str) -> dict[str, Any]:
     """One migration task of the N keys on one `ferry worker`, coordinated by a `ferry serve` process: both
     processes' peak RSS (VmHWM) and their resident set sampled every second."""
     from sqlalchemy import select
@@ -341,7 +353,7 @@ def _worker_run(phase: str, n: int, src: Any, src_bucket: str, dst: Any, dst_buc
     from ferry.service.credentials import create_credential
     from ferry.service.tasks import create_task
 
-    env = {**os.environ, "PYTHONPATH": str(dist.ROOT / "src"), "FERRY_DATABASE_URL": db_url,
+    env = {**os.environ, "PYTHONPATH": code, "FERRY_DATABASE_URL": db_url,
            "FERRY_DATA_DIR": str(work / "server"), "FERRY_LOG_LEVEL": "INFO",
            "FERRY_BROKER_URL": f"{dist.REDIS}?namespace=bench-huge-{uuid.uuid4().hex[:8]}"}
     # The task is made in this process's database session (no runner here); `ferry serve` claims it.
@@ -418,7 +430,9 @@ def run_worker(args: argparse.Namespace) -> list[dict[str, Any]]:
                     dst_bucket = src_bucket if args.in_place else in_step_bucket(dst, n, root)
                 work = Path(tmp) / phase
                 work.mkdir()
-                result = _worker_run(phase, n, src, src_bucket, dst, dst_bucket, db_url, work, args.timeout)
+                result = _worker_run(phase, n, src, src_bucket, dst, dst_bucket, db_url, work, args.timeout,
+                                     args.baseline_src or str(dist.ROOT / "src"))
+                result["code"] = args.baseline_src or "this tree"
                 if phase == "first" and result["ok"]:
                     (root / f"in-step-{n}").write_text(dst_bucket)  # the rerun's destination from now on
                 if not result["ok"] and args.logs:
@@ -443,7 +457,8 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(Path(__file__).parent / "out" / "huge-weed"),
                         help="seaweed: where both servers keep their data (the filled source is reused)")
     parser.add_argument("--rclone", action="store_true", help="seaweed: also time rclone's in-step rerun")
-    parser.add_argument("--baseline-src", help="seaweed: also time the rerun by ferry from this src directory")
+    parser.add_argument("--baseline-src", help="seaweed: also time the rerun by ferry from this src directory; "
+                                               "worker: run the server and the worker from it")
     parser.add_argument("--timeout", type=float, default=6 * 3600, help="worker: seconds a task may take")
     parser.add_argument("--in-place", action="store_true",
                         help="worker: an in-step rerun from the source bucket into itself (no second bucket to fill)")
