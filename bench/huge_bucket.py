@@ -121,9 +121,13 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def _current_rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+def _rss_mb_of(pid: int | str = "self") -> float | None:
+    """A process's resident set now (VmRSS), in MB; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except OSError:
+        return None
 
 
 async def _memory_child(n: int, phase: str, state: Path, concurrency: int, trace: bool,
@@ -150,7 +154,7 @@ async def _memory_child(n: int, phase: str, state: Path, concurrency: int, trace
 
     def sample() -> None:
         while not stop.wait(0.5):
-            samples.append(_current_rss_mb())
+            samples.append(_rss_mb_of() or 0.0)
             if trace and not snapshots and counters.success + counters.skipped >= n * 3 // 4:
                 import tracemalloc
 
@@ -320,15 +324,6 @@ def run_seaweed(args: argparse.Namespace) -> list[dict[str, Any]]:
             results.append(result)
             print(json.dumps(result), flush=True)
     return results
-
-
-def _rss_mb_of(pid: int) -> float | None:
-    """A live process's resident set now (VmRSS), in MB."""
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
-    except OSError:
-        return None
 
 
 def _cpu_s_of(pid: int) -> float | None:

@@ -65,8 +65,8 @@ MAX_DEPTH: Final = 4  # folder levels a listing is split down
 MAX_FOLDERS: Final = 10_000  # a prefix with more sub-folders than this is listed whole, not split
 # Records a side a range unit's planner sorts in memory before spilling a run (an unordered listing: SeaweedFS,
 # any overridden endpoint). A worker runs up to --threads range units at once, each sorting both sides: at the
-# embedded 100,000 one worker peaked at 154-163 MB in a 100k-key in-step rerun, at 20,000 at 112 MB
-# (`bench/huge_bucket.py worker --keys 100000 --in-place`, X_RUN_SIZE patched in).
+# embedded 100,000 one worker peaked at 164 MB in a 1M-key in-step rerun, at 20,000 at 114 MB, in the same CPU
+# time (`bench/huge_bucket.py worker --keys 1000000 --in-place`, `--baseline-src` the tree before).
 SORT_RUN: Final = 20_000
 _OBJECT_FIELDS: Final = tuple(f.name for f in dataclasses.fields(ObjectInfo) if f.name not in ("meta", "restore"))
 
