@@ -39,6 +39,7 @@ from ferry import oms as s  # noqa: E402
 from ferry.db.api_models import migration_tasks  # noqa: E402
 from ferry.db.cluster_models import cluster_workers  # noqa: E402
 from ferry.runner.migration import RunnerSettings  # noqa: E402
+from ferry.sandbox import SeaweedServer  # noqa: E402
 from ferry.serve import build  # noqa: E402
 from ferry.service.credentials import create_credential  # noqa: E402
 from ferry.service.tasks import create_task  # noqa: E402
@@ -72,7 +73,7 @@ def fill(src: MeteredSeaweed, bucket: str, count: int, work: Path) -> None:
                     f"{local}/*", f"s3://{bucket}/"], env=env, check=True, stdout=subprocess.DEVNULL)
 
 
-def task_req(src: MeteredSeaweed, sbucket: str, dst: MeteredSeaweed, dbucket: str) -> s.CreateTaskReq:
+def task_req(src: SeaweedServer, sbucket: str, dst: SeaweedServer, dbucket: str) -> s.CreateTaskReq:
     return s.CreateTaskReq.model_validate({
         "task_type": "prefix",
         "src_node": {"cloud_type": "Aliyun", "region": SRC_REGION, "ak": src.access_key, "sk": src.secret_key,

@@ -1,5 +1,6 @@
-"""A flat bucket of a byte-ordered source (moto, into another moto bucket) in distributed mode: three `ferry worker` processes, Redis and
-PostgreSQL list it in key ranges (start-after splitting), and every object is copied once and verified."""
+"""A flat bucket of a byte-ordered source (moto, into another moto bucket) in distributed mode: three `ferry worker`
+processes, Redis and PostgreSQL list it in key ranges (start-after splitting), and every object is copied once
+and verified."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ unit-table operations the coordinator and the range units rely on (SQLite and Po
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +16,14 @@ from ferry.db.database import open_database
 from ferry.db.job_repo import JobRepo, ObjectResult, record_on
 from ferry.db.unit_repo import QUEUED, RUNNING, UnitDraft, UnitRepo
 from ferry.engine.compare import CopyReason, SkipReason
+from ferry.engine.pipeline import TransferOptions
 from ferry.engine.planner import Copy, Skip
 from ferry.errors import UsageError
 from ferry.objects import ObjectInfo
 from ferry.runner.broker import QUEUE, BrokerSpec, redact
 from ferry.runner.distributed import _pending
-from ferry.runner.task_units import ScopedJobRepo, decode_action, encode_action, prefix_end
+from ferry.runner.task_units import SORT_RUN, ScopedJobRepo, decode_action, encode_action, prefix_end, range_planner
+from ferry.storage.base import ListOrder
 from pgdb import pg_database
 
 
@@ -77,6 +80,23 @@ def test_pending_counts_what_a_carried_unit_has_left() -> None:
     entry = {"o": {"key": "k3", "size": 1, "mtime": 0.0}, "a": "copy", "r": "missing"}
     assert _pending(UnitDraft("keys", spec={"keys": ["k1", "k2", "k4"]})) == 3
     assert _pending(UnitDraft("keys", "k2", spec={"keys": ["k1", "k2", "k4"], "objects": [entry]})) == 2
+
+
+async def test_a_range_unit_sorts_an_unordered_listing_in_runs_of_sort_run_records() -> None:
+    # A worker runs several range units at once, each sorting both sides: each holds 20,000 records a side at
+    # most (the embedded 100,000 took a worker over 150 MB: bench/huge_bucket.py worker), and the plan is still
+    # every key once, in order.
+    assert SORT_RUN <= 20_000
+    keys = [f"data/{i:07d}" for i in range(40_001)]
+    shuffled = random.Random(7).sample(keys, len(keys))
+    src = [ObjectInfo(k, 1, 1.0) for k in shuffled]
+    dst = [ObjectInfo(k, 1, 2.0) for k in shuffled[:20_005]]
+    planner = range_planner(src, ListOrder.UNORDERED, dst, ListOrder.UNORDERED, TransferOptions(), finished=[],
+                            max_key_bytes=None)
+    actions = [a async for a in planner]
+    assert [a.src.key for a in actions] == keys
+    assert sum(isinstance(a, Skip) for a in actions) == 20_005
+    assert planner.stats.source.spilled_runs >= 3 and planner.stats.destination.spilled_runs >= 2
 
 
 def _running_unit(units: UnitRepo, owner: str) -> int:
