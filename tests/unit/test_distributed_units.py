@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, update
 
 from ferry.db.cluster_models import work_units
-from ferry.db.database import open_database
 from ferry.db.job_repo import JobRepo, ObjectResult, record_on
 from ferry.db.unit_repo import QUEUED, RUNNING, UnitDraft, UnitRepo
 from ferry.engine.compare import CopyReason, SkipReason
@@ -24,23 +21,6 @@ from ferry.runner.broker import QUEUE, BrokerSpec, redact
 from ferry.runner.distributed import _pending
 from ferry.runner.task_units import SORT_RUN, ScopedJobRepo, decode_action, encode_action, prefix_end, range_planner
 from ferry.storage.base import ListOrder
-from pgdb import pg_database
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        eng = open_database(f"sqlite:///{tmp_path / 'ferry.db'}")
-        yield eng
-        eng.dispose()
-        return
-    gen = pg_database()
-    eng = open_database(next(gen))
-    try:
-        yield eng
-    finally:
-        eng.dispose()
-        gen.close()
 
 
 def test_broker_urls_keep_their_namespace_apart_and_never_show_a_password() -> None:

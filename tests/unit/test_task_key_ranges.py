@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -16,7 +16,6 @@ import pytest
 from sqlalchemy import Engine, update
 
 from ferry.db.cluster_models import work_units
-from ferry.db.database import open_database
 from ferry.db.job_repo import JobRepo, ObjectResult
 from ferry.db.unit_repo import UnitDraft, UnitRepo, UnitRow
 from ferry.objects import ObjectMeta
@@ -29,7 +28,6 @@ from ferry.storage.base import Backend, Capabilities, ListOrder
 from ferry.storage.memory import MemoryBackend
 from ferry.storage.s3 import ListPage
 from ferry.storage.wrappers import BackendWrapper
-from pgdb import pg_database
 
 # 45 first characters (ASCII, Latin, CJK, the last BMP character, an emoji) under one flat prefix, 61 keys each:
 # cut after its first 1,000 keys, the rest still has more than 16 of them, so the skip-scan stops at the first
@@ -84,22 +82,6 @@ async def _bucket(name: str, keys: list[str], paged: bool = False) -> MemoryBack
     for key in keys:
         await backend.put(key, key.encode(), ObjectMeta(content_type="text/plain"))
     return backend
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        eng = open_database(f"sqlite:///{tmp_path / 'ferry.db'}")
-        yield eng
-        eng.dispose()
-        return
-    gen = pg_database()
-    eng = open_database(next(gen))
-    try:
-        yield eng
-    finally:
-        eng.dispose()
-        gen.close()
 
 
 def test_spans_are_contiguous_and_a_key_equal_to_a_bound_is_in_exactly_one() -> None:
