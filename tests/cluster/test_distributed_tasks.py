@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,25 @@ def _start(nodes: Cluster, seaweed_a: Any, seaweed_b: Any, src: str, dst: str) -
     client = nodes.live.client()
     made = client.create_task(prefix_task(seaweed_a, src, seaweed_b, dst))
     return client, int(made.id)
+
+
+def _held_unit(nodes: Cluster, task_id: int, pids: Collection[int], wanted: Callable[[Any], bool],
+               what: str) -> dict[str, Any]:
+    """Wait (60 s at most) for a running unit of the task that one of `pids` holds and `wanted` accepts: its id
+    (`unit`), the holder's `pid` and lease `owner`, and its `done` objects."""
+    found: dict[str, Any] = {}
+
+    def held() -> bool:
+        for u in nodes.units(task_id):
+            owner = u["lease_owner"] or ""
+            pid = int(owner.split("/")[1]) if owner.count("/") == 2 else -1
+            if u["state"] == "running" and pid in pids and wanted(u):
+                found.update(unit=u["id"], pid=pid, owner=owner, done=u["objects_done"])
+                return True
+        return False
+
+    wait_for(held, 60, what)
+    return found
 
 
 def _done(client: OmsClient, task_id: int, timeout: float = 120.0) -> Any:
@@ -313,18 +332,8 @@ def test_a_url_list_unit_whose_worker_is_killed_keeps_its_failed_url(
         client = nodes.live.client()
         task_id = _url_list_task(client, seaweed_b, dst, lines)
         pids = {w.pid: w for w in nodes.live_workers()}
-        victim: dict[str, Any] = {}
-
-        def passed_the_404() -> bool:
-            for u in nodes.units(task_id):
-                owner = u["lease_owner"] or ""
-                pid = int(owner.split("/")[1]) if owner.count("/") == 2 else -1
-                if u["state"] == "running" and u["watermark"] is not None and pid in pids:
-                    victim.update(unit=u["id"], pid=pid)
-                    return True
-            return False
-
-        wait_for(passed_the_404, 60, "the unit's watermark past its 404")
+        victim = _held_unit(nodes, task_id, pids, lambda u: u["watermark"] is not None,
+                            "the unit's watermark past its 404")
         os.kill(victim["pid"], signal.SIGKILL)
         pids[victim["pid"]].wait(10)
         task = _done(client, task_id)
@@ -386,18 +395,8 @@ def test_a_worker_killed_mid_unit_loses_nothing_and_only_that_unit_is_copied_aga
     try:
         client, task_id = _start(nodes, seaweed_a, seaweed_b, src, dst)
         pids = {w.pid: w for w in nodes.live_workers()}
-        victim: dict[str, Any] = {}
-
-        def busy_unit() -> bool:
-            for u in nodes.units(task_id):
-                owner = u["lease_owner"] or ""
-                pid = int(owner.split("/")[1]) if owner.count("/") == 2 else -1
-                if u["kind"] == "keys" and u["state"] == "running" and u["objects_done"] > 0 and pid in pids:
-                    victim.update(unit=u["id"], pid=pid, done=u["objects_done"])
-                    return True
-            return False
-
-        wait_for(busy_unit, 60, "a keys unit part done on a worker")
+        victim = _held_unit(nodes, task_id, pids, lambda u: u["kind"] == "keys" and u["objects_done"] > 0,
+                            "a keys unit part done on a worker")
         os.kill(victim["pid"], signal.SIGKILL)
         killed_at = time.monotonic()
         pids[victim["pid"]].wait(10)
@@ -437,18 +436,8 @@ def test_sigterm_drains_a_worker_handing_back_the_unit_it_cannot_finish(nodes: C
     try:
         client, task_id = _start(nodes, seaweed_a, seaweed_b, src, dst)
         procs = {w.pid: w for w in nodes.live_workers()}
-        victim: dict[str, Any] = {}
-
-        def busy_unit() -> bool:
-            for u in nodes.units(task_id):
-                owner = u["lease_owner"] or ""
-                pid = int(owner.split("/")[1]) if owner.count("/") == 2 else -1
-                if u["kind"] == "keys" and u["state"] == "running" and u["objects_done"] > 0 and pid in procs:
-                    victim.update(unit=u["id"], pid=pid, owner=owner)
-                    return True
-            return False
-
-        wait_for(busy_unit, 60, "a keys unit part done on a worker")
+        victim = _held_unit(nodes, task_id, procs, lambda u: u["kind"] == "keys" and u["objects_done"] > 0,
+                            "a keys unit part done on a worker")
         os.kill(victim["pid"], signal.SIGTERM)
         asked = time.monotonic()
         rc = procs[victim["pid"]].wait(40)
